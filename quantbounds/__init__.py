@@ -1,0 +1,54 @@
+"""quantbounds: what quantization costs in LoRA fine-tuning, and whether the theory holds.
+
+The JAX/numpy core; never imports torch. DESIGN.md §2 is the mathematics. Public names are
+re-exported lazily (PEP 562) so ``import quantbounds`` does no work and loads JAX only when a
+JAX-backed name is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # quantizers
+    "nf4_code": "quantizers", "fp4_code": "quantizers", "quantize": "quantizers",
+    "quantize_codes": "quantizers",
+    # noise model and diagnostics
+    "uniform_noise_variance": "noise", "uniform_step": "noise", "sample_uniform_noise": "noise",
+    "codebook_noise_variance": "noise",
+    "lloyd_max": "lloyd_max",
+    "widrow_diagnostics": "widrow",
+    # exact moments
+    "EpsBAMoments": "moments", "eps_ba_moments": "moments", "eps_ba_entry_variance": "moments",
+    "eps_ba_output_moment": "moments", "eps_ba_variance_bound": "moments",
+    # Monte Carlo
+    "simulate_eps_ba": "montecarlo", "simulate_grid": "montecarlo",
+    # bounds and the teacher–student experiment
+    "excess_risk_bound": "bounds", "optimal_bits": "bounds", "grad_variance_bound": "bounds",
+    # calibration, allocation, report
+    "calibrate": "calibration", "allocate": "allocator",
+    # conventions, records, results
+    "SCALES": "scales", "lora_scale": "scales",
+    "RECORD_SCHEMA": "records", "read_records": "records", "append_record": "records",
+    "validate_record": "records", "make_record": "records",
+    "Verdict": "results", "write_json_atomic": "results", "print_verdicts": "results",
+}
+_RENAMES = {"RECORD_SCHEMA": "SCHEMA"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        mod = importlib.import_module(f"quantbounds.{_EXPORTS[name]}")
+        value = getattr(mod, _RENAMES.get(name, name))
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantbounds' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,153 @@
+"""Verdicts and result files shared by `validate`, `audit` and `calibrate`.
+
+A :class:`Verdict` is one quantitative claim checked against a computation that could have
+disagreed with it: what the claim predicts, what was measured, a confidence interval for the
+measurement, and the conditions under which the verdict holds. Every report writes a JSON
+object with a ``verdicts`` list of these (``Verdict.to_dict``), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import numpy as np
+
+VerdictKind = Literal["holds", "fails", "conditional"]
+VERDICTS = ("holds", "fails", "conditional")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """One claim and the measurement that judges it.
+
+    claim:      the claim in words, citing its source (e.g. "seed 001 Thm 3.1: ...").
+    verdict:    "holds" | "fails" | "conditional" (holds only under ``conditions``).
+    predicted:  what the claim predicts (number, list or short string).
+    measured:   what was measured (same kind as ``predicted``).
+    ci:         (lo, hi) confidence interval of ``measured`` (95 % unless ``details`` says),
+                or None where the measurement is exact (an identity checked to rounding).
+    conditions: where the verdict holds / the set-up it was measured in.
+    source:     which seed document / theorem / DESIGN.md section the claim comes from.
+    details:    anything else worth keeping (counts, per-cell numbers).
+    """
+
+    claim: str
+    verdict: VerdictKind
+    predicted: Any
+    measured: Any
+    ci: Any = None
+    conditions: str = ""
+    source: str = ""
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    def to_dict(self) -> dict:
+        return to_jsonable(asdict(self))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/jax scalars and arrays, tuples and dataclasses to plain JSON types.
+
+    Non-finite floats become the strings "nan", "inf", "-inf" (JSON has no such numbers).
+    """
+    if hasattr(obj, "__dataclass_fields__"):
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "_asdict"):
+        return to_jsonable(obj._asdict())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if math.isfinite(f):
+            return f
+        return "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # numpy / jax arrays
+        arr = np.asarray(obj)
+        return to_jsonable(arr.tolist()) if arr.ndim else to_jsonable(arr.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write JSON to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    A reader never sees a half-written file; an interrupted writer leaves the old file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+        return f"[{v[0]:.4g}, {v[1]:.4g}]"
+    s = str(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def print_verdicts(verdicts: Iterable[Verdict | dict], *, title: str = "Verdicts", console=None) -> None:
+    """Print the verdict table with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title, show_lines=False)
+    for col in ("claim", "verdict", "predicted", "measured", "95% CI", "conditions"):
+        table.add_column(col, overflow="fold")
+    style = {"holds": "green", "fails": "red", "conditional": "yellow"}
+    for v in verdicts:
+        d = v.to_dict() if isinstance(v, Verdict) else to_jsonable(v)
+        table.add_row(d["claim"], f"[{style[d['verdict']]}]{d['verdict']}[/]", _fmt(d["predicted"]),
+                      _fmt(d["measured"]), _fmt(d.get("ci")), _fmt(d.get("conditions", "")))
+    console.print(table)
+
+
+def load_verdicts(path: str | os.PathLike) -> list[dict]:
+    """Read the ``verdicts`` list of a report JSON, checking each has the required keys."""
+    data = json.loads(Path(path).read_text())
+    out = data.get("verdicts")
+    if not isinstance(out, list):
+        raise ValueError(f"{path}: no 'verdicts' list")
+    required = ("claim", "verdict", "predicted", "measured", "ci", "conditions")
+    for i, v in enumerate(out):
+        missing = [k for k in required if k not in v]
+        if missing:
+            raise ValueError(f"{path}: verdict {i} lacks {missing}")
+        if v["verdict"] not in VERDICTS:
+            raise ValueError(f"{path}: verdict {i} has verdict={v['verdict']!r}")
+    return out
