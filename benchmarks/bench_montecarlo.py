@@ -1,0 +1,188 @@
+"""Throughput of the Monte Carlo engine (issue 2, part 8): samples per second of the ε_BA
+terms at m = n ∈ {1024, 4096}, r ∈ {16, 64, 256}, float32, additive model, per-tensor ranges.
+
+Measured in one run, per size:
+  engine   ``montecarlo.simulate_eps_ba`` (the public call: validation, sharded units,
+           Gram form, statistics), warm (compiled once before timing);
+  numpy    a plain numpy loop with the same Gram form (BᵀB, A·Aᵀ precomputed, noise from
+           numpy's default PCG64 ``Generator.random`` in float32, four r×r GEMM products);
+  floor    the engine's own noise generator alone: the same units drawing and materialising the
+           same ε_A, ε_B (``sharding.uniform_grid``, scaled by Δ), without the Gram arithmetic;
+  dense    the per-sample dense form ‖X·Y‖_F² with the m×n product formed (vmapped JAX),
+           for the dense-vs-Gram ratio (timed on few samples).
+Written to benchmarks/results/montecarlo.json (atomically): samples/s of each, and the ratios
+speedup_vs_numpy = engine/numpy, fraction_of_floor = engine/floor (1 = as fast as drawing
+the noise), gram_vs_dense = engine/dense. Targets at 4096/r = 64 on a 2-core CPU:
+speedup ≥ 3, fraction_of_floor ≥ 0.8 (within 1.25× of the floor).
+
+Timings on a shared machine are noisy: compare ratios within one run. Usage:
+    python benchmarks/bench_montecarlo.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from quantbounds.montecarlo import simulate_eps_ba
+from quantbounds.results import write_json_atomic
+from quantbounds.sharding import (build_unit_runner, check_mesh, chunk_for, map_units,
+                                  uniform_grid)
+
+OUT = Path(__file__).resolve().parent / "results" / "montecarlo.json"
+BITS = 8
+
+
+def _timed(fn, min_time: float) -> tuple[float, int]:
+    """Call fn() (which returns how many samples it did) until min_time has passed."""
+    done, t0 = 0, time.perf_counter()
+    while True:
+        done += fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return done / dt, done
+
+
+def bench_engine(key, B, A, n_samples, min_time):
+    simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples)          # compile
+    return _timed(lambda: simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples).n_samples,
+                  min_time)
+
+
+def bench_floor(key, B, A, n_samples, min_time):
+    """The engine's units with the arithmetic removed: draw, scale by Δ, reduce."""
+    m, r = B.shape
+    n = A.shape[1]
+    S = chunk_for(m, n, r, "float32", n_samples, None)
+    n_units = -(-n_samples // S)
+    delta = 2.0 ** (1 - BITS)
+
+    def unit(u, keydata, RB, RA):
+        k = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(keydata), 0), u)
+        v = uniform_grid(k, S, r, m + n, jnp.float32)
+        # materialise ε_Bᵀ and ε_A as the engine does (the barrier stops XLA from computing
+        # only what the cheap read-out below needs), then read one column of each
+        eBt, eA = jax.lax.optimization_barrier((v[..., :m] * (delta * RB), v[..., m:] * (delta * RA)))
+        return eBt[:, :, 0].sum() + eA[:, :, 0].sum()
+
+    mesh = check_mesh(None)
+    runner = build_unit_runner(unit, mesh)
+    shared = (np.asarray(jax.random.key_data(key)), np.float32(np.abs(B).max()),
+              np.float32(np.abs(A).max()))
+    map_units(runner, n_units, shared, mesh=mesh)                        # compile
+    return _timed(lambda: (map_units(runner, n_units, shared, mesh=mesh), n_units * S)[1],
+                  min_time)
+
+
+def bench_numpy(B, A, n_samples, min_time):
+    """Plain numpy loop, same Gram form, per-tensor Δ, PCG64 float32 noise."""
+    rng = np.random.default_rng(0)
+    m, r = B.shape
+    n = A.shape[1]
+    GB, GA = B.T @ B, A @ A.T
+    dB = np.float32(2.0 ** (1 - BITS) * np.abs(B).max())
+    dA = np.float32(2.0 ** (1 - BITS) * np.abs(A).max())
+
+    def run():
+        for _ in range(n_samples):
+            eBt = (rng.random((r, m), dtype=np.float32) - np.float32(0.5)) * dB
+            eA = (rng.random((r, n), dtype=np.float32) - np.float32(0.5)) * dA
+            F, Ct = eBt @ eBt.T, eBt @ B
+            E, Dt = eA @ eA.T, eA @ A.T
+            t1, t2, t3 = np.vdot(GB, E), np.vdot(F, GA), np.vdot(F, E)
+            _total = t1 + t2 + t3 + 2 * (np.vdot(Ct.T, Dt) + np.vdot(Ct, E) + np.vdot(F, Dt))
+        return n_samples
+
+    return _timed(run, min_time)
+
+
+def bench_dense(key, B, A, n_samples, min_time):
+    """Dense per-sample ‖X·Y‖² (m×n formed), vmapped over n_samples, same noise generator."""
+    m, r = B.shape
+    n = A.shape[1]
+    dB = 2.0 ** (1 - BITS) * float(np.abs(B).max())
+    dA = 2.0 ** (1 - BITS) * float(np.abs(A).max())
+    Bj, Aj = jnp.asarray(B), jnp.asarray(A)
+
+    @jax.jit
+    def run(k):
+        v = uniform_grid(k, n_samples, r, m + n, jnp.float32)
+        eB = jnp.swapaxes(v[..., :m], 1, 2) * dB
+        eA = v[..., m:] * dA
+        X = jnp.concatenate([jnp.broadcast_to(Bj, eB.shape), eB], axis=2)       # (S, m, 2r)
+        Y = jnp.concatenate([eA, Aj + eA], axis=1)                               # (S, 2r, n)
+        return jnp.sum(jnp.einsum("smk,skn->smn", X, Y) ** 2, axis=(1, 2))
+
+    jax.block_until_ready(run(key))
+    return _timed(lambda: (jax.block_until_ready(run(key)), n_samples)[1], min_time)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="m = n = 1024 and 4096/r = 64 only")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds per measurement")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    min_time = args.min_time or (1.0 if args.quick else 3.0)
+    sizes = ([(1024, 16), (1024, 64), (4096, 64)] if args.quick else
+             [(mn, r) for mn in (1024, 4096) for r in (16, 64, 256)])
+    key = jax.random.key(0)
+    rows = []
+    with Progress(transient=True) as prog:
+        task = prog.add_task("benchmark", total=len(sizes) * 4)
+        for mn, r in sizes:
+            kB, kA = jax.random.split(jax.random.fold_in(key, mn * 1000 + r))
+            B = np.asarray(jax.random.normal(kB, (mn, r), jnp.float32))
+            A = np.asarray(jax.random.normal(kA, (r, mn), jnp.float32))
+            # enough samples per call that per-call overheads are amortised
+            n_eng = int(max(64, min(2048, 2 ** 31 // (8 * r * r * 2 * mn))))
+            res = {"m": mn, "n": mn, "r": r, "dtype": "float32", "bits": BITS}
+            for name, fn in [("engine", lambda: bench_engine(key, B, A, n_eng, min_time)),
+                             ("floor", lambda: bench_floor(key, B, A, n_eng, min_time)),
+                             ("numpy", lambda: bench_numpy(B, A, max(4, n_eng // 16), min_time)),
+                             ("dense", lambda: bench_dense(key, B, A, 2 if mn > 2048 else 8,
+                                                           min_time))]:
+                prog.update(task, description=f"{mn}×{mn} r={r}: {name}")
+                rate, done = fn()
+                res[f"{name}_samples_per_s"] = rate
+                res[f"{name}_samples_timed"] = done
+                prog.advance(task)
+            res["speedup_vs_numpy"] = res["engine_samples_per_s"] / res["numpy_samples_per_s"]
+            res["fraction_of_floor"] = res["engine_samples_per_s"] / res["floor_samples_per_s"]
+            res["gram_vs_dense"] = res["engine_samples_per_s"] / res["dense_samples_per_s"]
+            rows.append(res)
+    table = Table(title="Monte Carlo engine, samples/s (float32; ratios from one run)")
+    for col in ("m=n", "r", "engine", "numpy", "floor", "dense", "×numpy", "of floor", "×dense"):
+        table.add_column(col, justify="right")
+    for x in rows:
+        table.add_row(str(x["m"]), str(x["r"]), f"{x['engine_samples_per_s']:.0f}",
+                      f"{x['numpy_samples_per_s']:.0f}", f"{x['floor_samples_per_s']:.0f}",
+                      f"{x['dense_samples_per_s']:.1f}", f"{x['speedup_vs_numpy']:.2f}",
+                      f"{x['fraction_of_floor']:.2f}", f"{x['gram_vs_dense']:.0f}")
+    Console().print(table)
+    write_json_atomic(args.out, {
+        "benchmark": "bench_montecarlo", "quick": args.quick, "min_time_s": min_time,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "jax": jax.__version__, "numpy": np.__version__,
+                    "devices": [str(d) for d in jax.devices()],
+                    "load_avg_1min_at_end": os.getloadavg()[0]},
+        "note": "timings on a shared machine are noisy; ratios are measured in one run",
+        "targets_4096_r64": {"speedup_vs_numpy": ">= 3", "fraction_of_floor": ">= 0.8"},
+        "sizes": rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The Monte Carlo engine's compute layer: Gram numerics, noise, work units, device sharding.
+
+``quantbounds.montecarlo`` is the public face (what is estimated, validation, statistics);
+this module is how it is computed.
+
+Gram form (never forms an m×n matrix). With X = [B, ε_B] (m×2r) and Y = [ε_A; A + ε_A]
+(2r×n), ε_BA = X·Y exactly and ‖X·Y‖_F² = tr((XᵀX)(YYᵀ)). Per sample only four r×r products
+depend on the noise, F = ε_Bᵀε_B, C = Bᵀε_B, E = ε_A·ε_Aᵀ, D = A·ε_Aᵀ; the noise-free Grams
+G_B = BᵀB and G_A = A·Aᵀ are computed once per rank. Then
+    ‖B·ε_A‖² = ⟨G_B, E⟩,  ‖ε_B·A‖² = ⟨F, G_A⟩,  ‖ε_B·ε_A‖² = ⟨F, E⟩,
+    ‖ε_BA‖² = the three + 2·(tr(C·D) + tr(C·E) + tr(F·Dᵀ)),
+with ⟨X, Y⟩ = Σ X∘Y: about 8·r²·(m+n) flops and O(r·(m+n)) memory per sample. The tempting
+form X = [B + ε_B, −B] cancels catastrophically in float32 above ~10 bits and is not used.
+ε_B is drawn transposed, (r, m) per sample, so that C and D are single large GEMMs against
+the shared B and A.
+
+Work units. The engine cuts its work into units, one chunk of S samples of one grid cell
+(rank × bit-width), identified by an integer id u; a unit computes its samples from
+fold_in(key, u) alone. Units are independent, and their results do not depend on which device
+ran them: the same key gives the same numbers on one CPU, on 8 GPUs, or on several hosts joined
+with ``jax.distributed.initialize()`` (they do depend on S, the chunk size).
+
+Sharding. :func:`map_units` lays the unit ids along a 1-D device mesh (``jax.sharding.Mesh``
+with the axis ``"units"``), replicates the shared inputs (key data, factors, Grams, ranges) to
+every device with a ``NamedSharding``, and runs ``jax.lax.map`` over each device's local ids
+inside ``jax.shard_map``. Ids are padded to a multiple of the device count; padded units are
+computed and dropped. Results come back to the host as numpy arrays (gathered across
+processes in multi-host runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from quantbounds._checks import check_int_range
+
+UNIT_AXIS = "units"   # the mesh axis the work units are laid along
+
+
+def device_mesh(devices: Sequence[Any] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"units"`` over ``devices`` (default: all global devices)."""
+    devs = list(jax.devices() if devices is None else devices)
+    if not devs:
+        raise ValueError("devices must be a non-empty sequence of JAX devices")
+    return Mesh(np.asarray(devs), (UNIT_AXIS,))
+
+
+def check_mesh(mesh: Any) -> Mesh:
+    if mesh is None:
+        return device_mesh()
+    if not isinstance(mesh, Mesh) or mesh.axis_names != (UNIT_AXIS,):
+        raise TypeError(f"mesh must be a 1-D jax.sharding.Mesh with axis names ({UNIT_AXIS!r},) "
+                        f"(see quantbounds.sharding.device_mesh), got {mesh!r}")
+    return mesh
+
+
+def build_unit_runner(unit_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """jit(shard_map(lax.map(unit_fn))) over the ``"units"`` axis of ``mesh``.
+
+    unit_fn(unit_id, *shared) -> pytree of arrays, one unit's outputs. The returned
+    function takes (unit_ids (U,), *shared) with U a multiple of the mesh size and returns
+    the same pytree with a leading axis U. Build it once per configuration and keep it (the
+    Monte Carlo engine caches it), so repeated calls do not re-trace.
+    """
+    def local(ids, *shared):
+        return jax.lax.map(lambda u: unit_fn(u, *shared), ids)
+
+    def run(ids, *shared):
+        in_specs = (P(UNIT_AXIS),) + tuple(P() for _ in shared)
+        return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(UNIT_AXIS),
+                             check_vma=False)(ids, *shared)
+
+    return jax.jit(run)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1 and not x.is_fully_addressable:  # multi-host: gather every shard
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *,
+              mesh: Mesh) -> Any:
+    """Run units 0…n_units−1 with a runner from :func:`build_unit_runner`; host numpy results.
+
+    shared: host arrays every unit reads (raw key data, factors, ranges), replicated to each
+    device (in multi-host runs every process must pass the same values). Returns the runner's
+    pytree,
+    each leaf a numpy array with leading axis n_units (padding units dropped).
+    """
+    n_dev = mesh.size
+    n_pad = int(math.ceil(n_units / n_dev) * n_dev)
+    ids = jax.device_put(np.arange(n_pad, dtype=np.int32), NamedSharding(mesh, P(UNIT_AXIS)))
+    rep = NamedSharding(mesh, P())
+    shared = [jax.device_put(np.asarray(s), rep) for s in shared]
+    out = runner(ids, *shared)
+    return jax.tree_util.tree_map(lambda x: _to_host(x)[:n_units], out)
+
+
+# Noise bytes one work unit may hold (its fused copies roughly triple it): keeps a unit's
+# working set near 100 MB on any device; a throughput/memory trade-off chosen on the 2-core
+# benchmark (benchmarks/bench_montecarlo.py), not a correctness constant.
+CHUNK_BYTES = 32 * 2**20
+MAX_CHUNK = 64
+
+
+# ------------------------------------------------------------------ per-sample numerics
+def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
+    """Per-sample ‖B·ε_A‖², ‖ε_B·A‖², ‖ε_B·ε_A‖², ‖ε_BA‖² by the Gram form (module docstring).
+
+    B: (m, r); A: (r, n); GB = BᵀB, GA = A·Aᵀ: (r, r); eps_Bt: (S, r, m), the S samples of
+    ε_B stored transposed (so both products below are single large GEMMs); eps_A: (S, r, n).
+    Returns (S, 4) in the order of :class:`EpsBAMoments`.
+    """
+    S, r, m = eps_Bt.shape
+    n = eps_A.shape[-1]
+    F = jnp.einsum("skm,sjm->skj", eps_Bt, eps_Bt)                 # ε_Bᵀε_B
+    Ct = (eps_Bt.reshape(S * r, m) @ B).reshape(S, r, r)            # Cᵀ = ε_Bᵀ·B
+    E = jnp.einsum("skn,sjn->skj", eps_A, eps_A)                   # ε_A·ε_Aᵀ
+    Dt = (eps_A.reshape(S * r, n) @ A.T).reshape(S, r, r)          # Dᵀ = ε_A·Aᵀ
+    t1 = jnp.einsum("kl,skl->s", GB, E)
+    t2 = jnp.einsum("skl,kl->s", F, GA)
+    t3 = jnp.einsum("skl,skl->s", F, E)
+    x12 = jnp.einsum("slk,skl->s", Ct, Dt)                          # tr(C·D)  = ⟨B·ε_A, ε_B·A⟩
+    x13 = jnp.einsum("skl,skl->s", Ct, E)                           # tr(C·E)  = ⟨B·ε_A, ε_B·ε_A⟩
+    x23 = jnp.einsum("skl,skl->s", F, Dt)                           # tr(F·Dᵀ) = ⟨ε_B·A, ε_B·ε_A⟩
+    return jnp.stack([t1, t2, t3, t1 + t2 + t3 + 2 * (x12 + x13 + x23)], axis=-1)
+
+
+def uniform_grid(key, S: int, r: int, cols: int, dtype) -> jnp.ndarray:
+    """(S, r, cols) draws u = (j + ½)/2^k − ½, j uniform on 0…2^k−1; row k from fold_in(key, k).
+
+    k = 16 (two per 32-bit word of ``jax.random.bits``) for float32, k = 32 for float64; both
+    conversions are exact. Symmetric, |u| < ½, Var u = (1 − 4^{−k})/12 (``montecarlo``). Keying
+    each row separately makes row k's draws independent of r, so a rank padded with extra rows
+    sees exactly the noise of the unpadded rank in its first rows.
+    """
+    half = jnp.dtype(dtype) == jnp.float32
+    width = (cols + 1) // 2 if half else cols
+    rows = jax.vmap(lambda k: jax.random.bits(jax.random.fold_in(key, k), (S, width), jnp.uint32),
+                    out_axes=1)(jnp.arange(r))                                   # (S, r, width)
+    if half:
+        j = jnp.concatenate([rows & 0xFFFF, rows >> 16], axis=-1)[..., :cols]
+        return (j.astype(jnp.float32) - 32767.5) * (2.0 ** -16)     # exact in float32
+    return (rows.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32)  # exact in float64
+
+
+def step_factor(bits, step: str):
+    """Δ/R: 2^{1−b} ("paper", seed eq. 2) or 1/(2^{b−1} − 1) ("midtread", b ≥ 2)."""
+    bits = jnp.asarray(bits, jnp.float32)
+    return jnp.exp2(1.0 - bits) if step == "paper" else 1.0 / (jnp.exp2(bits - 1.0) - 1.0)
+
+
+# ------------------------------------------------------------------ units and their runners
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    mode: str
+    m: int
+    n: int
+    r: int
+    S: int            # samples per unit
+    n_chunks: int     # units per cell
+    n_bits: int
+    dtype: str
+    step: str
+    impl: str         # PRNG implementation name of the key
+    scheme: str = "uniform"
+    rounding: str = "nearest"
+    block_size: int | None = None
+    axis: int | None = None
+
+
+def _unit_key(cfg: _Config, keydata, cell_id, chunk):
+    key = jax.random.wrap_key_data(keydata, impl=cfg.impl)
+    return jax.random.fold_in(jax.random.fold_in(key, cell_id), chunk)
+
+
+def _additive_unit(cfg: _Config, u, keydata, cell_ids, bits, Bs, As, GBs, GAs, RBts, RAs):
+    """Unit u of an additive grid: stacks over ranks padded to r with zero ranges.
+
+    Its noise comes from fold_in(fold_in(key, cell_ids[cell]), chunk), row by row, so it does
+    not depend on the padding, the bucketing of ranks or the device that runs it.
+    """
+    cell, chunk = u // cfg.n_chunks, u % cfg.n_chunks
+    ri, bi = cell // cfg.n_bits, cell % cfg.n_bits
+    fac = step_factor(bits[bi], cfg.step).astype(cfg.dtype)
+    v = uniform_grid(_unit_key(cfg, keydata, cell_ids[cell], chunk), cfg.S, cfg.r, cfg.m + cfg.n,
+                     cfg.dtype)
+    eps_Bt = v[..., :cfg.m] * (fac * RBts[ri])
+    eps_A = v[..., cfg.m:] * (fac * RAs[ri])
+    return gram_terms(Bs[ri], As[ri], GBs[ri], GAs[ri], eps_Bt, eps_A)
+
+
+def _real_unit(cfg: _Config, u, keydata, bits, B, A, GB, GA):
+    """Unit u of a real-quantizer run on one (B, A); cells are bit-widths."""
+    from quantbounds.quantizers import quantize
+
+    b = bits[u // cfg.n_chunks] if cfg.scheme == "uniform" else None
+    opts = dict(bits=b, block_size=cfg.block_size, axis=cfg.axis, rounding=cfg.rounding)
+    if cfg.scheme == "uniform":
+        opts["step"] = cfg.step
+
+    def one(k):
+        kB, kA = jax.random.split(k)
+        stoch = cfg.rounding == "stochastic"
+        qB = quantize(B, cfg.scheme, key=kB if stoch else None, **opts)
+        qA = quantize(A, cfg.scheme, key=kA if stoch else None, **opts)
+        return (qB - B).T, qA - A
+
+    key = _unit_key(cfg, keydata, u // cfg.n_chunks, u % cfg.n_chunks)
+    eps_Bt, eps_A = jax.vmap(one)(jax.random.split(key, cfg.S))
+    return gram_terms(B, A, GB, GA, eps_Bt.astype(cfg.dtype), eps_A.astype(cfg.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def runner_for(cfg: _Config, mesh: Mesh):
+    fn = _additive_unit if cfg.mode == "additive" else _real_unit
+    return build_unit_runner(functools.partial(fn, cfg), mesh)
+
+
+def chunk_for(m: int, n: int, r: int, dtype: str, n_samples: int, chunk_size: int | None) -> int:
+    """Samples per work unit: ``chunk_size`` or CHUNK_BYTES of noise, ≤ MAX_CHUNK, ≤ n_samples."""
+    if chunk_size is not None:
+        return min(check_int_range(chunk_size, "chunk_size", 1), n_samples)
+    per_sample = r * (m + n) * jnp.dtype(dtype).itemsize
+    return int(max(1, min(CHUNK_BYTES // per_sample, MAX_CHUNK, n_samples)))
+
+
+def run_additive(keydata, impl, bits, Bs, As, RBts, RAs, *, n_samples, step, dtype,
+                 chunk_size=None, mesh=None, cell_ids=None) -> np.ndarray:
+    """Per-sample terms of the additive model on a padded grid: (n_ranks, n_bits, n_samples, 4).
+
+    cell_ids: (n_ranks·n_bits,) ids keying each cell's noise (default 0, 1, …); a rank run
+    alone with its id from a larger grid reproduces that grid's samples exactly.
+    Bs: (R, m, r), As: (R, r, n) factors zero-padded to a common r; RBts: ranges of ε_Bᵀ,
+    broadcastable to (R, r, m); RAs: of ε_A, broadcastable to (R, r, n); zero ranges in the
+    padding make ε vanish there, so padded ranks give exactly the unpadded ε_BA.
+    """
+    n_ranks, m, r = Bs.shape
+    n = As.shape[-1]
+    S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
+    n_chunks = -(-n_samples // S)
+    cfg = _Config("additive", m, n, r, S, n_chunks, len(bits), dtype, step, impl)
+    Bs, As = np.asarray(Bs, dtype), np.asarray(As, dtype)
+    GBs = np.einsum("xmk,xml->xkl", Bs, Bs)
+    GAs = np.einsum("xkn,xln->xkl", As, As)
+    cells = np.arange(n_ranks * len(bits)) if cell_ids is None else np.ravel(cell_ids)
+    if cells.shape != (n_ranks * len(bits),):
+        raise ValueError(f"cell_ids must hold n_ranks·n_bits = {n_ranks * len(bits)} ids")
+    shared = (keydata, cells.astype(np.int32), np.asarray(bits, np.float32), Bs, As, GBs, GAs,
+              np.asarray(RBts, dtype), np.asarray(RAs, dtype))
+    mesh = check_mesh(mesh)
+    n_units = n_ranks * len(bits) * n_chunks
+    out = map_units(runner_for(cfg, mesh), n_units, shared, mesh=mesh)
+    return out.reshape(n_ranks, len(bits), n_chunks * S, 4)[:, :, :n_samples]
+
+
+def run_real(keydata, impl, bits, B, A, *, n_samples, scheme, rounding, block_size, axis, step,
+             dtype, chunk_size=None, mesh=None) -> np.ndarray:
+    """Per-sample terms with a real quantizer on one (B, A): (n_bits, n_samples, 4)."""
+    m, r = B.shape
+    n = A.shape[-1]
+    if rounding != "stochastic":
+        n_samples = 1     # deterministic quantizer: one draw is exact
+    S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
+    n_chunks = -(-n_samples // S)
+    cfg = _Config("real", m, n, r, S, n_chunks, len(bits), dtype, step, impl, scheme, rounding,
+                  block_size, axis)
+    B, A = np.asarray(B, dtype), np.asarray(A, dtype)
+    shared = (keydata, np.asarray(bits, np.int32), B, A, B.T @ B, A @ A.T)
+    mesh = check_mesh(mesh)
+    out = map_units(runner_for(cfg, mesh), len(bits) * n_chunks, shared, mesh=mesh)
+    return out.reshape(len(bits), n_chunks * S, 4)[:, :n_samples]

@@ -1,0 +1,316 @@
+"""Linear teacher–student experiment with exact excess risk (issue 3, DESIGN.md §2).
+
+Teacher: W* = W0 + B*·A* ∈ ℝ^{m×n} of known rank r*; inputs x ~ N(0, Σ) with a non-isotropic
+Σ = Q·diag(λ)·Qᵀ (λ geometric from 1 to 1/cond, Q Haar-orthogonal); labels y = W*·x + σ·ξ,
+ξ ~ N(0, I_m). Student: W = W0 + s·B·A, W0 frozen, B (m×r) zero-initialised and A (r×n)
+N(0, 1/n)-initialised (PEFT's convention), trained by full-batch Adam on the empirical risk
+of N samples.
+
+    L̂(W) = (1/N)·Σ_i ‖y_i − W·x_i‖² = tr(W·Σ̂·Wᵀ) − 2·⟨W, Ĉ⟩ + (1/N)·Σ_i ‖y_i‖²,
+    Σ̂ = (1/N)·Σ_i x_i·x_iᵀ,  Ĉ = (1/N)·Σ_i y_i·x_iᵀ
+
+— an identity, so full-batch training needs only (Σ̂, Ĉ) and its cost does not grow with N.
+The population excess risk is exact, never estimated:
+
+    L(W) − L(W*) = ‖(W − W*)·Σ^{1/2}‖_F² = tr((W − W*)·Σ·(W − W*)ᵀ).
+
+Arms (how quantization enters training): "fp" (full precision); "ste_rtn", "ste_sr",
+"ste_nf4" (B and A fake-quantized in the forward pass, straight-through gradient
+x + stop_gradient(Q(x) − x)); "additive" (the paper's model: B + ε_B, A + ε_A with
+ε ~ U(−Δ/2, Δ/2), Δ = 2^{1−b}·R, drawn afresh every step); and post-training quantization
+("ptq": fp training, then round-to-nearest) which `run_grid` derives from the fp arm.
+
+Ranks of different sizes share one `jax.vmap`: factors are padded to r_max and multiplied by a
+0/1 rank mask in the forward pass. Masked columns/rows are exactly zero, contribute nothing,
+get zero gradient and leave the absmax range unchanged, so padding is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from quantbounds._checks import (check_bits, check_choice, check_int_range, check_positive,
+                                 check_rank)
+from quantbounds.scales import SCALES
+
+ARMS = ("fp", "ste_rtn", "ste_sr", "ste_nf4", "additive")
+QUANT_KINDS = ("rtn", "sr", "nf4", "additive")
+_ARM_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "additive"}
+# what the model is deployed with after training: the additive arm is deployed with a real
+# round-to-nearest quantizer (the noise is only the paper's model of it)
+_DEPLOY_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "rtn"}
+
+# bitsandbytes NF4 table (bitsandbytes/functional.py, get_4bit_type("nf4")), float32 values
+NF4_CODE = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherStudentConfig:
+    """The experiment's grid and problem; validates itself.
+
+    m, n: weight shape; r_star: teacher rank; ranks/bits/Ns: the grid; seeds: number of
+    seeds (data, initialisation and quantization noise); label_noise: σ; cond: condition
+    number of Σ; teacher_norm: ‖B*·A*‖_F; steps, lr: Adam with cosine decay; scale: LoRA
+    scale convention of the trained arms; conventions: conventions the fp/ptq arms are run
+    under; lora_alpha: α of "alpha_r"/"rslora"; granularity: absmax per "tensor" (the paper's
+    single range R) or per rank "channel"; key: the teacher's seed.
+    """
+
+    m: int = 16
+    n: int = 24
+    r_star: int = 2
+    ranks: tuple = (1, 2, 4, 8, 16)
+    bits: tuple = (2, 3, 4, 5, 6, 8)
+    Ns: tuple = (64, 128, 256, 512, 1024)
+    seeds: int = 8
+    label_noise: float = 0.5
+    cond: float = 10.0
+    teacher_norm: float = 3.0
+    steps: int = 400
+    lr: float = 0.03
+    arms: tuple = ARMS
+    scale: str = "one"
+    conventions: tuple = ("one", "alpha_r", "rslora")
+    lora_alpha: float = 4.0
+    granularity: str = "tensor"
+    key: int = 0
+
+    def __post_init__(self):
+        check_int_range(self.m, "m", 1)
+        check_int_range(self.n, "n", 1)
+        rmax = min(self.m, self.n)
+        check_rank(self.r_star, "r_star", max_rank=rmax)
+        if not self.ranks or not self.bits or not self.Ns:
+            raise ValueError("ranks, bits and Ns must each be non-empty")
+        for r in self.ranks:
+            check_rank(r, "ranks entry", max_rank=rmax)
+        for b in self.bits:
+            check_bits(b, "bits entry")
+        for N in self.Ns:
+            check_int_range(N, "Ns entry (N)", 1)
+        check_int_range(self.seeds, "seeds", 1)
+        check_int_range(self.steps, "steps", 1)
+        check_positive(self.label_noise, "label_noise", allow_zero=True)
+        check_positive(self.lr, "lr")
+        check_positive(self.teacher_norm, "teacher_norm")
+        check_positive(self.lora_alpha, "lora_alpha")
+        if not (self.cond >= 1.0 and math.isfinite(self.cond)):
+            raise ValueError(f"cond must be finite and ≥ 1, got {self.cond!r}")
+        for a in self.arms:
+            check_choice(a, "arms entry", ARMS)
+        check_choice(self.scale, "scale", SCALES)
+        for c in self.conventions:
+            check_choice(c, "conventions entry", SCALES)
+        check_choice(self.granularity, "granularity", ("tensor", "channel"))
+
+    @property
+    def r_max(self) -> int:
+        return max(self.ranks)
+
+
+class Problem(NamedTuple):
+    """W0, W* (m×n), Σ (n×n), Σ^{1/2} (n×n, symmetric), σ (label noise)."""
+
+    W0: jnp.ndarray
+    Wstar: jnp.ndarray
+    Sigma: jnp.ndarray
+    Sigma_half: jnp.ndarray
+    label_noise: float
+
+
+def make_problem(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
+    """The teacher of ``cfg`` (deterministic in ``cfg.key``)."""
+    dtype = dtype or jnp.result_type(float)
+    k0, kb, ka, kq = jax.random.split(jax.random.PRNGKey(cfg.key), 4)
+    m, n = cfg.m, cfg.n
+    W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
+    Bs = jax.random.normal(kb, (m, cfg.r_star), dtype)
+    As = jax.random.normal(ka, (cfg.r_star, n), dtype)
+    D = Bs @ As
+    D = D * (cfg.teacher_norm / jnp.linalg.norm(D))
+    Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
+    Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
+    lam = cfg.cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
+    Sigma = (Q * lam) @ Q.T
+    Sigma_half = (Q * jnp.sqrt(lam)) @ Q.T
+    return Problem(W0, W0 + D, Sigma, Sigma_half, float(cfg.label_noise))
+
+
+def excess_risk(W, Wstar, Sigma):
+    """Exact population excess risk tr((W − W*)·Σ·(W − W*)ᵀ) = ‖(W − W*)·Σ^{1/2}‖_F².
+
+    W, Wstar: (m, n); Sigma: (n, n) covariance of x. Returns a scalar. Exact for any x with
+    covariance Σ and zero mean (the squared loss is quadratic in W).
+    """
+    D = W - Wstar
+    return jnp.sum(D * (D @ Sigma))
+
+
+def sample_data(key, problem: Problem, N: int):
+    """N samples: X (N×n) with rows x ~ N(0, Σ), Y (N×m) = X·W*ᵀ + σ·ξ."""
+    kx, ky = jax.random.split(key)
+    n = problem.Sigma.shape[0]
+    dt = problem.Sigma.dtype
+    X = jax.random.normal(kx, (N, n), dt) @ problem.Sigma_half
+    Y = X @ problem.Wstar.T + problem.label_noise * jax.random.normal(ky, (N, problem.W0.shape[0]), dt)
+    return X, Y
+
+
+def sufficient_stats(X, Y, N):
+    """(Σ̂, Ĉ, ‖y‖²-mean) of the first N rows (N may be traced; rows ≥ N are masked out)."""
+    w = (jnp.arange(X.shape[0]) < N).astype(X.dtype) / N
+    return (X.T * w) @ X, (Y.T * w) @ X, jnp.sum(w * jnp.sum(Y * Y, axis=1))
+
+
+def empirical_risk(W, stats):
+    """(1/N)·Σ‖y_i − W·x_i‖² from the sufficient statistics (see the module docstring)."""
+    Sxx, Cyx, yy = stats
+    return jnp.sum(W * (W @ Sxx)) - 2.0 * jnp.sum(W * Cyx) + yy
+
+
+def fake_quant(x, *, kind: str, bits=None, key=None, axis=None):
+    """Dequantized Q(x) (same shape). Symmetric absmax scaling, range R = max|x| over the
+    whole tensor (axis=None) or over ``axis`` (keepdims: one range per remaining index).
+
+    "rtn":      Δ·round(x/Δ), Δ = 2^{1−b}·R (the paper's step; |Q(x)| ≤ R, no clipping needed)
+    "sr":       Δ·⌊x/Δ + u⌋, u ~ U[0, 1) (unbiased stochastic rounding; needs key)
+    "nf4":      R·c_k, c_k the NF4 code value nearest x/R (bits ignored)
+    "additive": x + Δ·(u − ½), the paper's additive uniform model (needs key)
+    bits may be a traced scalar. A zero range (all-zero x) returns x unchanged. A private
+    twin of the contract of quantbounds.quantizers.quantize, kept here because the vmapped
+    grid needs traced bits and exact zeros for padded ranks.
+    """
+    R = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
+    safe = jnp.where(R > 0, R, 1.0)
+    # NF4: nearest of the 16 code values after scaling by the range
+    if kind == "nf4":
+        code = jnp.asarray(NF4_CODE, x.dtype)
+        idx = jnp.argmin(jnp.abs((x / safe)[..., None] - code), axis=-1)
+        return code[idx] * R
+    delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * safe
+    if kind == "rtn":
+        return delta * jnp.round(x / delta)
+    u = jax.random.uniform(key, x.shape, x.dtype)
+    if kind == "sr":
+        return delta * jnp.floor(x / delta + u)
+    if kind == "additive":
+        return x + jnp.where(R > 0, delta, 0.0) * (u - 0.5)
+    raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
+
+
+def ste(x, q):
+    """Straight-through estimator: value q, gradient of the identity in x."""
+    return x + jax.lax.stop_gradient(q - x)
+
+
+def scale_value(convention: str, r, alpha: float):
+    """LoRA scale s for a (possibly traced) rank r: α/r, α/√r or 1 (quantbounds.scales)."""
+    if convention == "alpha_r":
+        return alpha / r
+    if convention == "rslora":
+        return alpha / jnp.sqrt(r)
+    return jnp.ones_like(r)
+
+
+class LoRAStudent(nn.Module):
+    """W = W0 + s·Q(B⊙mask)·Q(A⊙mask) with B: (m, r_max) zeros, A: (r_max, n) ~ N(0, 1/n)."""
+
+    m: int
+    n: int
+    r_max: int
+
+    @nn.compact
+    def __call__(self, W0, mask, scale, quant: Callable | None = None):
+        B = self.param("B", nn.initializers.zeros, (self.m, self.r_max), W0.dtype)
+        A = self.param("A", nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
+                       (self.r_max, self.n), W0.dtype)
+        B = B * mask[None, :]
+        A = A * mask[:, None]
+        if quant is not None:
+            B = quant(B, 0) * mask[None, :]
+            A = quant(A, 1) * mask[:, None]
+        return W0 + scale * (B @ A)
+
+
+def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
+    """A closure Q(x, which) for LoRAStudent; which = 0 for B, 1 for A."""
+    if kind is None:
+        return None
+
+    def q(x, which):
+        # per "channel" = one range per rank component: columns of B, rows of A
+        axis = None if granularity == "tensor" else (0 if which == 0 else 1)
+        k = jax.random.fold_in(key, which) if key is not None else None
+        out = fake_quant(x, kind=kind, bits=bits, key=k, axis=axis)
+        return ste(x, out) if straight_through else out
+
+    return q
+
+
+def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm: str,
+                  cfg: TeacherStudentConfig, convention: str | None = None):
+    """Train one student; every argument except ``arm``/``cfg``/``convention`` may be traced.
+
+    Returns (params, s): flax params {"B", "A"} (padded to r_max, masked by rank r) and the
+    LoRA scale s used. Full-batch Adam (cosine-decayed lr) for cfg.steps steps on L̂.
+    """
+    dt = problem.W0.dtype
+    mask = (jnp.arange(cfg.r_max) < r).astype(dt)
+    s = scale_value(convention or cfg.scale, jnp.asarray(r, dt), cfg.lora_alpha)
+    model = LoRAStudent(cfg.m, cfg.n, cfg.r_max)
+    params = model.init(init_key, problem.W0, mask, s)["params"]
+    opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
+    kind = _ARM_KIND.get(arm)
+
+    def loss(p, k):
+        W = model.apply({"params": p}, problem.W0, mask, s, _quant_fn(kind, bits, k, cfg.granularity))
+        return empirical_risk(W, stats)
+
+    def step(carry, i):
+        p, st = carry
+        g = jax.grad(loss)(p, jax.random.fold_in(noise_key, i))
+        upd, st = opt.update(g, st, p)
+        return (optax.apply_updates(p, upd), st), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(cfg.steps))
+    return params, s
+
+
+def student_weight(problem: Problem, params, r, s, *, kind=None, bits=None, key=None,
+                   granularity="tensor"):
+    """W0 + s·Q(B)·Q(A) for trained params (kind=None: the latent full-precision weight)."""
+    mask = (jnp.arange(params["B"].shape[1]) < r).astype(problem.W0.dtype)
+    m, rm = params["B"].shape
+    model = LoRAStudent(m, params["A"].shape[1], rm)
+    q = _quant_fn(kind, bits, key, granularity, straight_through=False)
+    return model.apply({"params": params}, problem.W0, mask, s, q)
+
+
+def additive_prediction(problem: Problem, params, r, s, bits):
+    """The additive model's E‖s·ε_BA·Σ^{1/2}‖_F² for the trained factors (per-tensor ranges):
+
+    s²·(σ_A²·‖B‖_F²·tr Σ + m·σ_B²·tr(A·Σ·Aᵀ) + m·r·σ_A²·σ_B²·tr Σ),  σ² = R²·4^{−b}/3,
+    exact for independent zero-mean noise (DESIGN.md §2, averaged over x ~ N(0, Σ)).
+    """
+    dt = problem.W0.dtype
+    mask = (jnp.arange(params["B"].shape[1]) < r).astype(dt)
+    B = params["B"] * mask[None, :]
+    A = params["A"] * mask[:, None]
+    var = lambda X: jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0  # noqa: E731
+    sA, sB = var(A), var(B)
+    trS = jnp.trace(problem.Sigma)
+    m = B.shape[0]
+    return s ** 2 * (sA * jnp.sum(B * B) * trS + m * sB * jnp.sum(A * (A @ problem.Sigma))
+                     + m * r * sA * sB * trS)

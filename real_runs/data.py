@@ -1,0 +1,207 @@
+"""Dialogue data: loading, DialoGPT formatting, train / held-out splits, batching.
+
+A dialogue is a list of turns (strings). DialoGPT's format (Zhang et al. 2020): the turns of
+a dialogue concatenated, each followed by the end-of-text token,
+
+    x = t₁ ⟨eos⟩ t₂ ⟨eos⟩ … t_k ⟨eos⟩,
+
+trained with next-token cross-entropy on every token. A held-out prompt→response pair is
+(t₁ ⟨eos⟩ … t_j ⟨eos⟩ → t_{j+1}); the model's greedy continuation up to the next ⟨eos⟩ is
+scored against t_{j+1} with token F1 and exact match (SQuAD normalisation, the metric of the
+seed's CoQA comparison).
+
+Sources:
+- ``"chatterbot"``: the English YAML dialogues shipped by ``chatterbot-corpus`` (default).
+- a local ``.json`` / ``.jsonl`` / ``.parquet`` file (e.g. DailyDialog's), read with 🤗
+  ``datasets``; each row holds a list of turns in one of the columns ``DIALOGUE_COLUMNS``.
+- ``"dailydialog"``: ``$QUANTBOUNDS_DAILYDIALOG`` (a local file as above) if set, else the hub
+  dataset ``li2017dailydialog/daily_dialog`` (needs network).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+DIALOGUE_COLUMNS = ("dialog", "dialogue", "turns", "utterances", "conversation")
+DAILYDIALOG_ENV = "QUANTBOUNDS_DAILYDIALOG"
+DAILYDIALOG_HUB = "li2017dailydialog/daily_dialog"
+
+
+class DataError(ValueError):
+    """A dataset that is missing, malformed, or too small."""
+
+
+def load_chatterbot(language: str = "english") -> list[list[str]]:
+    """All dialogues of chatterbot-corpus' YAML files for ``language``, in file-name order."""
+    import yaml
+    from chatterbot_corpus.corpus import DATA_DIRECTORY
+
+    d = Path(DATA_DIRECTORY) / language
+    if not d.is_dir():
+        raise DataError(f"chatterbot-corpus has no language {language!r} (looked in {d})")
+    out = []
+    for f in sorted(d.glob("*.yml")):
+        doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for conv in doc.get("conversations", []):
+            # some entries are bare strings or hold non-string scalars: keep string turns only
+            if isinstance(conv, list):
+                turns = [str(t).strip() for t in conv if isinstance(t, (str, int, float))]
+                turns = [t for t in turns if t]
+                if len(turns) >= 2:
+                    out.append(turns)
+    return out
+
+
+def load_dialogue_file(path: str | os.PathLike) -> list[list[str]]:
+    """Dialogues from a local JSON / JSONL / parquet file via ``datasets``.
+
+    Raises FileNotFoundError naming a missing file and DataError naming a malformed one (wrong
+    extension, unreadable, no dialogue column, or rows that are not lists of strings).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    ext = path.suffix.lower()
+    kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(ext)
+    if kind is None:
+        raise DataError(f"dataset file {path}: extension must be .json, .jsonl or .parquet, got {ext!r}")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise DataError(f"dataset file {path} could not be read as {kind}: {err}") from err
+    return _dialogues_from_rows(ds, str(path))
+
+
+def _dialogues_from_rows(ds, where: str) -> list[list[str]]:
+    col = next((c for c in DIALOGUE_COLUMNS if c in ds.column_names), None)
+    if col is None:
+        raise DataError(f"dataset {where}: no dialogue column; expected one of {DIALOGUE_COLUMNS}, "
+                        f"found {ds.column_names}")
+    out = []
+    for i, turns in enumerate(ds[col]):
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise DataError(f"dataset {where}: row {i} column {col!r} must be a list of strings")
+        turns = [t.strip() for t in turns if t.strip()]
+        if len(turns) >= 2:
+            out.append(turns)
+    if not out:
+        raise DataError(f"dataset {where}: no dialogue with at least two turns")
+    return out
+
+
+def load_dialogues(name: str) -> list[list[str]]:
+    """Dialogues for a dataset spec: "chatterbot", "dailydialog" or a file path."""
+    if name == "chatterbot":
+        return load_chatterbot()
+    if name == "dailydialog":
+        local = os.environ.get(DAILYDIALOG_ENV)
+        if local:
+            return load_dialogue_file(local)
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(DAILYDIALOG_HUB, split="train")
+        except Exception as err:
+            raise DataError(f"DailyDialog is not bundled and the hub dataset {DAILYDIALOG_HUB!r} "
+                            f"could not be loaded ({type(err).__name__}); put its parquet/JSON "
+                            f"file on disk and pass its path, or set ${DAILYDIALOG_ENV}") from err
+        return _dialogues_from_rows(ds, DAILYDIALOG_HUB)
+    if os.sep in name or Path(name).suffix:
+        return load_dialogue_file(name)
+    raise DataError(f"dataset must be 'chatterbot', 'dailydialog' or a .json/.jsonl/.parquet path, "
+                    f"got {name!r}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train dialogues (the first n_train of a seeded shuffle) and held-out dialogues / pairs."""
+
+    train: list[list[str]]
+    heldout: list[list[str]]
+    pairs: list[tuple[list[str], str]]   # (context turns, response)
+
+
+def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
+                    heldout_frac: float = 0.1, split_seed: int = 1234,
+                    max_pairs: int = 64) -> Split:
+    """Deduplicate, shuffle with ``split_seed``, hold out a fraction, keep the first n_train.
+
+    The held-out split depends only on ``split_seed`` (not on n_train or the run's seed), and
+    train sets for increasing n_train are nested, so runs at several N share one test set.
+    Pairs: every (t₁…t_j → t_{j+1}) of the held-out dialogues, the first ``max_pairs`` kept.
+    """
+    uniq = list(dict.fromkeys(tuple(d) for d in dialogues))
+    rng = random.Random(split_seed)
+    rng.shuffle(uniq)
+    n_held = max(1, int(round(heldout_frac * len(uniq))))
+    held, train = uniq[:n_held], uniq[n_held:]
+    if n_train is not None:
+        if n_train < 1 or n_train > len(train):
+            raise DataError(f"n_train must be in 1…{len(train)} (training dialogues available), "
+                            f"got {n_train}")
+        train = train[:n_train]
+    pairs = [(list(d[:j]), d[j]) for d in held for j in range(1, len(d))][:max_pairs]
+    return Split(train=[list(d) for d in train], heldout=[list(d) for d in held], pairs=pairs)
+
+
+def encode_dialogue(tok, turns: list[str], *, seq_len: int) -> list[int]:
+    """Token ids of t₁⟨eos⟩…t_k⟨eos⟩, truncated to seq_len."""
+    ids: list[int] = []
+    for t in turns:
+        ids.extend(tok(t)["input_ids"])
+        ids.append(tok.eos_token_id)
+    return ids[:seq_len]
+
+
+def collate(seqs: list[list[int]], *, pad_id: int):
+    """Right-padded batch: input_ids, attention_mask and labels (−100 on padding)."""
+    import torch
+
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --- token F1 / exact match (SQuAD v1.1 evaluation script's normalisation) -------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD)."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall of the normalised bags of words.
+
+    Both empty → 1; exactly one empty → 0 (as the SQuAD script does).
+    """
+    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))

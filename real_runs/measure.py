@@ -1,0 +1,209 @@
+"""Measurements of a LoRA fine-tune: gradient variance, ‖x‖², ranges R, ‖ε_BA‖², eval metrics.
+
+Gradient variance, measured properly. For a parameter vector θ (here: the LoRA factors of one
+layer, or of all layers) and mini-batch gradients g_k = ∇_θ L(θ; batch_k), k = 1…K, drawn
+i.i.d. at FIXED θ, the quantity in Theorem 3.3 is the trace of the covariance of g:
+
+    tr Cov[g] = E‖g − E g‖²,    estimated without bias by   (1/(K−1))·Σ_k ‖g_k − ḡ‖².
+
+It is a property of the gradient's distribution across mini-batches (or, on one fixed batch,
+across noise / stochastic-rounding draws), NOT the variance of the entries of one gradient
+(the seed's mistake), which mixes parameters of different scales and is not a variance of
+anything random. The total over layers is the sum of the per-layer traces.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+import torch
+from torch.nn.utils import parametrize
+
+from real_runs.data import exact_match, token_f1
+
+
+def trace_cov(samples: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, float]]:
+    """(total, per key) unbiased tr Ĉov = (1/(K−1))·Σ_k ‖g_k − ḡ‖² over K ≥ 2 samples.
+
+    samples: K dicts {key: flat gradient}; computed in float64.
+    """
+    K = len(samples)
+    if K < 2:
+        raise ValueError(f"need at least 2 gradient samples to estimate a covariance, got {K}")
+    per = {}
+    for key in samples[0]:
+        G = torch.stack([s[key].double().reshape(-1) for s in samples])  # K × d
+        per[key] = float(((G - G.mean(0)) ** 2).sum() / (K - 1))
+    return sum(per.values()), per
+
+
+def gradient_samples(loss_fn: Callable[[object], torch.Tensor], inputs: Iterable,
+                     groups: dict[str, list[torch.nn.Parameter]]) -> list[dict[str, torch.Tensor]]:
+    """[{group: flat ∇_θ L(θ; input)}] for each input, at the current (fixed) parameters.
+
+    loss_fn(input) → scalar loss; groups: {name: parameters}. Uses torch.autograd.grad, so
+    no .grad is touched and no optimizer step happens between samples.
+    """
+    names = list(groups)
+    flat = [p for n in names for p in groups[n]]
+    out = []
+    for inp in inputs:
+        grads = torch.autograd.grad(loss_fn(inp), flat, allow_unused=True)
+        it = iter(grads)
+        sample = {}
+        for n in names:
+            parts = []
+            for p in groups[n]:
+                g = next(it)
+                parts.append((torch.zeros_like(p) if g is None else g).detach().reshape(-1))
+            sample[n] = torch.cat(parts)
+        out.append(sample)
+    return out
+
+
+def grad_variance(loss_fn, inputs, groups) -> tuple[float, dict[str, float]]:
+    """tr Ĉov of the gradient across ``inputs`` (mini-batches, or one batch repeated for noise draws)."""
+    return trace_cov(gradient_samples(loss_fn, inputs, groups))
+
+
+def lora_groups(layers: dict, adapter: str = "default") -> dict[str, list[torch.nn.Parameter]]:
+    """{layer: [B, A] trainable (master) parameters} of PEFT LoRA layers."""
+    out = {}
+    for name, layer in layers.items():
+        ps = []
+        for fac in (layer.lora_B[adapter], layer.lora_A[adapter]):
+            if parametrize.is_parametrized(fac):
+                ps.append(fac.parametrizations.weight.original)
+            else:
+                ps.append(fac.weight)
+        out[name] = ps
+    return out
+
+
+@contextmanager
+def capture_input_norms(layers: dict, mask_holder: dict):
+    """Accumulate Σ‖x_t‖² and token counts of each adapted layer's input x (…, n).
+
+    ``mask_holder["mask"]`` (B×T, 1 = real token) selects tokens; set it before each forward.
+    Yields {layer: [Σ‖x‖², count]}; mean ‖x‖² = sum / count.
+    """
+    acc = {n: [0.0, 0] for n in layers}
+    handles = []
+
+    def make(name):
+        def hook(mod, args):
+            x = args[0].detach().double()
+            sq = (x ** 2).sum(-1)
+            m = mask_holder.get("mask")
+            if m is not None and m.shape == sq.shape:
+                acc[name][0] += float((sq * m).sum())
+                acc[name][1] += int(m.sum())
+            else:
+                acc[name][0] += float(sq.sum())
+                acc[name][1] += sq.numel()
+        return hook
+
+    for n, layer in layers.items():
+        handles.append(layer.register_forward_pre_hook(make(n)))
+    try:
+        yield acc
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def factor_ranges(layers: dict, adapter: str = "default") -> tuple[dict, dict]:
+    """({layer: R_B}, {layer: R_A}): absmax of the full-precision B and A."""
+    from real_runs.arms import factor_weights
+
+    rb, ra = {}, {}
+    for n, layer in layers.items():
+        B, A = factor_weights(layer, adapter, quantized=False)
+        rb[n], ra[n] = float(B.abs().max()), float(A.abs().max())
+    return rb, ra
+
+
+def eps_ba(layers: dict, adapter: str = "default") -> tuple[float, dict[str, float]]:
+    """Σ_layers ‖Q(B)Q(A) − BA‖_F² (float64), Q as the forward pass applies it (one draw for SR/noise).
+
+    Unscaled by the LoRA scale s. 0 for layers whose factors are not quantized.
+    """
+    from real_runs.arms import factor_weights
+
+    per = {}
+    for n, layer in layers.items():
+        B, A = factor_weights(layer, adapter, quantized=False)
+        Bq, Aq = factor_weights(layer, adapter, quantized=True)
+        d = Bq.double() @ Aq.double() - B.double() @ A.double()
+        per[n] = float((d ** 2).sum())
+    return sum(per.values()), per
+
+
+@torch.no_grad()
+def eval_loss(model, batches: Iterable[dict]) -> tuple[float, int]:
+    """(mean token cross-entropy in nats, number of predicted tokens) over batches.
+
+    Token-weighted: Σ CE / Σ tokens, each position t predicting token t+1 where both are real.
+    """
+    total, count = 0.0, 0
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        tgt = b["labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
+            ignore_index=-100, reduction="sum")
+        total += float(ce)
+        count += int((tgt != -100).sum())
+    if count == 0:
+        raise ValueError("no tokens to evaluate")
+    return total / count, count
+
+
+@torch.no_grad()
+def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
+                  device: str = "cpu") -> tuple[float, float, list[str]]:
+    """(mean token F1, exact-match rate, responses) of greedy continuations of held-out prompts.
+
+    Prompt = t₁⟨eos⟩…t_j⟨eos⟩ (last ``max_prompt`` tokens), generation stops at ⟨eos⟩.
+    One prompt at a time, so no padding can change the positions.
+    """
+    from real_runs.data import encode_dialogue
+
+    eos = tok.eos_token_id
+    f1s, ems, outs = [], [], []
+    for context, reference in pairs:
+        ids = encode_dialogue(tok, context, seq_len=10**9)[-max_prompt:]
+        x = torch.tensor([ids], device=device)
+        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                           max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
+        new = y[0, x.shape[1]:].tolist()
+        if eos in new:
+            new = new[:new.index(eos)]
+        resp = tok.decode(new).strip()
+        outs.append(resp)
+        f1s.append(token_f1(resp, reference))
+        ems.append(exact_match(resp, reference))
+    n = max(1, len(pairs))
+    return sum(f1s) / n, sum(ems) / n, outs
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak memory: CUDA max allocated on GPU; else the process' max RSS (Linux ru_maxrss in KiB)."""
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def model_bytes(model) -> int:
+    """Bytes of all parameters and buffers as stored (bnb 4/8-bit weights at their packed size)."""
+    n = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        n += t.numel() * t.element_size()
+    return int(n)
+
+
+def perplexity(loss: float) -> float:
+    return float(math.exp(min(loss, 700.0)))  # exp overflows float64 past ≈ 709

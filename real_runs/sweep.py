@@ -1,0 +1,172 @@
+"""Resumable sweeps: a TOML grid of fine-tunes, one record line per finished run.
+
+Config format (``real_runs/configs/*.toml``)::
+
+    [sweep]                       # optional metadata
+    name = "embedded"
+    description = "..."
+
+    [defaults]                    # any FinetuneConfig field, applied to every run
+    model = "embedded"
+    steps = 120
+
+    [[grid]]                      # a block: list values are crossed (Cartesian product),
+    arm = ["fp16", "base_int8"]   # scalars are fixed; keys are FinetuneConfig fields
+    rank = [4, 16, 64]
+    seed = [0, 1]
+
+Runs = the union over blocks, de-duplicated by run_id in config order. Every run's
+configuration is validated before the first one starts, so a typo fails in a second, not
+after an hour; an unknown key anywhere is an error naming it.
+
+Resume: the out file is the state. Runs whose run_id has a good record there are skipped;
+a torn last line (``kill -9`` during the write) fails the schema check in ``read_records``,
+so that run is simply re-run and its new line starts on a fresh line (``append_record``).
+Each record is one ``write`` + ``fsync`` on an O_APPEND descriptor, so no finished run is
+lost and none is written twice. An exclusive ``flock`` on ``<out>.lock`` stops two sweeps
+from writing the same file at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import sys
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+
+from quantbounds.records import append_record, read_records
+from real_runs.finetune import FinetuneConfig
+
+TOP_KEYS = ("sweep", "defaults", "grid")
+SWEEP_KEYS = ("name", "description")
+
+
+class SweepConfigError(ValueError):
+    """A sweep TOML that cannot be expanded into valid runs."""
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Parse a sweep TOML file; FileNotFoundError / SweepConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config not found: {path}")
+    try:
+        with path.open("rb") as f:
+            cfg = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise SweepConfigError(f"{path}: not valid TOML: {err}") from err
+    unknown = sorted(set(cfg) - set(TOP_KEYS))
+    if unknown:
+        raise SweepConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+    bad = sorted(set(cfg.get("sweep", {})) - set(SWEEP_KEYS))
+    if bad:
+        raise SweepConfigError(f"{path}: unknown key(s) {bad} in [sweep]; allowed: {list(SWEEP_KEYS)}")
+    if not isinstance(cfg.get("grid", []), list) or not cfg.get("grid"):
+        raise SweepConfigError(f"{path}: needs at least one [[grid]] block")
+    return cfg
+
+
+def expand(cfg: dict, *, where: str = "config", overrides: dict | None = None) -> list[FinetuneConfig]:
+    """All runs of a parsed config, validated, de-duplicated by run_id (first occurrence kept)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    defaults = dict(cfg.get("defaults", {}))
+    bad = sorted(set(defaults) - known)
+    if bad:
+        raise SweepConfigError(f"{where}: unknown key(s) {bad} in [defaults]; known: {sorted(known)}")
+    runs, seen = [], set()
+    for i, block in enumerate(cfg["grid"]):
+        bad = sorted(set(block) - known)
+        if bad:
+            raise SweepConfigError(f"{where}: unknown key(s) {bad} in [[grid]] block {i + 1}; "
+                                   f"known: {sorted(known)}")
+        # target_modules is itself a list: a list of lists sweeps it, a flat list fixes it
+        axes = {k: v for k, v in block.items()
+                if isinstance(v, list) and not (k == "target_modules" and not isinstance(v[0], list))}
+        fixed = {k: v for k, v in block.items() if k not in axes}
+        for combo in itertools.product(*axes.values()):
+            d = {**defaults, **fixed, **dict(zip(axes, combo)), **(overrides or {})}
+            try:
+                rc = FinetuneConfig.from_dict(d)
+            except (TypeError, ValueError) as err:
+                raise SweepConfigError(f"{where}: [[grid]] block {i + 1}, run {d}: {err}") from err
+            if rc.run_id not in seen:
+                seen.add(rc.run_id)
+                runs.append(rc)
+    return runs
+
+
+@contextmanager
+def _exclusive(out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{out}.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise RuntimeError(f"another sweep is writing {out} (lock {out}.lock is held)") from err
+        yield
+    finally:
+        os.close(fd)
+
+
+def pending(runs: list[FinetuneConfig], out: str | os.PathLike) -> tuple[list[FinetuneConfig], list]:
+    """(runs without a good record in ``out``, [(line, reason)] of its corrupt lines)."""
+    out = Path(out)
+    if not out.exists():
+        return list(runs), []
+    res = read_records(out)
+    done = {r["run_id"] for r in res.records}
+    return [r for r in runs if r.run_id not in done], res.errors
+
+
+def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: int | None = None,
+              keep_going: bool = False, overrides: dict | None = None, progress: bool = True,
+              log=print) -> dict:
+    """Run every pending run of a sweep config, appending one record per finished run.
+
+    limit: stop after this many new runs (None = all). keep_going: log a failing run and go
+    on (it stays pending). Returns counts {"total", "skipped", "done", "failed"}.
+    """
+    from real_runs.finetune import run_finetune
+
+    cfg = load_config(config_path)
+    runs = expand(cfg, where=str(config_path), overrides=overrides)
+    out = Path(out)
+    with _exclusive(out):
+        todo, errors = pending(runs, out)
+        for line, why in errors:
+            log(f"warning: {out}:{line}: skipped a corrupt record ({why}); its run will be redone")
+        skipped = len(runs) - len(todo)
+        if limit is not None:
+            todo = todo[:limit]
+        counts = {"total": len(runs), "skipped": skipped, "done": 0, "failed": 0}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(runs), initial=skipped, desc=cfg.get("sweep", {}).get("name", "sweep"),
+                       unit="run", file=sys.stderr)
+        try:
+            for rc in todo:
+                if bar is not None:
+                    bar.set_postfix_str(f"{rc.arm} r={rc.rank} b={rc.bits} seed={rc.seed}")
+                try:
+                    rec = run_finetune(rc)
+                except Exception as err:  # noqa: BLE001 - reported, run stays pending
+                    if not keep_going:
+                        raise
+                    counts["failed"] += 1
+                    log(f"error: run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}) failed: {err!r}")
+                    continue
+                append_record(out, rec)
+                counts["done"] += 1
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+    return counts

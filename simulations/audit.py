@@ -1,0 +1,151 @@
+"""`quantbounds audit`: the seed's quantitative claims against the teacher–student experiment.
+
+    quantbounds audit [--quick | --scale {quick,default,full}] [--out results/audit.json]
+                      [--figures figures | --no-figures]
+
+Runs the vmapped teacher–student grid (quantbounds.ts_grid), measures gradient variance at
+fixed parameters (quantbounds.gradvar), fits rates with bootstrap CIs over seeds
+(simulations.audit_verdicts), prints the verdict table and writes ``results/audit.json``
+(``verdicts`` as Verdict.to_dict(), ``fits`` with exponent_N, exponent_r, per_bit_factor, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+SCALES = ("quick", "default", "full")
+
+# Grid presets. "default" is TeacherStudentConfig's own default (5 ranks × 6 bits × 5 N × 8 seeds).
+_PRESETS = {
+    "quick": dict(ranks=(1, 2, 4, 8), bits=(2, 3, 4, 8), Ns=(64, 256, 1024), seeds=4, steps=200),
+    "default": dict(),
+    "full": dict(m=32, n=48, r_star=4, ranks=(1, 2, 4, 8, 16, 32), bits=(2, 3, 4, 5, 6, 7, 8, 10),
+                 Ns=(128, 256, 512, 1024, 2048, 4096), seeds=16, steps=800),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """scale: grid preset; grad_batch/grad_draws: mini-batch size and number of draws of the
+    gradient-variance measurement; tol: the quantization excess counted as negligible, as a
+    fraction of the full-precision excess (the seed README's "< 10 % degradation");
+    overrides: TeacherStudentConfig fields that replace the preset's (tests use it)."""
+
+    scale: str = "default"
+    grad_batch: int = 32
+    grad_draws: int = 64
+    tol: float = 0.1
+    n_boot: int = 1000
+    overrides: tuple = ()
+
+    def __post_init__(self):
+        from quantbounds._checks import check_choice, check_int_range, check_probability
+
+        check_choice(self.scale, "scale", SCALES)
+        check_int_range(self.grad_batch, "grad_batch", 1)
+        check_int_range(self.grad_draws, "grad_draws", 2)
+        check_int_range(self.n_boot, "n_boot", 10)
+        check_probability(self.tol, "tol")
+
+    def ts_config(self):
+        from quantbounds.teacher_student import TeacherStudentConfig
+
+        return TeacherStudentConfig(**{**_PRESETS[self.scale], **dict(self.overrides)})
+
+
+def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
+    """Gradient variance at the trained fp parameters (largest N, convention cfg.scale), for
+    every (rank, bits, seed), under additive-model and SR noise. Arrays shaped (R, B, S)."""
+    import jax
+    import jax.numpy as jnp
+
+    from quantbounds.gradvar import measure_grad_variance
+
+    fp = res[f"fp_{cfg.scale}"] if f"fp_{cfg.scale}" in res else res[next(k for k in res if k.startswith("fp_"))]
+    R, Bn, S = len(cfg.ranks), len(cfg.bits), cfg.seeds
+    ri, bi, si = (a.ravel() for a in np.meshgrid(np.arange(R), np.arange(Bn), np.arange(S), indexing="ij"))
+    mask = (np.arange(cfg.r_max)[None, :] < np.array(cfg.ranks)[ri][:, None]).astype(float)
+    B = jnp.asarray(fp["B"][ri, -1, si] * mask[:, None, :])
+    A = jnp.asarray(fp["A"][ri, -1, si] * mask[:, :, None])
+    s = jnp.asarray(fp["scale"][ri, -1, si])
+    b = jnp.asarray(np.array(cfg.bits, float)[bi])
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(cfg.key + 7), i))(jnp.arange(len(ri)))
+    out = {}
+    for kind in ("additive", "sr"):
+        f = jax.jit(jax.vmap(lambda B_, A_, s_, k_, b_, kind=kind: measure_grad_variance(
+            problem, B_, A_, s_, k_, batch_size=acfg.grad_batch, n_draws=acfg.grad_draws,
+            kind=kind, bits=b_, granularity=cfg.granularity)))
+        r = jax.device_get(f(B, A, s, keys, b))
+        out[kind] = {k: np.asarray(v).reshape(R, Bn, S) for k, v in r.items()}
+    return out
+
+
+def run_audit(acfg: AuditConfig, *, console=None) -> dict:
+    """Run the grid, the gradient-variance measurement, the fits and the verdicts."""
+    from rich.console import Console
+
+    from quantbounds.teacher_student import make_problem
+    from quantbounds.ts_grid import run_grid
+    from simulations.audit_claims import fits_and_verdicts
+
+    console = console or Console(stderr=True)
+    cfg = acfg.ts_config()
+    problem = make_problem(cfg)
+    t0 = time.perf_counter()
+    n_cfg = len(cfg.ranks) * len(cfg.Ns) * cfg.seeds * (len(cfg.conventions) + 1 + 3 * len(cfg.bits))
+    with console.status(f"[1/3] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
+        res = run_grid(cfg, problem=problem)
+    t1 = time.perf_counter()
+    console.log(f"grid done in {t1 - t0:.1f} s")
+    with console.status("[2/3] gradient variance at fixed parameters"):
+        gv = run_gradvar(res, cfg, acfg, problem)
+    t2 = time.perf_counter()
+    console.log(f"gradient variance done in {t2 - t1:.1f} s")
+    with console.status("[3/3] fits (bootstrap over seeds) and verdicts"):
+        fits, verdicts, summary = fits_and_verdicts(res, gv, cfg, acfg)
+    t3 = time.perf_counter()
+    console.log(f"fits done in {t3 - t2:.1f} s")
+    cfg_dict = asdict(cfg)
+    return {"config": {"audit": {k: v for k, v in asdict(acfg).items() if k != "overrides"},
+                       "teacher_student": cfg_dict},
+            "fits": fits, "verdicts": [v.to_dict() for v in verdicts], "summary": summary,
+            "timing_s": {"grid": t1 - t0, "gradvar": t2 - t1, "fits": t3 - t2},
+            "_res": res, "_gv": gv}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `quantbounds audit` (argv without the command name)."""
+    p = argparse.ArgumentParser(prog="quantbounds audit", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=SCALES, default="default")
+    p.add_argument("--quick", action="store_true", help="same as --scale quick (≤ 60 s)")
+    p.add_argument("--out", default="results/audit.json")
+    p.add_argument("--figures", default="figures", help="directory for audit_*.png")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--x64", action="store_true", help="run in float64 (slower)")
+    args = p.parse_args(argv)
+    import jax
+
+    jax.config.update("jax_enable_x64", bool(args.x64))
+    from quantbounds.results import print_verdicts, write_json_atomic
+
+    scale = "quick" if args.quick else args.scale
+    out = run_audit(AuditConfig(scale=scale))
+    res, gv = out.pop("_res"), out.pop("_gv")
+    if not args.no_figures:
+        from simulations.audit_plots import plot_audit
+
+        out["figures"] = [str(f) for f in plot_audit(res, gv, out, figures_dir=args.figures)]
+    write_json_atomic(args.out, out)
+    print_verdicts(out["verdicts"], title=f"quantbounds audit ({scale})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

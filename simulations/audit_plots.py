@@ -1,0 +1,78 @@
+"""Figures of `quantbounds audit` (matplotlib, Agg): written as figures/audit_*.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list[Path]:
+    """Three figures: excess risk vs N, quantization excess vs bits, gradient variance vs bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(figures_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    ts = out["config"]["teacher_student"]
+    ranks, Ns, bits = np.array(ts["ranks"]), np.array(ts["Ns"], float), np.array(ts["bits"], float)
+    fp_key = f"fp_{ts['scale']}" if f"fp_{ts['scale']}" in res else next(k for k in res if k.startswith("fp_"))
+    fp = res[fp_key]
+    paths = []
+
+    # 1. full-precision excess vs N, with the paper's √(r/N) and least squares' r/N slopes
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    E = fp["excess_latent"].mean(-1)
+    for i, r in enumerate(ranks):
+        ax.loglog(Ns, E[i], "o-", label=f"r = {r}")
+    ref = E[-1, 0]
+    ax.loglog(Ns, ref * np.sqrt(Ns[0] / Ns), "k--", lw=1, label="∝ N^−½ (paper)")
+    ax.loglog(Ns, ref * Ns[0] / Ns, "k:", lw=1, label="∝ N^−1 (least squares)")
+    f = out["fits"]["exponent_N"]
+    ax.set(xlabel="N", ylabel="excess risk ‖(W−W*)Σ^½‖²",
+           title=f"fp student: exponent in N = {f['value']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(d / "audit_excess_vs_N.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. quantization excess (post-training RTN) vs bits at the largest N, with the additive model
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    Q = fp["ptq_qexcess"][:, -1].mean(1)
+    Pm = fp["ptq_pred"][:, -1].mean(1)
+    for i, r in enumerate(ranks):
+        line, = ax.semilogy(bits, Q[i], "o-", label=f"r = {r}")
+        ax.semilogy(bits, Pm[i], "--", color=line.get_color(), lw=1)
+    if "ste_rtn" in res:
+        ax.semilogy(bits, res["ste_rtn"]["excess_deployed"][-1, :, -1].mean(-1), "ks-", ms=4,
+                    label=f"STE-RTN total excess, r = {ranks[-1]}")
+    ax.axhline(E[:, -1].min(), color="gray", lw=0.8, ls=":")
+    f = out["fits"]["per_bit_factor"]
+    ax.set(xlabel="bits b", ylabel="‖s·ε_BA·Σ^½‖²  (dashed: additive model)",
+           title=f"N = {int(Ns[-1])}: factor per bit {f['value']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(d / "audit_quant_vs_bits.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 3. gradient variance from quantization noise vs bits, with Theorem 3.3's added term
+    from quantbounds.bounds import grad_variance_bound
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    g = gv.get("additive") or next(iter(gv.values()))
+    for i, r in enumerate(ranks):
+        line, = ax.semilogy(bits, g["var_noise"][i].mean(-1), "o-", label=f"r = {r}")
+        added = grad_variance_bound(0.0, g["loss"][i], g["x_norm2"][i], r, bits[:, None], g["R"][i])
+        ax.semilogy(bits, added.mean(-1), "--", color=line.get_color(), lw=1)
+    ax.set(xlabel="bits b", ylabel="Var over noise draws of ∇(B,A)  (dashed: L²‖x‖²r4^−b R²)",
+           title="gradient variance from quantization noise")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(d / "audit_gradvar.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

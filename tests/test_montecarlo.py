@@ -1,0 +1,247 @@
+"""Monte Carlo engine (quantbounds.montecarlo / the numerics in quantbounds.sharding).
+
+References: dense ‖Q(B)Q(A) − BA‖_F² in float64 per sample, a Python loop over samples,
+float-error bounds derived from the summation depth (Higham, Accuracy and Stability of
+Numerical Algorithms, §3.1: |fl(xᵀy) − xᵀy| ≤ γ_K·|x|ᵀ|y|, γ_K = K·u/(1 − K·u)), exact moments
+(quantbounds.moments) with tolerance 5·σ/√n (σ the sample standard deviation), the analytic
+moments of the uniform grid.
+"""
+
+import math
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from quantbounds.moments import EpsBAMoments, eps_ba_moments
+from quantbounds.montecarlo import (EpsBASimulation, eps_ba_terms, ranges, simulate_eps_ba,
+                                    simulate_grid)
+from quantbounds.sharding import gram_terms, run_additive, step_factor, uniform_grid
+
+
+def _dense_terms(B, A, eB, eA):
+    """The four squared norms with the m×n matrices formed, in float64."""
+    B, A, eB, eA = (np.asarray(x, np.float64) for x in (B, A, eB, eA))
+    return np.array([np.sum((B @ eA) ** 2), np.sum((eB @ A) ** 2), np.sum((eB @ eA) ** 2),
+                     np.sum(((B + eB) @ (A + eA) - B @ A) ** 2)])
+
+
+def _factors(seed, m, r, n):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, r)), rng.normal(size=(r, n)), rng
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.tuples(st.integers(1, 9), st.integers(1, 5), st.integers(1, 8)), st.integers(0, 10**6))
+def test_gram_form_equals_dense_float64(shape, seed):
+    m, r, n = shape
+    B, A, rng = _factors(seed, m, r, n)
+    eB, eA = rng.normal(size=(m, r)) * 0.3, rng.normal(size=(r, n)) * 0.2
+    got = np.array([float(x) for x in eps_ba_terms(B, A, eB, eA)])
+    np.testing.assert_allclose(got, _dense_terms(B, A, eB, eA), rtol=1e-10, atol=1e-12)
+
+
+def test_gram_form_float32_at_16_bits_within_derived_rounding_bound():
+    """float32, b = 16 (ε ≈ 2^{-16}·R): no cancellation, error within γ_K·(absolute sums).
+
+    With X = [B, ε_B], Y = [ε_A; A + ε_A] every term is Σ over r×r Gram entries, each a dot of
+    length ≤ max(m, n), so |fl(t) − t| ≤ γ_K·Σ(|X|ᵀ|X|)∘(|Y||Y|ᵀ) with K = max(m, n) + 2r² + 8
+    (dot length, the final r×r sums and the seven-term combination). The cancelling form
+    ‖(B+ε_B)(A+ε_A) − BA‖² would be off by ≈ u·‖B‖²‖A‖², about 2^{32} times this bound.
+    """
+    m, r, n = 512, 16, 384
+    B, A, rng = _factors(0, m, r, n)
+    d = 2.0 ** (1 - 16)
+    eB = rng.uniform(-0.5, 0.5, (m, r)) * d * np.abs(B).max()
+    eA = rng.uniform(-0.5, 0.5, (r, n)) * d * np.abs(A).max()
+    B32, A32, eB32, eA32 = (x.astype(np.float32) for x in (B, A, eB, eA))
+    got = np.array([float(x) for x in eps_ba_terms(B32, A32, eB32, eA32)])
+    want = _dense_terms(B32, A32, eB32, eA32)      # the same float32 inputs, exact-ish in f64
+    u = 2.0 ** -24
+    K = max(m, n) + 2 * r * r + 8
+    gamma = K * u / (1 - K * u)
+    aB, aA, aeB, aeA = (np.abs(x.astype(np.float64)) for x in (B32, A32, eB32, eA32))
+    X, Y = np.hstack([aB, aeB]), np.vstack([aeA, aA + aeA])
+    bounds = gamma * np.array([np.sum((aB.T @ aB) * (aeA @ aeA.T)),
+                               np.sum((aeB.T @ aeB) * (aA @ aA.T)),
+                               np.sum((aeB.T @ aeB) * (aeA @ aeA.T)),
+                               np.sum((X.T @ X) * (Y @ Y.T))])
+    assert np.all(np.abs(got - want) <= bounds), (got - want, bounds)
+    assert np.all(bounds / want < 1e-2)          # the bound itself is informative
+
+
+def test_vmap_over_samples_equals_python_loop():
+    m, r, n, S = 11, 3, 7, 5
+    B, A, rng = _factors(1, m, r, n)
+    eB, eA = rng.normal(size=(S, m, r)), rng.normal(size=(S, r, n))
+    batched = np.asarray(gram_terms(B, A, B.T @ B, A @ A.T, np.swapaxes(eB, 1, 2), eA))
+    loop = np.array([[float(x) for x in eps_ba_terms(B, A, eB[s], eA[s])] for s in range(S)])
+    np.testing.assert_allclose(batched, loop, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
+    """Redraw each unit's noise (fold_in(fold_in(key, cell), chunk)), form ε_BA densely in
+    float64 in a Python loop: the engine's per-sample terms must agree to rounding."""
+    m, r, n, N, S, bits = 10, 3, 6, 7, 3, 5
+    B, A, _ = _factors(2, m, r, n)
+    B, A = B.astype(dtype), A.astype(dtype)
+    key = jax.random.key(11)
+    kd = np.asarray(jax.random.key_data(key))
+    RBt, RA = ranges(B).T, ranges(A)
+    out = run_additive(kd, "threefry2x32", [bits], B[None], A[None], RBt[None], RA[None],
+                       n_samples=N, step="paper", dtype=dtype, chunk_size=S)[0, 0]
+    d = 2.0 ** (1 - bits)
+    ref = []
+    for chunk in range(-(-N // S)):
+        v = np.asarray(uniform_grid(jax.random.fold_in(jax.random.fold_in(key, 0), chunk),
+                                    S, r, m + n, dtype), np.float64)
+        for s in range(S):
+            eB = (v[s, :, :m] * d * np.abs(B).max()).T
+            eA = v[s, :, m:] * d * np.abs(A).max()
+            ref.append(_dense_terms(B, A, eB, eA))
+    rtol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(out, np.array(ref)[:N], rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,k", [("float32", 16), ("float64", 32)])
+def test_uniform_grid_values_and_moments(dtype, k):
+    S, r, cols = 64, 8, 1001
+    u = np.asarray(uniform_grid(jax.random.key(5), S, r, cols, dtype), np.float64)
+    assert u.shape == (S, r, cols) and u.dtype == np.float64
+    j = (u + 0.5) * 2.0 ** k - 0.5                       # must be an integer in 0…2^k − 1
+    np.testing.assert_array_equal(j, np.round(j))
+    assert j.min() >= 0 and j.max() <= 2.0 ** k - 1
+    N = u.size
+    # E u = 0 (σ_u = 1/√12); E u² = (1 − 4^{−k})/12 with Var u² = 1/80 − 1/144 = 1/180
+    assert abs(u.mean()) <= 5 / math.sqrt(12 * N)
+    assert abs(np.mean(u ** 2) - (1 - 4.0 ** -k) / 12) <= 5 * math.sqrt(1 / 180 / N)
+    # rows are keyed by index: a taller draw holds the shorter one
+    taller = np.asarray(uniform_grid(jax.random.key(5), S, r + 3, cols, dtype), np.float64)
+    np.testing.assert_array_equal(taller[:, :r], u)
+
+
+@pytest.mark.parametrize("opts,dtype", [({}, "float64"), ({}, "float32"),
+                                        ({"axis": 0}, "float64"), ({"axis": 1}, "float64"),
+                                        ({"block_size": 8}, "float64"),
+                                        ({"step": "midtread"}, "float64")])
+def test_additive_mode_matches_exact_moments(opts, dtype):
+    m, r, n, N, bits = 24, 4, 16, 3000, 3
+    B, A, _ = _factors(3, m, r, n)
+    s = 0.7
+    sim = simulate_eps_ba(jax.random.key(4), B, A, bits=bits, n_samples=N, scale=s, dtype=dtype,
+                          **opts)
+    assert isinstance(sim, EpsBASimulation) and sim.n_samples == N
+    gk = {k: v for k, v in opts.items() if k != "step"}
+    fac = float(step_factor(bits, opts.get("step", "paper")))
+    exact = eps_ba_moments(B, A, (fac * ranges(A, **gk)) ** 2 / 12,
+                           (fac * ranges(B, **gk)) ** 2 / 12, scale=s)
+    for name in EpsBAMoments._fields:
+        mu, se, want = (float(getattr(x, name)) for x in (sim.mean, sim.stderr, exact))
+        assert abs(mu - want) <= 5 * se, (name, mu, want, se)
+
+
+def test_real_rtn_is_one_exact_draw_equal_to_dense():
+    from quantbounds.quantizers import quantize
+    m, r, n = 32, 4, 16
+    B, A, _ = _factors(5, m, r, n)
+    for opts in [dict(scheme="uniform", bits=2), dict(scheme="uniform", bits=3, block_size=16),
+                 dict(scheme="nf4", bits=4)]:
+        sim = simulate_eps_ba(jax.random.key(0), B, A, n_samples=50, mode="real",
+                              dtype="float64", **opts)
+        assert sim.n_samples == 1 and all(float(x) == 0.0 for x in sim.stderr)
+        qb = dict(bits=opts["bits"] if opts["scheme"] == "uniform" else None,
+                  block_size=opts.get("block_size"))
+        QB = np.asarray(quantize(jnp.asarray(B), opts["scheme"], **qb), np.float64)
+        QA = np.asarray(quantize(jnp.asarray(A), opts["scheme"], **qb), np.float64)
+        np.testing.assert_allclose([float(x) for x in sim.mean],
+                                   _dense_terms(B, A, QB - B, QA - A), rtol=1e-10)
+
+
+def test_real_stochastic_rounding_matches_exact_moments_with_its_variance():
+    """Midtread SR is unbiased for |x| ≤ R with Var = Δ²·p(1−p), p = x/Δ − ⌊x/Δ⌋, independent
+    per entry: eps_ba_moments with those per-entry variances is exact for it."""
+    m, r, n, N, bits = 16, 3, 12, 3000, 3
+    B, A, _ = _factors(6, m, r, n)
+    sim = simulate_eps_ba(jax.random.key(8), B, A, bits=bits, n_samples=N, mode="real",
+                          rounding="stochastic", step="midtread", dtype="float64")
+
+    def sr_var(x):
+        delta = np.abs(x).max() / (2 ** (bits - 1) - 1)
+        t = x / delta
+        p = t - np.floor(t)
+        return delta ** 2 * p * (1 - p)
+
+    exact = eps_ba_moments(B, A, sr_var(A), sr_var(B))
+    for name in EpsBAMoments._fields:
+        mu, se, want = (float(getattr(x, name)) for x in (sim.mean, sim.stderr, exact))
+        assert abs(mu - want) <= 5 * se, (name, mu, want, se)
+
+
+def test_keys_reproduce_and_differ():
+    B, A, _ = _factors(7, 12, 2, 9)
+    a = simulate_eps_ba(jax.random.key(1), B, A, bits=4, n_samples=20, dtype="float64")
+    b = simulate_eps_ba(jax.random.key(1), B, A, bits=4, n_samples=20, dtype="float64")
+    c = simulate_eps_ba(jax.random.key(2), B, A, bits=4, n_samples=20, dtype="float64")
+    legacy = simulate_eps_ba(jax.random.PRNGKey(1), B, A, bits=4, n_samples=20, dtype="float64")
+    assert a == b and legacy == a
+    assert a.mean.total != c.mean.total
+
+
+def test_zero_B_gives_exact_zeros_not_nan():
+    """PEFT's zero-initialised B: B·ε_A = 0, and with R_B = 0 the additive ε_B is 0 too."""
+    A = np.random.default_rng(0).uniform(-0.1, 0.1, size=(3, 10))
+    sim = simulate_eps_ba(jax.random.key(0), np.zeros((8, 3)), A, bits=4, n_samples=8,
+                          dtype="float64")
+    assert all(float(x) == 0.0 for x in sim.mean)
+    g = simulate_grid(jax.random.key(0), m=8, n=10, ranks=[1, 3], bits=[2, 8], n_samples=4,
+                      factors="peft", dtype="float64")
+    assert np.all(np.asarray(g.mean) == 0) and np.all(np.asarray(g.predicted) == 0)
+    assert np.all(g.range_B == 0) and np.all(g.range_A <= 1 / math.sqrt(10))
+
+
+def test_grid_matches_exact_moments_and_scale_conventions():
+    g = simulate_grid(jax.random.key(3), m=20, n=12, ranks=[1, 2, 5], bits=[2, 6], n_samples=1500,
+                      dtype="float64", scale="rslora", lora_alpha=4.0)
+    np.testing.assert_allclose(g.scale, 4.0 / np.sqrt([1, 2, 5]))
+    mean, se, pred = (np.asarray(x) for x in (g.mean, g.stderr, g.predicted))
+    assert mean.shape == (4, 3, 2)
+    assert np.all(np.abs(mean - pred) <= 5 * se)
+    # the rank-r prediction is the moments of the rank-r factors (first r columns of B, rows of A)
+    assert g.n_samples == 1500
+
+
+def test_bad_inputs_name_the_argument():
+    B, A, _ = _factors(0, 8, 2, 6)
+    key = jax.random.key(0)
+    cases = [
+        (dict(B=B, A=A[:1]), "do not multiply"),
+        (dict(B=np.zeros((8, 0)), A=np.zeros((0, 6))), "rank"),
+        (dict(bits=0), "bits"), (dict(bits=17), "bits"),
+        (dict(B=np.where(B > 0, np.inf, B)), "B must be finite"),
+        (dict(n_samples=1), "n_samples"),
+        (dict(mode="dense"), "mode"),
+        (dict(scheme="nf4"), "additive"),
+        (dict(block_size=5), "block_size"),
+        (dict(block_size=4, axis=0), "at most one"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(dtype=jnp.float16), "dtype"),
+        (dict(step="midtread", bits=1), "midtread"),
+    ]
+    for kw, msg in cases:
+        args = dict(B=B, A=A, bits=4, n_samples=4) | kw
+        with pytest.raises((ValueError, TypeError), match=msg):
+            simulate_eps_ba(key, args.pop("B"), args.pop("A"), **args)
+    with pytest.raises(TypeError, match="key"):
+        simulate_eps_ba(np.zeros(3), B, A, bits=4, n_samples=4)
+    with pytest.raises(ValueError, match="ranks"):
+        simulate_grid(key, m=8, n=6, ranks=[0, 2], bits=[4], n_samples=4)
+    with pytest.raises(ValueError, match="ranks"):
+        simulate_grid(key, m=8, n=6, ranks=[7], bits=[4], n_samples=4)
+    with pytest.raises(ValueError, match="factors"):
+        simulate_grid(key, m=8, n=6, ranks=[2], bits=[4], n_samples=4, factors="lognormal")
+    with pytest.raises(ValueError, match="scale"):
+        simulate_grid(key, m=8, n=6, ranks=[2], bits=[4], n_samples=4, scale="alpha")
