@@ -13,9 +13,12 @@ and a = c = ½ (√(r/N)). Parameters are fitted by robust least squares
 ordinary fit), with percentile bootstrap intervals from resampling *groups* — one 16-bit run
 together with every quantized run paired with it (a cluster bootstrap: pairs sharing a
 baseline are correlated). Not stratified by (r, N) cell: with the usual 2–3 seeds per cell a
-stratified bootstrap under-states the variance by (n−1)/n and more (measured on synthetic
-records: SD of ln ρ 0.007 stratified vs 0.0126 unstratified vs 0.0127 asymptotic). A parameter the design cannot identify (one rank → a, β; one N → c; one
-bit-width → ρ) is fixed at its theory value and marked ``fixed``. Goodness of fit is reported
+stratified bootstrap under-states the spread (measured on synthetic records: SD of ln ρ
+0.008–0.009 stratified vs 0.0126 unstratified vs 0.0127 asymptotic vs 0.015 across 10
+independent data sets). Resamples are weights on the groups, refitted all at once by a
+batched IRLS solver (:func:`_batched_fit`, tested against least_squares). A parameter the
+design cannot identify (one rank → a, β; one N → c; one bit-width → ρ) is fixed at its
+theory value and marked ``fixed``. Goodness of fit is reported
 in-sample and leave-one-configuration-out (LOCO).
 
 Shapes: every array below is 1-D over runs/pairs. Public: :func:`calibrate`,
@@ -31,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 from scipy.optimize import least_squares
 
 from quantbounds._checks import check_choice, check_int_range, check_positive, check_probability
@@ -48,7 +52,9 @@ class CalibrationError(ValueError):
 
 # ----------------------------------------------------------------------------- data
 def screen_records(records: list[dict]) -> tuple[list[dict], list[str]]:
-    """Keep records with finite eval_loss/perplexity/f1; return (valid, problems).
+    """Keep records with finite eval_loss/perplexity/f1 and one uniform (r, b); return
+    (valid, problems). Runs with a per-layer rank_pattern/bits_pattern (allocation checks)
+    are left out: their ``rank``/``bits`` fields are only defaults.
 
     Records read by :func:`quantbounds.records.read_records` already passed the schema; JSON
     still admits NaN/Infinity, which are dropped here with a message naming the run.
@@ -59,6 +65,11 @@ def screen_records(records: list[dict]) -> tuple[list[dict], list[str]]:
         problems.append(f"mixed schema versions {dict(schemas)}; only quantbounds.run/1 is used")
     for r in records:
         if r.get("schema") != "quantbounds.run/1":
+            continue
+        cfg = r.get("config") or {}
+        if cfg.get("rank_pattern") or cfg.get("bits_pattern"):
+            problems.append(f"run {r['run_id']} ({r['arm']}): per-layer rank/bits pattern, not a uniform "
+                            f"(r, b) configuration; left out of fits and verdicts")
             continue
         bad = [k for k in ("eval_loss", "perplexity", "f1") if not math.isfinite(float(r[k]))]
         if bad:
@@ -546,6 +557,16 @@ def degradation(q, base, *, metric: str) -> np.ndarray:
     return 1 - q / base if HIGHER_IS_BETTER[metric] else q / base - 1
 
 
+def _deg(P: Pairs, metric: str, notes: list[str], what: str) -> np.ndarray:
+    """Relative degradation of the pairs whose baseline is non-zero; a note for the rest
+    (e.g. a small model whose greedy responses never overlap the reference: F1 = 0)."""
+    ok = P.base != 0
+    if len(P) and not ok.all():
+        notes.append(f"{what}: {int((~ok).sum())} of {len(P)} pairs have baseline {metric} = 0; "
+                     f"relative degradation undefined, left out")
+    return degradation(P.q[ok], P.base[ok], metric=metric) if ok.any() else np.array([])
+
+
 def bootstrap_mean(d, *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95, strata=None) -> dict:
     """Mean of per-pair values d (1-D) with a percentile bootstrap interval over pairs.
 
@@ -567,16 +588,24 @@ def bootstrap_mean(d, *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95, st
     return {"estimate": float(d.mean()), "ci": [float(lo), float(hi)], "n": int(d.size)}
 
 
-def judge(lo: float, hi: float, threshold: float, *, want: str) -> str:
+MIN_PAIRS = 4  # fewer pairs: percentile intervals far too narrow to decide (n ≤ 3 covers ≪ 95 %)
+
+
+def judge(lo: float, hi: float, threshold: float, *, want: str, n: int | None = None) -> str:
     """"holds" if the whole interval is on the claimed side of ``threshold`` (want="below" |
-    "above"), "fails" if it is wholly on the other side, else "conditional" (inconclusive)."""
+    "above"), "fails" if it is wholly on the other side, else "conditional" (inconclusive).
+    With ``n`` < MIN_PAIRS independent units the answer is always "conditional"."""
+    if n is not None and n < MIN_PAIRS:
+        return "conditional"
     below, above = hi < threshold, lo > threshold
     if want == "below":
         return "holds" if below else ("fails" if lo >= threshold else "conditional")
     return "holds" if above else ("fails" if hi <= threshold else "conditional")
 
 
-def _inconclusive(v: str) -> str:
+def _inconclusive(v: str, n: int | None = None) -> str:
+    if n is not None and n < MIN_PAIRS:
+        return f" — only {n} independent pairs/groups: too few for a decisive verdict (need ≥ {MIN_PAIRS})"
     return " — inconclusive at this sample size (CI contains the threshold)" if v == "conditional" else ""
 
 
@@ -606,12 +635,12 @@ def claim_verdicts(records: list[dict], *, n_boot: int = 2000, seed: int = 0) ->
                 notes.append(f"guideline r∈[{lo_r},{hi_r}] for {arm}: no paired runs")
                 continue
             s = bootstrap_mean(degradation(P.q[m], P.base[m], metric="perplexity"), n_boot=n_boot, seed=seed)
-            v = judge(*s["ci"], thr, want="below")
+            v = judge(*s["ci"], thr, want="below", n=s["n"])
             out.append(Verdict(
                 claim=f"8-bit gives < {thr:.0%} perplexity degradation for {lo_r} ≤ r ≤ {hi_r}",
                 verdict=v, predicted=f"< {thr}", measured=s["estimate"], ci=s["ci"], source=src_readme,
                 conditions=f"{_arm_label(arm, 8)} vs fp16, paired by rank/seed/N; {s['n']} pairs, ranks "
-                           f"{sorted(set(P.rank[m].tolist()))}" + _inconclusive(v),
+                           f"{sorted(set(P.rank[m].tolist()))}" + _inconclusive(v, s["n"]),
                 details={"arm": arm, "bits": 8, "metric": "perplexity"}))
     for arm, b in _bit_arms(records, 4):
         P = paired_excess(records, arm=arm, metric="perplexity", bits=b)
@@ -622,36 +651,39 @@ def claim_verdicts(records: list[dict], *, n_boot: int = 2000, seed: int = 0) ->
         d = degradation(P.q, P.base, metric="perplexity")
         s = bootstrap_mean(d[hi_m], n_boot=n_boot, seed=seed)
         low = bootstrap_mean(d[lo_m], n_boot=n_boot, seed=seed) if lo_m.any() else None
-        v = judge(*s["ci"], SEVERE, want="above")
+        v = judge(*s["ci"], SEVERE, want="above", n=s["n"])
         out.append(Verdict(
             claim="4-bit degrades severely (> 10 % perplexity) for ranks > 8", verdict=v,
             predicted=f"> {SEVERE}", measured=s["estimate"], ci=s["ci"], source=src_readme,
-            conditions=f"{_arm_label(arm, 4)} vs fp16, {s['n']} pairs with r > 8" + _inconclusive(v),
+            conditions=f"{_arm_label(arm, 4)} vs fp16, {s['n']} pairs with r > 8" + _inconclusive(v, s["n"]),
             details={"arm": arm, "r_le_8": low}))
     seed002 = "seed 002 (QLoRA NF4 vs FP16 vs FP4 comparison, CoQA F1)"
     for metric in ("perplexity", "f1"):
         for arm, b in (("base_nf4", None), ("adapter_nf4", None)):
             P = paired_excess(records, arm=arm, metric=metric, bits=b)
-            if not len(P):
+            d = _deg(P, metric, notes, f"{arm} vs fp16")
+            if not d.size:
                 continue
-            s = bootstrap_mean(degradation(P.q, P.base, metric=metric), n_boot=n_boot, seed=seed)
-            v = judge(*s["ci"], NF4_MARGIN, want="below")
+            s = bootstrap_mean(d, n_boot=n_boot, seed=seed)
+            v = judge(*s["ci"], NF4_MARGIN, want="below", n=s["n"])
             out.append(Verdict(
                 claim=f"NF4 matches or beats 16-bit on {metric}", verdict=v,
                 predicted=f"relative degradation ≤ {NF4_MARGIN} (equivalence margin)",
                 measured=s["estimate"], ci=s["ci"], source=seed002,
-                conditions=f"{arm} vs fp16, {s['n']} pairs" + _inconclusive(v), details={"arm": arm}))
+                conditions=f"{arm} vs fp16, {s['n']} pairs" + _inconclusive(v, s["n"]), details={"arm": arm}))
         P = paired_excess(records, arm="base_fp4", baseline_arm="base_nf4", metric=metric)
-        if len(P):
-            s = bootstrap_mean(degradation(P.q, P.base, metric=metric), n_boot=n_boot, seed=seed)
-            v = judge(*s["ci"], 0.0, want="above")
+        d = _deg(P, metric, notes, "base_fp4 vs base_nf4")
+        if d.size:
+            s = bootstrap_mean(d, n_boot=n_boot, seed=seed)
+            v = judge(*s["ci"], 0.0, want="above", n=s["n"])
             out.append(Verdict(
                 claim=f"FP4 underperforms NF4 on {metric}", verdict=v, predicted="> 0",
                 measured=s["estimate"], ci=s["ci"], source=seed002,
                 conditions=f"base_fp4 vs base_nf4, paired; {s['n']} pairs"
-                           + (" — no significant difference" if v == "conditional" else ""),
+                           + (" — no significant difference" if v == "conditional" and s["n"] >= MIN_PAIRS
+                              else _inconclusive(v, s["n"])),
                 details={"metric": metric}))
-        elif metric == "perplexity":
+        elif metric == "perplexity" and not len(P):
             notes.append("FP4 vs NF4: no base_fp4/base_nf4 pairs")
     out += rank_dependence_verdicts(records, n_boot=n_boot, seed=seed)
     for arm in [a for a in ADAPTER_ARMS if any(r["arm"] == a for r in records)]:
@@ -686,13 +718,13 @@ def correlation_verdict(records: list[dict], *, arm: str, n_boot: int = 2000, se
         if vx > 0 and vy > 0:
             rs.append(float(w @ ((x - mx) * (y - my)) / math.sqrt(vx * vy)))
     lo, hi = (float(v) for v in np.quantile(rs, [0.025, 0.975]))
-    v = judge(lo, hi, 0.9, want="above")
+    v = judge(lo, hi, 0.9, want="above", n=int(ug.size))
     scales = sorted({r["scale"] for r in records if r["arm"] == arm})
     return Verdict(claim="predictions and results correlate with R > 0.9 (quantization term r·2^(−2b))",
                    verdict=v, predicted="> 0.9", measured=float(np.corrcoef(x, y)[0, 1]), ci=[lo, hi],
                    source="seed 003 README 'Experimental Validation'",
                    conditions=f"{arm} vs fp16 paired excess eval loss, {int(keep.sum())} pairs, scale {scales}; "
-                              f"prediction as the paper states it (s = 1)" + _inconclusive(v),
+                              f"prediction as the paper states it (s = 1)" + _inconclusive(v, int(ug.size)),
                    details={"arm": arm})
 
 
@@ -701,14 +733,13 @@ def _slope(x, y) -> float:
     return float(np.dot(x, y - y.mean()) / np.dot(x, x))
 
 
-def rank_dependence_verdicts(records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list:
+def rank_dependence_verdicts(records: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list:  # noqa: ARG001
     """Slope of the paired excess eval loss in log₂r, per arm: W0 arms should be flat, adapter
     arms should follow s²·r (DESIGN.md §2: up for s = 1, down for α/r, flat for rsLoRA)."""
     from quantbounds.results import Verdict
 
     predicted_sign = {"one": 1, "alpha_r": -1, "rslora": 0}
     out = []
-    rng = np.random.default_rng(seed)
     for arm in sorted({r["arm"] for r in records} - {"fp16"}):
         recs = [r for r in records if r["arm"] == arm or r["arm"] == "fp16"]
         scales = Counter(r["scale"] for r in recs if r["arm"] == arm)
@@ -720,13 +751,18 @@ def rank_dependence_verdicts(records: list[dict], *, n_boot: int = 2000, seed: i
             if np.unique(P.rank).size < 2:
                 continue
             x, y = np.log2(P.rank.astype(float)), P.excess
-            idx = np.concatenate([rng.choice(np.flatnonzero(P.rank == k), size=(n_boot, int((P.rank == k).sum())))
-                                  for k in np.unique(P.rank)], axis=1)
-            slopes = np.array([_slope(x[i], y[i]) for i in idx])
-            lo, hi = (float(v) for v in np.quantile(slopes, [0.025, 0.975]))
+            # OLS slope with its t interval (df = n − 2): a bootstrap within ranks collapses to a
+            # point with one pair per rank, and is too narrow with two
+            n = len(P)
+            fit = stats.linregress(x, y) if n >= 3 else None
+            half = float(stats.t.ppf(0.975, n - 2) * fit.stderr) if fit is not None else math.inf
+            slope = float(fit.slope) if fit is not None else _slope(x, y)
+            lo, hi = slope - half, slope + half
             w0 = arm.startswith("base_") and arm != "base_nf4_adapter_rtn"
             sign = 0 if w0 else predicted_sign[scale]
-            if sign == 0:
+            if n < MIN_PAIRS:
+                v = "conditional"
+            elif sign == 0:
                 v = "holds" if lo <= 0 <= hi else "fails"
             else:
                 v = judge(lo, hi, 0.0, want="above" if sign > 0 else "below")
@@ -735,12 +771,13 @@ def rank_dependence_verdicts(records: list[dict], *, n_boot: int = 2000, seed: i
                 claim=f"{what}: excess loss {'does not depend' if sign == 0 else 'depends'} on rank"
                       + ("" if sign == 0 else f" ({'increasing' if sign > 0 else 'decreasing'} under scale={scale})"),
                 verdict=v, predicted="slope 0" if sign == 0 else f"slope {'>' if sign > 0 else '<'} 0",
-                measured=_slope(x, y), ci=[lo, hi],
+                measured=slope, ci=[lo, hi] if math.isfinite(half) else None,
                 source="DESIGN.md §2 (variance bound ∝ s²·r); seed 001 §4.2 'higher ranks need more bits'",
                 conditions=f"{_arm_label(arm, b)}, scale={scale}; slope of paired excess eval loss per "
                            f"doubling of r; {len(P)} pairs, ranks {sorted(set(P.rank.tolist()))}"
+                           + "; OLS slope, 95 % t interval"
                            + (" — a CI containing 0 is also what low power gives" if sign == 0 and v == "holds" else "")
-                           + _inconclusive(v),
+                           + _inconclusive(v, n),
                 details={"arm": arm, "bits": b, "scale": scale}))
     return out
 
@@ -812,7 +849,8 @@ def _schema_message(errors: list[tuple[int, str]]) -> list[str]:
 
 def run_calibration(records: list[dict], *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
                     scale: str | None = None, n_boot: int = 1000, seed: int = 0, tol: float = 0.01,
-                    notes: list[str] | None = None) -> tuple[dict, Calibration | None]:
+                    notes: list[str] | None = None, table_ranks=(4, 8, 16, 32), table_Ns=None
+                    ) -> tuple[dict, Calibration | None]:
     """Everything ``quantbounds calibrate`` writes (verdicts, fits, b* table, data summary),
     and the Calibration object (None when nothing could be fitted)."""
     from quantbounds.synthetic import is_synthetic
@@ -828,23 +866,28 @@ def run_calibration(records: list[dict], *, arm: str = "adapter_rtn", baseline_a
         notes += cal.notes
         fits = cal.fits_dict()
         verdicts += fit_verdicts(cal)
-        Ns = sorted({r["n_train"] for r in valid if r["arm"] == baseline_arm}) or [1000]
-        table = bits_table(cal, Ns=Ns, tol=tol)
+        Ns = table_Ns or sorted({r["n_train"] for r in valid if r["arm"] == baseline_arm}) or [1000]
+        table = bits_table(cal, ranks=table_ranks, Ns=Ns, tol=tol)
     except CalibrationError as err:
         notes.append(f"no fit: {err}")
     # the same quantization-term fit for every other adapter arm present (RTN vs SR vs NF4 vs the
     # paper's additive noise): does the "4 per bit" hold for the real quantizers too?
+    # (base_nf4_adapter_rtn against base_nf4: the adapter term on top of an NF4 W0)
     fits["by_arm"] = {}
-    for other in [x for x in ADAPTER_ARMS if x != arm and any(r["arm"] == x for r in valid)]:
+    others = [(x, baseline_arm) for x in ADAPTER_ARMS if x != arm and any(r["arm"] == x for r in valid)]
+    if any(r["arm"] == "base_nf4_adapter_rtn" for r in valid):
+        others.append(("base_nf4_adapter_rtn", "base_nf4"))
+    for other, base_arm in others:
         try:
-            c2 = calibrate(valid, arm=other, baseline_arm=baseline_arm, scale=scale, n_boot=n_boot, seed=seed)
+            c2 = calibrate(valid, arm=other, baseline_arm=base_arm, scale=scale, n_boot=n_boot, seed=seed)
         except CalibrationError as err:
             fits["by_arm"][other] = {"status": f"not fitted: {err}"}
             continue
         if c2.quant is None:
             fits["by_arm"][other] = {"status": "quantization term not fitted"}
             continue
-        fits["by_arm"][other] = dict(c2.quant["params"], r2_loco=c2.quant["loco"]["r2"], n_pairs=c2.quant["n_pairs"])
+        fits["by_arm"][other] = dict(c2.quant["params"], r2_loco=c2.quant["loco"]["r2"],
+                                     n_pairs=c2.quant["n_pairs"], baseline_arm=base_arm)
         verdicts += fit_verdicts(Calibration(quant=c2.quant, gen=None, quant_draws=None, gen_draws=None,
                                              notes=[], arm=other, scale=c2.scale))
     cv, cnotes = claim_verdicts(valid, n_boot=max(n_boot, 200), seed=seed)
@@ -876,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.01, help="excess-loss tolerance (nats) for b*")
+    p.add_argument("--ranks", default="4,8,16,32", help="ranks r of the b* table")
+    p.add_argument("--n", default=None, help="sample sizes N of the b* table (default: those in the records)")
     p.add_argument("--out", default="results/calibration.json")
     p.add_argument("--figures", default="figures", help="folder for figures ('' = none)")
     a = p.parse_args(argv)
@@ -889,7 +934,9 @@ def main(argv: list[str] | None = None) -> int:
         print("quantbounds calibrate: no valid records in", a.records, "—", "; ".join(notes) or "file is empty")
         return 2
     out, cal = run_calibration(rr.records, arm=a.arm, baseline_arm=a.baseline, scale=a.scale,
-                               n_boot=a.n_boot, seed=a.seed, tol=a.tol, notes=notes)
+                               n_boot=a.n_boot, seed=a.seed, tol=a.tol, notes=notes,
+                               table_ranks=[int(x) for x in a.ranks.split(",")],
+                               table_Ns=[int(x) for x in a.n.split(",")] if a.n else None)
     out["records_file"] = str(a.records)
     if a.figures:
         try:

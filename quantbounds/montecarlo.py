@@ -259,16 +259,16 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
                   scheme: str = "uniform", rounding: str = "nearest",
                   block_size: int | None = None, axis: int | None = None, step: str = "paper",
                   scale: float | str = 1.0, lora_alpha: float = 1.0, dtype: Any = jnp.float32,
-                  chunk_size: int | None = None, pad: str = "max", mesh: Any = None) -> EpsBAGrid:
+                  chunk_size: int | None = None, pad: str = "pow2", mesh: Any = None) -> EpsBAGrid:
     """Monte Carlo of the ε_BA terms over ranks × bit-widths (× samples, reduced).
 
     m, n: layer shape; ranks: ranks r (each 1…min(m, n)); bits: bit-widths (1…16); factors:
     see :func:`grid_factors`; scale: a number s, or a convention of ``scales.SCALES`` (with
     lora_alpha) giving s per rank. Other options as :func:`simulate_eps_ba`.
 
-    Additive mode: all ranks run in one sharded program (``pad="max"``; ``pad="pow2"``: one per
-    power-of-two bucket, cheaper when ranks span decades), factors zero-padded to the common
-    rank with zero ranges in the padding, which is exact (padded rows/columns contribute 0 to
+    Additive mode: ranks are zero-padded to the next power of two (``pad="pow2"``, one sharded
+    program per bucket: rank 1…256 costs ≈ Σ r² rather than 9·256²) or all to the largest rank
+    (``pad="max"``, a single program), with zero ranges in the padding, which is exact (padded rows/columns contribute 0 to
     every term, and each cell's noise is keyed by its cell and row, so both paddings give the
     same numbers). Units (chunk × cell) are vmapped over samples and spread over all devices.
     Real mode: one sharded program per rank (quantizer ranges depend on the true shape), with

@@ -90,6 +90,18 @@ def _calibration_section(d: dict) -> list[str]:
             L.append(f"| {k} | {_cell(e.get('value'))} | {ci} | {THEORY_VALUE[k]} |")
         else:
             L.append(f"| {k} | not fitted | — | {THEORY_VALUE[k]} |")
+    by_arm = fits.get("by_arm") or {}
+    if by_arm:
+        L += ["", "The quantization term fitted separately for each quantizer (paired with its baseline):", "",
+              "| arm | C2 | per_bit_factor (theory 4) | exponent_r | LOCO R² | pairs |", "|---|---|---|---|---|---|"]
+        for a, e in by_arm.items():
+            if "per_bit_factor" not in e:
+                L.append(f"| {a} | {_cell(e.get('status'))} | | | | |")
+                continue
+            f = (lambda p: "—" if not isinstance(p, dict) else
+                 f"{p['value']:.3g} " + ("(fixed)" if p.get("fixed") else _cell(p.get("ci"))))
+            L.append(f"| {a} | {f(e['C2'])} | {f(e['per_bit_factor'])} | {f(e['exponent_r'])} | "
+                     f"{_cell(e.get('r2_loco'))} | {e.get('n_pairs')} |")
     q = fits.get("quantization") or {}
     if isinstance(q, dict) and q.get("loco"):
         lo = q["loco"]

@@ -109,7 +109,7 @@ def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *
 # Noise bytes one work unit may hold (its fused copies roughly triple it): keeps a unit's
 # working set near 100 MB on any device; a throughput/memory trade-off chosen on the 2-core
 # benchmark (benchmarks/bench_montecarlo.py), not a correctness constant.
-CHUNK_BYTES = 32 * 2**20
+CHUNK_BYTES = 64 * 2**20
 MAX_CHUNK = 64
 
 
@@ -123,9 +123,11 @@ def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     """
     S, r, m = eps_Bt.shape
     n = eps_A.shape[-1]
-    F = jnp.einsum("skm,sjm->skj", eps_Bt, eps_Bt)                 # ε_Bᵀε_B
+    # per-sample Grams as a scan of 2-D GEMMs: on XLA:CPU each is multi-threaded, ~1.5× the
+    # throughput of the batched dot_general (benchmarks/bench_montecarlo.py, 4096×4096, r = 64)
+    F = jax.lax.map(lambda x: x @ x.T, eps_Bt)                     # ε_Bᵀε_B
     Ct = (eps_Bt.reshape(S * r, m) @ B).reshape(S, r, r)            # Cᵀ = ε_Bᵀ·B
-    E = jnp.einsum("skn,sjn->skj", eps_A, eps_A)                   # ε_A·ε_Aᵀ
+    E = jax.lax.map(lambda x: x @ x.T, eps_A)                      # ε_A·ε_Aᵀ
     Dt = (eps_A.reshape(S * r, n) @ A.T).reshape(S, r, r)          # Dᵀ = ε_A·Aᵀ
     t1 = jnp.einsum("kl,skl->s", GB, E)
     t2 = jnp.einsum("skl,kl->s", F, GA)
@@ -154,10 +156,14 @@ def uniform_grid(key, S: int, r: int, cols: int, dtype) -> jnp.ndarray:
     return (rows.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32)  # exact in float64
 
 
-def step_factor(bits, step: str):
-    """Δ/R: 2^{1−b} ("paper", seed eq. 2) or 1/(2^{b−1} − 1) ("midtread", b ≥ 2)."""
-    bits = jnp.asarray(bits, jnp.float32)
-    return jnp.exp2(1.0 - bits) if step == "paper" else 1.0 / (jnp.exp2(bits - 1.0) - 1.0)
+def step_factor(bits, step: str, dtype=np.float64):
+    """Δ/R: 2^{1−b} ("paper", seed eq. 2) or 1/(2^{b−1} − 1) ("midtread", b ≥ 2).
+
+    numpy (float64) for concrete bits; jnp in ``dtype`` for traced bits (inside the engine).
+    """
+    xp = jnp if isinstance(bits, jax.core.Tracer) else np
+    b = xp.asarray(bits, dtype)
+    return xp.exp2(1 - b) if step == "paper" else 1 / (xp.exp2(b - 1) - 1)
 
 
 # ------------------------------------------------------------------ units and their runners
@@ -192,7 +198,7 @@ def _additive_unit(cfg: _Config, u, keydata, cell_ids, bits, Bs, As, GBs, GAs, R
     """
     cell, chunk = u // cfg.n_chunks, u % cfg.n_chunks
     ri, bi = cell // cfg.n_bits, cell % cfg.n_bits
-    fac = step_factor(bits[bi], cfg.step).astype(cfg.dtype)
+    fac = step_factor(bits[bi], cfg.step, cfg.dtype)
     v = uniform_grid(_unit_key(cfg, keydata, cell_ids[cell], chunk), cfg.S, cfg.r, cfg.m + cfg.n,
                      cfg.dtype)
     eps_Bt = v[..., :cfg.m] * (fac * RBts[ri])

@@ -87,11 +87,13 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth = SyntheticTruth(),
                       ranks=(2, 4, 8, 16, 32), bits=(2, 3, 4, 8), n_trains=(500, 1000, 2000, 4000),
                       seeds=(0, 1, 2), adapter_arm: str = "adapter_rtn",
                       base_arms: tuple[str, ...] = ("base_int8", "base_nf4", "base_fp4"),
+                      extra_adapter_arms: tuple[tuple[str, float, float], ...] = (),
                       f1_slope: float = 0.2) -> list[dict]:
     """SYNTHETIC records (schema ``quantbounds.run/1``) drawn from ``truth``.
 
     For each (r, N, seed): one "fp16" run, one ``adapter_arm`` run per b in ``bits`` and one run
-    per arm in ``base_arms``. f1 = 0.6 − f1_slope·(loss − L∞) + N(0, noise_sd²) (a made-up
+    per arm in ``base_arms``; each (arm, C2, ρ) in ``extra_adapter_arms`` adds runs of that arm
+    with its own quantization constants on the same shared baseline. f1 = 0.6 − f1_slope·(loss − L∞) + N(0, noise_sd²) (a made-up
     monotone link, for the F1 verdicts' plumbing only). grad_var = 1 + r·4^(−b) and
     eps_ba_fro2 = r·4^(−b)/3 without noise (labels for the figures, not measurements).
     ``seed`` drives a numpy Generator (explicit randomness). Returns a list of dicts.
@@ -117,6 +119,12 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth = SyntheticTruth(),
                     out.append(_record(tag, arm=adapter_arm, rank=r, bits=b, base_quant="none",
                                        n_train=N, seed=s, loss=lq, f1=f1_of(lq),
                                        grad_var=1.0 + r * 4.0 ** -b, eps=r * 4.0 ** -b / 3))
+                for arm, c2, rho in extra_adapter_arms:
+                    for b in bits:
+                        lq = base + c2 * r ** truth.beta * rho ** -b + rng.normal(0, truth.noise_sd)
+                        out.append(_record(tag, arm=arm, rank=r, bits=b, base_quant="none", n_train=N,
+                                           seed=s, loss=lq, f1=f1_of(lq), grad_var=1.0 + r * 4.0 ** -b,
+                                           eps=r * 4.0 ** -b / 3))
                 for arm in base_arms:
                     bq = {"base_int8": "int8", "base_nf4": "nf4", "base_fp4": "fp4"}[arm]
                     lw = base + shifts.get(arm, 0.0) + rng.normal(0, truth.noise_sd)

@@ -180,7 +180,7 @@ def empirical_risk(W, stats):
     return jnp.sum(W * (W @ Sxx)) - 2.0 * jnp.sum(W * Cyx) + yy
 
 
-def fake_quant(x, *, kind: str, bits=None, key=None, axis=None):
+def fake_quant(x, *, kind: str, bits=None, key=None, axis=None, u=None):
     """Dequantized Q(x) (same shape). Symmetric absmax scaling, range R = max|x| over the
     whole tensor (axis=None) or over ``axis`` (keepdims: one range per remaining index).
 
@@ -188,7 +188,8 @@ def fake_quant(x, *, kind: str, bits=None, key=None, axis=None):
     "sr":       Δ·⌊x/Δ + u⌋, u ~ U[0, 1) (unbiased stochastic rounding; needs key)
     "nf4":      R·c_k, c_k the NF4 code value nearest x/R (bits ignored)
     "additive": x + Δ·(u − ½), the paper's additive uniform model (needs key)
-    bits may be a traced scalar. A zero range (all-zero x) returns x unchanged. A private
+    bits may be a traced scalar; u (shape of x, entries in [0, 1)) replaces the uniform draw of
+    "sr"/"additive" when given (pre-drawn randomness). A zero range (all-zero x) returns x unchanged. A private
     twin of the contract of quantbounds.quantizers.quantize, kept here because the vmapped
     grid needs traced bits and exact zeros for padded ranks.
     """
@@ -202,7 +203,8 @@ def fake_quant(x, *, kind: str, bits=None, key=None, axis=None):
     delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * safe
     if kind == "rtn":
         return delta * jnp.round(x / delta)
-    u = jax.random.uniform(key, x.shape, x.dtype)
+    if u is None:
+        u = jax.random.uniform(key, x.shape, x.dtype)
     if kind == "sr":
         return delta * jnp.floor(x / delta + u)
     if kind == "additive":
@@ -210,18 +212,34 @@ def fake_quant(x, *, kind: str, bits=None, key=None, axis=None):
     raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
 
 
+KIND_INDEX = {None: 0, "rtn": 1, "sr": 2, "nf4": 3, "additive": 4}
+
+
+def fake_quant_indexed(x, kind_idx, bits, key, axis=None, u=None):
+    """fake_quant with the kind given as a (possibly traced) index into KIND_INDEX (0 = none).
+
+    Lets one compiled training loop serve every arm: under vmap, lax.switch evaluates every
+    branch and selects, which costs little here and compiles once instead of once per arm.
+    """
+    branches = [lambda x_, b_, k_: x_] + [
+        (lambda x_, b_, k_, kind=kind: fake_quant(x_, kind=kind, bits=b_, key=k_, axis=axis, u=u))
+        for kind in QUANT_KINDS]
+    return jax.lax.switch(kind_idx, branches, x, bits, key)
+
+
 def ste(x, q):
     """Straight-through estimator: value q, gradient of the identity in x."""
     return x + jax.lax.stop_gradient(q - x)
 
 
-def scale_value(convention: str, r, alpha: float):
-    """LoRA scale s for a (possibly traced) rank r: α/r, α/√r or 1 (quantbounds.scales)."""
-    if convention == "alpha_r":
-        return alpha / r
-    if convention == "rslora":
-        return alpha / jnp.sqrt(r)
-    return jnp.ones_like(r)
+def scale_value(convention, r, alpha: float):
+    """LoRA scale s for a (possibly traced) rank r: α/r, α/√r or 1 (quantbounds.scales).
+
+    convention: a name in quantbounds.scales.SCALES or its (possibly traced) index there.
+    """
+    idx = SCALES.index(convention) if isinstance(convention, str) else convention
+    vals = jnp.stack([alpha / r, alpha / jnp.sqrt(r), jnp.ones_like(r)])  # order of SCALES
+    return vals[idx]
 
 
 class LoRAStudent(nn.Module):
@@ -245,34 +263,41 @@ class LoRAStudent(nn.Module):
 
 
 def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
-    """A closure Q(x, which) for LoRAStudent; which = 0 for B, 1 for A."""
+    """A closure Q(x, which) for LoRAStudent; which = 0 for B, 1 for A. ``kind`` is a name,
+    None (no quantization) or a traced index into KIND_INDEX."""
     if kind is None:
         return None
+    idx = KIND_INDEX[kind] if isinstance(kind, str) else kind
+    if key is None:
+        key = jax.random.PRNGKey(0)  # unused by the deterministic kinds
 
     def q(x, which):
         # per "channel" = one range per rank component: columns of B, rows of A
         axis = None if granularity == "tensor" else (0 if which == 0 else 1)
-        k = jax.random.fold_in(key, which) if key is not None else None
-        out = fake_quant(x, kind=kind, bits=bits, key=k, axis=axis)
+        b = jnp.asarray(4 if bits is None else bits, x.dtype)  # NF4 ignores bits
+        out = fake_quant_indexed(x, idx, b, jax.random.fold_in(key, which), axis)
         return ste(x, out) if straight_through else out
 
     return q
 
 
-def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm: str,
-                  cfg: TeacherStudentConfig, convention: str | None = None):
-    """Train one student; every argument except ``arm``/``cfg``/``convention`` may be traced.
+def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
+                  cfg: TeacherStudentConfig, convention=None):
+    """Train one student; every argument except ``cfg`` may be traced.
+
+    arm: a name in ARMS, or a traced index into KIND_INDEX (0 = full precision); convention:
+    a name in SCALES or a traced index into it (None: cfg.scale).
 
     Returns (params, s): flax params {"B", "A"} (padded to r_max, masked by rank r) and the
     LoRA scale s used. Full-batch Adam (cosine-decayed lr) for cfg.steps steps on L̂.
     """
     dt = problem.W0.dtype
     mask = (jnp.arange(cfg.r_max) < r).astype(dt)
-    s = scale_value(convention or cfg.scale, jnp.asarray(r, dt), cfg.lora_alpha)
+    s = scale_value(cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha)
     model = LoRAStudent(cfg.m, cfg.n, cfg.r_max)
     params = model.init(init_key, problem.W0, mask, s)["params"]
     opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
-    kind = _ARM_KIND.get(arm)
+    kind = _ARM_KIND.get(arm) if isinstance(arm, str) else arm
 
     def loss(p, k):
         W = model.apply({"params": p}, problem.W0, mask, s, _quant_fn(kind, bits, k, cfg.granularity))

@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantbounds.teacher_student import (Problem, TeacherStudentConfig, additive_prediction,
+from quantbounds.scales import SCALES
+from quantbounds.teacher_student import (KIND_INDEX, Problem, TeacherStudentConfig, _ARM_KIND,
+                                         _DEPLOY_KIND, additive_prediction, empirical_risk,
                                          excess_risk, make_problem, sample_data, student_weight,
-                                         sufficient_stats, train_student, _DEPLOY_KIND)
+                                         sufficient_stats, train_student)
 
 STE_ARMS = ("ste_rtn", "ste_sr", "additive")  # trained once per bit-width
 NF4_BITS = 4
@@ -42,43 +44,41 @@ def stats_table(problem: Problem, cfg: TeacherStudentConfig):
     return tuple(jnp.stack([s[i] for s in per_N]) for i in range(3))
 
 
-def config_outputs(problem: Problem, stats, r, bits, seed, idx, *, arm: str,
-                   cfg: TeacherStudentConfig, convention: str | None = None):
-    """Train one configuration and measure it. Scalars in, dict of scalars/arrays out.
+def config_outputs(problem: Problem, stats, r, bits, seed, idx, kind, deploy, conv, *,
+                   cfg: TeacherStudentConfig):
+    """Train one configuration and measure it. Every argument but cfg may be traced.
 
-    fp arm: excess_latent, train_loss, ptq_excess[b], ptq_qexcess[b] (= ‖s·(Q(B)Q(A) − BA)·Σ^{1/2}‖²,
-    the part due to ε_BA alone), ptq_pred[b] (additive model), ptq_nf4_excess, R_A, R_B, params.
-    other arms: excess_latent, excess_deployed, train_loss.
+    kind / deploy: indices into KIND_INDEX of the quantizer used in training / at deployment
+    (0 = none); conv: index into quantbounds.scales.SCALES. Returns a dict: excess_latent,
+    excess_deployed, train_loss; ptq_excess[b], ptq_qexcess[b] (= ‖s·(Q(B)Q(A) − BA)·Σ^{1/2}‖²,
+    the part due to ε_BA alone), ptq_pred[b] (additive model) for b in cfg.bits (RTN after
+    training); ptq_nf4_excess; R_A, R_B; the trained B, A and the scale s.
     """
     _, kinit, knoise = _keys(cfg)
     init_key = jax.random.fold_in(kinit, seed)
     noise_key = jax.random.fold_in(jax.random.fold_in(knoise, seed), idx)
-    params, s = train_student(problem, stats, r, bits, init_key, noise_key, arm=arm, cfg=cfg,
-                              convention=convention)
-    from quantbounds.teacher_student import empirical_risk  # local: keeps the import list short
+    params, s = train_student(problem, stats, r, bits, init_key, noise_key, arm=kind, cfg=cfg,
+                              convention=conv)
     W = student_weight(problem, params, r, s)
+    Wd = student_weight(problem, params, r, s, kind=deploy, bits=bits,
+                        key=jax.random.fold_in(noise_key, 2**31 - 1), granularity=cfg.granularity)
     out = {"excess_latent": excess_risk(W, problem.Wstar, problem.Sigma),
+           "excess_deployed": excess_risk(Wd, problem.Wstar, problem.Sigma),
            "train_loss": empirical_risk(W, stats)}
-    if arm == "fp":
-        bvec = jnp.asarray(cfg.bits, W.dtype)
 
-        def ptq(b):
-            Wq = student_weight(problem, params, r, s, kind="rtn", bits=b, granularity=cfg.granularity)
-            E = Wq - W
-            return (excess_risk(Wq, problem.Wstar, problem.Sigma), jnp.sum(E * (E @ problem.Sigma)),
-                    additive_prediction(problem, params, r, s, b))
+    def ptq(b):
+        Wq = student_weight(problem, params, r, s, kind="rtn", bits=b, granularity=cfg.granularity)
+        E = Wq - W
+        return (excess_risk(Wq, problem.Wstar, problem.Sigma), jnp.sum(E * (E @ problem.Sigma)),
+                additive_prediction(problem, params, r, s, b))
 
-        out["ptq_excess"], out["ptq_qexcess"], out["ptq_pred"] = jax.vmap(ptq)(bvec)
-        Wn = student_weight(problem, params, r, s, kind="nf4", granularity=cfg.granularity)
-        out["ptq_nf4_excess"] = excess_risk(Wn, problem.Wstar, problem.Sigma)
-        mask = (jnp.arange(cfg.r_max) < r).astype(W.dtype)
-        out["R_B"] = jnp.max(jnp.abs(params["B"] * mask[None, :]))
-        out["R_A"] = jnp.max(jnp.abs(params["A"] * mask[:, None]))
-        out["B"], out["A"], out["scale"] = params["B"], params["A"], s
-    else:
-        Wd = student_weight(problem, params, r, s, kind=_DEPLOY_KIND[arm], bits=bits,
-                            key=jax.random.fold_in(noise_key, 2**31 - 1), granularity=cfg.granularity)
-        out["excess_deployed"] = excess_risk(Wd, problem.Wstar, problem.Sigma)
+    out["ptq_excess"], out["ptq_qexcess"], out["ptq_pred"] = jax.vmap(ptq)(jnp.asarray(cfg.bits, W.dtype))
+    Wn = student_weight(problem, params, r, s, kind="nf4", granularity=cfg.granularity)
+    out["ptq_nf4_excess"] = excess_risk(Wn, problem.Wstar, problem.Sigma)
+    mask = (jnp.arange(cfg.r_max) < r).astype(W.dtype)
+    out["R_B"] = jnp.max(jnp.abs(params["B"] * mask[None, :]))
+    out["R_A"] = jnp.max(jnp.abs(params["A"] * mask[:, None]))
+    out["B"], out["A"], out["scale"] = params["B"], params["A"], s
     return out
 
 
@@ -91,14 +91,20 @@ def arm_axes(cfg: TeacherStudentConfig, arm: str):
     return ax
 
 
-def _flat(cfg, arm):
+def _flat(cfg, label, arm, conv):
+    """Flattened configurations of one arm: (axes, columns dict of equal-length int/float arrays)."""
     axes = arm_axes(cfg, arm)
     combos = list(itertools.product(*[range(len(v)) for _, v in axes]))
     names = [a for a, _ in axes]
-    cols = {a: np.array([c[i] for c in combos]) for i, a in enumerate(names)}
-    r = np.array(cfg.ranks)[cols["rank"]]
-    b = np.array(cfg.bits)[cols["bits"]] if "bits" in cols else np.full(len(combos), NF4_BITS)
-    return axes, r, b, cols["N"], cols["seed"]
+    cols = {a: np.array([c[i] for c in combos], dtype=int) for i, a in enumerate(names)}
+    n = len(combos)
+    kind = KIND_INDEX[_ARM_KIND.get(arm)]
+    deploy = KIND_INDEX[_DEPLOY_KIND.get(arm)]
+    return axes, {"r": np.array(cfg.ranks)[cols["rank"]],
+                  "b": (np.array(cfg.bits, float)[cols["bits"]] if "bits" in cols
+                        else np.full(n, float(NF4_BITS))),
+                  "Ni": cols["N"], "seed": cols["seed"], "kind": np.full(n, kind),
+                  "deploy": np.full(n, deploy), "conv": np.full(n, SCALES.index(conv))}
 
 
 def _arm_runs(cfg):
@@ -112,60 +118,72 @@ def _arm_runs(cfg):
     return runs
 
 
-def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> dict:
-    """The whole grid in one jit. Returns {label: {"axes": [(name, values)], key: ndarray}}.
+def _all_flat(cfg, runs):
+    parts = [_flat(cfg, *run) for run in runs]
+    cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    sizes = [len(p[1]["r"]) for p in parts]
+    return [p[0] for p in parts], cols, np.cumsum([0] + sizes)
 
-    Labels: "fp_<convention>" for each convention, and the STE/additive arms by name. Array
-    shapes follow the axes (rank, [bits,] N, seed), with a trailing bits axis for ptq_* keys.
+
+def _vmapped(problem, cfg):
+    def one(st, r, b, sd, i, kind, deploy, conv):
+        return config_outputs(problem, st, r, b, sd, i, kind, deploy, conv, cfg=cfg)
+    return one
+
+
+def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> dict:
+    """The whole grid, every arm, in one jit and one vmap over the flattened configurations.
+
+    Returns {label: {"axes": [(name, values)], "arm", "convention", key: ndarray}} with labels
+    "fp_<convention>" (one per cfg.conventions) and the other arms by name. Array shapes follow
+    the axes (rank, [bits,] N, seed); ptq_* keys have a trailing bits axis.
     """
     problem = problem or make_problem(cfg)
     runs = _arm_runs(cfg)
-    flats = {label: _flat(cfg, arm) for label, arm, _ in runs}
+    axes, cols, offs = _all_flat(cfg, runs)
+    one = _vmapped(problem, cfg)
+    dt = problem.W0.dtype
 
     @jax.jit
-    def all_arms(problem, table):
-        res = {}
-        for label, arm, conv in runs:
-            _, r, b, Ni, sd = flats[label]
-            st = tuple(t[Ni, sd] for t in table)
-            f = lambda st_, r_, b_, s_, i_, arm=arm, conv=conv: config_outputs(  # noqa: E731
-                problem, st_, r_, b_, s_, i_, arm=arm, cfg=cfg, convention=conv)
-            res[label] = jax.vmap(f)(st, jnp.asarray(r), jnp.asarray(b, problem.W0.dtype),
-                                     jnp.asarray(sd), jnp.arange(len(r)))
-        return res
+    def grid(table, r, b, Ni, sd, kind, deploy, conv):
+        st = tuple(t[Ni, sd] for t in table)
+        return jax.vmap(one)(st, r, b, sd, jnp.arange(r.shape[0]), kind, deploy, conv)
 
-    raw = jax.device_get(all_arms(problem, stats_table(problem, cfg)))
+    raw = jax.device_get(grid(stats_table(problem, cfg), jnp.asarray(cols["r"]), jnp.asarray(cols["b"], dt),
+                              jnp.asarray(cols["Ni"]), jnp.asarray(cols["seed"]), jnp.asarray(cols["kind"]),
+                              jnp.asarray(cols["deploy"]), jnp.asarray(cols["conv"])))
     out = {}
-    for label, arm, conv in runs:
-        axes = flats[label][0]
-        shape = tuple(len(v) for _, v in axes)
-        out[label] = {"axes": axes, "arm": arm, "convention": conv}
-        for k, v in raw[label].items():
-            out[label][k] = np.asarray(v).reshape(shape + np.shape(v)[1:])
+    for j, (label, arm, conv) in enumerate(runs):
+        shape = tuple(len(v) for _, v in axes[j])
+        out[label] = {"axes": axes[j], "arm": arm, "convention": conv}
+        for k, v in raw.items():
+            v = np.asarray(v)[offs[j]:offs[j + 1]]
+            out[label][k] = v.reshape(shape + v.shape[1:])
     return out
 
 
-def run_loop(cfg: TeacherStudentConfig, *, problem: Problem | None = None, labels=None,
-             limit: int | None = None) -> dict:
-    """The same configurations, one jitted call each from a Python loop (reference/benchmark).
+def run_loop(cfg: TeacherStudentConfig, *, problem: Problem | None = None, limit: int | None = None) -> dict:
+    """The same configurations, one call each of the same function jitted for ONE configuration,
+    from a Python loop (the reference for the vmap, and the benchmark's baseline).
 
     Returns {label: list of per-configuration output dicts} in the flattened grid order;
     ``limit`` keeps the first ``limit`` configurations of each arm.
     """
     problem = problem or make_problem(cfg)
     table = stats_table(problem, cfg)
+    runs = _arm_runs(cfg)
+    _, cols, offs = _all_flat(cfg, runs)
+    f = jax.jit(_vmapped(problem, cfg))
+    dt = problem.W0.dtype
     out = {}
-    for label, arm, conv in _arm_runs(cfg):
-        if labels is not None and label not in labels:
-            continue
-        _, r, b, Ni, sd = _flat(cfg, arm)
-        f = jax.jit(lambda st_, r_, b_, s_, i_, arm=arm, conv=conv: config_outputs(
-            problem, st_, r_, b_, s_, i_, arm=arm, cfg=cfg, convention=conv))
-        n = len(r) if limit is None else min(limit, len(r))
+    for j, (label, _, _) in enumerate(runs):
+        stop = offs[j + 1] if limit is None else min(offs[j] + limit, offs[j + 1])
         rows = []
-        for i in range(n):
-            st = tuple(t[Ni[i], sd[i]] for t in table)
-            rows.append(jax.device_get(f(st, jnp.asarray(r[i]), jnp.asarray(b[i], problem.W0.dtype),
-                                         jnp.asarray(sd[i]), jnp.asarray(i))))
+        for i in range(offs[j], stop):
+            st = tuple(t[cols["Ni"][i], cols["seed"][i]] for t in table)
+            rows.append(jax.device_get(f(st, jnp.asarray(cols["r"][i]), jnp.asarray(cols["b"][i], dt),
+                                         jnp.asarray(cols["seed"][i]), jnp.asarray(i),
+                                         jnp.asarray(cols["kind"][i]), jnp.asarray(cols["deploy"][i]),
+                                         jnp.asarray(cols["conv"][i]))))
         out[label] = rows
     return out

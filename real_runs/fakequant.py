@@ -8,8 +8,9 @@ Uniform symmetric b-bit quantizer, h = 2^{b−1}, range R = max|x| per tensor / 
 
     step "paper"     Δ = 2^{1−b}·R,        q ∈ {−h, …, h−1}   (seed paper eq. 2; +R clips to R − Δ)
     step "midtread"  Δ = R/(2^{b−1} − 1),  q ∈ {−(h−1), …, h−1}
-    nearest          x̂ = clip(round_half_even(x/Δ))·Δ
-    stochastic       x̂ = clip(⌊x/Δ + u⌋)·Δ,   u ~ U[0, 1)
+    nearest          q = clip(round_half_even(x/Δ))
+    stochastic       q = clip(⌊x/Δ + u⌋),   u ~ U[0, 1)
+    x̂ = q·Δ ("paper"),  x̂ = R·(q/(2^{b−1}−1)) ("midtread")
     R = 0 gives x̂ = 0.
 
 NF4 / FP4 (bitsandbytes 0.50 CPU quantize_4bit + dequantize_4bit), per block of 64 by default
@@ -103,7 +104,9 @@ def quantize_uniform(x: torch.Tensor, *, bits: int, axis: int | None = None,
     t = xg / safe
     q = torch.round(t) if u is None else torch.floor(t + u.reshape(xg.shape))
     q = torch.clamp(q, lo, hi)
-    xhat = torch.where(nonzero, q * safe, torch.zeros_like(xg))
+    # x̂ = q·Δ ("paper") or R·(q/(2^{b−1}−1)) ("midtread": ±R and 0 exact), as the core
+    deq = q * safe if step == "paper" else R * (q / (h - 1))
+    xhat = torch.where(nonzero, deq, torch.zeros_like(xg))
     return xhat.reshape(x.shape)
 
 

@@ -151,9 +151,11 @@ def eval_loss(model, batches: Iterable[dict]) -> tuple[float, int]:
     total, count = 0.0, 0
     for b in batches:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         tgt = b["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
+            logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
             ignore_index=-100, reduction="sum")
         total += float(ce)
         count += int((tgt != -100).sum())

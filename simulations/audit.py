@@ -73,14 +73,25 @@ def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     A = jnp.asarray(fp["A"][ri, -1, si] * mask[:, :, None])
     s = jnp.asarray(fp["scale"][ri, -1, si])
     b = jnp.asarray(np.array(cfg.bits, float)[bi])
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(cfg.key + 7), i))(jnp.arange(len(ri)))
-    out = {}
-    for kind in ("additive", "sr"):
-        f = jax.jit(jax.vmap(lambda B_, A_, s_, k_, b_, kind=kind: measure_grad_variance(
-            problem, B_, A_, s_, k_, batch_size=acfg.grad_batch, n_draws=acfg.grad_draws,
-            kind=kind, bits=b_, granularity=cfg.granularity)))
-        r = jax.device_get(f(B, A, s, keys, b))
-        out[kind] = {k: np.asarray(v).reshape(R, Bn, S) for k, v in r.items()}
+    from quantbounds.gradvar import draw_gradvar
+    from quantbounds.teacher_student import KIND_INDEX
+
+    # one set of draws per seed (independent replicates for the bootstrap), shared by every
+    # (rank, bits) of that seed (common random numbers for the slopes)
+    base = jax.random.PRNGKey(cfg.key + 7)
+    dt = B.dtype
+    draws = [draw_gradvar(jax.random.fold_in(base, j), n_draws=acfg.grad_draws, batch_size=acfg.grad_batch,
+                          m=cfg.m, n=cfg.n, r=cfg.r_max, dtype=dt) for j in range(S)]
+    draws = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *draws)
+    kinds = ("additive", "sr")
+    f = jax.jit(jax.vmap(jax.vmap(
+        lambda B_, A_, s_, j_, b_, r_, kind: measure_grad_variance(
+            problem, B_, A_, s_, jax.tree_util.tree_map(lambda d: d[j_], draws), kind=kind, bits=b_,
+            granularity=cfg.granularity, rank=r_),
+        in_axes=(0, 0, 0, 0, 0, 0, None)), in_axes=(None, None, None, None, None, None, 0)))
+    r = jax.device_get(f(B, A, s, jnp.asarray(si), b, jnp.asarray(np.array(cfg.ranks)[ri]),
+                         jnp.asarray([KIND_INDEX[k] for k in kinds])))
+    out = {kind: {k: np.asarray(v)[i].reshape(R, Bn, S) for k, v in r.items()} for i, kind in enumerate(kinds)}
     return out
 
 

@@ -22,6 +22,7 @@ Also checked: PEFT's zero-initialised B gives Q(B) = 0 exactly, hence B·ε_A = 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -88,8 +89,11 @@ class DecompositionConfig:
     bits: tuple = (2, 4, 8)
     dtypes: tuple = ("float32", "float64")
     families: tuple = ("gaussian", "trained_like")
+    cases: tuple = tuple(c[0] for c in CASES)
 
     def __post_init__(self):
+        for c in self.cases:
+            check_choice(c, "cases", tuple(x[0] for x in CASES))
         for s in self.shapes:
             FactorSpec(family="gaussian", m=s[0], n=s[1], r=s[2])
             for d in (s[0] * s[2], s[2] * s[1]):
@@ -104,13 +108,9 @@ class DecompositionConfig:
             FactorSpec(family=f, m=64, n=64, r=1)
 
 
-def identity_check(B, A, QB, QA) -> dict:
-    """Residual of the identity and its rounding bound for given factors and quantized ones.
-
-    B: (m, r), A: (r, n), QB, QA the same shapes and dtype. Returns max ratio
-    |lhs − rhs|/bound, the residual in units of u·‖M‖_F, and ‖ε_BA‖_F/‖B·A‖_F.
-    """
-    dt = jnp.asarray(B).dtype
+def _identity_arrays(B, A, QB, QA) -> dict:
+    """jnp scalars of :func:`identity_check` (traceable)."""
+    dt = B.dtype
     u = float(jnp.finfo(dt).eps) / 2.0
     r = B.shape[1]
     mm = lambda x, y: jnp.matmul(x, y, precision=HI)  # noqa: E731
@@ -122,12 +122,40 @@ def identity_check(B, A, QB, QA) -> dict:
     gamma = r * u / (1 - r * u)
     bound = (gamma + 5 * u) / (1 - 5 * u) * M
     diff = jnp.abs(lhs - rhs)
-    ratio = jnp.where(bound > 0, diff / jnp.where(bound > 0, bound, 1), jnp.where(diff > 0, jnp.inf, 0))
+    ratio = jnp.where(bound > 0, diff / jnp.where(bound > 0, bound, 1),
+                      jnp.where(diff > 0, jnp.inf, 0))
     ba = jnp.linalg.norm(mm(B, A))
-    return {"max_ratio": float(jnp.max(ratio)),
-            "resid_ulps": float(jnp.linalg.norm(lhs - rhs) / (u * jnp.linalg.norm(M))),
-            "rel_eps_ba": float(jnp.linalg.norm(lhs) / ba) if float(ba) > 0 else 0.0,
-            "finite": bool(jnp.all(jnp.isfinite(lhs)))}
+    return {"max_ratio": jnp.max(ratio),
+            "resid_ulps": jnp.linalg.norm(lhs - rhs) / (u * jnp.linalg.norm(M)),
+            "rel_eps_ba": jnp.where(ba > 0, jnp.linalg.norm(lhs) / jnp.where(ba > 0, ba, 1), 0),
+            "finite": jnp.all(jnp.isfinite(lhs)),
+            "max_abs_QB": jnp.max(jnp.abs(QB)),
+            "max_abs_b_epsA": jnp.max(jnp.abs(mm(B, eA))),
+            "max_abs_eps_ba": jnp.max(jnp.abs(lhs))}
+
+
+def _to_py(d: dict) -> dict:
+    return {k: (bool(v) if k == "finite" else float(v)) for k, v in d.items()}
+
+
+def identity_check(B, A, QB, QA) -> dict:
+    """Residual of the identity and its rounding bound for given factors and quantized ones.
+
+    B: (m, r), A: (r, n), QB, QA the same shapes and dtype. Returns max ratio
+    |lhs − rhs|/bound (≤ 1 when the identity holds), the residual in units of u·‖M‖_F,
+    ‖ε_BA‖_F/‖B·A‖_F, whether ε_BA is finite, and max |Q(B)|, |B·ε_A|, |ε_BA|.
+    """
+    B, A, QB, QA = (jnp.asarray(x) for x in (B, A, QB, QA))
+    return _to_py(_identity_arrays(B, A, QB, QA))
+
+
+@functools.partial(jax.jit, static_argnames=("case",))
+def _case_check(B, A, key, bits, *, case: tuple) -> dict:
+    """Quantize B and A with one case (bits traced) and check the identity, in one program."""
+    ka, kb = jax.random.split(key)
+    QA = quantize_case(A, case, bits=bits, key=ka).astype(A.dtype)
+    QB = quantize_case(B, case, bits=bits, key=kb).astype(B.dtype)
+    return _identity_arrays(B, A, QB, QA)
 
 
 def run(config: DecompositionConfig, key, *, progress=None) -> dict:
@@ -135,6 +163,7 @@ def run(config: DecompositionConfig, key, *, progress=None) -> dict:
     if "float64" in config.dtypes and not jax.config.jax_enable_x64:
         raise ValueError("dtypes: float64 needs jax_enable_x64 (jax.config.update("
                          "'jax_enable_x64', True)); `quantbounds validate` turns it on")
+    cases = [c for c in CASES if c[0] in config.cases]
     rows, zero_rows = [], []
     for si, (m, n, r) in enumerate(config.shapes):
         for fi, fam in enumerate(config.families):
@@ -142,37 +171,31 @@ def run(config: DecompositionConfig, key, *, progress=None) -> dict:
                 dt = jnp.dtype(dname)
                 kf = jax.random.fold_in(jax.random.fold_in(key, si), fi)
                 B, A = make_factors(kf, FactorSpec(family=fam, m=m, n=n, r=r), dtype=dt)
-                for ci, case in enumerate(CASES):
+                for ci, case in enumerate(cases):
                     for b in (config.bits if case[2] else (None,)):
                         kq = jax.random.fold_in(kf, 100 * ci + (b or 0))
-                        ka, kb = jax.random.split(kq)
-                        QA = quantize_case(A, case, bits=b, key=ka).astype(dt)
-                        QB = quantize_case(B, case, bits=b, key=kb).astype(dt)
-                        res = identity_check(B, A, QB, QA)
+                        res = _to_py(_case_check(B, A, kq, jnp.int32(b or 4), case=case))
                         rows.append({"case": case[0], "bits": b, "dtype": dname, "family": fam,
-                                     "m": m, "n": n, "r": r, **res})
+                                     "m": m, "n": n, "r": r,
+                                     **{k: res[k] for k in ("max_ratio", "resid_ulps",
+                                                            "rel_eps_ba", "finite")}})
                         if progress is not None:
                             progress()
-    # PEFT init: B = 0 → Q(B) = 0 → ε_BA ≡ 0.
+    # PEFT init: B = 0 → Q(B) = 0 → ε_BA ≡ 0 (float32, the first shape).
     m, n, r = config.shapes[0]
     B, A = make_factors(key, FactorSpec(family="peft_init", m=m, n=n, r=r), dtype=jnp.float32)
-    for ci, case in enumerate(CASES):
+    for ci, case in enumerate(cases):
         b = 4 if case[2] else None
-        ka, kb = jax.random.split(jax.random.fold_in(key, 7000 + ci))
-        QA = quantize_case(A, case, bits=b, key=ka)
-        QB = quantize_case(B, case, bits=b, key=kb)
-        eps_ba = jnp.matmul(QB, QA, precision=HI) - jnp.matmul(B, A, precision=HI)
-        b_epsA = jnp.matmul(B, QA - A, precision=HI)
+        res = _to_py(_case_check(B, A, jax.random.fold_in(key, 7000 + ci), jnp.int32(4),
+                                 case=case))
         zero_rows.append({"case": case[0], "bits": b,
-                          "max_abs_QB": float(jnp.max(jnp.abs(QB))),
-                          "max_abs_b_epsA": float(jnp.max(jnp.abs(b_epsA))),
-                          "max_abs_eps_ba": float(jnp.max(jnp.abs(eps_ba))),
-                          "finite": bool(jnp.all(jnp.isfinite(eps_ba)))})
+                          **{k: res[k] for k in ("max_abs_QB", "max_abs_b_epsA",
+                                                 "max_abs_eps_ba", "finite")}})
     return {"rows": rows, "peft_zero_b": zero_rows}
 
 
 def n_steps(config: DecompositionConfig) -> int:
-    per = sum(len(config.bits) if c[2] else 1 for c in CASES)
+    per = sum(len(config.bits) if c[2] else 1 for c in CASES if c[0] in config.cases)
     return per * len(config.shapes) * len(config.families) * len(config.dtypes)
 
 

@@ -58,15 +58,18 @@ class ValidateConfig:
 
 
 def _tiny() -> dict:
+    # Seconds, for the tests: few compiled programs (each case/shape/dtype compiles once).
     return dict(
-        decomposition=decomposition.DecompositionConfig(shapes=((128, 64, 4),), bits=(2, 8),
-                                                        families=("gaussian",)),
+        decomposition=decomposition.DecompositionConfig(
+            shapes=((128, 64, 4),), bits=(2, 8), dtypes=("float64",), families=("gaussian",),
+            cases=("rtn/tensor", "sr/block64", "nf4/block64")),
         moments=moments_mc.MomentsConfig(layers=((64, 64, (2, 4), "tensor"),), bits=(4, 8),
                                          families=("gaussian", "peft_init"), n_samples=8),
         slopes=slopes.SlopesConfig(m=64, n=64, ranks=(1, 2, 4), bits=(2, 3, 4, 5, 6),
                                    families=("gaussian",), n_draws=2, rank_bits=4),
-        breakdown=breakdown.BreakdownConfig(bits=(2, 4), granularities=("tensor", "block64"),
-                                            families=("gaussian",), m=64, n=64, r=4, n_draws=2),
+        breakdown=breakdown.BreakdownConfig(
+            bits=(2, 4), granularities=("tensor",), families=("gaussian",), m=64, n=64, r=4,
+            n_draws=3, variants=(("nearest", "paper"), ("stochastic", "paper"))),
         codebooks=codebooks.CodebookConfig(n_blocks=256))
 
 

@@ -101,3 +101,24 @@ def test_cli(tmp_path, capsys):
     rc = main(["--layers", str(tmp_path / "layers.json"), "--budget-bytes", "1", "--out", str(out)])
     assert rc == 2 and "below the smallest" in capsys.readouterr().out
     assert math.isfinite(data["objective"])
+
+
+@pytest.mark.torch
+def test_allocation_check_patterns_match_exactly_one_layer_under_peft_rule():
+    """The escaped per-layer keys must select exactly their own layer under PEFT's matching
+    rule (get_pattern_key), e.g. "h.1.attn.c_proj" must not also match "h.11.attn.c_proj"."""
+    pytest.importorskip("peft")
+    from peft.utils.other import get_pattern_key
+
+    from real_runs.allocation_check import layers_from_pilot, patterns
+
+    names = [f"transformer.h.{i}.{m}" for i in (1, 11) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")]
+    choice = {n: (2 + k, 2 + k % 3) for k, n in enumerate(names)}
+    rp, bp = patterns(choice)
+    for n in names:
+        assert rp[get_pattern_key(list(rp), n)] == choice[n][0]
+        assert bp[get_pattern_key(list(bp), n)] == choice[n][1]
+    pilot = {"range_A": {names[0]: 0.5}, "range_B": {names[0]: 0.0}, "x_norm2": {}, "lora_scale": 2.0}
+    specs = layers_from_pilot({names[0]: (8, 4)}, pilot)
+    assert specs[0].range_A == 0.5 and specs[0].range_B == 1.0 and specs[0].x_norm2 is None
+    assert specs[0].sens() == pytest.approx(2.0 ** 2 * 8 * 4 * 0.25)

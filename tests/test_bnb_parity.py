@@ -11,6 +11,8 @@ copy, while its torch fallback (odd last dimension) returns +0.0; there we compa
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -63,18 +65,17 @@ def test_code_tables_match_bnb():
     assert (c == 0).sum() == 2 and np.min(np.abs(c[c != 0])) == np.float32(0.0625) / np.float32(12)
 
 
-CASES = [  # (shape, block size): full blocks, a tail block, odd last dims, every bnb block size
-    ((64, 128), 64), ((16, 96), 64), ((33, 64), 128), ((7, 10), 64), ((5, 7), 32),
-    ((128, 256), 32), ((8, 512), 256), ((4, 1024), 512), ((2, 2048), 1024), ((3, 4096), 2048),
-    ((2, 4096), 4096), ((300,), 64), ((2, 3, 40), 64),
+CASES = [  # (shape, block size): full blocks, tail blocks, odd last dim, 3-D, bnb block sizes 32…4096
+    ((64, 128), 64), ((33, 64), 128), ((5, 7), 32), ((128, 256), 32), ((4, 1024), 512),
+    ((3, 4096), 2048), ((2, 4096), 4096), ((2, 3, 40), 64),
 ]
 
 
 @pytest.mark.parametrize("qt", ["nf4", "fp4"])
 @pytest.mark.parametrize("shape,bs", CASES)
 def test_random_inputs_bit_for_bit(qt, shape, bs):
-    rng = np.random.default_rng(hash((qt, shape, bs)) % 2**32)
-    for scale in (1e-3, 1.0, 37.0):
+    rng = np.random.default_rng(zlib.crc32(repr((qt, shape, bs)).encode()))  # deterministic
+    for scale in (1e-3, 37.0):
         x = (rng.standard_normal(shape) * scale).astype(np.float32)
         x.reshape(-1)[::13] = 0.0                      # exact zeros
         x.reshape(-1)[5::97] *= 1e-4                   # tiny values near the ±0 / subnormal codes

@@ -221,12 +221,14 @@ def test_rank_prediction_follows_scale_convention():
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_screen_drops_non_finite_and_names_the_run():
-    recs = synthetic_records(seed=0, ranks=(4,), bits=(2,), n_trains=(100,), seeds=(0,), base_arms=())
+def test_screen_drops_non_finite_and_pattern_runs_and_names_them():
+    recs = synthetic_records(seed=0, ranks=(4,), bits=(2, 4), n_trains=(100,), seeds=(0,), base_arms=())
     recs[1]["eval_loss"] = float("nan")
+    recs[2]["config"] = {"rank_pattern": {"h\\.0": 2}}
     valid, problems = screen_records(recs)
-    assert len(valid) == len(recs) - 1
+    assert len(valid) == len(recs) - 2
     assert recs[1]["run_id"] in problems[0] and "non-finite" in problems[0]
+    assert recs[2]["run_id"] in problems[1] and "pattern" in problems[1]
 
 
 def test_missing_baselines_are_listed_and_fit_uses_the_rest():
@@ -254,7 +256,8 @@ def test_cli_mixed_schema_missing_file_and_end_to_end(tmp_path, capsys):
     lines.insert(3, json.dumps(other))
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "cal.json"
-    assert main([str(path), "--n-boot", "40", "--out", str(out), "--figures", ""]) == 0
+    assert main([str(path), "--n-boot", "40", "--out", str(out), "--figures", "", "--ranks", "4,64",
+                 "--n", "500,100000"]) == 0
     data = json.loads(out.read_text())
     assert data["synthetic"] is True
     assert any("another schema version" in n and "line 4" in n for n in data["notes"])
@@ -262,6 +265,10 @@ def test_cli_mixed_schema_missing_file_and_end_to_end(tmp_path, capsys):
         assert set(data["fits"][k]) == {"value", "fixed", "ci"}
     assert data["verdicts"] and all(v["verdict"] in ("holds", "fails", "conditional") for v in data["verdicts"])
     assert data["bits_table"][0]["paper"] == pytest.approx(0.5 * math.log2(4 * 500))  # r=4, N=500
+    assert [(row["r"], row["N"]) for row in data["bits_table"]] == [(4, 500), (64, 500), (4, 100000), (64, 100000)]
+    row = data["bits_table"][1]
+    lo, hi = row["calibrated_tolerance"]["ci"]
+    assert lo <= row["calibrated_tolerance"]["b"] <= hi
 
 
 def test_run_calibration_without_any_fit_still_gives_claim_verdicts():
@@ -315,3 +322,59 @@ def test_batched_fit_matches_scipy_least_squares(loss):
         def cost(th):
             return np.sum(c2 * rho((quant_model(th, r[idx], b[idx]) - y[idx]) ** 2 / c2))
         assert cost(got[k]) <= cost(ref) * (1 + 1e-9)
+
+
+def test_correlation_verdict_holds_then_fails_when_excess_ignores_bits():
+    from quantbounds.calibration import correlation_verdict
+
+    recs = synthetic_records(seed=8, ranks=(2, 8, 32), bits=(2, 3, 4), n_trains=(1000,), seeds=(0, 1, 2, 3),
+                             base_arms=())
+    assert correlation_verdict(recs, arm="adapter_rtn", n_boot=300).verdict == "holds"
+    # excess ∝ rank only, flat in b: r·4^(−b) no longer predicts it
+    flat = synthetic_records(seed=8, truth=SyntheticTruth(rho=1.0 + 1e-9, C2=0.02), ranks=(2, 8, 32),
+                             bits=(2, 3, 4), n_trains=(1000,), seeds=(0, 1, 2, 3), base_arms=())
+    v = correlation_verdict(flat, arm="adapter_rtn", n_boot=300)
+    assert v.verdict == "fails" and v.ci[1] < 0.9
+
+
+def test_every_adapter_arm_gets_its_own_quantization_fit():
+    recs = synthetic_records(seed=9, **SMALL, base_arms=(), extra_adapter_arms=(("adapter_noise", 0.5, 2.0),))
+    out, _ = run_calibration(recs, n_boot=100)
+    noise = out["fits"]["by_arm"]["adapter_noise"]
+    assert noise["per_bit_factor"]["ci"][0] > 1.0
+    pb = [v for v in out["verdicts"] if "4 per bit" in v["claim"] and "adapter_noise" in v["conditions"]]
+    assert pb and pb[0]["verdict"] == "fails"    # generated with ρ = 2, so "4 per bit" must fail
+    from quantbounds.report import _calibration_section
+
+    text = "\n".join(_calibration_section(out))
+    assert "| adapter_noise |" in text
+
+
+def test_zero_f1_baselines_are_left_out_with_a_note():
+    recs = synthetic_records(seed=0, ranks=(4,), bits=(8,), n_trains=(100,), seeds=(0, 1, 2),
+                             base_arms=("base_nf4",))
+    for r in recs:
+        r["f1"] = 0.0
+    vs, notes = claim_verdicts(recs, n_boot=100)
+    assert not _by_claim(vs, "on f1")
+    assert any("baseline f1 = 0" in n for n in notes)
+    assert _by_claim(vs, "NF4 matches or beats 16-bit on perplexity")
+
+
+def test_too_few_pairs_never_give_a_decisive_verdict():
+    """One seed, two ranks: every paired verdict must be "conditional" (no spread estimate)."""
+    recs = synthetic_records(seed=0, truth=SyntheticTruth(C2=50.0), ranks=(2, 8), bits=(2, 8),
+                             n_trains=(100,), seeds=(0,), base_arms=("base_nf4",))
+    vs, _ = claim_verdicts(recs, n_boot=200)
+    assert vs and all(v.verdict == "conditional" for v in vs), [(v.claim, v.verdict) for v in vs]
+
+
+def test_rank_slope_interval_matches_scipy_t_interval():
+    recs = synthetic_records(seed=12, ranks=(2, 8, 32), bits=(2,), n_trains=(1000,), seeds=(0, 1),
+                             base_arms=())
+    v = _by_claim(rank_dependence_verdicts(recs), "quantizing B, A")[0]
+    P = paired_excess(recs, arm="adapter_rtn", bits=2)
+    x = np.log2(P.rank.astype(float))
+    fit = stats.linregress(x, P.excess)
+    half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
+    assert v.measured == pytest.approx(fit.slope) and v.ci == pytest.approx([fit.slope - half, fit.slope + half])

@@ -82,6 +82,30 @@ def test_vmap_over_samples_equals_python_loop():
     np.testing.assert_allclose(batched, loop, rtol=1e-12)
 
 
+def test_step_factor_and_ranges_hand_cases():
+    assert step_factor(1, "paper") == 1.0 and step_factor(3, "paper") == 0.25
+    assert step_factor(8, "midtread") == 1 / 127 and step_factor(2, "midtread") == 1.0
+    x = np.array([[1.0, -4.0, 0.0], [2.0, 0.5, -3.0]])      # absmax −4 (a negative entry), a zero
+    assert ranges(x).item() == 4.0
+    np.testing.assert_array_equal(ranges(x, axis=0), [[2.0, 4.0, 3.0]])    # one R per column
+    np.testing.assert_array_equal(ranges(x, axis=1), [[4.0], [3.0]])        # one R per row
+    np.testing.assert_array_equal(ranges(x, block_size=2),                 # row-major blocks
+                                  [[4.0, 4.0, 2.0], [2.0, 3.0, 3.0]])
+    np.testing.assert_array_equal(ranges(np.zeros((2, 2))), [[0.0]])
+
+
+@pytest.mark.parametrize("grouping", [{}, {"axis": 0}, {"axis": 1}, {"block_size": 4}])
+def test_ranges_agree_with_the_quantizer_groups(grouping):
+    from quantbounds.quantizers import quantize_codes
+    x = np.random.default_rng(1).normal(size=(6, 8))
+    qt = quantize_codes(jnp.asarray(x), "uniform", bits=4, **grouping)
+    R = np.asarray(qt.scales)
+    got = ranges(x, **grouping)
+    if "block_size" in grouping:
+        got = got.reshape(-1, 4)[:, 0]
+    np.testing.assert_array_equal(got.ravel(), R.ravel())
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
     """Redraw each unit's noise (fold_in(fold_in(key, cell), chunk)), form ε_BA densely in
@@ -109,7 +133,7 @@ def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
 
 @pytest.mark.parametrize("dtype,k", [("float32", 16), ("float64", 32)])
 def test_uniform_grid_values_and_moments(dtype, k):
-    S, r, cols = 64, 8, 1001
+    S, r, cols = 16, 8, 1001
     u = np.asarray(uniform_grid(jax.random.key(5), S, r, cols, dtype), np.float64)
     assert u.shape == (S, r, cols) and u.dtype == np.float64
     j = (u + 0.5) * 2.0 ** k - 0.5                       # must be an integer in 0…2^k − 1
