@@ -62,7 +62,7 @@ def _weight(problem, B, A, s, kind, bits, uB, uA, granularity, mask):
     # kind: None, a name in QUANT_KINDS, or a (traced) index into KIND_INDEX
     if kind is not None:
         idx = KIND_INDEX[kind] if isinstance(kind, str) else kind
-        axB, axA = (None, None) if granularity == "tensor" else (0, 1)
+        axB, axA = (None, None) if granularity == "tensor" else (1, 0)
         key = jax.random.PRNGKey(0)  # unused: the uniforms are given
         b = jnp.asarray(4 if bits is None else bits, B.dtype)
         B = ste(B, fake_quant_indexed(B, idx, b, key, axB, u=uB))

@@ -49,14 +49,22 @@ def _bits_checked(bits):
 
 
 def uniform_step(bits, R):
-    """Δ = 2^{1−b}·R (seed paper eq. 2), elementwise over broadcast bits and R ≥ 0."""
+    """Δ = 2^{1−b}·R (seed paper eq. 2), elementwise over broadcast bits and R ≥ 0.
+
+    bits: 1…16, may be arrays, traced, or non-integer (the formula is continuous in b, e.g. for
+    an optimal b* = 5.7). Integer b gives an exact power-of-two scaling (ldexp; jnp.exp2 is not
+    exact on CPU); non-integer b uses exp2. R: same dtype as the result (float).
+    """
     _bits_checked(bits)
     check_positive(R, "R", allow_zero=True)
     R = jnp.asarray(R)
     # R's float dtype; integer R → the default float (float64 under jax_enable_x64)
     dt = R.dtype if jnp.issubdtype(R.dtype, jnp.floating) else jnp.result_type(float)
-    # ldexp with integer b: an exact power of two (jnp.exp2 is inexact on CPU)
-    return jnp.ldexp(R.astype(dt), 1 - jnp.asarray(bits).astype(jnp.int32))
+    R = R.astype(dt)
+    b = jnp.asarray(bits, dt)
+    b_int = jnp.round(b)
+    exact = jnp.ldexp(R, (1 - b_int).astype(jnp.int32))
+    return jnp.where(b == b_int, exact, R * jnp.exp2(1 - b))
 
 
 def uniform_noise_variance(bits, R):

@@ -29,7 +29,8 @@ Float op order (in x's dtype; this is the contract the torch port in real_runs c
     x̂  = q·Δ            for "paper"     (one multiplication; equals R·(q·2^{1−b}) exactly)
     x̂  = R·(q/(2^{b−1}−1))  for "midtread"  (one division, one multiplication: q = ±(2^{b−1}−1)
                                             gives exactly ±R, so the absmax element is exact)
-    R = 0 (an all-zero group) gives x̂ = 0, not NaN.
+    R = 0 (an all-zero group) gives x̂ = 0, not NaN. (XLA CPU flushes subnormals to zero, so a
+    group whose absmax is subnormal, < 1.18e−38 in float32, also gives 0; torch would not.)
 Stochastic rounding gives E[x̂] = x exactly (up to the rounding of t + u) wherever the clip is
 inactive: |x| ≤ R for "midtread"; x ∈ [−R, R − Δ] for "paper" (in the top cell (R−Δ, R] it is
 biased towards R − Δ). Var[x̂ | x] = Δ²·p(1−p) with p = t − ⌊t⌋.
@@ -44,12 +45,11 @@ bitsandbytes NF4/FP4 (``quantize_4bit``/``dequantize_4bit`` on CPU, bitsandbytes
     we return −0.0 there too. bnb's generic torch fallback (odd last dimension) returns +0.0.
     Subnormal inputs (|x| < 1.18e−38) are not bit-matched: XLA CPU flushes subnormals to zero,
     torch does not. All-zero blocks are handled explicitly (codes and zeros as bnb).
-"int8": the "midtread" uniform quantizer with b = 8, i.e. q = round(x/Δ), Δ = absmax/127,
-    x̂ = absmax·(q/127), per block (default 64) or per channel (axis=k: LLM.int8's row-wise absmax for
-    axis=0 of an (out, in) matrix). bitsandbytes' own 8-bit *blockwise* quantizer
-    (quantize_blockwise) uses a non-linear dynamic code by default and is NOT this quantizer;
-    LLM.int8 (int8_vectorwise_quant) computes round(x·(127/absmax)), which can differ from ours
-    by one code on exact ties only (x·(127/R) vs x/(R/127) round differently).
+"int8": the "midtread" grid with b = 8: q = round(x/Δ), Δ = absmax/127, x̂ = absmax·(q/127), per
+    block (default 64) or per channel (axis=0 of an (out, in) matrix: LLM.int8's row-wise absmax).
+    LLM.int8 (bnb int8_vectorwise_quant) computes round(x·(127/absmax)): t is rounded differently,
+    so a code can differ by one where t is within an ulp or two of k + ½. bnb's 8-bit *blockwise*
+    quantizer (quantize_blockwise) uses a non-linear dynamic code by default: not this quantizer.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def _record(truth_tag: str, *, arm: str, rank: int, bits: int, base_quant: str, 
         wall_s=0.0, synthetic=True, lora_scale=1.0)
 
 
-def synthetic_records(*, seed: int, truth: SyntheticTruth = SyntheticTruth(),
+def synthetic_records(*, seed: int, truth: SyntheticTruth | None = None,
                       ranks=(2, 4, 8, 16, 32), bits=(2, 3, 4, 8), n_trains=(500, 1000, 2000, 4000),
                       seeds=(0, 1, 2), adapter_arm: str = "adapter_rtn",
                       base_arms: tuple[str, ...] = ("base_int8", "base_nf4", "base_fp4"),
@@ -98,6 +98,7 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth = SyntheticTruth(),
     eps_ba_fro2 = r·4^(−b)/3 without noise (labels for the figures, not measurements).
     ``seed`` drives a numpy Generator (explicit randomness). Returns a list of dicts.
     """
+    truth = SyntheticTruth() if truth is None else truth
     rng = np.random.default_rng(seed)
     for r in ranks:
         check_rank(r, "ranks[i]")

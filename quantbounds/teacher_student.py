@@ -48,12 +48,6 @@ _ARM_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "ad
 # round-to-nearest quantizer (the noise is only the paper's model of it)
 _DEPLOY_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "rtn"}
 
-# bitsandbytes NF4 table (bitsandbytes/functional.py, get_4bit_type("nf4")), float32 values
-NF4_CODE = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +59,8 @@ class TeacherStudentConfig:
     number of Σ; teacher_norm: ‖B*·A*‖_F; steps, lr: Adam with cosine decay; scale: LoRA
     scale convention of the trained arms; conventions: conventions the fp/ptq arms are run
     under; lora_alpha: α of "alpha_r"/"rslora"; granularity: absmax per "tensor" (the paper's
-    single range R) or per rank "channel"; key: the teacher's seed.
+    single range R) or per rank "channel" (uniform/additive; NF4 stays per tensor); key: the
+    teacher's seed.
     """
 
     m: int = 16
@@ -180,36 +175,42 @@ def empirical_risk(W, stats):
     return jnp.sum(W * (W @ Sxx)) - 2.0 * jnp.sum(W * Cyx) + yy
 
 
-def fake_quant(x, *, kind: str, bits=None, key=None, axis=None, u=None):
-    """Dequantized Q(x) (same shape). Symmetric absmax scaling, range R = max|x| over the
-    whole tensor (axis=None) or over ``axis`` (keepdims: one range per remaining index).
+def _absmax(x, axis):
+    """R = max|x| over the tensor (axis=None) or one R per index along ``axis`` (keepdims)."""
+    if axis is None:
+        return jnp.max(jnp.abs(x))
+    other = tuple(i for i in range(x.ndim) if i != axis)
+    return jnp.max(jnp.abs(x), axis=other, keepdims=True)
 
-    "rtn":      Δ·round(x/Δ), Δ = 2^{1−b}·R (the paper's step; |Q(x)| ≤ R, no clipping needed)
-    "sr":       Δ·⌊x/Δ + u⌋, u ~ U[0, 1) (unbiased stochastic rounding; needs key)
-    "nf4":      R·c_k, c_k the NF4 code value nearest x/R (bits ignored)
-    "additive": x + Δ·(u − ½), the paper's additive uniform model (needs key)
-    bits may be a traced scalar; u (shape of x, entries in [0, 1)) replaces the uniform draw of
-    "sr"/"additive" when given (pre-drawn randomness). A zero range (all-zero x) returns x unchanged. A private
-    twin of the contract of quantbounds.quantizers.quantize, kept here because the vmapped
-    grid needs traced bits and exact zeros for padded ranks.
+
+def fake_quant(x, *, kind: str, bits=None, key=None, axis=None, u=None):
+    """Dequantized Q(x) (same shape), by the project's quantizers (quantbounds.quantizers).
+
+    "rtn":      uniform b-bit, step "paper" Δ = 2^{1−b}·R, levels k·Δ, k ∈ {−2^{b−1}, …, 2^{b−1}−1}
+                (+R clips to R − Δ), round to nearest (ties to even)
+    "sr":       the same grid, stochastic rounding ⌊x/Δ + u⌋ (unbiased except in the top cell)
+    "nf4":      bitsandbytes NF4 with ONE block = the whole tensor (a single absmax R, as in the
+                paper's model; bits ignored)
+    "additive": x + Δ·(u − ½), u ~ U[0, 1): the paper's additive uniform model (not a quantizer)
+    R = max|x| over the tensor (axis=None) or per index along ``axis`` (uniform/additive only).
+    bits may be traced; u (x's shape, in [0, 1)) replaces the draw from ``key`` for "sr" and
+    "additive". A zero range gives Q(x) = x = 0.
     """
-    R = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
-    safe = jnp.where(R > 0, R, 1.0)
-    # NF4: nearest of the 16 code values after scaling by the range
+    from quantbounds.quantizers import quantize, quantize_uniform
+
+    # NF4: bitsandbytes' code table, absmax of the whole tensor
     if kind == "nf4":
-        code = jnp.asarray(NF4_CODE, x.dtype)
-        idx = jnp.argmin(jnp.abs((x / safe)[..., None] - code), axis=-1)
-        return code[idx] * R
-    delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * safe
-    if kind == "rtn":
-        return delta * jnp.round(x / delta)
-    if u is None:
+        return quantize(x, "nf4", block_size=int(np.prod(x.shape)))
+    if kind not in QUANT_KINDS:
+        raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
+    if kind in ("sr", "additive") and u is None:
         u = jax.random.uniform(key, x.shape, x.dtype)
-    if kind == "sr":
-        return delta * jnp.floor(x / delta + u)
-    if kind == "additive":
-        return x + jnp.where(R > 0, delta, 0.0) * (u - 0.5)
-    raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
+    # uniform grid, nearest or stochastic rounding
+    if kind in ("rtn", "sr"):
+        return quantize_uniform(x, bits=bits, axis=axis, step="paper", u=u if kind == "sr" else None)
+    # the paper's additive model: Δ = 2^{1−b}·R, noise U(−Δ/2, Δ/2)
+    delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * _absmax(x, axis)
+    return x + delta * (u - 0.5)
 
 
 KIND_INDEX = {None: 0, "rtn": 1, "sr": 2, "nf4": 3, "additive": 4}
@@ -273,7 +274,7 @@ def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
 
     def q(x, which):
         # per "channel" = one range per rank component: columns of B, rows of A
-        axis = None if granularity == "tensor" else (0 if which == 0 else 1)
+        axis = None if granularity == "tensor" else (1 if which == 0 else 0)
         b = jnp.asarray(4 if bits is None else bits, x.dtype)  # NF4 ignores bits
         out = fake_quant_indexed(x, idx, b, jax.random.fold_in(key, which), axis)
         return ste(x, out) if straight_through else out

@@ -11,6 +11,9 @@ shuffle. After training, at the final (fixed) parameters:
   on one fixed batch (grad_var_noise).
 - x_norm2: mean ‖x‖² of each adapted layer's input over those mini-batches' tokens; range_B,
   range_A: absmax of the full-precision factors (Theorem 3.3's R); eps_ba_fro2.
+Each forward pass runs under ``parametrize.cached()``: Q(B), Q(A) are computed once per
+step (one SR / noise draw per step) although PEFT reads ``lora_A.weight`` more than once.
+
 - eval loss / perplexity on the held-out dialogues and greedy-response token F1 / exact match
   on held-out prompt→response pairs, with the quantized factors evaluated once per pass
   (``parametrize.cached()``: one quantization draw for SR / noise).
@@ -215,7 +218,8 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / (cfg.warmup + 1))
         b = next(batches)
-        loss = model(**b).loss
+        with parametrize.cached():  # Q(B), Q(A) computed once per step (PEFT reads .weight twice)
+            loss = model(**b).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -239,7 +243,8 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
 
     def loss_of(batch):
         holder["mask"] = batch["attention_mask"]
-        return model(**batch).loss
+        with parametrize.cached():  # one quantization / noise draw per gradient sample
+            return model(**batch).loss
 
     with M.capture_input_norms(built.layers, holder) as acc:
         gv_total, gv_layers = M.grad_variance(loss_of, gv_batches, groups)

@@ -181,9 +181,10 @@ def run(config: DecompositionConfig, key, *, progress=None) -> dict:
                                                             "rel_eps_ba", "finite")}})
                         if progress is not None:
                             progress()
-    # PEFT init: B = 0 → Q(B) = 0 → ε_BA ≡ 0 (float32, the first shape).
+    # PEFT init: B = 0 → Q(B) = 0 → ε_BA ≡ 0 (first shape and dtype: reuses their programs).
     m, n, r = config.shapes[0]
-    B, A = make_factors(key, FactorSpec(family="peft_init", m=m, n=n, r=r), dtype=jnp.float32)
+    B, A = make_factors(key, FactorSpec(family="peft_init", m=m, n=n, r=r),
+                        dtype=jnp.dtype(config.dtypes[0]))
     for ci, case in enumerate(cases):
         b = 4 if case[2] else None
         res = _to_py(_case_check(B, A, jax.random.fold_in(key, 7000 + ci), jnp.int32(4),

@@ -26,6 +26,7 @@ All generators take an explicit ``key`` and return float arrays of the requested
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ class FactorSpec:
         check_rank(self.r, "r", max_rank=min(self.m, self.n))
 
 
+# Generators are jitted with static shapes: one compiled program per (family, shape, dtype)
+# instead of one per primitive op in eager mode (which dominated small runs).
+_jit_shapes = functools.partial(jax.jit, static_argnums=(1, 2, 3), static_argnames=("dtype",))
+
+
+@_jit_shapes
 def gaussian_factors(key, m: int, n: int, r: int, *, dtype=jnp.float32):
     """B ~ N(0,1)^{m×r}, A ~ N(0,1)^{r×n} i.i.d. Returns (B, A)."""
     kb, ka = jax.random.split(key)
@@ -67,6 +74,7 @@ def gaussian_factors(key, m: int, n: int, r: int, *, dtype=jnp.float32):
             jax.random.normal(ka, (r, n), dtype=dtype))
 
 
+@_jit_shapes
 def peft_init_factors(key, m: int, n: int, r: int, *, dtype=jnp.float32):
     """PEFT's LoRA init: A ~ U(−1/√n, 1/√n)^{r×n} (kaiming_uniform_, a = √5), B = 0^{m×r}."""
     bound = 1.0 / math.sqrt(n)
@@ -74,6 +82,7 @@ def peft_init_factors(key, m: int, n: int, r: int, *, dtype=jnp.float32):
     return jnp.zeros((m, r), dtype=dtype), A
 
 
+@functools.partial(jax.jit, static_argnums=(1,), static_argnames=("dtype",))
 def student_t4(key, shape, *, dtype=jnp.float32):
     """Student-t with ν = 4: Z/√(χ²₄/4), χ²₄ = Σ_{i=1}^{4} Z_i² (exact construction from five
     normals; avoids jax.random.t's gamma sampler, which is slow to compile)."""
@@ -83,10 +92,11 @@ def student_t4(key, shape, *, dtype=jnp.float32):
     return z / jnp.sqrt(jnp.sum(c * c, axis=0) / 4)
 
 
+@_jit_shapes
 def trained_like_factors(key, m: int, n: int, r: int, *, dtype=jnp.float32,
                          decay: float = TRAINED_DECAY):
     """B = T_B·diag(√σ)/√m, A = diag(√σ)·T_A/√n, σ_k = k^{−decay}, T ~ t₄/√2 (unit variance)."""
-    check_positive(decay, "decay", allow_zero=True)
+    check_positive(decay, "decay", allow_zero=True)   # skipped when traced
     kb, ka = jax.random.split(key)
     unit = math.sqrt((TRAINED_T_DOF - 2.0) / TRAINED_T_DOF)  # t_ν has variance ν/(ν−2)
     sq = jnp.arange(1, r + 1, dtype=dtype) ** (-0.5 * decay)

@@ -62,17 +62,24 @@ def _grid_kwargs(g: str) -> dict:
 
 
 def _exact(B, A, bits, g):
-    """Exact additive-model moments in float64, per-entry variances (2^{1−b}R)²/12."""
-    from quantbounds.moments import eps_ba_moments
+    """Exact additive-model moments in float64 numpy, per-entry variances V = (2^{1−b}R)²/12:
+    E‖Bε_A‖² = Σ_k ‖B_:,k‖²·(V_A·1)_k, E‖ε_B·A‖² = Σ_k (1ᵀV_B)_k·‖A_k,:‖²,
+    E‖ε_Bε_A‖² = Σ_k (1ᵀV_B)_k·(V_A·1)_k (DESIGN.md §2). Written out here rather than calling
+    ``moments.eps_ba_moments`` so that it is an independent reference for the engine's
+    ``predicted`` (which uses moments.py) as well as for its Monte Carlo means."""
     from quantbounds.montecarlo import ranges
 
     B, A = np.asarray(B, np.float64), np.asarray(A, np.float64)
     kw = _grid_kwargs(g)
-    RA, RB = ranges(A, **kw), ranges(B, **kw)
+    RA2 = np.broadcast_to(ranges(A, **kw), A.shape) ** 2
+    RB2 = np.broadcast_to(ranges(B, **kw), B.shape) ** 2
+    b_col2, a_row2 = np.sum(B * B, axis=0), np.sum(A * A, axis=1)
     out = []
     for b in bits:
-        d2 = 4.0 ** (1 - b) / 12
-        out.append([float(v) for v in eps_ba_moments(B, A, RA ** 2 * d2, RB ** 2 * d2)])
+        d2 = 4.0 ** (1 - b) / 12            # (2^{1−b})²/12
+        va, vb = np.sum(RA2, axis=1) * d2, np.sum(RB2, axis=0) * d2
+        t = [b_col2 @ va, vb @ a_row2, vb @ va]
+        out.append(t + [sum(t)])
     return np.array(out), float(np.abs(A).max()), float(np.abs(B).max())
 
 

@@ -17,8 +17,9 @@ weighted least squares in log₂r (``decisions.fit_loglinear``). Theory with fix
 slope 1 under s = 1 (the seed paper), −1 under s = α/r (PEFT), 0 under s = α/√r (rsLoRA).
 Multiplying by s(r)² is exact, so the three fits differ by exactly 0, −2, −1 in slope; the
 measurement is T itself. The absmax ranges R_A, R_B grow with r (more entries, larger
-maximum), so the same fit of T/(R_A²R_B²) is reported as the "fixed-range" slope; a claim
-that holds only for it is "conditional".
+maximum), so the same fit of the total at unit ranges, ‖Bε_A‖²/R_A² + ‖ε_B·A‖²/R_B² +
+‖ε_Bε_A‖²/(R_A²R_B²) (each term divided by the ranges its steps Δ carry), is reported as the
+"fixed-range" slope; a claim that holds only for it is "conditional".
 """
 
 from __future__ import annotations
@@ -72,17 +73,31 @@ class SlopesConfig:
 
 
 @jax.jit
-def real_totals(Bs, As, bits):
-    """‖Q(B)Q(A) − BA‖_F² for RTN per tensor (paper step): Bs (D, m, r), As (D, r, n),
-    bits (K,) → (D, K)."""
+def real_terms(Bs, As, bits):
+    """The four terms (‖Bε_A‖², ‖ε_B·A‖², ‖ε_Bε_A‖², ‖ε_BA‖²) for RTN per tensor (paper step):
+    Bs (D, m, r), As (D, r, n), bits (K,) → (D, K, 4). Zero-padded ranks are exact here:
+    zeros quantize to 0 and leave the absmax and every Gram product unchanged."""
     from quantbounds.montecarlo import eps_ba_terms
     from quantbounds.quantizers import quantize
 
     def one(B, A, b):
         eA = quantize(A, "uniform", bits=b) - A
         eB = quantize(B, "uniform", bits=b) - B
-        return eps_ba_terms(B, A, eB, eA).total
+        return jnp.stack(eps_ba_terms(B, A, eB, eA))
     return jax.vmap(lambda B, A: jax.vmap(lambda b: one(B, A, b))(bits))(Bs, As)
+
+
+def real_totals(Bs, As, bits):
+    """‖Q(B)Q(A) − BA‖_F² (D, K) for RTN per tensor; see :func:`real_terms`."""
+    return real_terms(Bs, As, bits)[..., 3]
+
+
+def _bucket(r: int) -> int:
+    """Rank a factor pair is zero-padded to (fewer compiled programs): 16, 64, 256, 1024, …"""
+    p = 16
+    while p < r:
+        p *= 4
+    return p
 
 
 def model_totals(B, A, bits) -> np.ndarray:
@@ -106,14 +121,18 @@ def run(config: SlopesConfig, key, *, progress=None) -> dict:
             spec = FactorSpec(family=fam, m=config.m, n=config.n, r=r)
             kr = jax.random.fold_in(jax.random.fold_in(key, fi), r)
             draws = [make_factors(jax.random.fold_in(kr, d), spec) for d in range(config.n_draws)]
-            Bs = jnp.stack([d[0] for d in draws])
-            As = jnp.stack([d[1] for d in draws])
-            T = np.asarray(real_totals(Bs, As, jnp.asarray(bits, jnp.int32)), np.float64)
+            rp = min(_bucket(r), config.m, config.n)
+            Bs = jnp.stack([jnp.pad(d[0], ((0, 0), (0, rp - r))) for d in draws])
+            As = jnp.stack([jnp.pad(d[1], ((0, rp - r), (0, 0))) for d in draws])
+            T = np.asarray(real_terms(Bs, As, jnp.asarray(bits, jnp.int32)), np.float64)
+            RA = np.array([float(jnp.max(jnp.abs(A))) for _, A in draws])[:, None]
+            RB = np.array([float(jnp.max(jnp.abs(B))) for B, _ in draws])[:, None]
+            # the total at unit ranges: each term divided by the range(s) its Δ's carry
+            fixed = T[..., 0] / RA ** 2 + T[..., 1] / RB ** 2 + T[..., 2] / (RA * RB) ** 2
             per_rank.append({
-                "r": r, "real": T.tolist(),
+                "r": r, "real": T[..., 3].tolist(), "real_fixed_range": fixed.tolist(),
                 "model": [model_totals(B, A, bits).tolist() for B, A in draws],
-                "R_A": [float(jnp.max(jnp.abs(A))) for _, A in draws],
-                "R_B": [float(jnp.max(jnp.abs(B))) for B, _ in draws]})
+                "R_A": RA[:, 0].tolist(), "R_B": RB[:, 0].tolist()})
             if progress is not None:
                 progress()
         data[fam] = per_rank
@@ -149,13 +168,13 @@ def bit_slope(real, model, bits) -> dict:
 
 
 def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float) -> dict:
-    """Weighted fit of log₂(mean s²T) and of log₂(mean s²T/(R_A²R_B²)) on log₂ r at bit b."""
+    """Weighted fits of log₂(mean s²T) and of log₂(mean s²T at unit ranges) on log₂ r, bit b."""
     j = list(bits).index(b)
     rs, y, yse, yf, yfse = [], [], [], [], []
     for pr in per_rank:
         s2 = lora_scale(scale, lora_alpha, pr["r"]) ** 2
         t = np.asarray(pr["real"])[:, j] * s2
-        tf = t / (np.asarray(pr["R_A"]) ** 2 * np.asarray(pr["R_B"]) ** 2)
+        tf = np.asarray(pr["real_fixed_range"])[:, j] * s2
         m1, se1, _ = mean_ci(t)
         m2, se2, _ = mean_ci(tf)
         rs.append(math.log2(pr["r"]))

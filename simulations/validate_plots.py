@@ -86,8 +86,9 @@ def plot_moments(res: dict, outdir: Path, zc: float | None = None) -> Path:
     a2.set_xscale("log", base=2)
     a2.set_yscale("log")
     a2.set_xlabel("rank r")
-    a2.set_ylabel("E‖ε_BA‖² ÷ m·n·r·R_A²R_B²(⅔4^{−b}+⅑16^{−b})")
-    a2.set_title("tightness of the absmax variance bound (lines: bits × layer)", fontsize=10)
+    a2.set_ylabel("MC E‖ε_BA‖² ÷ bound")
+    a2.set_title("tightness of m·n·r·R_A²R_B²(⅔4^−b + ⅑16^−b)\n(one line per bit-width × layer)",
+                 fontsize=10)
     a2.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, outdir, "moments")
@@ -107,12 +108,13 @@ def plot_slopes(res: dict, outdir: Path) -> Path:
         for i, pr in enumerate(per):
             if i % 2:
                 continue
-            t = np.mean(np.asarray(pr["real"]), axis=0)
-            a1.plot(bits, t * 4.0 ** bits, ls, color=cmap(i / max(len(per) - 1, 1)), lw=1.2,
+            t = np.mean(np.asarray(pr["real"]) * 4.0 ** bits, axis=0)
+            a1.plot(bits, t / t[-1], ls, color=cmap(i / max(len(per) - 1, 1)), lw=1.2,
                     label=f"{fam}, r={pr['r']}")
+    a1.axhline(1.0, color="k", lw=0.8)
     a1.set_yscale("log")
     a1.set_xlabel("bits b")
-    a1.set_ylabel("4^b · ‖Q(B)Q(A) − BA‖²  (flat ⇔ factor 4 per bit)")
+    a1.set_ylabel("4^b·‖Q(B)Q(A) − BA‖², ÷ its value at max b\n(flat = factor 4 per bit)")
     a1.set_title("real RTN, per tensor: factor per bit", fontsize=10)
     a1.legend(fontsize=6, ncol=2)
     j = list(bits).index(cfg["rank_bits"])
@@ -168,7 +170,8 @@ def plot_breakdown(res: dict, outdir: Path) -> Path:
                       rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("bits b")
         ax.set_title(f"{fam}: real ÷ additive E‖ε_BA‖²", fontsize=10)
-    fig.colorbar(im, ax=axes[0].tolist(), label="ratio (1 = additive model exact)")
+    cb = fig.colorbar(im, ax=axes[0].tolist(), label="ratio (1 = additive model exact)")
+    cb.set_ticks([0.25, 0.5, 1, 2, 4], labels=["≤0.25", "0.5", "1", "2", "≥4"])
     return _save(fig, outdir, "breakdown")
 
 

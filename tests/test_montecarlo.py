@@ -87,8 +87,8 @@ def test_step_factor_and_ranges_hand_cases():
     assert step_factor(8, "midtread") == 1 / 127 and step_factor(2, "midtread") == 1.0
     x = np.array([[1.0, -4.0, 0.0], [2.0, 0.5, -3.0]])      # absmax −4 (a negative entry), a zero
     assert ranges(x).item() == 4.0
-    np.testing.assert_array_equal(ranges(x, axis=0), [[2.0, 4.0, 3.0]])    # one R per column
-    np.testing.assert_array_equal(ranges(x, axis=1), [[4.0], [3.0]])        # one R per row
+    np.testing.assert_array_equal(ranges(x, axis=0), [[4.0], [3.0]])        # one R per row
+    np.testing.assert_array_equal(ranges(x, axis=1), [[2.0, 4.0, 3.0]])    # one R per column
     np.testing.assert_array_equal(ranges(x, block_size=2),                 # row-major blocks
                                   [[4.0, 4.0, 2.0], [2.0, 3.0, 3.0]])
     np.testing.assert_array_equal(ranges(np.zeros((2, 2))), [[0.0]])
@@ -222,14 +222,14 @@ def test_zero_B_gives_exact_zeros_not_nan():
                           dtype="float64")
     assert all(float(x) == 0.0 for x in sim.mean)
     g = simulate_grid(jax.random.key(0), m=8, n=10, ranks=[1, 3], bits=[2, 8], n_samples=4,
-                      factors="peft", dtype="float64")
+                      factors="peft", dtype="float64", pad="max")
     assert np.all(np.asarray(g.mean) == 0) and np.all(np.asarray(g.predicted) == 0)
     assert np.all(g.range_B == 0) and np.all(g.range_A <= 1 / math.sqrt(10))
 
 
 def test_grid_matches_exact_moments_and_scale_conventions():
     g = simulate_grid(jax.random.key(3), m=20, n=12, ranks=[1, 2, 5], bits=[2, 6], n_samples=1500,
-                      dtype="float64", scale="rslora", lora_alpha=4.0)
+                      dtype="float64", scale="rslora", lora_alpha=4.0, pad="max")
     np.testing.assert_allclose(g.scale, 4.0 / np.sqrt([1, 2, 5]))
     mean, se, pred = (np.asarray(x) for x in (g.mean, g.stderr, g.predicted))
     assert mean.shape == (4, 3, 2)

@@ -34,6 +34,8 @@ def test_step_and_variance_formulas():
     assert out.shape == (3, 4) and np.all(out[:, 0] == 0)
     np.testing.assert_allclose(out, Rs ** 2 * 4.0 ** -np.array([[2], [4], [8]]) / 3, rtol=1e-15)
     assert float(uniform_noise_variance(4, 1.0)) == pytest.approx(1 / 768, rel=1e-15)
+    # non-integer b (the formula is continuous in b): 4^{−2.5}/3 = 1/96
+    assert float(uniform_noise_variance(2.5, 1.0)) == pytest.approx(1 / 96, rel=1e-12)
 
 
 def test_traced_bits_vmap_and_jit():

@@ -68,3 +68,15 @@ def test_end_to_end_synthetic_calibration_figures_and_report(tmp_path):
     assert "**SYNTHETIC**" in text and "| calibration (SYNTHETIC) |" in text
     assert "| per_bit_factor |" in text and "leave-one-configuration-out R²" in text
     assert "calibrated balanced" in text
+
+
+def test_modules_import_without_torch_jax_or_matplotlib():
+    """No import-time work: importing calib's modules loads neither torch, jax nor matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys, quantbounds.calibration, quantbounds.allocator, quantbounds.report, "
+            "quantbounds.plots, quantbounds.synthetic; "
+            "print([m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -84,7 +84,8 @@ _CHILD = textwrap.dedent("""
 
 
 def test_two_device_run_equals_single_device_run():
-    kw = dict(m=12, n=8, ranks=[1, 4], bits=[2, 5], n_samples=9, dtype="float64", chunk_size=2)
+    kw = dict(m=12, n=8, ranks=[1, 4], bits=[2, 5], n_samples=9, dtype="float64", chunk_size=2,
+              pad="max")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
     proc = subprocess.run([sys.executable, "-c", _CHILD.replace("KW", repr(kw))], env=env,
