@@ -3,7 +3,9 @@
 Same model (the embedded GPT-2 unless --tiny), same mini-batch, same run: one optimizer step
 (forward, backward, AdamW) of each arm is timed in interleaved rounds, so a slow moment of a
 shared machine hits every arm alike; each arm's median step time over rounds is kept and the
-ratio arm / fp16 (plain PEFT LoRA, the reference) reported. Target: adapter_rtn ≤ 1.15×.
+ratio arm / fp16 (plain PEFT LoRA, the reference) reported, in wall time and in process CPU
+time (one torch thread, so CPU time is the step's cost and is far less disturbed by other
+processes). Target: adapter_rtn ≤ 1.15× (judged on CPU time).
 
 Where CUDA is available, also a DialoGPT-medium-shaped GPT-2 (24 layers, d = 1024, random
 weights: the shape, not the weights, sets the cost) in bf16: step time and peak memory of
@@ -53,16 +55,18 @@ def _time_arms(builder, arms, batch, *, rounds: int, steps_per_round: int, progr
         f()
         f()
     times = {a: [] for a in arms}
+    cpu = {a: [] for a in arms}
     for r in range(rounds):
         order = arms if r % 2 == 0 else tuple(reversed(arms))  # interleave, alternate order
         for a in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(steps_per_round):
                 fns[a]()
             times[a].append((time.perf_counter() - t) / steps_per_round)
+            cpu[a].append((time.process_time() - c) / steps_per_round)
         if progress is not None:
             progress(r + 1, rounds)
-    return times
+    return times, cpu
 
 
 def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -> dict:
@@ -82,15 +86,20 @@ def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -
 
     with Progress() as prog:
         task = prog.add_task("timing arms (CPU)", total=rounds)
-        times = _time_arms(builder, ARMS_TIMED, batch, rounds=rounds,
-                           steps_per_round=steps_per_round,
-                           progress=lambda i, n: prog.update(task, completed=i))
+        times, cpu = _time_arms(builder, ARMS_TIMED, batch, rounds=rounds,
+                                steps_per_round=steps_per_round,
+                                progress=lambda i, n: prog.update(task, completed=i))
     med = {a: statistics.median(v) for a, v in times.items()}
+    medc = {a: statistics.median(v) for a, v in cpu.items()}
+    ratio_cpu = {a: medc[a] / medc["fp16"] for a in medc}
     return {"model": "embedded:tiny" if tiny else "embedded", "batch": list(x.shape), "rank": rank,
-            "threads": 1, "median_step_s": med,
-            "ratio_vs_fp16": {a: med[a] / med["fp16"] for a in med},
-            "rounds_s": times, "target_adapter_rtn_ratio": 1.15,
-            "meets_target": med["adapter_rtn"] / med["fp16"] <= 1.15}
+            "threads": 1,
+            "median_step_s": med, "ratio_vs_fp16": {a: med[a] / med["fp16"] for a in med},
+            # one torch thread: the process' CPU time is its step cost, far less disturbed by
+            # other processes on a shared machine than wall time; the target is judged on it
+            "median_step_cpu_s": medc, "ratio_cpu_vs_fp16": ratio_cpu,
+            "rounds_s": times, "rounds_cpu_s": cpu, "target_adapter_rtn_ratio": 1.15,
+            "meets_target": ratio_cpu["adapter_rtn"] <= 1.15}
 
 
 def gpu_benchmark(*, rounds: int, rank: int) -> dict:
@@ -115,7 +124,7 @@ def gpu_benchmark(*, rounds: int, rank: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         b = build_arm(arm=arm, model=str(tmp), rank=rank, bits=4 if arm != "fp16" and "adapter" in arm else 16,
                       device="cuda", progress=False)
-        t = _time_arms(lambda a, b=b: b, (arm,), batch, rounds=rounds, steps_per_round=3)
+        t, _ = _time_arms(lambda a, b=b: b, (arm,), batch, rounds=rounds, steps_per_round=3)
         out[arm] = {"median_step_s": statistics.median(t[arm]),
                     "peak_mem_bytes": int(torch.cuda.max_memory_allocated())}
         del b
@@ -149,10 +158,12 @@ def main(argv=None) -> int:
         res["gpu"] = gpu_benchmark(rounds=args.rounds, rank=args.rank)
     write_json_atomic(args.out, res)
     c = res["cpu"]
-    print(f"CPU ({c['model']}, batch {c['batch']}, r = {c['rank']}): median step s")
+    print(f"CPU ({c['model']}, batch {c['batch']}, r = {c['rank']}): median step, wall and CPU time")
     for a, t in c["median_step_s"].items():
-        print(f"  {a:15s} {t * 1e3:8.2f} ms   ×{c['ratio_vs_fp16'][a]:.3f} vs fp16")
-    print(f"adapter_rtn / fp16 = {c['ratio_vs_fp16']['adapter_rtn']:.3f} (target ≤ 1.15) → {args.out}")
+        print(f"  {a:15s} wall {t * 1e3:8.2f} ms ×{c['ratio_vs_fp16'][a]:.3f}   "
+              f"cpu {c['median_step_cpu_s'][a] * 1e3:8.2f} ms ×{c['ratio_cpu_vs_fp16'][a]:.3f}")
+    print(f"adapter_rtn / fp16 (CPU time) = {c['ratio_cpu_vs_fp16']['adapter_rtn']:.3f} "
+          f"(target ≤ 1.15) → {args.out}")
     return 0
 
 

@@ -7,7 +7,7 @@ Measured in one run, per size:
   numpy    a plain numpy loop with the same Gram form (BᵀB, A·Aᵀ precomputed, noise from
            numpy's default PCG64 ``Generator.random`` in float32, four r×r GEMM products);
   floor    the engine's own noise generator alone: the same units drawing and materialising the
-           same ε_A, ε_B (``sharding.uniform_grid``, scaled by Δ), without the Gram arithmetic;
+           same ε_A, ε_B (``sharding.draw_noise``), without the Gram arithmetic;
   dense    the per-sample dense form ‖X·Y‖_F² with the m×n product formed (vmapped JAX),
            for the dense-vs-Gram ratio (timed on few samples).
 Written to benchmarks/results/montecarlo.json (atomically): samples/s of each, and the ratios
@@ -39,8 +39,8 @@ from rich.table import Table
 
 from quantbounds.montecarlo import simulate_eps_ba
 from quantbounds.results import write_json_atomic
-from quantbounds.sharding import (build_unit_runner, check_mesh, chunk_for, map_units,
-                                  uniform_grid)
+from quantbounds.sharding import (build_unit_runner, check_mesh, chunk_for, draw_noise,
+                                  map_units)
 
 OUT = Path(__file__).resolve().parent / "results" / "montecarlo.json"
 BITS = 8
@@ -72,10 +72,10 @@ def bench_floor(key, B, A, n_samples, min_time):
 
     def unit(u, keydata, RB, RA):
         k = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(keydata), 0), u)
-        v = uniform_grid(k, S, r, m + n, jnp.float32)
         # materialise ε_Bᵀ and ε_A as the engine does (the barrier stops XLA from computing
         # only what the cheap read-out below needs), then read one column of each
-        eBt, eA = jax.lax.optimization_barrier((v[..., :m] * (delta * RB), v[..., m:] * (delta * RA)))
+        eBt, eA = jax.lax.optimization_barrier(
+            draw_noise(k, S, r, m, n, jnp.float32, delta * RB, delta * RA))
         return eBt[:, :, 0].sum() + eA[:, :, 0].sum()
 
     mesh = check_mesh(None)
@@ -119,9 +119,8 @@ def bench_dense(key, B, A, n_samples, min_time):
 
     @jax.jit
     def run(k):
-        v = uniform_grid(k, n_samples, r, m + n, jnp.float32)
-        eB = jnp.swapaxes(v[..., :m], 1, 2) * dB
-        eA = v[..., m:] * dA
+        eBt, eA = draw_noise(k, n_samples, r, m, n, jnp.float32, dB, dA)
+        eB = jnp.swapaxes(eBt, 1, 2)
         X = jnp.concatenate([jnp.broadcast_to(Bj, eB.shape), eB], axis=2)       # (S, m, 2r)
         Y = jnp.concatenate([eA, Aj + eA], axis=1)                               # (S, 2r, n)
         return jnp.sum(jnp.einsum("smk,skn->smn", X, Y) ** 2, axis=(1, 2))

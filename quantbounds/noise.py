@@ -129,6 +129,14 @@ def _partials(density: str):
     return F, M1, M2, pdf, a
 
 
+def _mass(f, lo, hi):
+    """f(hi) − f(lo) for f = F or M2 of a symmetric density, without cancellation in the
+    upper tail: there f(hi) − f(lo) = f(−lo) − f(−hi) (F(x) + F(−x) = 1, M2(x) + M2(−x) = E[x²])."""
+    lo = np.asarray(lo, dtype=float)
+    hi = np.asarray(hi, dtype=float)
+    return np.where(lo >= 0, f(-lo) - f(-hi), f(hi) - f(lo))
+
+
 def _cells(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct codes and cell edges t (len K+1, t_0 = −∞, t_K = +∞)."""
     c = np.unique(np.asarray(code, dtype=float))
@@ -139,9 +147,9 @@ def _cells(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _cell_sq_error(c, lo, hi, partials):
     """Σ_i ∫_{lo_i}^{hi_i} (x − c_i)² p(x) dx via partial moments (vectorised)."""
     F, M1, M2, _, _ = partials
-    p = F(hi) - F(lo)
+    p = _mass(F, lo, hi)
     m1 = M1(hi) - M1(lo)
-    m2 = M2(hi) - M2(lo)
+    m2 = _mass(M2, lo, hi)
     return np.sum(m2 - 2 * c * m1 + c * c * p)
 
 
@@ -155,7 +163,7 @@ def _fixed_scale(c, t, partials, method):
     if len(c) > 1:
         w[0] = 2 * (t[1] - c[0])
         w[-1] = 2 * (c[-1] - t[-2])
-    p = F(t[1:]) - F(t[:-1])
+    p = _mass(F, t[:-1], t[1:])
     return float(np.sum(p * w * w / 12))
 
 
@@ -168,7 +176,7 @@ def _blockwise(c, t, partials, method, k):
     def h(m):
         if method == "exact":
             return _cell_sq_error(m * c, m * lo_n, m * hi_n, partials)
-        p = F(m * hi_n) - F(m * lo_n)
+        p = _mass(F, m * lo_n, m * hi_n)
         w = m * (hi_n - lo_n)
         return np.sum(p * w * w / 12)
 

@@ -114,6 +114,18 @@ MAX_CHUNK = 64
 
 
 # ------------------------------------------------------------------ per-sample numerics
+def _self_gram(x):
+    """x[s]·x[s]ᵀ for each s: (S, r, K) -> (S, r, r).
+
+    A scan of 2-D GEMMs rather than one batched dot_general: on XLA:CPU each 2-D GEMM is
+    multi-threaded, ~1.5× the batched form's throughput at 4096×4096, r = 64 (measured on the
+    2-core CPU of the benchmark, one run, noisy). One sample: a GEMM.
+    """
+    if x.shape[0] == 1:
+        return (x[0] @ x[0].T)[None]
+    return jax.lax.map(lambda y: y @ y.T, x)
+
+
 def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     """Per-sample ‖B·ε_A‖², ‖ε_B·A‖², ‖ε_B·ε_A‖², ‖ε_BA‖² by the Gram form (module docstring).
 
@@ -123,11 +135,9 @@ def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     """
     S, r, m = eps_Bt.shape
     n = eps_A.shape[-1]
-    # per-sample Grams as a scan of 2-D GEMMs: on XLA:CPU each is multi-threaded, ~1.5× the
-    # throughput of the batched dot_general (benchmarks/bench_montecarlo.py, 4096×4096, r = 64)
-    F = jax.lax.map(lambda x: x @ x.T, eps_Bt)                     # ε_Bᵀε_B
+    F = _self_gram(eps_Bt)                                          # ε_Bᵀε_B
     Ct = (eps_Bt.reshape(S * r, m) @ B).reshape(S, r, r)            # Cᵀ = ε_Bᵀ·B
-    E = jax.lax.map(lambda x: x @ x.T, eps_A)                      # ε_A·ε_Aᵀ
+    E = _self_gram(eps_A)                                           # ε_A·ε_Aᵀ
     Dt = (eps_A.reshape(S * r, n) @ A.T).reshape(S, r, r)          # Dᵀ = ε_A·Aᵀ
     t1 = jnp.einsum("kl,skl->s", GB, E)
     t2 = jnp.einsum("skl,kl->s", F, GA)
@@ -199,11 +209,23 @@ def _additive_unit(cfg: _Config, u, keydata, cell_ids, bits, Bs, As, GBs, GAs, R
     cell, chunk = u // cfg.n_chunks, u % cfg.n_chunks
     ri, bi = cell // cfg.n_bits, cell % cfg.n_bits
     fac = step_factor(bits[bi], cfg.step, cfg.dtype)
-    v = uniform_grid(_unit_key(cfg, keydata, cell_ids[cell], chunk), cfg.S, cfg.r, cfg.m + cfg.n,
-                     cfg.dtype)
-    eps_Bt = v[..., :cfg.m] * (fac * RBts[ri])
-    eps_A = v[..., cfg.m:] * (fac * RAs[ri])
+    key = _unit_key(cfg, keydata, cell_ids[cell], chunk)
+    eps_Bt, eps_A = draw_noise(key, cfg.S, cfg.r, cfg.m, cfg.n, cfg.dtype,
+                               fac * RBts[ri], fac * RAs[ri])
     return gram_terms(Bs[ri], As[ri], GBs[ri], GAs[ri], eps_Bt, eps_A)
+
+
+def draw_noise(key, S: int, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
+    """One unit's additive noise: ε_Bᵀ (S, r, m) and ε_A (S, r, n), ε = Δ·u.
+
+    u from :func:`uniform_grid`, ε_B's rows keyed by fold_in(key, 0), ε_A's by fold_in(key, 1);
+    delta_Bt, delta_A: steps Δ broadcastable to (r, m) and (r, n). Two independent draws
+    rather than one: XLA:CPU runs each random-bits fusion on one thread, and two independent
+    fusions run concurrently (about 1.8× faster on 2 cores, benchmarks/bench_montecarlo.py).
+    """
+    eps_Bt = uniform_grid(jax.random.fold_in(key, 0), S, r, m, dtype) * delta_Bt
+    eps_A = uniform_grid(jax.random.fold_in(key, 1), S, r, n, dtype) * delta_A
+    return eps_Bt, eps_A
 
 
 def _real_unit(cfg: _Config, u, keydata, bits, B, A, GB, GA):

@@ -3,7 +3,7 @@
 Sources: seed 001 (the paper, Theorems 3.1–3.3, §4.2, §5.1), seed 003 (its README: guideline
 table), DESIGN.md §2 (what least squares predicts). Every number comes from
 :func:`quantbounds.ts_grid.run_grid` / :func:`simulations.audit.run_gradvar`; CIs are 95 %
-percentile bootstraps over seeds (simulations.audit_verdicts).
+normal-theory bootstraps over seeds with a t quantile (simulations.audit_verdicts).
 """
 
 from __future__ import annotations

@@ -67,13 +67,18 @@ def decide_interval(predicted: float, ci) -> str:
 
 
 def decide_slope(predicted: float, ci, ci_fixed_range=None) -> str:
-    """Slope claim: holds if predicted ∈ CI; conditional if it holds only once the drift of
-    the absmax range with r is divided out (``ci_fixed_range``); otherwise fails."""
+    """Slope claim from the slope's CI with absmax ranges (``ci``) and, when given, with the
+    ranges held fixed (``ci_fixed_range``, the setting the theory assumes).
+
+    fails: predicted ∉ ci_fixed_range (the claim is wrong even on its own assumptions);
+    holds: predicted ∈ ci (and ∈ ci_fixed_range when given);
+    conditional: predicted ∈ ci_fixed_range only (true for fixed ranges; the growth of the
+    absmax range with r shifts the measured slope)."""
+    if ci_fixed_range is not None and decide_interval(predicted, ci_fixed_range) == "fails":
+        return "fails"
     if decide_interval(predicted, ci) == "holds":
         return "holds"
-    if ci_fixed_range is not None and decide_interval(predicted, ci_fixed_range) == "holds":
-        return "conditional"
-    return "fails"
+    return "conditional" if ci_fixed_range is not None else "fails"
 
 
 def decide_cells(agree) -> str:

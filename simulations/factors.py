@@ -115,3 +115,15 @@ _GENERATORS = {
 def make_factors(key, spec: FactorSpec, *, dtype=jnp.float32):
     """Draw (B, A) for a :class:`FactorSpec`; B is (m, r), A is (r, n)."""
     return _GENERATORS[spec.family](key, spec.m, spec.n, spec.r, dtype=dtype)
+
+
+def nested_factors(key, family: str, m: int, n: int, ranks, *, dtype=jnp.float32):
+    """Factors for several ranks from ONE draw at r_max = max(ranks): rank r gets the first r
+    columns of B and rows of A. For every family this has exactly the distribution of a fresh
+    rank-r draw (i.i.d. columns; the trained-like spectrum σ_k = k^{−γ} depends on k only),
+    but the ranks share their leading columns (fits over r must treat one nested draw as one
+    unit). One compiled generator per (family, m, n, r_max) instead of one per rank.
+    Returns a list of (B, A) in the order of ``ranks``."""
+    rmax = max(int(r) for r in ranks)
+    B, A = make_factors(key, FactorSpec(family=family, m=m, n=n, r=rmax), dtype=dtype)
+    return [(B[:, :int(r)], A[:int(r)]) for r in ranks]

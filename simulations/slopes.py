@@ -12,14 +12,16 @@ mean over draws with a Student-t CI. Theory (DESIGN.md §2): k = −2 (factor 4)
 same factors (``k_model``). holds: −2 or k_model inside the CI with b₀ = min(bits);
 conditional: only for b ≥ b₀ > min(bits); fails: for no b₀ (leaving ≥ 3 points).
 
-Rank slope. Per rank, the mean over draws of s(r)²·T(r, b) (se from the draws), fitted by
-weighted least squares in log₂r (``decisions.fit_loglinear``). Theory with fixed ranges:
+Rank slope. Each draw is one nested sequence of factors over the ranks
+(``factors.nested_factors``); per draw, least squares of log₂(s(r)²·T(r, b)) on log₂r, then
+the mean slope over draws with a Student-t CI. Theory with fixed ranges:
 slope 1 under s = 1 (the seed paper), −1 under s = α/r (PEFT), 0 under s = α/√r (rsLoRA).
 Multiplying by s(r)² is exact, so the three fits differ by exactly 0, −2, −1 in slope; the
 measurement is T itself. The absmax ranges R_A, R_B grow with r (more entries, larger
 maximum), so the same fit of the total at unit ranges, ‖Bε_A‖²/R_A² + ‖ε_B·A‖²/R_B² +
 ‖ε_Bε_A‖²/(R_A²R_B²) (each term divided by the ranges its steps Δ carry), is reported as the
-"fixed-range" slope; a claim that holds only for it is "conditional".
+"fixed-range" slope (``decisions.decide_slope``): a claim whose fixed-range CI excludes the
+theory fails; one that holds only at fixed ranges is "conditional".
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ from quantbounds._checks import check_bits, check_choice, check_int_range, check
 from quantbounds.results import Verdict
 from quantbounds.scales import SCALES, lora_scale
 
-from simulations.decisions import (decide_cells, decide_interval, decide_slope, fit_loglinear,
-                                   mean_ci)
-from simulations.factors import FAMILIES, FactorSpec, make_factors
+from simulations.decisions import decide_cells, decide_interval, decide_slope, mean_ci
+from simulations.factors import FAMILIES, FactorSpec, nested_factors
 
 # Rank slope of E‖ε_BA‖² in log₂r under each convention (DESIGN.md §2).
 THEORY_RANK_SLOPE = {"one": 1.0, "alpha_r": -1.0, "rslora": 0.0}
@@ -116,11 +117,13 @@ def run(config: SlopesConfig, key, *, progress=None) -> dict:
     bits = np.asarray(config.bits)
     data = {}
     for fi, fam in enumerate(config.families):
+        kf = jax.random.fold_in(key, fi)
+        # one nested draw per d: rank r uses the leading r columns/rows (factors.nested_factors)
+        nested = [nested_factors(jax.random.fold_in(kf, d), fam, config.m, config.n,
+                                 config.ranks) for d in range(config.n_draws)]
         per_rank = []
-        for r in config.ranks:
-            spec = FactorSpec(family=fam, m=config.m, n=config.n, r=r)
-            kr = jax.random.fold_in(jax.random.fold_in(key, fi), r)
-            draws = [make_factors(jax.random.fold_in(kr, d), spec) for d in range(config.n_draws)]
+        for ri, r in enumerate(config.ranks):
+            draws = [nd[ri] for nd in nested]
             rp = min(_bucket(r), config.m, config.n)
             Bs = jnp.stack([jnp.pad(d[0], ((0, 0), (0, rp - r))) for d in draws])
             As = jnp.stack([jnp.pad(d[1], ((0, rp - r), (0, 0))) for d in draws])
@@ -168,19 +171,26 @@ def bit_slope(real, model, bits) -> dict:
 
 
 def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float) -> dict:
-    """Weighted fits of log₂(mean s²T) and of log₂(mean s²T at unit ranges) on log₂ r, bit b."""
+    """Slope of log₂(s²T) in log₂ r at bit b, and of the unit-range total.
+
+    The ranks of draw d are nested slices of one factor pair, so draw d is one unit: an
+    ordinary least-squares slope per draw, then their mean with a Student-t CI over draws.
+    Also the per-rank means (and se) for plotting and the mean intercept."""
     j = list(bits).index(b)
-    rs, y, yse, yf, yfse = [], [], [], [], []
-    for pr in per_rank:
-        s2 = lora_scale(scale, lora_alpha, pr["r"]) ** 2
-        t = np.asarray(pr["real"])[:, j] * s2
-        tf = np.asarray(pr["real_fixed_range"])[:, j] * s2
-        m1, se1, _ = mean_ci(t)
-        m2, se2, _ = mean_ci(tf)
-        rs.append(math.log2(pr["r"]))
-        y.append(m1), yse.append(se1), yf.append(m2), yfse.append(se2)
-    return {"absmax": fit_loglinear(rs, y, yse), "fixed_range": fit_loglinear(rs, yf, yfse),
-            "mean_total": y, "mean_total_se": yse}
+    x = np.log2([pr["r"] for pr in per_rank])
+    s2 = np.array([lora_scale(scale, lora_alpha, pr["r"]) ** 2 for pr in per_rank])
+    out = {}
+    for name, key in (("absmax", "real"), ("fixed_range", "real_fixed_range")):
+        y = np.array([np.asarray(pr[key])[:, j] for pr in per_rank]) * s2[:, None]  # (R, D)
+        fits = [np.polyfit(x, np.log2(y[:, d]), 1) for d in range(y.shape[1])]
+        mean, se, ci = mean_ci([f[0] for f in fits])
+        out[name] = {"slope": mean, "slope_se": se, "ci": ci,
+                     "intercept": float(np.mean([f[1] for f in fits])),
+                     "per_draw": [float(f[0]) for f in fits]}
+        if name == "absmax":
+            out["mean_total"] = y.mean(axis=1).tolist()
+            out["mean_total_se"] = (y.std(axis=1, ddof=1) / np.sqrt(y.shape[1])).tolist()
+    return out
 
 
 def analyse(res: dict) -> dict:

@@ -75,7 +75,8 @@ def _tiny() -> dict:
 
 def _quick() -> dict:
     return dict(
-        decomposition=decomposition.DecompositionConfig(shapes=((256, 256, 8),)),
+        decomposition=decomposition.DecompositionConfig(shapes=((256, 256, 8),),
+                                                        families=("gaussian",)),
         moments=moments_mc.MomentsConfig(layers=((512, 512, (1, 8, 64), "tensor"),
                                                  (512, 512, (16,), "block64")),
                                          bits=(2, 4, 8, 16), n_samples=16),

@@ -65,9 +65,9 @@ def test_code_tables_match_bnb():
     assert (c == 0).sum() == 2 and np.min(np.abs(c[c != 0])) == np.float32(0.0625) / np.float32(12)
 
 
-CASES = [  # (shape, block size): full blocks, tail blocks, odd last dim, 3-D, bnb block sizes 32…4096
-    ((64, 128), 64), ((33, 64), 128), ((5, 7), 32), ((128, 256), 32), ((4, 1024), 512),
-    ((3, 4096), 2048), ((2, 4096), 4096), ((2, 3, 40), 64),
+CASES = [  # (shape, block size): full blocks, tail blocks, odd last dim, 3-D; block sizes 32…2048
+    ((64, 128), 64), ((33, 64), 128), ((5, 7), 32), ((4, 1024), 512), ((3, 4096), 2048),
+    ((2, 3, 40), 64),
 ]
 
 

@@ -89,6 +89,19 @@ def test_optimality_conditions_checked_independently():
         assert quad_distortion(np.sort(c + rng.normal(0, 1e-3, c.size))) > base
 
 
+def test_panter_dite_asymptote():
+    """High-resolution theory (Panter & Dite 1951): K²·D → (1/12)(∫p^{1/3})³ = √3·π/2 = 2.7207 for
+    the unit Gaussian, from below. Also checks that 6–8 bits converge (quasi-Newton polish)."""
+    limit = math.sqrt(3) * math.pi / 2
+    kd = []
+    for b in (6, 7, 8):
+        r = lloyd_max(b)
+        assert r.converged
+        kd.append(r.distortion * 4 ** b)
+    assert kd[0] < kd[1] < kd[2] < limit
+    assert (limit - kd[2]) < 0.6 * (limit - kd[1]) < 0.36 * (limit - kd[0])
+
+
 def test_uniform_density_lloyd_max_is_the_uniform_grid():
     # for U(−√3, √3) the optimum is the mid-rise grid with Δ = 2√3/K and D = Δ²/12 = 1/K²
     for b in (1, 2, 3):

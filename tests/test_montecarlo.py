@@ -121,11 +121,12 @@ def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
     d = 2.0 ** (1 - bits)
     ref = []
     for chunk in range(-(-N // S)):
-        v = np.asarray(uniform_grid(jax.random.fold_in(jax.random.fold_in(key, 0), chunk),
-                                    S, r, m + n, dtype), np.float64)
+        ku = jax.random.fold_in(jax.random.fold_in(key, 0), chunk)     # cell 0, this chunk
+        vB = np.asarray(uniform_grid(jax.random.fold_in(ku, 0), S, r, m, dtype), np.float64)
+        vA = np.asarray(uniform_grid(jax.random.fold_in(ku, 1), S, r, n, dtype), np.float64)
         for s in range(S):
-            eB = (v[s, :, :m] * d * np.abs(B).max()).T
-            eA = v[s, :, m:] * d * np.abs(A).max()
+            eB = (vB[s] * d * np.abs(B).max()).T
+            eA = vA[s] * d * np.abs(A).max()
             ref.append(_dense_terms(B, A, eB, eA))
     rtol = 1e-10 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(out, np.array(ref)[:N], rtol=rtol)

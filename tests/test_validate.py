@@ -98,7 +98,9 @@ def test_decide_identity_upper_bound_interval_slope_cells():
     assert decisions.decide_upper_bound([0.1, 1.01], [0.2, 1.1]) == "fails"
     assert decisions.decide_interval(4.0, (3.9, 4.1)) == "holds"
     assert decisions.decide_interval(4.0, (4.01, 4.1)) == "fails"
-    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "holds"
+    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.95, 1.05)) == "holds"
+    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "fails"   # fixed range rules
+    assert decisions.decide_slope(1.0, (0.9, 1.1)) == "holds"
     assert decisions.decide_slope(1.0, (1.05, 1.2), (0.95, 1.05)) == "conditional"
     assert decisions.decide_slope(1.0, (1.05, 1.2), (1.02, 1.05)) == "fails"
     assert decisions.decide_slope(1.0, (1.05, 1.2)) == "fails"

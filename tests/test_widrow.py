@@ -109,6 +109,21 @@ def test_int8_block64_ratio_is_63_over_64():
     assert abs(diag.correlation) <= 5 / math.sqrt(w.size)   # additive model: uncorrelated
 
 
+def test_per_channel_midtread_ratio_is_one_minus_one_over_channel_size():
+    """axis=0 on (512, 64): 512 channels of 64; 8-bit midtread → (63/64)·Δ²/12 (absmax exact)."""
+    w = np.random.default_rng(12).standard_normal((512, 64))
+    qt = quantize_codes(w, "uniform", bits=8, step="midtread", axis=0)
+    e = np.asarray(qt.dequantize()) - w
+    d = np.asarray(qt.steps)[:, None]
+    ratio_rows = (e * e / (d * d / 12)).mean(axis=1)           # i.i.d. over channels
+    se = ratio_rows.std(ddof=1) / math.sqrt(ratio_rows.size)
+    assert abs(ratio_rows.mean() - 63 / 64) <= 5 * se
+    diag = widrow_diagnostics(w, bits=8, step="midtread", axis=0)
+    assert diag.group_size == 64 and diag.absmax_factor == 63 / 64
+    assert diag.variance_ratio == pytest.approx(np.mean(e * e) / np.mean(d * d / 12 * np.ones_like(e)),
+                                                rel=1e-12)
+
+
 def test_stochastic_rounding_variance_ratio_two_and_uncorrelated():
     """SR: E[ε | w] = 0 and Var = Δ²p(1−p); with p ≈ U(0,1) (fine grid) E[Δ²p(1−p)] = Δ²/6,
     i.e. variance_ratio = 2, and cov(ε, w) = 0 exactly."""
