@@ -29,7 +29,9 @@ _EXPORTS: dict[str, str] = {
     # bounds and the teacher–student experiment
     "excess_risk_bound": "bounds", "optimal_bits": "bounds", "grad_variance_bound": "bounds",
     # calibration, allocation, report
-    "calibrate": "calibration", "allocate": "allocator",
+    "calibrate": "calibration", "calibrated_bits": "calibration", "run_calibration": "calibration",
+    "allocate": "allocator", "LayerSpec": "allocator", "memory_bits": "allocator",
+    "build_report": "report", "synthetic_records": "synthetic", "SyntheticTruth": "synthetic",
     # conventions, records, results
     "SCALES": "scales", "lora_scale": "scales",
     "RECORD_SCHEMA": "records", "read_records": "records", "append_record": "records",

@@ -171,7 +171,13 @@ def build_report(*, results_dir="results", figures_dir="figures", out="results/R
         if p.exists():
             try:
                 a = json.loads(p.read_text())
-                L += ["", f"## {title}", "", "```json", json.dumps(a, indent=1)[:3000], "```"]
+                L += ["", f"## {title}", ""]
+                if isinstance(a.get("verdicts"), list) and a["verdicts"]:
+                    L += verdict_table(a["verdicts"]) + [""]
+                if a.get("notes"):
+                    L += [f"- {_cell(n)}" for n in a["notes"]] + [""]
+                rest = {k: v for k, v in a.items() if k not in ("verdicts", "notes")}
+                L += ["```json", json.dumps(rest, indent=1)[:3000], "```"]
             except json.JSONDecodeError as err:
                 L += ["", f"## {title}", "", f"`{p}` is unreadable: {err}"]
     figs = sorted(figures_dir.glob("**/*.png")) if figures_dir.exists() else []

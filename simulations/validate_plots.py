@@ -181,30 +181,39 @@ def plot_codebooks(res: dict, outdir: Path) -> Path:
     from simulations.codebooks import REFERENCES
 
     mc, ex = res["mc"], res["exact"]
-    names = ["Lloyd–Max\n(exact)", "NF4 block64", "int4 block64\n(mid-tread)",
-             "uniform4 block64\n(paper step)", "optimal uniform\n(exact)", "FP4 block64",
-             "NF4 best scale\n(exact)", "FP4 best scale\n(exact)"]
-    vals = [ex["lloyd_max"]["integral"], mc["nf4_block"]["distortion"],
-            mc["int4_block"]["distortion"], mc["uniform4_paper_block"]["distortion"],
-            ex["optimal_uniform"]["distortion"], mc["fp4_block"]["distortion"],
-            ex["nf4_best_scale"]["distortion"], ex["fp4_best_scale"]["distortion"]]
-    errs = [0, 1.96 * mc["nf4_block"]["se"], 1.96 * mc["int4_block"]["se"],
-            1.96 * mc["uniform4_paper_block"]["se"], 0, 1.96 * mc["fp4_block"]["se"], 0, 0]
-    refs = [REFERENCES["lloyd_max"][0], REFERENCES["nf4_block"][0], REFERENCES["int4_block"][0],
-            None, REFERENCES["optimal_uniform"][0], REFERENCES["fp4_block"][0], None, None]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    x = np.arange(len(names))
-    ax.bar(x, vals, yerr=errs, color=["grey", "tab:blue", "tab:orange", "tab:orange", "grey",
-                                      "tab:red", "tab:blue", "tab:red"], alpha=0.8, capsize=3)
-    for xi, r in zip(x, refs):
-        if r is not None:
-            ax.plot([xi - 0.4, xi + 0.4], [r, r], "k-", lw=1.5)
-    ax.plot([], [], "k-", label="reference (DESIGN.md §2 / Max 1960)")
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylabel("E(x − Q(x))², x ~ N(0, 1)")
-    ax.set_title("4-bit distortion on Gaussian weights (blockwise: absmax per 64; "
-                 "exact: fixed scale)", fontsize=10)
-    ax.legend(fontsize=8)
+    rows = [  # (label, value, 95 % half-width, reference or None, colour)
+        ("Lloyd–Max (exact, fixed scale)", ex["lloyd_max"]["integral"], 0,
+         REFERENCES["lloyd_max"][0], "grey"),
+        ("optimal uniform (exact, fixed scale)", ex["optimal_uniform"]["distortion"], 0,
+         REFERENCES["optimal_uniform"][0], "grey"),
+        ("NF4 (exact, best fixed scale)", ex["nf4_best_scale"]["distortion"], 0, None,
+         "tab:blue"),
+        ("FP4 (exact, best fixed scale)", ex["fp4_best_scale"]["distortion"], 0, None,
+         "tab:red"),
+        ("NF4, block 64 absmax", mc["nf4_block"]["distortion"], 1.96 * mc["nf4_block"]["se"],
+         REFERENCES["nf4_block"][0], "tab:blue"),
+        ("int4 mid-tread R/7, block 64", mc["int4_block"]["distortion"],
+         1.96 * mc["int4_block"]["se"], REFERENCES["int4_block"][0], "tab:orange"),
+        ("uniform 4-bit paper step R/8, block 64", mc["uniform4_paper_block"]["distortion"],
+         1.96 * mc["uniform4_paper_block"]["se"], None, "tab:orange"),
+        ("FP4 (bnb), block 64 absmax", mc["fp4_block"]["distortion"],
+         1.96 * mc["fp4_block"]["se"], REFERENCES["fp4_block"][0], "tab:red"),
+    ]
+    rows.sort(key=lambda t: t[1])
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    y = np.arange(len(rows))
+    ax.barh(y, [t[1] for t in rows], xerr=[t[2] for t in rows], color=[t[4] for t in rows],
+            alpha=0.8, capsize=3)
+    for yi, t in zip(y, rows):
+        if t[3] is not None:
+            ax.plot([t[3], t[3]], [yi - 0.4, yi + 0.4], "k-", lw=2)
+        ax.text(t[1] + t[2] + 1e-5, yi, f" {t[1]:.5f}", va="center", fontsize=8)
+    ax.plot([], [], "k-", lw=2, label="reference value (DESIGN.md §2 / Max 1960)")
+    ax.set_yticks(y, [t[0] for t in rows], fontsize=8)
+    ax.set_xlim(0.007, max(t[1] for t in rows) * 1.12)
+    ax.set_xlabel("E(x − Q(x))², x ~ N(0, 1)  (bars: 95 % CI for Monte Carlo rows)")
+    ax.set_title("4-bit distortion on Gaussian weights", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, outdir, "codebooks")
 
 

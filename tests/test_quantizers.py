@@ -186,16 +186,17 @@ def test_error_bounded_by_half_step_inside_range(bits, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(64)
     R = np.abs(x).max()
+    ulp = 2 * np.spacing(R)  # x̂ is formed with ≤ 2 roundings of numbers ≤ R
     # midtread: |ε| ≤ Δ/2 everywhere
     d = R / (2 ** (bits - 1) - 1)
     e = np.asarray(quantize(jnp.asarray(x), "uniform", bits=bits, step="midtread")) - x
-    assert np.all(np.abs(e) <= d / 2 * (1 + 1e-12))
-    # paper: |ε| ≤ Δ/2 except in the clipped top cell (x > R − Δ/2)
+    assert np.all(np.abs(e) <= d / 2 + ulp)
+    # paper: |ε| ≤ Δ/2 except in the clipped top cell (x > R − Δ/2), where |ε| ≤ Δ
     d = R * 2.0 ** (1 - bits)
     e = np.asarray(quantize(jnp.asarray(x), "uniform", bits=bits)) - x
     inside = x <= R - d / 2
-    assert np.all(np.abs(e[inside]) <= d / 2 * (1 + 1e-12))
-    assert np.all(np.abs(e[~inside]) <= d * (1 + 1e-12))
+    assert np.all(np.abs(e[inside]) <= d / 2 + ulp)
+    assert np.all(np.abs(e[~inside]) <= d + ulp)
 
 
 # ------------------------------------------------------------------ stochastic rounding
