@@ -34,40 +34,50 @@ def main(argv=None) -> int:
 
     from quantbounds.results import write_json_atomic
     from quantbounds.teacher_student import TeacherStudentConfig, make_problem
-    from quantbounds.ts_grid import _all_flat, _arm_runs, _vmapped, stats_table
+
+    from quantbounds.ts_grid import _all_flat, _arm_fn, _arm_runs, _groups, stats_table
 
     extra = {"arms": tuple(args.arms.split(","))} if args.arms else {}
     cfg = TeacherStudentConfig(seeds=args.seeds, steps=args.steps, **extra)
     problem = make_problem(cfg)
     table = stats_table(problem, cfg)
-    _, cols, _ = _all_flat(cfg, _arm_runs(cfg))
+    runs = _arm_runs(cfg)
+    _, cols, offs = _all_flat(cfg, runs)
+    groups = _groups(runs, offs)
     dt = problem.W0.dtype
     G = len(cols["r"])
-    one = _vmapped(problem, cfg)
-    args_all = (jnp.asarray(cols["r"]), jnp.asarray(cols["b"], dt), jnp.asarray(cols["seed"]), jnp.arange(G),
-                jnp.asarray(cols["kind"]), jnp.asarray(cols["deploy"]), jnp.asarray(cols["conv"]))
-    st_all = tuple(t[jnp.asarray(cols["Ni"]), jnp.asarray(cols["seed"])] for t in table)
+
+    def inputs(rows):
+        return (tuple(t[jnp.asarray(cols["Ni"][rows]), jnp.asarray(cols["seed"][rows])] for t in table),
+                jnp.asarray(cols["r"][rows]), jnp.asarray(cols["b"][rows], dt), jnp.asarray(cols["seed"][rows]),
+                jnp.asarray(rows), jnp.asarray(cols["conv"][rows]))
+
+    per_arm = {arm: inputs(rows) for arm, rows in groups.items()}
     load0 = os.getloadavg()
 
-    # vmapped: one jit over all G configurations
-    grid = jax.jit(jax.vmap(one))
+    # vmapped: one jit, one vmap per arm (what run_grid does)
+    grid = jax.jit(lambda ins: {arm: jax.vmap(_arm_fn(problem, cfg, arm))(*ins[arm]) for arm in groups})
     t0 = time.perf_counter()
-    jax.block_until_ready(grid(st_all, *args_all))
+    jax.block_until_ready(grid(per_arm))
     t_vmap_first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.block_until_ready(grid(st_all, *args_all))
+    jax.block_until_ready(grid(per_arm))
     t_vmap = time.perf_counter() - t0
 
-    # Python loop: the same function jitted for one configuration, called G times
-    single = jax.jit(one)
-    pick = lambda i: (tuple(x[i] for x in st_all), *(a[i] for a in args_all))  # noqa: E731
+    # Python loop: the same function jitted for one configuration (per arm), called G times
+    single = {arm: jax.jit(_arm_fn(problem, cfg, arm)) for arm in groups}
+    pick = lambda ins, i: jax.tree_util.tree_map(lambda x: x[i], ins)  # noqa: E731
     t0 = time.perf_counter()
-    jax.block_until_ready(single(*pick(0)))
+    for arm in groups:
+        jax.block_until_ready(single[arm](*pick(per_arm[arm], 0)))
     t_loop_first = time.perf_counter() - t0
-    n = G if args.limit is None else min(args.limit, G)
+    # time the same fraction of every arm (limit spread over the arms in proportion to their size)
+    frac = 1.0 if args.limit is None else min(1.0, args.limit / G)
+    todo = [(arm, i) for arm, rows in groups.items() for i in range(max(1, int(round(frac * len(rows)))))]
+    n = len(todo)
     t0 = time.perf_counter()
-    for i in track(range(n), description=f"Python loop over {n} configurations"):
-        jax.block_until_ready(single(*pick(i)))
+    for arm, i in track(todo, description=f"Python loop over {n} configurations"):
+        jax.block_until_ready(single[arm](*pick(per_arm[arm], i)))
     t_loop_n = time.perf_counter() - t0
     t_loop = t_loop_n * G / n
 

@@ -15,12 +15,13 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # quantizers
     "nf4_code": "quantizers", "fp4_code": "quantizers", "quantize": "quantizers",
-    "quantize_codes": "quantizers",
+    "quantize_codes": "quantizers", "quantize_uniform": "quantizers", "QuantizedTensor": "quantizers",
     # noise model and diagnostics
     "uniform_noise_variance": "noise", "uniform_step": "noise", "sample_uniform_noise": "noise",
-    "codebook_noise_variance": "noise",
-    "lloyd_max": "lloyd_max",
-    "widrow_diagnostics": "widrow",
+    "codebook_noise_variance": "noise", "absmax_exact": "noise",
+    "lloyd_max": "lloyd_max", "LloydMaxResult": "lloyd_max",
+    "optimal_uniform_quantizer": "lloyd_max", "uniform_quantizer_distortion": "lloyd_max",
+    "widrow_diagnostics": "widrow", "WidrowDiagnostics": "widrow",
     # exact moments
     "EpsBAMoments": "moments", "eps_ba_moments": "moments", "eps_ba_entry_variance": "moments",
     "eps_ba_output_moment": "moments", "eps_ba_variance_bound": "moments",

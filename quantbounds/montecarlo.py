@@ -64,8 +64,12 @@ def eps_ba_terms(B: Any, A: Any, eps_B: Any, eps_A: Any) -> EpsBAMoments:
     if eps_B.shape != B.shape or eps_A.shape != A.shape:
         raise ValueError(f"eps_B must have B's shape {B.shape} and eps_A A's shape {A.shape}, "
                          f"got {eps_B.shape} and {eps_A.shape}")
-    out = gram_terms(B, A, B.T @ B, A @ A.T, eps_B.T[None], eps_A[None])[0]
-    return EpsBAMoments(*out)
+    return EpsBAMoments(*_terms_one(B, A, eps_B, eps_A))
+
+
+@jax.jit
+def _terms_one(B, A, eps_B, eps_A):
+    return gram_terms(B, A, B.T @ B, A @ A.T, eps_B.T[None], eps_A[None])[0]
 
 
 def ranges(x: Any, *, block_size: int | None = None, axis: int | None = None) -> np.ndarray:
@@ -102,7 +106,8 @@ def _dtype(dtype) -> str:
     name = jnp.dtype(dtype).name
     check_choice(name, "dtype", ("float32", "float64"))
     if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+        raise ValueError("dtype=float64 needs jax_enable_x64 "
+                         "(jax.config.update('jax_enable_x64', True))")
     return name
 
 
@@ -236,7 +241,8 @@ def _padded(fac, rpad, *, block_size, axis, dtype):
     for i, (B, A) in enumerate(fac):
         r = B.shape[1]
         Bs[i, :, :r], As[i, :r] = B, A
-        RBt[i, :r] = np.broadcast_to(ranges(B, block_size=block_size, axis=axis).T, RBt[i, :r].shape)
+        RBt[i, :r] = np.broadcast_to(ranges(B, block_size=block_size, axis=axis).T,
+                                     RBt[i, :r].shape)
         RA[i, :r] = np.broadcast_to(ranges(A, block_size=block_size, axis=axis), RA[i, :r].shape)
     return Bs, As, RBt, RA
 
@@ -267,10 +273,11 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
     lora_alpha) giving s per rank. Other options as :func:`simulate_eps_ba`.
 
     Additive mode: ranks are zero-padded to the next power of two (``pad="pow2"``, one sharded
-    program per bucket: rank 1…256 costs ≈ Σ r² rather than 9·256²) or all to the largest rank
-    (``pad="max"``, a single program), with zero ranges in the padding, which is exact (padded rows/columns contribute 0 to
-    every term, and each cell's noise is keyed by its cell and row, so both paddings give the
-    same numbers). Units (chunk × cell) are vmapped over samples and spread over all devices.
+    program per bucket: ranks 1, 2, 4, …, 256 cost ≈ Σ r² rather than 9·256²) or all to the
+    largest rank (``pad="max"``, a single program), with zero ranges in the padding. This is
+    exact: padded rows/columns contribute 0 to every term, and each cell's noise is keyed by
+    its cell and row, so both paddings give the same numbers. Units (chunk × cell) are
+    vmapped over samples and spread over all devices.
     Real mode: one sharded program per rank (quantizer ranges depend on the true shape), with
     cells = bit-widths.
     """
@@ -300,7 +307,8 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
     if mode == "additive":
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(ranks):
-            groups.setdefault(max(ranks) if pad == "max" else 1 << (r - 1).bit_length(), []).append(i)
+            rpad = max(ranks) if pad == "max" else 1 << (r - 1).bit_length()
+            groups.setdefault(rpad, []).append(i)
         kd = np.asarray(jax.random.key_data(k_noise))
         for rpad, idx in groups.items():
             Bs, As, RBt, RA = _padded([fac[i] for i in idx], rpad, block_size=block_size,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbounds.calibration import ADAPTER_ARMS, paired_excess
+from quantbounds.pairing import ADAPTER_ARMS, paired_excess
 from quantbounds.synthetic import is_synthetic
 
 

@@ -9,16 +9,17 @@ depend on the noise, F = ε_Bᵀε_B, C = Bᵀε_B, E = ε_A·ε_Aᵀ, D = A·ε
 G_B = BᵀB and G_A = A·Aᵀ are computed once per rank. Then
     ‖B·ε_A‖² = ⟨G_B, E⟩,  ‖ε_B·A‖² = ⟨F, G_A⟩,  ‖ε_B·ε_A‖² = ⟨F, E⟩,
     ‖ε_BA‖² = the three + 2·(tr(C·D) + tr(C·E) + tr(F·Dᵀ)),
-with ⟨X, Y⟩ = Σ X∘Y: about 8·r²·(m+n) flops and O(r·(m+n)) memory per sample. The tempting
-form X = [B + ε_B, −B] cancels catastrophically in float32 above ~10 bits and is not used.
-ε_B is drawn transposed, (r, m) per sample, so that C and D are single large GEMMs against
-the shared B and A.
+with ⟨X, Y⟩ = Σ X∘Y: 4·r²·(m+n) flops for the four products (the rest is O(r²)) and
+O(r·(m+n)) memory per sample. The tempting form X = [B + ε_B, −B] cancels catastrophically
+in float32 above ~10 bits and is not used. ε_B is drawn transposed, (r, m) per sample, so
+that C and D are single large GEMMs against the shared B and A.
 
 Work units. The engine cuts its work into units, one chunk of S samples of one grid cell
-(rank × bit-width), identified by an integer id u; a unit computes its samples from
-fold_in(key, u) alone. Units are independent, and their results do not depend on which device
-ran them: the same key gives the same numbers on one CPU, on 8 GPUs, or on several hosts joined
-with ``jax.distributed.initialize()`` (they do depend on S, the chunk size).
+(rank × bit-width); unit (cell c, chunk j) draws its noise from fold_in(fold_in(key, c), j)
+alone, row by row (:func:`uniform_grid`). Units are independent, and their results do not
+depend on which device ran them: the same key gives the same numbers on one CPU, on 8 GPUs,
+or on several hosts joined with ``jax.distributed.initialize()`` (they do depend on S, the
+chunk size, and on the PRNG implementation of the key).
 
 Sharding. :func:`map_units` lays the unit ids along a 1-D device mesh (``jax.sharding.Mesh``
 with the axis ``"units"``), replicates the shared inputs (key data, factors, Grams, ranges) to
@@ -183,9 +184,7 @@ class _Config:
     m: int
     n: int
     r: int
-    S: int            # samples per unit
-    n_chunks: int     # units per cell
-    n_bits: int
+    S: int            # samples per unit (units per cell and bit-widths per rank are traced)
     dtype: str
     step: str
     impl: str         # PRNG implementation name of the key
@@ -200,14 +199,15 @@ def _unit_key(cfg: _Config, keydata, cell_id, chunk):
     return jax.random.fold_in(jax.random.fold_in(key, cell_id), chunk)
 
 
-def _additive_unit(cfg: _Config, u, keydata, cell_ids, bits, Bs, As, GBs, GAs, RBts, RAs):
+def _additive_unit(cfg: _Config, u, n_chunks, keydata, cell_ids, bits, Bs, As, GBs, GAs, RBts,
+                   RAs):
     """Unit u of an additive grid: stacks over ranks padded to r with zero ranges.
 
     Its noise comes from fold_in(fold_in(key, cell_ids[cell]), chunk), row by row, so it does
     not depend on the padding, the bucketing of ranks or the device that runs it.
     """
-    cell, chunk = u // cfg.n_chunks, u % cfg.n_chunks
-    ri, bi = cell // cfg.n_bits, cell % cfg.n_bits
+    cell, chunk = u // n_chunks, u % n_chunks
+    ri, bi = cell // bits.shape[0], cell % bits.shape[0]
     fac = step_factor(bits[bi], cfg.step, cfg.dtype)
     key = _unit_key(cfg, keydata, cell_ids[cell], chunk)
     eps_Bt, eps_A = draw_noise(key, cfg.S, cfg.r, cfg.m, cfg.n, cfg.dtype,
@@ -228,11 +228,11 @@ def draw_noise(key, S: int, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
     return eps_Bt, eps_A
 
 
-def _real_unit(cfg: _Config, u, keydata, bits, B, A, GB, GA):
+def _real_unit(cfg: _Config, u, n_chunks, keydata, bits, B, A, GB, GA):
     """Unit u of a real-quantizer run on one (B, A); cells are bit-widths."""
     from quantbounds.quantizers import quantize
 
-    b = bits[u // cfg.n_chunks] if cfg.scheme == "uniform" else None
+    b = bits[u // n_chunks] if cfg.scheme == "uniform" else None
     opts = dict(bits=b, block_size=cfg.block_size, axis=cfg.axis, rounding=cfg.rounding)
     if cfg.scheme == "uniform":
         opts["step"] = cfg.step
@@ -244,7 +244,7 @@ def _real_unit(cfg: _Config, u, keydata, bits, B, A, GB, GA):
         qA = quantize(A, cfg.scheme, key=kA if stoch else None, **opts)
         return (qB - B).T, qA - A
 
-    key = _unit_key(cfg, keydata, u // cfg.n_chunks, u % cfg.n_chunks)
+    key = _unit_key(cfg, keydata, u // n_chunks, u % n_chunks)
     eps_Bt, eps_A = jax.vmap(one)(jax.random.split(key, cfg.S))
     return gram_terms(B, A, GB, GA, eps_Bt.astype(cfg.dtype), eps_A.astype(cfg.dtype))
 
@@ -277,14 +277,15 @@ def run_additive(keydata, impl, bits, Bs, As, RBts, RAs, *, n_samples, step, dty
     n = As.shape[-1]
     S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
     n_chunks = -(-n_samples // S)
-    cfg = _Config("additive", m, n, r, S, n_chunks, len(bits), dtype, step, impl)
+    cfg = _Config("additive", m, n, r, S, dtype, step, impl)
     Bs, As = np.asarray(Bs, dtype), np.asarray(As, dtype)
     GBs = np.einsum("xmk,xml->xkl", Bs, Bs)
     GAs = np.einsum("xkn,xln->xkl", As, As)
     cells = np.arange(n_ranks * len(bits)) if cell_ids is None else np.ravel(cell_ids)
     if cells.shape != (n_ranks * len(bits),):
         raise ValueError(f"cell_ids must hold n_ranks·n_bits = {n_ranks * len(bits)} ids")
-    shared = (keydata, cells.astype(np.int32), np.asarray(bits, np.float32), Bs, As, GBs, GAs,
+    shared = (np.int32(n_chunks), keydata, cells.astype(np.int32), np.asarray(bits, np.float32),
+              Bs, As, GBs, GAs,
               np.asarray(RBts, dtype), np.asarray(RAs, dtype))
     mesh = check_mesh(mesh)
     n_units = n_ranks * len(bits) * n_chunks
@@ -301,10 +302,9 @@ def run_real(keydata, impl, bits, B, A, *, n_samples, scheme, rounding, block_si
         n_samples = 1     # deterministic quantizer: one draw is exact
     S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
     n_chunks = -(-n_samples // S)
-    cfg = _Config("real", m, n, r, S, n_chunks, len(bits), dtype, step, impl, scheme, rounding,
-                  block_size, axis)
+    cfg = _Config("real", m, n, r, S, dtype, step, impl, scheme, rounding, block_size, axis)
     B, A = np.asarray(B, dtype), np.asarray(A, dtype)
-    shared = (keydata, np.asarray(bits, np.int32), B, A, B.T @ B, A @ A.T)
+    shared = (np.int32(n_chunks), keydata, np.asarray(bits, np.int32), B, A, B.T @ B, A @ A.T)
     mesh = check_mesh(mesh)
     out = map_units(runner_for(cfg, mesh), len(bits) * n_chunks, shared, mesh=mesh)
     return out.reshape(len(bits), n_chunks * S, 4)[:, :n_samples]

@@ -48,8 +48,8 @@ def config_outputs(problem: Problem, stats, r, bits, seed, idx, kind, deploy, co
                    cfg: TeacherStudentConfig):
     """Train one configuration and measure it. Every argument but cfg may be traced.
 
-    kind / deploy: indices into KIND_INDEX of the quantizer used in training / at deployment
-    (0 = none); conv: index into quantbounds.scales.SCALES. Returns a dict: excess_latent,
+    kind: the arm (a name in ARMS, static) or an index into KIND_INDEX (traced); deploy: the
+    quantizer at deployment (a name, None, or an index); conv: index into quantbounds.scales.SCALES. Returns a dict: excess_latent,
     excess_deployed, train_loss; ptq_excess[b], ptq_qexcess[b] (= ‖s·(Q(B)Q(A) − BA)·Σ^{1/2}‖²,
     the part due to ε_BA alone), ptq_pred[b] (additive model) for b in cfg.bits (RTN after
     training); ptq_nf4_excess; R_A, R_B; the trained B, A and the scale s.
@@ -125,14 +125,24 @@ def _all_flat(cfg, runs):
     return [p[0] for p in parts], cols, np.cumsum([0] + sizes)
 
 
-def _vmapped(problem, cfg):
-    def one(st, r, b, sd, i, kind, deploy, conv):
-        return config_outputs(problem, st, r, b, sd, i, kind, deploy, conv, cfg=cfg)
+def _groups(runs, offs):
+    """Rows of the flattened grid grouped by arm (static quantizer): {arm: row indices}."""
+    groups = {}
+    for j, (_, arm, _) in enumerate(runs):
+        groups.setdefault(arm, []).extend(range(offs[j], offs[j + 1]))
+    return {a: np.asarray(rows) for a, rows in groups.items()}
+
+
+def _arm_fn(problem, cfg, arm):
+    """config_outputs for one arm with its quantizers static (no lax.switch: under vmap a switch
+    becomes a select that evaluates every quantizer for every configuration)."""
+    def one(st, r, b, sd, i, conv):
+        return config_outputs(problem, st, r, b, sd, i, arm, _DEPLOY_KIND.get(arm), conv, cfg=cfg)
     return one
 
 
 def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> dict:
-    """The whole grid, every arm, in one jit and one vmap over the flattened configurations.
+    """The whole grid in one jit: one vmap per arm (fp under every convention is one arm).
 
     Returns {label: {"axes": [(name, values)], "arm", "convention", key: ndarray}} with labels
     "fp_<convention>" (one per cfg.conventions) and the other arms by name. Array shapes follow
@@ -141,23 +151,27 @@ def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> di
     problem = problem or make_problem(cfg)
     runs = _arm_runs(cfg)
     axes, cols, offs = _all_flat(cfg, runs)
-    one = _vmapped(problem, cfg)
+    groups = _groups(runs, offs)
     dt = problem.W0.dtype
 
     @jax.jit
-    def grid(table, r, b, Ni, sd, kind, deploy, conv):
-        st = tuple(t[Ni, sd] for t in table)
-        return jax.vmap(one)(st, r, b, sd, jnp.arange(r.shape[0]), kind, deploy, conv)
+    def grid(table):
+        outs = {}
+        for arm, rows in groups.items():
+            st = tuple(t[cols["Ni"][rows], cols["seed"][rows]] for t in table)
+            outs[arm] = jax.vmap(_arm_fn(problem, cfg, arm))(
+                st, jnp.asarray(cols["r"][rows]), jnp.asarray(cols["b"][rows], dt),
+                jnp.asarray(cols["seed"][rows]), jnp.asarray(rows), jnp.asarray(cols["conv"][rows]))
+        return outs
 
-    raw = jax.device_get(grid(stats_table(problem, cfg), jnp.asarray(cols["r"]), jnp.asarray(cols["b"], dt),
-                              jnp.asarray(cols["Ni"]), jnp.asarray(cols["seed"]), jnp.asarray(cols["kind"]),
-                              jnp.asarray(cols["deploy"]), jnp.asarray(cols["conv"])))
+    raw = jax.device_get(grid(stats_table(problem, cfg)))
     out = {}
     for j, (label, arm, conv) in enumerate(runs):
         shape = tuple(len(v) for _, v in axes[j])
+        pos = np.searchsorted(groups[arm], np.arange(offs[j], offs[j + 1]))
         out[label] = {"axes": axes[j], "arm": arm, "convention": conv}
-        for k, v in raw.items():
-            v = np.asarray(v)[offs[j]:offs[j + 1]]
+        for k, v in raw[arm].items():
+            v = np.asarray(v)[pos]
             out[label][k] = v.reshape(shape + v.shape[1:])
     return out
 
@@ -173,17 +187,16 @@ def run_loop(cfg: TeacherStudentConfig, *, problem: Problem | None = None, limit
     table = stats_table(problem, cfg)
     runs = _arm_runs(cfg)
     _, cols, offs = _all_flat(cfg, runs)
-    f = jax.jit(_vmapped(problem, cfg))
+    fns = {arm: jax.jit(_arm_fn(problem, cfg, arm)) for arm in {a for _, a, _ in runs}}
     dt = problem.W0.dtype
     out = {}
-    for j, (label, _, _) in enumerate(runs):
+    for j, (label, arm, _) in enumerate(runs):
         stop = offs[j + 1] if limit is None else min(offs[j] + limit, offs[j + 1])
         rows = []
         for i in range(offs[j], stop):
             st = tuple(t[cols["Ni"][i], cols["seed"][i]] for t in table)
-            rows.append(jax.device_get(f(st, jnp.asarray(cols["r"][i]), jnp.asarray(cols["b"][i], dt),
-                                         jnp.asarray(cols["seed"][i]), jnp.asarray(i),
-                                         jnp.asarray(cols["kind"][i]), jnp.asarray(cols["deploy"][i]),
-                                         jnp.asarray(cols["conv"][i]))))
+            rows.append(jax.device_get(fns[arm](st, jnp.asarray(cols["r"][i]), jnp.asarray(cols["b"][i], dt),
+                                                jnp.asarray(cols["seed"][i]), jnp.asarray(i),
+                                                jnp.asarray(cols["conv"][i]))))
         out[label] = rows
     return out

@@ -40,7 +40,7 @@ def finetune_parser() -> argparse.ArgumentParser:
                    help="'chatterbot', 'dailydialog', or a .json/.jsonl/.parquet dialogue file")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--bits", type=int, default=None,
-                   help="adapter bits 1…16 (default: 16, or 4 for adapter_nf4, 4 for other adapter arms)")
+                   help="adapter bits 1…16 (default: 16 for base-only arms, 4 for adapter arms)")
     p.add_argument("--scale", default="alpha_r", choices=SCALES)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +56,11 @@ def finetune_parser() -> argparse.ArgumentParser:
                    help="adapter quantizer block (default: per tensor; 64 for NF4)")
     p.add_argument("--step", default="paper", choices=("paper", "midtread"))
     p.add_argument("--double-quant", action="store_true", help="bnb 4-bit double quantization")
+    p.add_argument("--grad-var-batches", type=int, default=8,
+                   help="mini-batches for the gradient covariance (≥ 2)")
+    p.add_argument("--noise-draws", type=int, default=8, help="draws on a fixed batch (SR/noise arms)")
+    p.add_argument("--eval-pairs", type=int, default=32, help="held-out prompt→response pairs scored")
+    p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="embedded-model cache (default $QUANTBOUNDS_CACHE or ~/.cache/quantbounds)")
@@ -83,7 +88,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
             target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
             rank_pattern=args.rank_pattern, bits_pattern=args.bits_pattern,
             block_size=args.block_size, step=args.step, double_quant=args.double_quant,
-            device=args.device, threads=args.threads, cache_dir=args.cache_dir,
+            grad_var_batches=args.grad_var_batches, noise_draws=args.noise_draws,
+            eval_pairs=args.eval_pairs, max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
             progress=not args.no_progress)
         rec = run_finetune(cfg)
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:

@@ -59,6 +59,14 @@ def _code_tables(code: str):
     return deq, order.astype("int64"), mids
 
 
+@lru_cache(maxsize=None)
+def _code_tensors(code: str, device: str):
+    """(dequantization table, sort order, midpoints) as torch tensors on ``device`` (cached)."""
+    deq, order, mids = _code_tables(code)
+    return (torch.as_tensor(deq, device=device), torch.as_tensor(order, device=device),
+            torch.as_tensor(mids, device=device))
+
+
 def _group_absmax(x: torch.Tensor, axis: int | None, block_size: int | None):
     """(xg, R): x reshaped so that R (keepdims) broadcasts against it."""
     if block_size is not None:
@@ -114,10 +122,7 @@ def quantize_code(x: torch.Tensor, *, code: str, block_size: int = 64) -> torch.
     """bitsandbytes NF4 / FP4 blockwise quantize + dequantize, in float32, cast back to x.dtype."""
     check_choice(code, "code", ("nf4", "fp4"))
     block_size = check_int_range(block_size, "block_size", 1)
-    deq, order, mids = _code_tables(code)
-    deq_t = torch.as_tensor(deq, device=x.device)
-    order_t = torch.as_tensor(order, device=x.device)
-    mids_t = torch.as_tensor(mids, device=x.device)
+    deq_t, order_t, mids_t = _code_tensors(code, str(x.device))
     xf = x.to(torch.float32).reshape(-1)
     n = xf.numel()
     rem = n % block_size

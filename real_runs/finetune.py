@@ -185,6 +185,8 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     device = resolve_device(cfg.device)
     if cfg.threads is not None and device == "cpu":
         torch.set_num_threads(cfg.threads)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # peak_mem_bytes is per run on GPU
     emb = EmbeddedConfig() if cfg.embedded == "default" else EmbeddedConfig.tiny()
 
     dialogues = load_dialogues(cfg.dataset)

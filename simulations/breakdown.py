@@ -90,9 +90,13 @@ def group_absmax(x, granularity: str):
 
 
 def step_size(bits, R, step: str):
-    """Δ = 2^{1−b}·R ("paper", seed eq. 2) or R/(2^{b−1} − 1) ("midtread")."""
-    b = jnp.asarray(bits, R.dtype)
-    return R * jnp.exp2(1 - b) if step == "paper" else R / (jnp.exp2(b - 1) - 1)
+    """Δ = 2^{1−b}·R ("paper", seed eq. 2) or R/(2^{b−1} − 1) ("midtread"). Powers of two via
+    ldexp, which is exact (jnp.exp2 is not on every backend)."""
+    b = jnp.asarray(bits, jnp.int32)
+    R = jnp.asarray(R)
+    if step == "paper":
+        return jnp.ldexp(R, 1 - b)
+    return R / (jnp.ldexp(jnp.ones((), R.dtype), b - 1) - 1)
 
 
 def _one(key, B, A, bits, granularity, rounding, step):

@@ -12,10 +12,12 @@ import pytest
 from scipy import stats
 from scipy.optimize import curve_fit
 
+from quantbounds.calibrate_cli import main, run_calibration
 from quantbounds.calibration import (
-    Calibration, CalibrationError, _loco, bootstrap_mean, calibrate,
-    calibrated_bits, claim_verdicts, degradation, fit_verdicts, judge, main, paired_excess,
-    quant_model, rank_dependence_verdicts, run_calibration, screen_records)
+    Calibration, CalibrationError, _loco, calibrate, calibrated_bits, quant_model)
+from quantbounds.claims import (
+    bootstrap_mean, claim_verdicts, degradation, fit_verdicts, judge, rank_dependence_verdicts)
+from quantbounds.pairing import paired_excess, screen_records
 from quantbounds.records import SCHEMA
 from quantbounds.synthetic import SyntheticTruth, synthetic_records
 
@@ -327,7 +329,7 @@ def test_batched_fit_matches_scipy_least_squares(loss):
 
 
 def test_correlation_verdict_holds_then_fails_when_excess_ignores_bits():
-    from quantbounds.calibration import correlation_verdict
+    from quantbounds.claims import correlation_verdict
 
     recs = synthetic_records(seed=8, ranks=(2, 8, 32), bits=(2, 3, 4), n_trains=(1000,), seeds=(0, 1, 2, 3),
                              base_arms=())
@@ -419,7 +421,7 @@ def test_robust_loss_resists_gross_outliers_that_pull_ordinary_least_squares():
 
 
 def test_grad_var_verdict_recovers_per_bit_factor_and_fails_otherwise():
-    from quantbounds.calibration import grad_var_verdicts
+    from quantbounds.claims import grad_var_verdicts
 
     rng = np.random.default_rng(0)
     base = synthetic_records(seed=0, ranks=(2, 8, 32), bits=(2, 3, 4, 6), n_trains=(100,), seeds=(0, 1),

@@ -34,7 +34,7 @@ def _factors(seed, m, r, n):
     return rng.normal(size=(m, r)), rng.normal(size=(r, n)), rng
 
 
-@settings(deadline=None, max_examples=10)
+@settings(deadline=None, max_examples=6)
 @given(st.tuples(st.integers(1, 9), st.integers(1, 5), st.integers(1, 8)), st.integers(0, 10**6))
 def test_gram_form_equals_dense_float64(shape, seed):
     m, r, n = shape

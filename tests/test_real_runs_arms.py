@@ -154,3 +154,25 @@ def test_bad_inputs(cache):
         _build(cache, "adapter_nf4", bits=3)
     with pytest.raises(ValueError, match="unknown model"):
         build_arm(arm="fp16", model="/nonexistent/model/dir", rank=4, bits=16)
+
+
+def test_any_local_gpt2_directory_loads_as_model(cache, tmp_path):
+    # the user path: --model /path/to/a/GPT-2-family/checkpoint (here: a copy of the tiny one)
+    import shutil
+
+    src = embedded_path(EmbeddedConfig.tiny(), cache_dir=cache, progress=False)
+    dst = tmp_path / "my-gpt2"
+    shutil.copytree(src, dst)
+    b = build_arm(arm="base_int8", model=str(dst), rank=2, bits=16, progress=False)
+    assert len(b.layers) == 8 and b.tokenizer.eos_token_id == 0
+    b.model(**_batch()).loss.backward()
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_base_4bit_double_quantization_option(cache, double_quant):
+    import bitsandbytes as bnb
+
+    b = _build(cache, "base_fp4", double_quant=double_quant)
+    l4 = [m for m in b.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert l4 and all(bool(m.weight.quant_state.nested) == double_quant for m in l4)
+    b.model(**_batch()).loss.backward()

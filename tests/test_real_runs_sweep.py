@@ -167,3 +167,19 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys, cache):
     assert "dd.json" in capsys.readouterr().err
     assert sweep_main([str(tmp_path / "none.toml"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "none.toml" in capsys.readouterr().err
+
+
+def test_finetune_on_a_local_dialogue_file(tmp_path, cache):
+    rows = [{"dialog": [f"hello number {i}", f"hi {i}, how are you?", "fine thanks"]} for i in range(40)]
+    p = tmp_path / "dd.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "o.jsonl"
+    rc = finetune_main(["--dataset", str(p), "--arm", "adapter_noise", "--bits", "2", "--rank", "2",
+                        "--embedded", "tiny", "--cache-dir", str(cache), "--steps", "2",
+                        "--n-train", "10", "--grad-var-batches", "2", "--noise-draws", "3",
+                        "--eval-pairs", "2", "--max-new-tokens", "2", "--no-progress",
+                        "--output", str(out)])
+    assert rc == 0
+    (rec,) = read_records(out, strict=True).records
+    assert rec["dataset"] == str(p) and rec["n_train"] == 10 and rec["arm"] == "adapter_noise"
+    assert rec["grad_var_noise"] > 0 and rec["eps_ba_fro2"] > 0

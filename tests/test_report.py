@@ -76,7 +76,8 @@ def test_modules_import_without_torch_jax_or_matplotlib():
     import sys
 
     code = ("import sys, quantbounds.calibration, quantbounds.allocator, quantbounds.report, "
-            "quantbounds.plots, quantbounds.synthetic; "
+            "quantbounds.plots, quantbounds.synthetic, quantbounds.pairing, quantbounds.claims, "
+            "quantbounds.calibrate_cli; "
             "print([m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

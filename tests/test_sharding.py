@@ -76,8 +76,9 @@ _CHILD = textwrap.dedent("""
     from quantbounds.sharding import build_unit_runner, device_mesh
     g = simulate_grid(jax.random.key(7), **KW)
     mesh = device_mesh()
-    out = build_unit_runner(lambda u: u * 2, mesh)(jax.device_put(
-        np.arange(4, dtype=np.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("units"))))
+    ids = jax.device_put(np.arange(4, dtype=np.int32),
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("units")))
+    out = build_unit_runner(lambda u: u * 2, mesh)(ids)
     print(json.dumps({"mean": np.asarray(g.mean).tolist(), "stderr": np.asarray(g.stderr).tolist(),
                       "devices_used": len(out.sharding.device_set)}))
 """)
