@@ -341,13 +341,12 @@ def fit_verdicts(cal: Calibration) -> list:
             continue
         lo, hi = e["ci"]
         v = _interval_verdict(lo, hi, pred, null=null[name])
-        vague = v == "conditional"
         out.append(Verdict(claim=claim, verdict=v, predicted=pred, measured=e["value"], ci=[lo, hi],
                            source="seed 001 Theorem 3.1; DESIGN.md §2",
                            conditions=f"robust fit to paired {cal.arm} runs; interval = bootstrap over "
                                       f"baseline groups ∪ Wald"
                                       + (f" — also contains the no-effect value {null[name]:g}: "
-                                         f"the data cannot tell" if vague else ""),
+                                         f"the data cannot tell" if v == "conditional" else ""),
                            details={"parameter": name}))
     return out
 

@@ -149,22 +149,61 @@ def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     return jnp.stack([t1, t2, t3, t1 + t2 + t3 + 2 * (x12 + x13 + x23)], axis=-1)
 
 
-def uniform_grid(key, S: int, r: int, cols: int, dtype) -> jnp.ndarray:
-    """(S, r, cols) draws u = (j + ½)/2^k − ½, j uniform on 0…2^k−1; row k from fold_in(key, k).
+def _threefry2x32(k1, k2, x0, x1):
+    """Threefry-2x32, 20 rounds (Salmon et al., SC'11 "Parallel random numbers: as easy as
+    1, 2, 3"; the hash behind jax.random's default PRNG), written out unrolled.
 
-    k = 16 (two per 32-bit word of ``jax.random.bits``) for float32, k = 32 for float64; both
-    conversions are exact. Symmetric, |u| < ½, Var u = (1 − 4^{−k})/12 (``montecarlo``). Keying
-    each row separately makes row k's draws independent of r, so a rank padded with extra rows
-    sees exactly the noise of the unpadded rank in its first rows.
+    JAX lowers its threefry on CPU as a rolled 5-step loop (to save compile time), which XLA
+    cannot fuse; unrolled, the whole hash is one elementwise fusion, ~7× faster on the 2-core
+    CPU (benchmarks/bench_montecarlo.py) and bit for bit the same numbers (tests).
     """
-    half = jnp.dtype(dtype) == jnp.float32
-    width = (cols + 1) // 2 if half else cols
-    rows = jax.vmap(lambda k: jax.random.bits(jax.random.fold_in(key, k), (S, width), jnp.uint32),
-                    out_axes=1)(jnp.arange(r))                                   # (S, r, width)
-    if half:
-        j = jnp.concatenate([rows & 0xFFFF, rows >> 16], axis=-1)[..., :cols]
+    rot = ((13, 15, 26, 6), (17, 29, 16, 24))          # Threefry-2x32 rotation constants
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))     # key schedule parity (Skein spec)
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for d in rot[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(d)) | (x1 >> np.uint32(32 - d)))
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def random_words(key, S: int, r: int, W: int) -> jnp.ndarray:
+    """(S, r, W) uint32 words; element (s, k, w) is word k·S·W + s·W + w of the key's stream.
+
+    For a threefry key this is exactly ``jax.random.bits(key, (r, S, W), uint32)`` with the
+    first two axes swapped (other PRNG implementations are first hashed to a threefry key by
+    ``jax.random.bits(key, (2,))``). Row k's words do not depend on r, so a rank padded with
+    extra rows sees exactly the unpadded rank's noise in its first rows.
+    """
+    if S * r * W >= 2 ** 32:
+        raise ValueError(f"a unit may draw at most 2^32 words, got {S}×{r}×{W}; "
+                         "lower chunk_size")
+    if str(jax.random.key_impl(key)) == "threefry2x32":
+        kd = jax.random.key_data(key)
+    else:
+        kd = jax.random.bits(key, (2,), jnp.uint32)
+    shape = (S, r, W)
+    s, k, w = (jax.lax.broadcasted_iota(jnp.uint32, shape, i) for i in range(3))
+    idx = (k * np.uint32(S) + s) * np.uint32(W) + w       # row-major index in (r, S, W)
+    b0, b1 = _threefry2x32(kd[0], kd[1], jnp.zeros_like(idx), idx)
+    return b0 ^ b1                                        # as jax.random.bits (partitionable)
+
+
+def uniform_grid(key, S: int, r: int, cols: int, dtype) -> jnp.ndarray:
+    """(S, r, cols) draws u = (j + ½)/2^k − ½ with j uniform on 0…2^k−1.
+
+    float32: k = 16, two draws per 32-bit word of :func:`random_words` (its low halves fill the
+    first ⌈cols/2⌉ columns, its high halves the rest); float64: k = 32, one word each. Both
+    conversions are exact. Symmetric, |u| < ½, Var u = (1 − 4^{−k})/12 (``montecarlo``).
+    """
+    if jnp.dtype(dtype) == jnp.float32:
+        w = random_words(key, S, r, (cols + 1) // 2)
+        j = jnp.concatenate([w & 0xFFFF, w >> 16], axis=-1)[..., :cols]
         return (j.astype(jnp.float32) - 32767.5) * (2.0 ** -16)     # exact in float32
-    return (rows.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32)  # exact in float64
+    w = random_words(key, S, r, cols)
+    return (w.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32)    # exact in float64
 
 
 def step_factor(bits, step: str, dtype=np.float64):
@@ -218,10 +257,10 @@ def _additive_unit(cfg: _Config, u, n_chunks, keydata, cell_ids, bits, Bs, As, G
 def draw_noise(key, S: int, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
     """One unit's additive noise: ε_Bᵀ (S, r, m) and ε_A (S, r, n), ε = Δ·u.
 
-    u from :func:`uniform_grid`, ε_B's rows keyed by fold_in(key, 0), ε_A's by fold_in(key, 1);
+    u from :func:`uniform_grid`, ε_B's from fold_in(key, 0), ε_A's from fold_in(key, 1);
     delta_Bt, delta_A: steps Δ broadcastable to (r, m) and (r, n). Two independent draws
-    rather than one: XLA:CPU runs each random-bits fusion on one thread, and two independent
-    fusions run concurrently (about 1.8× faster on 2 cores, benchmarks/bench_montecarlo.py).
+    rather than one: XLA:CPU may run each fusion on one thread, and independent fusions run
+    concurrently.
     """
     eps_Bt = uniform_grid(jax.random.fold_in(key, 0), S, r, m, dtype) * delta_Bt
     eps_A = uniform_grid(jax.random.fold_in(key, 1), S, r, n, dtype) * delta_A

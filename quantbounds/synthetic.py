@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m quantbounds.synthetic OUT.jsonl [--seed S]``: write a SYNTHETIC demo file."""
     import argparse
 
-    from quantbounds.records import append_record
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from quantbounds.records import validate_record
 
     p = argparse.ArgumentParser(prog="python -m quantbounds.synthetic",
                                 description="write SYNTHETIC run records (known constants)")
@@ -151,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     recs = synthetic_records(seed=a.seed)
-    for rec in recs:
-        append_record(a.out, rec)
+    # replace (not append to) OUT, atomically: a demo file is regenerated whole
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        for rec in recs:
+            f.write(json.dumps(validate_record(rec), sort_keys=True) + "\n")
+    os.replace(tmp, out)
     print(f"wrote {len(recs)} SYNTHETIC records to {a.out} (constants: {SyntheticTruth()})")
     return 0
 

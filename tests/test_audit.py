@@ -140,7 +140,7 @@ def test_audit_end_to_end_tiny(tmp_path, monkeypatch):
     import simulations.audit as audit
 
     tiny = dict(m=4, n=6, r_star=1, ranks=(1, 2, 4), bits=(2, 4, 8), Ns=(16, 32, 64), seeds=3, steps=20,
-                conventions=("one", "alpha_r"))
+                conventions=("one", "alpha_r"), arms=("fp", "ste_rtn", "additive"))
     monkeypatch.setitem(audit._PRESETS, "quick", tiny)
     out = tmp_path / "audit.json"
     rc = audit.main(["--quick", "--out", str(out), "--figures", str(tmp_path / "figs")])

@@ -172,10 +172,12 @@ def test_padding_is_exact():
 
 
 def test_vmapped_grid_equals_python_loop():
-    cfg = TeacherStudentConfig(**{**SMALL, "conventions": ("one", "alpha_r")})
+    cfg = TeacherStudentConfig(**{**SMALL, "conventions": ("one", "alpha_r"), "steps": 15,
+                                  "arms": ("fp", "ste_rtn", "additive")})
     p = make_problem(cfg)
     grid = run_grid(cfg, problem=p)
     loop = run_loop(cfg, problem=p)
+    assert set(loop) == {"fp_one", "fp_alpha_r", "ste_rtn", "additive"}
     for label, rows in loop.items():
         axes = grid[label]["axes"]
         shape = tuple(len(v) for _, v in axes)
