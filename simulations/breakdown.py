@@ -1,12 +1,13 @@
 """Experiment 5: where the additive uniform model breaks, on real quantizers.
 
-For each bit-width b × granularity (tensor / channel / block 64) × rounding (RTN / SR) ×
-factor family, draw fresh factors (B, A) n_draws times, quantize them for real and compare
+For each bit-width b × granularity (tensor / channel / block 64) × variant (RTN and SR on the
+paper's grid Δ = 2^{1−b}R, RTN on the mid-tread grid Δ = R/(2^{b−1}−1)) × factor family,
+draw fresh factors (B, A) n_draws times, quantize them for real and compare
 
     ratio = ‖Q(B)·Q(A) − B·A‖_F²  ÷  E_additive‖ε_BA‖_F²
 
 where the additive prediction is the exact moment (``quantbounds.moments.eps_ba_moments``)
-with per-entry variances Δ²/12, Δ = 2^{1−b}·R and R the absmax of each entry's own group
+with per-entry variances Δ²/12, Δ the variant's step and R the absmax of each entry's group
 (tensor, row, or block of 64 row-major entries) — the model the seed paper writes down, with
 the ranges the real quantizer uses. Averaging the ratio over draws (and SR keys) estimates
 E_real/E_additive; its CI is the Student-t interval over draws. Alongside: the per-entry
@@ -31,7 +32,7 @@ import numpy as np
 from quantbounds._checks import check_bits, check_choice, check_int_range
 from quantbounds.results import Verdict
 
-from simulations.decisions import decide_cells, decide_interval, decide_reference, decide_upper_bound, mean_ci
+from simulations.decisions import decide_cells, decide_reference, decide_upper_bound, mean_ci
 from simulations.decomposition import GRANULARITIES, granularity_kwargs
 from simulations.factors import FactorSpec, make_factors
 

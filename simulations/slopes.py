@@ -26,8 +26,6 @@ theory fails; one that holds only at fixed ranges is "conditional".
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import jax

@@ -23,7 +23,6 @@ import datetime as _dt
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from simulations import breakdown, codebooks, decomposition, moments_mc, slopes
 

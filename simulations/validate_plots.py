@@ -64,8 +64,8 @@ def plot_moments(res: dict, outdir: Path, zc: float | None = None) -> Path:
     if zc is not None:
         for s in (-1, 1):
             a1.axhline(s * zc, color="r", ls="--", lw=1)
-        a1.text(len(terms) - 0.5, zc, f" ±z* = {zc:.2f}", color="r", va="bottom", ha="right",
-                fontsize=8)
+        a1.text(len(terms) - 0.6, zc * 0.97, f"±z* = {zc:.2f} (Bonferroni, α = 1 %)", color="r",
+                va="top", ha="right", fontsize=8)
     a1.set_xticks(range(len(terms)), ["‖Bε_A‖²", "‖ε_B·A‖²", "‖ε_Bε_A‖²", "‖ε_BA‖²"])
     a1.set_ylabel("z = (MC − exact) / se")
     a1.set_title("Monte Carlo vs exact moments (additive model)", fontsize=10)
@@ -171,6 +171,7 @@ def plot_breakdown(res: dict, outdir: Path) -> Path:
         ax.set_ylabel("bits b")
         ax.set_title(f"{fam}: real ÷ additive E‖ε_BA‖²", fontsize=10)
     cb = fig.colorbar(im, ax=axes[0].tolist(), label="ratio (1 = additive model exact)")
+    cb.ax.minorticks_off()
     cb.set_ticks([0.25, 0.5, 1, 2, 4], labels=["≤0.25", "0.5", "1", "2", "≥4"])
     return _save(fig, outdir, "breakdown")
 

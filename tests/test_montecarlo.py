@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from quantbounds.moments import EpsBAMoments, eps_ba_moments
 from quantbounds.montecarlo import (EpsBASimulation, eps_ba_terms, ranges, simulate_eps_ba,
                                     simulate_grid)
-from quantbounds.sharding import gram_terms, run_additive, step_factor, uniform_grid
+from quantbounds.sharding import (gram_terms, random_words, run_additive, step_factor,
+                                  uniform_grid)
 
 
 def _dense_terms(B, A, eB, eA):
@@ -132,6 +133,18 @@ def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
     np.testing.assert_allclose(out, np.array(ref)[:N], rtol=rtol)
 
 
+def test_random_words_are_jax_threefry_bits():
+    """The unrolled Threefry-2x32 reproduces jax.random.bits bit for bit (axes 0, 1 swapped)."""
+    key = jax.random.key(123)
+    got = np.asarray(random_words(key, 3, 4, 37))
+    want = np.asarray(jax.random.bits(key, (4, 3, 37), jnp.uint32)).transpose(1, 0, 2)
+    np.testing.assert_array_equal(got, want)
+    # another PRNG implementation is hashed to a threefry key first, deterministically
+    k2 = jax.random.key(5, impl="rbg")
+    np.testing.assert_array_equal(np.asarray(random_words(k2, 2, 2, 8)),
+                                  np.asarray(random_words(k2, 2, 2, 8)))
+
+
 @pytest.mark.parametrize("dtype,k", [("float32", 16), ("float64", 32)])
 def test_uniform_grid_values_and_moments(dtype, k):
     S, r, cols = 16, 8, 1001
@@ -144,7 +157,7 @@ def test_uniform_grid_values_and_moments(dtype, k):
     # E u = 0 (σ_u = 1/√12); E u² = (1 − 4^{−k})/12 with Var u² = 1/80 − 1/144 = 1/180
     assert abs(u.mean()) <= 5 / math.sqrt(12 * N)
     assert abs(np.mean(u ** 2) - (1 - 4.0 ** -k) / 12) <= 5 * math.sqrt(1 / 180 / N)
-    # rows are keyed by index: a taller draw holds the shorter one
+    # a row's draws do not depend on the number of rows: a taller draw holds the shorter one
     taller = np.asarray(uniform_grid(jax.random.key(5), S, r + 3, cols, dtype), np.float64)
     np.testing.assert_array_equal(taller[:, :r], u)
 
