@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{x['dense_samples_per_s']:.1f}", f"{x['speedup_vs_numpy']:.2f}",
                       f"{x['fraction_of_floor']:.2f}",
                       f"{x['fraction_of_jax_random_floor']:.2f}", f"{x['gram_vs_dense']:.0f}")
-    Console().print(table)
+    Console(width=160).print(table)
     write_json_atomic(args.out, {
         "benchmark": "bench_montecarlo", "quick": args.quick, "min_time_s": min_time,
         "rounds": rounds, "rate": "best of the interleaved rounds (samples/s)",

@@ -261,17 +261,26 @@ def _predicted(B, A, bits, *, scheme, step, block_size, axis, s):
     return [float(v) for v in eps_ba_moments(B, A, var_A, var_B, scale=s)]
 
 
+def _maybe_track(items: list, progress: bool, description: str):
+    if not progress:
+        return items
+    from rich.progress import track
+    return track(items, description=description, transient=True)
+
+
 def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
                   factors: str | Callable = "gaussian", mode: str = "additive",
                   scheme: str = "uniform", rounding: str = "nearest",
                   block_size: int | None = None, axis: int | None = None, step: str = "paper",
                   scale: float | str = 1.0, lora_alpha: float = 1.0, dtype: Any = jnp.float32,
-                  chunk_size: int | None = None, pad: str = "pow2", mesh: Any = None) -> EpsBAGrid:
+                  chunk_size: int | None = None, pad: str = "pow2", mesh: Any = None,
+                  progress: bool = False) -> EpsBAGrid:
     """Monte Carlo of the ε_BA terms over ranks × bit-widths (× samples, reduced).
 
     m, n: layer shape; ranks: ranks r (each 1…min(m, n)); bits: bit-widths (1…16); factors:
     see :func:`grid_factors`; scale: a number s, or a convention of ``scales.SCALES`` (with
-    lora_alpha) giving s per rank. Other options as :func:`simulate_eps_ba`.
+    lora_alpha) giving s per rank; progress: show a progress bar over the compiled programs
+    (rank buckets, or ranks in real mode). Other options as :func:`simulate_eps_ba`.
 
     Additive mode: ranks are zero-padded to the next power of two (``pad="pow2"``, one sharded
     program per bucket: ranks 1, 2, 4, …, 256 cost ≈ Σ r² rather than 9·256²) or all to the
@@ -311,7 +320,7 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
             rpad = max(ranks) if pad == "max" else 1 << (r - 1).bit_length()
             groups.setdefault(rpad, []).append(i)
         kd = np.asarray(jax.random.key_data(k_noise))
-        for rpad, idx in groups.items():
+        for rpad, idx in _maybe_track(list(groups.items()), progress, "ε_BA grid (buckets)"):
             Bs, As, RBt, RA = _padded([fac[i] for i in idx], rpad, block_size=block_size,
                                       axis=axis, dtype=dtype)
             cells = [i * len(bits) + j for i in idx for j in range(len(bits))]  # global cell ids
@@ -320,7 +329,7 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
             for j, i in enumerate(idx):
                 samples[i] = out[j]
     else:
-        for i, (B, A) in enumerate(fac):
+        for i, (B, A) in _maybe_track(list(enumerate(fac)), progress, "ε_BA grid (ranks)"):
             kd = np.asarray(jax.random.key_data(jax.random.fold_in(k_noise, ranks[i])))
             samples[i] = run_real(kd, impl, bits, B, A, n_samples=n_samples, scheme=scheme,
                                   rounding=rounding, block_size=block_size, axis=axis,

@@ -217,8 +217,10 @@ def step_factor(bits, step: str, dtype=np.float64):
 
 
 # ------------------------------------------------------------------ units and their runners
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Config:
+    """Static configuration of a compiled unit runner (internal; validated by the callers)."""
+
     mode: str
     m: int
     n: int
@@ -316,7 +318,7 @@ def run_additive(keydata, impl, bits, Bs, As, RBts, RAs, *, n_samples, step, dty
     n = As.shape[-1]
     S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
     n_chunks = -(-n_samples // S)
-    cfg = _Config("additive", m, n, r, S, dtype, step, impl)
+    cfg = _Config(mode="additive", m=m, n=n, r=r, S=S, dtype=dtype, step=step, impl=impl)
     Bs, As = np.asarray(Bs, dtype), np.asarray(As, dtype)
     GBs = np.einsum("xmk,xml->xkl", Bs, Bs)
     GAs = np.einsum("xkn,xln->xkl", As, As)
@@ -341,7 +343,8 @@ def run_real(keydata, impl, bits, B, A, *, n_samples, scheme, rounding, block_si
         n_samples = 1     # deterministic quantizer: one draw is exact
     S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
     n_chunks = -(-n_samples // S)
-    cfg = _Config("real", m, n, r, S, dtype, step, impl, scheme, rounding, block_size, axis)
+    cfg = _Config(mode="real", m=m, n=n, r=r, S=S, dtype=dtype, step=step, impl=impl,
+                  scheme=scheme, rounding=rounding, block_size=block_size, axis=axis)
     B, A = np.asarray(B, dtype), np.asarray(A, dtype)
     shared = (np.int32(n_chunks), keydata, np.asarray(bits, np.int32), B, A, B.T @ B, A @ A.T)
     mesh = check_mesh(mesh)

@@ -128,18 +128,20 @@ class Problem(NamedTuple):
 def make_problem(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
     """The teacher of ``cfg`` (deterministic in ``cfg.key``)."""
     dtype = dtype or jnp.result_type(float)
-    k0, kb, ka, kq = jax.random.split(jax.random.PRNGKey(cfg.key), 4)
-    m, n = cfg.m, cfg.n
-    W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
-    Bs = jax.random.normal(kb, (m, cfg.r_star), dtype)
-    As = jax.random.normal(ka, (cfg.r_star, n), dtype)
-    D = Bs @ As
-    D = D * (cfg.teacher_norm / jnp.linalg.norm(D))
-    Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
-    Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
-    lam = cfg.cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
-    Sigma = (Q * lam) @ Q.T
-    Sigma_half = (Q * jnp.sqrt(lam)) @ Q.T
+    m, n, r_star, cond, norm = cfg.m, cfg.n, cfg.r_star, cfg.cond, cfg.teacher_norm
+
+    @jax.jit  # one compilation instead of one per eager operation
+    def build(key):
+        k0, kb, ka, kq = jax.random.split(key, 4)
+        W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
+        D = jax.random.normal(kb, (m, r_star), dtype) @ jax.random.normal(ka, (r_star, n), dtype)
+        D = D * (norm / jnp.linalg.norm(D))
+        Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
+        Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
+        lam = cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
+        return W0, D, (Q * lam) @ Q.T, (Q * jnp.sqrt(lam)) @ Q.T
+
+    W0, D, Sigma, Sigma_half = build(jax.random.PRNGKey(cfg.key))
     return Problem(W0, W0 + D, Sigma, Sigma_half, float(cfg.label_noise))
 
 

@@ -38,30 +38,40 @@ def stats_table(problem: Problem, cfg: TeacherStudentConfig):
     """Sufficient statistics for every (N, seed): arrays with leading axes (len(Ns), seeds)."""
     kdata = _keys(cfg)[0]
     Nmax = max(cfg.Ns)
-    X, Y = jax.vmap(lambda j: sample_data(jax.random.fold_in(kdata, j), problem, Nmax))(
-        jnp.arange(cfg.seeds))
-    per_N = [jax.vmap(lambda x, y, N=N: sufficient_stats(x, y, N))(X, Y) for N in cfg.Ns]
-    return tuple(jnp.stack([s[i] for s in per_N]) for i in range(3))
+
+    @jax.jit  # one compilation instead of one per eager operation
+    def table(problem):
+        X, Y = jax.vmap(lambda j: sample_data(jax.random.fold_in(kdata, j), problem, Nmax))(
+            jnp.arange(cfg.seeds))
+        per_N = [jax.vmap(lambda x, y, N=N: sufficient_stats(x, y, N))(X, Y) for N in cfg.Ns]
+        return tuple(jnp.stack([s[i] for s in per_N]) for i in range(3))
+
+    return table(problem)
 
 
-def config_outputs(problem: Problem, stats, r, bits, seed, idx, kind, deploy, conv, *,
-                   cfg: TeacherStudentConfig):
-    """Train one configuration and measure it. Every argument but cfg may be traced.
+def _noise_key(cfg, seed, idx):
+    return jax.random.fold_in(jax.random.fold_in(_keys(cfg)[2], seed), idx)
 
-    kind: the arm (a name in ARMS, static) or an index into KIND_INDEX (traced); deploy: the
-    quantizer at deployment (a name, None, or an index); conv: index into quantbounds.scales.SCALES. Returns a dict: excess_latent,
-    excess_deployed, train_loss; ptq_excess[b], ptq_qexcess[b] (= ‖s·(Q(B)Q(A) − BA)·Σ^{1/2}‖²,
-    the part due to ε_BA alone), ptq_pred[b] (additive model) for b in cfg.bits (RTN after
-    training); ptq_nf4_excess; R_A, R_B; the trained B, A and the scale s.
+
+def train_config(problem: Problem, stats, r, bits, seed, idx, arm, conv, *, cfg: TeacherStudentConfig):
+    """Train one configuration: (params, s). arm: a name in ARMS (static) or an index into
+    KIND_INDEX (traced); conv: index into quantbounds.scales.SCALES (may be traced)."""
+    init_key = jax.random.fold_in(_keys(cfg)[1], seed)
+    return train_student(problem, stats, r, bits, init_key, _noise_key(cfg, seed, idx), arm=arm, cfg=cfg,
+                         convention=conv)
+
+
+def evaluate_config(problem: Problem, stats, params, r, bits, s, seed, idx, deploy, *,
+                    cfg: TeacherStudentConfig):
+    """Measure a trained configuration. deploy: the quantizer at deployment (a name, None, or a
+    traced index into KIND_INDEX). Returns a dict: excess_latent, excess_deployed, train_loss;
+    ptq_excess[b], ptq_qexcess[b] (= ‖s·(Q(B)Q(A) − BA)·Σ^{1/2}‖², the part due to ε_BA alone),
+    ptq_pred[b] (additive model) for b in cfg.bits (RTN after training); ptq_nf4_excess;
+    R_A, R_B; the trained B, A and the scale s.
     """
-    _, kinit, knoise = _keys(cfg)
-    init_key = jax.random.fold_in(kinit, seed)
-    noise_key = jax.random.fold_in(jax.random.fold_in(knoise, seed), idx)
-    params, s = train_student(problem, stats, r, bits, init_key, noise_key, arm=kind, cfg=cfg,
-                              convention=conv)
     W = student_weight(problem, params, r, s)
     Wd = student_weight(problem, params, r, s, kind=deploy, bits=bits,
-                        key=jax.random.fold_in(noise_key, 2**31 - 1), granularity=cfg.granularity)
+                        key=jax.random.fold_in(_noise_key(cfg, seed, idx), 2**31 - 1), granularity=cfg.granularity)
     out = {"excess_latent": excess_risk(W, problem.Wstar, problem.Sigma),
            "excess_deployed": excess_risk(Wd, problem.Wstar, problem.Sigma),
            "train_loss": empirical_risk(W, stats)}
@@ -80,6 +90,13 @@ def config_outputs(problem: Problem, stats, r, bits, seed, idx, kind, deploy, co
     out["R_A"] = jnp.max(jnp.abs(params["A"] * mask[:, None]))
     out["B"], out["A"], out["scale"] = params["B"], params["A"], s
     return out
+
+
+def config_outputs(problem: Problem, stats, r, bits, seed, idx, arm, deploy, conv, *,
+                   cfg: TeacherStudentConfig):
+    """train_config then evaluate_config (one configuration; what the Python loop calls)."""
+    params, s = train_config(problem, stats, r, bits, seed, idx, arm, conv, cfg=cfg)
+    return evaluate_config(problem, stats, params, r, bits, s, seed, idx, deploy, cfg=cfg)
 
 
 def arm_axes(cfg: TeacherStudentConfig, arm: str):
@@ -154,15 +171,28 @@ def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> di
     groups = _groups(runs, offs)
     dt = problem.W0.dtype
 
+    order = np.concatenate(list(groups.values()))  # rows in the order the arms are trained
+    deploy = np.array([KIND_INDEX[_DEPLOY_KIND.get(arm)] for arm, rows in groups.items() for _ in rows])
+
     @jax.jit
     def grid(table):
-        outs = {}
-        for arm, rows in groups.items():
+        trained = []
+        for arm, rows in groups.items():  # one vmapped training loop per arm (static quantizer)
             st = tuple(t[cols["Ni"][rows], cols["seed"][rows]] for t in table)
-            outs[arm] = jax.vmap(_arm_fn(problem, cfg, arm))(
+            trained.append(jax.vmap(lambda st_, r_, b_, sd_, i_, c_, arm=arm: train_config(
+                problem, st_, r_, b_, sd_, i_, arm, c_, cfg=cfg))(
                 st, jnp.asarray(cols["r"][rows]), jnp.asarray(cols["b"][rows], dt),
-                jnp.asarray(cols["seed"][rows]), jnp.asarray(rows), jnp.asarray(cols["conv"][rows]))
-        return outs
+                jnp.asarray(cols["seed"][rows]), jnp.asarray(rows), jnp.asarray(cols["conv"][rows])))
+        params, s = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trained)
+        # one vmapped evaluation for every configuration (deployment quantizer: a traced index)
+        st = tuple(t[cols["Ni"][order], cols["seed"][order]] for t in table)
+        res = jax.vmap(lambda st_, p_, r_, b_, s_, sd_, i_, d_: evaluate_config(
+            problem, st_, p_, r_, b_, s_, sd_, i_, d_, cfg=cfg))(
+            st, params, jnp.asarray(cols["r"][order]), jnp.asarray(cols["b"][order], dt), s,
+            jnp.asarray(cols["seed"][order]), jnp.asarray(order), jnp.asarray(deploy))
+        start = np.cumsum([0] + [len(r) for r in groups.values()])
+        return {arm: jax.tree_util.tree_map(lambda x, k=k: x[start[k]:start[k + 1]], res)
+                for k, arm in enumerate(groups)}
 
     raw = jax.device_get(grid(stats_table(problem, cfg)))
     out = {}

@@ -13,6 +13,11 @@ many independent products, so their means are close to normal; the terms of one 
 correlated, which Bonferroni tolerates). Cells where the exact value and every sample are 0
 (PEFT's B = 0) are checked for exact zeros instead.
 
+Also (experiment 2b) the per-entry variance and the output moment, with a dense sampler of
+our own built on ``quantbounds.noise.sample_uniform_noise`` (not the engine): z-scores of
+row-group and column-group sums of (ε_BA)²_ij against ``moments.eps_ba_entry_variance`` and
+of ‖ε_BA·x‖² against ``moments.eps_ba_output_moment``.
+
 Experiment 3. The bound E‖ε_BA‖² ≤ m·n·r·R_A²R_B²(⅔4^{−b} + ⅑16^{−b})
 (``moments.eps_ba_variance_bound``, per-tensor ranges) against the MC total: ratio
 measured/bound with its CI, per cell, summarised per family (tightness).
@@ -20,9 +25,11 @@ measured/bound with its CI, per cell, summarised per family (tightness).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
@@ -30,9 +37,12 @@ from quantbounds._checks import check_bits, check_choice, check_int_range
 from quantbounds.results import Verdict
 
 from simulations.decisions import ALPHA, decide_upper_bound, decide_zscores
-from simulations.factors import FAMILIES, FactorSpec, nested_factors
+from simulations.factors import FAMILIES, FactorSpec, make_factors, nested_factors
 
 TERMS = ("b_epsA", "epsB_A", "epsB_epsA", "total")
+# Row and column groups for the per-entry variance check: sums over m/16 rows (n/16 columns)
+# are close to normal, and 16 + 16 z-scores per bit-width keep the Bonferroni z* moderate.
+N_GROUPS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +55,10 @@ class MomentsConfig:
     bits: tuple = (2, 4, 8, 12, 16)
     families: tuple = ("gaussian", "trained_like", "peft_init")
     n_samples: int = 32
+    # per-entry variance and output moment check (own dense sampler, noise.sample_uniform_noise)
+    entry_layer: tuple = (512, 256, 16)
+    entry_bits: tuple = (2, 8)
+    entry_samples: int = 256
 
     def __post_init__(self):
         for m, n, ranks, g in self.layers:
@@ -56,6 +70,13 @@ class MomentsConfig:
         for f in self.families:
             check_choice(f, "families", FAMILIES)
         check_int_range(self.n_samples, "n_samples", 2)
+        m, n, r = self.entry_layer
+        FactorSpec(family="gaussian", m=m, n=n, r=r)
+        if m % N_GROUPS or n % N_GROUPS:
+            raise ValueError(f"entry_layer: m and n must be multiples of {N_GROUPS}, got {m}, {n}")
+        for b in self.entry_bits:
+            check_bits(b)
+        check_int_range(self.entry_samples, "entry_samples", 2)
 
 
 def _grid_kwargs(g: str) -> dict:
@@ -139,13 +160,66 @@ def run(config: MomentsConfig, key, *, progress=None) -> dict:
                                       np.asarray(grid.predicted.total)[ri, bi])})
             if progress is not None:
                 progress()
+    entry = entry_output_check(config, jax.random.fold_in(key, 10_000))
     return {"config": {"n_samples": config.n_samples, "bits": list(config.bits)},
-            "terms": list(TERMS), "cells": cells}
+            "terms": list(TERMS), "cells": cells, "entry": entry}
 
 
 def n_steps(config: MomentsConfig) -> int:
     return sum(1 for li, _ in enumerate(config.layers) for f in config.families
                if not (f == "peft_init" and li > 0))
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples",))
+def _entry_samples(key, B, A, x, bits, *, n_samples: int):
+    """Dense ε_BA under the additive model, drawn with ``noise.sample_uniform_noise`` (a
+    sampler independent of the engine's): per sample the row-group and column-group sums of
+    (ε_BA)²_ij and ‖ε_BA·x‖². Returns arrays (S, G), (S, G), (S,)."""
+    from quantbounds.noise import sample_uniform_noise
+
+    RA, RB = jnp.max(jnp.abs(A)), jnp.max(jnp.abs(B))
+    m, n = B.shape[0], A.shape[1]
+
+    def one(k):
+        ka, kb = jax.random.split(k)
+        eA = sample_uniform_noise(ka, A.shape, bits=bits, R=RA, dtype=A.dtype)
+        eB = sample_uniform_noise(kb, B.shape, bits=bits, R=RB, dtype=B.dtype)
+        E = B @ eA + eB @ A + eB @ eA
+        E2 = E * E
+        return (E2.reshape(N_GROUPS, m // N_GROUPS, n).sum(axis=(1, 2)),
+                E2.reshape(m, N_GROUPS, n // N_GROUPS).sum(axis=(0, 2)),
+                jnp.sum((E @ x) ** 2))
+    return jax.lax.map(one, jax.random.split(key, n_samples))
+
+
+def entry_output_check(config: MomentsConfig, key) -> dict:
+    """z-scores of the per-entry variance (row/column groups of eps_ba_entry_variance) and of
+    the output moment eps_ba_output_moment for one Gaussian layer, per bit-width."""
+    from quantbounds.moments import eps_ba_entry_variance, eps_ba_output_moment
+    from quantbounds.noise import uniform_noise_variance
+
+    m, n, r = config.entry_layer
+    kf, kx, ks = jax.random.split(key, 3)
+    B, A = make_factors(kf, FactorSpec(family="gaussian", m=m, n=n, r=r))
+    x = jax.random.normal(kx, (n,), dtype=B.dtype)
+    RA, RB = float(jnp.max(jnp.abs(A))), float(jnp.max(jnp.abs(B)))
+    rows = []
+    for b in config.entry_bits:
+        vA, vB = uniform_noise_variance(b, RA), uniform_noise_variance(b, RB)
+        V = np.asarray(eps_ba_entry_variance(B, A, vA, vB), np.float64)
+        pred_r = V.reshape(N_GROUPS, -1, n).sum(axis=(1, 2))
+        pred_c = V.reshape(m, N_GROUPS, -1).sum(axis=(0, 2))
+        pred_o = float(eps_ba_output_moment(B, A, x, vA, vB))
+        sr, sc, so = (np.asarray(a, np.float64) for a in _entry_samples(
+            jax.random.fold_in(ks, b), B, A, x, jnp.int32(b), n_samples=config.entry_samples))
+        se = lambda a: a.std(axis=0, ddof=1) / np.sqrt(a.shape[0])  # noqa: E731
+        rows.append({"bits": b,
+                     "z_rows": ((sr.mean(0) - pred_r) / se(sr)).tolist(),
+                     "z_cols": ((sc.mean(0) - pred_c) / se(sc)).tolist(),
+                     "z_output": float((so.mean() - pred_o) / se(so)),
+                     "output_mc": float(so.mean()), "output_exact": pred_o})
+    return {"layer": [m, n, r], "n_samples": config.entry_samples, "groups": N_GROUPS,
+            "rows": rows}
 
 
 def verdicts(res: dict) -> list[Verdict]:
@@ -171,6 +245,28 @@ def verdicts(res: dict) -> list[Verdict]:
         details={"z_critical": zc, "worst_cell": {k: cells[worst][k] for k in
                                                    ("family", "m", "n", "r", "bits", "granularity", "z")},
                  "mean_abs_z": float(np.mean(np.abs(finite))) if finite.size else 0.0}))
+    ent = res.get("entry")
+    if ent:
+        dof_e = ent["n_samples"] - 1
+        setup = (f"additive model, Gaussian factors {ent['layer'][0]}×{ent['layer'][1]}, "
+                 f"r={ent['layer'][2]}, b ∈ {[e['bits'] for e in ent['rows']]}, "
+                 f"{ent['n_samples']} samples (noise.sample_uniform_noise, dense ε_BA)")
+        z = np.array([e["z_rows"] + e["z_cols"] for e in ent["rows"]])
+        v, zc = decide_zscores(z, alpha=ALPHA, dof=dof_e)
+        out.append(Verdict(
+            claim="Var[(ε_BA)_ij] = σ_A²‖B_i,:‖² + σ_B²‖A_:,j‖² + r·σ_A²σ_B²",
+            verdict=v, predicted=f"|z| ≤ {zc:.2f}", measured=float(np.abs(z).max()),
+            conditions=f"{z.size} z-scores of row-group and column-group sums "
+                       f"({ent['groups']} each per bit-width); " + setup,
+            source="DESIGN.md §2", details={"z_critical": zc}))
+        zo = np.array([e["z_output"] for e in ent["rows"]])
+        v, zc = decide_zscores(zo, alpha=ALPHA, dof=dof_e)
+        out.append(Verdict(
+            claim="E‖ε_BA·x‖² = σ_A²‖x‖²‖B‖_F² + m·σ_B²‖A·x‖² + m·r·σ_A²σ_B²‖x‖²",
+            verdict=v, predicted=[e["output_exact"] for e in ent["rows"]],
+            measured=[e["output_mc"] for e in ent["rows"]],
+            conditions=f"max |z| = {np.abs(zo).max():.2f} vs z* = {zc:.2f}; x ~ N(0, I); "
+                       + setup, source="DESIGN.md §2", details={"z": zo.tolist()}))
     for fam in sorted({c["family"] for c in cells}):
         sub = [c for c in cells if c["family"] == fam and c["granularity"] == "tensor"]
         if not sub:

@@ -186,6 +186,15 @@ def test_trained_like_spectrum_is_exactly_k_to_minus_half_per_factor():
     np.testing.assert_allclose(np.asarray(A1), np.asarray(A0) * s[:, None], rtol=1e-14)
 
 
+def test_nested_factors_are_prefixes_of_one_draw():
+    from simulations.factors import nested_factors
+
+    (B2, A2), (B4, A4) = nested_factors(jax.random.key(1), "gaussian", 64, 64, [2, 4])
+    assert B2.shape == (64, 2) and A4.shape == (4, 64)
+    np.testing.assert_array_equal(np.asarray(B2), np.asarray(B4)[:, :2])
+    np.testing.assert_array_equal(np.asarray(A2), np.asarray(A4)[:2])
+
+
 def test_student_t4_matches_the_t4_cdf():
     # Empirical CDF at fixed points vs scipy's t₄; each F̂ has sd √(F(1−F)/n): 5 sd tolerance.
     n = 200_000
