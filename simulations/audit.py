@@ -136,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/audit.json")
     p.add_argument("--figures", default="figures", help="directory for audit_*.png")
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--x64", action="store_true", help="run in float64 (slower)")
+    p.add_argument("--x64", action="store_true", help="run in float64 (slower); default: JAX's setting")
     args = p.parse_args(argv)
     import jax
 
-    jax.config.update("jax_enable_x64", bool(args.x64))
+    if args.x64:  # never switch x64 off: a caller (e.g. the test suite) may rely on it
+        jax.config.update("jax_enable_x64", True)
     from quantbounds.results import print_verdicts, write_json_atomic
 
     scale = "quick" if args.quick else args.scale

@@ -51,7 +51,7 @@ def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list
                     label=f"STE-RTN total excess, r = {ranks[-1]}")
     ax.axhline(E[:, -1].min(), color="gray", lw=0.8, ls=":")
     f = out["fits"]["per_bit_factor"]
-    ax.set(xlabel="bits b", ylabel="‖s·ε_BA·Σ^½‖²  (dashed: additive model)",
+    ax.set(xlabel="bits b", ylabel="‖s·ε_BA·Σ^½‖² (dashed: additive model)",
            title=f"N = {int(Ns[-1])}: factor per bit {f['value']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -68,8 +68,8 @@ def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list
         line, = ax.semilogy(bits, g["var_noise"][i].mean(-1), "o-", label=f"r = {r}")
         added = grad_variance_bound(0.0, g["loss"][i], g["x_norm2"][i], r, bits[:, None], g["R"][i])
         ax.semilogy(bits, added.mean(-1), "--", color=line.get_color(), lw=1)
-    ax.set(xlabel="bits b", ylabel="Var over noise draws of ∇(B,A)  (dashed: L²‖x‖²r4^−b R²)",
-           title="gradient variance from quantization noise")
+    ax.set(xlabel="bits b", ylabel="Var of ∇(B, A) over noise draws",
+           title="quantization share of gradient variance\n(solid: measured, additive noise; dashed: L²‖x‖²r4^−b R²)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(d / "audit_gradvar.png")

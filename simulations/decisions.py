@@ -5,7 +5,8 @@ disagree with the theory (it must then say "fails"). The tolerances are derived,
 
 * z-scores against a family-wise error rate α over K tests (Bonferroni): a claim fails when
   some |z| exceeds z* = t⁻¹_{ν}(1 − α/(2K)) (Student t with the MC sample's ν = n − 1 dof).
-* a fitted slope holds when the theory value lies inside its (1 − α) confidence interval.
+* a fitted slope holds when the theory value lies inside its (1 − α) confidence interval
+  (Bonferroni-split when one verdict covers several fits).
 * an identity checked in floating point holds when every residual is below a rigorous
   rounding-error bound (ratio ≤ 1), see :mod:`simulations.decomposition`.
 * a reference number quoted to d significant digits holds when

@@ -7,14 +7,15 @@ factor pairs (B, A) and compute T(r, b) = ‖Q(B)Q(A) − BA‖_F² for every b 
 ``quantbounds.montecarlo.eps_ba_terms``; bits traced, one compile per rank).
 
 Factor per bit. Per draw, least squares of log₂T on b over b ≥ b₀ gives a slope k; its
-mean over draws with a Student-t CI. Theory (DESIGN.md §2): k = −2 (factor 4), up to the
+mean over draws with a Student-t CI at level 1 − α/#ranks (α = 1 %, Bonferroni over the
+ranks, one test each). Theory (DESIGN.md §2): k = −2 (factor 4), up to the
 ⅑·16^{−b} term, whose effect is the same fit on the additive model's exact moments for the
 same factors (``k_model``). holds: −2 or k_model inside the CI with b₀ = min(bits);
 conditional: only for b ≥ b₀ > min(bits); fails: for no b₀ (leaving ≥ 3 points).
 
 Rank slope. Each draw is one nested sequence of factors over the ranks
 (``factors.nested_factors``); per draw, least squares of log₂(s(r)²·T(r, b)) on log₂r, then
-the mean slope over draws with a Student-t CI. Theory with fixed ranges:
+the mean slope over draws with a 99 % Student-t CI. Theory with fixed ranges:
 slope 1 under s = 1 (the seed paper), −1 under s = α/r (PEFT), 0 under s = α/√r (rsLoRA).
 Multiplying by s(r)² is exact, so the three fits differ by exactly 0, −2, −1 in slope; the
 measurement is T itself. The absmax ranges R_A, R_B grow with r (more entries, larger
@@ -36,7 +37,7 @@ from quantbounds._checks import check_bits, check_choice, check_int_range, check
 from quantbounds.results import Verdict
 from quantbounds.scales import SCALES, lora_scale
 
-from simulations.decisions import decide_cells, decide_interval, decide_slope, mean_ci
+from simulations.decisions import ALPHA, decide_cells, decide_interval, decide_slope, mean_ci
 from simulations.factors import FAMILIES, FactorSpec, nested_factors
 
 # Rank slope of E‖ε_BA‖² in log₂r under each convention (DESIGN.md §2).
@@ -151,16 +152,16 @@ def _slope(x, y) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def bit_slope(real, model, bits) -> dict:
+def bit_slope(real, model, bits, *, alpha: float = ALPHA) -> dict:
     """Per-draw log₂-slopes in b for every start b₀; real, model: (D, K). Returns the first
-    b₀ whose CI contains −2 or the model slope, and the fit at b₀ = min(bits)."""
+    b₀ whose (1 − alpha) CI contains −2 or the model slope, and the fits for every b₀."""
     bits = np.asarray(bits, float)
     rows = []
     for j in range(len(bits) - 2):
         x = bits[j:]
         ks = [_slope(x, np.log2(t[j:])) for t in np.asarray(real)]
         km = float(np.mean([_slope(x, np.log2(t[j:])) for t in np.asarray(model)]))
-        mean, se, ci = mean_ci(ks)
+        mean, se, ci = mean_ci(ks, alpha=alpha)
         ok = decide_interval(-2.0, ci) == "holds" or decide_interval(km, ci) == "holds"
         rows.append({"b0": int(bits[j]), "slope": mean, "se": se, "ci": ci,
                      "model_slope": km, "ok": bool(ok)})
@@ -168,7 +169,8 @@ def bit_slope(real, model, bits) -> dict:
     return {"fits": rows, "b0": None if first is None else first["b0"]}
 
 
-def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float) -> dict:
+def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float,
+               alpha: float = ALPHA) -> dict:
     """Slope of log₂(s²T) in log₂ r at bit b, and of the unit-range total.
 
     The ranks of draw d are nested slices of one factor pair, so draw d is one unit: an
@@ -181,7 +183,7 @@ def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float) -> dict
     for name, key in (("absmax", "real"), ("fixed_range", "real_fixed_range")):
         y = np.array([np.asarray(pr[key])[:, j] for pr in per_rank]) * s2[:, None]  # (R, D)
         fits = [np.polyfit(x, np.log2(y[:, d]), 1) for d in range(y.shape[1])]
-        mean, se, ci = mean_ci([f[0] for f in fits])
+        mean, se, ci = mean_ci([f[0] for f in fits], alpha=alpha)
         out[name] = {"slope": mean, "slope_se": se, "ci": ci,
                      "intercept": float(np.mean([f[1] for f in fits])),
                      "per_draw": [float(f[0]) for f in fits]}
@@ -194,13 +196,16 @@ def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float) -> dict
 def analyse(res: dict) -> dict:
     cfg = res["config"]
     fits = {}
+    n_ranks = len(cfg["ranks"])
     for fam, per_rank in res["data"].items():
+        # one factor-per-bit test per rank: Bonferroni over ranks (family-wise ALPHA)
         fits[fam] = {
-            "bit": {str(pr["r"]): bit_slope(pr["real"], pr["model"], cfg["bits"])
-                    for pr in per_rank},
+            "bit": {str(pr["r"]): bit_slope(pr["real"], pr["model"], cfg["bits"],
+                                            alpha=ALPHA / n_ranks) for pr in per_rank},
             "rank": {conv: rank_slope(per_rank, cfg["bits"], cfg["rank_bits"], scale=conv,
                                       lora_alpha=cfg["lora_alpha"]) for conv in SCALES}}
     res["fits"] = fits
+    res["ci_level"] = {"bit_slope": 1 - ALPHA / n_ranks, "rank_slope": 1 - ALPHA}
     return res
 
 
@@ -248,7 +253,8 @@ def verdicts(res: dict) -> list[Verdict]:
                            f"[{rk['fixed_range']['ci'][0]:.3f}, {rk['fixed_range']['ci'][1]:.3f}]; "
                            + setup,
                 source="DESIGN.md §2 (scale conventions); seed 001 §3.1 (linear in r)",
-                details={"fit": rk["absmax"], "fixed_range_fit": rk["fixed_range"]}))
+                details={"fit": rk["absmax"], "fixed_range_fit": rk["fixed_range"],
+                         "ci_level": 1 - ALPHA}))
     # Seed 001 §4.2: "higher LoRA ranks require higher precision" — true iff the error grows
     # with r, which depends on the convention: judged per convention on Gaussian factors.
     fam = "gaussian" if "gaussian" in res["fits"] else next(iter(res["fits"]))

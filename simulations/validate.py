@@ -84,7 +84,8 @@ def _quick() -> dict:
                                          entry_layer=(256, 128, 8), entry_samples=128),
         slopes=slopes.SlopesConfig(m=256, n=256, ranks=(1, 2, 4, 8, 16, 32, 64),
                                    bits=tuple(range(2, 13)), n_draws=3),
-        breakdown=breakdown.BreakdownConfig(bits=(2, 3, 4, 8), m=256, n=256, r=16, n_draws=4),
+        breakdown=breakdown.BreakdownConfig(bits=(2, 3, 4, 8), granularities=("tensor", "block64"),
+                                            m=256, n=256, r=16, n_draws=4),
         codebooks=codebooks.CodebookConfig(n_blocks=4096))
 
 

@@ -163,7 +163,9 @@ def plot_breakdown(res: dict, outdir: Path) -> Path:
         for i in range(len(bits)):
             for k in range(len(cols)):
                 if np.isfinite(grid[i, k]):
-                    ax.text(k, i, f"{grid[i, k]:.2f}", ha="center", va="center", fontsize=7)
+                    dark = abs(np.log(max(grid[i, k], 1e-9))) > np.log(2.5)
+                    ax.text(k, i, f"{grid[i, k]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
         ax.set_yticks(range(len(bits)), [str(b) for b in bits])
         ax.set_xticks(range(len(cols)),
                       [f"{'RTN' if r == 'nearest' else 'SR'} {s}\n{g}" for r, s, g in cols],
