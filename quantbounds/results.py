@@ -99,6 +99,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a result file is meant to be read
         os.replace(tmp, path)
     except BaseException:
         try:
