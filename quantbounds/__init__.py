@@ -29,6 +29,12 @@ _EXPORTS: dict[str, str] = {
     "simulate_eps_ba": "montecarlo", "simulate_grid": "montecarlo",
     # bounds and the teacher–student experiment
     "excess_risk_bound": "bounds", "optimal_bits": "bounds", "grad_variance_bound": "bounds",
+    "generalization_term": "bounds", "quantization_term": "bounds", "paper_worked_example": "bounds",
+    "TeacherStudentConfig": "teacher_student", "make_problem": "teacher_student",
+    "excess_risk": "teacher_student", "empirical_risk": "teacher_student",
+    "train_student": "teacher_student", "fake_quant": "teacher_student", "LoRAStudent": "teacher_student",
+    "run_grid": "ts_grid", "run_loop": "ts_grid",
+    "measure_grad_variance": "gradvar", "analytic_batch_variance": "gradvar", "draw_gradvar": "gradvar",
     # calibration, allocation, report
     "calibrate": "calibration", "calibrated_bits": "calibration", "run_calibration": "calibration",
     "allocate": "allocator", "LayerSpec": "allocator", "memory_bits": "allocator",

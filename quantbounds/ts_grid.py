@@ -1,9 +1,12 @@
 """The teacher–student grid: every arm × (rank, bits, N, seed) in one `jax.jit` with `jax.vmap`.
 
-Each configuration is one call of :func:`config_outputs` (train, then evaluate the exact
-excess risk ‖(W − W*)·Σ^{1/2}‖_F² of the latent and the deployed weights). :func:`run_grid`
-vmaps it over the flattened grid, one jit for all arms; :func:`run_loop` calls the same
-function config by config from Python (the reference for the vmap and the benchmark).
+Each configuration is :func:`train_config` then :func:`evaluate_config` (the exact excess risk
+‖(W − W*)·Σ^{1/2}‖_F² of the latent and the deployed weights, post-training quantization at
+every bit-width). :func:`run_grid` does the whole grid in one jit: one vmapped training loop
+per arm (the quantizer static, so no configuration pays for the others' quantizers), then one
+vmapped evaluation of all configurations. :func:`run_loop` calls :func:`config_outputs` (the
+same two steps) configuration by configuration from Python: the reference for the vmap in
+the tests and the baseline of benchmarks/bench_teacher_student.py.
 
 Keys (all derived from cfg.key, so results are reproducible):
 data of seed j: fold_in(k_data, j), shared by every N (the first N rows: nested data sets),
