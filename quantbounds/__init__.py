@@ -26,7 +26,8 @@ _EXPORTS: dict[str, str] = {
     "EpsBAMoments": "moments", "eps_ba_moments": "moments", "eps_ba_entry_variance": "moments",
     "eps_ba_output_moment": "moments", "eps_ba_variance_bound": "moments",
     # Monte Carlo
-    "simulate_eps_ba": "montecarlo", "simulate_grid": "montecarlo",
+    "simulate_eps_ba": "montecarlo", "simulate_grid": "montecarlo", "EpsBASimulation": "montecarlo",
+    "EpsBAGrid": "montecarlo", "eps_ba_terms": "montecarlo", "device_mesh": "sharding",
     # bounds and the teacher–student experiment
     "excess_risk_bound": "bounds", "optimal_bits": "bounds", "grad_variance_bound": "bounds",
     "generalization_term": "bounds", "quantization_term": "bounds", "paper_worked_example": "bounds",
