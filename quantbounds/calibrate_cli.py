@@ -15,6 +15,8 @@ and a summary of the data. :func:`main` is the command line (entry point
 
 from __future__ import annotations
 
+import numpy as np
+
 from collections import Counter
 
 from quantbounds.calibration import Calibration, CalibrationError, bits_table, calibrate
@@ -67,7 +69,7 @@ def run_calibration(records: list[dict], *, arm: str = "adapter_rtn", baseline_a
     for other, base_arm in others:
         try:
             c2 = calibrate(valid, arm=other, baseline_arm=base_arm, scale=scale, n_boot=n_boot, seed=seed)
-        except CalibrationError as err:
+        except (CalibrationError, np.linalg.LinAlgError) as err:
             fits["by_arm"][other] = {"status": f"not fitted: {err}"}
             continue
         if c2.quant is None:

@@ -161,8 +161,14 @@ def _batched_fit(model, theta0, free, X, y, W, *, f_scale: float | None, loss: s
         w = W_a * drho(res ** 2 / c2)
         A = np.einsum("kn,knp,knq->kpq", w, J, J)
         g = np.einsum("kn,knp,kn->kp", w, J, res)
+        # a replicate whose normal equations overflowed takes no step (it keeps its last θ)
+        broken = ~(np.isfinite(A).all(axis=(1, 2)) & np.isfinite(g).all(axis=1))
+        A[broken], g[broken] = np.eye(A.shape[1]), 0.0
         A += 1e-12 * np.trace(A, axis1=1, axis2=2)[:, None, None] * np.eye(A.shape[1])
-        step = -np.linalg.solve(A, g[..., None])[..., 0]
+        try:
+            step = -np.linalg.solve(A, g[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a rank-deficient replicate: minimum-norm step
+            step = -(np.linalg.pinv(A) @ g[..., None])[..., 0]
         t = np.ones(len(active))
         new = t_a.copy()
         for _h in range(30):  # step halving where the robust cost would rise

@@ -436,3 +436,29 @@ def test_grad_var_verdict_recovers_per_bit_factor_and_fails_otherwise():
         # balanced design (ln r ⟂ b): SE(β) = σ/√Σ(ln r − mean)², σ = 0.1; allow 5·SE
         lr = np.log([r["rank"] for r in recs if r["arm"] == "adapter_sr"])
         assert v.details["exponent_r"] == pytest.approx(1.0, abs=5 * 0.1 / math.sqrt(np.sum((lr - lr.mean()) ** 2)))
+
+
+def test_batched_fit_survives_rank_deficient_and_overflowing_replicates():
+    """A bootstrap replicate that sees one rank only (β unidentifiable → singular normal
+    equations) or starts far enough out to overflow exp must not crash the whole fit
+    (seen on real embedded-sweep records); the well-posed replicate still recovers θ."""
+    import math
+
+    from quantbounds.calibration import _batched_fit, quant_model
+
+    r = np.array([4.0, 4.0, 16.0, 16.0, 4.0, 16.0])
+    b = np.array([2.0, 3.0, 2.0, 3.0, 4.0, 4.0])
+    truth = np.array([math.log(0.5), 1.0, math.log(4.0)])
+    y = quant_model(truth, r, b)
+    W = np.array([[1, 1, 1, 1, 1, 1],          # well posed
+                  [1, 1, 0, 0, 1, 0]], float)  # rank 4 only: β not identifiable
+    free = np.array([True, True, True])
+    out = _batched_fit(quant_model, truth + np.array([0.3, -0.2, 0.1]), free, (r, b), y, W,
+                       f_scale=None, loss="linear")
+    assert np.allclose(out[0], truth, atol=1e-6)
+    # the degenerate replicate still fits what it can see (its predictions on its rows)
+    seen = W[1] > 0
+    assert np.allclose(quant_model(out[1], r[seen], b[seen]), y[seen], rtol=1e-6)
+    far = _batched_fit(quant_model, np.array([400.0, 50.0, -30.0]), free, (r, b), y, W,
+                       f_scale=None, loss="linear")
+    assert far.shape == (2, 3)
