@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from quantbounds.results import format_cell
+
 PARTS = (  # (key, file, title, command that produces it)
     ("validation", "validation.json", "Validation of the ε_BA decomposition, moments and bounds",
      "quantbounds validate"),
@@ -29,15 +31,8 @@ THEORY_VALUE = {"per_bit_factor": "4", "exponent_r": "1 (s = 1)", "exponent_r_ge
 
 
 def _cell(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-        return f"[{v[0]:.4g}, {v[1]:.4g}]"
-    s = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-    s = s.replace("|", "\\|").replace("\n", " ")
-    return s if len(s) <= 160 else s[:157] + "…"
+    """A markdown table cell (pipes escaped, one line)."""
+    return format_cell(v, width=160).replace("|", "\\|").replace("\n", " ")
 
 
 def verdict_table(verdicts: list[dict]) -> list[str]:

@@ -110,15 +110,19 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
     return path
 
 
-def _fmt(v: Any) -> str:
+def format_cell(v: Any, *, width: int = 60) -> str:
+    """A verdict-table cell: 4 significant digits, an interval as [lo, hi], at most ``width`` chars."""
     if v is None:
         return "—"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
         return f"[{v[0]:.4g}, {v[1]:.4g}]"
-    s = str(v)
-    return s if len(s) <= 60 else s[:57] + "..."
+    s = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return s if len(s) <= width else s[:width - 1] + "…"
+
+
+_fmt = format_cell
 
 
 def print_verdicts(verdicts: Iterable[Verdict | dict], *, title: str = "Verdicts", console=None) -> None:

@@ -20,11 +20,8 @@ BITS = {"adapter_nf4": 4, "adapter_rtn": 3, "adapter_sr": 3, "adapter_noise": 3,
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    torch.set_num_threads(1)
-    c = tmp_path_factory.getbasetemp() / "qb-embedded-cache"
-    embedded_path(EmbeddedConfig.tiny(), cache_dir=c, progress=False)
-    return c
+def cache(embedded_tiny_cache):
+    return embedded_tiny_cache
 
 
 def _build(cache, arm, **kw):

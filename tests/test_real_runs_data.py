@@ -13,11 +13,9 @@ from real_runs.embedded import EmbeddedConfig, embedded_path, train_tokenizer  #
 
 
 @pytest.fixture(scope="session")
-def tiny_path(tmp_path_factory):
+def tiny_path(embedded_tiny_cache):
     """The tiny embedded model, built once per session in a shared tmp cache (content-keyed)."""
-    torch.set_num_threads(1)
-    cache = tmp_path_factory.getbasetemp() / "qb-embedded-cache"
-    return embedded_path(EmbeddedConfig.tiny(), cache_dir=cache, progress=False)
+    return embedded_path(EmbeddedConfig.tiny(), cache_dir=embedded_tiny_cache, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -27,11 +27,8 @@ FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    torch.set_num_threads(1)
-    c = tmp_path_factory.getbasetemp() / "qb-embedded-cache"
-    embedded_path(EmbeddedConfig.tiny(), cache_dir=c, progress=False)
-    return c
+def cache(embedded_tiny_cache):
+    return embedded_tiny_cache
 
 
 def _toml_value(v):
