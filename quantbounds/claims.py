@@ -335,18 +335,25 @@ def fit_verdicts(cal: Calibration) -> list:
                    ("exponent_N", 0.5, "Thm 3.1 generalization term √(r/N): exponent ½ in 1/N", p)]
     # the value meaning "no effect": a CI holding both it and the prediction tests nothing
     null = {"per_bit_factor": 1.0, "exponent_r": 0.0, "exponent_r_gen": 0.0, "exponent_N": 0.0}
+    weak = set((cal.quant or {}).get("weakly_identified") or []) | set(
+        (cal.gen or {}).get("weakly_identified") or [])
     for name, pred, claim, params in checks:
         e = params[name]
         if e["fixed"] or e["ci"] is None:
             continue
         lo, hi = e["ci"]
         v = _interval_verdict(lo, hi, pred, null=null[name])
+        why = (f" — also contains the no-effect value {null[name]:g}: the data cannot tell"
+               if v == "conditional" else "")
+        # an interval that is unbounded, or a flat direction of the fit, contains the prediction
+        # without testing it: consistent with the theory, not evidence for it
+        if v == "holds" and (name in weak or not (np.isfinite(lo) and np.isfinite(hi))):
+            v, why = "conditional", " — weakly identified (unbounded or flat-direction interval): " \
+                                    "consistent with the prediction but not a test of it"
         out.append(Verdict(claim=claim, verdict=v, predicted=pred, measured=e["value"], ci=[lo, hi],
                            source="seed 001 Theorem 3.1; DESIGN.md §2",
                            conditions=f"robust fit to paired {cal.arm} runs; interval = bootstrap over "
-                                      f"baseline groups ∪ Wald"
-                                      + (f" — also contains the no-effect value {null[name]:g}: "
-                                         f"the data cannot tell" if v == "conditional" else ""),
+                                      f"baseline groups ∪ Wald" + why,
                            details={"parameter": name}))
     return out
 

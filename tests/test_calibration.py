@@ -395,6 +395,24 @@ def test_fit_verdict_is_conditional_when_interval_also_holds_no_effect():
     assert v == {"per_bit_factor": "conditional", "exponent_r": "holds"}
 
 
+def test_fit_verdict_is_conditional_when_weakly_identified_or_unbounded():
+    """An interval that contains the prediction only because it is unbounded (or the parameter
+    lies on a flat direction of the fit) is no test: seen on the embedded sweep (4 ∈ [2.03, inf])."""
+    cal = Calibration(quant={"params": {
+        "per_bit_factor": {"value": 6.3, "fixed": False, "ci": [2.03, float("inf")]},
+        "exponent_r": {"value": 1.0, "fixed": False, "ci": [0.5, 1.5]}}},
+        gen=None, quant_draws=None, gen_draws=None, notes=[], arm="adapter_rtn", scale="one")
+    v = {x.details["parameter"]: x.verdict for x in fit_verdicts(cal)}
+    assert v == {"per_bit_factor": "conditional", "exponent_r": "holds"}
+    cal.quant["weakly_identified"] = ["exponent_r"]
+    v = {x.details["parameter"]: x.verdict for x in fit_verdicts(cal)}
+    assert v == {"per_bit_factor": "conditional", "exponent_r": "conditional"}
+    # an interval that excludes the prediction still fails, however weak
+    cal.quant["params"]["exponent_r"]["ci"] = [2.0, float("inf")]
+    v = {x.details["parameter"]: x.verdict for x in fit_verdicts(cal)}
+    assert v["exponent_r"] == "fails"
+
+
 def test_flat_direction_shows_as_a_wide_interval():
     """16-bit loss flat in r at one N: L∞ and C1 trade off exactly; the interval must say so."""
     recs = synthetic_records(seed=0, truth=SyntheticTruth(a=0.0), ranks=(2, 4, 8, 16), bits=(2, 4),
