@@ -51,17 +51,20 @@ def _inputs(seed):
     return x
 
 
+def _assert_uniform_parity(x, u, **kw):
+    """torch port == JAX quantize_uniform bit for bit (u=None: nearest; else stochastic with u)."""
+    ref = qz.quantize_uniform(jnp.asarray(x), u=None if u is None else jnp.asarray(u), **kw)
+    got = fq.quantize_uniform(torch.from_numpy(x), u=None if u is None else torch.from_numpy(u), **kw)
+    assert _bits_equal(ref, got.numpy()), (kw, u is None)
+
+
 @pytest.mark.parametrize("bits", _bits_params())
 @pytest.mark.parametrize("grouping", [{}, {"block_size": 32}])
 def test_uniform_paper_bit_exact(bits, grouping):
     x = _inputs(bits)
     u = np.random.default_rng(100 + bits).random(x.shape).astype(np.float32)
     for uu in (None, u):
-        ref = qz.quantize_uniform(jnp.asarray(x), bits=bits, step="paper",
-                                  u=None if uu is None else jnp.asarray(uu), **grouping)
-        got = fq.quantize_uniform(torch.from_numpy(x), bits=bits, step="paper",
-                                  u=None if uu is None else torch.from_numpy(uu), **grouping)
-        assert _bits_equal(ref, got.numpy()), (bits, grouping, uu is None)
+        _assert_uniform_parity(x, uu, bits=bits, step="paper", **grouping)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -90,11 +93,7 @@ def test_uniform_midtread_bit_exact(bits):
     u = np.random.default_rng(bits).random(x.shape).astype(np.float32)
     for kw in ({}, {"axis": 0}, {"block_size": 64}):
         for uu in (None, u):
-            ref = qz.quantize_uniform(jnp.asarray(x), bits=bits, step="midtread",
-                                      u=None if uu is None else jnp.asarray(uu), **kw)
-            got = fq.quantize_uniform(torch.from_numpy(x), bits=bits, step="midtread",
-                                      u=None if uu is None else torch.from_numpy(uu), **kw)
-            assert _bits_equal(ref, got.numpy()), (bits, kw, uu is None)
+            _assert_uniform_parity(x, uu, bits=bits, step="midtread", **kw)
     # ±R are levels of the midtread grid: the absmax element is reproduced exactly
     got = fq.quantize_uniform(torch.from_numpy(x), bits=bits, step="midtread").numpy()
     i = np.unravel_index(np.abs(x).argmax(), x.shape)
