@@ -46,7 +46,7 @@ from rich.table import Table
 from quantbounds.montecarlo import simulate_eps_ba
 from quantbounds.results import write_json_atomic
 from quantbounds.sharding import (build_unit_runner, check_mesh, chunk_for, draw_noise,
-                                  map_units)
+                                  map_units, uniform_grid)
 
 OUT = Path(__file__).resolve().parent / "results" / "montecarlo.json"
 BITS = 8
@@ -86,13 +86,14 @@ def bench_floor(key, B, A, n_samples, min_time, *, generator="engine"):
         # materialise ε_Bᵀ and ε_A as the engine does (the barrier stops XLA from computing
         # only what the cheap read-out below needs), then read one column of each
         if generator == "engine":
-            noise = draw_noise(k, S, r, m, n, jnp.float32, delta * RB, delta * RA)
+            keys = jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(S))
+            noise = draw_noise(keys, r, m, n, jnp.float32, delta * RB, delta * RA)
         else:
             kB, kA = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-            noise = ((jax.random.uniform(kB, (S, r, m), jnp.float32) - 0.5) * (delta * RB),
-                     (jax.random.uniform(kA, (S, r, n), jnp.float32) - 0.5) * (delta * RA))
-        eBt, eA = jax.lax.optimization_barrier(noise)
-        return eBt[:, :, 0].sum() + eA[:, :, 0].sum()
+            noise = ([(jax.random.uniform(kB, (S, r, m), jnp.float32) - 0.5) * (delta * RB)],
+                     [(jax.random.uniform(kA, (S, r, n), jnp.float32) - 0.5) * (delta * RA)])
+        noise = jax.lax.optimization_barrier(noise)
+        return sum(x[:, :, 0].sum() for blocks in noise for x in blocks)
 
     mesh = check_mesh(None)
     runner = build_unit_runner(unit, mesh)
@@ -166,7 +167,9 @@ def bench_dense(key, B, A, n_samples, min_time):
 
     @jax.jit
     def run(k):
-        eBt, eA = draw_noise(k, n_samples, r, m, n, jnp.float32, dB, dA)
+        keys = jax.random.split(k, n_samples)
+        eBt = uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 0))(keys), r, m, jnp.float32) * dB
+        eA = uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 1))(keys), r, n, jnp.float32) * dA
         eB = jnp.swapaxes(eBt, 1, 2)
         X = jnp.concatenate([jnp.broadcast_to(Bj, eB.shape), eB], axis=2)       # (S, m, 2r)
         Y = jnp.concatenate([eA, Aj + eA], axis=1)                               # (S, 2r, n)

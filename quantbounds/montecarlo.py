@@ -12,18 +12,20 @@ Modes.
       Δ = 2^{1−b}·R ("paper" step) or R/(2^{b−1}−1) ("midtread" step), R the absmax of the
       tensor, of each channel (``axis=k``: one R per index along axis k) or of each block of
       ``block_size`` consecutive row-major entries (the groupings of ``quantizers.quantize``).
-      Noise is ε = Δ·u with u = (j + ½)/2^k − ½, j uniform on 0…2^k−1 from 32-bit words of
-      JAX's Threefry-2x32 stream (bit for bit ``jax.random.bits``, computed unrolled; k = 16,
+      Noise is ε = Δ·u with u = (j + ½)/2^k − ½, j uniform on 0…2^k−1 from the 32-bit output
+      words of Threefry-2x32-20 (the hash of JAX's default PRNG, computed unrolled; k = 16,
       two draws per word, in float32; k = 32 in float64): exactly symmetric (all odd moments
       0), |u| < ½, Var u = (1 − 4^{−k})/12 — a relative deficit of 2.3·10⁻¹⁰ at k = 16, below
-      float32 resolution, ignored by the exact moments.
+      float32 resolution, ignored by the exact moments (E u⁴ likewise differs from 1/80 by a
+      relative O(4^{−k})).
   "real": ε = Q(X) − X with ``quantizers.quantize`` (uniform RTN or stochastic rounding, NF4,
       FP4, int8; per tensor/channel/block). Deterministic quantizers (everything but
       rounding="stochastic") give one exact draw: n_samples is 1 and the standard error 0.
 
 Work is cut into units (one chunk of ``chunk_size`` samples of one rank × bit-width cell) and
-spread over every visible JAX device by ``quantbounds.sharding``; unit u draws from
-fold_in(key, u), so results do not depend on the device count (they do depend on chunk_size).
+spread over every visible JAX device by ``quantbounds.sharding``; sample t of cell c draws
+from fold_in(fold_in(key, c), t), so results depend neither on the device count nor on
+chunk_size (up to GEMM rounding).
 """
 
 from __future__ import annotations

@@ -14,12 +14,21 @@ O(r·(m+n)) memory per sample. The tempting form X = [B + ε_B, −B] cancels ca
 in float32 above ~10 bits and is not used. ε_B is drawn transposed, (r, m) per sample, so
 that C and D are single large GEMMs against the shared B and A.
 
+Noise. Sample t of grid cell c draws from its own key, fold_in(fold_in(key, c), t), and
+within it ε_B from fold_in(·, 0), ε_A from fold_in(·, 1), row by row (:func:`uniform_blocks`):
+Threefry-2x32-20 at counters (0, i), both 32-bit output words used, each split into two
+16-bit draws in float32 (one 32-bit draw each in float64). One hash thus feeds four columns,
+delivered as four column blocks that the Gram products consume block by block (nothing is
+concatenated). The draws are exact discrete uniforms on 2^16 (2^32) midpoints: see
+``montecarlo`` for what that changes (the variance, by a relative 2^−32).
+
 Work units. The engine cuts its work into units, one chunk of S samples of one grid cell
-(rank × bit-width); unit (cell c, chunk j) draws its noise from fold_in(fold_in(key, c), j)
-alone, row by row (:func:`uniform_grid`). Units are independent, and their results do not
-depend on which device ran them: the same key gives the same numbers on one CPU, on 8 GPUs,
-or on several hosts joined with ``jax.distributed.initialize()`` (they do depend on S, the
-chunk size, and on the PRNG implementation of the key).
+(rank × bit-width). Units are independent, and since every sample has its own key, the
+numbers depend neither on which device ran a unit nor on S: the same key gives the same
+samples on one CPU, on 8 GPUs, or on several hosts joined with
+``jax.distributed.initialize()``, up to the rounding of the GEMMs (they do depend on the
+PRNG implementation of the key). S is chosen per platform (:func:`chunk_for`): small on CPU,
+so that a unit's noise stays in cache while its GEMMs read it.
 
 Sharding. :func:`map_units` lays the unit ids along a 1-D device mesh (``jax.sharding.Mesh``
 with the axis ``"units"``), replicates the shared inputs (key data, factors, Grams, ranges) to
@@ -107,11 +116,14 @@ def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *
     return jax.tree_util.tree_map(lambda x: _to_host(x)[:n_units], out)
 
 
-# Noise bytes one work unit may hold (its fused copies roughly triple it): keeps a unit's
-# working set near 100 MB on any device; a throughput/memory trade-off chosen on the 2-core
-# benchmark (benchmarks/bench_montecarlo.py), not a correctness constant.
-CHUNK_BYTES = 64 * 2**20
-MAX_CHUNK = 64
+# Noise bytes one work unit may hold, per platform; a throughput/memory trade-off measured
+# with benchmarks/bench_montecarlo.py, not a correctness constant. CPU: a unit's noise should
+# stay in cache while its GEMMs read it (4096×4096, r = 64 on 2 cores: 64 MB units ran at
+# about half the rate of 2–4 MB units); accelerators: large units amortise launches.
+CHUNK_BYTES = {"cpu": 4 * 2**20}
+CHUNK_BYTES_ACCELERATOR = 256 * 2**20
+MAX_CHUNK = {"cpu": 64}
+MAX_CHUNK_ACCELERATOR = 512
 
 
 # ------------------------------------------------------------------ per-sample numerics
@@ -127,19 +139,32 @@ def _self_gram(x):
     return jax.lax.map(lambda y: y @ y.T, x)
 
 
+def _as_blocks(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     """Per-sample ‖B·ε_A‖², ‖ε_B·A‖², ‖ε_B·ε_A‖², ‖ε_BA‖² by the Gram form (module docstring).
 
-    B: (m, r); A: (r, n); GB = BᵀB, GA = A·Aᵀ: (r, r); eps_Bt: (S, r, m), the S samples of
-    ε_B stored transposed (so both products below are single large GEMMs); eps_A: (S, r, n).
-    Returns (S, 4) in the order of :class:`EpsBAMoments`.
+    B: (m, r); A: (r, n); GB = BᵀB, GA = A·Aᵀ: (r, r). eps_Bt: the S samples of ε_B stored
+    transposed, (S, r, m), or a list of nb column blocks (S, r, q) with nb·q = m (then B's
+    rows are split alike: F = Σᵢ Pᵢ·Pᵢᵀ, Cᵀ = Σᵢ Pᵢ·Bᵢ); eps_A: (S, r, n) or column blocks
+    likewise. Blocks are how :func:`draw_noise` delivers the noise (one Threefry hash feeds
+    one column of each block, so nothing is concatenated). Returns (S, 4) in the order of
+    :class:`EpsBAMoments`.
     """
-    S, r, m = eps_Bt.shape
-    n = eps_A.shape[-1]
-    F = _self_gram(eps_Bt)                                          # ε_Bᵀε_B
-    Ct = (eps_Bt.reshape(S * r, m) @ B).reshape(S, r, r)            # Cᵀ = ε_Bᵀ·B
-    E = _self_gram(eps_A)                                           # ε_A·ε_Aᵀ
-    Dt = (eps_A.reshape(S * r, n) @ A.T).reshape(S, r, r)          # Dᵀ = ε_A·Aᵀ
+    PB, PA = _as_blocks(eps_Bt), _as_blocks(eps_A)
+    S, r, qB = PB[0].shape
+    qA = PA[0].shape[-1]
+    if len(PB) * qB != B.shape[0] or len(PA) * qA != A.shape[1]:
+        raise ValueError(f"noise blocks ({len(PB)}×{qB}, {len(PA)}×{qA}) must tile B's "
+                         f"{B.shape[0]} rows and A's {A.shape[1]} columns")
+    F = sum(_self_gram(P) for P in PB)                                       # ε_Bᵀε_B
+    Ct = sum((P.reshape(S * r, qB) @ B[i * qB:(i + 1) * qB]).reshape(S, r, r)
+             for i, P in enumerate(PB))                                      # Cᵀ = ε_Bᵀ·B
+    E = sum(_self_gram(P) for P in PA)                                       # ε_A·ε_Aᵀ
+    Dt = sum((P.reshape(S * r, qA) @ A[:, i * qA:(i + 1) * qA].T).reshape(S, r, r)
+             for i, P in enumerate(PA))                                      # Dᵀ = ε_A·Aᵀ
     t1 = jnp.einsum("kl,skl->s", GB, E)
     t2 = jnp.einsum("skl,kl->s", F, GA)
     t3 = jnp.einsum("skl,skl->s", F, E)
@@ -153,9 +178,10 @@ def _threefry2x32(k1, k2, x0, x1):
     """Threefry-2x32, 20 rounds (Salmon et al., SC'11 "Parallel random numbers: as easy as
     1, 2, 3"; the hash behind jax.random's default PRNG), written out unrolled.
 
-    JAX lowers its threefry on CPU as a rolled 5-step loop (to save compile time), which XLA
-    cannot fuse; unrolled, the whole hash is one elementwise fusion, ~7× faster on the 2-core
-    CPU (benchmarks/bench_montecarlo.py) and bit for bit the same numbers (tests).
+    Returns both 32-bit output words. JAX lowers its threefry on CPU as a rolled 5-step loop
+    (to save compile time), which XLA cannot fuse; unrolled, the whole hash is one
+    elementwise fusion, ~7× faster on the 2-core CPU and bit for bit the same numbers as
+    ``jax.extend.random.threefry_2x32`` (tests, with Random123's known-answer vectors).
     """
     rot = ((13, 15, 26, 6), (17, 29, 16, 24))          # Threefry-2x32 rotation constants
     ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))     # key schedule parity (Skein spec)
@@ -169,41 +195,69 @@ def _threefry2x32(k1, k2, x0, x1):
     return x0, x1
 
 
-def random_words(key, S: int, r: int, W: int) -> jnp.ndarray:
-    """(S, r, W) uint32 words; element (s, k, w) is word k·S·W + s·W + w of the key's stream.
+def _key_words(keys):
+    """(S, 2) uint32 key words of S threefry keys; keys of another PRNG implementation are
+    first hashed to threefry keys by ``jax.random.bits(key, (2,))``."""
+    if str(jax.random.key_impl(keys)) == "threefry2x32":
+        return jax.random.key_data(keys)
+    return jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(keys)
 
-    For a threefry key this is exactly ``jax.random.bits(key, (r, S, W), uint32)`` with the
-    first two axes swapped (other PRNG implementations are first hashed to a threefry key by
-    ``jax.random.bits(key, (2,))``). Row k's words do not depend on r, so a rank padded with
-    extra rows sees exactly the unpadded rank's noise in its first rows.
+
+def random_words(keys, r: int, W: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Both output words (b0, b1), each (S, r, W) uint32, of Threefry-2x32-20: element
+    (s, k, w) hashes the counter (0, k·W + w) under keys[s] (keys: S PRNG keys, shape (S,)).
+
+    One key per sample, so a sample's noise does not depend on how samples are chunked; row
+    k's words do not depend on r, so a rank padded with extra rows sees exactly the unpadded
+    rank's noise in its first rows.
     """
-    if S * r * W >= 2 ** 32:
-        raise ValueError(f"a unit may draw at most 2^32 words, got {S}×{r}×{W}; "
-                         "lower chunk_size")
-    if str(jax.random.key_impl(key)) == "threefry2x32":
-        kd = jax.random.key_data(key)
-    else:
-        kd = jax.random.bits(key, (2,), jnp.uint32)
-    shape = (S, r, W)
-    s, k, w = (jax.lax.broadcasted_iota(jnp.uint32, shape, i) for i in range(3))
-    idx = (k * np.uint32(S) + s) * np.uint32(W) + w       # row-major index in (r, S, W)
-    b0, b1 = _threefry2x32(kd[0], kd[1], jnp.zeros_like(idx), idx)
-    return b0 ^ b1                                        # as jax.random.bits (partitionable)
+    if r * W >= 2 ** 32:
+        raise ValueError(f"a sample may draw at most 2^32 counters, got {r}×{W}")
+    kd = _key_words(keys)
+    shape = (kd.shape[0], r, W)
+    k, w = (jax.lax.broadcasted_iota(jnp.uint32, shape, i) for i in (1, 2))
+    idx = k * np.uint32(W) + w
+    return _threefry2x32(kd[:, 0, None, None], kd[:, 1, None, None], jnp.zeros_like(idx), idx)
 
 
-def uniform_grid(key, S: int, r: int, cols: int, dtype) -> jnp.ndarray:
-    """(S, r, cols) draws u = (j + ½)/2^k − ½ with j uniform on 0…2^k−1.
+def n_noise_blocks(dtype) -> int:
+    """Column blocks per Threefry hash: 4 draws of 16 bits (float32), 2 of 32 bits (float64)."""
+    return 4 if jnp.dtype(dtype) == jnp.float32 else 2
 
-    float32: k = 16, two draws per 32-bit word of :func:`random_words` (its low halves fill the
-    first ⌈cols/2⌉ columns, its high halves the rest); float64: k = 32, one word each. Both
-    conversions are exact. Symmetric, |u| < ½, Var u = (1 − 4^{−k})/12 (``montecarlo``).
+
+def block_width(cols: int, dtype) -> int:
+    """Columns q of each noise block: ⌈cols / nb⌉ (the blocks tile nb·q ≥ cols columns)."""
+    return -(-cols // n_noise_blocks(dtype))
+
+
+def uniform_blocks(keys, r: int, cols: int, dtype) -> list[jnp.ndarray]:
+    """nb column blocks (S, r, q) of draws u = (j + ½)/2^k − ½, j uniform on 0…2^k−1, one
+    sample per key of keys (shape (S,)).
+
+    Block i, column c is column i·q + c of the (S, r, nb·q) draw (:func:`uniform_grid`).
+    float32: k = 16, nb = 4: the low and high halves of b0, then of b1 (one hash, four
+    draws); u = bits(0x3F800000 | j·2⁷) − (1.5 − 2⁻¹⁷), i.e. 1 + j/2^16 built in the
+    mantissa, exact. float64: k = 32, nb = 2: b0 then b1, (j − 2³¹ + ½)·2⁻³², exact.
+    Symmetric, |u| < ½, Var u = (1 − 4^{−k})/12 (``montecarlo``).
     """
+    q = block_width(cols, dtype)
+    b0, b1 = random_words(keys, r, q)
+    # materialise the words: otherwise XLA fuses the 20-round hash into each of the blocks'
+    # conversions and computes it up to four times (measured: ~2× slower noise)
+    b0, b1 = jax.lax.optimization_barrier((b0, b1))
     if jnp.dtype(dtype) == jnp.float32:
-        w = random_words(key, S, r, (cols + 1) // 2)
-        j = jnp.concatenate([w & 0xFFFF, w >> 16], axis=-1)[..., :cols]
-        return (j.astype(jnp.float32) - 32767.5) * (2.0 ** -16)     # exact in float32
-    w = random_words(key, S, r, cols)
-    return (w.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32)    # exact in float64
+        def f32(j):
+            one_plus = jax.lax.bitcast_convert_type((j << np.uint32(7)) | np.uint32(0x3F800000),
+                                                    jnp.float32)
+            return one_plus - np.float32(1.5 - 2.0 ** -17)
+        return [f32(b0 & np.uint32(0xFFFF)), f32(b0 >> np.uint32(16)),
+                f32(b1 & np.uint32(0xFFFF)), f32(b1 >> np.uint32(16))]
+    return [(w.astype(jnp.float64) - 2147483647.5) * (2.0 ** -32) for w in (b0, b1)]
+
+
+def uniform_grid(keys, r: int, cols: int, dtype) -> jnp.ndarray:
+    """(S, r, cols): the blocks of :func:`uniform_blocks` side by side, cut to cols."""
+    return jnp.concatenate(uniform_blocks(keys, r, cols, dtype), axis=-1)[..., :cols]
 
 
 def step_factor(bits, step: str, dtype=np.float64):
@@ -235,9 +289,12 @@ class _Config:
     axis: int | None = None
 
 
-def _unit_key(cfg: _Config, keydata, cell_id, chunk):
-    key = jax.random.wrap_key_data(keydata, impl=cfg.impl)
-    return jax.random.fold_in(jax.random.fold_in(key, cell_id), chunk)
+def sample_keys(cfg: _Config, keydata, cell_id, chunk):
+    """The S keys of unit (cell, chunk): sample t = chunk·S + s of the cell draws from
+    fold_in(fold_in(key, cell_id), t), whatever the chunking."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(keydata, impl=cfg.impl), cell_id)
+    t = chunk * cfg.S + jnp.arange(cfg.S)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(t)
 
 
 def _additive_unit(cfg: _Config, u, n_chunks, keydata, cell_ids, bits, Bs, As, GBs, GAs, RBts,
@@ -250,23 +307,42 @@ def _additive_unit(cfg: _Config, u, n_chunks, keydata, cell_ids, bits, Bs, As, G
     cell, chunk = u // n_chunks, u % n_chunks
     ri, bi = cell // bits.shape[0], cell % bits.shape[0]
     fac = step_factor(bits[bi], cfg.step, cfg.dtype)
-    key = _unit_key(cfg, keydata, cell_ids[cell], chunk)
-    eps_Bt, eps_A = draw_noise(key, cfg.S, cfg.r, cfg.m, cfg.n, cfg.dtype,
+    keys = sample_keys(cfg, keydata, cell_ids[cell], chunk)
+    eps_Bt, eps_A = draw_noise(keys, cfg.r, cfg.m, cfg.n, cfg.dtype,
                                fac * RBts[ri], fac * RAs[ri])
     return gram_terms(Bs[ri], As[ri], GBs[ri], GAs[ri], eps_Bt, eps_A)
 
 
-def draw_noise(key, S: int, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
-    """One unit's additive noise: ε_Bᵀ (S, r, m) and ε_A (S, r, n), ε = Δ·u.
+def draw_noise(keys, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
+    """One unit's additive noise ε = Δ·u as column blocks: (ε_Bᵀ blocks, ε_A blocks).
 
-    u from :func:`uniform_grid`, ε_B's from fold_in(key, 0), ε_A's from fold_in(key, 1);
-    delta_Bt, delta_A: steps Δ broadcastable to (r, m) and (r, n). Two independent draws
-    rather than one: XLA:CPU may run each fusion on one thread, and independent fusions run
-    concurrently.
+    u from :func:`uniform_blocks` (nb blocks of (S, r, q), q = ⌈cols/nb⌉; keys: (S,) sample
+    keys), ε_B's from fold_in(key, 0), ε_A's from fold_in(key, 1) of each sample's key. delta_Bt, delta_A: steps Δ, either
+    broadcastable to (r, 1) (per tensor, cols a multiple of nb) or of width nb·q, zero in the
+    columns past m (n) so that the padding draws vanish (:func:`pad_steps`). Two independent
+    draws rather than one: XLA:CPU may run each fusion on one thread, and independent fusions
+    run concurrently.
     """
-    eps_Bt = uniform_grid(jax.random.fold_in(key, 0), S, r, m, dtype) * delta_Bt
-    eps_A = uniform_grid(jax.random.fold_in(key, 1), S, r, n, dtype) * delta_A
-    return eps_Bt, eps_A
+    def blocks(i, cols, delta):
+        u = uniform_blocks(jax.vmap(lambda k: jax.random.fold_in(k, i))(keys), r, cols, dtype)
+        q = u[0].shape[-1]
+        if delta.shape[-1] == 1:
+            return [x * delta for x in u]
+        return [x * delta[..., i * q:(i + 1) * q] for i, x in enumerate(u)]
+    return blocks(0, m, jnp.asarray(delta_Bt)), blocks(1, n, jnp.asarray(delta_A))
+
+
+def pad_steps(R, cols: int, dtype) -> np.ndarray:
+    """Ranges (or steps) R of shape (..., 1) or (..., cols) laid out for :func:`draw_noise`:
+    unchanged when per tensor and cols is a multiple of nb, else broadcast to width nb·q with
+    zeros past cols."""
+    R = np.asarray(R)
+    width = n_noise_blocks(dtype) * block_width(cols, dtype)
+    if R.shape[-1] == 1 and width == cols:
+        return R
+    out = np.zeros(R.shape[:-1] + (width,), R.dtype)
+    out[..., :cols] = np.broadcast_to(R, R.shape[:-1] + (cols,))
+    return out
 
 
 def _real_unit(cfg: _Config, u, n_chunks, keydata, bits, B, A, GB, GA):
@@ -285,8 +361,7 @@ def _real_unit(cfg: _Config, u, n_chunks, keydata, bits, B, A, GB, GA):
         qA = quantize(A, cfg.scheme, key=kA if stoch else None, **opts)
         return (qB - B).T, qA - A
 
-    key = _unit_key(cfg, keydata, u // n_chunks, u % n_chunks)
-    eps_Bt, eps_A = jax.vmap(one)(jax.random.split(key, cfg.S))
+    eps_Bt, eps_A = jax.vmap(one)(sample_keys(cfg, keydata, u // n_chunks, u % n_chunks))
     return gram_terms(B, A, GB, GA, eps_Bt.astype(cfg.dtype), eps_A.astype(cfg.dtype))
 
 
@@ -296,12 +371,17 @@ def runner_for(cfg: _Config, mesh: Mesh):
     return build_unit_runner(functools.partial(fn, cfg), mesh)
 
 
-def chunk_for(m: int, n: int, r: int, dtype: str, n_samples: int, chunk_size: int | None) -> int:
-    """Samples per work unit: ``chunk_size`` or CHUNK_BYTES of noise, ≤ MAX_CHUNK, ≤ n_samples."""
+def chunk_for(m: int, n: int, r: int, dtype: str, n_samples: int, chunk_size: int | None, *,
+              platform: str | None = None) -> int:
+    """Samples per work unit: ``chunk_size``, or as many as fit CHUNK_BYTES of noise for the
+    platform (default: JAX's default backend), ≤ MAX_CHUNK, ≤ n_samples."""
     if chunk_size is not None:
         return min(check_int_range(chunk_size, "chunk_size", 1), n_samples)
+    platform = platform or jax.default_backend()
     per_sample = r * (m + n) * jnp.dtype(dtype).itemsize
-    return int(max(1, min(CHUNK_BYTES // per_sample, MAX_CHUNK, n_samples)))
+    budget = CHUNK_BYTES.get(platform, CHUNK_BYTES_ACCELERATOR)
+    cap = MAX_CHUNK.get(platform, MAX_CHUNK_ACCELERATOR)
+    return int(max(1, min(budget // per_sample, cap, n_samples)))
 
 
 def run_additive(keydata, impl, bits, Bs, As, RBts, RAs, *, n_samples, step, dtype,
@@ -316,19 +396,26 @@ def run_additive(keydata, impl, bits, Bs, As, RBts, RAs, *, n_samples, step, dty
     """
     n_ranks, m, r = Bs.shape
     n = As.shape[-1]
-    S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
+    mesh = check_mesh(mesh)
+    S = chunk_for(m, n, r, dtype, n_samples, chunk_size, platform=mesh.devices.flat[0].platform)
     n_chunks = -(-n_samples // S)
     cfg = _Config(mode="additive", m=m, n=n, r=r, S=S, dtype=dtype, step=step, impl=impl)
     Bs, As = np.asarray(Bs, dtype), np.asarray(As, dtype)
     GBs = np.einsum("xmk,xml->xkl", Bs, Bs)
     GAs = np.einsum("xkn,xln->xkl", As, As)
+    # the noise comes in nb column blocks of width q (uniform_blocks): pad the factors with
+    # zero rows (columns) to nb·q and the ranges with zeros, so the padding draws vanish
+    nb = n_noise_blocks(dtype)
+    Bs = np.pad(Bs, ((0, 0), (0, nb * block_width(m, dtype) - m), (0, 0)))
+    As = np.pad(As, ((0, 0), (0, 0), (0, nb * block_width(n, dtype) - n)))
+    RBts = pad_steps(np.asarray(RBts, dtype), m, dtype)
+    RAs = pad_steps(np.asarray(RAs, dtype), n, dtype)
     cells = np.arange(n_ranks * len(bits)) if cell_ids is None else np.ravel(cell_ids)
     if cells.shape != (n_ranks * len(bits),):
         raise ValueError(f"cell_ids must hold n_ranks·n_bits = {n_ranks * len(bits)} ids")
     shared = (np.int32(n_chunks), keydata, cells.astype(np.int32), np.asarray(bits, np.float32),
               Bs, As, GBs, GAs,
               np.asarray(RBts, dtype), np.asarray(RAs, dtype))
-    mesh = check_mesh(mesh)
     n_units = n_ranks * len(bits) * n_chunks
     out = map_units(runner_for(cfg, mesh), n_units, shared, mesh=mesh)
     return out.reshape(n_ranks, len(bits), n_chunks * S, 4)[:, :, :n_samples]
@@ -341,12 +428,12 @@ def run_real(keydata, impl, bits, B, A, *, n_samples, scheme, rounding, block_si
     n = A.shape[-1]
     if rounding != "stochastic":
         n_samples = 1     # deterministic quantizer: one draw is exact
-    S = chunk_for(m, n, r, dtype, n_samples, chunk_size)
+    mesh = check_mesh(mesh)
+    S = chunk_for(m, n, r, dtype, n_samples, chunk_size, platform=mesh.devices.flat[0].platform)
     n_chunks = -(-n_samples // S)
     cfg = _Config(mode="real", m=m, n=n, r=r, S=S, dtype=dtype, step=step, impl=impl,
                   scheme=scheme, rounding=rounding, block_size=block_size, axis=axis)
     B, A = np.asarray(B, dtype), np.asarray(A, dtype)
     shared = (np.int32(n_chunks), keydata, np.asarray(bits, np.int32), B, A, B.T @ B, A @ A.T)
-    mesh = check_mesh(mesh)
     out = map_units(runner_for(cfg, mesh), len(bits) * n_chunks, shared, mesh=mesh)
     return out.reshape(len(bits), n_chunks * S, 4)[:, :n_samples]

@@ -109,9 +109,10 @@ def test_ranges_agree_with_the_quantizer_groups(grouping):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
-    """Redraw each unit's noise (fold_in(fold_in(key, cell), chunk)), form ε_BA densely in
-    float64 in a Python loop: the engine's per-sample terms must agree to rounding."""
-    m, r, n, N, S, bits = 10, 3, 6, 7, 3, 5
+    """Redraw each sample's noise (fold_in(fold_in(key, cell), t)), form ε_BA densely in
+    float64 in a Python loop: the engine's per-sample terms must agree to rounding. m, n are
+    not multiples of the noise blocks (4 in float32, 2 in float64): the padding must vanish."""
+    m, r, n, N, S, bits = 10, 3, 7, 7, 3, 5
     B, A, _ = _factors(2, m, r, n)
     B, A = B.astype(dtype), A.astype(dtype)
     key = jax.random.key(11)
@@ -119,36 +120,72 @@ def test_engine_samples_equal_dense_recomputation_of_its_noise(dtype):
     RBt, RA = ranges(B).T, ranges(A)
     out = run_additive(kd, "threefry2x32", [bits], B[None], A[None], RBt[None], RA[None],
                        n_samples=N, step="paper", dtype=dtype, chunk_size=S)[0, 0]
+    # every sample has its own key: another chunking gives the same samples
+    out1 = run_additive(kd, "threefry2x32", [bits], B[None], A[None], RBt[None], RA[None],
+                        n_samples=N, step="paper", dtype=dtype, chunk_size=1)[0, 0]
+    np.testing.assert_allclose(out1, out, rtol=1e-12 if dtype == "float64" else 1e-5)
     d = 2.0 ** (1 - bits)
     ref = []
-    for chunk in range(-(-N // S)):
-        ku = jax.random.fold_in(jax.random.fold_in(key, 0), chunk)     # cell 0, this chunk
-        vB = np.asarray(uniform_grid(jax.random.fold_in(ku, 0), S, r, m, dtype), np.float64)
-        vA = np.asarray(uniform_grid(jax.random.fold_in(ku, 1), S, r, n, dtype), np.float64)
-        for s in range(S):
-            eB = (vB[s] * d * np.abs(B).max()).T
-            eA = vA[s] * d * np.abs(A).max()
-            ref.append(_dense_terms(B, A, eB, eA))
+    for t in range(N):                                   # sample t of cell 0: its own key
+        kt = jax.random.fold_in(jax.random.fold_in(key, 0), t)
+        vB = np.asarray(uniform_grid(jax.random.fold_in(kt, 0)[None], r, m, dtype), np.float64)
+        vA = np.asarray(uniform_grid(jax.random.fold_in(kt, 1)[None], r, n, dtype), np.float64)
+        eB = (vB[0] * d * np.abs(B).max()).T
+        eA = vA[0] * d * np.abs(A).max()
+        ref.append(_dense_terms(B, A, eB, eA))
     rtol = 1e-10 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(out, np.array(ref)[:N], rtol=rtol)
 
 
-def test_random_words_are_jax_threefry_bits():
-    """The unrolled Threefry-2x32 reproduces jax.random.bits bit for bit (axes 0, 1 swapped)."""
-    key = jax.random.key(123)
-    got = np.asarray(random_words(key, 3, 4, 37))
-    want = np.asarray(jax.random.bits(key, (4, 3, 37), jnp.uint32)).transpose(1, 0, 2)
-    np.testing.assert_array_equal(got, want)
+def test_threefry_matches_jax_and_random123_known_answers():
+    """The unrolled Threefry-2x32-20 equals jax.extend.random.threefry_2x32 (which takes the
+    counters' first words, then their second words, and returns both output words likewise)
+    and Random123's published known-answer vectors (kat_vectors, threefry2x32 20 rounds)."""
+    from jax.extend.random import threefry_2x32
+    from quantbounds.sharding import _threefry2x32
+    kat = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+           ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+           ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+    for (k1, k2), (x0, x1), want in kat:
+        got = _threefry2x32(np.uint32(k1), np.uint32(k2), jnp.uint32(x0), jnp.uint32(x1))
+        assert (int(got[0]), int(got[1])) == want
+    keys = jax.random.split(jax.random.key(123), 3)
+    b0, b1 = random_words(keys, 4, 37)
+    idx = np.arange(4 * 37, dtype=np.uint32)                 # counters (0, i), i row-major in (r, W)
+    for s, k in enumerate(keys):
+        ref = np.asarray(threefry_2x32(jax.random.key_data(k),
+                                       jnp.concatenate([jnp.zeros_like(idx), idx])))
+        np.testing.assert_array_equal(np.asarray(b0[s]), ref[:idx.size].reshape(4, 37))
+        np.testing.assert_array_equal(np.asarray(b1[s]), ref[idx.size:].reshape(4, 37))
     # another PRNG implementation is hashed to a threefry key first, deterministically
-    k2 = jax.random.key(5, impl="rbg")
-    np.testing.assert_array_equal(np.asarray(random_words(k2, 2, 2, 8)),
-                                  np.asarray(random_words(k2, 2, 2, 8)))
+    k2 = jax.random.split(jax.random.key(5, impl="rbg"), 2)
+    np.testing.assert_array_equal(np.asarray(random_words(k2, 2, 8)[0]),
+                                  np.asarray(random_words(k2, 2, 8)[0]))
+
+
+def test_uniform_blocks_are_the_words_halves():
+    """float32 block i holds the 16-bit halves (lo b0, hi b0, lo b1, hi b1) of the same
+    counters, float64 block i the word b_i; uniform_grid lays the blocks side by side."""
+    from quantbounds.sharding import uniform_blocks
+    key = jax.random.split(jax.random.key(9), 2)
+    r, cols = 3, 10                            # q = 3 (float32): 12 draws, 2 cut off
+    b0, b1 = (np.asarray(w, np.int64) for w in random_words(key, r, 3))
+    blocks = [np.asarray(x, np.float64) for x in uniform_blocks(key, r, cols, "float32")]
+    for x, j in zip(blocks, (b0 & 0xFFFF, b0 >> 16, b1 & 0xFFFF, b1 >> 16)):
+        np.testing.assert_array_equal(x, (j + 0.5) / 2 ** 16 - 0.5)
+    grid = np.asarray(uniform_grid(key, r, cols, "float32"), np.float64)
+    np.testing.assert_array_equal(grid, np.concatenate(blocks, axis=-1)[..., :cols])
+    b0, b1 = (np.asarray(w, np.float64) for w in random_words(key, r, 5))
+    blocks = [np.asarray(x) for x in uniform_blocks(key, r, cols, "float64")]
+    for x, j in zip(blocks, (b0, b1)):
+        np.testing.assert_array_equal(x, (j + 0.5) / 2 ** 32 - 0.5)
 
 
 @pytest.mark.parametrize("dtype,k", [("float32", 16), ("float64", 32)])
 def test_uniform_grid_values_and_moments(dtype, k):
     S, r, cols = 16, 8, 1001
-    u = np.asarray(uniform_grid(jax.random.key(5), S, r, cols, dtype), np.float64)
+    keys = jax.random.split(jax.random.key(5), S)
+    u = np.asarray(uniform_grid(keys, r, cols, dtype), np.float64)
     assert u.shape == (S, r, cols) and u.dtype == np.float64
     j = (u + 0.5) * 2.0 ** k - 0.5                       # must be an integer in 0…2^k − 1
     np.testing.assert_array_equal(j, np.round(j))
@@ -158,7 +195,7 @@ def test_uniform_grid_values_and_moments(dtype, k):
     assert abs(u.mean()) <= 5 / math.sqrt(12 * N)
     assert abs(np.mean(u ** 2) - (1 - 4.0 ** -k) / 12) <= 5 * math.sqrt(1 / 180 / N)
     # a row's draws do not depend on the number of rows: a taller draw holds the shorter one
-    taller = np.asarray(uniform_grid(jax.random.key(5), S, r + 3, cols, dtype), np.float64)
+    taller = np.asarray(uniform_grid(keys, r + 3, cols, dtype), np.float64)
     np.testing.assert_array_equal(taller[:, :r], u)
 
 
