@@ -117,10 +117,11 @@ def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *
 
 
 # Noise bytes one work unit may hold, per platform; a throughput/memory trade-off measured
-# with benchmarks/bench_montecarlo.py, not a correctness constant. CPU: a unit's noise should
-# stay in cache while its GEMMs read it (4096×4096, r = 64 on 2 cores: 64 MB units ran at
-# about half the rate of 2–4 MB units); accelerators: large units amortise launches.
-CHUNK_BYTES = {"cpu": 4 * 2**20}
+# with benchmarks/bench_montecarlo.py on 2 cores, not a correctness constant. CPU: a unit's
+# noise should stay in cache while its GEMMs read it (4096×4096, r = 64: 64 MB units ran at
+# ~0.6 of the rate of 2–8 MB units; at m = n = 1024, r = 16, 8 MB units were ~1.1× 3 MB
+# ones); accelerators: large units amortise launches.
+CHUNK_BYTES = {"cpu": 8 * 2**20}
 CHUNK_BYTES_ACCELERATOR = 256 * 2**20
 MAX_CHUNK = {"cpu": 64}
 MAX_CHUNK_ACCELERATOR = 512
@@ -128,15 +129,13 @@ MAX_CHUNK_ACCELERATOR = 512
 
 # ------------------------------------------------------------------ per-sample numerics
 def _self_gram(x):
-    """x[s]·x[s]ᵀ for each s: (S, r, K) -> (S, r, r).
+    """x[s]·x[s]ᵀ for each s: (S, r, K) -> (S, r, r), one batched dot_general.
 
-    A scan of 2-D GEMMs rather than one batched dot_general: on XLA:CPU each 2-D GEMM is
-    multi-threaded, ~1.5× the batched form's throughput at 4096×4096, r = 64 (measured on the
-    2-core CPU of the benchmark, one run, noisy). One sample: a GEMM.
+    With cache-sized units (CHUNK_BYTES) the batched form is as fast as a scan of 2-D GEMMs
+    at 4096×4096, r = 64, and up to 1.7× faster at small r (benchmarks/bench_montecarlo.py,
+    2 cores).
     """
-    if x.shape[0] == 1:
-        return (x[0] @ x[0].T)[None]
-    return jax.lax.map(lambda y: y @ y.T, x)
+    return jnp.einsum("srk,stk->srt", x, x)
 
 
 def _as_blocks(x) -> list:
@@ -326,10 +325,13 @@ def draw_noise(keys, r: int, m: int, n: int, dtype, delta_Bt, delta_A):
     def blocks(i, cols, delta):
         u = uniform_blocks(jax.vmap(lambda k: jax.random.fold_in(k, i))(keys), r, cols, dtype)
         q = u[0].shape[-1]
-        if delta.shape[-1] == 1:
+        if delta.ndim == 0 or delta.shape[-1] == 1:
             return [x * delta for x in u]
         return [x * delta[..., i * q:(i + 1) * q] for i, x in enumerate(u)]
-    return blocks(0, m, jnp.asarray(delta_Bt)), blocks(1, n, jnp.asarray(delta_A))
+    # materialise each block once: its two consumers (the self-Gram and the product with the
+    # factor) would otherwise each get their own copy of the conversion fused in
+    return jax.lax.optimization_barrier((blocks(0, m, jnp.asarray(delta_Bt)),
+                                         blocks(1, n, jnp.asarray(delta_A))))
 
 
 def pad_steps(R, cols: int, dtype) -> np.ndarray:
