@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     # quantizers
-    "nf4_code": "quantizers", "fp4_code": "quantizers", "quantize": "quantizers",
+    "nf4_code": "bnb4", "fp4_code": "bnb4", "quantize": "quantizers",
     "quantize_codes": "quantizers", "quantize_uniform": "quantizers", "QuantizedTensor": "quantizers",
     # noise model and diagnostics
     "uniform_noise_variance": "noise", "uniform_step": "noise", "sample_uniform_noise": "noise",

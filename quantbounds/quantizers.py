@@ -35,16 +35,7 @@ Stochastic rounding gives E[x̂] = x exactly (up to the rounding of t + u) where
 inactive: |x| ≤ R for "midtread"; x ∈ [−R, R − Δ] for "paper" (in the top cell (R−Δ, R] it is
 biased towards R − Δ). Var[x̂ | x] = Δ²·p(1−p) with p = t − ⌊t⌋.
 
-bitsandbytes NF4/FP4 (``quantize_4bit``/``dequantize_4bit`` on CPU, bitsandbytes 0.50):
-    absmax = max|x| per block (float32);  s = clamp(x·(1/max(absmax, 1e−38)), −1, 1)
-    (the last, shorter block uses s = clamp(x/max(absmax, 1e−38), −1, 1) — a division, as bnb does,
-    and stores the clamped absmax);  i = #{midpoints < s} (torch.bucketize, right=False: a value
-    exactly on a midpoint goes to the LOWER code);  x̂ = table[i]·absmax (float32).
-    FP4's sorted table holds +0 (bnb code 0) and "−0" (bnb code 8); s ∈ (0, 0.0026] maps to code 8,
-    which bnb's C dequantizer (the path taken when the last dimension is even) returns as −0.0;
-    we return −0.0 there too. bnb's generic torch fallback (odd last dimension) returns +0.0.
-    Subnormal inputs (|x| < 1.18e−38) are not bit-matched: XLA CPU flushes subnormals to zero,
-    torch does not. All-zero blocks are handled explicitly (codes and zeros as bnb).
+bitsandbytes NF4/FP4: see ``quantbounds.bnb4`` (bit for bit with bnb 0.50 on CPU).
 "int8": the "midtread" grid with b = 8: q = round(x/Δ), Δ = absmax/127, x̂ = absmax·(q/127), per
     block (default 64) or per channel (axis=0 of an (out, in) matrix: LLM.int8's row-wise absmax).
     LLM.int8 (bnb int8_vectorwise_quant) computes round(x·(127/absmax)): t is rounded differently,
@@ -61,6 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantbounds._numerics import true_div as _div
+from quantbounds.bnb4 import (_BNB_ABSMAX_FLOOR, _DEFAULT_BLOCK, _bnb_sorted,  # noqa: F401
+                              _fp4_bnb_table, _nf4_bnb_table, _per_element,
+                              _quantize_4bit_core, fp4_code, nf4_code)
 from quantbounds._checks import (
     _is_traced,
     check_bits,
@@ -74,63 +69,6 @@ from quantbounds._checks import (
 SCHEMES = ("uniform", "nf4", "fp4", "int8")
 STEPS = ("paper", "midtread")
 ROUNDINGS = ("nearest", "stochastic")
-
-# bitsandbytes 0.50 functional.get_4bit_type("nf4"): the float32 NF4 table (ascending), QLoRA.
-_NF4_TABLE = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-)
-# bitsandbytes 0.50 functional.get_4bit_type("fp4"): e2m1, bias 2, in bit-pattern order
-# (index = the 4-bit code); divided by the max (12) in float32 by bnb.
-_FP4_RAW = (0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0,
-            -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0)
-# bnb's clamp floor for absmax (backends/default/ops.py, quantize_4bit).
-_BNB_ABSMAX_FLOOR = 1e-38
-_DEFAULT_BLOCK = 64  # bitsandbytes' default blocksize
-
-
-def _nf4_bnb_table() -> np.ndarray:
-    return np.asarray(_NF4_TABLE, dtype=np.float32)
-
-
-def _fp4_bnb_table() -> np.ndarray:
-    """FP4 values in bnb code order, computed as bnb does: float32(v) / float32(12)."""
-    raw = np.asarray(_FP4_RAW, dtype=np.float32)
-    # bnb builds the table from a Python int/float list in which "-0" is the integer 0,
-    # so code 8 holds +0.0 in the table; the C dequantizer still emits −0.0 for it.
-    raw[8] = 0.0
-    return raw / np.float32(12.0)
-
-
-def _bnb_sorted(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, sorted values, float32 midpoints) as bnb's _get_4bit_quantize_bounds.
-
-    The stable argsort puts code 0 (+0) before code 8 (−0), which is the order bnb's torch
-    argsort produces on CPU (checked in tests/test_bnb_parity.py).
-    """
-    order = np.argsort(table, kind="stable")
-    srt = table[order]
-    mids = (srt[:-1] + srt[1:]) / np.float32(2.0)
-    return order.astype(np.int32), srt, mids.astype(np.float32)
-
-
-def nf4_code() -> jax.Array:
-    """bitsandbytes' NF4 code, shape (16,), float32, ascending: 7 negative, 0, 8 positive."""
-    return jnp.asarray(_nf4_bnb_table())
-
-
-def fp4_code() -> jax.Array:
-    """bitsandbytes' FP4 code, shape (16,), float32, ascending.
-
-    Magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12}/12 with both signs; +0 and −0 are both stored
-    as 0.0, so 0.0 appears twice. The smallest nonzero magnitude is 0.0625/12 (bnb's subnormal),
-    not OCP E2M1's 0.5/6.
-    """
-    order, srt, _ = _bnb_sorted(_fp4_bnb_table())
-    return jnp.asarray(srt)
-
 
 class QuantizedTensor(NamedTuple):
     """Codes and scales of a quantized tensor, and what dequantizes them.
@@ -180,19 +118,6 @@ def _group_absmax(x: jax.Array, axis: int | None, block_size: int | None):
     return x, R, lambda y: y
 
 
-def _div(a, b):
-    """a / b, correctly rounded elementwise, b broadcast against a (a finite).
-
-    XLA's algebraic simplifier rewrites a / broadcast(b) into a · broadcast(1/b) (two roundings),
-    which differs from numpy/torch division in a large fraction of elements (tests compare with
-    numpy bit for bit). Adding a·0 makes the divisor a full-shape computed array that the
-    rewrite does not match (XLA does not fold a·0 for floats: inf·0 is NaN), also under vmap,
-    where an optimization barrier alone is bypassed by the batching rule's broadcast.
-    For finite a, b + a·0 = b exactly.
-    """
-    return a / (jnp.asarray(b, a.dtype) + a * 0)
-
-
 def _uniform_core(xg, R, bits, step: str, u):
     """Codes q and x̂ = q·Δ for the uniform grid (see module docstring for the op order)."""
     dt = xg.dtype
@@ -225,44 +150,6 @@ def _dequant_uniform(q, R, delta, h, step: str):
     if step == "paper":
         return q * delta
     return R * _div(q, h - 1)
-
-
-def _quantize_4bit_core(x, scheme: str, block_size: int):
-    """bnb quantize_4bit + dequantize_4bit (CPU) in float32; returns (codes, x̂, absmax)."""
-    table = _nf4_bnb_table() if scheme == "nf4" else _fp4_bnb_table()
-    order, _, mids = _bnb_sorted(table)
-    deq_table = table.copy()
-    if scheme == "fp4":
-        deq_table[8] = np.float32(-0.0)  # bnb's C dequantizer emits −0.0 for code 8
-    xf = x.astype(jnp.float32).reshape(-1)
-    n = xf.shape[0]
-    rem = n % block_size
-    full = n - rem
-    parts_s, parts_a = [], []
-    if full:
-        A = xf[:full].reshape(-1, block_size)
-        am = jnp.max(jnp.abs(A), axis=1)
-        inv = jnp.float32(1.0) / jnp.maximum(am, jnp.float32(_BNB_ABSMAX_FLOOR))
-        s_full = jnp.clip(A * inv[:, None], -1.0, 1.0)
-        # all-zero block: bnb gets 0·(1/1e−38) = 0; XLA CPU flushes the subnormal 1e−38 to 0
-        # (1/0 = inf, 0·inf = NaN), so set s = 0 there explicitly
-        parts_s.append(jnp.where(am[:, None] > 0, s_full, 0.0).reshape(-1))
-        parts_a.append(am)
-    if rem:
-        tail = xf[full:]
-        m_t = jnp.max(jnp.abs(tail))
-        am_t = jnp.maximum(m_t, jnp.float32(_BNB_ABSMAX_FLOOR))
-        s_tail = jnp.clip(_div(tail, am_t), -1.0, 1.0)
-        parts_s.append(jnp.where(m_t > 0, s_tail, 0.0))
-        parts_a.append(am_t[None])
-    s = jnp.concatenate(parts_s) if len(parts_s) > 1 else parts_s[0]
-    absmax = jnp.concatenate(parts_a) if len(parts_a) > 1 else parts_a[0]
-    # torch.bucketize(s, mids, right=False) == searchsorted side="left": ties go to the lower code
-    idx = jnp.searchsorted(jnp.asarray(mids), s, side="left")
-    codes = jnp.asarray(order)[idx]
-    per_elem = jnp.repeat(absmax, block_size, total_repeat_length=absmax.shape[0] * block_size)[:n]
-    xhat = jnp.asarray(deq_table)[codes] * per_elem
-    return codes.reshape(x.shape), xhat.reshape(x.shape).astype(x.dtype), absmax
 
 
 @partial(jax.jit, static_argnames=("scheme", "axis", "block_size", "step"))
@@ -438,8 +325,7 @@ def _dequantize(qt: QuantizedTensor) -> jax.Array:
         if qt.scheme == "fp4":
             table[8] = np.float32(-0.0)
         n = int(np.prod(qt.shape))
-        per = jnp.repeat(qt.steps, qt.block_size,
-                         total_repeat_length=qt.steps.shape[0] * qt.block_size)[:n]
+        per = _per_element(qt.steps, qt.block_size, n)
         return (jnp.asarray(table)[qt.codes.reshape(-1)] * per).reshape(qt.shape).astype(qt.dtype)
     q = qt.codes.astype(qt.dtype)
     step = "midtread" if qt.scheme == "int8" else qt.step

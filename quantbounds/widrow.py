@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
-from quantbounds.quantizers import _bnb_sorted, _fp4_bnb_table, _nf4_bnb_table, quantize_codes
+from quantbounds.bnb4 import _bnb_sorted, _fp4_bnb_table, _nf4_bnb_table
+from quantbounds.quantizers import quantize_codes
 
 
 class WidrowDiagnostics(NamedTuple):
