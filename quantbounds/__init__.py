@@ -36,6 +36,12 @@ _EXPORTS: dict[str, str] = {
     "train_student": "teacher_student", "fake_quant": "teacher_student", "LoRAStudent": "teacher_student",
     "run_grid": "ts_grid", "run_loop": "ts_grid",
     "measure_grad_variance": "gradvar", "analytic_batch_variance": "gradvar", "draw_gradvar": "gradvar",
+    # the nonlinear (one-hidden-layer) student
+    "NonlinearConfig": "nonlinear_student", "make_nonlinear_problem": "nonlinear_student",
+    "function_distance_erf": "nonlinear_student", "function_distance_mc": "nonlinear_student",
+    "excess_risk_from_labels": "nonlinear_student", "train_nonlinear": "nonlinear_student",
+    "evaluate_nonlinear": "nonlinear_student",
+    "run_nonlinear_grid": "nl_grid", "run_nonlinear_loop": "nl_grid",
     # calibration, allocation, report
     "calibrate": "calibration", "calibrated_bits": "calibration", "run_calibration": "calibration",
     "allocate": "allocator", "LayerSpec": "allocator", "memory_bits": "allocator",

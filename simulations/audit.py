@@ -1,12 +1,14 @@
 """`quantbounds audit`: the seed's quantitative claims against the teacher–student experiment.
 
     quantbounds audit [--quick | --scale {quick,default,full}] [--out results/audit.json]
-                      [--figures figures | --no-figures]
+                      [--figures figures | --no-figures] [--no-nonlinear]
 
 Runs the vmapped teacher–student grid (quantbounds.ts_grid), measures gradient variance at
 fixed parameters (quantbounds.gradvar), fits rates with bootstrap CIs over seeds
 (simulations.audit_verdicts), prints the verdict table and writes ``results/audit.json``
 (``verdicts`` as Verdict.to_dict(), ``fits`` with exponent_N, exponent_r, per_bit_factor, …).
+Then the same rates for a nonlinear one-hidden-layer student (quantbounds.nonlinear_student):
+``fits["nonlinear"]`` and verdicts whose claims start "off the linear case".
 """
 
 from __future__ import annotations
@@ -27,13 +29,26 @@ _PRESETS = {
                  Ns=(128, 256, 512, 1024, 2048, 4096), seeds=16, steps=800),
 }
 
+# Nonlinear-student presets (quantbounds.nonlinear_student.NonlinearConfig; "default" is its own
+# default: 4 ranks × 6 PTQ bits (3 trained) × 4 N × 8 seeds, a teacher per seed; measured ~20–45 s on
+# the 2-core CPU under load 3–6; quick ~10 s, mostly XLA compile time).
+_NL_PRESETS = {
+    "quick": dict(ranks=(1, 2, 4), bits=(2, 3, 4, 6, 8), train_bits=(2, 4), Ns=(128, 512), seeds=4,
+                  steps=200, n_test=2048),
+    "default": dict(),
+    # full: ~1.8 TFLOP of training (450 trainings per N, ΣN = 3840, 400 steps): minutes, not measured here
+    "full": dict(n=12, h=24, m=6, r_star=3, ranks=(1, 2, 3, 6, 12), bits=(2, 3, 4, 5, 6, 7, 8, 10),
+                 train_bits=(2, 3, 4, 6), Ns=(256, 512, 1024, 2048), seeds=10, steps=400),
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """scale: grid preset; grad_batch/grad_draws: mini-batch size and number of draws of the
     gradient-variance measurement; tol: the quantization excess counted as negligible, as a
     fraction of the full-precision excess (the seed README's "< 10 % degradation");
-    overrides: TeacherStudentConfig fields that replace the preset's (tests use it)."""
+    overrides: TeacherStudentConfig fields that replace the preset's (tests use it); nonlinear:
+    run the nonlinear-student part; nonlinear_overrides: NonlinearConfig fields replacing its preset."""
 
     scale: str = "default"
     grad_batch: int = 32
@@ -41,6 +56,8 @@ class AuditConfig:
     tol: float = 0.1
     n_boot: int = 1000
     overrides: tuple = ()
+    nonlinear: bool = True
+    nonlinear_overrides: tuple = ()
 
     def __post_init__(self):
         from quantbounds._checks import check_choice, check_int_range, check_probability
@@ -55,6 +72,11 @@ class AuditConfig:
         from quantbounds.teacher_student import TeacherStudentConfig
 
         return TeacherStudentConfig(**{**_PRESETS[self.scale], **dict(self.overrides)})
+
+    def nonlinear_config(self):
+        from quantbounds.nonlinear_student import NonlinearConfig
+
+        return NonlinearConfig(**{**_NL_PRESETS[self.scale], **dict(self.nonlinear_overrides)})
 
 
 def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
@@ -108,24 +130,39 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
     problem = make_problem(cfg)
     t0 = time.perf_counter()
     n_cfg = len(cfg.ranks) * len(cfg.Ns) * cfg.seeds * (len(cfg.conventions) + 1 + 3 * len(cfg.bits))
-    with console.status(f"[1/3] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
+    steps = 4 if acfg.nonlinear else 3
+    with console.status(f"[1/{steps}] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
         res = run_grid(cfg, problem=problem)
     t1 = time.perf_counter()
     console.log(f"grid done in {t1 - t0:.1f} s")
-    with console.status("[2/3] gradient variance at fixed parameters"):
+    with console.status(f"[2/{steps}] gradient variance at fixed parameters"):
         gv = run_gradvar(res, cfg, acfg, problem)
     t2 = time.perf_counter()
     console.log(f"gradient variance done in {t2 - t1:.1f} s")
-    with console.status("[3/3] fits (bootstrap over seeds) and verdicts"):
+    with console.status(f"[3/{steps}] fits (bootstrap over seeds) and verdicts"):
         fits, verdicts, summary = fits_and_verdicts(res, gv, cfg, acfg)
     t3 = time.perf_counter()
     console.log(f"fits done in {t3 - t2:.1f} s")
-    cfg_dict = asdict(cfg)
-    return {"config": {"audit": {k: v for k, v in asdict(acfg).items() if k != "overrides"},
-                       "teacher_student": cfg_dict},
-            "fits": fits, "verdicts": [v.to_dict() for v in verdicts], "summary": summary,
-            "timing_s": {"grid": t1 - t0, "gradvar": t2 - t1, "fits": t3 - t2},
-            "_res": res, "_gv": gv}
+    timing = {"grid": t1 - t0, "gradvar": t2 - t1, "fits": t3 - t2}
+    config = {"audit": {k: v for k, v in asdict(acfg).items() if not k.endswith("overrides")},
+              "teacher_student": asdict(cfg)}
+    nl = None
+    if acfg.nonlinear:
+        from quantbounds.nl_grid import run_nonlinear_grid
+        from simulations.audit_claims import nonlinear_fits_and_verdicts
+
+        ncfg = acfg.nonlinear_config()
+        n_nl = len(ncfg.Ns) * ncfg.seeds * len(ncfg.ranks) * sum(1 if a == "fp" else len(ncfg.trained_bits)
+                                                                  for a in ncfg.arms)
+        with console.status(f"[4/4] nonlinear student: {n_nl} trainings × {ncfg.steps} steps, one jit, and fits"):
+            nl = run_nonlinear_grid(ncfg)
+            fits["nonlinear"], nl_verdicts = nonlinear_fits_and_verdicts(nl, ncfg, acfg, fits)
+        verdicts = list(verdicts) + nl_verdicts
+        config["nonlinear"] = asdict(ncfg)
+        timing["nonlinear"] = time.perf_counter() - t3
+        console.log(f"nonlinear student done in {timing['nonlinear']:.1f} s")
+    return {"config": config, "fits": fits, "verdicts": [v.to_dict() for v in verdicts], "summary": summary,
+            "timing_s": timing, "_res": res, "_gv": gv, "_nl": nl}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/audit.json")
     p.add_argument("--figures", default="figures", help="directory for audit_*.png")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-nonlinear", action="store_true", help="skip the nonlinear-student part")
     p.add_argument("--x64", action="store_true", help="run in float64 (slower); default: JAX's setting")
     args = p.parse_args(argv)
     import jax
@@ -146,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
 
     scale = "quick" if args.quick else args.scale
     # quick: fewer bootstrap replicates (the CI's Monte Carlo error grows, its meaning does not)
-    out = run_audit(AuditConfig(scale=scale, n_boot=300 if scale == "quick" else 1000))
-    res, gv = out.pop("_res"), out.pop("_gv")
+    out = run_audit(AuditConfig(scale=scale, n_boot=300 if scale == "quick" else 1000,
+                                nonlinear=not args.no_nonlinear))
+    res, gv, nl = out.pop("_res"), out.pop("_gv"), out.pop("_nl")
     if not args.no_figures:
-        from simulations.audit_plots import plot_audit
+        from simulations.audit_plots import plot_audit, plot_nonlinear
 
         out["figures"] = [str(f) for f in plot_audit(res, gv, out, figures_dir=args.figures)]
+        if nl is not None:
+            out["figures"].append(str(plot_nonlinear(nl, out, figures_dir=args.figures)))
     write_json_atomic(args.out, out)
     print_verdicts(out["verdicts"], title=f"quantbounds audit ({scale})")
     print(f"wrote {args.out}")

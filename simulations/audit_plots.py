@@ -76,3 +76,49 @@ def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def plot_nonlinear(nl: dict, out: dict, *, figures_dir="figures") -> Path:
+    """figures/audit_nonlinear.png: the nonlinear student's fp excess vs N (with σ²·d/N at r = r*)
+    and its post-training quantization excess vs bits (with STE-RTN's deployed excess)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = out["config"]["nonlinear"]
+    f = out["fits"]["nonlinear"]
+    ranks, Ns, bits = np.array(c["ranks"]), np.array(c["Ns"], float), np.array(c["bits"], float)
+    fp = nl["fp"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    E = fp["excess_latent"].mean(-1)
+    for i, r in enumerate(ranks):
+        a1.loglog(Ns, E[i], "o-", label=f"r = {r}" + (" (< r*)" if r < c["r_star"] else ""))
+    d = c["r_star"] * (c["h"] + c["n"] - c["r_star"])
+    a1.loglog(Ns, c["label_noise"] ** 2 * d / Ns, "k:", lw=1, label=f"σ²·d/N, d = r*(h+n−r*) = {d}")
+    a1.loglog(Ns, E[-1, 0] * np.sqrt(Ns[0] / Ns), "k--", lw=1, label="∝ N^−½ (paper)")
+    e = f["exponent_N"]
+    a1.set(xlabel="N", ylabel="excess risk E‖f − f*‖²",
+           title=f"fp: exponent in N = {e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]")
+    a1.legend(fontsize=7)
+    Q = fp["ptq_qexcess"][:, -1].mean(1)  # (R, B) at the largest N
+    for i, r in enumerate(ranks):
+        line, = a2.semilogy(bits, Q[i], "o-", label=f"PTQ E‖f_q − f‖², r = {r}")
+        if "ste_rtn" in nl:
+            tb = np.array(nl["ste_rtn"]["axes"][1][1], float)
+            a2.semilogy(tb, nl["ste_rtn"]["excess_deployed"][i, :, -1].mean(-1), "s--", ms=4,
+                        color=line.get_color(), lw=1)
+    a2.semilogy(bits, Q.mean(0)[0] * 4.0 ** -(bits - bits[0]), "k:", lw=1, label="factor 4 per bit")
+    p = f["per_bit_factor"]
+    a2.set(xlabel="bits b", ylabel="excess (squares: STE-RTN, deployed E‖f_q − f*‖²)",
+           title=f"N = {int(Ns[-1])}: factor per bit {p['value']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]")
+    a2.legend(fontsize=7)
+    fig.suptitle(f"nonlinear student W2·{c['activation']}((W1_0 + BA)x), {c['n']}→{c['h']}→{c['m']}, r* = {c['r_star']}",
+                 fontsize=9)
+    fig.tight_layout()
+    d_ = Path(figures_dir)
+    d_.mkdir(parents=True, exist_ok=True)
+    path = d_ / "audit_nonlinear.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
