@@ -307,36 +307,181 @@ def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
     return q
 
 
+def _threefry2x32(k0, k1, x0, x1):
+    """The Threefry-2x32 hash (20 rounds; Salmon et al. 2011), unrolled: the same function as
+    jax's threefry2x32 primitive, which JAX lowers on CPU as a rolled 5-iteration loop (a
+    dozen small kernels per call, most of a step's run time here); unrolled it fuses into one
+    elementwise kernel. Checked bit for bit against jax.random in the tests."""
+    rot = ((13, 15, 26, 6), (17, 29, 16, 24))
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for d in rot[i % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << np.uint32(d)) | (x1 >> np.uint32(32 - d))
+            x1 = x0 ^ x1
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def uniform_at(key, index, dtype):
+    """jax.random.uniform(key, shape, dtype).ravel()[index] for a threefry key, computed for the
+    requested flat indices only (``index``: uint32 array, any shape; each < 2³²).
+
+    jax's partitionable threefry (jax_threefry_partitionable, the default) gives element k of a
+    draw the hash of the counter (0, k), so a sub-block of a padded draw is the hash of its
+    counters. key: a raw uint32[2] key or a typed threefry key.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    if not jax.config.jax_threefry_partitionable:
+        raise RuntimeError("uniform_at reproduces jax.random only with jax_threefry_partitionable=True")
+    index = jnp.asarray(index, jnp.uint32)
+    h0, h1 = _threefry2x32(key[0], key[1], jnp.zeros_like(index), index)
+    dt = jnp.dtype(dtype)
+    if dt == jnp.float32:  # 32 random bits → 23 mantissa bits, as jax.random.uniform
+        bits = (h0 ^ h1) >> np.uint32(32 - 23)
+        return jax.lax.bitcast_convert_type(bits | np.float32(1.0).view(np.uint32), dt) - np.float32(1.0)
+    if dt == jnp.float64:  # 64 random bits (h0 high, h1 low) → 52 mantissa bits
+        bits = ((h0.astype(jnp.uint64) << np.uint64(32)) | h1.astype(jnp.uint64)) >> np.uint64(64 - 52)
+        return jax.lax.bitcast_convert_type(bits | np.float64(1.0).view(np.uint64), dt) - 1.0
+    raise TypeError(f"dtype must be float32 or float64, got {dt}")
+
+
+def fold_in_raw(key, data):
+    """jax.random.fold_in(key, d) for every d in ``data`` (uint32 array), as raw uint32 keys of
+    shape data.shape + (2,): the threefry hash of the counter (0, d) under the key (jax's
+    threefry fold_in), unrolled (see :func:`_threefry2x32`). key: raw (..., 2) uint32
+    (broadcast against data) or a typed threefry key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    data = jnp.asarray(data, jnp.uint32)
+    h0, h1 = _threefry2x32(key[..., 0], key[..., 1], jnp.zeros_like(data), data)
+    return jnp.stack([h0, h1], axis=-1)
+
+
+def _static_int(r):
+    """r as a Python int when it is concrete, else None (traced)."""
+    try:
+        return int(r)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class TrainSetup(NamedTuple):
+    """What training needs besides the factors' updates (:func:`train_setup`): init {"B", "A"}
+    (padded to r_max), s (LoRA scale), keys (steps, 2, 2) uint32 (step i: B's and A's noise
+    keys), Pt = (W0·Σ̂ − Ĉ)ᵀ (n×m), Sxx = Σ̂."""
+
+    init: dict
+    s: jnp.ndarray
+    keys: jnp.ndarray
+    Pt: jnp.ndarray
+    Sxx: jnp.ndarray
+
+
+def train_setup(problem: Problem, stats, r, init_key, noise_key, *, cfg: TeacherStudentConfig,
+                convention=None) -> TrainSetup:
+    """The per-configuration inputs of :func:`train_core` (every argument but cfg may be traced;
+    no dependence on the arm, so one vmapped call serves a whole grid). Keys of step i:
+    fold_in(fold_in(noise_key, i), w), w = 0 for B and 1 for A."""
+    dt = problem.W0.dtype
+    rm = cfg.r_max
+    s = scale_value(cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha)
+    init = LoRAStudent(cfg.m, cfg.n, rm).init(init_key, problem.W0, jnp.ones(rm, dt), s)["params"]
+    k_i = fold_in_raw(noise_key, jnp.arange(cfg.steps, dtype=jnp.uint32))  # (steps, 2)
+    keys = fold_in_raw(k_i[:, None, :], jnp.arange(2, dtype=jnp.uint32)[None, :])  # (steps, 2, 2)
+    Sxx, Cyx, _ = stats
+    return TrainSetup(init, s, keys, (problem.W0 @ Sxx - Cyx).T, Sxx)
+
+
 def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
                   cfg: TeacherStudentConfig, convention=None):
     """Train one student; every argument except ``cfg`` may be traced.
 
     arm: a name in ARMS, or a traced index into KIND_INDEX (0 = full precision); convention:
-    a name in SCALES or a traced index into it (None: cfg.scale).
+    a name in SCALES or a traced index into it (None: cfg.scale). A concrete rank r trains the
+    unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a 0/1 mask
+    (exact: masked entries are zero and get zero gradient). Both give the same result.
 
-    Returns (params, s): flax params {"B", "A"} (padded to r_max, masked by rank r) and the
-    LoRA scale s used. Full-batch Adam (cosine-decayed lr) for cfg.steps steps on L̂.
+    Returns (params, s): flax params {"B", "A"} (padded to r_max: B's extra columns zero, A's
+    extra rows at their initial values, as masked training leaves them) and the LoRA scale s.
+    Full-batch Adam (optax, cosine-decayed lr) for cfg.steps steps on L̂ (:func:`train_core`).
     """
-    dt = problem.W0.dtype
-    mask = (jnp.arange(cfg.r_max) < r).astype(dt)
-    s = scale_value(cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha)
-    model = LoRAStudent(cfg.m, cfg.n, cfg.r_max)
-    params = model.init(init_key, problem.W0, mask, s)["params"]
-    opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
+    setup = train_setup(problem, stats, r, init_key, noise_key, cfg=cfg, convention=convention)
+    return train_core(setup, r, bits, arm=arm, cfg=cfg), setup.s
+
+
+def train_core(setup: TrainSetup, r, bits, *, arm, cfg: TeacherStudentConfig):
+    """Full-batch Adam on L̂ from ``setup`` (see :func:`train_student`); returns {"B", "A"}.
+
+    The gradient is written out (one pass instead of autodiff's):
+
+        ∇_W L̂ = 2·(W·Σ̂ − Ĉ) = 2·(P + s·Q(B)·Q(A)·Σ̂),  P = W0·Σ̂ − Ĉ (fixed),
+        ∇_B = s·∇_W·Q(A)ᵀ,  ∇_A = s·Q(B)ᵀ·∇_W   (straight-through Q).
+
+    B is held transposed (Bᵀ, r×m) so that every product is a plain or right-transposed matrix
+    product, which XLA's CPU backend runs as one fast batched kernel under vmap (a contraction
+    over both operands' leading axis, like Q(B)ᵀ·∇_W, is several times slower):
+
+        (∇_W)ᵀ = 2·(Pᵀ + s·(Σ̂·Q(A)ᵀ)·Q(Bᵀ)),  ∇_{Bᵀ} = s·Q(A)·(∇_W)ᵀ,  ∇_A = s·Q(Bᵀ)·((∇_W)ᵀ)ᵀ
+    (Σ̂ symmetric). Q acts elementwise or per tensor, or per rank component (granularity
+    "channel": columns of B = rows of Bᵀ), so Q(Bᵀ) = Q(B)ᵀ.
+
+    Quantization noise of step i: the uniforms of jax.random.uniform(setup.keys[i, w], padded
+    shape) (w = 0 for B, 1 for A), restricted to the trained entries (:func:`uniform_at`).
+    """
+    init, s, keys, Pt, Sxx = setup
+    dt = Pt.dtype
+    rm = cfg.r_max
+    rs = _static_int(r)
+    rr = rm if rs is None else rs  # trained width
+    mask = None if rs is not None else (jnp.arange(rm) < r).astype(dt)
     kind = _ARM_KIND.get(arm) if isinstance(arm, str) else arm
+    draws = kind is not None and (not isinstance(kind, str) or kind in ("sr", "additive"))
+    b = jnp.asarray(4 if bits is None else bits, dt)  # NF4 ignores bits
+    # flat indices of the trained entries in the padded (m, r_max) and (r_max, n) draws, laid
+    # out as Bᵀ (r×m) and A (r×n)
+    idx_B = (jnp.arange(rr)[:, None] + jnp.arange(cfg.m)[None, :] * rm).astype(jnp.uint32)
+    idx_A = jnp.arange(rr * cfg.n, dtype=jnp.uint32).reshape(rr, cfg.n)
 
-    def loss(p, k):
-        W = model.apply({"params": p}, problem.W0, mask, s, _quant_fn(kind, bits, k, cfg.granularity))
-        return empirical_risk(W, stats)
+    def q(x, which, key):
+        if kind is None:
+            return x
+        axis = None if cfg.granularity == "tensor" else 0  # rows of Bᵀ and of A
+        u = uniform_at(key, idx_B if which == 0 else idx_A, dt) if draws else None
+        if isinstance(kind, str):
+            return fake_quant(x, kind=kind, bits=b, axis=axis, u=u)
+        return fake_quant_indexed(x, kind, b, None, axis, u=u)
 
-    def step(carry, i):
+    opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
+    mc = None if mask is None else mask[:, None]  # rows of Bᵀ and A
+
+    def grads(p, keys):
+        Bt, A = p["Bt"], p["A"]
+        if mc is not None:
+            Bt, A = Bt * mc, A * mc
+        QB, QA = q(Bt, 0, keys[0]), q(A, 1, keys[1])
+        if mc is not None:
+            QB, QA = QB * mc, QA * mc
+        Gt = 2.0 * (Pt + s * ((Sxx @ QA.T) @ QB))  # (∇_W L̂)ᵀ, n×m
+        gB, gA = s * (QA @ Gt), s * (QB @ Gt.T)
+        if mc is not None:
+            gB, gA = gB * mc, gA * mc
+        return {"A": gA, "Bt": gB}
+
+    def step(carry, keys):
         p, st = carry
-        g = jax.grad(loss)(p, jax.random.fold_in(noise_key, i))
-        upd, st = opt.update(g, st, p)
+        upd, st = opt.update(grads(p, keys), st, p)
         return (optax.apply_updates(p, upd), st), None
 
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(cfg.steps))
-    return params, s
+    p0 = {"A": init["A"][:rr], "Bt": init["B"][:, :rr].T}
+    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), keys)
+    p = {"A": p["A"], "B": p["Bt"].T}
+    if rs is None:
+        return p
+    return {"A": init["A"].at[:rr].set(p["A"]), "B": init["B"].at[:, :rr].set(p["B"])}
 
 
 def student_weight(problem: Problem, params, r, s, *, kind=None, bits=None, key=None,

@@ -3,10 +3,11 @@
 Each configuration is :func:`train_config` then :func:`evaluate_config` (the exact excess risk
 ‖(W − W*)·Σ^{1/2}‖_F² of the latent and the deployed weights, post-training quantization at
 every bit-width). :func:`run_grid` does the whole grid in one jit: one vmapped training loop
-per arm (the quantizer static, so no configuration pays for the others' quantizers), then one
-vmapped evaluation of all configurations. :func:`run_loop` calls :func:`config_outputs` (the
+per (arm, rank) (quantizer and rank static: no configuration pays for the others' quantizers
+or for padding to r_max), then one vmapped evaluation of all configurations. :func:`run_loop` calls :func:`config_outputs` (the
 same two steps) configuration by configuration from Python: the reference for the vmap in
-the tests and the baseline of benchmarks/bench_teacher_student.py.
+the tests. benchmarks/bench_teacher_student.py times :func:`grid_program` (= run_grid) against
+a Python loop over :func:`_config_fn` (the same per-configuration code).
 
 Keys (all derived from cfg.key, so results are reproducible):
 data of seed j: fold_in(k_data, j), shared by every N (the first N rows: nested data sets),
@@ -26,7 +27,7 @@ from quantbounds.scales import SCALES
 from quantbounds.teacher_student import (KIND_INDEX, Problem, TeacherStudentConfig, _ARM_KIND,
                                          _DEPLOY_KIND, additive_prediction, empirical_risk,
                                          excess_risk, make_problem, sample_data, student_weight,
-                                         sufficient_stats, train_student)
+                                         sufficient_stats, train_core, train_setup)
 
 STE_ARMS = ("ste_rtn", "ste_sr", "additive")  # trained once per bit-width
 NF4_BITS = 4
@@ -56,12 +57,18 @@ def _noise_key(cfg, seed, idx):
     return jax.random.fold_in(jax.random.fold_in(_keys(cfg)[2], seed), idx)
 
 
+def setup_config(problem: Problem, stats, r, seed, idx, conv, *, cfg: TeacherStudentConfig):
+    """train_setup of one configuration (its initialisation and noise keys, see the module
+    docstring); independent of the arm. Every argument but cfg may be traced."""
+    init_key = jax.random.fold_in(_keys(cfg)[1], seed)
+    return train_setup(problem, stats, r, init_key, _noise_key(cfg, seed, idx), cfg=cfg, convention=conv)
+
+
 def train_config(problem: Problem, stats, r, bits, seed, idx, arm, conv, *, cfg: TeacherStudentConfig):
     """Train one configuration: (params, s). arm: a name in ARMS (static) or an index into
     KIND_INDEX (traced); conv: index into quantbounds.scales.SCALES (may be traced)."""
-    init_key = jax.random.fold_in(_keys(cfg)[1], seed)
-    return train_student(problem, stats, r, bits, init_key, _noise_key(cfg, seed, idx), arm=arm, cfg=cfg,
-                         convention=conv)
+    setup = setup_config(problem, stats, r, seed, idx, conv, cfg=cfg)
+    return train_core(setup, r, bits, arm=arm, cfg=cfg), setup.s
 
 
 def evaluate_config(problem: Problem, stats, params, r, bits, s, seed, idx, deploy, *,
@@ -145,24 +152,78 @@ def _all_flat(cfg, runs):
     return [p[0] for p in parts], cols, np.cumsum([0] + sizes)
 
 
-def _groups(runs, offs):
-    """Rows of the flattened grid grouped by arm (static quantizer): {arm: row indices}."""
+def _groups(runs, offs, cols):
+    """Rows of the flattened grid grouped by (arm, rank): {(arm, r): row indices}. Each group
+    is one vmapped training loop with the quantizer and the rank static (unpadded factors)."""
     groups = {}
     for j, (_, arm, _) in enumerate(runs):
-        groups.setdefault(arm, []).extend(range(offs[j], offs[j + 1]))
-    return {a: np.asarray(rows) for a, rows in groups.items()}
+        for i in range(offs[j], offs[j + 1]):
+            groups.setdefault((arm, int(cols["r"][i])), []).append(i)
+    return {g: np.asarray(rows) for g, rows in groups.items()}
 
 
-def _arm_fn(problem, cfg, arm):
-    """config_outputs for one arm with its quantizers static (no lax.switch: under vmap a switch
-    becomes a select that evaluates every quantizer for every configuration)."""
-    def one(st, r, b, sd, i, conv):
-        return config_outputs(problem, st, r, b, sd, i, arm, _DEPLOY_KIND.get(arm), conv, cfg=cfg)
+def _train_fn(cfg, arm, r):
+    """train_core for one (arm, rank), both static: f(setup, bits) → {"B", "A"}."""
+    def one(setup, b):
+        return train_core(setup, r, b, arm=arm, cfg=cfg)
     return one
 
 
+def _config_fn(problem, cfg, arm, r=None):
+    """config_outputs for one arm (static quantizer): f(stats, rank, bits, seed, idx, conv).
+    r: a static rank (the ``rank`` argument is then ignored: unpadded training, what the grid
+    runs and the benchmark's loop jits once per (arm, rank)) or None (``rank`` traced: the
+    r_max-padded masked path, one compilation per arm)."""
+    def one(st, rank, b, sd, i, conv):
+        return config_outputs(problem, st, rank if r is None else r, b, sd, i, arm, _DEPLOY_KIND.get(arm), conv,
+                              cfg=cfg)
+    return one
+
+
+def _inputs(table, cols, rows, dt):
+    """Per-configuration arguments (stats, bits, seed, idx, conv) of ``rows``, stacked."""
+    return (tuple(t[cols["Ni"][rows], cols["seed"][rows]] for t in table), jnp.asarray(cols["b"][rows], dt),
+            jnp.asarray(cols["seed"][rows]), jnp.asarray(rows), jnp.asarray(cols["conv"][rows]))
+
+
+def grid_program(cfg: TeacherStudentConfig, problem: Problem):
+    """The jitted grid: (fn, args, groups, cols) with fn(*args) → {(arm, r): outputs of the rows
+    groups[(arm, r)]} (what run_grid runs; exposed for benchmarks/bench_teacher_student.py)."""
+    runs = _arm_runs(cfg)
+    _, cols, offs = _all_flat(cfg, runs)
+    groups = _groups(runs, offs, cols)
+    dt = problem.W0.dtype
+    order = np.concatenate(list(groups.values()))  # rows in the order they are trained
+    deploy = np.array([KIND_INDEX[_DEPLOY_KIND.get(arm)] for (arm, _), rows in groups.items() for _ in rows])
+
+    @jax.jit
+    def grid(table):
+        # initialisations, step keys and Pᵀ of every configuration: one vmapped call (arm-free)
+        st = tuple(t[cols["Ni"][order], cols["seed"][order]] for t in table)
+        setup = jax.vmap(lambda st_, r_, sd_, i_, c_: setup_config(problem, st_, r_, sd_, i_, c_, cfg=cfg))(
+            st, jnp.asarray(cols["r"][order]), jnp.asarray(cols["seed"][order]), jnp.asarray(order),
+            jnp.asarray(cols["conv"][order]))
+        start = np.cumsum([0] + [len(r) for r in groups.values()])
+        part = lambda x, k: x[start[k]:start[k + 1]]  # noqa: E731  (group k's rows of `order`)
+        params = [jax.vmap(_train_fn(cfg, arm, r))(jax.tree_util.tree_map(lambda x, k=k: part(x, k), setup),
+                                                   jnp.asarray(cols["b"][rows], dt))
+                  for k, ((arm, r), rows) in enumerate(groups.items())]
+        params = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *params)
+        s = setup.s
+        # one vmapped evaluation for every configuration (rank and deployment quantizer traced:
+        # one compilation; it runs once per configuration, not once per step)
+        res = jax.vmap(lambda st_, p_, r_, b_, s_, sd_, i_, d_: evaluate_config(
+            problem, st_, p_, r_, b_, s_, sd_, i_, d_, cfg=cfg))(
+            st, params, jnp.asarray(cols["r"][order]), jnp.asarray(cols["b"][order], dt), s,
+            jnp.asarray(cols["seed"][order]), jnp.asarray(order), jnp.asarray(deploy))
+        return {g: jax.tree_util.tree_map(lambda x, k=k: part(x, k), res) for k, g in enumerate(groups)}
+
+    return grid, (stats_table(problem, cfg),), groups, cols
+
+
 def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> dict:
-    """The whole grid in one jit: one vmap per arm (fp under every convention is one arm).
+    """The whole grid in one jit: one vmapped training loop per (arm, rank) (fp under every
+    convention is one arm), then one vmapped evaluation.
 
     Returns {label: {"axes": [(name, values)], "arm", "convention", key: ndarray}} with labels
     "fp_<convention>" (one per cfg.conventions) and the other arms by name. Array shapes follow
@@ -170,48 +231,28 @@ def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> di
     """
     problem = problem or make_problem(cfg)
     runs = _arm_runs(cfg)
-    axes, cols, offs = _all_flat(cfg, runs)
-    groups = _groups(runs, offs)
-    dt = problem.W0.dtype
-
-    order = np.concatenate(list(groups.values()))  # rows in the order the arms are trained
-    deploy = np.array([KIND_INDEX[_DEPLOY_KIND.get(arm)] for arm, rows in groups.items() for _ in rows])
-
-    @jax.jit
-    def grid(table):
-        trained = []
-        for arm, rows in groups.items():  # one vmapped training loop per arm (static quantizer)
-            st = tuple(t[cols["Ni"][rows], cols["seed"][rows]] for t in table)
-            trained.append(jax.vmap(lambda st_, r_, b_, sd_, i_, c_, arm=arm: train_config(
-                problem, st_, r_, b_, sd_, i_, arm, c_, cfg=cfg))(
-                st, jnp.asarray(cols["r"][rows]), jnp.asarray(cols["b"][rows], dt),
-                jnp.asarray(cols["seed"][rows]), jnp.asarray(rows), jnp.asarray(cols["conv"][rows])))
-        params, s = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trained)
-        # one vmapped evaluation for every configuration (deployment quantizer: a traced index)
-        st = tuple(t[cols["Ni"][order], cols["seed"][order]] for t in table)
-        res = jax.vmap(lambda st_, p_, r_, b_, s_, sd_, i_, d_: evaluate_config(
-            problem, st_, p_, r_, b_, s_, sd_, i_, d_, cfg=cfg))(
-            st, params, jnp.asarray(cols["r"][order]), jnp.asarray(cols["b"][order], dt), s,
-            jnp.asarray(cols["seed"][order]), jnp.asarray(order), jnp.asarray(deploy))
-        start = np.cumsum([0] + [len(r) for r in groups.values()])
-        return {arm: jax.tree_util.tree_map(lambda x, k=k: x[start[k]:start[k + 1]], res)
-                for k, arm in enumerate(groups)}
-
-    raw = jax.device_get(grid(stats_table(problem, cfg)))
+    axes, _, offs = _all_flat(cfg, runs)
+    grid, args, groups, _ = grid_program(cfg, problem)
+    raw = jax.device_get(grid(*args))
+    rows = np.concatenate(list(groups.values()))
+    pos_of = np.empty(len(rows), dtype=int)
+    pos_of[rows] = np.arange(len(rows))  # flat row → position in the concatenated output
+    flat = {k: np.concatenate([np.asarray(raw[g][k]) for g in groups]) for k in next(iter(raw.values()))}
     out = {}
     for j, (label, arm, conv) in enumerate(runs):
         shape = tuple(len(v) for _, v in axes[j])
-        pos = np.searchsorted(groups[arm], np.arange(offs[j], offs[j + 1]))
+        pos = pos_of[offs[j]:offs[j + 1]]
         out[label] = {"axes": axes[j], "arm": arm, "convention": conv}
-        for k, v in raw[arm].items():
-            v = np.asarray(v)[pos]
-            out[label][k] = v.reshape(shape + v.shape[1:])
+        for k, v in flat.items():
+            out[label][k] = v[pos].reshape(shape + v.shape[1:])
     return out
 
 
 def run_loop(cfg: TeacherStudentConfig, *, problem: Problem | None = None, limit: int | None = None) -> dict:
-    """The same configurations, one call each of the same function jitted for ONE configuration,
-    from a Python loop (the reference for the vmap, and the benchmark's baseline).
+    """The same configurations, one call each of a function jitted for ONE configuration (once
+    per arm, rank traced: the padded masked training path), from a Python loop: the reference
+    for run_grid (whose unpadded static-rank path must agree with it) in the tests.
+    (benchmarks/bench_teacher_student.py times the loop over the grid's own static-rank path.)
 
     Returns {label: list of per-configuration output dicts} in the flattened grid order;
     ``limit`` keeps the first ``limit`` configurations of each arm.
@@ -220,7 +261,7 @@ def run_loop(cfg: TeacherStudentConfig, *, problem: Problem | None = None, limit
     table = stats_table(problem, cfg)
     runs = _arm_runs(cfg)
     _, cols, offs = _all_flat(cfg, runs)
-    fns = {arm: jax.jit(_arm_fn(problem, cfg, arm)) for arm in {a for _, a, _ in runs}}
+    fns = {arm: jax.jit(_config_fn(problem, cfg, arm)) for arm in {a for _, a, _ in runs}}
     dt = problem.W0.dtype
     out = {}
     for j, (label, arm, _) in enumerate(runs):

@@ -7,12 +7,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from quantbounds.gradvar import analytic_batch_variance, draw_gradvar, lora_grad, measure_grad_variance
-from quantbounds.teacher_student import (LoRAStudent, TeacherStudentConfig, additive_prediction,
-                                         empirical_risk, excess_risk, fake_quant, make_problem,
-                                         sample_data, student_weight, sufficient_stats, train_student)
+from quantbounds.teacher_student import (ARMS, KIND_INDEX, LoRAStudent, TeacherStudentConfig, _ARM_KIND,
+                                         _quant_fn, additive_prediction, empirical_risk, excess_risk,
+                                         fake_quant, make_problem, sample_data, scale_value, student_weight,
+                                         sufficient_stats, train_student, uniform_at)
 from quantbounds.ts_grid import run_grid, run_loop, stats_table
 
 SMALL = dict(m=4, n=6, r_star=1, ranks=(1, 3), bits=(2, 4), Ns=(20, 40), seeds=2, steps=30,
@@ -113,8 +115,6 @@ def test_ste_gradient_equals_finite_differences_of_smooth_surrogate():
     B = 0.5 * jax.random.normal(k, (cfg.m, 3))
     A = jax.random.normal(jax.random.fold_in(k, 1), (3, cfg.n))
     mask = jnp.ones(3)
-    from quantbounds.teacher_student import _quant_fn
-
     def loss(params):
         W = model.apply({"params": params}, p.W0, mask, 1.0, _quant_fn("rtn", 3, None, "tensor"))
         return empirical_risk(W, stats)
@@ -149,8 +149,6 @@ def test_padding_is_exact():
     model = LoRAStudent(cfg.m, cfg.n, 4)
     params = model.init(jax.random.PRNGKey(0), p.W0, jnp.ones(4), 1.0)["params"]
     mask = (jnp.arange(4) < 2).astype(float)
-
-    from quantbounds.teacher_student import KIND_INDEX, _quant_fn
 
     @jax.jit
     def val_grad(pr, kind_idx):  # one compilation for every quantizer (traced kind index)
@@ -256,3 +254,69 @@ def test_stats_table_nested_data():
     X, Y = sample_data(jax.random.fold_in(_keys(cfg)[0], 1), p, 40)
     np.testing.assert_allclose(np.asarray(Sxx[1, 1]), np.asarray(X.T @ X / 40), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(Sxx[0, 1]), np.asarray(X[:20].T @ X[:20] / 20), rtol=1e-12)
+
+
+def test_uniform_at_is_jax_random_uniform_bit_for_bit():
+    # the unrolled threefry on chosen flat indices = jax.random.uniform of the whole shape, there
+    for dt in (jnp.float32, jnp.float64):
+        for key in (jax.random.PRNGKey(0), jax.random.fold_in(jax.random.PRNGKey(3), 7), jax.random.key(11)):
+            full = np.asarray(jax.random.uniform(key, (7, 5), dt)).ravel()
+            idx = np.array([[0, 34], [12, 5]], np.uint32)
+            got = np.asarray(jax.jit(uniform_at, static_argnums=2)(key, jnp.asarray(idx), dt))
+            assert got.dtype == full.dtype
+            np.testing.assert_array_equal(got, full[idx])
+
+
+def _reference_train(p, stats, r, bits, init_key, noise_key, kind, cfg):
+    """The straightforward implementation train_student must equal: the r_max-padded flax model
+    under a rank mask, autodiff of the empirical risk through straight-through quantizers that
+    draw jax.random.uniform at the padded shapes (fold_in(fold_in(noise_key, step), B=0/A=1)),
+    optax Adam. kind: an index into KIND_INDEX (may be traced)."""
+    dt = p.W0.dtype
+    mask = (jnp.arange(cfg.r_max) < r).astype(dt)
+    s = scale_value(cfg.scale, jnp.asarray(r, dt), cfg.lora_alpha)
+    model = LoRAStudent(cfg.m, cfg.n, cfg.r_max)
+    params = model.init(init_key, p.W0, mask, s)["params"]
+    opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
+
+    def loss(pr, k):
+        W = model.apply({"params": pr}, p.W0, mask, s, _quant_fn(kind, bits, k, cfg.granularity))
+        return empirical_risk(W, stats)
+
+    def step(carry, i):
+        pr, st = carry
+        g = jax.grad(loss)(pr, jax.random.fold_in(noise_key, i))
+        upd, st = opt.update(g, st, pr)
+        return (optax.apply_updates(pr, upd), st), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(cfg.steps))
+    return params
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_train_student_equals_autodiff_reference(granularity):
+    # every arm: the unpadded static-rank path (what the grid runs) and the padded traced path
+    # (traced rank and arm index) against the autodiff reference, same keys, float64
+    cfg = TeacherStudentConfig(**{**SMALL, "steps": 12, "ranks": (1, 3), "granularity": granularity})
+    p = make_problem(cfg)
+    X, Y = sample_data(jax.random.PRNGKey(3), p, 40)
+    stats = sufficient_stats(X, Y, 40)
+    ki, kn = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    kinds = jnp.asarray([KIND_INDEX[_ARM_KIND.get(a)] for a in ARMS])
+    ranks = jnp.asarray([1, 3])
+    ref = jax.jit(jax.vmap(jax.vmap(lambda k, r: _reference_train(p, stats, r, 3.0, ki, kn, k, cfg),
+                                    in_axes=(None, 0)), in_axes=(0, None)))(kinds, ranks)
+    traced = jax.jit(jax.vmap(jax.vmap(lambda k, r: train_student(p, stats, r, 3.0, ki, kn, arm=k, cfg=cfg)[0],
+                                       in_axes=(None, 0)), in_axes=(0, None)))(kinds, ranks)
+    for name in ("B", "A"):
+        np.testing.assert_allclose(np.asarray(traced[name]), np.asarray(ref[name]), rtol=1e-10, atol=1e-12)
+    if granularity == "tensor":  # the static path, once per arm, rank 1 (padded output) or 3 (= r_max)
+        for a, arm in enumerate(ARMS):
+            j = a % 2
+            out, _ = jax.jit(lambda st, arm=arm, j=j: train_student(p, st, (1, 3)[j], 3.0, ki, kn, arm=arm,
+                                                                  cfg=cfg))(stats)
+            for name in ("B", "A"):
+                np.testing.assert_allclose(np.asarray(out[name]), np.asarray(ref[name][a, j]), rtol=1e-10,
+                                           atol=1e-12, err_msg=f"{arm} {name}")
+    # the arms really differ (the comparison is not between identical runs)
+    assert np.max(np.abs(np.asarray(ref["B"][1] - ref["B"][0]))) > 1e-3
