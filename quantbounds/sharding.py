@@ -51,6 +51,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from quantbounds._checks import check_int_range
+from quantbounds._numerics import threefry2x32 as _threefry2x32
 
 UNIT_AXIS = "units"   # the mesh axis the work units are laid along
 
@@ -171,27 +172,6 @@ def gram_terms(B, A, GB, GA, eps_Bt, eps_A):
     x13 = jnp.einsum("skl,skl->s", Ct, E)                           # tr(C·E)  = ⟨B·ε_A, ε_B·ε_A⟩
     x23 = jnp.einsum("skl,skl->s", F, Dt)                           # tr(F·Dᵀ) = ⟨ε_B·A, ε_B·ε_A⟩
     return jnp.stack([t1, t2, t3, t1 + t2 + t3 + 2 * (x12 + x13 + x23)], axis=-1)
-
-
-def _threefry2x32(k1, k2, x0, x1):
-    """Threefry-2x32, 20 rounds (Salmon et al., SC'11 "Parallel random numbers: as easy as
-    1, 2, 3"; the hash behind jax.random's default PRNG), written out unrolled.
-
-    Returns both 32-bit output words. JAX lowers its threefry on CPU as a rolled 5-step loop
-    (to save compile time), which XLA cannot fuse; unrolled, the whole hash is one
-    elementwise fusion, ~7× faster on the 2-core CPU and bit for bit the same numbers as
-    ``jax.extend.random.threefry_2x32`` (tests, with Random123's known-answer vectors).
-    """
-    rot = ((13, 15, 26, 6), (17, 29, 16, 24))          # Threefry-2x32 rotation constants
-    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))     # key schedule parity (Skein spec)
-    x0, x1 = x0 + ks[0], x1 + ks[1]
-    for i in range(5):
-        for d in rot[i % 2]:
-            x0 = x0 + x1
-            x1 = x0 ^ ((x1 << np.uint32(d)) | (x1 >> np.uint32(32 - d)))
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x0, x1
 
 
 def _key_words(keys):

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from quantbounds._numerics import threefry2x32 as _threefry2x32
 from quantbounds._checks import (check_bits, check_choice, check_int_range, check_positive,
                                  check_rank)
 from quantbounds.scales import SCALES
@@ -307,24 +308,6 @@ def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
     return q
 
 
-def _threefry2x32(k0, k1, x0, x1):
-    """The Threefry-2x32 hash (20 rounds; Salmon et al. 2011), unrolled: the same function as
-    jax's threefry2x32 primitive, which JAX lowers on CPU as a rolled 5-iteration loop (a
-    dozen small kernels per call, most of a step's run time here); unrolled it fuses into one
-    elementwise kernel. Checked bit for bit against jax.random in the tests."""
-    rot = ((13, 15, 26, 6), (17, 29, 16, 24))
-    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
-    x0, x1 = x0 + ks[0], x1 + ks[1]
-    for i in range(5):
-        for d in rot[i % 2]:
-            x0 = x0 + x1
-            x1 = (x1 << np.uint32(d)) | (x1 >> np.uint32(32 - d))
-            x1 = x0 ^ x1
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x0, x1
-
-
 def uniform_at(key, index, dtype):
     """jax.random.uniform(key, shape, dtype).ravel()[index] for a threefry key, computed for the
     requested flat indices only (``index``: uint32 array, any shape; each < 2³²).
@@ -352,7 +335,7 @@ def uniform_at(key, index, dtype):
 def fold_in_raw(key, data):
     """jax.random.fold_in(key, d) for every d in ``data`` (uint32 array), as raw uint32 keys of
     shape data.shape + (2,): the threefry hash of the counter (0, d) under the key (jax's
-    threefry fold_in), unrolled (see :func:`_threefry2x32`). key: raw (..., 2) uint32
+    threefry fold_in), unrolled (see ``_numerics.threefry2x32``). key: raw (..., 2) uint32
     (broadcast against data) or a typed threefry key."""
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
