@@ -221,9 +221,6 @@ def uniform_blocks(keys, r: int, cols: int, dtype) -> list[jnp.ndarray]:
     """
     q = block_width(cols, dtype)
     b0, b1 = random_words(keys, r, q)
-    # materialise the words: otherwise XLA fuses the 20-round hash into each of the blocks'
-    # conversions and computes it up to four times (measured: ~2× slower noise)
-    b0, b1 = jax.lax.optimization_barrier((b0, b1))
     if jnp.dtype(dtype) == jnp.float32:
         def f32(j):
             one_plus = jax.lax.bitcast_convert_type((j << np.uint32(7)) | np.uint32(0x3F800000),
@@ -236,8 +233,8 @@ def uniform_blocks(keys, r: int, cols: int, dtype) -> list[jnp.ndarray]:
     # one stacked conversion, materialised, then sliced: with the blocks converted
     # separately XLA:CPU fused the whole 20-round hash into every block's conversion and
     # every consumer's copy of it (8 hashes per side per sample, seen in the compiled HLO
-    # and a profile); stacked, the hash is computed once (4096², r = 64: 397 vs 306
-    # samples/s in one run, 2 cores)
+    # and a profile; a barrier on the words did not stop it); stacked, the hash is computed
+    # once (simulate_eps_ba at 4096², r = 64: 376 vs 317 samples/s in one run, 2 cores)
     u = jax.lax.optimization_barrier(u)
     return [u[i] for i in range(u.shape[0])]
 
