@@ -233,8 +233,9 @@ def uniform_blocks(keys, r: int, cols: int, dtype) -> list[jnp.ndarray]:
     # one stacked conversion, materialised, then sliced: with the blocks converted
     # separately XLA:CPU fused the whole 20-round hash into every block's conversion and
     # every consumer's copy of it (8 hashes per side per sample, seen in the compiled HLO
-    # and a profile; a barrier on the words did not stop it); stacked, the hash is computed
-    # once (simulate_eps_ba at 4096², r = 64: 376 vs 317 samples/s in one run, 2 cores)
+    # and a profile; a barrier on the words did not stop it); stacked, the compiled HLO
+    # holds one hash per side, though that fusion runs on one thread and takes ~1.5× the
+    # words-only hash (simulate_eps_ba at 4096², r = 64: 376 vs 317 samples/s in one run)
     u = jax.lax.optimization_barrier(u)
     return [u[i] for i in range(u.shape[0])]
 
