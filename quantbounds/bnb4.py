@@ -1,13 +1,20 @@
 """bitsandbytes-exact NF4 and FP4: the code tables and the blockwise absmax quantizer.
 
-bitsandbytes NF4/FP4 (``quantize_4bit``/``dequantize_4bit`` on CPU, bitsandbytes 0.50):
+"Bit for bit" means: equal to bitsandbytes' pure-torch reference path (``backends/default``:
+its ``quantize_4bit`` and ``_dequantize_4bit_compute``), which computes the same on every CPU.
+bitsandbytes 0.50's native CPU ``dequantize_4bit`` kernel depends on the instruction set and
+the shape (DESIGN.md §2); it is compared value for value only where it is right
+(``real_runs/bnb_reference.py``, ``benchmarks/bnb_native_parity.py``).
+
+bitsandbytes NF4/FP4 (reference path, bitsandbytes 0.50):
     absmax = max|x| per block (float32);  s = clamp(x·(1/max(absmax, 1e−38)), −1, 1)
     (the last, shorter block uses s = clamp(x/max(absmax, 1e−38), −1, 1) — a division, as bnb does,
     and stores the clamped absmax);  i = #{midpoints < s} (torch.bucketize, right=False: a value
     exactly on a midpoint goes to the LOWER code);  x̂ = table[i]·absmax (float32).
-    FP4's sorted table holds +0 (bnb code 0) and "−0" (bnb code 8); s ∈ (0, 0.0026] maps to code 8,
-    which bnb's C dequantizer (the path taken when the last dimension is even) returns as −0.0;
-    we return −0.0 there too. bnb's generic torch fallback (odd last dimension) returns +0.0.
+    FP4's sorted table holds +0 (bnb code 0) and "−0" (bnb code 8); s ∈ (0, 0.0026] maps to code 8.
+    Sign of zero, the one convention: code 8 dequantizes to +0.0, as the reference path does
+    (bnb's table stores it as the integer 0). The native kernel returns −0.0 for it on AVX2 and
+    in AVX-512's scalar tail, +0.0 in AVX-512's vector path: a difference of sign only.
     Subnormal inputs (|x| < 1.18e−38) are not bit-matched: XLA CPU flushes subnormals to zero,
     torch does not. All-zero blocks are handled explicitly (codes and zeros as bnb).
 The public entry point is ``quantizers.quantize(x, "nf4" | "fp4", block_size=...)``.
@@ -45,7 +52,7 @@ def _fp4_bnb_table() -> np.ndarray:
     """FP4 values in bnb code order, computed as bnb does: float32(v) / float32(12)."""
     raw = np.asarray(_FP4_RAW, dtype=np.float32)
     # bnb builds the table from a Python int/float list in which "-0" is the integer 0,
-    # so code 8 holds +0.0 in the table; the C dequantizer still emits −0.0 for it.
+    # so code 8 holds +0.0 in the table, and the reference path dequantizes it to +0.0.
     raw[8] = 0.0
     return raw / np.float32(12.0)
 
@@ -79,12 +86,9 @@ def fp4_code() -> jax.Array:
 
 
 def _quantize_4bit_core(x, scheme: str, block_size: int):
-    """bnb quantize_4bit + dequantize_4bit (CPU) in float32; returns (codes, x̂, absmax)."""
+    """bnb quantize_4bit + reference dequantize_4bit in float32; returns (codes, x̂, absmax)."""
     table = _nf4_bnb_table() if scheme == "nf4" else _fp4_bnb_table()
     order, _, mids = _bnb_sorted(table)
-    deq_table = table.copy()
-    if scheme == "fp4":
-        deq_table[8] = np.float32(-0.0)  # bnb's C dequantizer emits −0.0 for code 8
     xf = x.astype(jnp.float32).reshape(-1)
     n = xf.shape[0]
     rem = n % block_size
@@ -112,7 +116,7 @@ def _quantize_4bit_core(x, scheme: str, block_size: int):
     idx = jnp.searchsorted(jnp.asarray(mids), s, side="left")
     codes = jnp.asarray(order)[idx]
     per_elem = _per_element(absmax, block_size, n)
-    xhat = jnp.asarray(deq_table)[codes] * per_elem
+    xhat = jnp.asarray(table)[codes] * per_elem
     return codes.reshape(x.shape), xhat.reshape(x.shape).astype(x.dtype), absmax
 
 

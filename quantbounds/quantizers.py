@@ -287,8 +287,8 @@ def quantize(x, scheme, *, bits=None, block_size=None, axis=None, rounding="near
         (Δ = R/(2^{b−1}−1)); rounding "nearest" (ties to even) or "stochastic" (needs key;
         x̂ = ⌊x/Δ + u⌋·Δ, u ~ U[0,1)).
     scheme "nf4" / "fp4": bitsandbytes' blockwise absmax 4-bit codes (block_size default 64),
-        bit for bit as bnb's CPU quantize_4bit/dequantize_4bit; bits None or 4; computed in
-        float32 and cast back to x's dtype.
+        bit for bit as bnb's reference-path quantize_4bit/dequantize_4bit; bits None or 4;
+        computed in float32 and cast back to x's dtype.
     scheme "int8": the midtread uniform quantizer with b = 8 (Δ = absmax/127), per block
         (default 64) or per channel (axis).
     See the module docstring for grids, clipping, ties and the float op order.
@@ -320,10 +320,8 @@ def quantize_codes(x, scheme, *, bits=None, block_size=None, axis=None, rounding
 
 def _dequantize(qt: QuantizedTensor) -> jax.Array:
     if qt.codebook is not None:
-        # NF4/FP4: table[code]·absmax in float32, with bnb's −0.0 for FP4 code 8
-        table = np.asarray(qt.codebook).copy()
-        if qt.scheme == "fp4":
-            table[8] = np.float32(-0.0)
+        # NF4/FP4: table[code]·absmax in float32 (bnb's reference path; FP4 code 8 → +0.0)
+        table = np.asarray(qt.codebook)
         n = int(np.prod(qt.shape))
         per = _per_element(qt.steps, qt.block_size, n)
         return (jnp.asarray(table)[qt.codes.reshape(-1)] * per).reshape(qt.shape).astype(qt.dtype)

@@ -147,6 +147,10 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
                          f"name whose weights are available") from err
     if base_quant == "none":
         lm = lm.to(device)
+    elif base_quant in ("nf4", "fp4"):
+        from real_runs.bnb_reference import check_4bit_layers
+
+        check_4bit_layers(lm)  # refuse layers the native CPU kernel dequantizes wrongly
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return lm, tok

@@ -13,7 +13,7 @@ Uniform symmetric b-bit quantizer, h = 2^{b−1}, range R = max|x| per tensor / 
     x̂ = q·Δ ("paper"),  x̂ = R·(q/(2^{b−1}−1)) ("midtread")
     R = 0 gives x̂ = 0.
 
-NF4 / FP4 (bitsandbytes 0.50 CPU quantize_4bit + dequantize_4bit), per block of 64 by default
+NF4 / FP4 (bitsandbytes 0.50 quantize_4bit + its reference-path dequantize), per block of 64 by default
 (a shorter last block allowed): s = clamp(x·(1/max(absmax, 1e−38)), −1, 1) (last short block:
 x/max(absmax, 1e−38)), i = #{midpoints < s} (ties to the LOWER code), x̂ = table[i]·absmax.
 The tables and midpoints are taken from ``quantbounds.quantizers`` itself, so both sides use
@@ -47,16 +47,12 @@ def _code_tables(code: str):
 
     Built by the JAX core's own helpers (imported lazily: that import loads jax).
     """
-    import numpy as np
-
     from quantbounds import quantizers as qz
 
     table = qz._nf4_bnb_table() if code == "nf4" else qz._fp4_bnb_table()
     order, _, mids = qz._bnb_sorted(table)
-    deq = table.copy()
-    if code == "fp4":
-        deq[8] = np.float32(-0.0)  # bnb's C dequantizer emits −0.0 for FP4 code 8
-    return deq, order.astype("int64"), mids
+    # table[code]·absmax as bnb's reference path (FP4 code 8 → +0.0; quantbounds.bnb4)
+    return table.copy(), order.astype("int64"), mids
 
 
 @lru_cache(maxsize=None)
