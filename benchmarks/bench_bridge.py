@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parametrize
 
-from quantbounds.results import write_json_atomic
+from quantbounds.verdicts.results import write_json_atomic
 
 ARMS_TIMED = ("fp16", "adapter_rtn", "adapter_sr", "adapter_noise", "adapter_nf4")
 BITS = {"fp16": 16, "adapter_rtn": 4, "adapter_sr": 4, "adapter_noise": 4, "adapter_nf4": 4}

@@ -51,9 +51,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from quantbounds.montecarlo import simulate_eps_ba
-from quantbounds.results import write_json_atomic
-from quantbounds.sharding import (build_unit_runner, check_mesh, chunk_for, draw_noise,
+from quantbounds.epsba.montecarlo import simulate_eps_ba
+from quantbounds.verdicts.results import write_json_atomic
+from quantbounds.epsba.sharding import (build_unit_runner, check_mesh, chunk_for, draw_noise,
                                   gram_terms, map_units, uniform_blocks, uniform_grid)
 
 OUT = Path(__file__).resolve().parent / "results" / "montecarlo.json"

@@ -3,7 +3,7 @@ configurations (the same function jitted for one configuration), in the same run
 
     python3 benchmarks/bench_teacher_student.py [--seeds 8] [--steps 400] [--limit N] [--breakdown]
 
-The vmapped side is exactly what `quantbounds.ts_grid.run_grid` runs (`grid_program`: one
+The vmapped side is exactly what `quantbounds.theory.ts_grid.run_grid` runs (`grid_program`: one
 vmapped training loop per (arm, rank), then one vmapped evaluation). The loop side calls
 `_config_fn(arm, rank)` — the same training and evaluation for ONE configuration, jitted once
 per (arm, rank) — configuration by configuration from Python. Both use the same per-config
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     import numpy as np
     from rich.progress import track
 
-    from quantbounds.results import write_json_atomic
-    from quantbounds.teacher_student import TeacherStudentConfig, make_problem
-    from quantbounds.ts_grid import _config_fn, _inputs, grid_program, train_config
+    from quantbounds.verdicts.results import write_json_atomic
+    from quantbounds.theory.teacher_student import TeacherStudentConfig, make_problem
+    from quantbounds.theory.ts_grid import _config_fn, _inputs, grid_program, train_config
 
     extra = {"arms": tuple(args.arms.split(","))} if args.arms else {}
     cfg = TeacherStudentConfig(seeds=args.seeds, steps=args.steps, **extra)

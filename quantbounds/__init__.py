@@ -14,43 +14,43 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     # quantizers
-    "nf4_code": "bnb4", "fp4_code": "bnb4", "quantize": "quantizers",
-    "quantize_codes": "quantizers", "quantize_uniform": "quantizers", "QuantizedTensor": "quantizers",
+    "nf4_code": "quant.bnb4", "fp4_code": "quant.bnb4", "quantize": "quant.quantizers",
+    "quantize_codes": "quant.quantizers", "quantize_uniform": "quant.quantizers", "QuantizedTensor": "quant.quantizers",
     # noise model and diagnostics
-    "uniform_noise_variance": "noise", "uniform_step": "noise", "sample_uniform_noise": "noise",
-    "codebook_noise_variance": "noise", "absmax_exact": "noise",
-    "lloyd_max": "lloyd_max", "LloydMaxResult": "lloyd_max",
-    "optimal_uniform_quantizer": "lloyd_max", "uniform_quantizer_distortion": "lloyd_max",
-    "widrow_diagnostics": "widrow", "WidrowDiagnostics": "widrow",
+    "uniform_noise_variance": "quant.noise", "uniform_step": "quant.noise", "sample_uniform_noise": "quant.noise",
+    "codebook_noise_variance": "quant.noise", "absmax_exact": "quant.noise",
+    "lloyd_max": "quant.lloyd_max", "LloydMaxResult": "quant.lloyd_max",
+    "optimal_uniform_quantizer": "quant.lloyd_max", "uniform_quantizer_distortion": "quant.lloyd_max",
+    "widrow_diagnostics": "quant.widrow", "WidrowDiagnostics": "quant.widrow",
     # exact moments
-    "EpsBAMoments": "moments", "eps_ba_moments": "moments", "eps_ba_entry_variance": "moments",
-    "eps_ba_output_moment": "moments", "eps_ba_variance_bound": "moments",
+    "EpsBAMoments": "epsba.moments", "eps_ba_moments": "epsba.moments", "eps_ba_entry_variance": "epsba.moments",
+    "eps_ba_output_moment": "epsba.moments", "eps_ba_variance_bound": "epsba.moments",
     # Monte Carlo
-    "simulate_eps_ba": "montecarlo", "simulate_grid": "montecarlo", "EpsBASimulation": "montecarlo",
-    "EpsBAGrid": "montecarlo", "eps_ba_terms": "montecarlo", "device_mesh": "sharding",
+    "simulate_eps_ba": "epsba.montecarlo", "simulate_grid": "epsba.montecarlo", "EpsBASimulation": "epsba.montecarlo",
+    "EpsBAGrid": "epsba.montecarlo", "eps_ba_terms": "epsba.montecarlo", "device_mesh": "epsba.sharding",
     # bounds and the teacher–student experiment
-    "excess_risk_bound": "bounds", "optimal_bits": "bounds", "grad_variance_bound": "bounds",
-    "generalization_term": "bounds", "quantization_term": "bounds", "paper_worked_example": "bounds",
-    "TeacherStudentConfig": "teacher_student", "make_problem": "teacher_student",
-    "excess_risk": "teacher_student", "empirical_risk": "teacher_student",
-    "train_student": "teacher_student", "fake_quant": "teacher_student", "LoRAStudent": "teacher_student",
-    "run_grid": "ts_grid", "run_loop": "ts_grid",
-    "measure_grad_variance": "gradvar", "analytic_batch_variance": "gradvar", "draw_gradvar": "gradvar",
+    "excess_risk_bound": "theory.bounds", "optimal_bits": "theory.bounds", "grad_variance_bound": "theory.bounds",
+    "generalization_term": "theory.bounds", "quantization_term": "theory.bounds", "paper_worked_example": "theory.bounds",
+    "TeacherStudentConfig": "theory.teacher_student", "make_problem": "theory.teacher_student",
+    "excess_risk": "theory.teacher_student", "empirical_risk": "theory.teacher_student",
+    "train_student": "theory.teacher_student", "fake_quant": "theory.teacher_student", "LoRAStudent": "theory.teacher_student",
+    "run_grid": "theory.ts_grid", "run_loop": "theory.ts_grid",
+    "measure_grad_variance": "theory.gradvar", "analytic_batch_variance": "theory.gradvar", "draw_gradvar": "theory.gradvar",
     # the nonlinear (one-hidden-layer) student
-    "NonlinearConfig": "nonlinear_student", "make_nonlinear_problem": "nonlinear_student",
-    "function_distance_erf": "nonlinear_student", "function_distance_mc": "nonlinear_student",
-    "excess_risk_from_labels": "nonlinear_student", "train_nonlinear": "nonlinear_student",
-    "evaluate_nonlinear": "nonlinear_student",
-    "run_nonlinear_grid": "nl_grid", "run_nonlinear_loop": "nl_grid",
+    "NonlinearConfig": "theory.nonlinear_student", "make_nonlinear_problem": "theory.nonlinear_student",
+    "function_distance_erf": "theory.nonlinear_student", "function_distance_mc": "theory.nonlinear_student",
+    "excess_risk_from_labels": "theory.nonlinear_student", "train_nonlinear": "theory.nonlinear_student",
+    "evaluate_nonlinear": "theory.nonlinear_student",
+    "run_nonlinear_grid": "theory.nl_grid", "run_nonlinear_loop": "theory.nl_grid",
     # calibration, allocation, report
-    "calibrate": "calibration", "calibrated_bits": "calibration", "run_calibration": "calibration",
-    "allocate": "allocator", "LayerSpec": "allocator", "memory_bits": "allocator",
-    "build_report": "report", "synthetic_records": "synthetic", "SyntheticTruth": "synthetic",
+    "calibrate": "calib.calibration", "calibrated_bits": "calib.calibration", "run_calibration": "cli.calibrate",
+    "allocate": "calib.allocator", "LayerSpec": "calib.allocator", "memory_bits": "calib.allocator",
+    "build_report": "report.report", "synthetic_records": "calib.synthetic", "SyntheticTruth": "calib.synthetic",
     # conventions, records, results
-    "SCALES": "scales", "lora_scale": "scales",
-    "RECORD_SCHEMA": "records", "read_records": "records", "append_record": "records",
-    "validate_record": "records", "make_record": "records",
-    "Verdict": "results", "write_json_atomic": "results", "print_verdicts": "results",
+    "SCALES": "conventions", "lora_scale": "conventions",
+    "RECORD_SCHEMA": "calib.records", "read_records": "calib.records", "append_record": "calib.records",
+    "validate_record": "calib.records", "make_record": "calib.records",
+    "Verdict": "verdicts.results", "write_json_atomic": "verdicts.results", "print_verdicts": "verdicts.results",
 }
 _RENAMES = {"RECORD_SCHEMA": "SCHEMA"}
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbounds.allocator import LayerSpec, allocate, memory_bits, params_from_calibration, THEORY
-from quantbounds.records import append_record, read_records
-from quantbounds.results import Verdict, write_json_atomic
+from quantbounds.calib.allocator import LayerSpec, allocate, memory_bits, params_from_calibration, THEORY
+from quantbounds.calib.records import append_record, read_records
+from quantbounds.verdicts.results import Verdict, write_json_atomic
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"allocation_check: {err}")
         return 2
     out = run_check(c)
-    from quantbounds.results import print_verdicts
+    from quantbounds.verdicts.results import print_verdicts
 
     print_verdicts(out["verdicts"], title="allocation vs uniform (real runs)")
     print("eval loss:", out["eval_loss"])

@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from quantbounds._checks import check_bits, check_choice, check_rank
-from quantbounds.records import ARMS
-from quantbounds.scales import SCALES
+from quantbounds.calib.records import ARMS
+from quantbounds.conventions import SCALES
 from real_runs.fakequant import make_quantizer, ste, uniform_noise
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # GPT-2's attention qkv/out and MLP in/out
@@ -51,7 +51,7 @@ ARM_SPECS: dict[str, tuple[str, str | None]] = {
     "adapter_noise": ("none", "noise"),
     "base_nf4_adapter_rtn": ("nf4", "rtn"),
 }
-assert tuple(ARM_SPECS) == ARMS, "ARM_SPECS must list quantbounds.records.ARMS in order"
+assert tuple(ARM_SPECS) == ARMS, "ARM_SPECS must list quantbounds.calib.records.ARMS in order"
 
 STOCHASTIC_KINDS = ("sr", "noise")
 

@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from quantbounds.records import ARMS
-from quantbounds.scales import SCALES
+from quantbounds.calib.records import ARMS
+from quantbounds.conventions import SCALES
 
 
 def _json_dict(s: str) -> dict:
@@ -75,7 +75,7 @@ def _default_bits(arm: str) -> int:
 
 def finetune_main(argv: list[str] | None = None) -> int:
     args = finetune_parser().parse_args(argv)
-    from quantbounds.records import append_record
+    from quantbounds.calib.records import append_record
     from real_runs.data import DataError
     from real_runs.finetune import FinetuneConfig, run_finetune
 

@@ -1,4 +1,4 @@
-"""Torch port of the JAX quantizers (``quantbounds.quantizers``), for fake-quantizing LoRA factors.
+"""Torch port of the JAX quantizers (``quantbounds.quant.quantizers``), for fake-quantizing LoRA factors.
 
 Same definitions and the same float operation order as the JAX core (its module docstring is
 the contract), so that for float32 inputs — and the same uniforms u for stochastic rounding —
@@ -16,7 +16,7 @@ Uniform symmetric b-bit quantizer, h = 2^{b−1}, range R = max|x| per tensor / 
 NF4 / FP4 (bitsandbytes 0.50 quantize_4bit + its reference-path dequantize), per block of 64 by default
 (a shorter last block allowed): s = clamp(x·(1/max(absmax, 1e−38)), −1, 1) (last short block:
 x/max(absmax, 1e−38)), i = #{midpoints < s} (ties to the LOWER code), x̂ = table[i]·absmax.
-The tables and midpoints are taken from ``quantbounds.quantizers`` itself, so both sides use
+The tables and midpoints are taken from ``quantbounds.quant.quantizers`` itself, so both sides use
 literally the same float32 numbers.
 
 Blocks partition x.ravel() (C order) into consecutive runs of ``block_size`` elements.
@@ -38,7 +38,7 @@ from quantbounds._checks import check_bits, check_block_size, check_choice, chec
 SCHEMES = ("uniform", "nf4", "fp4")
 STEPS = ("paper", "midtread")
 ROUNDINGS = ("nearest", "stochastic")
-_BNB_ABSMAX_FLOOR = 1e-38  # bitsandbytes' clamp floor for absmax (as in quantbounds.quantizers)
+_BNB_ABSMAX_FLOOR = 1e-38  # bitsandbytes' clamp floor for absmax (as in quantbounds.quant.quantizers)
 
 
 @lru_cache(maxsize=None)
@@ -47,11 +47,11 @@ def _code_tables(code: str):
 
     Built by the JAX core's own helpers (imported lazily: that import loads jax).
     """
-    from quantbounds import quantizers as qz
+    from quantbounds.quant import quantizers as qz
 
     table = qz._nf4_bnb_table() if code == "nf4" else qz._fp4_bnb_table()
     order, _, mids = qz._bnb_sorted(table)
-    # table[code]·absmax as bnb's reference path (FP4 code 8 → +0.0; quantbounds.bnb4)
+    # table[code]·absmax as bnb's reference path (FP4 code 8 → +0.0; quantbounds.quant.bnb4)
     return table.copy(), order.astype("int64"), mids
 
 
@@ -147,7 +147,7 @@ def quantize_code(x: torch.Tensor, *, code: str, block_size: int = 64) -> torch.
 def quantize(x: torch.Tensor, scheme: str, *, bits: int | None = None,
              block_size: int | None = None, axis: int | None = None, rounding: str = "nearest",
              generator: torch.Generator | None = None, step: str = "paper") -> torch.Tensor:
-    """Q(x) for a scheme, as ``quantbounds.quantizers.quantize`` (a torch Generator for SR)."""
+    """Q(x) for a scheme, as ``quantbounds.quant.quantizers.quantize`` (a torch Generator for SR)."""
     check_choice(scheme, "scheme", SCHEMES)
     check_choice(rounding, "rounding", ROUNDINGS)
     if scheme != "uniform":

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from quantbounds._checks import check_choice, check_int_range, check_positive, check_rank
-from quantbounds.records import ARMS, make_record, run_id
-from quantbounds.scales import SCALES, lora_scale
+from quantbounds.calib.records import ARMS, make_record, run_id
+from quantbounds.conventions import SCALES, lora_scale
 
 EMBEDDED_SIZES = ("default", "tiny")
 

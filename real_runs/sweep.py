@@ -37,7 +37,7 @@ import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
-from quantbounds.records import append_record, read_records
+from quantbounds.calib.records import append_record, read_records
 from real_runs.finetune import FinetuneConfig
 
 TOP_KEYS = ("sweep", "defaults", "grid")

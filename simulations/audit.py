@@ -3,11 +3,11 @@
     quantbounds audit [--quick | --scale {quick,default,full}] [--out results/audit.json]
                       [--figures figures | --no-figures] [--no-nonlinear]
 
-Runs the vmapped teacher–student grid (quantbounds.ts_grid), measures gradient variance at
-fixed parameters (quantbounds.gradvar), fits rates with bootstrap CIs over seeds
+Runs the vmapped teacher–student grid (quantbounds.theory.ts_grid), measures gradient variance at
+fixed parameters (quantbounds.theory.gradvar), fits rates with bootstrap CIs over seeds
 (simulations.audit_verdicts), prints the verdict table and writes ``results/audit.json``
 (``verdicts`` as Verdict.to_dict(), ``fits`` with exponent_N, exponent_r, per_bit_factor, …).
-Then the same rates for a nonlinear one-hidden-layer student (quantbounds.nonlinear_student):
+Then the same rates for a nonlinear one-hidden-layer student (quantbounds.theory.nonlinear_student):
 ``fits["nonlinear"]`` and verdicts whose claims start "off the linear case".
 """
 
@@ -29,7 +29,7 @@ _PRESETS = {
                  Ns=(128, 256, 512, 1024, 2048, 4096), seeds=16, steps=800),
 }
 
-# Nonlinear-student presets (quantbounds.nonlinear_student.NonlinearConfig; "default" is its own
+# Nonlinear-student presets (quantbounds.theory.nonlinear_student.NonlinearConfig; "default" is its own
 # default: 4 ranks × 6 PTQ bits (3 trained) × 4 N × 8 seeds, a teacher per seed; measured ~20–45 s on
 # the 2-core CPU under load 3–6; quick ~10 s, mostly XLA compile time).
 _NL_PRESETS = {
@@ -69,12 +69,12 @@ class AuditConfig:
         check_probability(self.tol, "tol")
 
     def ts_config(self):
-        from quantbounds.teacher_student import TeacherStudentConfig
+        from quantbounds.theory.teacher_student import TeacherStudentConfig
 
         return TeacherStudentConfig(**{**_PRESETS[self.scale], **dict(self.overrides)})
 
     def nonlinear_config(self):
-        from quantbounds.nonlinear_student import NonlinearConfig
+        from quantbounds.theory.nonlinear_student import NonlinearConfig
 
         return NonlinearConfig(**{**_NL_PRESETS[self.scale], **dict(self.nonlinear_overrides)})
 
@@ -85,7 +85,7 @@ def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from quantbounds.gradvar import measure_grad_variance
+    from quantbounds.theory.gradvar import measure_grad_variance
 
     fp = res[f"fp_{cfg.scale}"] if f"fp_{cfg.scale}" in res else res[next(k for k in res if k.startswith("fp_"))]
     R, Bn, S = len(cfg.ranks), len(cfg.bits), cfg.seeds
@@ -95,8 +95,8 @@ def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     A = jnp.asarray(fp["A"][ri, -1, si] * mask[:, :, None])
     s = jnp.asarray(fp["scale"][ri, -1, si])
     b = jnp.asarray(np.array(cfg.bits, float)[bi])
-    from quantbounds.gradvar import draw_gradvar
-    from quantbounds.teacher_student import KIND_INDEX
+    from quantbounds.theory.gradvar import draw_gradvar
+    from quantbounds.theory.teacher_student import KIND_INDEX
 
     # one set of draws per seed (independent replicates for the bootstrap), shared by every
     # (rank, bits) of that seed (common random numbers for the slopes)
@@ -121,8 +121,8 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
     """Run the grid, the gradient-variance measurement, the fits and the verdicts."""
     from rich.console import Console
 
-    from quantbounds.teacher_student import make_problem
-    from quantbounds.ts_grid import run_grid
+    from quantbounds.theory.teacher_student import make_problem
+    from quantbounds.theory.ts_grid import run_grid
     from simulations.audit_claims import fits_and_verdicts
 
     console = console or Console(stderr=True)
@@ -148,7 +148,7 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
               "teacher_student": asdict(cfg)}
     nl = None
     if acfg.nonlinear:
-        from quantbounds.nl_grid import run_nonlinear_grid
+        from quantbounds.theory.nl_grid import run_nonlinear_grid
         from simulations.audit_claims import nonlinear_fits_and_verdicts
 
         ncfg = acfg.nonlinear_config()
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.x64:  # never switch x64 off: a caller (e.g. the test suite) may rely on it
         jax.config.update("jax_enable_x64", True)
-    from quantbounds.results import print_verdicts, write_json_atomic
+    from quantbounds.verdicts.results import print_verdicts, write_json_atomic
 
     scale = "quick" if args.quick else args.scale
     # quick: fewer bootstrap replicates (the CI's Monte Carlo error grows, its meaning does not)

@@ -2,7 +2,7 @@
 
 Sources: seed 001 (the paper, Theorems 3.1–3.3, §4.2, §5.1), seed 003 (its README: guideline
 table), DESIGN.md §2 (what least squares predicts). Every number comes from
-:func:`quantbounds.ts_grid.run_grid` / :func:`simulations.audit.run_gradvar`; CIs are 95 %
+:func:`quantbounds.theory.ts_grid.run_grid` / :func:`simulations.audit.run_gradvar`; CIs are 95 %
 normal-theory bootstraps over seeds with a t quantile (simulations.audit_verdicts).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantbounds.bounds import excess_risk_bound, grad_variance_bound, optimal_bits, paper_worked_example
-from quantbounds.results import Verdict
+from quantbounds.theory.bounds import excess_risk_bound, grad_variance_bound, optimal_bits, paper_worked_example
+from quantbounds.verdicts.results import Verdict
 from simulations import audit_verdicts as av
 
 S001, S003, DES = "seed 001 (paper)", "seed 003 (README)", "DESIGN.md §2"
@@ -266,7 +266,7 @@ def _guideline_verdicts(res, fp, E, ranks, bits, cfg, cond, boot):
 # ---- the nonlinear (one-hidden-layer) student: what changes off the linear case -----------------
 
 def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None = None):
-    """Fits and verdicts of quantbounds.nl_grid.run_nonlinear_grid's result ``nl``.
+    """Fits and verdicts of quantbounds.theory.nl_grid.run_nonlinear_grid's result ``nl``.
 
     The same rates as the linear audit (exponents in N and r of the fp excess, factor per bit and
     rank exponent of the post-training-RTN quantization excess E‖f_q − f‖², b* slopes), with

@@ -60,7 +60,7 @@ def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list
     plt.close(fig)
 
     # 3. gradient variance from quantization noise vs bits, with Theorem 3.3's added term
-    from quantbounds.bounds import grad_variance_bound
+    from quantbounds.theory.bounds import grad_variance_bound
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     g = gv.get("additive") or next(iter(gv.values()))

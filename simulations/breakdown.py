@@ -6,7 +6,7 @@ draw fresh factors (B, A) n_draws times, quantize them for real and compare
 
     ratio = ‖Q(B)·Q(A) − B·A‖_F²  ÷  E_additive‖ε_BA‖_F²
 
-where the additive prediction is the exact moment (``quantbounds.moments.eps_ba_moments``)
+where the additive prediction is the exact moment (``quantbounds.epsba.moments.eps_ba_moments``)
 with per-entry variances Δ²/12, Δ the variant's step and R the absmax of each entry's group
 (tensor, row, or block of 64 row-major entries) — the model the seed paper writes down, with
 the ranges the real quantizer uses. Averaging the ratio over draws (and SR keys) estimates
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantbounds._checks import check_bits, check_choice, check_int_range
-from quantbounds.results import Verdict
+from quantbounds.verdicts.results import Verdict
 
 from simulations.decisions import decide_cells, decide_reference, decide_upper_bound, mean_ci
 from simulations.decomposition import GRANULARITIES, granularity_kwargs
@@ -101,8 +101,8 @@ def step_size(bits, R, step: str):
 
 
 def _one(key, B, A, bits, granularity, rounding, step):
-    from quantbounds.moments import eps_ba_moments
-    from quantbounds.quantizers import quantize
+    from quantbounds.epsba.moments import eps_ba_moments
+    from quantbounds.quant.quantizers import quantize
 
     ka, kb = jax.random.split(key)
     kw = dict(granularity_kwargs(granularity), bits=bits, rounding=rounding, step=step)
@@ -130,7 +130,7 @@ def cell_batch(keys, Bs, As, bits, *, granularity: str, rounding: str, step: str
 
 def run(config: BreakdownConfig, key, *, progress=None) -> dict:
     """Every cell of the map; per cell the mean over draws with 95 % CI."""
-    from quantbounds.moments import eps_ba_variance_bound
+    from quantbounds.epsba.moments import eps_ba_variance_bound
 
     cells = []
     m, n, r = config.m, config.n, config.r

@@ -6,7 +6,7 @@ Two kinds of numbers, both computed here:
       D(y) = Σ_k ∫_{t_k}^{t_{k+1}} (x − y_k)² φ(x) dx,   t_k = midpoints of sorted levels y,
   evaluated in closed form with Φ and φ (∫(x−y)²φ = (1+y²)[Φ] − [xφ] − 2y[−φ], see
   :func:`gaussian_code_distortion`), minimised over a global scale c for NF4/FP4/uniform;
-  the Lloyd–Max code from :func:`quantbounds.lloyd_max.lloyd_max` goes through the same
+  the Lloyd–Max code from :func:`quantbounds.quant.lloyd_max.lloyd_max` goes through the same
   integral (an independent check of its reported distortion, Max 1960: 0.009497);
 * Monte Carlo distortions of the real *blockwise absmax* quantizers (block 64, as in
   bitsandbytes) on i.i.d. N(0, 1) blocks, with standard errors from the per-block spread.
@@ -27,7 +27,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from quantbounds._checks import check_int_range
-from quantbounds.results import Verdict
+from quantbounds.verdicts.results import Verdict
 
 from simulations.decisions import (critical_z, decide_interval, decide_reference, mean_ci)
 
@@ -81,7 +81,7 @@ def best_scale_distortion(levels, *, lo: float = 0.05, hi: float = 8.0) -> tuple
 def lloyd_levels(n_levels: int, *, n_iter: int = 20000, tol: float = 1e-14) -> np.ndarray:
     """Lloyd's fixed-point iteration for N(0,1): levels ← cell centroids
     (φ(a) − φ(b))/(Φ(b) − Φ(a)), thresholds ← midpoints, until levels move < tol. A second,
-    independent computation of the optimum ``quantbounds.lloyd_max`` also solves (kept short
+    independent computation of the optimum ``quantbounds.quant.lloyd_max`` also solves (kept short
     on purpose: a cross-check, not the library's solver). φ is written out and Φ is
     scipy.special.ndtr because scipy.stats' per-call overhead dominates ~800 iterations."""
     y = np.linspace(-2.7, 2.7, n_levels)
@@ -103,8 +103,8 @@ def uniform_levels(n_levels: int) -> np.ndarray:
 
 def run(config: CodebookConfig, key) -> dict:
     """Exact fixed-scale distortions and MC blockwise distortions. Returns a dict of rows."""
-    from quantbounds.lloyd_max import lloyd_max
-    from quantbounds.quantizers import fp4_code, nf4_code, quantize
+    from quantbounds.quant.lloyd_max import lloyd_max
+    from quantbounds.quant.quantizers import fp4_code, nf4_code, quantize
 
     exact = {}
     lm = lloyd_max(4)

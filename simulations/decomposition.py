@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantbounds._checks import check_bits, check_choice
-from quantbounds.results import Verdict
+from quantbounds.verdicts.results import Verdict
 
 from simulations.decisions import decide_identity
 from simulations.factors import FactorSpec, make_factors
@@ -63,14 +63,14 @@ def granularity_kwargs(granularity: str) -> dict:
     return {"block_size": 64}
 
 
-# quantbounds.quantizers: axis=k gives one range per index along axis k (max over the other
+# quantbounds.quant.quantizers: axis=k gives one range per index along axis k (max over the other
 # axes), so "one range per row" of a 2-D tensor is axis=0.
 CHANNEL_AXIS = 0
 
 
 def quantize_case(x, case: tuple, *, bits: int, key):
     """Dequantized Q(x) for one entry of :data:`CASES`."""
-    from quantbounds.quantizers import quantize
+    from quantbounds.quant.quantizers import quantize
 
     name, scheme, uses_bits, rounding, gran = case
     kw = granularity_kwargs(gran)

@@ -2,10 +2,10 @@
 
 Experiment 2. For each factor family × layer shape × rank × bit-width (× granularity; the
 ranks of one layer are nested slices of one draw, ``factors.nested_factors``), the
-engine (``quantbounds.montecarlo.simulate_grid``, additive mode: ε ~ U(−Δ/2, Δ/2) with
+engine (``quantbounds.epsba.montecarlo.simulate_grid``, additive mode: ε ~ U(−Δ/2, Δ/2) with
 Δ = 2^{1−b}·R per entry's group) estimates the three terms E‖B·ε_A‖², E‖ε_B·A‖², E‖ε_B·ε_A‖²
 and the total with standard errors; the exact values come from
-``quantbounds.moments.eps_ba_moments`` (recomputed here, independently of the engine's own
+``quantbounds.epsba.moments.eps_ba_moments`` (recomputed here, independently of the engine's own
 ``predicted``, in float64 with per-entry variances Δ²/12). Each comparison is a z-score
 z = (MC − exact)/se; the verdict fails when some |z| exceeds the Bonferroni critical value
 of Student t with n_samples − 1 dof at family-wise α = 1 % (the per-sample terms are sums of
@@ -14,7 +14,7 @@ correlated, which Bonferroni tolerates). Cells where the exact value and every s
 (PEFT's B = 0) are checked for exact zeros instead.
 
 Also (experiment 2b) the per-entry variance and the output moment, with a dense sampler of
-our own built on ``quantbounds.noise.sample_uniform_noise`` (not the engine): z-scores of
+our own built on ``quantbounds.quant.noise.sample_uniform_noise`` (not the engine): z-scores of
 row-group and column-group sums of (ε_BA)²_ij against ``moments.eps_ba_entry_variance`` and
 of ‖ε_BA·x‖² against ``moments.eps_ba_output_moment``.
 
@@ -34,7 +34,7 @@ import numpy as np
 from scipy import stats
 
 from quantbounds._checks import check_bits, check_choice, check_int_range
-from quantbounds.results import Verdict
+from quantbounds.verdicts.results import Verdict
 
 from simulations.decisions import ALPHA, decide_upper_bound, decide_zscores
 from simulations.factors import FAMILIES, FactorSpec, make_factors, nested_factors
@@ -89,7 +89,7 @@ def _exact(B, A, bits, g):
     E‖ε_Bε_A‖² = Σ_k (1ᵀV_B)_k·(V_A·1)_k (DESIGN.md §2). Written out here rather than calling
     ``moments.eps_ba_moments`` so that it is an independent reference for the engine's
     ``predicted`` (which uses moments.py) as well as for its Monte Carlo means."""
-    from quantbounds.montecarlo import ranges
+    from quantbounds.epsba.montecarlo import ranges
 
     B, A = np.asarray(B, np.float64), np.asarray(A, np.float64)
     kw = _grid_kwargs(g)
@@ -114,8 +114,8 @@ def _pad(ranks) -> str:
 
 def run(config: MomentsConfig, key, *, progress=None) -> dict:
     """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio."""
-    from quantbounds.moments import eps_ba_variance_bound
-    from quantbounds.montecarlo import simulate_grid
+    from quantbounds.epsba.moments import eps_ba_variance_bound
+    from quantbounds.epsba.montecarlo import simulate_grid
 
     cells = []
     t_crit = float(stats.t.ppf(0.975, config.n_samples - 1))
@@ -175,7 +175,7 @@ def _entry_samples(key, B, A, x, bits, *, n_samples: int):
     """Dense ε_BA under the additive model, drawn with ``noise.sample_uniform_noise`` (a
     sampler independent of the engine's): per sample the row-group and column-group sums of
     (ε_BA)²_ij and ‖ε_BA·x‖². Returns arrays (S, G), (S, G), (S,)."""
-    from quantbounds.noise import sample_uniform_noise
+    from quantbounds.quant.noise import sample_uniform_noise
 
     RA, RB = jnp.max(jnp.abs(A)), jnp.max(jnp.abs(B))
     m, n = B.shape[0], A.shape[1]
@@ -195,8 +195,8 @@ def _entry_samples(key, B, A, x, bits, *, n_samples: int):
 def entry_output_check(config: MomentsConfig, key) -> dict:
     """z-scores of the per-entry variance (row/column groups of eps_ba_entry_variance) and of
     the output moment eps_ba_output_moment for one Gaussian layer, per bit-width."""
-    from quantbounds.moments import eps_ba_entry_variance, eps_ba_output_moment
-    from quantbounds.noise import uniform_noise_variance
+    from quantbounds.epsba.moments import eps_ba_entry_variance, eps_ba_output_moment
+    from quantbounds.quant.noise import uniform_noise_variance
 
     m, n, r = config.entry_layer
     kf, kx, ks = jax.random.split(key, 3)

@@ -4,7 +4,7 @@ Measured on REAL quantizers (uniform RTN, per-tensor absmax, the paper's step Δ
 under the additive model the factor 4 per bit is built in (ε ∝ Δ ∝ 2^{−b}), so only real
 rounding can disagree with it. For each factor family and rank r ∈ ranks we draw n_draws
 factor pairs (B, A) and compute T(r, b) = ‖Q(B)Q(A) − BA‖_F² for every b (Gram form,
-``quantbounds.montecarlo.eps_ba_terms``; bits traced, one compile per rank).
+``quantbounds.epsba.montecarlo.eps_ba_terms``; bits traced, one compile per rank).
 
 Factor per bit. Per draw, least squares of log₂T on b over b ≥ b₀ gives a slope k; its
 mean over draws with a Student-t CI at level 1 − α/#ranks (α = 1 %, Bonferroni over the
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantbounds._checks import check_bits, check_choice, check_int_range, check_positive
-from quantbounds.results import Verdict
-from quantbounds.scales import SCALES, lora_scale
+from quantbounds.verdicts.results import Verdict
+from quantbounds.conventions import SCALES, lora_scale
 
 from simulations.decisions import ALPHA, decide_cells, decide_interval, decide_slope, mean_ci
 from simulations.factors import FAMILIES, FactorSpec, nested_factors
@@ -77,8 +77,8 @@ def real_terms(Bs, As, bits):
     """The four terms (‖Bε_A‖², ‖ε_B·A‖², ‖ε_Bε_A‖², ‖ε_BA‖²) for RTN per tensor (paper step):
     Bs (D, m, r), As (D, r, n), bits (K,) → (D, K, 4). Zero-padded ranks are exact here:
     zeros quantize to 0 and leave the absmax and every Gram product unchanged."""
-    from quantbounds.montecarlo import eps_ba_terms
-    from quantbounds.quantizers import quantize
+    from quantbounds.epsba.montecarlo import eps_ba_terms
+    from quantbounds.quant.quantizers import quantize
 
     def one(B, A, b):
         eA = quantize(A, "uniform", bits=b) - A

@@ -1,7 +1,7 @@
 """`quantbounds validate`: the main job — does the ε_BA theory hold on real quantized factors?
 
 Runs six experiments (each its own module under ``simulations/``, a frozen config and a
-``run(config, key)``), turns every measurement into a verdict (``quantbounds.results.Verdict``,
+``run(config, key)``), turns every measurement into a verdict (``quantbounds.verdicts.results.Verdict``,
 decided by ``simulations.decisions``), prints them as a table, writes
 ``results/validation.json`` and ``figures/validation_*.png``:
 
@@ -129,7 +129,7 @@ def run_all(config: ValidateConfig, *, seed: int = 0, show_progress: bool = True
     import jax
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from quantbounds.results import to_jsonable
+    from quantbounds.verdicts.results import to_jsonable
 
     key = jax.random.key(seed)
     out = {"schema": SCHEMA, "scale": config.scale, "seed": seed,
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)   # float64 parts of the decomposition check
     from rich.console import Console
 
-    from quantbounds.results import print_verdicts, write_json_atomic
+    from quantbounds.verdicts.results import print_verdicts, write_json_atomic
 
     console = Console()
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quantbounds import _checks as C
-from quantbounds.results import Verdict, load_verdicts, to_jsonable, write_json_atomic
+from quantbounds.verdicts.results import Verdict, load_verdicts, to_jsonable, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def test_verdict_roundtrip(tmp_path):
 
 
 def test_cli_help_and_unknown_command():
-    out = subprocess.run([sys.executable, "-m", "quantbounds.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "quantbounds.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "validate" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "quantbounds.cli", "nope"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "quantbounds.cli.main", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown command 'nope'" in out.stderr
 
 

@@ -8,9 +8,9 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 jnp = pytest.importorskip("jax.numpy")
 
-from quantbounds import quantizers as qz  # noqa: E402
-from quantbounds.records import ARMS  # noqa: E402
-from quantbounds.scales import lora_scale  # noqa: E402
+from quantbounds.quant import quantizers as qz  # noqa: E402
+from quantbounds.calib.records import ARMS  # noqa: E402
+from quantbounds.conventions import lora_scale  # noqa: E402
 from real_runs import measure as M  # noqa: E402
 from real_runs.arms import build_arm, factor_weights  # noqa: E402
 from real_runs.embedded import EmbeddedConfig, embedded_path  # noqa: E402

@@ -1,4 +1,4 @@
-"""real_runs.fakequant: the torch port agrees with quantbounds.quantizers bit for bit (float32)."""
+"""real_runs.fakequant: the torch port agrees with quantbounds.quant.quantizers bit for bit (float32)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 jnp = pytest.importorskip("jax.numpy")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from quantbounds import quantizers as qz  # noqa: E402
+from quantbounds.quant import quantizers as qz  # noqa: E402
 from real_runs import fakequant as fq  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def _bits_params():
         marks = []
         if not _core_exact_at(b):
             marks = [pytest.mark.xfail(strict=True, reason=(
-                f"quantbounds.quantizers: jnp.exp2 is inexact in float32 at b={b}, so the core's "
+                f"quantbounds.quant.quantizers: jnp.exp2 is inexact in float32 at b={b}, so the core's "
                 "Δ is not the documented exact power of two; the torch port uses the exact one"))]
         out.append(pytest.param(b, marks=marks))
     return out

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from quantbounds.records import read_records, validate_record  # noqa: E402
+from quantbounds.calib.records import read_records, validate_record  # noqa: E402
 from real_runs.cli import finetune_main, sweep_main  # noqa: E402
 from real_runs.embedded import EmbeddedConfig, embedded_path  # noqa: E402
 from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402

@@ -1,0 +1,2 @@
+"""The ``quantbounds`` command and its sub-commands (entry points in pyproject.toml).
+"""

@@ -1,0 +1,2 @@
+"""The markdown report and the figures, generated from the results files.
+"""

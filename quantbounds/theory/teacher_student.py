@@ -1,0 +1,495 @@
+"""Linear teacher–student experiment with exact excess risk (issue 3, DESIGN.md §2).
+
+Teacher: W* = W0 + B*·A* ∈ ℝ^{m×n} of known rank r*; inputs x ~ N(0, Σ) with a non-isotropic
+Σ = Q·diag(λ)·Qᵀ (λ geometric from 1 to 1/cond, Q Haar-orthogonal); labels y = W*·x + σ·ξ,
+ξ ~ N(0, I_m). Student: W = W0 + s·B·A, W0 frozen, B (m×r) zero-initialised and A (r×n)
+N(0, 1/n)-initialised (PEFT's convention), trained by full-batch Adam on the empirical risk
+of N samples.
+
+    L̂(W) = (1/N)·Σ_i ‖y_i − W·x_i‖² = tr(W·Σ̂·Wᵀ) − 2·⟨W, Ĉ⟩ + (1/N)·Σ_i ‖y_i‖²,
+    Σ̂ = (1/N)·Σ_i x_i·x_iᵀ,  Ĉ = (1/N)·Σ_i y_i·x_iᵀ
+
+— an identity, so full-batch training needs only (Σ̂, Ĉ) and its cost does not grow with N.
+The population excess risk is exact, never estimated:
+
+    L(W) − L(W*) = ‖(W − W*)·Σ^{1/2}‖_F² = tr((W − W*)·Σ·(W − W*)ᵀ).
+
+Arms (how quantization enters training): "fp" (full precision); "ste_rtn", "ste_sr",
+"ste_nf4" (B and A fake-quantized in the forward pass, straight-through gradient
+x + stop_gradient(Q(x) − x)); "additive" (the paper's model: B + ε_B, A + ε_A with
+ε ~ U(−Δ/2, Δ/2), Δ = 2^{1−b}·R, drawn afresh every step); and post-training quantization
+("ptq": fp training, then round-to-nearest) which `run_grid` derives from the fp arm.
+
+Ranks of different sizes share one `jax.vmap`: factors are padded to r_max and multiplied by a
+0/1 rank mask in the forward pass. Masked columns/rows are exactly zero, contribute nothing,
+get zero gradient and leave the absmax range unchanged, so padding is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from quantbounds._numerics import threefry2x32 as _threefry2x32
+from quantbounds._checks import (check_bits, check_choice, check_int_range, check_positive,
+                                 check_rank)
+from quantbounds.conventions import SCALES
+
+ARMS = ("fp", "ste_rtn", "ste_sr", "ste_nf4", "additive")
+QUANT_KINDS = ("rtn", "sr", "nf4", "additive")
+_ARM_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "additive"}
+# what the model is deployed with after training: the additive arm is deployed with a real
+# round-to-nearest quantizer (the noise is only the paper's model of it)
+_DEPLOY_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "rtn"}
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherStudentConfig:
+    """The experiment's grid and problem; validates itself.
+
+    m, n: weight shape; r_star: teacher rank; ranks/bits/Ns: the grid; seeds: number of
+    seeds (data, initialisation and quantization noise); label_noise: σ; cond: condition
+    number of Σ; teacher_norm: ‖B*·A*‖_F; steps, lr: Adam with cosine decay; scale: LoRA
+    scale convention of the trained arms; conventions: conventions the fp/ptq arms are run
+    under; lora_alpha: α of "alpha_r"/"rslora"; granularity: absmax per "tensor" (the paper's
+    single range R) or per rank "channel" (uniform/additive; NF4 stays per tensor); key: the
+    teacher's seed.
+    """
+
+    m: int = 16
+    n: int = 24
+    r_star: int = 2
+    ranks: tuple = (1, 2, 4, 8, 16)
+    bits: tuple = (2, 3, 4, 5, 6, 8)
+    Ns: tuple = (64, 128, 256, 512, 1024)
+    seeds: int = 8
+    label_noise: float = 0.5
+    cond: float = 10.0
+    teacher_norm: float = 3.0
+    steps: int = 400
+    lr: float = 0.03
+    arms: tuple = ARMS
+    scale: str = "one"
+    conventions: tuple = ("one", "alpha_r", "rslora")
+    lora_alpha: float = 4.0
+    granularity: str = "tensor"
+    key: int = 0
+
+    def __post_init__(self):
+        check_int_range(self.m, "m", 1)
+        check_int_range(self.n, "n", 1)
+        rmax = min(self.m, self.n)
+        check_rank(self.r_star, "r_star", max_rank=rmax)
+        if not self.ranks or not self.bits or not self.Ns:
+            raise ValueError("ranks, bits and Ns must each be non-empty")
+        for r in self.ranks:
+            check_rank(r, "ranks entry", max_rank=rmax)
+        for b in self.bits:
+            check_bits(b, "bits entry")
+        for N in self.Ns:
+            check_int_range(N, "Ns entry (N)", 1)
+        check_int_range(self.seeds, "seeds", 1)
+        check_int_range(self.steps, "steps", 1)
+        check_positive(self.label_noise, "label_noise", allow_zero=True)
+        check_positive(self.lr, "lr")
+        check_positive(self.teacher_norm, "teacher_norm")
+        check_positive(self.lora_alpha, "lora_alpha")
+        if not (self.cond >= 1.0 and math.isfinite(self.cond)):
+            raise ValueError(f"cond must be finite and ≥ 1, got {self.cond!r}")
+        for a in self.arms:
+            check_choice(a, "arms entry", ARMS)
+        check_choice(self.scale, "scale", SCALES)
+        for c in self.conventions:
+            check_choice(c, "conventions entry", SCALES)
+        check_choice(self.granularity, "granularity", ("tensor", "channel"))
+
+    @property
+    def r_max(self) -> int:
+        return max(self.ranks)
+
+
+class Problem(NamedTuple):
+    """W0, W* (m×n), Σ (n×n), Σ^{1/2} (n×n, symmetric), σ (label noise)."""
+
+    W0: jnp.ndarray
+    Wstar: jnp.ndarray
+    Sigma: jnp.ndarray
+    Sigma_half: jnp.ndarray
+    label_noise: float
+
+
+def make_problem(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
+    """The teacher of ``cfg`` (deterministic in ``cfg.key``)."""
+    dtype = dtype or jnp.result_type(float)
+    m, n, r_star, cond, norm = cfg.m, cfg.n, cfg.r_star, cfg.cond, cfg.teacher_norm
+
+    @jax.jit  # one compilation instead of one per eager operation
+    def build(key):
+        k0, kb, ka, kq = jax.random.split(key, 4)
+        W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
+        D = jax.random.normal(kb, (m, r_star), dtype) @ jax.random.normal(ka, (r_star, n), dtype)
+        D = D * (norm / jnp.linalg.norm(D))
+        Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
+        Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
+        lam = cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
+        return W0, D, (Q * lam) @ Q.T, (Q * jnp.sqrt(lam)) @ Q.T
+
+    W0, D, Sigma, Sigma_half = build(jax.random.PRNGKey(cfg.key))
+    return Problem(W0, W0 + D, Sigma, Sigma_half, float(cfg.label_noise))
+
+
+def excess_risk(W, Wstar, Sigma):
+    """Exact population excess risk tr((W − W*)·Σ·(W − W*)ᵀ) = ‖(W − W*)·Σ^{1/2}‖_F².
+
+    W, Wstar: (m, n); Sigma: (n, n) covariance of x. Returns a scalar. Exact for any x with
+    covariance Σ and zero mean (the squared loss is quadratic in W).
+    """
+    D = W - Wstar
+    return jnp.sum(D * (D @ Sigma))
+
+
+def sample_data(key, problem: Problem, N: int):
+    """N samples: X (N×n) with rows x ~ N(0, Σ), Y (N×m) = X·W*ᵀ + σ·ξ."""
+    kx, ky = jax.random.split(key)
+    n = problem.Sigma.shape[0]
+    dt = problem.Sigma.dtype
+    X = jax.random.normal(kx, (N, n), dt) @ problem.Sigma_half
+    Y = X @ problem.Wstar.T + problem.label_noise * jax.random.normal(ky, (N, problem.W0.shape[0]), dt)
+    return X, Y
+
+
+def sufficient_stats(X, Y, N):
+    """(Σ̂, Ĉ, ‖y‖²-mean) of the first N rows (N may be traced; rows ≥ N are masked out)."""
+    w = (jnp.arange(X.shape[0]) < N).astype(X.dtype) / N
+    return (X.T * w) @ X, (Y.T * w) @ X, jnp.sum(w * jnp.sum(Y * Y, axis=1))
+
+
+@jax.custom_vjp
+def _quadratic_risk(W, Sxx, Cyx, yy):
+    return jnp.sum(W * (W @ Sxx)) - 2.0 * jnp.sum(W * Cyx) + yy
+
+
+def _quadratic_risk_fwd(W, Sxx, Cyx, yy):
+    WS = W @ Sxx
+    return jnp.sum(W * WS) - 2.0 * jnp.sum(W * Cyx) + yy, (WS, Cyx, Sxx, yy)
+
+
+def _quadratic_risk_bwd(res, g):
+    # ∇_W = 2·(W·Σ̂ − Ĉ) for symmetric Σ̂: one m×n×n product instead of autodiff's three;
+    # the statistics are data (never differentiated), their cotangents are zero
+    WS, Cyx, Sxx, yy = res
+    return (2.0 * g * (WS - Cyx), jnp.zeros_like(Sxx), jnp.zeros_like(Cyx), jnp.zeros_like(yy))
+
+
+_quadratic_risk.defvjp(_quadratic_risk_fwd, _quadratic_risk_bwd)
+
+
+def empirical_risk(W, stats):
+    """(1/N)·Σ‖y_i − W·x_i‖² from the sufficient statistics (see the module docstring).
+
+    Its gradient in W is 2·(W·Σ̂ − Ĉ) (custom VJP; exact because Σ̂ is symmetric). W: (m, n).
+    """
+    Sxx, Cyx, yy = stats
+    return _quadratic_risk(W, Sxx, Cyx, yy)
+
+
+def _absmax(x, axis):
+    """R = max|x| over the tensor (axis=None) or one R per index along ``axis`` (keepdims)."""
+    if axis is None:
+        return jnp.max(jnp.abs(x))
+    other = tuple(i for i in range(x.ndim) if i != axis)
+    return jnp.max(jnp.abs(x), axis=other, keepdims=True)
+
+
+def fake_quant(x, *, kind: str, bits=None, key=None, axis=None, u=None):
+    """Dequantized Q(x) (same shape), by the project's quantizers (quantbounds.quant.quantizers).
+
+    "rtn":      uniform b-bit, step "paper" Δ = 2^{1−b}·R, levels k·Δ, k ∈ {−2^{b−1}, …, 2^{b−1}−1}
+                (+R clips to R − Δ), round to nearest (ties to even)
+    "sr":       the same grid, stochastic rounding ⌊x/Δ + u⌋ (unbiased except in the top cell)
+    "nf4":      bitsandbytes NF4 with ONE block = the whole tensor (a single absmax R, as in the
+                paper's model; bits ignored)
+    "additive": x + Δ·(u − ½), u ~ U[0, 1): the paper's additive uniform model (not a quantizer)
+    R = max|x| over the tensor (axis=None) or per index along ``axis`` (uniform/additive only).
+    bits may be traced; u (x's shape, in [0, 1)) replaces the draw from ``key`` for "sr" and
+    "additive". A zero range gives Q(x) = x = 0.
+    """
+    from quantbounds.quant.quantizers import quantize, quantize_uniform
+
+    # NF4: bitsandbytes' code table, absmax of the whole tensor
+    if kind == "nf4":
+        return quantize(x, "nf4", block_size=int(np.prod(x.shape)))
+    if kind not in QUANT_KINDS:
+        raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
+    if kind in ("sr", "additive") and u is None:
+        u = jax.random.uniform(key, x.shape, x.dtype)
+    # uniform grid, nearest or stochastic rounding
+    if kind in ("rtn", "sr"):
+        return quantize_uniform(x, bits=bits, axis=axis, step="paper", u=u if kind == "sr" else None)
+    # the paper's additive model: Δ = 2^{1−b}·R, noise U(−Δ/2, Δ/2)
+    delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * _absmax(x, axis)
+    return x + delta * (u - 0.5)
+
+
+KIND_INDEX = {None: 0, "rtn": 1, "sr": 2, "nf4": 3, "additive": 4}
+
+
+def fake_quant_indexed(x, kind_idx, bits, key, axis=None, u=None):
+    """fake_quant with the kind given as a (possibly traced) index into KIND_INDEX (0 = none).
+
+    Lets one compiled training loop serve every arm: under vmap, lax.switch evaluates every
+    branch and selects, which costs little here and compiles once instead of once per arm.
+    """
+    branches = [lambda x_, b_, k_: x_] + [
+        (lambda x_, b_, k_, kind=kind: fake_quant(x_, kind=kind, bits=b_, key=k_, axis=axis, u=u))
+        for kind in QUANT_KINDS]
+    return jax.lax.switch(kind_idx, branches, x, bits, key)
+
+
+def ste(x, q):
+    """Straight-through estimator: value q, gradient of the identity in x."""
+    return x + jax.lax.stop_gradient(q - x)
+
+
+def scale_value(convention, r, alpha: float):
+    """LoRA scale s for a (possibly traced) rank r: α/r, α/√r or 1 (quantbounds.conventions).
+
+    convention: a name in quantbounds.conventions.SCALES or its (possibly traced) index there.
+    """
+    idx = SCALES.index(convention) if isinstance(convention, str) else convention
+    vals = jnp.stack([alpha / r, alpha / jnp.sqrt(r), jnp.ones_like(r)])  # order of SCALES
+    return vals[idx]
+
+
+class LoRAStudent(nn.Module):
+    """W = W0 + s·Q(B⊙mask)·Q(A⊙mask) with B: (m, r_max) zeros, A: (r_max, n) ~ N(0, 1/n)."""
+
+    m: int
+    n: int
+    r_max: int
+
+    @nn.compact
+    def __call__(self, W0, mask, scale, quant: Callable | None = None):
+        B = self.param("B", nn.initializers.zeros, (self.m, self.r_max), W0.dtype)
+        A = self.param("A", nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
+                       (self.r_max, self.n), W0.dtype)
+        B = B * mask[None, :]
+        A = A * mask[:, None]
+        if quant is not None:
+            B = quant(B, 0) * mask[None, :]
+            A = quant(A, 1) * mask[:, None]
+        return W0 + scale * (B @ A)
+
+
+def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
+    """A closure Q(x, which) for LoRAStudent; which = 0 for B, 1 for A. ``kind`` is a name,
+    None (no quantization) or a traced index into KIND_INDEX."""
+    if kind is None:
+        return None
+    idx = KIND_INDEX[kind] if isinstance(kind, str) else kind
+    if key is None:
+        key = jax.random.PRNGKey(0)  # unused by the deterministic kinds
+
+    def q(x, which):
+        # per "channel" = one range per rank component: columns of B, rows of A
+        axis = None if granularity == "tensor" else (1 if which == 0 else 0)
+        b = jnp.asarray(4 if bits is None else bits, x.dtype)  # NF4 ignores bits
+        out = fake_quant_indexed(x, idx, b, jax.random.fold_in(key, which), axis)
+        return ste(x, out) if straight_through else out
+
+    return q
+
+
+def uniform_at(key, index, dtype):
+    """jax.random.uniform(key, shape, dtype).ravel()[index] for a threefry key, computed for the
+    requested flat indices only (``index``: uint32 array, any shape; each < 2³²).
+
+    jax's partitionable threefry (jax_threefry_partitionable, the default) gives element k of a
+    draw the hash of the counter (0, k), so a sub-block of a padded draw is the hash of its
+    counters. key: a raw uint32[2] key or a typed threefry key.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    if not jax.config.jax_threefry_partitionable:
+        raise RuntimeError("uniform_at reproduces jax.random only with jax_threefry_partitionable=True")
+    index = jnp.asarray(index, jnp.uint32)
+    h0, h1 = _threefry2x32(key[0], key[1], jnp.zeros_like(index), index)
+    dt = jnp.dtype(dtype)
+    if dt == jnp.float32:  # 32 random bits → 23 mantissa bits, as jax.random.uniform
+        bits = (h0 ^ h1) >> np.uint32(32 - 23)
+        return jax.lax.bitcast_convert_type(bits | np.float32(1.0).view(np.uint32), dt) - np.float32(1.0)
+    if dt == jnp.float64:  # 64 random bits (h0 high, h1 low) → 52 mantissa bits
+        bits = ((h0.astype(jnp.uint64) << np.uint64(32)) | h1.astype(jnp.uint64)) >> np.uint64(64 - 52)
+        return jax.lax.bitcast_convert_type(bits | np.float64(1.0).view(np.uint64), dt) - 1.0
+    raise TypeError(f"dtype must be float32 or float64, got {dt}")
+
+
+def fold_in_raw(key, data):
+    """jax.random.fold_in(key, d) for every d in ``data`` (uint32 array), as raw uint32 keys of
+    shape data.shape + (2,): the threefry hash of the counter (0, d) under the key (jax's
+    threefry fold_in), unrolled (see ``_numerics.threefry2x32``). key: raw (..., 2) uint32
+    (broadcast against data) or a typed threefry key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    data = jnp.asarray(data, jnp.uint32)
+    h0, h1 = _threefry2x32(key[..., 0], key[..., 1], jnp.zeros_like(data), data)
+    return jnp.stack([h0, h1], axis=-1)
+
+
+def _static_int(r):
+    """r as a Python int when it is concrete, else None (traced)."""
+    try:
+        return int(r)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class TrainSetup(NamedTuple):
+    """What training needs besides the factors' updates (:func:`train_setup`): init {"B", "A"}
+    (padded to r_max), s (LoRA scale), keys (steps, 2, 2) uint32 (step i: B's and A's noise
+    keys), Pt = (W0·Σ̂ − Ĉ)ᵀ (n×m), Sxx = Σ̂."""
+
+    init: dict
+    s: jnp.ndarray
+    keys: jnp.ndarray
+    Pt: jnp.ndarray
+    Sxx: jnp.ndarray
+
+
+def train_setup(problem: Problem, stats, r, init_key, noise_key, *, cfg: TeacherStudentConfig,
+                convention=None) -> TrainSetup:
+    """The per-configuration inputs of :func:`train_core` (every argument but cfg may be traced;
+    no dependence on the arm, so one vmapped call serves a whole grid). Keys of step i:
+    fold_in(fold_in(noise_key, i), w), w = 0 for B and 1 for A."""
+    dt = problem.W0.dtype
+    rm = cfg.r_max
+    s = scale_value(cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha)
+    init = LoRAStudent(cfg.m, cfg.n, rm).init(init_key, problem.W0, jnp.ones(rm, dt), s)["params"]
+    k_i = fold_in_raw(noise_key, jnp.arange(cfg.steps, dtype=jnp.uint32))  # (steps, 2)
+    keys = fold_in_raw(k_i[:, None, :], jnp.arange(2, dtype=jnp.uint32)[None, :])  # (steps, 2, 2)
+    Sxx, Cyx, _ = stats
+    return TrainSetup(init, s, keys, (problem.W0 @ Sxx - Cyx).T, Sxx)
+
+
+def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
+                  cfg: TeacherStudentConfig, convention=None):
+    """Train one student; every argument except ``cfg`` may be traced.
+
+    arm: a name in ARMS, or a traced index into KIND_INDEX (0 = full precision); convention:
+    a name in SCALES or a traced index into it (None: cfg.scale). A concrete rank r trains the
+    unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a 0/1 mask
+    (exact: masked entries are zero and get zero gradient). Both give the same result.
+
+    Returns (params, s): flax params {"B", "A"} (padded to r_max: B's extra columns zero, A's
+    extra rows at their initial values, as masked training leaves them) and the LoRA scale s.
+    Full-batch Adam (optax, cosine-decayed lr) for cfg.steps steps on L̂ (:func:`train_core`).
+    """
+    setup = train_setup(problem, stats, r, init_key, noise_key, cfg=cfg, convention=convention)
+    return train_core(setup, r, bits, arm=arm, cfg=cfg), setup.s
+
+
+def train_core(setup: TrainSetup, r, bits, *, arm, cfg: TeacherStudentConfig):
+    """Full-batch Adam on L̂ from ``setup`` (see :func:`train_student`); returns {"B", "A"}.
+
+    The gradient is written out (one pass instead of autodiff's):
+
+        ∇_W L̂ = 2·(W·Σ̂ − Ĉ) = 2·(P + s·Q(B)·Q(A)·Σ̂),  P = W0·Σ̂ − Ĉ (fixed),
+        ∇_B = s·∇_W·Q(A)ᵀ,  ∇_A = s·Q(B)ᵀ·∇_W   (straight-through Q).
+
+    B is held transposed (Bᵀ, r×m) so that every product is a plain or right-transposed matrix
+    product, which XLA's CPU backend runs as one fast batched kernel under vmap (a contraction
+    over both operands' leading axis, like Q(B)ᵀ·∇_W, is several times slower):
+
+        (∇_W)ᵀ = 2·(Pᵀ + s·(Σ̂·Q(A)ᵀ)·Q(Bᵀ)),  ∇_{Bᵀ} = s·Q(A)·(∇_W)ᵀ,  ∇_A = s·Q(Bᵀ)·((∇_W)ᵀ)ᵀ
+    (Σ̂ symmetric). Q acts elementwise or per tensor, or per rank component (granularity
+    "channel": columns of B = rows of Bᵀ), so Q(Bᵀ) = Q(B)ᵀ.
+
+    Quantization noise of step i: the uniforms of jax.random.uniform(setup.keys[i, w], padded
+    shape) (w = 0 for B, 1 for A), restricted to the trained entries (:func:`uniform_at`).
+    """
+    init, s, keys, Pt, Sxx = setup
+    dt = Pt.dtype
+    rm = cfg.r_max
+    rs = _static_int(r)
+    rr = rm if rs is None else rs  # trained width
+    mask = None if rs is not None else (jnp.arange(rm) < r).astype(dt)
+    kind = _ARM_KIND.get(arm) if isinstance(arm, str) else arm
+    draws = kind is not None and (not isinstance(kind, str) or kind in ("sr", "additive"))
+    b = jnp.asarray(4 if bits is None else bits, dt)  # NF4 ignores bits
+    # flat indices of the trained entries in the padded (m, r_max) and (r_max, n) draws, laid
+    # out as Bᵀ (r×m) and A (r×n)
+    idx_B = (jnp.arange(rr)[:, None] + jnp.arange(cfg.m)[None, :] * rm).astype(jnp.uint32)
+    idx_A = jnp.arange(rr * cfg.n, dtype=jnp.uint32).reshape(rr, cfg.n)
+
+    def q(x, which, key):
+        if kind is None:
+            return x
+        axis = None if cfg.granularity == "tensor" else 0  # rows of Bᵀ and of A
+        u = uniform_at(key, idx_B if which == 0 else idx_A, dt) if draws else None
+        if isinstance(kind, str):
+            return fake_quant(x, kind=kind, bits=b, axis=axis, u=u)
+        return fake_quant_indexed(x, kind, b, None, axis, u=u)
+
+    opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
+    mc = None if mask is None else mask[:, None]  # rows of Bᵀ and A
+
+    def grads(p, keys):
+        Bt, A = p["Bt"], p["A"]
+        if mc is not None:
+            Bt, A = Bt * mc, A * mc
+        QB, QA = q(Bt, 0, keys[0]), q(A, 1, keys[1])
+        if mc is not None:
+            QB, QA = QB * mc, QA * mc
+        Gt = 2.0 * (Pt + s * ((Sxx @ QA.T) @ QB))  # (∇_W L̂)ᵀ, n×m
+        gB, gA = s * (QA @ Gt), s * (QB @ Gt.T)
+        if mc is not None:
+            gB, gA = gB * mc, gA * mc
+        return {"A": gA, "Bt": gB}
+
+    def step(carry, keys):
+        p, st = carry
+        upd, st = opt.update(grads(p, keys), st, p)
+        return (optax.apply_updates(p, upd), st), None
+
+    p0 = {"A": init["A"][:rr], "Bt": init["B"][:, :rr].T}
+    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), keys)
+    p = {"A": p["A"], "B": p["Bt"].T}
+    if rs is None:
+        return p
+    return {"A": init["A"].at[:rr].set(p["A"]), "B": init["B"].at[:, :rr].set(p["B"])}
+
+
+def student_weight(problem: Problem, params, r, s, *, kind=None, bits=None, key=None,
+                   granularity="tensor"):
+    """W0 + s·Q(B)·Q(A) for trained params (kind=None: the latent full-precision weight)."""
+    mask = (jnp.arange(params["B"].shape[1]) < r).astype(problem.W0.dtype)
+    m, rm = params["B"].shape
+    model = LoRAStudent(m, params["A"].shape[1], rm)
+    q = _quant_fn(kind, bits, key, granularity, straight_through=False)
+    return model.apply({"params": params}, problem.W0, mask, s, q)
+
+
+def additive_prediction(problem: Problem, params, r, s, bits):
+    """The additive model's E‖s·ε_BA·Σ^{1/2}‖_F² for the trained factors (per-tensor ranges):
+
+    s²·(σ_A²·‖B‖_F²·tr Σ + m·σ_B²·tr(A·Σ·Aᵀ) + m·r·σ_A²·σ_B²·tr Σ),  σ² = R²·4^{−b}/3,
+    exact for independent zero-mean noise (DESIGN.md §2, averaged over x ~ N(0, Σ)).
+    """
+    dt = problem.W0.dtype
+    mask = (jnp.arange(params["B"].shape[1]) < r).astype(dt)
+    B = params["B"] * mask[None, :]
+    A = params["A"] * mask[:, None]
+    var = lambda X: jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0  # noqa: E731
+    sA, sB = var(A), var(B)
+    trS = jnp.trace(problem.Sigma)
+    m = B.shape[0]
+    return s ** 2 * (sA * jnp.sum(B * B) * trS + m * sB * jnp.sum(A * (A @ problem.Sigma))
+                     + m * r * sA * sB * trS)

@@ -1,0 +1,2 @@
+"""Verdicts: the result type, the claim registry, decision rules and interval statistics.
+"""

@@ -1,0 +1,84 @@
+"""`quantbounds report`: partial inputs, tables, SYNTHETIC labels, figures (incl. the
+nine-panel figure from synthetic records)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantbounds.cli.report import main
+from quantbounds.report.report import build_report, verdict_table
+from quantbounds.verdicts.results import Verdict, write_json_atomic
+
+
+def _verdict(v="holds", claim="a | claim"):
+    return Verdict(claim=claim, verdict=v, predicted=1.0, measured=1.01, ci=[0.99, 1.03],
+                   conditions="x", source="seed 001").to_dict()
+
+
+def test_report_with_every_part_missing_names_the_commands(tmp_path):
+    out, missing = build_report(results_dir=tmp_path / "r", figures_dir=tmp_path / "f", out=tmp_path / "R.md")
+    text = out.read_text()
+    assert missing == ["validation", "audit", "calibration"]
+    for cmd in ("quantbounds validate", "quantbounds audit", "quantbounds calibrate runs.jsonl"):
+        assert cmd in text
+    assert "no PNG under" in text
+
+
+def test_report_partial_inputs_counts_and_escaping(tmp_path):
+    r = tmp_path / "results"
+    write_json_atomic(r / "validation.json", {"verdicts": [_verdict(), _verdict("fails"), _verdict("fails")]})
+    (r / "audit.json").write_text("{not json")
+    fig = tmp_path / "figures"
+    fig.mkdir()
+    (fig / "synthetic_calibration_analysis.png").write_bytes(b"\x89PNG")
+    out, missing = build_report(results_dir=r, figures_dir=fig, out=r / "REPORT.md")
+    text = out.read_text()
+    assert missing == ["audit", "calibration"]
+    assert "| validation | 1 | 2 | 0 |" in text
+    assert "unreadable" in text and "quantbounds audit" in text
+    assert "a \\| claim" in text                         # pipes escaped inside table cells
+    assert "SYNTHETIC — synthetic calibration analysis" in text
+    assert "](../figures/synthetic_calibration_analysis.png)" in text   # relative to the report
+
+
+def test_verdict_table_shape():
+    lines = verdict_table([_verdict("conditional")])
+    assert len(lines) == 3 and lines[2].count(" | ") == 5 and "conditional" in lines[2]
+
+
+@pytest.mark.slow
+def test_end_to_end_synthetic_calibration_figures_and_report(tmp_path):
+    """calibrate (SYNTHETIC) → figures → report: the report flags SYNTHETIC and holds the fits."""
+    from quantbounds.cli.calibrate import main as calibrate_main
+    from quantbounds.calib.records import append_record
+    from quantbounds.calib.synthetic import synthetic_records
+
+    recs = synthetic_records(seed=0, ranks=(2, 8, 32), bits=(2, 4, 8), n_trains=(500, 2000), seeds=(0, 1, 2))
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in recs[:-1]))
+    append_record(path, recs[-1])
+    r, f = tmp_path / "results", tmp_path / "figures"
+    assert calibrate_main([str(path), "--n-boot", "50", "--out", str(r / "calibration.json"),
+                           "--figures", str(f)]) == 0
+    pngs = sorted(p.name for p in f.glob("*.png"))
+    assert pngs == ["synthetic_additive_vs_real.png", "synthetic_calibration_analysis.png"]
+    assert main(["--results", str(r), "--figures", str(f)]) == 0
+    text = (r / "REPORT.md").read_text()
+    assert "**SYNTHETIC**" in text and "| calibration (SYNTHETIC) |" in text
+    assert "| per_bit_factor |" in text and "leave-one-configuration-out R²" in text
+    assert "calibrated balanced" in text
+
+
+def test_modules_import_without_torch_jax_or_matplotlib():
+    """No import-time work: importing calib's modules loads neither torch, jax nor matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys, quantbounds.calib.calibration, quantbounds.calib.allocator, quantbounds.report.report, "
+            "quantbounds.report.plots, quantbounds.calib.synthetic, quantbounds.calib.pairing, quantbounds.verdicts.claims, "
+            "quantbounds.cli.calibrate; "
+            "print([m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,467 @@
+"""Tests of the `quantbounds validate` main job (simulations/*): decision rules (each must be
+able to say "fails"), the formulas the experiments add (against independent references),
+and one end-to-end run on the hidden tiny scale (schema, identities, figures, CLI errors)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from quantbounds.verdicts.results import VERDICTS, load_verdicts
+from simulations import breakdown, codebooks, decisions, decomposition, moments_mc, slopes
+from simulations.factors import (FactorSpec, gaussian_factors, make_factors, peft_init_factors,
+                                 student_t4, trained_like_factors)
+from simulations.validate import ValidateConfig, config_for, main
+
+
+# ----------------------------------------------------------------------------- end to end (tiny)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("validate")
+    rc = main(["--scale", "tiny", "--out", str(d / "validation.json"), "--figures",
+               str(d / "figs"), "--no-progress"])
+    return rc, d
+
+
+def test_tiny_run_writes_schema(tiny_run):
+    rc, d = tiny_run
+    assert rc == 0
+    data = json.loads((d / "validation.json").read_text())
+    assert data["schema"] == "quantbounds.validation/1" and data["scale"] == "tiny"
+    verdicts = load_verdicts(d / "validation.json")   # checks the required keys
+    assert len(verdicts) >= 15
+    assert {v["verdict"] for v in verdicts} <= set(VERDICTS)
+    assert set(data["experiments"]) == {"decomposition", "moments", "slopes", "breakdown",
+                                        "codebooks"}
+    assert all(v["details"]["experiment"] in data["experiments"] for v in verdicts)
+
+
+def test_tiny_run_identities_and_moments_hold(tiny_run):
+    _, d = tiny_run
+    data = json.loads((d / "validation.json").read_text())
+    rows = data["experiments"]["decomposition"]["rows"]
+    assert rows and all(r["finite"] and r["max_ratio"] <= 1.0 for r in rows)
+    assert all(r["max_abs_eps_ba"] == 0.0 for r in data["experiments"]["decomposition"]["peft_zero_b"])
+    by = {v["claim"]: v for v in data["verdicts"]}
+    assert all(v["verdict"] == "holds" for c, v in by.items() if c.startswith("Q(B)Q(A)"))
+    mc = next(v for c, v in by.items() if c.startswith("Monte Carlo"))
+    assert mc["verdict"] == "holds"
+    # the engine's own additive prediction equals our float64 recomputation
+    for c in data["experiments"]["moments"]["cells"]:
+        assert c["engine_predicted_total"] == pytest.approx(c["exact"][3], rel=1e-5, abs=1e-30)
+
+
+def test_tiny_run_figures(tiny_run):
+    _, d = tiny_run
+    figs = sorted(p.name for p in (d / "figs").glob("validation_*.png"))
+    assert figs == ["validation_breakdown.png", "validation_codebooks.png",
+                    "validation_decomposition.png", "validation_moments.png",
+                    "validation_slopes.png"]
+    assert all((d / "figs" / f).stat().st_size > 10_000 for f in figs)
+
+
+# ----------------------------------------------------------------------------- decision rules
+def test_critical_z_matches_normal_and_t_quantiles():
+    # K = 1, α = 0.05: the familiar two-sided 1.959964 (= Φ⁻¹(0.975)).
+    assert decisions.critical_z(1, alpha=0.05) == pytest.approx(1.959963984540054, abs=1e-12)
+    # Bonferroni over K tests: Φ⁻¹(1 − α/(2K)); t with ν dof is wider than the normal.
+    assert decisions.critical_z(10, alpha=0.01) == pytest.approx(stats.norm.isf(0.0005))
+    assert decisions.critical_z(10, alpha=0.01, dof=5) > decisions.critical_z(10, alpha=0.01)
+    with pytest.raises(ValueError, match="n_tests"):
+        decisions.critical_z(0)
+
+
+def test_decide_zscores_fails_on_one_outlier_and_skips_nan():
+    zc = decisions.critical_z(3)
+    assert decisions.decide_zscores([0.1, -1.0, np.nan, 2.0])[0] == "holds"
+    assert decisions.decide_zscores([0.1, -1.0, zc * 1.01])[0] == "fails"
+    assert decisions.decide_zscores([0.0, np.inf])[0] == "fails"
+    with pytest.raises(ValueError):
+        decisions.decide_zscores([np.nan])
+
+
+def test_decide_identity_upper_bound_interval_slope_cells():
+    assert decisions.decide_identity([0.2, 1.0]) == "holds"
+    assert decisions.decide_identity([0.2, 1.0001]) == "fails"
+    assert decisions.decide_identity([0.2, np.inf]) == "fails"
+    assert decisions.decide_identity([]) == "fails"
+    assert decisions.decide_upper_bound([0.1, 0.5], [0.2, 0.9]) == "holds"
+    assert decisions.decide_upper_bound([0.1, 0.9], [0.2, 1.1]) == "conditional"
+    assert decisions.decide_upper_bound([0.1, 1.01], [0.2, 1.1]) == "fails"
+    assert decisions.decide_interval(4.0, (3.9, 4.1)) == "holds"
+    assert decisions.decide_interval(4.0, (4.01, 4.1)) == "fails"
+    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.95, 1.05)) == "holds"
+    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "fails"   # fixed range rules
+    assert decisions.decide_slope(1.0, (0.9, 1.1)) == "holds"
+    assert decisions.decide_slope(1.0, (1.05, 1.2), (0.95, 1.05)) == "conditional"
+    assert decisions.decide_slope(1.0, (1.05, 1.2), (1.02, 1.05)) == "fails"
+    assert decisions.decide_slope(1.0, (1.05, 1.2)) == "fails"
+    assert decisions.decide_cells([True, True]) == "holds"
+    assert decisions.decide_cells([True, False]) == "conditional"
+    assert decisions.decide_cells([False, False]) == "fails"
+
+
+def test_decide_reference_uses_mc_error_plus_half_unit_of_the_quote():
+    # 0.00845 quoted to 3 digits: half a unit = 5e−6 (exact); se = 0 leaves only that.
+    assert decisions.quote_halfunit(0.00845, 3) == pytest.approx(5e-6, rel=1e-12)
+    assert decisions.quote_halfunit(0.47, 2) == pytest.approx(5e-3, rel=1e-12)
+    assert decisions.decide_reference(0.008454, 0.0, 0.00845, digits=3)[0] == "holds"
+    assert decisions.decide_reference(0.008456, 0.0, 0.00845, digits=3)[0] == "fails"
+    v, tol = decisions.decide_reference(0.0086, 1e-4, 0.00845, digits=3)
+    assert v == "holds" and tol == pytest.approx(decisions.critical_z(1) * 1e-4 + 5e-6)
+    assert decisions.decide_reference(0.0090, 1e-4, 0.00845, digits=3)[0] == "fails"
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    x = np.random.default_rng(0).normal(3.0, 2.0, 25)
+    mean, se, ci = decisions.mean_ci(x)
+    lo, hi = stats.t.interval(0.95, 24, loc=x.mean(), scale=stats.sem(x))
+    assert (mean, se) == pytest.approx((x.mean(), stats.sem(x)))
+    assert ci == pytest.approx((lo, hi))
+
+
+def test_fit_loglinear_exact_slope_and_scipy_linregress():
+    x = np.arange(2, 12, dtype=float)
+    # noise-free 3·4^{−x}: slope −2 in log₂, exactly (up to float rounding)
+    fit = decisions.fit_loglinear(x, 3.0 * 4.0 ** -x, 1e-3 * 3.0 * 4.0 ** -x)
+    assert fit["slope"] == pytest.approx(-2.0, abs=1e-10)
+    assert fit["ci"][0] <= -2.0 <= fit["ci"][1]
+    # unweighted: same slope and standard error as scipy.stats.linregress on log₂ y
+    y = 2.0 ** (0.7 * x + np.random.default_rng(1).normal(0, 0.1, x.size))
+    f = decisions.fit_loglinear(x, y)
+    lr = stats.linregress(x, np.log2(y))
+    assert f["slope"] == pytest.approx(lr.slope, rel=1e-9)
+    assert f["slope_se"] == pytest.approx(lr.stderr, rel=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        decisions.fit_loglinear(x, -y)
+
+
+def test_fit_loglinear_ci_covers_true_slope_at_nominal_rate():
+    # Coverage of the 95 % CI over 400 synthetic fits with known per-point errors. The miss
+    # count is Binomial(400, ≤ 0.05) (χ² scaling can only widen): mean ≤ 20, sd ≤ 4.4, so
+    # > 20 + 5·4.4 = 42 misses would mean the interval is too narrow.
+    rng = np.random.default_rng(2)
+    x = np.arange(8, dtype=float)
+    misses = 0
+    for _ in range(400):
+        se = 0.05 * np.ones_like(x)
+        ly = 1.0 - 1.5 * x + rng.normal(0, 0.05, x.size)
+        y = 2.0 ** ly
+        f = decisions.fit_loglinear(x, y, se * y * math.log(2))
+        misses += not (f["ci"][0] <= -1.5 <= f["ci"][1])
+    assert misses <= 42
+
+
+# ----------------------------------------------------------------------------- factor families
+def test_factor_families_shapes_and_peft_init():
+    # shapes/dtypes the tiny run already compiled, where possible (compiles dominate)
+    B, A = peft_init_factors(jax.random.key(0), 128, 64, 4, dtype=jnp.float64)
+    assert B.shape == (128, 4) and A.shape == (4, 64)
+    assert float(jnp.max(jnp.abs(B))) == 0.0
+    assert float(jnp.max(jnp.abs(A))) <= 1 / math.sqrt(64)
+    for fam in ("gaussian", "trained_like", "peft_init"):
+        B, A = make_factors(jax.random.key(1), FactorSpec(family=fam, m=64, n=64, r=2))
+        assert B.shape == (64, 2) and A.shape == (2, 64) and B.dtype == jnp.float32
+    with pytest.raises(ValueError, match="r"):
+        FactorSpec(family="gaussian", m=16, n=8, r=9)
+    with pytest.raises(ValueError, match="family"):
+        FactorSpec(family="lognormal", m=16, n=8, r=2)
+
+
+def test_trained_like_spectrum_is_exactly_k_to_minus_half_per_factor():
+    # Same key, decay 1 vs 0: column k of B (row k of A) is scaled by exactly k^{−1/2}.
+    k = jax.random.key(3)
+    B1, A1 = trained_like_factors(k, 40, 30, 5, dtype=jnp.float64, decay=1.0)
+    B0, A0 = trained_like_factors(k, 40, 30, 5, dtype=jnp.float64, decay=0.0)
+    s = np.arange(1, 6) ** -0.5
+    np.testing.assert_allclose(np.asarray(B1), np.asarray(B0) * s[None, :], rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(A1), np.asarray(A0) * s[:, None], rtol=1e-14)
+
+
+def test_nested_factors_are_prefixes_of_one_draw():
+    from simulations.factors import nested_factors
+
+    (B2, A2), (B4, A4) = nested_factors(jax.random.key(1), "gaussian", 64, 64, [2, 4])
+    assert B2.shape == (64, 2) and A4.shape == (4, 64)
+    np.testing.assert_array_equal(np.asarray(B2), np.asarray(B4)[:, :2])
+    np.testing.assert_array_equal(np.asarray(A2), np.asarray(A4)[:2])
+
+
+def test_student_t4_matches_the_t4_cdf():
+    # Empirical CDF at fixed points vs scipy's t₄; each F̂ has sd √(F(1−F)/n): 5 sd tolerance.
+    n = 200_000
+    x = np.asarray(student_t4(jax.random.key(4), (n,), dtype=jnp.float64))
+    for q in (-3.0, -1.0, 0.0, 0.5, 2.0, 4.0):
+        F = stats.t.cdf(q, 4)
+        assert abs(np.mean(x <= q) - F) <= 5 * math.sqrt(F * (1 - F) / n)
+
+
+# ----------------------------------------------------------------------------- decomposition
+def test_identity_check_exact_and_nan_detected():
+    rng = np.random.default_rng(5)
+    B, A = rng.normal(size=(8, 3)), rng.normal(size=(3, 6))
+    # dyadic "quantizers" on dyadic inputs: every product is exact in float64 → ratio 0
+    B, A = np.round(B * 64) / 64, np.round(A * 64) / 64
+    QB, QA = np.round(B * 4) / 4, np.round(A * 4) / 4
+    res = decomposition.identity_check(B, A, QB, QA)
+    assert res["max_ratio"] == 0.0 and res["finite"]
+    # the ε_BA it reports equals the dense difference
+    assert res["max_abs_eps_ba"] == pytest.approx(np.abs(QB @ QA - B @ A).max())
+    # a quantizer that returns NaN (e.g. 0/0 in a zero block's scale) must fail the verdict
+    QA_bad = QA.copy()
+    QA_bad[0, 0] = np.nan
+    bad = decomposition.identity_check(B, A, QB, QA_bad)
+    assert not bad["finite"]
+    v = decomposition.verdicts({"rows": [{"dtype": "float64", "max_ratio": bad["max_ratio"],
+                                          "finite": False, "resid_ulps": 0.0, "m": 8, "n": 6,
+                                          "r": 3}],
+                                "peft_zero_b": [{"max_abs_eps_ba": 0.0, "max_abs_b_epsA": 0.0,
+                                                 "finite": True}]})
+    assert v[0].verdict == "fails" and v[1].verdict == "holds"
+
+
+def test_identity_bound_is_respected_in_float32_on_random_factors():
+    # float32 with a non-trivial quantizer: residual below the Higham bound (ratio ≤ 1) but
+    # not zero (so the check is measuring rounding, not comparing identical arrays).
+    rng = np.random.default_rng(6)
+    B = rng.normal(size=(64, 16)).astype(np.float32)
+    A = rng.normal(size=(16, 48)).astype(np.float32)
+    QB = (np.round(B * 3.1) / 3.1).astype(np.float32)
+    QA = (np.round(A * 2.7) / 2.7).astype(np.float32)
+    res = decomposition.identity_check(B, A, QB, QA)
+    assert 0.0 < res["max_ratio"] <= 1.0
+
+
+def test_peft_zero_b_verdict_fails_when_eps_ba_nonzero():
+    v = decomposition.verdicts({"rows": [{"dtype": "float32", "max_ratio": 0.1, "finite": True,
+                                          "resid_ulps": 0.1, "m": 8, "n": 8, "r": 2}],
+                                "peft_zero_b": [{"max_abs_eps_ba": 1e-9, "max_abs_b_epsA": 0.0,
+                                                 "finite": True}]})
+    assert [x.verdict for x in v] == ["holds", "fails"]
+
+
+# ----------------------------------------------------------------------------- breakdown helpers
+@pytest.mark.parametrize("gran,kw", [("tensor", {}), ("channel", {"axis": 0}),
+                                     ("block64", {"block_size": 64})])
+def test_group_absmax_matches_montecarlo_ranges(gran, kw):
+    from quantbounds.epsba.montecarlo import ranges
+
+    x = jax.random.normal(jax.random.key(7), (32, 16), dtype=jnp.float64)
+    np.testing.assert_array_equal(np.asarray(breakdown.group_absmax(x, gran)),
+                                  np.broadcast_to(ranges(np.asarray(x), **kw), x.shape))
+
+
+@pytest.mark.parametrize("gran", ["tensor", "channel", "block64"])
+def test_step_size_is_the_quantizers_step(gran):
+    # RTN on the mid-tread grid has |error| ≤ Δ/2 for every entry of every group, with our Δ;
+    # the paper grid clips +R to R − Δ, so there |error| ≤ Δ. Both also attained (tight).
+    from quantbounds.quant.quantizers import quantize
+
+    x = jax.random.normal(jax.random.key(8), (32, 16), dtype=jnp.float64)
+    kw = decomposition.granularity_kwargs(gran)
+    for step, lim in (("midtread", 0.5), ("paper", 1.0)):
+        d = breakdown.step_size(3, breakdown.group_absmax(x, gran), step)
+        err = np.abs(np.asarray(quantize(x, "uniform", bits=3, step=step, **kw) - x))
+        assert np.all(err <= lim * np.asarray(d) * (1 + 1e-12))
+        assert np.max(err / np.asarray(d)) >= 0.45
+    assert float(breakdown.step_size(3, jnp.asarray(1.0), "paper")) == 0.25      # 2^{1−3}
+    assert float(breakdown.step_size(3, jnp.asarray(1.0), "midtread")) == pytest.approx(1 / 3)
+
+
+def _cell(ratio, lo, hi, **kw):
+    base = {"family": "gaussian", "bits": 4, "granularity": "tensor", "rounding": "nearest",
+            "step": "paper", "ratio": ratio, "ratio_se": 0.01, "ratio_ci": (lo, hi),
+            "var_ratio": 1.0, "var_ratio_se": 0.0, "var_ratio_ci": (1.0, 1.0), "corr": 0.0}
+    base.update(kw)
+    return base
+
+
+def test_breakdown_verdicts_fail_when_real_disagrees():
+    cfg = {"m": 8, "n": 8, "r": 2, "n_draws": 4}
+    good = [_cell(1.0, 0.99, 1.01, bits=b) for b in (3, 4)]
+    bad = [_cell(1.5, 1.4, 1.6, bits=b) for b in (3, 4)]
+    assert breakdown.verdicts({"config": cfg, "cells": good})[0].verdict == "holds"
+    assert breakdown.verdicts({"config": cfg, "cells": bad})[0].verdict == "fails"
+    v = breakdown.verdicts({"config": cfg, "cells": good[:1] + bad[1:]})[0]
+    assert v.verdict == "conditional" and "b∈[3]" in v.conditions
+    # the 0.47 claim at b = 2: 0.47 ± tolerance holds, 0.95 fails
+    b2 = [_cell(0.95, 0.94, 0.96, bits=2)]
+    vs = {x.claim: x for x in breakdown.verdicts({"config": cfg, "cells": b2})}
+    assert vs[next(c for c in vs if "0.47" in c)].verdict == "fails"
+    b2 = [_cell(0.471, 0.46, 0.48, bits=2, ratio_se=0.001)]
+    vs = {x.claim: x for x in breakdown.verdicts({"config": cfg, "cells": b2})}
+    assert vs[next(c for c in vs if "0.47" in c)].verdict == "holds"
+
+
+# ----------------------------------------------------------------------------- moments / bound
+def _mcell(z, ratio=0.1, lo=0.09, hi=0.11, fam="gaussian"):
+    return {"family": fam, "m": 8, "n": 8, "r": 2, "bits": 4, "granularity": "tensor",
+            "z": z, "bound_ratio": ratio, "bound_ratio_ci": (lo, hi), "bound": 1.0}
+
+
+def test_moments_verdicts_fail_on_large_z_and_bound_excess():
+    res = {"config": {"n_samples": 32}, "cells": [_mcell([0.5, -1.0, 0.2, 1.1])]}
+    v = moments_mc.verdicts(res)
+    assert [x.verdict for x in v] == ["holds", "holds"]
+    res = {"config": {"n_samples": 32}, "cells": [_mcell([0.5, -1.0, 0.2, 9.0])]}
+    assert moments_mc.verdicts(res)[0].verdict == "fails"
+    res = {"config": {"n_samples": 32}, "cells": [_mcell([0.5, 0, 0, 0], 1.2, 1.1, 1.3)]}
+    assert moments_mc.verdicts(res)[1].verdict == "fails"
+    # exact zeros (NaN z) pass; a nonzero MC where exact is 0 (z = inf) fails
+    res = {"config": {"n_samples": 32},
+           "cells": [_mcell([0.1, 0.1, 0.1, 0.1]), _mcell([np.nan, np.nan, np.nan, np.inf])]}
+    assert moments_mc.verdicts(res)[0].verdict == "fails"
+
+
+# ----------------------------------------------------------------------------- slopes
+def test_model_totals_match_eps_ba_moments():
+    from quantbounds.epsba.moments import eps_ba_moments
+    from quantbounds.quant.noise import uniform_noise_variance
+
+    B, A = gaussian_factors(jax.random.key(9), 20, 30, 4, dtype=jnp.float64)
+    bits = [2, 5, 9]
+    got = slopes.model_totals(B, A, bits)
+    RA, RB = float(jnp.max(jnp.abs(A))), float(jnp.max(jnp.abs(B)))
+    want = [float(eps_ba_moments(B, A, uniform_noise_variance(b, RA),
+                                 uniform_noise_variance(b, RB)).total) for b in bits]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_real_totals_match_dense_numpy_and_padding_is_exact():
+    from quantbounds.quant.quantizers import quantize
+
+    B, A = gaussian_factors(jax.random.key(10), 24, 20, 3, dtype=jnp.float64)
+    bits = jnp.asarray([2, 6], jnp.int32)
+    got = np.asarray(slopes.real_totals(B[None], A[None], bits))[0]
+    for b, g in zip((2, 6), got):
+        QB = np.asarray(quantize(B, "uniform", bits=b))
+        QA = np.asarray(quantize(A, "uniform", bits=b))
+        dense = np.sum((QB @ QA - np.asarray(B) @ np.asarray(A)) ** 2)
+        assert g == pytest.approx(dense, rel=1e-9)
+    # zero-padding the rank (how run() buckets ranks) changes no term beyond rounding
+    Bp, Ap = jnp.pad(B, ((0, 0), (0, 5))), jnp.pad(A, ((0, 5), (0, 0)))
+    np.testing.assert_allclose(np.asarray(slopes.real_terms(Bp[None], Ap[None], bits)),
+                               np.asarray(slopes.real_terms(B[None], A[None], bits)), rtol=1e-13)
+
+
+def test_bit_slope_detects_a_wrong_factor_per_bit():
+    bits = np.arange(2, 10)
+    rng = np.random.default_rng(11)
+    four = [4.0 ** -bits * (1 + 1e-4 * rng.normal(size=bits.size)) for _ in range(3)]
+    three = [3.0 ** -bits * (1 + 1e-4 * rng.normal(size=bits.size)) for _ in range(3)]
+    model = [4.0 ** -bits] * 3
+    assert slopes.bit_slope(four, model, bits)["b0"] == 2
+    assert slopes.bit_slope(three, model, bits)["b0"] is None
+    # broken only at b = 2 (like RTN at 2 bits): conditional from b₀ = 3
+    bent = [t.copy() for t in four]
+    for t in bent:
+        t[0] *= 0.5
+    assert slopes.bit_slope(bent, model, bits)["b0"] == 3
+
+
+def _slopes_res(power):
+    ranks = [1, 2, 4, 8, 16]
+    bits = [4, 8, 12]
+    rng = np.random.default_rng(12)
+    real = {r: [[r ** power * 4.0 ** -b * (1 + 0.01 * rng.normal()) for b in bits]
+                for _ in range(3)] for r in ranks}
+    data = {"gaussian": [{"r": r, "real": real[r], "real_fixed_range": real[r],
+                          "model": [[r ** power * 4.0 ** -b for b in bits]] * 3,
+                          "R_A": [1.0] * 3, "R_B": [1.0] * 3} for r in ranks]}
+    cfg = {"m": 8, "n": 8, "ranks": ranks, "bits": bits, "n_draws": 3, "rank_bits": 8,
+           "lora_alpha": 16.0}
+    return slopes.analyse({"config": cfg, "data": data})
+
+
+def test_rank_slope_verdicts_per_convention():
+    good = {v.claim: v.verdict for v in slopes.verdicts(_slopes_res(1.0))}
+    assert all(v == "holds" for c, v in good.items() if "∝ r^" in c)
+    rank_claim = next(c for c in good if "higher LoRA ranks" in c)
+    assert good[rank_claim] == "conditional"       # grows only under s = 1
+    bad = {v.claim: v.verdict for v in slopes.verdicts(_slopes_res(2.0))}
+    assert all(v == "fails" for c, v in bad.items() if "∝ r^" in c)
+
+
+# ----------------------------------------------------------------------------- codebooks
+def test_gaussian_code_distortion_closed_forms():
+    # two levels ±c: D(c) = 1 − 2c·√(2/π) + c² (E x² − 2c·E|x| + c²)
+    for c in (0.3, 0.7978845608, 1.5):
+        assert codebooks.gaussian_code_distortion([-c, c]) == pytest.approx(
+            1 - 2 * c * math.sqrt(2 / math.pi) + c * c, rel=1e-12)
+    # one level at 0: D = Var x = 1; Lloyd's 2-level optimum is ±√(2/π), D = 1 − 2/π
+    assert codebooks.gaussian_code_distortion([0.0]) == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_allclose(codebooks.lloyd_levels(2), [-math.sqrt(2 / math.pi),
+                                                          math.sqrt(2 / math.pi)], rtol=1e-10)
+    d, step = codebooks.best_scale_distortion(codebooks.uniform_levels(2))
+    assert d == pytest.approx(1 - 2 / math.pi, rel=1e-9)
+    assert step == pytest.approx(2 * math.sqrt(2 / math.pi), rel=1e-6)   # levels ±step/2
+
+
+@settings(deadline=None, max_examples=15)
+@given(st.lists(st.floats(-3, 3), min_size=2, max_size=6, unique=True))
+def test_gaussian_code_distortion_vs_monte_carlo(levels):
+    # MC of (x − nearest level)² with n draws: |mean − D| ≤ 5·sd/√n with the sample sd.
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=100_000)
+    y = np.sort(levels)
+    e2 = np.min((x[:, None] - y[None, :]) ** 2, axis=1)
+    assert abs(e2.mean() - codebooks.gaussian_code_distortion(y)) <= 5 * e2.std() / math.sqrt(x.size)
+
+
+def test_codebook_verdicts_fail_on_wrong_order_and_reference():
+    mc = {k: {"distortion": d, "se": 1e-5, "ci": (d - 2e-5, d + 2e-5)}
+          for k, d in (("nf4_block", 0.0150), ("int4_block", 0.0116), ("fp4_block", 0.0084),
+                       ("uniform4_paper_block", 0.0098))}
+    mc["int8_vs_additive"] = {"ratio": 1.3, "se": 0.01, "ci": (1.28, 1.32)}
+    ex = {"lloyd_max": {"integral": 0.009501, "reported": 0.009501, "own_iteration": 0.009501},
+          "optimal_uniform": {"distortion": 0.011543, "step": 0.3352},
+          "nf4_best_scale": {"distortion": 0.0099, "scale": 2.86},
+          "fp4_best_scale": {"distortion": 0.0166, "scale": 2.56}}
+    vs = {v.claim: v.verdict for v in codebooks.verdicts(
+        {"config": {"n_blocks": 100, "block_size": 64}, "exact": ex, "mc": mc})}
+    assert vs["blockwise distortion order NF4 < int4 < FP4 on Gaussian weights"] == "fails"
+    assert vs[next(c for c in vs if c.startswith("NF4 blockwise"))] == "fails"
+    assert vs[next(c for c in vs if c.startswith("int8"))] == "fails"
+    assert vs[next(c for c in vs if c.startswith("INT4 blockwise"))] == "holds"
+
+
+# ----------------------------------------------------------------------------- configs and CLI
+def test_configs_validate_themselves():
+    with pytest.raises(ValueError, match="bits"):
+        decomposition.DecompositionConfig(bits=(0,))
+    with pytest.raises(ValueError, match="multiples of 64"):
+        breakdown.BreakdownConfig(m=100, n=100, r=3)
+    with pytest.raises(ValueError, match="≥ 3"):
+        slopes.SlopesConfig(ranks=(1, 2))
+    with pytest.raises(ValueError, match="peft_init"):
+        slopes.SlopesConfig(families=("peft_init",))
+    with pytest.raises(ValueError, match="n_samples"):
+        moments_mc.MomentsConfig(n_samples=1)
+    with pytest.raises(ValueError, match="scale"):
+        ValidateConfig(scale="huge")
+    with pytest.raises(TypeError, match="slopes"):
+        ValidateConfig(slopes=moments_mc.MomentsConfig())
+    with pytest.raises(ValueError, match="scale"):
+        config_for("huge")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--scale", "huge"], "--scale"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "x"], "--seed"),
+    (["--quick", "--scale", "full"], "--quick"),
+    (["--bogus"], "--bogus"),
+])
+def test_cli_rejects_bad_options(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
