@@ -21,6 +21,7 @@ _HELP = {
     "calibrate": "fit the bounds' constants to run records",
     "allocate": "per-layer (rank, bits) allocation under a memory budget",
     "report": "assemble validation, audit and calibration into one markdown report",
+    "claims": "the claim registry with the latest verdict of each claim (seed vs toolkit)",
 }
 
 
