@@ -236,11 +236,11 @@ def claims():  # noqa: C901 - one literal table
             convention=paper,
             test=T(statistic="argmin of f over b ∈ [1, 16] (bounded scalar minimisation on a grid of C1, C2, "
                              "σ_g², r, N > 0) against the rule's b*; exactly, f′(b) = −2·ln2·C2·r·4^{−b}·σ_g² < 0",
-                   decision="holds if the minimiser lies within margin of the rule's b* (for some C) and is "
-                            "interior; fails if f has no interior stationary point (the minimiser is the "
-                            "largest b allowed); the balanced and memory-cost rules (toolkit.bstar.*) are "
-                            "reported beside it",
-                   margin=0.5, margin_units="bits", predicted=0.5)),
+                   decision="holds if the minimiser is interior and its slopes in log₂r and log₂N are "
+                            "½ ± margin (the rule's); fails if f has no interior stationary point (the "
+                            "minimiser is the largest b allowed, whatever r and N); the balanced and "
+                            "memory-cost rules (toolkit.bstar.*) are reported beside it",
+                   margin=0.2, margin_units="bits per doubling of r or N", predicted=0.5)),
         Claim(
             id="s001.thm3_3.bound", source=S1, origin="seed", kind="upper_bound", section="Theorem 3.3 eq. 9",
             quote=r"$$Var[\nabla_{BA}L_q] \le Var[\nabla_{BA}L] + L^2 ||x||^2 \cdot r \cdot 2^{-2b} R^2$$",
