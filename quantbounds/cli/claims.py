@@ -59,14 +59,18 @@ def load_results(results_dir: Path) -> tuple[dict[str, dict], list[str], list[st
         files.append(path.name)
         t = _file_time(path, data)
         per_claim: dict[str, list[dict]] = {}
+        unwired = 0
         for i, v in enumerate(verdicts):
             cid = v.get("claim_id") if isinstance(v, dict) else None
             if not cid:
+                unwired += 1
                 continue
             if cid not in reg:
                 warnings.append(f"{path.name}: verdict {i} names claim_id {cid!r}, which is not in the registry")
                 continue
             per_claim.setdefault(cid, []).append(v)
+        if unwired:
+            warnings.append(f"{path.name}: {unwired} of {len(verdicts)} verdicts carry no claim_id (not counted)")
         for cid, vs in per_claim.items():
             entry = {"file": path.name, "time": t, "verdicts": vs}
             if cid not in best:

@@ -259,6 +259,7 @@ def test_claims_command_lists_registry_with_latest_verdict(tmp_path, capsys):
     assert "no verdict" in out                      # claims nobody judged yet
     assert "seed claims:" in out and "toolkit claims:" in out
     assert "s001.gone" in out and "not in the registry" in out   # warned, not listed
+    assert "1 of 3 verdicts carry no claim_id" in out
 
     assert main(["--results", str(d), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
