@@ -666,6 +666,7 @@ def claims():  # noqa: C901 - one literal table
                    margin=0.05, margin_units="bits",
                    interval="normal interval from the multinomial standard error",
                    readings=("information-theoretic (equal-probability codes)",
+                             "with and without each block's absmax element (it maps to ±1 exactly)",
                              "MSE-optimal (Lloyd–Max) — not what the seed says"))),
         Claim(
             id="s002.qlora.nf4_quantiles", source=S2, origin="seed", kind="identity", section="§1 QLoRA",
@@ -676,7 +677,9 @@ def claims():  # noqa: C901 - one literal table
                              "and mirror, 7 negative, zero, 8 positive, normalised by the max)",
                    decision="holds if within margin float32 ulps of bitsandbytes' table; fails otherwise",
                    margin=1.0, margin_units="float32 ulps"),
-            notes="the quantiles are of an offset grid (0.9677083, not equal-probability bins of N(0, 1))"),
+            notes="the code points sit at equally spaced probabilities of an offset grid (up to 0.9677083; 8 "
+                  "positive, 7 negative points) normalised by the max; the nearest-rounding bins they induce are "
+                  "not exactly equal-probability — s002.qlora.nf4_information_optimal measures that"),
         Claim(
             id="s002.lloyd_max.optimal_beats_uniform", source=S2, origin="seed", kind="comparison",
             section="§4 Lloyd-Max",
