@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_nonlinear": "theory.nonlinear_student",
     "run_nonlinear_grid": "theory.nl_grid", "run_nonlinear_loop": "theory.nl_grid",
     # calibration, allocation, report
-    "calibrate": "calib.calibration", "calibrated_bits": "calib.calibration", "run_calibration": "cli.calibrate",
+    "calibrate": "calib.calibration", "calibrated_bits": "calib.bstar", "run_calibration": "cli.calibrate",
     "allocate": "calib.allocator", "LayerSpec": "calib.allocator", "memory_bits": "calib.allocator",
     "build_report": "report.report", "synthetic_records": "calib.synthetic", "SyntheticTruth": "calib.synthetic",
     # conventions, records, results

@@ -1,19 +1,23 @@
 """`quantbounds audit`: the seed's quantitative claims against the teacher–student experiment.
 
     quantbounds audit [--quick | --scale {quick,default,full}] [--out results/audit.json]
-                      [--figures figures | --no-figures] [--no-nonlinear]
+                      [--figures figures | --no-figures] [--no-nonlinear] [--no-progress]
+                      [--seed 0] [--x64]
 
 Runs the vmapped teacher–student grid (quantbounds.theory.ts_grid), measures gradient variance at
 fixed parameters (quantbounds.theory.gradvar), fits rates with bootstrap CIs over seeds
-(simulations.audit_verdicts), prints the verdict table and writes ``results/audit.json``
+(simulations.audit_fits, quantbounds.verdicts.intervals), judges the claims
+(simulations.audit_claims), prints the verdict table and writes ``results/audit.json``
 (``verdicts`` as Verdict.to_dict(), ``fits`` with exponent_N, exponent_r, per_bit_factor, …).
-Then the same rates for a nonlinear one-hidden-layer student (quantbounds.theory.nonlinear_student):
-``fits["nonlinear"]`` and verdicts whose claims start "off the linear case".
+Then the same rates for a nonlinear one-hidden-layer student (quantbounds.theory.nonlinear_student,
+simulations.audit_nonlinear): ``fits["nonlinear"]`` and verdicts whose claims start "off the
+linear case".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -117,8 +121,9 @@ def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     return out
 
 
-def run_audit(acfg: AuditConfig, *, console=None) -> dict:
-    """Run the grid, the gradient-variance measurement, the fits and the verdicts."""
+def run_audit(acfg: AuditConfig, *, console=None, show_progress: bool = True) -> dict:
+    """Run the grid, the gradient-variance measurement, the fits and the verdicts
+    (``show_progress=False``: no spinners, only one log line per stage)."""
     from rich.console import Console
 
     from quantbounds.theory.teacher_student import make_problem
@@ -126,20 +131,24 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
     from simulations.audit_claims import fits_and_verdicts
 
     console = console or Console(stderr=True)
+
+    def status(text: str):
+        return console.status(text) if show_progress else contextlib.nullcontext()
+
     cfg = acfg.ts_config()
     problem = make_problem(cfg)
     t0 = time.perf_counter()
     n_cfg = len(cfg.ranks) * len(cfg.Ns) * cfg.seeds * (len(cfg.conventions) + 1 + 3 * len(cfg.bits))
     steps = 4 if acfg.nonlinear else 3
-    with console.status(f"[1/{steps}] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
+    with status(f"[1/{steps}] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
         res = run_grid(cfg, problem=problem)
     t1 = time.perf_counter()
     console.log(f"grid done in {t1 - t0:.1f} s")
-    with console.status(f"[2/{steps}] gradient variance at fixed parameters"):
+    with status(f"[2/{steps}] gradient variance at fixed parameters"):
         gv = run_gradvar(res, cfg, acfg, problem)
     t2 = time.perf_counter()
     console.log(f"gradient variance done in {t2 - t1:.1f} s")
-    with console.status(f"[3/{steps}] fits (bootstrap over seeds) and verdicts"):
+    with status(f"[3/{steps}] fits (bootstrap over seeds) and verdicts"):
         fits, verdicts, summary = fits_and_verdicts(res, gv, cfg, acfg)
     t3 = time.perf_counter()
     console.log(f"fits done in {t3 - t2:.1f} s")
@@ -149,12 +158,12 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
     nl = None
     if acfg.nonlinear:
         from quantbounds.theory.nl_grid import run_nonlinear_grid
-        from simulations.audit_claims import nonlinear_fits_and_verdicts
+        from simulations.audit_nonlinear import nonlinear_fits_and_verdicts
 
         ncfg = acfg.nonlinear_config()
         n_nl = len(ncfg.Ns) * ncfg.seeds * len(ncfg.ranks) * sum(1 if a == "fp" else len(ncfg.trained_bits)
                                                                   for a in ncfg.arms)
-        with console.status(f"[4/4] nonlinear student: {n_nl} trainings × {ncfg.steps} steps, one jit, and fits"):
+        with status(f"[4/4] nonlinear student: {n_nl} trainings × {ncfg.steps} steps, one jit, and fits"):
             nl = run_nonlinear_grid(ncfg)
             fits["nonlinear"], nl_verdicts = nonlinear_fits_and_verdicts(nl, ncfg, acfg, fits)
         verdicts = list(verdicts) + nl_verdicts
@@ -167,12 +176,14 @@ def run_audit(acfg: AuditConfig, *, console=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `quantbounds audit` (argv without the command name)."""
+    from quantbounds.cli.options import add_common_options, figures_dir
+
     p = argparse.ArgumentParser(prog="quantbounds audit", description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=SCALES, default="default")
     p.add_argument("--quick", action="store_true", help="same as --scale quick (≤ 60 s)")
-    p.add_argument("--out", default="results/audit.json")
-    p.add_argument("--figures", default="figures", help="directory for audit_*.png")
-    p.add_argument("--no-figures", action="store_true")
+    add_common_options(p, out="results/audit.json", figures_help="directory for audit_*.png",
+                       seed_help="PRNG key of the teacher–student grids (data, init, noise; "
+                                 "default 0)")
     p.add_argument("--no-nonlinear", action="store_true", help="skip the nonlinear-student part")
     p.add_argument("--x64", action="store_true", help="run in float64 (slower); default: JAX's setting")
     args = p.parse_args(argv)
@@ -184,15 +195,18 @@ def main(argv: list[str] | None = None) -> int:
 
     scale = "quick" if args.quick else args.scale
     # quick: fewer bootstrap replicates (the CI's Monte Carlo error grows, its meaning does not)
-    out = run_audit(AuditConfig(scale=scale, n_boot=300 if scale == "quick" else 1000,
-                                nonlinear=not args.no_nonlinear))
+    key = (("key", args.seed),) if args.seed else ()
+    acfg = AuditConfig(scale=scale, n_boot=300 if scale == "quick" else 1000,
+                       nonlinear=not args.no_nonlinear, overrides=key, nonlinear_overrides=key)
+    out = run_audit(acfg, show_progress=not args.no_progress)
     res, gv, nl = out.pop("_res"), out.pop("_gv"), out.pop("_nl")
-    if not args.no_figures:
+    figures = figures_dir(args)
+    if figures is not None:
         from simulations.audit_plots import plot_audit, plot_nonlinear
 
-        out["figures"] = [str(f) for f in plot_audit(res, gv, out, figures_dir=args.figures)]
+        out["figures"] = [str(f) for f in plot_audit(res, gv, out, figures_dir=figures)]
         if nl is not None:
-            out["figures"].append(str(plot_nonlinear(nl, out, figures_dir=args.figures)))
+            out["figures"].append(str(plot_nonlinear(nl, out, figures_dir=figures)))
     write_json_atomic(args.out, out)
     print_verdicts(out["verdicts"], title=f"quantbounds audit ({scale})")
     print(f"wrote {args.out}")

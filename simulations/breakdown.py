@@ -32,7 +32,9 @@ import numpy as np
 from quantbounds._checks import check_bits, check_choice, check_int_range
 from quantbounds.verdicts.results import Verdict
 
-from simulations.decisions import decide_cells, decide_reference, decide_upper_bound, mean_ci
+from quantbounds.verdicts.decisions import decide_cells, decide_reference
+from quantbounds.verdicts.decisions import decide_upper_bound_cells as decide_upper_bound
+from quantbounds.verdicts.intervals import mean_ci
 from simulations.decomposition import GRANULARITIES, granularity_kwargs
 from simulations.factors import FactorSpec, make_factors
 

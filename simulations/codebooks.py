@@ -29,7 +29,8 @@ from scipy import optimize, special, stats
 from quantbounds._checks import check_int_range
 from quantbounds.verdicts.results import Verdict
 
-from simulations.decisions import (critical_z, decide_interval, decide_reference, mean_ci)
+from quantbounds.verdicts.decisions import critical_z, decide_interval, decide_reference
+from quantbounds.verdicts.intervals import mean_ci
 
 # DESIGN.md §2 reference values, with the number of significant digits they are quoted to.
 REFERENCES = {

@@ -32,7 +32,7 @@ import numpy as np
 from quantbounds._checks import check_bits, check_choice
 from quantbounds.verdicts.results import Verdict
 
-from simulations.decisions import decide_identity
+from quantbounds.verdicts.decisions import decide_identity
 from simulations.factors import FactorSpec, make_factors
 
 HI = jax.lax.Precision.HIGHEST

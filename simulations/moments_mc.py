@@ -36,7 +36,8 @@ from scipy import stats
 from quantbounds._checks import check_bits, check_choice, check_int_range
 from quantbounds.verdicts.results import Verdict
 
-from simulations.decisions import ALPHA, decide_upper_bound, decide_zscores
+from quantbounds.verdicts.decisions import ALPHA, decide_zscores
+from quantbounds.verdicts.decisions import decide_upper_bound_cells as decide_upper_bound
 from simulations.factors import FAMILIES, FactorSpec, make_factors, nested_factors
 
 TERMS = ("b_epsA", "epsB_A", "epsB_epsA", "total")

@@ -1,15 +1,15 @@
 """`quantbounds validate`: the main job — does the ε_BA theory hold on real quantized factors?
 
-Runs six experiments (each its own module under ``simulations/``, a frozen config and a
-``run(config, key)``), turns every measurement into a verdict (``quantbounds.verdicts.results.Verdict``,
-decided by ``simulations.decisions``), prints them as a table, writes
-``results/validation.json`` and ``figures/validation_*.png``:
+Runs five experiments (``EXPERIMENTS``; each its own module under ``simulations/``, a frozen
+config and a ``run(config, key)``), turns every measurement into a verdict
+(``quantbounds.verdicts.results.Verdict``, decided by ``quantbounds.verdicts.decisions``), prints
+them as a table, writes ``results/validation.json`` and ``figures/validation_*.png``:
 
- 1. decomposition identity on real quantized tensors         (simulations.decomposition)
- 2. Monte Carlo vs exact moments, 3. the variance bound       (simulations.moments_mc)
- 4. factor per bit and rank slopes per LoRA scale convention  (simulations.slopes)
- 5. where the additive model breaks (bits × granularity × rounding)  (simulations.breakdown)
- 6. NF4 vs FP4 vs int4 vs Lloyd–Max                           (simulations.codebooks)
+ 1. decomposition identity on real quantized tensors              (simulations.decomposition)
+ 2. Monte Carlo vs exact moments, and the variance bound          (simulations.moments_mc)
+ 3. factor per bit and rank slopes per LoRA scale convention      (simulations.slopes)
+ 4. where the additive model breaks (bits × granularity × rounding)  (simulations.breakdown)
+ 5. NF4 vs FP4 vs int4 vs Lloyd–Max                               (simulations.codebooks)
 
 Scales: ``--quick`` (≤ 60 s on 2 CPU cores), default (≤ 5 min, includes a 4096×4096 layer
 at rank 256), ``--scale full`` (larger grids, for a GPU). A hidden ``--scale tiny`` runs in
@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from quantbounds.cli.options import add_common_options, figures_dir
 from simulations import breakdown, codebooks, decomposition, moments_mc, slopes
 
 SCALES_CLI = ("default", "full")
@@ -137,9 +138,9 @@ def run_all(config: ValidateConfig, *, seed: int = 0, show_progress: bool = True
            "devices": [str(d) for d in jax.devices()], "wall_s": {}, "verdicts": [],
            "experiments": {}}
     verdicts = []
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), disable=not show_progress, console=console,
-                  transient=False) as prog:
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  disable=not show_progress, console=console, transient=False) as prog:
         tasks = {name: prog.add_task(name, total=_steps(name, config)) for name in EXPERIMENTS}
         for i, name in enumerate(EXPERIMENTS):
             mod = _MODULES[name]
@@ -170,16 +171,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Check the ε_BA decomposition, its exact moments, the variance bound, the "
                     "bit/rank slopes, where the additive model breaks, and NF4/FP4/int4 vs "
                     "Lloyd–Max; print verdicts, write JSON and figures.")
-    p.add_argument("--out", default="results/validation.json", help="result JSON path")
-    p.add_argument("--figures", default="figures",
-                   help="directory for figures/validation_*.png ('' for none)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (≥ 0)")
+    add_common_options(p, out="results/validation.json",
+                       figures_help="directory for figures/validation_*.png ('' for none)")
     p.add_argument("--quick", action="store_true", help="small grid, ≤ 60 s on 2 CPU cores")
     # "tiny" is for the tests (a few seconds); not advertised.
     p.add_argument("--scale", default="default", choices=SCALES_CLI + ("tiny",),
                    metavar="{default,full}",
                    help="default: ≤ 5 min on 2 CPU cores; full: larger grids, for a GPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -189,13 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p = _parser()
     try:
         args = p.parse_args(argv)
-    except SystemExit as e:          # argparse exits 2 on bad options, 0 on --help
+    except SystemExit as e:          # argparse exits 2 on bad options (--seed < 0), 0 on --help
         return int(e.code or 0)
-    if args.seed < 0:
-        p.print_usage(sys.stderr)
-        print(f"quantbounds validate: error: --seed must be ≥ 0, got {args.seed}",
-              file=sys.stderr)
-        return 2
     if args.quick and args.scale != "default":
         p.print_usage(sys.stderr)
         print("quantbounds validate: error: --quick and --scale are exclusive "
@@ -215,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run_all(config_for(scale), seed=args.seed, show_progress=not args.no_progress,
                      console=console)
     figs = []
-    if args.figures:
+    figures = figures_dir(args)
+    if figures is not None:
         from simulations.validate_plots import plot_all
 
-        figs = plot_all(result, args.figures)
+        figs = plot_all(result, figures)
     result["figures"] = [str(f) for f in figs]
     result["wall_s"]["with_figures"] = round(time.perf_counter() - t0, 2)
     path = write_json_atomic(args.out, result)
@@ -227,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               for k in ("holds", "conditional", "fails")}
     console.print(f"{counts['holds']} hold, {counts['conditional']} conditional, "
                   f"{counts['fails']} fail · wrote {path}"
-                  + (f" and {len(figs)} figures in {args.figures}" if figs else "")
+                  + (f" and {len(figs)} figures in {figures}" if figs else "")
                   + f" · {result['wall_s']['with_figures']:.0f} s")
     return 0
 

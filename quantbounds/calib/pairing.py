@@ -1,4 +1,10 @@
-"""Pair quantized runs with their 16-bit baseline runs (torch-free).
+"""Screen run records once and pair quantized runs with their 16-bit baselines (torch-free).
+
+:func:`pair_runs` is the one screening + pairing step of calibration: it keeps the records that
+can be fitted (:func:`screen_records`) and indexes the baseline runs by pair key, giving a
+frozen :class:`PairedRuns` that the fits (:mod:`quantbounds.calib.calibration`), the claims
+(:mod:`quantbounds.verdicts.claims`) and the figures (:mod:`quantbounds.report.plots`) share.
+Its :meth:`PairedRuns.pairs` gives the :class:`Pairs` of one arm against one baseline arm.
 
 A quantized run and a baseline run form a pair when they agree on every field of
 ``PAIR_KEYS`` (model, dataset, LoRA scale, α, rank r, seed, N, steps). For a metric m the
@@ -9,10 +15,10 @@ paired excess and the relative change of pair i are
 where m(baseᵢ) is the mean over repeated baseline runs of one key. Pairing cancels the
 seed-to-seed spread that the two runs share. Pairs sharing a baseline are correlated, so a
 bootstrap resamples whole *groups* (one baseline key with all its pairs):
-:func:`group_resample_counts` gives the resampling weights.
+:func:`quantbounds.verdicts.intervals.group_resample_counts` gives the resampling weights.
 
 Shapes: every array of :class:`Pairs` is 1-D over pairs. Public: :func:`screen_records`,
-:class:`Pairs`, :func:`baselines`, :func:`paired_excess`, :func:`group_resample_counts`.
+:func:`pair_runs`, :class:`PairedRuns`, :class:`Pairs`, :func:`pair_key`, :func:`paired_excess`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantbounds._checks import check_choice
-from quantbounds.calib.records import ARMS
+from quantbounds.calib.records import ARMS, SCHEMA
 
 # fields that must agree for a quantized run and its 16-bit baseline to be a pair
 PAIR_KEYS = ("model", "dataset", "scale", "lora_alpha", "rank", "seed", "n_train", "steps")
@@ -43,14 +49,14 @@ def screen_records(records: list[dict]) -> tuple[list[dict], list[str]]:
     valid, problems = [], []
     schemas = Counter(r.get("schema") for r in records)
     if len(schemas) > 1:
-        problems.append(f"mixed schema versions {dict(schemas)}; only quantbounds.run/1 is used")
+        problems.append(f"mixed schema versions {dict(schemas)}; only {SCHEMA} is used")
     for r in records:
-        if r.get("schema") != "quantbounds.run/1":
+        if r.get("schema") != SCHEMA:
             continue
         cfg = r.get("config") or {}
         if cfg.get("rank_pattern") or cfg.get("bits_pattern"):
-            problems.append(f"run {r['run_id']} ({r['arm']}): per-layer rank/bits pattern, not a uniform "
-                            f"(r, b) configuration; left out of fits and verdicts")
+            problems.append(f"run {r['run_id']} ({r['arm']}): per-layer rank/bits pattern, not a "
+                            f"uniform (r, b) configuration; left out of fits and verdicts")
             continue
         bad = [k for k in ("eval_loss", "perplexity", "f1") if not math.isfinite(float(r[k]))]
         if bad:
@@ -61,18 +67,34 @@ def screen_records(records: list[dict]) -> tuple[list[dict], list[str]]:
     return valid, problems
 
 
-@dataclass
-class Pairs:
-    """Quantized runs matched to their 16-bit baseline. Arrays are 1-D over pairs."""
+def pair_key(r: dict) -> tuple:
+    """The values of ``PAIR_KEYS`` in record ``r`` (None where absent)."""
+    return tuple(r.get(k) for k in PAIR_KEYS)
 
+
+_SCALE = PAIR_KEYS.index("scale")
+
+
+@dataclass(frozen=True, eq=False)
+class Pairs:
+    """Quantized runs of ``arm`` matched to their ``baseline_arm`` run. Arrays are 1-D over pairs.
+
+    group: index of the pair's baseline key among :meth:`PairedRuns.baseline_keys` of the
+    same baseline arm and scale filter; q, base: the metric of the quantized run and the mean
+    metric of its baseline runs; missing: "arm r=… b=… seed=… N=…" of runs with no baseline.
+    """
+
+    arm: str
+    baseline_arm: str
+    metric: str
     rank: np.ndarray
     bits: np.ndarray
     n_train: np.ndarray
     seed: np.ndarray
-    group: np.ndarray          # index of the baseline group (one per baseline key)
-    q: np.ndarray              # metric of the quantized run
-    base: np.ndarray           # metric of the baseline
-    missing: list[str] = field(default_factory=list)
+    group: np.ndarray
+    q: np.ndarray
+    base: np.ndarray
+    missing: tuple[str, ...] = ()
 
     @property
     def excess(self) -> np.ndarray:
@@ -88,60 +110,103 @@ class Pairs:
         return int(self.rank.size)
 
 
-def pair_key(r: dict) -> tuple:
-    """The values of ``PAIR_KEYS`` in record ``r`` (None where absent)."""
-    return tuple(r.get(k) for k in PAIR_KEYS)
+@dataclass(frozen=True, eq=False)
+class PairedRuns:
+    """Screened run records and their baselines indexed by pair key (see :func:`pair_runs`).
 
-
-def baselines(records: list[dict], *, baseline_arm: str = "fp16") -> dict[tuple, list[dict]]:
-    """16-bit baseline runs by pair key (several when a configuration was repeated)."""
-    out: dict[tuple, list[dict]] = {}
-    for r in records:
-        if r["arm"] == baseline_arm and r["bits"] == 16:
-            out.setdefault(pair_key(r), []).append(r)
-    return out
-
-
-def paired_excess(records: list[dict], *, arm: str, baseline_arm: str = "fp16",
-                  metric: str = "eval_loss", bits: int | None = None,
-                  group_index: dict[tuple, int] | None = None) -> Pairs:
-    """Pair every ``arm`` run (optionally at one bit-width) with its ``baseline_arm`` run.
-
-    Repeated baselines for one key are averaged. Runs without a baseline are listed in
-    ``missing`` as "arm r=… b=… seed=… N=…" and left out. ``group_index`` maps baseline keys
-    to group ids (default: the keys sorted by their string form, numbered from 0).
+    records: the valid records, in input order; problems: why the others were left out;
+    n_input: how many records came in. ``baselines[arm][key]`` holds the 16-bit runs of a
+    baseline arm with that pair key (several when a configuration was repeated).
     """
-    check_choice(arm, "arm", ARMS)
-    check_choice(metric, "metric", METRICS)
-    base = baselines(records, baseline_arm=baseline_arm)
-    gi = group_index if group_index is not None else {k: i for i, k in enumerate(sorted(base, key=str))}
-    cols: dict[str, list] = {k: [] for k in ("rank", "bits", "n_train", "seed", "group", "q", "base")}
-    missing = []
-    for r in records:
-        if r["arm"] != arm or (bits is not None and r["bits"] != bits):
-            continue
-        k = pair_key(r)
-        if k not in base:
-            missing.append(f"{arm} r={r['rank']} b={r['bits']} seed={r['seed']} N={r['n_train']}")
-            continue
-        cols["rank"].append(r["rank"]); cols["bits"].append(r["bits"])
-        cols["n_train"].append(r["n_train"]); cols["seed"].append(r["seed"])
-        cols["group"].append(gi[k]); cols["q"].append(float(r[metric]))
-        cols["base"].append(float(np.mean([float(b[metric]) for b in base[k]])))
-    arr = {k: np.asarray(v, dtype=float if k in ("q", "base") else int) for k, v in cols.items()}
-    return Pairs(**arr, missing=missing)
+
+    records: tuple[dict, ...]
+    problems: tuple[str, ...] = ()
+    n_input: int = 0
+    baselines: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def arms(self) -> list[str]:
+        """The arms present, sorted."""
+        return sorted({r["arm"] for r in self.records})
+
+    def has(self, arm: str, *, bits: int | None = None) -> bool:
+        """Whether any valid run of ``arm`` (at ``bits``, when given) is present."""
+        return any(r["arm"] == arm and (bits is None or r["bits"] == bits) for r in self.records)
+
+    def runs(self, *arms: str, scale: str | None = None) -> list[dict]:
+        """The valid runs of ``arms`` (all when none given), optionally of one LoRA scale."""
+        return [r for r in self.records if (not arms or r["arm"] in arms)
+                and (scale is None or r["scale"] == scale)]
+
+    def baseline_keys(self, baseline_arm: str = "fp16", *, scale: str | None = None) -> list[tuple]:
+        """Pair keys of the ``baseline_arm`` 16-bit runs (of one scale), sorted by their string
+        form: the group numbering of :meth:`pairs` and of the calibration's bootstrap."""
+        keys = self.baselines.get(baseline_arm, {})
+        return sorted((k for k in keys if scale is None or k[_SCALE] == scale), key=str)
+
+    def pairs(self, *, arm: str, baseline_arm: str = "fp16", metric: str = "eval_loss",
+              bits: int | None = None, max_bits: int | None = None,
+              scale: str | None = None) -> Pairs:
+        """Pair every ``arm`` run (at ``bits``, at ≤ ``max_bits``, of ``scale``, when given) with
+        its ``baseline_arm`` runs; repeated baselines are averaged, runs without one are listed
+        in ``missing`` and left out."""
+        check_choice(arm, "arm", ARMS)
+        check_choice(metric, "metric", METRICS)
+        base = self.baselines.get(baseline_arm, {})
+        group_of = {k: i for i, k in enumerate(self.baseline_keys(baseline_arm, scale=scale))}
+        names = ("rank", "bits", "n_train", "seed", "group", "q", "base")
+        cols: dict[str, list] = {k: [] for k in names}
+        missing = []
+        for r in self.runs(arm, scale=scale):
+            if bits is not None and r["bits"] != bits:
+                continue
+            if max_bits is not None and r["bits"] > max_bits:
+                continue
+            key = pair_key(r)
+            if key not in base:
+                missing.append(f"{arm} r={r['rank']} b={r['bits']} seed={r['seed']} "
+                               f"N={r['n_train']}")
+                continue
+            for name in ("rank", "bits", "n_train", "seed"):
+                cols[name].append(r[name])
+            cols["group"].append(group_of[key])
+            cols["q"].append(float(r[metric]))
+            cols["base"].append(float(np.mean([float(b[metric]) for b in base[key]])))
+        arrays = {k: np.asarray(v, dtype=float if k in ("q", "base") else int)
+                  for k, v in cols.items()}
+        return Pairs(arm=arm, baseline_arm=baseline_arm, metric=metric, **arrays,
+                     missing=tuple(missing))
+
+    def summary(self) -> dict:
+        """The ``data`` object of results/calibration.json: counts and the design's values."""
+        valid = self.records
+        return {"n_records": self.n_input, "n_valid": len(valid),
+                "runs_by_arm": dict(Counter(f"{r['arm']} b={r['bits']}" for r in valid)),
+                "ranks": sorted({r["rank"] for r in valid}),
+                "n_train": sorted({r["n_train"] for r in valid}),
+                "seeds": sorted({r["seed"] for r in valid}),
+                "models": sorted({r["model"] for r in valid})}
 
 
-def group_resample_counts(groups, *, n_boot: int, rng: np.random.Generator, minlength: int) -> np.ndarray:
-    """Cluster-bootstrap weights over baseline groups.
+def pair_runs(records) -> PairedRuns:
+    """Screen ``records`` (:func:`screen_records`) and index their 16-bit baselines by pair key:
+    the one pairing step of calibration. A :class:`PairedRuns` is returned unchanged."""
+    if isinstance(records, PairedRuns):
+        return records
+    records = list(records)
+    valid, problems = screen_records(records)
+    baselines: dict[str, dict[tuple, list[dict]]] = {}
+    for r in valid:
+        if r["bits"] == 16:
+            baselines.setdefault(r["arm"], {}).setdefault(pair_key(r), []).append(r)
+    frozen = {arm: {k: tuple(v) for k, v in by_key.items()} for arm, by_key in baselines.items()}
+    return PairedRuns(records=tuple(valid), problems=tuple(problems), n_input=len(records),
+                      baselines=frozen)
 
-    Resample k draws len(groups) ids with replacement from ``groups`` (1-D array of group
-    ids < ``minlength``); counts[k, g] = how often id g was drawn. Returns (n_boot, minlength),
-    or (0, minlength) when n_boot = 0 or there are no groups. Draws in the order
-    resample 0, 1, …, so a given ``rng`` state gives one fixed set of resamples.
-    """
-    groups = np.asarray(groups)
-    if not n_boot or not groups.size:
-        return np.zeros((0, minlength))
-    return np.stack([np.bincount(rng.choice(groups, size=groups.size), minlength=minlength)
-                     for _ in range(n_boot)])
+
+def paired_excess(records, *, arm: str, baseline_arm: str = "fp16", metric: str = "eval_loss",
+                  bits: int | None = None) -> Pairs:
+    """:meth:`PairedRuns.pairs` of ``records`` (a list, screened first, or a PairedRuns)."""
+    return pair_runs(records).pairs(arm=arm, baseline_arm=baseline_arm, metric=metric, bits=bits)

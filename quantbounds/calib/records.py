@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from quantbounds.conventions import SCALES, lora_scale  # noqa: F401 (re-exported)
 
@@ -70,7 +69,8 @@ OPTIONAL = (
     "train_loss",          # list[float]: loss per logged step
     "train_loss_steps",    # list[int]: the steps of train_loss
     "grad_var_layers",     # dict[str, float]: per adapted layer, across mini-batches
-    "grad_var_noise",      # float: trace of covariance across noise draws on a fixed batch (SR/noise arms)
+    "grad_var_noise",      # float: trace of covariance across noise draws on a fixed batch
+                           # (SR/noise arms)
     "grad_var_noise_layers",  # dict[str, float]
     "grad_var_batches",    # int: mini-batches used for grad_var
     "x_norm2",             # dict[str, float]: mean ‖x‖² of each adapted layer's input
@@ -197,10 +197,3 @@ def make_record(**fields: Any) -> dict:
     """Build a record dict with ``schema`` filled in, validated."""
     rec = {"schema": SCHEMA, **fields}
     return validate_record(rec)
-
-
-def group_records(records: Iterable[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
-    for r in records:
-        out.setdefault(tuple(r.get(k) for k in keys), []).append(r)
-    return out

@@ -66,126 +66,151 @@ def _counts(verdicts) -> dict:
 
 
 def _calibration_section(d: dict) -> list[str]:
-    L = []
+    lines = []
     if d.get("synthetic"):
-        L += ["> **SYNTHETIC** — these records were generated from known constants "
+        lines += ["> **SYNTHETIC** — these records were generated from known constants "
               "(quantbounds.calib.synthetic); nothing in this section is a measurement.", ""]
     data = d.get("data", {})
     if data:
-        L += [f"Records: {data.get('n_valid')} valid of {data.get('n_records')} "
+        lines += [f"Records: {data.get('n_valid')} valid of {data.get('n_records')} "
               f"(models {data.get('models')}, ranks {data.get('ranks')}, N {data.get('n_train')}, "
               f"seeds {data.get('seeds')}); fitted arm `{d.get('settings', {}).get('arm')}` at scale "
               f"`{d.get('settings', {}).get('scale')}`.", ""]
     fits = d.get("fits", {})
-    L += ["| parameter | value | 95 % CI | theory |", "|---|---|---|---|"]
+    lines += ["| parameter | value | 95 % CI | theory |", "|---|---|---|---|"]
     for k in ("C2", "per_bit_factor", "exponent_r", "C1", "exponent_r_gen", "exponent_N"):
         e = fits.get(k)
         if isinstance(e, dict):
             ci = "fixed (not identifiable)" if e.get("fixed") else _cell(e.get("ci"))
-            L.append(f"| {k} | {_cell(e.get('value'))} | {ci} | {THEORY_VALUE[k]} |")
+            lines.append(f"| {k} | {_cell(e.get('value'))} | {ci} | {THEORY_VALUE[k]} |")
         else:
-            L.append(f"| {k} | not fitted | — | {THEORY_VALUE[k]} |")
+            lines.append(f"| {k} | not fitted | — | {THEORY_VALUE[k]} |")
     by_arm = fits.get("by_arm") or {}
     if by_arm:
-        L += ["", "The quantization term fitted separately for each quantizer (paired with its baseline):", "",
+        lines += ["", "The quantization term fitted separately for each quantizer (paired with its baseline):", "",
               "| arm | C2 | per_bit_factor (theory 4) | exponent_r | LOCO R² | pairs |", "|---|---|---|---|---|---|"]
         for a, e in by_arm.items():
             if "per_bit_factor" not in e:
-                L.append(f"| {a} | {_cell(e.get('status'))} | | | | |")
+                lines.append(f"| {a} | {_cell(e.get('status'))} | | | | |")
                 continue
             f = (lambda p: "—" if not isinstance(p, dict) else
                  f"{p['value']:.3g} " + ("(fixed)" if p.get("fixed") else _cell(p.get("ci"))))
-            L.append(f"| {a} | {f(e['C2'])} | {f(e['per_bit_factor'])} | {f(e['exponent_r'])} | "
+            lines.append(f"| {a} | {f(e['C2'])} | {f(e['per_bit_factor'])} | {f(e['exponent_r'])} | "
                      f"{_cell(e.get('r2_loco'))} | {e.get('n_pairs')} |")
     q = fits.get("quantization") or {}
     if isinstance(q, dict) and q.get("loco"):
         lo = q["loco"]
-        L += ["", f"Quantization term goodness of fit: in-sample R² = {_cell(q.get('r2_in_sample'))}; "
+        lines += ["", f"Quantization term goodness of fit: in-sample R² = {_cell(q.get('r2_in_sample'))}; "
                   f"leave-one-configuration-out R² = {_cell(lo.get('r2'))}, RMSE = {_cell(lo.get('rmse'))} nats "
                   f"(predicting each held-out configuration by the mean of the others: RMSE = "
                   f"{_cell(lo.get('rmse_null_mean'))}); {lo.get('n_held_out')} of {lo.get('n_configs')} "
                   f"configurations held out."]
     rows = d.get("bits_table") or []
     if rows:
-        L += ["", "Bit-width b* (continuous; round up): calibrated rules with bootstrap intervals next to "
+        lines += ["", "Bit-width b* (continuous; round up): calibrated rules with bootstrap intervals next to "
                   "the paper's rule (Thm 3.2, C = 0) and the derived balanced rule.", "",
               "| r | N | paper | derived balanced | calibrated balanced | calibrated tolerance |",
               "|---|---|---|---|---|---|"]
         for r in rows:
             cb, ct = r.get("calibrated_balanced"), r.get("calibrated_tolerance")
             fmt = (lambda e: "—" if not e else f"{e['b']:.2f} {_cell(e.get('ci'))}")
-            L.append(f"| {r['r']} | {r['N']} | {r['paper']:.2f} | {_cell(r.get('derived_balanced'))} | "
+            lines.append(f"| {r['r']} | {r['N']} | {r['paper']:.2f} | {_cell(r.get('derived_balanced'))} | "
                      f"{fmt(cb)} | {fmt(ct)} |")
-        L.append(f"\n(tolerance rule: the least b with fitted excess ≤ {d.get('settings', {}).get('tol_nats')} nats)")
+        lines.append(f"\n(tolerance rule: the least b with fitted excess ≤ {d.get('settings', {}).get('tol_nats')} nats)")
     if d.get("notes"):
-        L += ["", "Notes from the calibration:", ""] + [f"- {_cell(n)}" for n in d["notes"]]
-    return L
+        lines += ["", "Notes from the calibration:", ""] + [f"- {_cell(n)}" for n in d["notes"]]
+    return lines
 
 
-def build_report(*, results_dir="results", figures_dir="figures", out="results/REPORT.md") -> tuple[Path, list[str]]:
-    """Write the markdown report; return (path, names of missing parts)."""
-    results_dir, figures_dir, out = Path(results_dir), Path(figures_dir), Path(out)
-    rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731  (links relative to the report)
-    loaded, missing = {}, []
-    for key, fname, _title, _cmd in PARTS:
-        data, err = _load(results_dir / fname)
-        loaded[key] = (data, err)
-        if err:
-            missing.append(key)
+def _summary_section(loaded: dict, results_dir: Path, figures_dir: Path) -> list[str]:
+    """Title, provenance and the holds/fails/conditional count of every part."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    L = ["# quantbounds report", "",
-         f"Generated {now} by `quantbounds report` from `{results_dir}/` and `{figures_dir}/`. Every number "
-         "below comes from a computation that could have disagreed with the claim it judges "
-         "(DESIGN.md §3); the seed documents' claims are cited by source.", "",
-         "## Summary", "", "| part | holds | fails | conditional | status |", "|---|---|---|---|---|"]
-    for key, fname, title, cmd in PARTS:
+    lines = ["# quantbounds report", "",
+             f"Generated {now} by `quantbounds report` from `{results_dir}/` and `{figures_dir}/`. "
+             "Every number below comes from a computation that could have disagreed with the claim "
+             "it judges (DESIGN.md §3); the seed documents' claims are cited by source.", "",
+             "## Summary", "", "| part | holds | fails | conditional | status |",
+             "|---|---|---|---|---|"]
+    for key, fname, _title, cmd in PARTS:
         data, err = loaded[key]
         if err:
-            L.append(f"| {key} | — | — | — | {err}: run `{cmd}` |")
-        else:
-            c = _counts(data.get("verdicts", []))
-            syn = " (SYNTHETIC)" if data.get("synthetic") else ""
-            L.append(f"| {key}{syn} | {c['holds']} | {c['fails']} | {c['conditional']} | `{results_dir / fname}` |")
+            lines.append(f"| {key} | — | — | — | {err}: run `{cmd}` |")
+            continue
+        c = _counts(data.get("verdicts", []))
+        syn = " (SYNTHETIC)" if data.get("synthetic") else ""
+        lines.append(f"| {key}{syn} | {c['holds']} | {c['fails']} | {c['conditional']} | "
+                     f"`{results_dir / fname}` |")
+    return lines
+
+
+def _part_sections(loaded: dict, results_dir: Path) -> list[str]:
+    """One section per results file: its verdict table (and fits, or the calibration tables)."""
+    lines = []
     for key, fname, title, cmd in PARTS:
         data, err = loaded[key]
-        L += ["", f"## {title}", ""]
+        lines += ["", f"## {title}", ""]
         if err:
-            L += [f"*Missing*: `{results_dir / fname}` is {err}. Produce it with `{cmd}`."]
+            lines += [f"*Missing*: `{results_dir / fname}` is {err}. Produce it with `{cmd}`."]
             continue
         if key == "calibration":
-            L += _calibration_section(data) + [""]
+            lines += _calibration_section(data) + [""]
         if data.get("verdicts"):
-            L += verdict_table(data["verdicts"])
+            lines += verdict_table(data["verdicts"])
         else:
-            L.append("(no verdicts in this file)")
+            lines.append("(no verdicts in this file)")
         if key != "calibration" and data.get("fits"):
-            L += ["", "Fits:", "", "```json", json.dumps(data["fits"], indent=1)[:4000], "```"]
+            lines += ["", "Fits:", "", "```json", json.dumps(data["fits"], indent=1)[:4000], "```"]
+    return lines
+
+
+def _allocation_sections(results_dir: Path) -> list[str]:
+    """The allocator's results, when present."""
+    lines = []
     for fname, title in (("allocation.json", "Allocation (quantbounds allocate)"),
-                         ("allocation_check.json", "Allocation against the best uniform choice (real runs)")):
+                         ("allocation_check.json",
+                          "Allocation against the best uniform choice (real runs)")):
         p = results_dir / fname
-        if p.exists():
-            try:
-                a = json.loads(p.read_text())
-                L += ["", f"## {title}", ""]
-                if isinstance(a.get("verdicts"), list) and a["verdicts"]:
-                    L += verdict_table(a["verdicts"]) + [""]
-                if a.get("notes"):
-                    L += [f"- {_cell(n)}" for n in a["notes"]] + [""]
-                rest = {k: v for k, v in a.items() if k not in ("verdicts", "notes")}
-                L += ["```json", json.dumps(rest, indent=1)[:3000], "```"]
-            except json.JSONDecodeError as err:
-                L += ["", f"## {title}", "", f"`{p}` is unreadable: {err}"]
+        if not p.exists():
+            continue
+        try:
+            a = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            lines += ["", f"## {title}", "", f"`{p}` is unreadable: {err}"]
+            continue
+        lines += ["", f"## {title}", ""]
+        if isinstance(a.get("verdicts"), list) and a["verdicts"]:
+            lines += verdict_table(a["verdicts"]) + [""]
+        if a.get("notes"):
+            lines += [f"- {_cell(n)}" for n in a["notes"]] + [""]
+        rest = {k: v for k, v in a.items() if k not in ("verdicts", "notes")}
+        lines += ["```json", json.dumps(rest, indent=1)[:3000], "```"]
+    return lines
+
+
+def _figure_section(figures_dir: Path, out: Path) -> list[str]:
+    """Every PNG under figures_dir, linked relative to the report."""
     figs = sorted(figures_dir.glob("**/*.png")) if figures_dir.exists() else []
-    L += ["", "## Figures", ""]
+    lines = ["", "## Figures", ""]
     if not figs:
-        L.append(f"*Missing*: no PNG under `{figures_dir}/` (the commands above write them).")
+        lines.append(f"*Missing*: no PNG under `{figures_dir}/` (the commands above write them).")
     for f in figs:
         label = f.stem.replace("_", " ")
         if f.stem.startswith("synthetic"):
             label = "SYNTHETIC — " + label
-        L += [f"### {label}", "", f"![{label}]({rel(f)})", ""]
+        lines += [f"### {label}", "", f"![{label}]({os.path.relpath(f, out.parent)})", ""]
+    return lines
+
+
+def build_report(*, results_dir="results", figures_dir="figures",
+                 out="results/REPORT.md") -> tuple[Path, list[str]]:
+    """Write the markdown report; return (path, names of missing parts)."""
+    results_dir, figures_dir, out = Path(results_dir), Path(figures_dir), Path(out)
+    loaded = {key: _load(results_dir / fname) for key, fname, _title, _cmd in PARTS}
+    missing = [key for key, (_data, err) in loaded.items() if err]
+    lines = (_summary_section(loaded, results_dir, figures_dir) + _part_sections(loaded, results_dir)
+             + _allocation_sections(results_dir) + _figure_section(figures_dir, out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(L) + "\n")
+    tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out)  # atomic, like write_json_atomic
     return out, missing

@@ -111,7 +111,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
 
 
 def format_cell(v: Any, *, width: int = 60) -> str:
-    """A verdict-table cell: 4 significant digits, an interval as [lo, hi], at most ``width`` chars."""
+    """A verdict-table cell: 4 significant digits, an interval as [lo, hi], at most ``width``
+    characters."""
     if v is None:
         return "—"
     if isinstance(v, float):
@@ -125,21 +126,50 @@ def format_cell(v: Any, *, width: int = 60) -> str:
 _fmt = format_cell
 
 
-def print_verdicts(verdicts: Iterable[Verdict | dict], *, title: str = "Verdicts", console=None) -> None:
-    """Print the verdict table with rich."""
+def print_verdicts(verdicts: Iterable[Verdict | dict], *, title: str = "Verdicts", console=None,
+                   plain: bool | None = None) -> None:
+    """Print the verdicts: a rich table on a terminal, a plain-text layout otherwise.
+
+    In a log or a pipe a rich table would wrap at the non-terminal width (80 columns, ≈ 10
+    characters per column), so when ``console`` is not a terminal (or ``plain=True``) each
+    verdict is written as a block with no width limit:
+
+        [holds] claim
+            predicted …  measured …  95% CI […]
+            conditions …
+    """
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
+    rows = [v.to_dict() if isinstance(v, Verdict) else to_jsonable(v) for v in verdicts]
+    if plain if plain is not None else not console.is_terminal:
+        console.print(plain_verdicts(rows, title=title), markup=False, highlight=False,
+                      soft_wrap=True, crop=False)
+        return
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     for col in ("claim", "verdict", "predicted", "measured", "95% CI", "conditions"):
         table.add_column(col, overflow="fold")
     style = {"holds": "green", "fails": "red", "conditional": "yellow"}
-    for v in verdicts:
-        d = v.to_dict() if isinstance(v, Verdict) else to_jsonable(v)
+    for d in rows:
         table.add_row(d["claim"], f"[{style[d['verdict']]}]{d['verdict']}[/]", _fmt(d["predicted"]),
                       _fmt(d["measured"]), _fmt(d.get("ci")), _fmt(d.get("conditions", "")))
     console.print(table)
+
+
+def plain_verdicts(rows: Iterable[dict], *, title: str = "Verdicts") -> str:
+    """The plain-text layout of :func:`print_verdicts`: a title line, then one block per verdict
+    (verdict and claim; predicted, measured and interval; conditions in full)."""
+    rows = list(rows)
+    lines = [f"{title} ({len(rows)})", "=" * len(f"{title} ({len(rows)})")]
+    for d in rows:
+        lines.append(f"[{d['verdict']}] {d['claim']}")
+        lines.append(f"    predicted {_fmt(d['predicted'])}  measured {_fmt(d['measured'])}  "
+                     f"95% CI {_fmt(d.get('ci'))}")
+        if d.get("conditions"):
+            lines.append(f"    conditions: {d['conditions']}")
+    return "\n".join(lines)
 
 
 def load_verdicts(path: str | os.PathLike) -> list[dict]:

@@ -1,7 +1,5 @@
 """Run-record schema: validation, append durability, torn-line recovery, resume ids."""
 
-import json
-import os
 
 import pytest
 

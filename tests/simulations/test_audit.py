@@ -1,15 +1,16 @@
-"""`quantbounds audit`: fit helpers against exact answers, decision rules fed disagreeing
-numbers, the claims on synthetic grids whose rates are known, and a tiny end-to-end run."""
+"""`quantbounds audit`: fit helpers against exact answers, the claims on synthetic grids whose
+rates are known, and a tiny end-to-end run (the decision rules and the seed bootstrap are
+tested in tests/verdicts/)."""
 
 import json
-import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from quantbounds.verdicts.results import load_verdicts
-from simulations import audit_verdicts as av
+from quantbounds.verdicts import decisions
+from simulations import audit_fits as fits_mod
 
 
 def test_fe_slope_and_log_slopes_recover_known_exponents():
@@ -17,15 +18,15 @@ def test_fe_slope_and_log_slopes_recover_known_exponents():
     x = rng.normal(size=40)
     g = np.repeat(np.arange(4), 10)
     y = np.array([3.0, -1.0, 0.5, 7.0])[g] + 1.75 * x
-    assert av.fe_slope(y, x, g) == pytest.approx(1.75, abs=1e-12)
+    assert fits_mod.fe_slope(y, x, g) == pytest.approx(1.75, abs=1e-12)
     r = np.array([2.0, 4, 8, 16])
     N = np.array([64.0, 256, 1024])
     E = 0.3 * r[:, None] ** 0.8 / N[None, :]  # exponent −1 in N, 0.8 in r
-    assert av.log_slope(E, N, 1) == pytest.approx(-1.0, abs=1e-12)
-    assert av.log_slope(E, r, 0) == pytest.approx(0.8, abs=1e-12)
+    assert fits_mod.log_slope(E, N, 1) == pytest.approx(-1.0, abs=1e-12)
+    assert fits_mod.log_slope(E, r, 0) == pytest.approx(0.8, abs=1e-12)
     b = np.array([2.0, 3, 4, 6])
     Q = 5.0 * r[:, None] * 3.0 ** -b[None, :]  # factor 3 per bit
-    assert 2.0 ** -av.bit_slope(Q, b, 1) == pytest.approx(3.0, rel=1e-12)
+    assert 2.0 ** -fits_mod.bit_slope(Q, b, 1) == pytest.approx(3.0, rel=1e-12)
 
 
 def test_threshold_bits_exact_for_log_linear_curves():
@@ -33,16 +34,16 @@ def test_threshold_bits_exact_for_log_linear_curves():
     K, b0, tol = 2.0, 4.6, 0.1
     base = K * 4.0 ** -b0 / tol
     q = K * 4.0 ** -b  # log₂ linear in b: interpolation is exact
-    assert av.threshold_bits(q, base, b, tol=tol) == pytest.approx(b0, abs=1e-12)
-    assert np.isnan(av.threshold_bits(q, 1e6, b, tol=tol))      # below the tolerance everywhere
-    assert np.isnan(av.threshold_bits(q, 1e-12, b, tol=tol))    # never reached on the grid
+    assert fits_mod.threshold_bits(q, base, b, tol=tol) == pytest.approx(b0, abs=1e-12)
+    assert np.isnan(fits_mod.threshold_bits(q, 1e6, b, tol=tol))      # below the tolerance everywhere
+    assert np.isnan(fits_mod.threshold_bits(q, 1e-12, b, tol=tol))    # never reached on the grid
 
 
 def test_fit_envelope_is_the_tightest_valid_bound():
     rng = np.random.default_rng(1)
     a, q = rng.uniform(0.1, 1, 30), rng.uniform(0.1, 1, 30)
     y = 2.0 * a + 0.5 * q
-    C1, C2 = av.fit_envelope(a, q, y)
+    C1, C2 = fits_mod.fit_envelope(a, q, y)
     assert np.all(C1 * a + C2 * q >= y * (1 - 1e-9))
     assert (C1, C2) == pytest.approx((2.0, 0.5), abs=1e-7)  # exact data: the generating constants
     # brute-force check of optimality on a grid of feasible (C1, C2)
@@ -50,39 +51,6 @@ def test_fit_envelope_is_the_tightest_valid_bound():
     for c1 in np.linspace(0, 4, 41):
         need = np.max(np.where(q > 0, (y - c1 * a) / q, 0))
         assert obj(c1, max(need, 0)) >= obj(C1, C2) - 1e-9
-
-
-def test_bootstrap_point_estimate_and_coverage_of_a_mean():
-    rng = np.random.default_rng(2)
-    x = rng.normal(1.0, 2.0, size=(1, 400))
-    est, (lo, hi) = av.bootstrap(lambda v: v.mean(), (x,), n_boot=500)
-    assert est == pytest.approx(x.mean())
-    se = x.std() / math.sqrt(x.size)
-    # for a mean the interval is ≈ ±t_{S−1}·SE = ±1.966·SE (Monte Carlo error of 500
-    # bootstrap replicates in sd*: ≈ 1/√1000 ≈ 3 %, so 15 % is > 5 of its SEs)
-    assert (hi - lo) == pytest.approx(2 * 1.966 * se, rel=0.15)
-    assert lo < x.mean() < hi
-
-
-@pytest.mark.parametrize("fn, args, expect", [
-    (av.decide_value, (-0.5, (-1.2, -1.1)), "fails"),
-    (av.decide_value, (-1.0, (-1.2, -0.9)), "holds"),
-    (av.decide_all_values, ([4.0, 1.0], [(3.9, 4.1), (0.2, 0.4)]), "fails"),
-    (av.decide_all_values, ([4.0, 1.0], [(3.9, 4.1), (0.8, 1.2)]), "holds"),
-    (av.decide_upper_bound, ((1.1, 1.3),), "fails"),
-    (av.decide_upper_bound, ((0.2, 0.4),), "holds"),
-    (av.decide_upper_bound, ((0.9, 1.1),), "conditional"),
-    (av.decide_sign, ((-0.5, -0.4),), "fails"),
-    (av.decide_sign, ((0.1, 0.4),), "holds"),
-    (av.decide_sign, ((-0.1, 0.4),), "conditional"),
-    (av.decide_at_most, ((0.2, 0.3), 0.05), "fails"),
-    (av.decide_at_most, ((0.01, 0.02), 0.05), "holds"),
-    (av.decide_exponential, ((0.9, 1.1), 0.5), "fails"),
-    (av.decide_exponential, ((3.9, 4.1), 0.5), "conditional"),
-    (av.decide_exponential, ((3.9, 4.1), 1.0), "holds"),
-])
-def test_decision_rules(fn, args, expect):
-    assert fn(*args) == expect
 
 
 def _synthetic(rate_N, rate_r, factor, *, seeds=6, noise=0.05, seed=0):
@@ -157,7 +125,7 @@ def _synthetic_nl(rate_N, rate_r, factor, *, seeds=6, noise=0.05, seed=0):
 
 
 def test_nonlinear_claims_come_out_either_way_on_synthetic_grids():
-    from simulations.audit_claims import nonlinear_fits_and_verdicts
+    from simulations.audit_nonlinear import nonlinear_fits_and_verdicts
 
     acfg = SimpleNamespace(n_boot=60, tol=0.1)
     nl, ncfg = _synthetic_nl(-0.5, 0.5, 4.0)
@@ -171,7 +139,7 @@ def test_nonlinear_claims_come_out_either_way_on_synthetic_grids():
     # estimate and that the verdict follows its own CI)
     v4 = _verdict(vs, "off the linear case: factor 4 per bit")
     assert v4.measured == pytest.approx(4.0, rel=0.01)
-    assert v4.verdict == av.decide_value(4.0, v4.ci)
+    assert v4.verdict == decisions.decide_interval(4.0, v4.ci)
     # rank exponent 0.3 of the quantization term: the O(r·4^{−b}) claim fails on it
     assert _verdict(vs, "off the linear case: Thm 3.1 quantization term").verdict == "fails"
     # STE deployed = fp excess + PTQ's quantization term: ratio to PTQ is exactly 1

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from quantbounds.verdicts.results import VERDICTS, load_verdicts
-from simulations import breakdown, codebooks, decisions, decomposition, moments_mc, slopes
+from simulations import breakdown, codebooks, decomposition, moments_mc, slopes
 from simulations.factors import (FactorSpec, gaussian_factors, make_factors, peft_init_factors,
                                  student_t4, trained_like_factors)
 from simulations.validate import ValidateConfig, config_for, main
@@ -66,98 +66,6 @@ def test_tiny_run_figures(tiny_run):
                     "validation_decomposition.png", "validation_moments.png",
                     "validation_slopes.png"]
     assert all((d / "figs" / f).stat().st_size > 10_000 for f in figs)
-
-
-# ----------------------------------------------------------------------------- decision rules
-def test_critical_z_matches_normal_and_t_quantiles():
-    # K = 1, α = 0.05: the familiar two-sided 1.959964 (= Φ⁻¹(0.975)).
-    assert decisions.critical_z(1, alpha=0.05) == pytest.approx(1.959963984540054, abs=1e-12)
-    # Bonferroni over K tests: Φ⁻¹(1 − α/(2K)); t with ν dof is wider than the normal.
-    assert decisions.critical_z(10, alpha=0.01) == pytest.approx(stats.norm.isf(0.0005))
-    assert decisions.critical_z(10, alpha=0.01, dof=5) > decisions.critical_z(10, alpha=0.01)
-    with pytest.raises(ValueError, match="n_tests"):
-        decisions.critical_z(0)
-
-
-def test_decide_zscores_fails_on_one_outlier_and_skips_nan():
-    zc = decisions.critical_z(3)
-    assert decisions.decide_zscores([0.1, -1.0, np.nan, 2.0])[0] == "holds"
-    assert decisions.decide_zscores([0.1, -1.0, zc * 1.01])[0] == "fails"
-    assert decisions.decide_zscores([0.0, np.inf])[0] == "fails"
-    with pytest.raises(ValueError):
-        decisions.decide_zscores([np.nan])
-
-
-def test_decide_identity_upper_bound_interval_slope_cells():
-    assert decisions.decide_identity([0.2, 1.0]) == "holds"
-    assert decisions.decide_identity([0.2, 1.0001]) == "fails"
-    assert decisions.decide_identity([0.2, np.inf]) == "fails"
-    assert decisions.decide_identity([]) == "fails"
-    assert decisions.decide_upper_bound([0.1, 0.5], [0.2, 0.9]) == "holds"
-    assert decisions.decide_upper_bound([0.1, 0.9], [0.2, 1.1]) == "conditional"
-    assert decisions.decide_upper_bound([0.1, 1.01], [0.2, 1.1]) == "fails"
-    assert decisions.decide_interval(4.0, (3.9, 4.1)) == "holds"
-    assert decisions.decide_interval(4.0, (4.01, 4.1)) == "fails"
-    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.95, 1.05)) == "holds"
-    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "fails"   # fixed range rules
-    assert decisions.decide_slope(1.0, (0.9, 1.1)) == "holds"
-    assert decisions.decide_slope(1.0, (1.05, 1.2), (0.95, 1.05)) == "conditional"
-    assert decisions.decide_slope(1.0, (1.05, 1.2), (1.02, 1.05)) == "fails"
-    assert decisions.decide_slope(1.0, (1.05, 1.2)) == "fails"
-    assert decisions.decide_cells([True, True]) == "holds"
-    assert decisions.decide_cells([True, False]) == "conditional"
-    assert decisions.decide_cells([False, False]) == "fails"
-
-
-def test_decide_reference_uses_mc_error_plus_half_unit_of_the_quote():
-    # 0.00845 quoted to 3 digits: half a unit = 5e−6 (exact); se = 0 leaves only that.
-    assert decisions.quote_halfunit(0.00845, 3) == pytest.approx(5e-6, rel=1e-12)
-    assert decisions.quote_halfunit(0.47, 2) == pytest.approx(5e-3, rel=1e-12)
-    assert decisions.decide_reference(0.008454, 0.0, 0.00845, digits=3)[0] == "holds"
-    assert decisions.decide_reference(0.008456, 0.0, 0.00845, digits=3)[0] == "fails"
-    v, tol = decisions.decide_reference(0.0086, 1e-4, 0.00845, digits=3)
-    assert v == "holds" and tol == pytest.approx(decisions.critical_z(1) * 1e-4 + 5e-6)
-    assert decisions.decide_reference(0.0090, 1e-4, 0.00845, digits=3)[0] == "fails"
-
-
-def test_mean_ci_matches_scipy_t_interval():
-    x = np.random.default_rng(0).normal(3.0, 2.0, 25)
-    mean, se, ci = decisions.mean_ci(x)
-    lo, hi = stats.t.interval(0.95, 24, loc=x.mean(), scale=stats.sem(x))
-    assert (mean, se) == pytest.approx((x.mean(), stats.sem(x)))
-    assert ci == pytest.approx((lo, hi))
-
-
-def test_fit_loglinear_exact_slope_and_scipy_linregress():
-    x = np.arange(2, 12, dtype=float)
-    # noise-free 3·4^{−x}: slope −2 in log₂, exactly (up to float rounding)
-    fit = decisions.fit_loglinear(x, 3.0 * 4.0 ** -x, 1e-3 * 3.0 * 4.0 ** -x)
-    assert fit["slope"] == pytest.approx(-2.0, abs=1e-10)
-    assert fit["ci"][0] <= -2.0 <= fit["ci"][1]
-    # unweighted: same slope and standard error as scipy.stats.linregress on log₂ y
-    y = 2.0 ** (0.7 * x + np.random.default_rng(1).normal(0, 0.1, x.size))
-    f = decisions.fit_loglinear(x, y)
-    lr = stats.linregress(x, np.log2(y))
-    assert f["slope"] == pytest.approx(lr.slope, rel=1e-9)
-    assert f["slope_se"] == pytest.approx(lr.stderr, rel=1e-6)
-    with pytest.raises(ValueError, match="positive"):
-        decisions.fit_loglinear(x, -y)
-
-
-def test_fit_loglinear_ci_covers_true_slope_at_nominal_rate():
-    # Coverage of the 95 % CI over 400 synthetic fits with known per-point errors. The miss
-    # count is Binomial(400, ≤ 0.05) (χ² scaling can only widen): mean ≤ 20, sd ≤ 4.4, so
-    # > 20 + 5·4.4 = 42 misses would mean the interval is too narrow.
-    rng = np.random.default_rng(2)
-    x = np.arange(8, dtype=float)
-    misses = 0
-    for _ in range(400):
-        se = 0.05 * np.ones_like(x)
-        ly = 1.0 - 1.5 * x + rng.normal(0, 0.05, x.size)
-        y = 2.0 ** ly
-        f = decisions.fit_loglinear(x, y, se * y * math.log(2))
-        misses += not (f["ci"][0] <= -1.5 <= f["ci"][1])
-    assert misses <= 42
 
 
 # ----------------------------------------------------------------------------- factor families
