@@ -33,14 +33,15 @@ _PRESETS = {
                  Ns=(128, 256, 512, 1024, 2048, 4096), seeds=16, steps=800),
 }
 
-# Nonlinear-student presets (quantbounds.theory.nonlinear_student.NonlinearConfig; "default" is its own
-# default: 4 ranks × 6 PTQ bits (3 trained) × 4 N × 8 seeds, a teacher per seed; measured ~20–45 s on
+# Nonlinear-student presets (quantbounds.theory.nonlinear_student.NonlinearConfig; "default" is its
+# own default: 4 ranks × 6 PTQ bits (3 trained) × 4 N × 8 seeds, a teacher per seed; ~20–45 s on
 # the 2-core CPU under load 3–6; quick ~10 s, mostly XLA compile time).
 _NL_PRESETS = {
     "quick": dict(ranks=(1, 2, 4), bits=(2, 3, 4, 6, 8), train_bits=(2, 4), Ns=(128, 512), seeds=4,
                   steps=200, n_test=2048),
     "default": dict(),
-    # full: ~1.8 TFLOP of training (450 trainings per N, ΣN = 3840, 400 steps): minutes, not measured here
+    # full: ~1.8 TFLOP of training (450 trainings per N, ΣN = 3840, 400 steps): minutes, not
+    # measured here
     "full": dict(n=12, h=24, m=6, r_star=3, ranks=(1, 2, 3, 6, 12), bits=(2, 3, 4, 5, 6, 7, 8, 10),
                  train_bits=(2, 3, 4, 6), Ns=(256, 512, 1024, 2048), seeds=10, steps=400),
 }
@@ -52,7 +53,8 @@ class AuditConfig:
     gradient-variance measurement; tol: the quantization excess counted as negligible, as a
     fraction of the full-precision excess (the seed README's "< 10 % degradation");
     overrides: TeacherStudentConfig fields that replace the preset's (tests use it); nonlinear:
-    run the nonlinear-student part; nonlinear_overrides: NonlinearConfig fields replacing its preset."""
+    run the nonlinear-student part; nonlinear_overrides: NonlinearConfig fields replacing its
+    preset."""
 
     scale: str = "default"
     grad_batch: int = 32
@@ -83,42 +85,52 @@ class AuditConfig:
         return NonlinearConfig(**{**_NL_PRESETS[self.scale], **dict(self.nonlinear_overrides)})
 
 
+def _fp_arm(res: dict, scale: str) -> dict:
+    """The full-precision arm of convention ``scale`` (else the first fp arm of the grid)."""
+    key = f"fp_{scale}"
+    return res[key] if key in res else res[next(k for k in res if k.startswith("fp_"))]
+
+
 def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     """Gradient variance at the trained fp parameters (largest N, convention cfg.scale), for
     every (rank, bits, seed), under additive-model and SR noise. Arrays shaped (R, B, S)."""
     import jax
     import jax.numpy as jnp
 
-    from quantbounds.theory.gradvar import measure_grad_variance
-
-    fp = res[f"fp_{cfg.scale}"] if f"fp_{cfg.scale}" in res else res[next(k for k in res if k.startswith("fp_"))]
-    R, Bn, S = len(cfg.ranks), len(cfg.bits), cfg.seeds
-    ri, bi, si = (a.ravel() for a in np.meshgrid(np.arange(R), np.arange(Bn), np.arange(S), indexing="ij"))
-    mask = (np.arange(cfg.r_max)[None, :] < np.array(cfg.ranks)[ri][:, None]).astype(float)
-    B = jnp.asarray(fp["B"][ri, -1, si] * mask[:, None, :])
-    A = jnp.asarray(fp["A"][ri, -1, si] * mask[:, :, None])
-    s = jnp.asarray(fp["scale"][ri, -1, si])
-    b = jnp.asarray(np.array(cfg.bits, float)[bi])
-    from quantbounds.theory.gradvar import draw_gradvar
+    from quantbounds.theory.gradvar import draw_gradvar, measure_grad_variance
     from quantbounds.theory.teacher_student import KIND_INDEX
 
+    fp = _fp_arm(res, cfg.scale)
+    n_ranks, n_bits, n_seeds = len(cfg.ranks), len(cfg.bits), cfg.seeds
+    rank_i, bit_i, seed_i = (a.ravel() for a in np.meshgrid(
+        np.arange(n_ranks), np.arange(n_bits), np.arange(n_seeds), indexing="ij"))
+    ranks = np.array(cfg.ranks)[rank_i]
+    mask = (np.arange(cfg.r_max)[None, :] < ranks[:, None]).astype(float)
+    B = jnp.asarray(fp["B"][rank_i, -1, seed_i] * mask[:, None, :])
+    A = jnp.asarray(fp["A"][rank_i, -1, seed_i] * mask[:, :, None])
+    scale = jnp.asarray(fp["scale"][rank_i, -1, seed_i])
+    bits = jnp.asarray(np.array(cfg.bits, float)[bit_i])
     # one set of draws per seed (independent replicates for the bootstrap), shared by every
     # (rank, bits) of that seed (common random numbers for the slopes)
     base = jax.random.PRNGKey(cfg.key + 7)
-    dt = B.dtype
-    draws = [draw_gradvar(jax.random.fold_in(base, j), n_draws=acfg.grad_draws, batch_size=acfg.grad_batch,
-                          m=cfg.m, n=cfg.n, r=cfg.r_max, dtype=dt) for j in range(S)]
+    draws = [draw_gradvar(jax.random.fold_in(base, j), n_draws=acfg.grad_draws,
+                          batch_size=acfg.grad_batch, m=cfg.m, n=cfg.n, r=cfg.r_max, dtype=B.dtype)
+             for j in range(n_seeds)]
     draws = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *draws)
     kinds = ("additive", "sr")
-    f = jax.jit(jax.vmap(jax.vmap(
-        lambda B_, A_, s_, j_, b_, r_, kind: measure_grad_variance(
-            problem, B_, A_, s_, jax.tree_util.tree_map(lambda d: d[j_], draws), kind=kind, bits=b_,
-            granularity=cfg.granularity, rank=r_),
-        in_axes=(0, 0, 0, 0, 0, 0, None)), in_axes=(None, None, None, None, None, None, 0)))
-    r = jax.device_get(f(B, A, s, jnp.asarray(si), b, jnp.asarray(np.array(cfg.ranks)[ri]),
-                         jnp.asarray([KIND_INDEX[k] for k in kinds])))
-    out = {kind: {k: np.asarray(v)[i].reshape(R, Bn, S) for k, v in r.items()} for i, kind in enumerate(kinds)}
-    return out
+
+    def one(B_, A_, s_, j_, b_, r_, kind):
+        seed_draws = jax.tree_util.tree_map(lambda d: d[j_], draws)
+        return measure_grad_variance(problem, B_, A_, s_, seed_draws, kind=kind, bits=b_,
+                                     granularity=cfg.granularity, rank=r_)
+
+    per_cell = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None))
+    measure = jax.jit(jax.vmap(per_cell, in_axes=(None, None, None, None, None, None, 0)))
+    measured = jax.device_get(measure(B, A, scale, jnp.asarray(seed_i), bits, jnp.asarray(ranks),
+                                      jnp.asarray([KIND_INDEX[k] for k in kinds])))
+    shape = (n_ranks, n_bits, n_seeds)
+    return {kind: {k: np.asarray(v)[i].reshape(shape) for k, v in measured.items()}
+            for i, kind in enumerate(kinds)}
 
 
 def run_audit(acfg: AuditConfig, *, console=None, show_progress: bool = True) -> dict:
@@ -138,9 +150,11 @@ def run_audit(acfg: AuditConfig, *, console=None, show_progress: bool = True) ->
     cfg = acfg.ts_config()
     problem = make_problem(cfg)
     t0 = time.perf_counter()
-    n_cfg = len(cfg.ranks) * len(cfg.Ns) * cfg.seeds * (len(cfg.conventions) + 1 + 3 * len(cfg.bits))
+    n_cfg = (len(cfg.ranks) * len(cfg.Ns) * cfg.seeds
+             * (len(cfg.conventions) + 1 + 3 * len(cfg.bits)))
     steps = 4 if acfg.nonlinear else 3
-    with status(f"[1/{steps}] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, one jit"):
+    with status(f"[1/{steps}] teacher–student grid: ~{n_cfg} trainings × {cfg.steps} steps, "
+                f"one jit"):
         res = run_grid(cfg, problem=problem)
     t1 = time.perf_counter()
     console.log(f"grid done in {t1 - t0:.1f} s")
@@ -161,17 +175,18 @@ def run_audit(acfg: AuditConfig, *, console=None, show_progress: bool = True) ->
         from simulations.audit_nonlinear import nonlinear_fits_and_verdicts
 
         ncfg = acfg.nonlinear_config()
-        n_nl = len(ncfg.Ns) * ncfg.seeds * len(ncfg.ranks) * sum(1 if a == "fp" else len(ncfg.trained_bits)
-                                                                  for a in ncfg.arms)
-        with status(f"[4/4] nonlinear student: {n_nl} trainings × {ncfg.steps} steps, one jit, and fits"):
+        per_arm = sum(1 if a == "fp" else len(ncfg.trained_bits) for a in ncfg.arms)
+        n_nl = len(ncfg.Ns) * ncfg.seeds * len(ncfg.ranks) * per_arm
+        with status(f"[4/4] nonlinear student: {n_nl} trainings × {ncfg.steps} steps, one jit, "
+                    f"and fits"):
             nl = run_nonlinear_grid(ncfg)
             fits["nonlinear"], nl_verdicts = nonlinear_fits_and_verdicts(nl, ncfg, acfg, fits)
         verdicts = list(verdicts) + nl_verdicts
         config["nonlinear"] = asdict(ncfg)
         timing["nonlinear"] = time.perf_counter() - t3
         console.log(f"nonlinear student done in {timing['nonlinear']:.1f} s")
-    return {"config": config, "fits": fits, "verdicts": [v.to_dict() for v in verdicts], "summary": summary,
-            "timing_s": timing, "_res": res, "_gv": gv, "_nl": nl}
+    return {"config": config, "fits": fits, "verdicts": [v.to_dict() for v in verdicts],
+            "summary": summary, "timing_s": timing, "_res": res, "_gv": gv, "_nl": nl}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                        seed_help="PRNG key of the teacher–student grids (data, init, noise; "
                                  "default 0)")
     p.add_argument("--no-nonlinear", action="store_true", help="skip the nonlinear-student part")
-    p.add_argument("--x64", action="store_true", help="run in float64 (slower); default: JAX's setting")
+    p.add_argument("--x64", action="store_true",
+                   help="run in float64 (slower); default: JAX's setting")
     args = p.parse_args(argv)
     import jax
 

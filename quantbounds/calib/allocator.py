@@ -4,8 +4,9 @@ In the spirit of QR-Adaptor (seed 000 §2: per-layer rank and bit-width as a dis
 optimisation), but the objective is Theorem 3.1 with calibrated constants rather than
 downstream accuracy. For layers l with weight shapes m_l×n_l, adapter (r_l, b_l):
 
-    F = Σ_l [ C1·N^(−c)·v_l·r_l^a  +  C2·w_l·r_l^β·ρ^(−b_l) ]        (b_l = 16: no quantization term)
-    memory_l = r_l·(m_l + n_l)·b_l bits  (+ one 32-bit absmax per block of ``block_size`` when b_l < 16)
+    F = Σ_l [ C1·N^(−c)·v_l·r_l^a  +  C2·w_l·r_l^β·ρ^(−b_l) ]    (b_l = 16: no quantization term)
+    memory_l = r_l·(m_l + n_l)·b_l bits
+               (+ one 32-bit absmax per block of ``block_size`` when b_l < 16)
 
 with v_l = (m_l + n_l)/Σ(m + n) (parameter share) and w_l = S_l/ΣS (sensitivity share), so
 that a uniform (r, b) gives back the model-level calibrated terms C1·r^a·N^(−c) and
@@ -97,14 +98,15 @@ def _terms(layers, params: dict, N: float):
     check_positive(N, "N")
     if params["per_bit_factor"] <= 1:
         raise ValueError(f"per_bit_factor must be > 1, got {params['per_bit_factor']}")
-    mn = np.array([l.m + l.n for l in layers], float)
-    S = np.array([l.sens() for l in layers], float)
+    mn = np.array([layer.m + layer.n for layer in layers], float)
+    S = np.array([layer.sens() for layer in layers], float)
     v, w = mn / mn.sum(), S / S.sum()
     gen0 = params["C1"] * N ** (-params["exponent_N"])
 
     def cost(i: int, r: int, b: int) -> float:
         g = gen0 * v[i] * r ** params["exponent_r_gen"]
-        q = 0.0 if b >= 16 else params["C2"] * w[i] * r ** params["exponent_r"] * params["per_bit_factor"] ** (-b)
+        q = 0.0 if b >= 16 else (params["C2"] * w[i] * r ** params["exponent_r"]
+                                 * params["per_bit_factor"] ** (-b))
         return g + q
 
     return cost
@@ -112,11 +114,12 @@ def _terms(layers, params: dict, N: float):
 
 def _options(layers, ranks, bits, cost, block_size):
     out = []
-    for i, l in enumerate(layers):
-        opts = [(memory_bits(l, r, b, block_size=block_size), cost(i, r, b), (r, b))
-                for r in ranks if r <= min(l.m, l.n) for b in bits]
+    for i, layer in enumerate(layers):
+        opts = [(memory_bits(layer, r, b, block_size=block_size), cost(i, r, b), (r, b))
+                for r in ranks if r <= min(layer.m, layer.n) for b in bits]
         if not opts:
-            raise ValueError(f"layer {l.name!r} ({l.m}×{l.n}) admits none of ranks {list(ranks)}")
+            raise ValueError(f"layer {layer.name!r} ({layer.m}×{layer.n}) admits none of ranks "
+                             f"{list(ranks)}")
         out.append(opts)
     return out
 
@@ -124,13 +127,13 @@ def _options(layers, ranks, bits, cost, block_size):
 def objective(layers, choice: dict, *, params: dict, N: float) -> float:
     """F for a given {name: (rank, bits)}."""
     cost = _terms(layers, params, N)
-    return float(sum(cost(i, *choice[l.name]) for i, l in enumerate(layers)))
+    return float(sum(cost(i, *choice[layer.name]) for i, layer in enumerate(layers)))
 
 
 def _check_inputs(layers, ranks, bits, budget_bytes):
     if not layers:
         raise ValueError("layers must be a non-empty list of LayerSpec")
-    names = [l.name for l in layers]
+    names = [layer.name for layer in layers]
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique, got {names}")
     for r in ranks:
@@ -182,25 +185,26 @@ def allocate(layers: list[LayerSpec], *, budget_bytes: float, params: dict | Non
         j, k = par[j]
         ks.append(op[k][2])
     ch = tuple(reversed(ks))
-    choice = {l.name: k for l, k in zip(layers, ch)}
-    uni = best_uniform(layers, budget_bytes=budget_bytes, params=params, N=N, ranks=ranks, bits=bits,
-                       block_size=block_size)
-    return Allocation(choice=choice, objective=float(obj), memory_bytes=mem / 8, budget_bytes=budget_bytes,
-                      uniform=uni, params=params)
+    choice = {layer.name: k for layer, k in zip(layers, ch)}
+    uni = best_uniform(layers, budget_bytes=budget_bytes, params=params, N=N, ranks=ranks,
+                       bits=bits, block_size=block_size)
+    return Allocation(choice=choice, objective=float(obj), memory_bytes=mem / 8,
+                      budget_bytes=budget_bytes, uniform=uni, params=params)
 
 
 def best_uniform(layers, *, budget_bytes: float, params: dict | None = None, N: float = 1000,
-                 ranks=(1, 2, 4, 8, 16, 32, 64), bits=(2, 3, 4, 8, 16), block_size: int = BLOCK_SIZE):
+                 ranks=(1, 2, 4, 8, 16, 32, 64), bits=(2, 3, 4, 8, 16),
+                 block_size: int = BLOCK_SIZE):
     """The best single (r, b) for every layer within the budget, or None if none fits."""
     params = dict(THEORY if params is None else params)
     best = None
     for r, b in itertools.product(ranks, bits):
-        if any(r > min(l.m, l.n) for l in layers):
+        if any(r > min(layer.m, layer.n) for layer in layers):
             continue
-        mem = sum(memory_bits(l, r, b, block_size=block_size) for l in layers)
+        mem = sum(memory_bits(layer, r, b, block_size=block_size) for layer in layers)
         if mem > budget_bytes * 8:
             continue
-        f = objective(layers, {l.name: (r, b) for l in layers}, params=params, N=N)
+        f = objective(layers, {layer.name: (r, b) for layer in layers}, params=params, N=N)
         if best is None or f < best["objective"]:
             best = {"rank": r, "bits": b, "objective": f, "memory_bytes": mem / 8}
     return best
@@ -226,7 +230,10 @@ def brute_force(layers, *, budget_bytes: float, params: dict | None = None, N: f
 def params_from_calibration(path_or_dict) -> tuple[dict, list[str]]:
     """The allocator's constants from results/calibration.json ``fits``; theory values (and a
     note saying so) for any that were not fitted."""
-    data = json.loads(Path(path_or_dict).read_text()) if not isinstance(path_or_dict, dict) else path_or_dict
+    if isinstance(path_or_dict, dict):
+        data = path_or_dict
+    else:
+        data = json.loads(Path(path_or_dict).read_text())
     fits = data.get("fits", data)
     out, notes = {}, []
     for k, v in THEORY.items():

@@ -93,8 +93,9 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth | None = None,
 
     For each (r, N, seed): one "fp16" run, one ``adapter_arm`` run per b in ``bits`` and one run
     per arm in ``base_arms``; each (arm, C2, ρ) in ``extra_adapter_arms`` adds runs of that arm
-    with its own quantization constants on the same shared baseline. f1 = 0.6 − f1_slope·(loss − L∞) + N(0, noise_sd²) (a made-up
-    monotone link, for the F1 verdicts' plumbing only). grad_var = 1 + r·4^(−b) and
+    with its own quantization constants on the same shared baseline.
+    f1 = 0.6 − f1_slope·(loss − L∞) + N(0, noise_sd²) (a made-up monotone link, for the F1
+    verdicts' plumbing only). grad_var = 1 + r·4^(−b) and
     eps_ba_fro2 = r·4^(−b)/3 without noise (labels for the figures, not measurements).
     ``seed`` drives a numpy Generator (explicit randomness). Returns a list of dicts.
     """
@@ -114,7 +115,8 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth | None = None,
                 l16 = base + rng.normal(0, truth.noise_sd)
                 f1_of = lambda L: 0.6 - f1_slope * (L - truth.L_inf) + rng.normal(0, truth.noise_sd)  # noqa: E731
                 out.append(_record(tag, arm="fp16", rank=r, bits=16, base_quant="none",
-                                   n_train=N, seed=s, loss=l16, f1=f1_of(l16), grad_var=1.0, eps=0.0))
+                                   n_train=N, seed=s, loss=l16, f1=f1_of(l16), grad_var=1.0,
+                                   eps=0.0))
                 for b in bits:
                     lq = base + float(truth.quant_term(r, b)) + rng.normal(0, truth.noise_sd)
                     out.append(_record(tag, arm=adapter_arm, rank=r, bits=b, base_quant="none",
@@ -123,9 +125,9 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth | None = None,
                 for arm, c2, rho in extra_adapter_arms:
                     for b in bits:
                         lq = base + c2 * r ** truth.beta * rho ** -b + rng.normal(0, truth.noise_sd)
-                        out.append(_record(tag, arm=arm, rank=r, bits=b, base_quant="none", n_train=N,
-                                           seed=s, loss=lq, f1=f1_of(lq), grad_var=1.0 + r * 4.0 ** -b,
-                                           eps=r * 4.0 ** -b / 3))
+                        out.append(_record(tag, arm=arm, rank=r, bits=b, base_quant="none",
+                                           n_train=N, seed=s, loss=lq, f1=f1_of(lq),
+                                           grad_var=1.0 + r * 4.0 ** -b, eps=r * 4.0 ** -b / 3))
                 for arm in base_arms:
                     bq = {"base_int8": "int8", "base_nf4": "nf4", "base_fp4": "fp4"}[arm]
                     lw = base + shifts.get(arm, 0.0) + rng.normal(0, truth.noise_sd)
@@ -140,7 +142,8 @@ def is_synthetic(records) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m quantbounds.calib.synthetic OUT.jsonl [--seed S]``: write a SYNTHETIC demo file."""
+    """``python -m quantbounds.calib.synthetic OUT.jsonl [--seed S]``: write a SYNTHETIC demo
+    file."""
     import argparse
 
     import json

@@ -41,28 +41,29 @@ def _schema_message(errors: list[tuple[int, str]]) -> list[str]:
 
 def _main_fit(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_boot: int, seed: int,
               tol: float, table_ranks, table_Ns, notes: list):
-    """The chosen arm's fit of both terms, its verdicts and the b* table (None, [], [] and a
-    note when nothing can be fitted)."""
+    """The chosen arm's fit of both terms and its b* table (None and [] with a note when
+    nothing can be fitted)."""
     try:
         cal = calibrate(runs, arm=arm, baseline_arm=baseline_arm, scale=scale, n_boot=n_boot,
                         seed=seed)
     except CalibrationError as err:
         notes.append(f"no fit: {err}")
-        return None, [], []
+        return None, []
     notes += cal.notes
     Ns = table_Ns or sorted({r["n_train"] for r in runs.runs(baseline_arm)}) or [1000]
-    return cal, fit_verdicts(cal), bits_table(cal, ranks=table_ranks, Ns=Ns, tol=tol)
+    return cal, bits_table(cal, ranks=table_ranks, Ns=Ns, tol=tol)
 
 
 def _other_arm_fits(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_boot: int,
-                    seed: int) -> tuple[dict, list]:
+                    seed: int) -> tuple[dict, list[Calibration]]:
     """The quantization-term fit for every other adapter arm present (RTN vs SR vs NF4 vs the
     paper's additive noise: does "4 per bit" hold for the real quantizers too?), and for
-    base_nf4_adapter_rtn against base_nf4 (the adapter term on top of an NF4 W0)."""
+    base_nf4_adapter_rtn against base_nf4 (the adapter term on top of an NF4 W0). Returns the
+    ``by_arm`` fits object and the fitted Calibrations (quantization term only)."""
     others = [(x, baseline_arm) for x in ADAPTER_ARMS if x != arm and runs.has(x)]
     if runs.has("base_nf4_adapter_rtn"):
         others.append(("base_nf4_adapter_rtn", "base_nf4"))
-    by_arm, verdicts = {}, []
+    by_arm, fitted = {}, []
     for other, base_arm in others:
         try:
             cal = calibrate(runs, arm=other, baseline_arm=base_arm, scale=scale, n_boot=n_boot,
@@ -76,8 +77,8 @@ def _other_arm_fits(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_b
         by_arm[other] = {**{k: p.to_dict() for k, p in cal.quant.params.items()},
                          "r2_loco": cal.quant.loco.r2, "n_pairs": cal.quant.n,
                          "baseline_arm": base_arm}
-        verdicts += fit_verdicts(cal.quantization_only())
-    return by_arm, verdicts
+        fitted.append(cal.quantization_only())
+    return by_arm, fitted
 
 
 def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
@@ -89,18 +90,23 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     dicts (screened and paired here, once) or a PairedRuns."""
     from quantbounds.calib.synthetic import is_synthetic
 
-    runs = pair_runs(records)                                      # records → calib
+    # calib: screen and pair once
+    runs = pair_runs(records)
     notes = list(notes or []) + list(runs.problems)
-    cal, verdicts, table = _main_fit(runs, arm=arm, baseline_arm=baseline_arm, scale=scale,
-                                     n_boot=n_boot, seed=seed, tol=tol, table_ranks=table_ranks,
-                                     table_Ns=table_Ns, notes=notes)   # → fits
+    # fits: both terms for the chosen arm (and its b* table), the quantization term for the rest
+    cal, table = _main_fit(runs, arm=arm, baseline_arm=baseline_arm, scale=scale, n_boot=n_boot,
+                           seed=seed, tol=tol, table_ranks=table_ranks, table_Ns=table_Ns,
+                           notes=notes)
+    by_arm, other_fits = _other_arm_fits(runs, arm=arm, baseline_arm=baseline_arm, scale=scale,
+                                         n_boot=n_boot, seed=seed)
+    # verdicts: the seeds' claims on the pairs, then the theory's exponents against each fit
+    claims, claim_notes = claim_verdicts(runs, n_boot=max(n_boot, 200), seed=seed)
+    verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
     fits = cal.fits_dict() if cal is not None else {"C1": None, "C2": None,
                                                     "per_bit_factor": None, "exponent_r": None}
-    fits["by_arm"], by_arm_verdicts = _other_arm_fits(runs, arm=arm, baseline_arm=baseline_arm,
-                                                      scale=scale, n_boot=n_boot, seed=seed)
-    claims, claim_notes = claim_verdicts(runs, n_boot=max(n_boot, 200), seed=seed)  # → verdicts
+    fits["by_arm"] = by_arm
     return {"synthetic": is_synthetic(runs.records),
-            "verdicts": [v.to_dict() for v in claims + verdicts + by_arm_verdicts],
+            "verdicts": [v.to_dict() for v in verdicts],
             "fits": fits, "bits_table": table, "notes": notes + claim_notes,
             "data": runs.summary(),
             "settings": {"arm": arm, "baseline_arm": baseline_arm,

@@ -22,7 +22,8 @@ from quantbounds.verdicts.results import format_cell
 PARTS = (  # (key, file, title, command that produces it)
     ("validation", "validation.json", "Validation of the ε_BA decomposition, moments and bounds",
      "quantbounds validate"),
-    ("audit", "audit.json", "Theory audit (bounds, bit-width rules, teacher–student)", "quantbounds audit"),
+    ("audit", "audit.json", "Theory audit (bounds, bit-width rules, teacher–student)",
+     "quantbounds audit"),
     ("calibration", "calibration.json", "Calibration against real fine-tuning runs",
      "quantbounds calibrate runs.jsonl"),
 )
@@ -38,11 +39,13 @@ def _cell(v) -> str:
 def verdict_table(verdicts: list[dict]) -> list[str]:
     """Markdown table of Verdict dicts."""
     icon = {"holds": "✅ holds", "fails": "❌ fails", "conditional": "⚠️ conditional"}
-    lines = ["| claim | verdict | predicted | measured | 95 % CI | conditions |", "|---|---|---|---|---|---|"]
+    lines = ["| claim | verdict | predicted | measured | 95 % CI | conditions |",
+             "|---|---|---|---|---|---|"]
     for v in verdicts:
-        lines.append("| " + " | ".join([_cell(v.get("claim")), icon.get(v.get("verdict"), _cell(v.get("verdict"))),
-                                        _cell(v.get("predicted")), _cell(v.get("measured")), _cell(v.get("ci")),
-                                        _cell(v.get("conditions"))]) + " |")
+        cells = [_cell(v.get("claim")), icon.get(v.get("verdict"), _cell(v.get("verdict"))),
+                 _cell(v.get("predicted")), _cell(v.get("measured")), _cell(v.get("ci")),
+                 _cell(v.get("conditions"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -66,18 +69,28 @@ def _counts(verdicts) -> dict:
 
 
 def _calibration_section(d: dict) -> list[str]:
+    """The calibration's data, fitted constants, per-arm fits, LOCO, b* table and notes."""
     lines = []
     if d.get("synthetic"):
         lines += ["> **SYNTHETIC** — these records were generated from known constants "
-              "(quantbounds.calib.synthetic); nothing in this section is a measurement.", ""]
-    data = d.get("data", {})
+                  "(quantbounds.calib.synthetic); nothing in this section is a measurement.", ""]
+    data, settings = d.get("data", {}), d.get("settings", {})
     if data:
         lines += [f"Records: {data.get('n_valid')} valid of {data.get('n_records')} "
-              f"(models {data.get('models')}, ranks {data.get('ranks')}, N {data.get('n_train')}, "
-              f"seeds {data.get('seeds')}); fitted arm `{d.get('settings', {}).get('arm')}` at scale "
-              f"`{d.get('settings', {}).get('scale')}`.", ""]
+                  f"(models {data.get('models')}, ranks {data.get('ranks')}, "
+                  f"N {data.get('n_train')}, seeds {data.get('seeds')}); fitted arm "
+                  f"`{settings.get('arm')}` at scale `{settings.get('scale')}`.", ""]
     fits = d.get("fits", {})
-    lines += ["| parameter | value | 95 % CI | theory |", "|---|---|---|---|"]
+    lines += _constants_table(fits) + _by_arm_table(fits.get("by_arm") or {})
+    lines += _loco_line(fits.get("quantization") or {})
+    lines += _bits_table(d.get("bits_table") or [], settings)
+    if d.get("notes"):
+        lines += ["", "Notes from the calibration:", ""] + [f"- {_cell(n)}" for n in d["notes"]]
+    return lines
+
+
+def _constants_table(fits: dict) -> list[str]:
+    lines = ["| parameter | value | 95 % CI | theory |", "|---|---|---|---|"]
     for k in ("C2", "per_bit_factor", "exponent_r", "C1", "exponent_r_gen", "exponent_N"):
         e = fits.get(k)
         if isinstance(e, dict):
@@ -85,40 +98,62 @@ def _calibration_section(d: dict) -> list[str]:
             lines.append(f"| {k} | {_cell(e.get('value'))} | {ci} | {THEORY_VALUE[k]} |")
         else:
             lines.append(f"| {k} | not fitted | — | {THEORY_VALUE[k]} |")
-    by_arm = fits.get("by_arm") or {}
-    if by_arm:
-        lines += ["", "The quantization term fitted separately for each quantizer (paired with its baseline):", "",
-              "| arm | C2 | per_bit_factor (theory 4) | exponent_r | LOCO R² | pairs |", "|---|---|---|---|---|---|"]
-        for a, e in by_arm.items():
-            if "per_bit_factor" not in e:
-                lines.append(f"| {a} | {_cell(e.get('status'))} | | | | |")
-                continue
-            f = (lambda p: "—" if not isinstance(p, dict) else
-                 f"{p['value']:.3g} " + ("(fixed)" if p.get("fixed") else _cell(p.get("ci"))))
-            lines.append(f"| {a} | {f(e['C2'])} | {f(e['per_bit_factor'])} | {f(e['exponent_r'])} | "
-                     f"{_cell(e.get('r2_loco'))} | {e.get('n_pairs')} |")
-    q = fits.get("quantization") or {}
-    if isinstance(q, dict) and q.get("loco"):
-        lo = q["loco"]
-        lines += ["", f"Quantization term goodness of fit: in-sample R² = {_cell(q.get('r2_in_sample'))}; "
-                  f"leave-one-configuration-out R² = {_cell(lo.get('r2'))}, RMSE = {_cell(lo.get('rmse'))} nats "
-                  f"(predicting each held-out configuration by the mean of the others: RMSE = "
-                  f"{_cell(lo.get('rmse_null_mean'))}); {lo.get('n_held_out')} of {lo.get('n_configs')} "
-                  f"configurations held out."]
-    rows = d.get("bits_table") or []
-    if rows:
-        lines += ["", "Bit-width b* (continuous; round up): calibrated rules with bootstrap intervals next to "
-                  "the paper's rule (Thm 3.2, C = 0) and the derived balanced rule.", "",
-              "| r | N | paper | derived balanced | calibrated balanced | calibrated tolerance |",
-              "|---|---|---|---|---|---|"]
-        for r in rows:
-            cb, ct = r.get("calibrated_balanced"), r.get("calibrated_tolerance")
-            fmt = (lambda e: "—" if not e else f"{e['b']:.2f} {_cell(e.get('ci'))}")
-            lines.append(f"| {r['r']} | {r['N']} | {r['paper']:.2f} | {_cell(r.get('derived_balanced'))} | "
-                     f"{fmt(cb)} | {fmt(ct)} |")
-        lines.append(f"\n(tolerance rule: the least b with fitted excess ≤ {d.get('settings', {}).get('tol_nats')} nats)")
-    if d.get("notes"):
-        lines += ["", "Notes from the calibration:", ""] + [f"- {_cell(n)}" for n in d["notes"]]
+    return lines
+
+
+def _param_cell(p) -> str:
+    if not isinstance(p, dict):
+        return "—"
+    return f"{p['value']:.3g} " + ("(fixed)" if p.get("fixed") else _cell(p.get("ci")))
+
+
+def _by_arm_table(by_arm: dict) -> list[str]:
+    if not by_arm:
+        return []
+    lines = ["", "The quantization term fitted separately for each quantizer (paired with its "
+                 "baseline):", "",
+             "| arm | C2 | per_bit_factor (theory 4) | exponent_r | LOCO R² | pairs |",
+             "|---|---|---|---|---|---|"]
+    for arm, e in by_arm.items():
+        if "per_bit_factor" not in e:
+            lines.append(f"| {arm} | {_cell(e.get('status'))} | | | | |")
+            continue
+        lines.append(f"| {arm} | {_param_cell(e['C2'])} | {_param_cell(e['per_bit_factor'])} | "
+                     f"{_param_cell(e['exponent_r'])} | {_cell(e.get('r2_loco'))} | "
+                     f"{e.get('n_pairs')} |")
+    return lines
+
+
+def _loco_line(quant: dict) -> list[str]:
+    if not (isinstance(quant, dict) and quant.get("loco")):
+        return []
+    loco = quant["loco"]
+    return ["", f"Quantization term goodness of fit: in-sample R² = "
+                f"{_cell(quant.get('r2_in_sample'))}; leave-one-configuration-out R² = "
+                f"{_cell(loco.get('r2'))}, RMSE = {_cell(loco.get('rmse'))} nats (predicting each "
+                f"held-out configuration by the mean of the others: RMSE = "
+                f"{_cell(loco.get('rmse_null_mean'))}); {loco.get('n_held_out')} of "
+                f"{loco.get('n_configs')} configurations held out."]
+
+
+def _rule_cell(e) -> str:
+    return "—" if not e else f"{e['b']:.2f} {_cell(e.get('ci'))}"
+
+
+def _bits_table(rows: list[dict], settings: dict) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "Bit-width b* (continuous; round up): calibrated rules with bootstrap intervals "
+                 "next to the paper's rule (Thm 3.2, C = 0) and the derived balanced rule.", "",
+             "| r | N | paper | derived balanced | calibrated balanced | calibrated tolerance |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['r']} | {r['N']} | {r['paper']:.2f} | "
+                     f"{_cell(r.get('derived_balanced'))} | "
+                     f"{_rule_cell(r.get('calibrated_balanced'))} | "
+                     f"{_rule_cell(r.get('calibrated_tolerance'))} |")
+    lines.append(f"\n(tolerance rule: the least b with fitted excess ≤ {settings.get('tol_nats')} "
+                 f"nats)")
     return lines
 
 
@@ -207,8 +242,9 @@ def build_report(*, results_dir="results", figures_dir="figures",
     results_dir, figures_dir, out = Path(results_dir), Path(figures_dir), Path(out)
     loaded = {key: _load(results_dir / fname) for key, fname, _title, _cmd in PARTS}
     missing = [key for key, (_data, err) in loaded.items() if err]
-    lines = (_summary_section(loaded, results_dir, figures_dir) + _part_sections(loaded, results_dir)
-             + _allocation_sections(results_dir) + _figure_section(figures_dir, out))
+    lines = (_summary_section(loaded, results_dir, figures_dir)
+             + _part_sections(loaded, results_dir) + _allocation_sections(results_dir)
+             + _figure_section(figures_dir, out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -22,8 +22,9 @@ whether the fitted exponents of :mod:`quantbounds.calib.calibration` contain the
 ρ = 4, β, a = c = ½.
 
 Public: :func:`degradation`, :func:`claim_verdicts`, :func:`grad_var_verdicts`,
-:func:`correlation_verdict`, :func:`rank_dependence_verdicts`, :func:`fit_verdicts`
-(``judge`` and ``bootstrap_mean`` are re-exported from decisions and intervals).
+:func:`correlation_verdict`, :func:`rank_dependence_verdicts`, :func:`fit_verdicts` (the rules
+they apply are :mod:`quantbounds.verdicts.decisions`, the intervals
+:mod:`quantbounds.verdicts.intervals`).
 """
 
 from __future__ import annotations
@@ -42,19 +43,14 @@ from quantbounds.verdicts.decisions import (MIN_PAIRS, decide_interval, decide_i
 from quantbounds.verdicts.intervals import bootstrap_mean, group_resample_counts
 from quantbounds.verdicts.results import Verdict
 
-__all__ = ["MIN_PAIRS", "bootstrap_mean", "claim_verdicts", "correlation_verdict", "degradation",
-           "fit_verdicts", "grad_var_verdicts", "judge", "rank_dependence_verdicts"]
+__all__ = ["claim_verdicts", "correlation_verdict", "degradation", "fit_verdicts",
+           "grad_var_verdicts", "rank_dependence_verdicts"]
 
 HIGHER_IS_BETTER = {"eval_loss": False, "perplexity": False, "f1": True, "exact_match": True}
 NF4_MARGIN = 0.01   # "matches": within 1 % relative (our equivalence margin; the seeds give none)
 SEVERE = 0.10       # "severe" degradation: above the guideline table's largest tolerance (10 %)
 README_TABLE = "seed 003 README 'Practical Guidelines' table (also seed 001 §4.3)"
 SEED002 = "seed 002 (QLoRA NF4 vs FP16 vs FP4 comparison, CoQA F1)"
-
-
-def judge(lo: float, hi: float, threshold: float, *, want: str, n: int | None = None) -> str:
-    """:func:`quantbounds.verdicts.decisions.decide_side` of the interval [lo, hi]."""
-    return decide_side((lo, hi), threshold, want=want, n_units=n)
 
 
 def degradation(q, base, *, metric: str) -> np.ndarray:

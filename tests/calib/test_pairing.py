@@ -9,17 +9,32 @@ import dataclasses
 import numpy as np
 import pytest
 
-from quantbounds.calib.pairing import (PAIR_KEYS, PairedRuns, pair_key, pair_runs, paired_excess,
-                                       screen_records)
+from quantbounds.calib.pairing import (
+    PAIR_KEYS,
+    PairedRuns,
+    pair_key,
+    pair_runs,
+    paired_excess,
+    screen_records,
+)
 from quantbounds.calib.synthetic import synthetic_records
 
 
 def _records():
-    recs = synthetic_records(seed=3, ranks=(2, 8), bits=(2, 4), n_trains=(100, 400), seeds=(0, 1),
-                             base_arms=("base_nf4", "base_fp4"))
+    recs = synthetic_records(
+        seed=3,
+        ranks=(2, 8),
+        bits=(2, 4),
+        n_trains=(100, 400),
+        seeds=(0, 1),
+        base_arms=("base_nf4", "base_fp4"),
+    )
     # a repeated baseline (same key, different loss) and a second LoRA scale
-    repeat = next(r for r in recs if r["arm"] == "fp16" and r["rank"] == 8 and r["n_train"] == 400
-                  and r["seed"] == 1)
+    repeat = next(
+        r
+        for r in recs
+        if r["arm"] == "fp16" and r["rank"] == 8 and r["n_train"] == 400 and r["seed"] == 1
+    )
     recs.append(dict(repeat, run_id="repeat", eval_loss=repeat["eval_loss"] + 0.3))
     recs += [dict(r, scale="rslora", run_id=r["run_id"] + "-rs") for r in recs[:12]]
     return recs
@@ -31,17 +46,27 @@ def _brute_force(records, arm, baseline_arm="fp16", metric="eval_loss", bits=Non
     for q in records:
         if q["arm"] != arm or (bits is not None and q["bits"] != bits):
             continue
-        base = [b[metric] for b in records if b["arm"] == baseline_arm and b["bits"] == 16
-                and all(b.get(k) == q.get(k) for k in PAIR_KEYS)]
+        base = [
+            b[metric]
+            for b in records
+            if b["arm"] == baseline_arm
+            and b["bits"] == 16
+            and all(b.get(k) == q.get(k) for k in PAIR_KEYS)
+        ]
         if base:
             out.append((q["rank"], q["bits"], q[metric], float(np.mean(base))))
     return out
 
 
-@pytest.mark.parametrize("arm, baseline_arm, metric, bits", [
-    ("adapter_rtn", "fp16", "eval_loss", None), ("adapter_rtn", "fp16", "perplexity", 4),
-    ("base_nf4", "fp16", "f1", None), ("base_fp4", "base_nf4", "eval_loss", None),
-])
+@pytest.mark.parametrize(
+    "arm, baseline_arm, metric, bits",
+    [
+        ("adapter_rtn", "fp16", "eval_loss", None),
+        ("adapter_rtn", "fp16", "perplexity", 4),
+        ("base_nf4", "fp16", "f1", None),
+        ("base_fp4", "base_nf4", "eval_loss", None),
+    ],
+)
 def test_pairs_match_a_brute_force_pairing(arm, baseline_arm, metric, bits):
     recs = _records()
     pairs = pair_runs(recs).pairs(arm=arm, baseline_arm=baseline_arm, metric=metric, bits=bits)
@@ -60,8 +85,12 @@ def test_repeated_baselines_are_averaged():
     key = next(pair_key(r) for r in recs if r["run_id"] == "repeat")
     runs = [r["eval_loss"] for r in recs if r["arm"] == "fp16" and pair_key(r) == key]
     assert len(runs) == 2
-    sel = ((pairs.rank == 8) & (pairs.n_train == 400) & (pairs.seed == 1)
-           & (pairs.group == pair_runs(recs).baseline_keys("fp16").index(key)))
+    sel = (
+        (pairs.rank == 8)
+        & (pairs.n_train == 400)
+        & (pairs.seed == 1)
+        & (pairs.group == pair_runs(recs).baseline_keys("fp16").index(key))
+    )
     assert sel.sum() == 1 and pairs.base[sel][0] == pytest.approx(np.mean(runs), rel=1e-15)
 
 
@@ -90,21 +119,25 @@ def test_runs_without_a_baseline_are_listed_as_missing():
 
 
 def test_screen_drops_non_finite_and_pattern_runs_and_names_them():
-    recs = synthetic_records(seed=0, ranks=(4,), bits=(2, 4), n_trains=(100,), seeds=(0,), base_arms=())
+    recs = synthetic_records(
+        seed=0, ranks=(4,), bits=(2, 4), n_trains=(100,), seeds=(0,), base_arms=()
+    )
     recs[1]["eval_loss"] = float("nan")
     recs[2]["config"] = {"rank_pattern": {"h\\.0": 2}}
     valid, problems = screen_records(recs)
     assert len(valid) == len(recs) - 2
     assert recs[1]["run_id"] in problems[0] and "non-finite" in problems[0]
     assert recs[2]["run_id"] in problems[1] and "pattern" in problems[1]
-    runs = pair_runs(recs)          # the one screening: same records kept, same problems
+    runs = pair_runs(recs)  # the one screening: same records kept, same problems
     assert list(runs.records) == valid and list(runs.problems) == problems
     assert runs.n_input == len(recs) and len(runs) == len(valid)
     assert runs.summary()["n_records"] == len(recs) and runs.summary()["n_valid"] == len(valid)
 
 
 def test_mixed_schemas_are_noted_and_only_run1_is_used():
-    recs = synthetic_records(seed=0, ranks=(4,), bits=(2,), n_trains=(100,), seeds=(0,), base_arms=())
+    recs = synthetic_records(
+        seed=0, ranks=(4,), bits=(2,), n_trains=(100,), seeds=(0,), base_arms=()
+    )
     recs.append(dict(recs[0], schema="quantbounds.run/2"))
     valid, problems = screen_records(recs)
     assert len(valid) == len(recs) - 1 and "mixed schema versions" in problems[0]
@@ -113,7 +146,7 @@ def test_mixed_schemas_are_noted_and_only_run1_is_used():
 def test_paired_runs_is_frozen_and_paired_once():
     recs = _records()
     runs = pair_runs(recs)
-    assert pair_runs(runs) is runs                       # a PairedRuns passes through
+    assert pair_runs(runs) is runs  # a PairedRuns passes through
     assert isinstance(runs, PairedRuns)
     with pytest.raises(dataclasses.FrozenInstanceError):
         runs.records = ()

@@ -17,7 +17,12 @@ def _parser(**kw):
 def test_defaults_and_figures_dir():
     a = _parser().parse_args([])
     assert (a.out, a.figures, a.no_figures, a.no_progress, a.seed) == (
-        "results/x.json", "figures", False, False, 0)
+        "results/x.json",
+        "figures",
+        False,
+        False,
+        0,
+    )
     assert figures_dir(a) == "figures"
     assert figures_dir(_parser().parse_args(["--no-figures"])) is None
     assert figures_dir(_parser().parse_args(["--figures", ""])) is None
@@ -56,7 +61,12 @@ def test_audit_accepts_no_progress_and_seed(monkeypatch):
 
     monkeypatch.setattr(audit, "run_audit", fake_run_audit)
     with pytest.raises(SystemExit):
-        audit.main(["--quick", "--no-progress", "--seed", "3", "--no-figures", "--out", "/dev/null"])
+        audit.main(
+            ["--quick", "--no-progress", "--seed", "3", "--no-figures", "--out", "/dev/null"]
+        )
     assert seen["show_progress"] is False
-    assert dict(seen["acfg"].overrides)["key"] == 3 and dict(seen["acfg"].nonlinear_overrides)["key"] == 3
+    assert (
+        dict(seen["acfg"].overrides)["key"] == 3
+        and dict(seen["acfg"].nonlinear_overrides)["key"] == 3
+    )
     assert seen["acfg"].ts_config().key == 3

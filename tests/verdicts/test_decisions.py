@@ -67,10 +67,16 @@ def test_decide_reference_uses_mc_error_plus_half_unit_of_the_quote():
 
 
 # ----------------------------------------------------------------------------- intervals
-@pytest.mark.parametrize("predicted, ci, expect", [
-    (4.0, (3.9, 4.1), "holds"), (4.0, (4.01, 4.1), "fails"), (4.0, (4.0, 4.0), "holds"),
-    (-0.5, (-1.2, -1.1), "fails"), (-1.0, (-1.2, -0.9), "holds"),
-])
+@pytest.mark.parametrize(
+    "predicted, ci, expect",
+    [
+        (4.0, (3.9, 4.1), "holds"),
+        (4.0, (4.01, 4.1), "fails"),
+        (4.0, (4.0, 4.0), "holds"),
+        (-0.5, (-1.2, -1.1), "fails"),
+        (-1.0, (-1.2, -0.9), "holds"),
+    ],
+)
 def test_decide_interval(predicted, ci, expect):
     assert decisions.decide_interval(predicted, ci) == expect
 
@@ -80,19 +86,22 @@ def test_decide_all_intervals_needs_every_prediction_inside():
     assert decisions.decide_all_intervals([4.0, 1.0], [(3.9, 4.1), (0.8, 1.2)]) == "holds"
 
 
-@pytest.mark.parametrize("predicted, ci, null, expect", [
-    (4.0, (3.0, 5.0), 1.0, "holds"),          # excludes the no-effect value: a real test
-    (4.0, (0.9, 9.0), 1.0, "conditional"),    # contains both: tests nothing
-    (4.0, (1.5, 3.0), 1.0, "fails"),          # excludes the prediction
-    (0.0, (-1.0, 1.0), 0.0, "holds"),         # the prediction IS no effect
-])
+@pytest.mark.parametrize(
+    "predicted, ci, null, expect",
+    [
+        (4.0, (3.0, 5.0), 1.0, "holds"),  # excludes the no-effect value: a real test
+        (4.0, (0.9, 9.0), 1.0, "conditional"),  # contains both: tests nothing
+        (4.0, (1.5, 3.0), 1.0, "fails"),  # excludes the prediction
+        (0.0, (-1.0, 1.0), 0.0, "holds"),  # the prediction IS no effect
+    ],
+)
 def test_decide_interval_vs_null(predicted, ci, null, expect):
     assert decisions.decide_interval_vs_null(predicted, ci, null=null) == expect
 
 
 def test_decide_slope_fixed_range_rules():
     assert decisions.decide_slope(1.0, (0.9, 1.1), (0.95, 1.05)) == "holds"
-    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "fails"   # fixed range rules
+    assert decisions.decide_slope(1.0, (0.9, 1.1), (0.5, 0.6)) == "fails"  # fixed range rules
     assert decisions.decide_slope(1.0, (0.9, 1.1)) == "holds"
     assert decisions.decide_slope(1.0, (1.05, 1.2), (0.95, 1.05)) == "conditional"
     assert decisions.decide_slope(1.0, (1.05, 1.2), (1.02, 1.05)) == "fails"
@@ -100,27 +109,39 @@ def test_decide_slope_fixed_range_rules():
 
 
 # ----------------------------------------------------------------------------- thresholds, bounds
-@pytest.mark.parametrize("ci, threshold, want, expect", [
-    ((0.01, 0.04), 0.05, "below", "holds"), ((0.06, 0.09), 0.05, "below", "fails"),
-    ((0.03, 0.07), 0.05, "below", "conditional"), ((0.05, 0.09), 0.05, "below", "fails"),
-    ((0.01, 0.05), 0.05, "below", "conditional"),
-    ((0.2, 0.3), 0.1, "above", "holds"), ((0.0, 0.05), 0.1, "above", "fails"),
-    ((0.0, 0.1), 0.1, "above", "fails"), ((0.1, 0.3), 0.1, "above", "conditional"),
-])
+@pytest.mark.parametrize(
+    "ci, threshold, want, expect",
+    [
+        ((0.01, 0.04), 0.05, "below", "holds"),
+        ((0.06, 0.09), 0.05, "below", "fails"),
+        ((0.03, 0.07), 0.05, "below", "conditional"),
+        ((0.05, 0.09), 0.05, "below", "fails"),
+        ((0.01, 0.05), 0.05, "below", "conditional"),
+        ((0.2, 0.3), 0.1, "above", "holds"),
+        ((0.0, 0.05), 0.1, "above", "fails"),
+        ((0.0, 0.1), 0.1, "above", "fails"),
+        ((0.1, 0.3), 0.1, "above", "conditional"),
+    ],
+)
 def test_decide_side_hand_cases_with_boundaries(ci, threshold, want, expect):
     assert decisions.decide_side(ci, threshold, want=want) == expect
 
 
 def test_decide_side_too_few_units_is_never_decisive():
-    assert decisions.decide_side((0.2, 0.3), 0.1, want="above", n_units=decisions.MIN_PAIRS - 1) \
+    assert (
+        decisions.decide_side((0.2, 0.3), 0.1, want="above", n_units=decisions.MIN_PAIRS - 1)
         == "conditional"
-    assert decisions.decide_side((0.2, 0.3), 0.1, want="above", n_units=decisions.MIN_PAIRS) == "holds"
+    )
+    assert (
+        decisions.decide_side((0.2, 0.3), 0.1, want="above", n_units=decisions.MIN_PAIRS) == "holds"
+    )
     with pytest.raises(ValueError, match="want"):
         decisions.decide_side((0.0, 1.0), 0.5, want="sideways")
 
 
 def test_decide_sign_and_side_differ_only_at_an_interval_ending_at_zero():
-    """decide_sign fails only when hi < 0, decide_side(want="above") when hi ≤ 0: kept as decided."""
+    """decide_sign fails only when hi < 0, decide_side(want="above") when hi ≤ 0: both kept as
+    they were decided."""
     assert decisions.decide_sign((-0.5, -0.4)) == "fails"
     assert decisions.decide_sign((0.1, 0.4)) == "holds"
     assert decisions.decide_sign((-0.1, 0.4)) == "conditional"
@@ -150,7 +171,9 @@ def test_the_two_upper_bound_rules():
     assert decisions.decide_upper_bound_max((0.2, 1.0)) == "holds"
     # the two agree on a single cell
     for lo, hi in ((0.2, 0.4), (0.9, 1.1), (1.1, 1.3), (0.5, 1.0)):
-        assert decisions.decide_upper_bound_cells([lo], [hi]) == decisions.decide_upper_bound_max((lo, hi))
+        assert decisions.decide_upper_bound_cells([lo], [hi]) == decisions.decide_upper_bound_max(
+            (lo, hi)
+        )
 
 
 def test_decide_exponential():

@@ -30,13 +30,16 @@ def test_group_resample_counts_hand_cases():
     rng = np.random.default_rng(0)
     counts = intervals.group_resample_counts(np.array([1, 3, 4]), n_boot=200, rng=rng, minlength=6)
     assert counts.shape == (200, 6)
-    assert np.all(counts.sum(axis=1) == 3)                 # as many draws as groups
-    assert np.all(counts[:, [0, 2, 5]] == 0)               # only the given ids are drawn
+    assert np.all(counts.sum(axis=1) == 3)  # as many draws as groups
+    assert np.all(counts[:, [0, 2, 5]] == 0)  # only the given ids are drawn
     # each id is drawn Binomial(3, 1/3) times: mean 1, var 2/3; 200 resamples: se √(2/3/200)
     assert np.all(np.abs(counts[:, [1, 3, 4]].mean(axis=0) - 1) <= 5 * math.sqrt(2 / 3 / 200))
     empty = intervals.group_resample_counts(np.array([]), n_boot=5, rng=rng, minlength=2)
     assert empty.shape == (0, 2)
-    assert intervals.group_resample_counts(np.arange(3), n_boot=0, rng=rng, minlength=3).shape == (0, 3)
+    assert intervals.group_resample_counts(np.arange(3), n_boot=0, rng=rng, minlength=3).shape == (
+        0,
+        3,
+    )
 
 
 def test_percentile_interval_is_numpys_quantiles():
@@ -103,7 +106,7 @@ def test_seed_bootstrap_point_estimate_and_width_for_a_mean():
 
 
 def test_seed_bootstrap_resamples_the_last_axis_and_drops_nonfinite():
-    x = np.arange(12.0).reshape(3, 4)                      # 4 seeds on the last axis
+    x = np.arange(12.0).reshape(3, 4)  # 4 seeds on the last axis
     seen = []
 
     def stat(a):
@@ -114,7 +117,7 @@ def test_seed_bootstrap_resamples_the_last_axis_and_drops_nonfinite():
     assert est == 0.0 or math.isnan(est)
     assert all(shape == (3, 4) for shape in seen)
     one_seed = intervals.seed_bootstrap(lambda a: float(a.mean()), (x[:, :1],), n_boot=20)
-    assert all(math.isnan(v) for v in one_seed[1])         # S = 1: no interval
+    assert all(math.isnan(v) for v in one_seed[1])  # S = 1: no interval
 
 
 def test_seed_bootstrap_coverage_with_eight_seeds():
@@ -145,7 +148,7 @@ def test_mean_ci_matches_scipy_t_interval():
 def test_fit_loglinear_exact_slope_and_scipy_linregress():
     x = np.arange(2, 12, dtype=float)
     # noise-free 3·4^{−x}: slope −2 in log₂, exactly (up to float rounding)
-    fit = intervals.fit_loglinear(x, 3.0 * 4.0 ** -x, 1e-3 * 3.0 * 4.0 ** -x)
+    fit = intervals.fit_loglinear(x, 3.0 * 4.0**-x, 1e-3 * 3.0 * 4.0**-x)
     assert fit["slope"] == pytest.approx(-2.0, abs=1e-10)
     assert fit["ci"][0] <= -2.0 <= fit["ci"][1]
     # unweighted: same slope and standard error as scipy.stats.linregress on log₂ y
