@@ -18,7 +18,7 @@ import numpy as np
 
 from quantbounds._checks import check_choice, check_positive
 from quantbounds.calib.calibration import Calibration, CalibrationError
-from quantbounds.verdicts.intervals import percentile_interval
+from quantbounds._bootstrap import percentile_interval
 
 
 def _check_rule(cal: Calibration, rule: str, tol: float, lam) -> None:

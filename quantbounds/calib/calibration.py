@@ -16,7 +16,7 @@ cluster bootstrap: pairs sharing a baseline are correlated). Not stratified by (
 with the usual 2–3 seeds per cell a stratified bootstrap under-states the spread (measured on
 synthetic records: SD of ln ρ 0.008–0.009 stratified vs 0.0126 unstratified vs 0.0127
 asymptotic vs 0.015 across 10 independent data sets). Resamples are weights on the groups
-(:func:`quantbounds.verdicts.intervals.group_resample_counts`), refitted all at once by the
+(:func:`quantbounds._bootstrap.group_resample_counts`), refitted all at once by the
 batched solver. Each reported interval is the union of the bootstrap percentile interval and
 the Wald interval θ̂ ± z·√diag(σ̂²(JᵀJ)⁻¹). A parameter the design cannot identify (one rank →
 a, β; one N → c; one bit-width → ρ) is fixed at its theory value and marked ``fixed``. Goodness
@@ -48,7 +48,7 @@ from quantbounds.calib.fitting import (GEN, QUANT, ROBUST_LOSSES, Term, batched_
 from quantbounds.calib.fit_results import Calibration, LocoResult, ParamEstimate, TermFit
 from quantbounds.calib.pairing import PAIR_KEYS, PairedRuns, Pairs, pair_runs
 from quantbounds.calib.records import ARMS
-from quantbounds.verdicts.intervals import group_resample_counts, percentile_interval
+from quantbounds._bootstrap import group_resample_counts, percentile_interval
 
 __all__ = ["Calibration", "CalibrationError", "LocoResult", "ParamEstimate", "TermFit",
            "calibrate", "gen_model", "quant_model"]

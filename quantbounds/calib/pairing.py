@@ -15,7 +15,7 @@ paired excess and the relative change of pair i are
 where m(baseᵢ) is the mean over repeated baseline runs of one key. Pairing cancels the
 seed-to-seed spread that the two runs share. Pairs sharing a baseline are correlated, so a
 bootstrap resamples whole *groups* (one baseline key with all its pairs):
-:func:`quantbounds.verdicts.intervals.group_resample_counts` gives the resampling weights.
+:func:`quantbounds._bootstrap.group_resample_counts` gives the resampling weights.
 
 Shapes: every array of :class:`Pairs` is 1-D over pairs. Public: :func:`screen_records`,
 :func:`pair_runs`, :class:`PairedRuns`, :class:`Pairs`, :func:`pair_key`, :func:`paired_excess`.

@@ -4,7 +4,10 @@ Every bootstrap of the toolkit resamples *units* (seeds of the audit grid, pairs
 baseline groups of the calibration) with replacement, through one function,
 :func:`resample_indices`: resample k is ``idx[k] = (U_k1, …, U_kn)``, U i.i.d. uniform on
 {0, …, n−1}, drawn in the order resample 0, 1, … (so one ``rng`` state gives one fixed set of
-resamples, and the three uses below draw the same streams as the code they replaced).
+resamples, and the three uses below draw the same streams as the code they replaced). It is
+defined, with :func:`group_resample_counts` and :func:`percentile_interval`, in the leaf module
+:mod:`quantbounds._bootstrap` (so that the calibration fits, a layer below, use the same one)
+and re-exported here.
 From the replicates θ*_1 … θ*_K of a statistic θ̂:
 
 * percentile interval   [q_{(1−c)/2}(θ*), q_{(1+c)/2}(θ*)]            (:func:`percentile_interval`)
@@ -24,18 +27,12 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
+from quantbounds._bootstrap import group_resample_counts, percentile_interval, resample_indices
+
+__all__ = ["N_BOOT", "bootstrap_mean", "fit_loglinear", "group_resample_counts", "mean_ci",
+           "percentile_interval", "resample_indices", "seed_bootstrap"]
+
 N_BOOT = 1000  # audit replicates: the Monte Carlo error of sd* is ≈ 1/√(2·N_BOOT) ≈ 2 %
-
-
-def resample_indices(n_units: int, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap resamples of n_units units: an (n_boot, n_units) int array whose row k holds
-    n_units draws with replacement from {0, …, n_units − 1}."""
-    return rng.integers(0, n_units, size=(n_boot, n_units))
-
-
-def percentile_interval(x, ci: float) -> np.ndarray:
-    """[q_{(1−ci)/2}, q_{1−(1−ci)/2}] of the 1-D sample x: a percentile bootstrap interval."""
-    return np.quantile(x, [(1 - ci) / 2, 1 - (1 - ci) / 2])
 
 
 def seed_bootstrap(stat, arrays, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95):
@@ -83,21 +80,6 @@ def bootstrap_mean(d, *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95, st
                              axis=1)
     lo, hi = percentile_interval(d[idx].mean(axis=1), ci)
     return {"estimate": float(d.mean()), "ci": [float(lo), float(hi)], "n": int(d.size)}
-
-
-def group_resample_counts(groups, *, n_boot: int, rng: np.random.Generator,
-                          minlength: int) -> np.ndarray:
-    """Cluster-bootstrap weights over baseline groups.
-
-    Resample k draws len(groups) ids with replacement from ``groups`` (1-D array of group
-    ids < ``minlength``); counts[k, g] = how often id g was drawn. Returns (n_boot, minlength),
-    or (0, minlength) when n_boot = 0 or there are no groups.
-    """
-    groups = np.asarray(groups)
-    if not n_boot or not groups.size:
-        return np.zeros((0, minlength))
-    drawn = groups[resample_indices(groups.size, n_boot=n_boot, rng=rng)]
-    return np.stack([np.bincount(row, minlength=minlength) for row in drawn])
 
 
 def mean_ci(samples, *, alpha: float = 0.05) -> tuple[float, float, tuple[float, float]]:
