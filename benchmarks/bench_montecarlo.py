@@ -8,7 +8,7 @@ Measured in one run, per size:
            numpy's default PCG64 ``Generator.random`` in float32, four r×r GEMM products,
            each a BLAS gemm), in a fresh process, best of OpenBLAS with 1 thread and default;
   floor    the engine's own noise generator alone: the same units drawing and materialising the
-           same ε_A, ε_B (``sharding.draw_noise``), without the Gram arithmetic;
+           same ε_A, ε_B (``noise_draws.draw_noise``), without the Gram arithmetic;
   gram_only  the engine's units with the noise drawn once beforehand: the same Gram
            products, rescaled per unit, with no hashing; an upper bound on the engine's rate,
            so speedup_vs_numpy_upper_bound = gram_only/numpy bounds what this arrangement
@@ -53,8 +53,10 @@ from rich.table import Table
 
 from quantbounds.epsba.montecarlo import simulate_eps_ba
 from quantbounds.verdicts.results import write_json_atomic
-from quantbounds.epsba.sharding import (build_unit_runner, check_mesh, chunk_for, draw_noise,
-                                  gram_terms, map_units, uniform_blocks, uniform_grid)
+from quantbounds.epsba.gram import gram_terms
+from quantbounds.epsba.noise_draws import draw_noise, uniform_blocks, uniform_grid
+from quantbounds.epsba.sharding import build_unit_runner, check_mesh, map_units
+from quantbounds.epsba.units import chunk_for
 
 OUT = Path(__file__).resolve().parent / "results" / "montecarlo.json"
 BITS = 8
@@ -79,7 +81,7 @@ def bench_engine(key, B, A, n_samples, min_time):
 def bench_floor(key, B, A, n_samples, min_time, *, generator="engine"):
     """The engine's units with the arithmetic removed: draw, scale by Δ, materialise.
 
-    generator "engine": the engine's own noise (``sharding.draw_noise``); "jax_random": the
+    generator "engine": the engine's own noise (``noise_draws.draw_noise``); "jax_random": the
     same number of float32 uniforms from ``jax.random.uniform`` (JAX's default threefry as
     lowered on CPU), the floor of a straightforward implementation.
     """
@@ -116,7 +118,7 @@ def bench_floor(key, B, A, n_samples, min_time, *, generator="engine"):
 
 def bench_gram(key, B, A, n_samples, min_time):
     """The engine's units with the noise generation removed: the same Gram products
-    (``sharding.gram_terms``) on noise blocks drawn once, rescaled per unit by a traced Δ as
+    (``gram.gram_terms``) on noise blocks drawn once, rescaled per unit by a traced Δ as
     the engine scales its draws (so no unit can be hoisted out of the loop). Its rate bounds
     the engine's from above: the engine does these products and more on the same cores."""
     m, r = B.shape

@@ -36,8 +36,11 @@ import numpy as np
 from quantbounds._checks import check_bits, check_choice, check_int_range, check_positive
 from quantbounds.verdicts.results import Verdict
 from quantbounds.conventions import SCALES, lora_scale
+from quantbounds.epsba.moments import eps_ba_moments_per_tensor
+from quantbounds.quant.noise import uniform_step
 
-from simulations.decisions import ALPHA, decide_cells, decide_interval, decide_slope, mean_ci
+from quantbounds.verdicts.decisions import ALPHA, decide_cells, decide_interval, decide_slope
+from quantbounds.verdicts.intervals import mean_ci
 from simulations.factors import FAMILIES, FactorSpec, nested_factors
 
 # Rank slope of E‖ε_BA‖² in log₂r under each convention (DESIGN.md §2).
@@ -101,14 +104,17 @@ def _bucket(r: int) -> int:
 
 
 def model_totals(B, A, bits) -> np.ndarray:
-    """Additive model's exact E‖ε_BA‖² (float64, per-tensor ranges) for each b: (K,)."""
+    """Additive model's exact E‖ε_BA‖² (float64, per-tensor ranges) for each b: (K,);
+    ``moments.eps_ba_moments_per_tensor`` with σ² = Δ²/12, Δ = ``noise.uniform_step``.
+
+    Δ²/12 is divided on the host: XLA on CPU turns a division by a constant into a
+    multiplication by its rounded reciprocal, so ``noise.uniform_noise_variance`` (jnp) can
+    differ from the correctly rounded value in the last bit."""
     B, A = np.asarray(B, np.float64), np.asarray(A, np.float64)
-    m, r = B.shape
-    n = A.shape[1]
-    RA2, RB2 = np.abs(A).max() ** 2, np.abs(B).max() ** 2
-    sA = RA2 * 4.0 ** (1 - np.asarray(bits, float)) / 12
-    sB = RB2 * 4.0 ** (1 - np.asarray(bits, float)) / 12
-    return n * sA * np.sum(B * B) + m * sB * np.sum(A * A) + m * n * r * sA * sB
+    bits = np.asarray(bits, float)
+    delta_A = np.asarray(uniform_step(bits, np.abs(A).max()), np.float64)
+    delta_B = np.asarray(uniform_step(bits, np.abs(B).max()), np.float64)
+    return eps_ba_moments_per_tensor(B, A, delta_A * delta_A / 12, delta_B * delta_B / 12).total
 
 
 def run(config: SlopesConfig, key, *, progress=None) -> dict:

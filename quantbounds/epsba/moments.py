@@ -102,6 +102,30 @@ def _moments_core(B, A, VA, VB, s):
     return t1, t2, t3, t1 + t2 + t3
 
 
+def eps_ba_moments_per_tensor(B: Any, A: Any, var_A: Any, var_B: Any, *,
+                              scale: Any = 1.0) -> EpsBAMoments:
+    """The scalar-variance form of :func:`eps_ba_moments`, on the host in float64 (numpy):
+
+        E‖B·ε_A‖² = s²·n·σ_A²·‖B‖_F²,  E‖ε_B·A‖² = s²·m·σ_B²·‖A‖_F²,
+        E‖ε_B·ε_A‖² = s²·m·n·r·σ_A²·σ_B²,  E‖ε_BA‖² = their sum,
+
+    exact for independent zero-mean noise with one variance per factor (per-tensor ranges).
+    B: (m, r); A: (r, n); var_A = σ_A², var_B = σ_B²: scalars or arrays of equal shape (e.g.
+    one per bit-width), the result's shape. For analysis code that works in float64 numpy;
+    :func:`eps_ba_moments` is the jitted, per-entry form (equal up to rounding).
+    """
+    B, A = np.asarray(B, np.float64), np.asarray(A, np.float64)
+    m, r, n = check_lora_factors(B, A)
+    var_A, var_B = np.asarray(var_A, np.float64), np.asarray(var_B, np.float64)
+    check_positive(var_A, "var_A", allow_zero=True)
+    check_positive(var_B, "var_B", allow_zero=True)
+    s2 = float(_check_scale(scale)) ** 2
+    t1 = n * var_A * np.sum(B * B)
+    t2 = m * var_B * np.sum(A * A)
+    t3 = m * n * r * var_A * var_B
+    return EpsBAMoments(s2 * t1, s2 * t2, s2 * t3, s2 * (t1 + t2 + t3))
+
+
 def eps_ba_entry_variance(B: Any, A: Any, var_A: Any, var_B: Any, *,
                           scale: Any = 1.0) -> jnp.ndarray:
     """Per-entry variance of ε_BA, exact for independent zero-mean noise.
@@ -156,6 +180,25 @@ def _output_core(B, A, x, VA, VB, s):
     b_col2 = jnp.sum(B * B, axis=0)
     vb_col = jnp.sum(VB, axis=0)
     return s * s * (jnp.dot(b_col2, va_x) + jnp.dot(vb_col, ax2) + jnp.dot(vb_col, va_x))
+
+
+def eps_ba_covariance_moment(B, A, Sigma, var_A, var_B, *, scale=1.0, rank=None):
+    """E‖s·ε_BA·x‖² for x with E[x] = 0, E[x·xᵀ] = Σ, scalar σ_A², σ_B² (per-tensor ranges):
+
+        s²·(σ_A²·‖B‖_F²·tr Σ + m·σ_B²·tr(A·Σ·Aᵀ) + m·r·σ_A²·σ_B²·tr Σ)
+
+    (:func:`eps_ba_output_moment` averaged over x; ε_BA·Σ^{1/2} for the teacher–student
+    excess risk), exact for independent zero-mean noise. B: (m, r_w); A: (r_w, n); Sigma:
+    (n, n); rank: the r of the formula, the number of components that carry noise (default
+    r_w; a rank-masked student passes its rank, its padded components being zero). Pure JAX,
+    no validation: every argument may be traced. Returns a 0-d array.
+    """
+    r = B.shape[1] if rank is None else rank
+    m = B.shape[0]
+    trace_sigma = jnp.trace(Sigma)
+    return scale ** 2 * (var_A * jnp.sum(B * B) * trace_sigma
+                         + m * var_B * jnp.sum(A * (A @ Sigma))
+                         + m * r * var_A * var_B * trace_sigma)
 
 
 def eps_ba_variance_bound(m: int, n: int, r: int, bits: Any, R_A: Any, R_B: Any, *,

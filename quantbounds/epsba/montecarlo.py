@@ -3,9 +3,11 @@
 Each sample yields the three terms ‖B·ε_A‖_F², ‖ε_B·A‖_F², ‖ε_B·ε_A‖_F² and ‖ε_BA‖_F² (which
 also holds the three cross terms, zero in expectation under independent zero-mean noise).
 
-The Gram form and the sharded work units live in ``quantbounds.epsba.sharding``: per sample, four
-r×r products of the noise with [B, ε_B] and [A, ε_A] (never an m×n matrix), so 4096×4096
-layers at rank 256 fit; the noise-free Grams BᵀB and A·Aᵀ are computed once per rank.
+Below this module, one layer each: ``epsba.units`` (what a work unit computes; a grid cut
+into units), ``epsba.noise_draws`` (the additive noise ε = Δ·u), ``epsba.gram`` (per sample,
+four r×r products of the noise with [B, ε_B] and [A, ε_A], never an m×n matrix, so 4096×4096
+layers at rank 256 fit; the noise-free Grams BᵀB and A·Aᵀ once per rank) and
+``epsba.sharding`` (the units over the devices).
 
 Modes.
   "additive": the paper's model (seed eq. 2–3): ε entries independent, U(−Δ/2, Δ/2) with
@@ -30,6 +32,7 @@ chunk_size (up to GEMM rounding).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -38,14 +41,12 @@ import numpy as np
 
 from quantbounds._checks import (check_bits, check_block_size, check_choice, check_finite,
                                  check_int_range, check_lora_factors)
+from quantbounds.conventions import MODES, ROUNDINGS, SCALES, SCHEMES, STEPS, lora_scale
+from quantbounds.epsba.gram import gram_terms
 from quantbounds.epsba.moments import EpsBAMoments, eps_ba_moments
-from quantbounds.conventions import SCALES, lora_scale
-from quantbounds.epsba.sharding import gram_terms, run_additive, run_real, step_factor
+from quantbounds.epsba.units import run_additive, run_real
+from quantbounds.quant.noise import step_ratio
 
-MODES = ("additive", "real")
-SCHEMES = ("uniform", "nf4", "fp4", "int8")
-ROUNDINGS = ("nearest", "stochastic")
-STEPS = ("paper", "midtread")   # as quantizers.quantize
 FACTORS = ("gaussian", "peft")
 
 
@@ -233,6 +234,71 @@ def grid_factors(key: Any, *, m: int, n: int, ranks, factors: Any = "gaussian",
     return [(B[:, :r], A[:r]) for r in ranks]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridConfig:
+    """What :func:`simulate_grid` estimates and how; validates itself (frozen, keyword-only).
+
+    m, n: layer shape (≥ 1); ranks: ranks r, each 1…min(m, n); bits: bit-widths, each 1…16
+    (2…16 with step "midtread"); n_samples: samples per cell (≥ 2 when the noise is random:
+    mode "additive" or rounding "stochastic"; else ≥ 1); factors: see :func:`grid_factors`;
+    mode, scheme, rounding, block_size, axis, step: as :func:`simulate_eps_ba`; scale: a
+    number s, or a convention of ``conventions.SCALES`` giving s per rank with lora_alpha;
+    dtype: float32 or float64 (needs jax_enable_x64); chunk_size: samples per work unit
+    (None: per platform, ``units.chunk_for``); pad: "pow2" or "max" (additive mode, see
+    :func:`simulate_grid`); mesh: a 1-D mesh from ``sharding.device_mesh`` (None: all
+    devices); progress: a progress bar over the compiled programs.
+    ranks and bits may be given as any 1-D sequences; they are stored as tuples of ints.
+    """
+
+    m: int
+    n: int
+    ranks: Any
+    bits: Any
+    n_samples: int
+    factors: str | Callable = "gaussian"
+    mode: str = "additive"
+    scheme: str = "uniform"
+    rounding: str = "nearest"
+    block_size: int | None = None
+    axis: int | None = None
+    step: str = "paper"
+    scale: float | str = 1.0
+    lora_alpha: float = 1.0
+    dtype: Any = jnp.float32
+    chunk_size: int | None = None
+    pad: str = "pow2"
+    mesh: Any = None
+    progress: bool = False
+
+    def __post_init__(self):
+        check_options(mode=self.mode, scheme=self.scheme, rounding=self.rounding,
+                      block_size=self.block_size, axis=self.axis, step=self.step)
+        m, n = check_int_range(self.m, "m", 1), check_int_range(self.n, "n", 1)
+        ranks = tuple(check_int_range(r, "ranks", 1, min(m, n)) for r in np.ravel(self.ranks))
+        bits = tuple(check_bits(b, "bits") for b in np.ravel(self.bits))
+        if not ranks or not bits:
+            raise ValueError("ranks and bits must be non-empty")
+        if self.step == "midtread" and min(bits) < 2:
+            raise ValueError("step='midtread' needs bits in 2…16 (R/(2^{b−1}−1) is undefined "
+                             "at b = 1)")
+        random = self.mode == "additive" or self.rounding == "stochastic"
+        n_samples = check_int_range(self.n_samples, "n_samples", 2 if random else 1)
+        check_choice(self.pad, "pad", ("max", "pow2"))
+        if isinstance(self.scale, str):
+            check_choice(self.scale, "scale", SCALES)
+        else:
+            check_finite(self.scale, "scale")
+        for name, value in (("m", m), ("n", n), ("ranks", ranks), ("bits", bits),
+                            ("n_samples", n_samples), ("dtype", _dtype(self.dtype))):
+            object.__setattr__(self, name, value)
+
+    def scales(self) -> np.ndarray:
+        """The LoRA scale s of each rank, shape (len(ranks),)."""
+        if isinstance(self.scale, str):
+            return np.array([lora_scale(self.scale, self.lora_alpha, r) for r in self.ranks])
+        return np.full(len(self.ranks), float(self.scale))
+
+
 def _padded(fac, rpad, *, block_size, axis, dtype):
     """Stack factors zero-padded to rank rpad, with the ranges of ε_Bᵀ and ε_A (0 in padding)."""
     m, n = fac[0][0].shape[0], fac[0][1].shape[1]
@@ -251,15 +317,16 @@ def _padded(fac, rpad, *, block_size, axis, dtype):
 
 
 def _predicted(B, A, bits, *, scheme, step, block_size, axis, s):
-    """The additive model's exact moments with the ranges/step the quantizer would use."""
+    """The additive model's exact moments with the ranges/step the quantizer would use:
+    ``moments.eps_ba_moments`` with per-entry variances (Δ/R·R)²/12."""
     if scheme in ("nf4", "fp4"):
         return [np.nan] * 4
     if scheme == "int8":
         step, bits = "midtread", 8
         block_size = 64 if axis is None and block_size is None else block_size  # quantize's default
-    fac = float(step_factor(bits, step))
-    var_A = (fac * ranges(A, block_size=block_size, axis=axis)) ** 2 / 12
-    var_B = (fac * ranges(B, block_size=block_size, axis=axis)) ** 2 / 12
+    ratio = float(step_ratio(bits, step))
+    var_A = (ratio * ranges(A, block_size=block_size, axis=axis)) ** 2 / 12
+    var_B = (ratio * ranges(B, block_size=block_size, axis=axis)) ** 2 / 12
     return [float(v) for v in eps_ba_moments(B, A, var_A, var_B, scale=s)]
 
 
@@ -270,19 +337,55 @@ def _maybe_track(items: list, progress: bool, description: str):
     return track(items, description=description, transient=True)
 
 
-def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
-                  factors: str | Callable = "gaussian", mode: str = "additive",
-                  scheme: str = "uniform", rounding: str = "nearest",
-                  block_size: int | None = None, axis: int | None = None, step: str = "paper",
-                  scale: float | str = 1.0, lora_alpha: float = 1.0, dtype: Any = jnp.float32,
-                  chunk_size: int | None = None, pad: str = "pow2", mesh: Any = None,
-                  progress: bool = False) -> EpsBAGrid:
+def _rank_buckets(config: GridConfig) -> dict[int, list[int]]:
+    """{padded rank: indices of the ranks run at it}: the next power of two ("pow2") or the
+    largest rank ("max")."""
+    buckets: dict[int, list[int]] = {}
+    for i, r in enumerate(config.ranks):
+        rpad = max(config.ranks) if config.pad == "max" else 1 << (r - 1).bit_length()
+        buckets.setdefault(rpad, []).append(i)
+    return buckets
+
+
+def _additive_samples(config: GridConfig, fac, noise_key, impl) -> list:
+    """Per-rank samples (n_bits, n_samples, 4) of the additive model, one program per bucket."""
+    samples: list[Any] = [None] * len(config.ranks)
+    n_bits = len(config.bits)
+    keydata = np.asarray(jax.random.key_data(noise_key))
+    buckets = list(_rank_buckets(config).items())
+    for rpad, idx in _maybe_track(buckets, config.progress, "ε_BA grid (buckets)"):
+        Bs, As, RBt, RA = _padded([fac[i] for i in idx], rpad, block_size=config.block_size,
+                                  axis=config.axis, dtype=config.dtype)
+        cells = [i * n_bits + j for i in idx for j in range(n_bits)]    # global cell ids
+        out = run_additive(keydata, impl, list(config.bits), Bs, As, RBt, RA,
+                           n_samples=config.n_samples, step=config.step, dtype=config.dtype,
+                           chunk_size=config.chunk_size, mesh=config.mesh, cell_ids=cells)
+        for j, i in enumerate(idx):
+            samples[i] = out[j]
+    return samples
+
+
+def _real_samples(config: GridConfig, fac, noise_key, impl) -> list:
+    """Per-rank samples (n_bits, n_samples, 4) of a real quantizer, one program per rank."""
+    samples = []
+    ranked = list(enumerate(fac))
+    for i, (B, A) in _maybe_track(ranked, config.progress, "ε_BA grid (ranks)"):
+        keydata = np.asarray(jax.random.key_data(jax.random.fold_in(noise_key,
+                                                                    config.ranks[i])))
+        samples.append(run_real(keydata, impl, list(config.bits), B, A,
+                                n_samples=config.n_samples, scheme=config.scheme,
+                                rounding=config.rounding, block_size=config.block_size,
+                                axis=config.axis, step=config.step, dtype=config.dtype,
+                                chunk_size=config.chunk_size, mesh=config.mesh))
+    return samples
+
+
+def simulate_grid(key: Any, config: GridConfig | None = None, **options) -> EpsBAGrid:
     """Monte Carlo of the ε_BA terms over ranks × bit-widths (× samples, reduced).
 
-    m, n: layer shape; ranks: ranks r (each 1…min(m, n)); bits: bit-widths (1…16); factors:
-    see :func:`grid_factors`; scale: a number s, or a convention of ``scales.SCALES`` (with
-    lora_alpha) giving s per rank; progress: show a progress bar over the compiled programs
-    (rank buckets, or ranks in real mode). Other options as :func:`simulate_eps_ba`.
+    ``simulate_grid(key, m=…, n=…, ranks=…, bits=…, n_samples=…, ...)`` with the fields of
+    :class:`GridConfig` as keywords, or ``simulate_grid(key, config)`` (keywords then replace
+    the config's fields).
 
     Additive mode: ranks are zero-padded to the next power of two (``pad="pow2"``, one sharded
     program per bucket: ranks 1, 2, 4, …, 256 cost ≈ Σ r² rather than 9·256²) or all to the
@@ -292,56 +395,26 @@ def simulate_grid(key: Any, *, m: int, n: int, ranks, bits, n_samples: int,
     vmapped over samples and spread over all devices.
     Real mode: one sharded program per rank (quantizer ranges depend on the true shape), with
     cells = bit-widths.
+    Keys: the factors from split(key)[0] (:func:`grid_factors`), the noise from split(key)[1]
+    (additive: cell i·n_bits + j of rank i, bits j; real: fold_in(·, r) per rank).
     """
-    check_options(mode=mode, scheme=scheme, rounding=rounding, block_size=block_size,
-                  axis=axis, step=step)
-    m, n = check_int_range(m, "m", 1), check_int_range(n, "n", 1)
-    ranks = [check_int_range(r, "ranks", 1, min(m, n)) for r in np.ravel(ranks)]
-    bits = [check_bits(b, "bits") for b in np.ravel(bits)]
-    if not ranks or not bits:
-        raise ValueError("ranks and bits must be non-empty")
-    if step == "midtread" and min(bits) < 2:
-        raise ValueError("step='midtread' needs bits in 2…16 (R/(2^{b−1}−1) is undefined at b = 1)")
-    random = mode == "additive" or rounding == "stochastic"
-    n_samples = check_int_range(n_samples, "n_samples", 2 if random else 1)
-    check_choice(pad, "pad", ("max", "pow2"))
-    if isinstance(scale, str):
-        check_choice(scale, "scale", SCALES)
-        s = np.array([lora_scale(scale, lora_alpha, r) for r in ranks])
-    else:
-        check_finite(scale, "scale")
-        s = np.full(len(ranks), float(scale))
-    dtype = _dtype(dtype)
+    if config is None:
+        config = GridConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    s = config.scales()
     keydata, impl = _key_parts(key)
     k_fac, k_noise = jax.random.split(jax.random.wrap_key_data(keydata, impl=impl))
-    fac = grid_factors(k_fac, m=m, n=n, ranks=ranks, factors=factors, dtype=dtype)
-    samples: list[Any] = [None] * len(ranks)
-    if mode == "additive":
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(ranks):
-            rpad = max(ranks) if pad == "max" else 1 << (r - 1).bit_length()
-            groups.setdefault(rpad, []).append(i)
-        kd = np.asarray(jax.random.key_data(k_noise))
-        for rpad, idx in _maybe_track(list(groups.items()), progress, "ε_BA grid (buckets)"):
-            Bs, As, RBt, RA = _padded([fac[i] for i in idx], rpad, block_size=block_size,
-                                      axis=axis, dtype=dtype)
-            cells = [i * len(bits) + j for i in idx for j in range(len(bits))]  # global cell ids
-            out = run_additive(kd, impl, bits, Bs, As, RBt, RA, n_samples=n_samples, step=step,
-                               dtype=dtype, chunk_size=chunk_size, mesh=mesh, cell_ids=cells)
-            for j, i in enumerate(idx):
-                samples[i] = out[j]
-    else:
-        for i, (B, A) in _maybe_track(list(enumerate(fac)), progress, "ε_BA grid (ranks)"):
-            kd = np.asarray(jax.random.key_data(jax.random.fold_in(k_noise, ranks[i])))
-            samples[i] = run_real(kd, impl, bits, B, A, n_samples=n_samples, scheme=scheme,
-                                  rounding=rounding, block_size=block_size, axis=axis,
-                                  step=step, dtype=dtype, chunk_size=chunk_size, mesh=mesh)
-    x = np.stack(samples)                                  # (R, K, n_samples, 4)
+    fac = grid_factors(k_fac, m=config.m, n=config.n, ranks=list(config.ranks),
+                       factors=config.factors, dtype=config.dtype)
+    run = _additive_samples if config.mode == "additive" else _real_samples
+    x = np.stack(run(config, fac, k_noise, impl))              # (R, K, n_samples, 4)
     mean, se = summarize(x, (s ** 2)[:, None])
-    pred = np.array([[_predicted(B, A, b, scheme=scheme, step=step, block_size=block_size,
-                                 axis=axis, s=s[i]) for b in bits]
+    pred = np.array([[_predicted(B, A, b, scheme=config.scheme, step=config.step,
+                                 block_size=config.block_size, axis=config.axis, s=s[i])
+                      for b in config.bits]
                      for i, (B, A) in enumerate(fac)])      # (R, K, 4)
-    return EpsBAGrid(np.array(ranks), np.array(bits), mean, se,
+    return EpsBAGrid(np.array(config.ranks), np.array(config.bits), mean, se,
                      EpsBAMoments(*np.moveaxis(pred, -1, 0)), s,
                      np.array([np.abs(A).max() for _, A in fac]),
                      np.array([np.abs(B).max() for B, _ in fac]), int(x.shape[2]))

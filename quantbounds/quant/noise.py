@@ -67,6 +67,21 @@ def uniform_step(bits, R):
     return jnp.where(b == b_int, exact, R * jnp.exp2(1 - b))
 
 
+def step_ratio(bits, step: str = "paper", dtype=np.float64):
+    """Δ/R of the uniform grids: 2^{1−b} ("paper", seed eq. 2) or 1/(2^{b−1} − 1) ("midtread",
+    b ≥ 2; the int8 grid), elementwise over bits.
+
+    numpy (float64) for concrete bits; jnp in ``dtype`` for traced bits (the Monte Carlo
+    engine multiplies its ranges by it: Δ = (Δ/R)·R). Computed with exp2, which under XLA is
+    not exact at every integer b (float32: b = 14, 16 are off by one ulp; float64: several b
+    by 1–3 ulps), unlike :func:`uniform_step`'s ldexp; the engine's committed results use
+    this arithmetic, so it is kept as it is.
+    """
+    xp = jnp if isinstance(bits, jax.core.Tracer) else np
+    b = xp.asarray(bits, dtype)
+    return xp.exp2(1 - b) if step == "paper" else 1 / (xp.exp2(b - 1) - 1)
+
+
 def uniform_noise_variance(bits, R):
     """σ² = Δ²/12 = R²·4^{−b}/3 (variance of U(−Δ/2, Δ/2)), elementwise, bits may be arrays."""
     d = uniform_step(bits, R)

@@ -66,9 +66,7 @@ from quantbounds._checks import (
     check_int_range,
 )
 
-SCHEMES = ("uniform", "nf4", "fp4", "int8")
-STEPS = ("paper", "midtread")
-ROUNDINGS = ("nearest", "stochastic")
+from quantbounds.conventions import ROUNDINGS, SCHEMES, STEPS  # noqa: E402  (the one table)
 
 class QuantizedTensor(NamedTuple):
     """Codes and scales of a quantized tensor, and what dequantizes them.

@@ -22,7 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from quantbounds.theory.teacher_student import KIND_INDEX, Problem, fake_quant_indexed, ste
+from quantbounds.conventions import KIND_INDEX
+from quantbounds.theory.teacher_student import Problem, fake_quant_indexed, ste
 
 
 class GradDraws(NamedTuple):
@@ -59,7 +60,7 @@ def _batch(problem: Problem, Z, Xi):
 
 
 def _weight(problem, B, A, s, kind, bits, uB, uA, granularity, mask):
-    # kind: None, a name in QUANT_KINDS, or a (traced) index into KIND_INDEX
+    # kind: None, a name in conventions.KINDS, or a (traced) index into it
     if kind is not None:
         idx = KIND_INDEX[kind] if isinstance(kind, str) else kind
         axB, axA = (None, None) if granularity == "tensor" else (1, 0)

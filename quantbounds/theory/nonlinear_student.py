@@ -21,8 +21,8 @@ of n_test points: the mean of d_i = ‖f(x_i) − f*(x_i)‖² (label noise inte
 standard error sd(d)/√n_test (CLT; d is bounded for bounded φ), or from labels as
 mean ‖y_i − f(x_i)‖² − m·σ² with SE sd(ℓ)/√n_test (larger by 4σ²·E d + 2mσ⁴ in variance).
 
-Arms: "fp"; "ste_rtn", "ste_sr" (B and A fake-quantized in the forward pass, uniform "paper" grid,
-per-tensor absmax, straight-through gradient); "additive" (the paper's noise model: U(−Δ/2, Δ/2),
+Arms: "fp"; "ste_rtn", "ste_sr" (B and A fake-quantized by ``quant.fake_quant.fake_quantize``
+in the forward pass, uniform "paper" grid, per-tensor absmax, straight-through gradient); "additive" (the paper's noise model: U(−Δ/2, Δ/2),
 Δ = 2^{1−b}·R, drawn afresh every step). Deployed with RTN (ste_rtn, additive), SR (ste_sr) or
 not at all (fp); post-training RTN at every b of cfg.bits is evaluated for every arm.
 Training: full-batch Adam (cosine-decayed lr) on (1/N)·Σ‖y_i − f(x_i)‖².
@@ -41,13 +41,19 @@ import numpy as np
 import optax
 
 from quantbounds._checks import check_bits, check_choice, check_int_range, check_positive, check_rank
+from quantbounds.conventions import KIND_INDEX
+from quantbounds.quant.fake_quant import fake_quantize
 from quantbounds.theory.teacher_student import ste
 
 ARMS = ("fp", "ste_rtn", "ste_sr", "additive")
 ACTIVATIONS = ("erf", "tanh")
-# quantizer index in the forward pass: 0 none, 1 RTN, 2 SR, 3 additive noise
-_TRAIN_KIND = {"fp": 0, "ste_rtn": 1, "ste_sr": 2, "additive": 3}
-_DEPLOY_KIND = {"fp": 0, "ste_rtn": 1, "ste_sr": 2, "additive": 1}
+# quantizer in the forward pass and at deployment, as indices into conventions.KINDS (the one
+# numbering): the additive arm is deployed with a real round-to-nearest quantizer
+_TRAIN_KIND = {"fp": KIND_INDEX["none"], "ste_rtn": KIND_INDEX["rtn"], "ste_sr": KIND_INDEX["sr"],
+               "additive": KIND_INDEX["additive"]}
+_DEPLOY_KIND = {"fp": KIND_INDEX["none"], "ste_rtn": KIND_INDEX["rtn"], "ste_sr": KIND_INDEX["sr"],
+                "additive": KIND_INDEX["rtn"]}
+KINDS_USED = ("none", "rtn", "sr", "additive")  # the kinds a traced index may take here
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,26 +253,17 @@ def excess_risk_from_labels(W1, problem: NonlinearProblem, X, Y, *, activation: 
 
 
 def quantize_factor(x, kind, bits, u):
-    """Q(x) for a (possibly traced) quantizer index kind: 0 none, 1 RTN, 2 SR, 3 additive U(−Δ/2, Δ/2).
+    """Q(x) for a (possibly traced) kind index into ``conventions.KINDS`` among KINDS_USED:
+    0 none, 1 RTN, 2 SR, 4 additive U(−Δ/2, Δ/2) — ``quant.fake_quant.fake_quantize``.
 
     Per-tensor absmax R = max|x|, the "paper" grid Δ = 2^{1−b}·R, levels k·Δ with
     k ∈ {−2^{b−1}, …, 2^{b−1} − 1}: RTN clip(round(x/Δ))·Δ (ties to even), SR clip(⌊x/Δ + u⌋)·Δ,
-    additive x + Δ·(u − ½); R = 0 gives x. The same arithmetic as
-    quantbounds.theory.teacher_student.fake_quant (the tests check bit equality), written out here so
-    the three kinds share R, Δ and x/Δ and one select picks the arm: under vmap every branch is
-    computed, and five small shared ops compile and run far faster than three full quantizers
-    (XLA compile time dominated this experiment's cost).
+    additive x + Δ·(u − ½); R = 0 gives 0. A traced kind shares R, Δ and x/Δ and one select
+    picks the arm: under vmap every branch is computed, and a few small shared ops compile and
+    run far faster than a switch over whole quantizers (XLA compile time dominated this
+    experiment's cost).
     """
-    bits = jnp.asarray(bits, x.dtype)
-    R = jnp.max(jnp.abs(x))
-    delta = R * 2.0 ** (1.0 - bits)
-    safe = jnp.where(delta > 0, delta, 1.0)
-    t = x / safe
-    half = 2.0 ** (bits - 1.0)
-    k = jnp.where(kind == 2, jnp.floor(t + u), jnp.round(t))
-    q = jnp.where(delta > 0, jnp.clip(k, -half, half - 1.0) * safe, x)
-    q = jnp.where(kind == 3, x + delta * (u - 0.5), q)
-    return jnp.where(kind == 0, x, q)
+    return fake_quantize(x, kind, bits=bits, u=u, kinds=KINDS_USED)
 
 
 class HiddenLoRA(nn.Module):
@@ -308,8 +305,9 @@ def draw_uniforms(key, h: int, r_max: int, n: int, *, shape=(), dtype=None):
 
 
 def hidden_weight(problem: NonlinearProblem, params, r, *, kind=0, bits=16, u=None, straight_through=False):
-    """W1⁰ + Q(B)·Q(A) for params {"B", "A"} (padded to r_max, masked to rank r); kind as in
-    :func:`quantize_factor` (0: the latent full-precision weight); u: the uniforms of SR/additive
+    """W1⁰ + Q(B)·Q(A) for params {"B", "A"} (padded to r_max, masked to rank r); kind: an index
+    into ``conventions.KINDS`` as in :func:`quantize_factor` (0: the latent full-precision weight);
+    u: the uniforms of SR/additive
     noise from :func:`draw_uniforms` (None: ½, which only kinds 0 and 1 may use)."""
     h, rm = params["B"].shape
     n = params["A"].shape[1]
@@ -386,7 +384,7 @@ def evaluate_nonlinear(problem: NonlinearProblem, params, r, deploy, bits, deplo
            "excess_latent_mc": mc, "excess_latent_se": se}
 
     def ptq(b):
-        Wq = hidden_weight(problem, params, r, kind=1, bits=b)
+        Wq = hidden_weight(problem, params, r, kind=KIND_INDEX["rtn"], bits=b)
         return dist(Wq, problem.W1_star), dist(Wq, W1)
 
     out["ptq_excess"], out["ptq_qexcess"] = jax.vmap(ptq)(jnp.asarray(cfg.bits, W1.dtype))

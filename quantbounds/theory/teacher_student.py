@@ -20,9 +20,15 @@ x + stop_gradient(Q(x) − x)); "additive" (the paper's model: B + ε_B, A + ε_
 ε ~ U(−Δ/2, Δ/2), Δ = 2^{1−b}·R, drawn afresh every step); and post-training quantization
 ("ptq": fp training, then round-to-nearest) which `run_grid` derives from the fp arm.
 
-Ranks of different sizes share one `jax.vmap`: factors are padded to r_max and multiplied by a
-0/1 rank mask in the forward pass. Masked columns/rows are exactly zero, contribute nothing,
-get zero gradient and leave the absmax range unchanged, so padding is exact.
+Ranks. A concrete rank r trains the unpadded m×r and r×n factors (what ``ts_grid.run_grid``
+runs: one vmapped loop per arm and rank); a traced rank trains factors of width r_max under
+a 0/1 rank mask (the one-compilation path ``ts_grid.run_loop`` uses as the grid's reference).
+Masked columns/rows are exactly zero, contribute nothing, get zero gradient and leave the
+absmax range unchanged, so both give the same result. Parameters are returned (and evaluated)
+at width r_max either way.
+
+Quantizers: ``quant.fake_quant.fake_quantize`` (kinds numbered in ``conventions.KINDS``);
+PRNG: ``quantbounds._prng`` (the noise of the trained entries, hashed directly).
 """
 
 from __future__ import annotations
@@ -34,16 +40,16 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from quantbounds._numerics import threefry2x32 as _threefry2x32
 from quantbounds._checks import (check_bits, check_choice, check_int_range, check_positive,
                                  check_rank)
-from quantbounds.conventions import SCALES
+from quantbounds._prng import fold_in_raw, uniform_at  # noqa: F401  (uniform_at: public here)
+from quantbounds.conventions import KIND_INDEX, KINDS, SCALES  # noqa: F401  (KIND_INDEX: importers)
+from quantbounds.epsba.moments import eps_ba_covariance_moment
+from quantbounds.quant.fake_quant import fake_quantize, static_kind
 
 ARMS = ("fp", "ste_rtn", "ste_sr", "ste_nf4", "additive")
-QUANT_KINDS = ("rtn", "sr", "nf4", "additive")
 _ARM_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "additive"}
 # what the model is deployed with after training: the additive arm is deployed with a real
 # round-to-nearest quantizer (the noise is only the paper's model of it)
@@ -201,57 +207,37 @@ def empirical_risk(W, stats):
     return _quadratic_risk(W, Sxx, Cyx, yy)
 
 
-def _absmax(x, axis):
-    """R = max|x| over the tensor (axis=None) or one R per index along ``axis`` (keepdims)."""
-    if axis is None:
-        return jnp.max(jnp.abs(x))
-    other = tuple(i for i in range(x.ndim) if i != axis)
-    return jnp.max(jnp.abs(x), axis=other, keepdims=True)
+def _uniforms_for(x, kind, key, u):
+    """The uniforms a kind needs: ``u`` if given, else jax.random.uniform(key, x.shape) when the
+    kind (a name or index; a traced index may be any kind) is stochastic; None otherwise."""
+    if u is not None or key is None:
+        return u
+    if static_kind(kind) in ("none", "rtn", "nf4"):
+        return None
+    return jax.random.uniform(key, x.shape, x.dtype)
 
 
 def fake_quant(x, *, kind: str, bits=None, key=None, axis=None, u=None):
-    """Dequantized Q(x) (same shape), by the project's quantizers (quantbounds.quant.quantizers).
+    """Dequantized Q(x) (same shape) by the project's quantizer for ``kind`` (a name of
+    ``conventions.KINDS``): ``quant.fake_quant.fake_quantize``, where the kinds are defined.
 
-    "rtn":      uniform b-bit, step "paper" Δ = 2^{1−b}·R, levels k·Δ, k ∈ {−2^{b−1}, …, 2^{b−1}−1}
-                (+R clips to R − Δ), round to nearest (ties to even)
-    "sr":       the same grid, stochastic rounding ⌊x/Δ + u⌋ (unbiased except in the top cell)
-    "nf4":      bitsandbytes NF4 with ONE block = the whole tensor (a single absmax R, as in the
-                paper's model; bits ignored)
-    "additive": x + Δ·(u − ½), u ~ U[0, 1): the paper's additive uniform model (not a quantizer)
-    R = max|x| over the tensor (axis=None) or per index along ``axis`` (uniform/additive only).
-    bits may be traced; u (x's shape, in [0, 1)) replaces the draw from ``key`` for "sr" and
-    "additive". A zero range gives Q(x) = x = 0.
+    "rtn"/"sr": uniform b-bit "paper" grid Δ = 2^{1−b}·R, round to nearest / stochastic;
+    "nf4": bitsandbytes NF4, one block = the whole tensor (bits ignored); "additive":
+    x + Δ·(u − ½), the paper's noise model. R = max|x| over the tensor (axis=None) or per index
+    along ``axis`` (uniform/additive only). bits may be traced; u (x's shape, in [0, 1))
+    replaces the draw jax.random.uniform(key, x.shape) for "sr" and "additive".
     """
-    from quantbounds.quant.quantizers import quantize, quantize_uniform
-
-    # NF4: bitsandbytes' code table, absmax of the whole tensor
-    if kind == "nf4":
-        return quantize(x, "nf4", block_size=int(np.prod(x.shape)))
-    if kind not in QUANT_KINDS:
-        raise ValueError(f"kind must be one of {QUANT_KINDS}, got {kind!r}")
-    if kind in ("sr", "additive") and u is None:
-        u = jax.random.uniform(key, x.shape, x.dtype)
-    # uniform grid, nearest or stochastic rounding
-    if kind in ("rtn", "sr"):
-        return quantize_uniform(x, bits=bits, axis=axis, step="paper", u=u if kind == "sr" else None)
-    # the paper's additive model: Δ = 2^{1−b}·R, noise U(−Δ/2, Δ/2)
-    delta = 2.0 ** (1.0 - jnp.asarray(bits, x.dtype)) * _absmax(x, axis)
-    return x + delta * (u - 0.5)
-
-
-KIND_INDEX = {None: 0, "rtn": 1, "sr": 2, "nf4": 3, "additive": 4}
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return fake_quantize(x, kind, bits=bits, axis=axis, u=_uniforms_for(x, kind, key, u))
 
 
 def fake_quant_indexed(x, kind_idx, bits, key, axis=None, u=None):
-    """fake_quant with the kind given as a (possibly traced) index into KIND_INDEX (0 = none).
-
-    Lets one compiled training loop serve every arm: under vmap, lax.switch evaluates every
-    branch and selects, which costs little here and compiles once instead of once per arm.
-    """
-    branches = [lambda x_, b_, k_: x_] + [
-        (lambda x_, b_, k_, kind=kind: fake_quant(x_, kind=kind, bits=b_, key=k_, axis=axis, u=u))
-        for kind in QUANT_KINDS]
-    return jax.lax.switch(kind_idx, branches, x, bits, key)
+    """fake_quant with the kind given as a (possibly traced) index into ``conventions.KINDS``
+    (0 = none): one compiled training loop or evaluation serves every arm (R, Δ and x/Δ are
+    shared, one select picks the kind)."""
+    return fake_quantize(x, kind_idx, bits=bits, axis=axis,
+                         u=_uniforms_for(x, kind_idx, key, u))
 
 
 def ste(x, q):
@@ -291,10 +277,9 @@ class LoRAStudent(nn.Module):
 
 def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
     """A closure Q(x, which) for LoRAStudent; which = 0 for B, 1 for A. ``kind`` is a name,
-    None (no quantization) or a traced index into KIND_INDEX."""
+    None (no quantization) or a traced index into ``conventions.KINDS``."""
     if kind is None:
         return None
-    idx = KIND_INDEX[kind] if isinstance(kind, str) else kind
     if key is None:
         key = jax.random.PRNGKey(0)  # unused by the deterministic kinds
 
@@ -302,46 +287,10 @@ def _quant_fn(kind, bits, key, granularity, *, straight_through=True):
         # per "channel" = one range per rank component: columns of B, rows of A
         axis = None if granularity == "tensor" else (1 if which == 0 else 0)
         b = jnp.asarray(4 if bits is None else bits, x.dtype)  # NF4 ignores bits
-        out = fake_quant_indexed(x, idx, b, jax.random.fold_in(key, which), axis)
+        out = fake_quant_indexed(x, kind, b, jax.random.fold_in(key, which), axis)
         return ste(x, out) if straight_through else out
 
     return q
-
-
-def uniform_at(key, index, dtype):
-    """jax.random.uniform(key, shape, dtype).ravel()[index] for a threefry key, computed for the
-    requested flat indices only (``index``: uint32 array, any shape; each < 2³²).
-
-    jax's partitionable threefry (jax_threefry_partitionable, the default) gives element k of a
-    draw the hash of the counter (0, k), so a sub-block of a padded draw is the hash of its
-    counters. key: a raw uint32[2] key or a typed threefry key.
-    """
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    if not jax.config.jax_threefry_partitionable:
-        raise RuntimeError("uniform_at reproduces jax.random only with jax_threefry_partitionable=True")
-    index = jnp.asarray(index, jnp.uint32)
-    h0, h1 = _threefry2x32(key[0], key[1], jnp.zeros_like(index), index)
-    dt = jnp.dtype(dtype)
-    if dt == jnp.float32:  # 32 random bits → 23 mantissa bits, as jax.random.uniform
-        bits = (h0 ^ h1) >> np.uint32(32 - 23)
-        return jax.lax.bitcast_convert_type(bits | np.float32(1.0).view(np.uint32), dt) - np.float32(1.0)
-    if dt == jnp.float64:  # 64 random bits (h0 high, h1 low) → 52 mantissa bits
-        bits = ((h0.astype(jnp.uint64) << np.uint64(32)) | h1.astype(jnp.uint64)) >> np.uint64(64 - 52)
-        return jax.lax.bitcast_convert_type(bits | np.float64(1.0).view(np.uint64), dt) - 1.0
-    raise TypeError(f"dtype must be float32 or float64, got {dt}")
-
-
-def fold_in_raw(key, data):
-    """jax.random.fold_in(key, d) for every d in ``data`` (uint32 array), as raw uint32 keys of
-    shape data.shape + (2,): the threefry hash of the counter (0, d) under the key (jax's
-    threefry fold_in), unrolled (see ``_numerics.threefry2x32``). key: raw (..., 2) uint32
-    (broadcast against data) or a typed threefry key."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    data = jnp.asarray(data, jnp.uint32)
-    h0, h1 = _threefry2x32(key[..., 0], key[..., 1], jnp.zeros_like(data), data)
-    return jnp.stack([h0, h1], axis=-1)
 
 
 def _static_int(r):
@@ -383,9 +332,9 @@ def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
                   cfg: TeacherStudentConfig, convention=None):
     """Train one student; every argument except ``cfg`` may be traced.
 
-    arm: a name in ARMS, or a traced index into KIND_INDEX (0 = full precision); convention:
-    a name in SCALES or a traced index into it (None: cfg.scale). A concrete rank r trains the
-    unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a 0/1 mask
+    arm: a name in ARMS, or a traced index into ``conventions.KINDS`` (0 = full precision);
+    convention: a name in SCALES or a traced index into it (None: cfg.scale). A concrete rank r
+    trains the unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a 0/1 mask
     (exact: masked entries are zero and get zero gradient). Both give the same result.
 
     Returns (params, s): flax params {"B", "A"} (padded to r_max: B's extra columns zero, A's
@@ -394,6 +343,27 @@ def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
     """
     setup = train_setup(problem, stats, r, init_key, noise_key, cfg=cfg, convention=convention)
     return train_core(setup, r, bits, arm=arm, cfg=cfg), setup.s
+
+
+def _training_quantizer(kind, bits, dtype, *, cfg: TeacherStudentConfig, width: int):
+    """Q(x, which, key) of :func:`train_core` for Bᵀ (which = 0) and A (which = 1), ``width``
+    rows trained: kind None (identity), a name or a traced index of ``conventions.KINDS``.
+    The uniforms are those of jax.random.uniform(key, padded shape) at the trained entries'
+    flat indices in the padded (m, r_max) and (r_max, n) draws (:func:`uniform_at`)."""
+    rm = cfg.r_max
+    draws = kind is not None and (not isinstance(kind, str) or kind in ("sr", "additive"))
+    b = jnp.asarray(4 if bits is None else bits, dtype)  # NF4 ignores bits
+    idx_B = (jnp.arange(width)[:, None] + jnp.arange(cfg.m)[None, :] * rm).astype(jnp.uint32)
+    idx_A = jnp.arange(width * cfg.n, dtype=jnp.uint32).reshape(width, cfg.n)
+    axis = None if cfg.granularity == "tensor" else 0  # per channel: rows of Bᵀ and of A
+
+    def q(x, which, key):
+        if kind is None:
+            return x
+        u = uniform_at(key, idx_B if which == 0 else idx_A, dtype) if draws else None
+        return fake_quantize(x, kind, bits=b, axis=axis, u=u)
+
+    return q
 
 
 def train_core(setup: TrainSetup, r, bits, *, arm, cfg: TeacherStudentConfig):
@@ -416,28 +386,12 @@ def train_core(setup: TrainSetup, r, bits, *, arm, cfg: TeacherStudentConfig):
     shape) (w = 0 for B, 1 for A), restricted to the trained entries (:func:`uniform_at`).
     """
     init, s, keys, Pt, Sxx = setup
-    dt = Pt.dtype
     rm = cfg.r_max
     rs = _static_int(r)
     rr = rm if rs is None else rs  # trained width
-    mask = None if rs is not None else (jnp.arange(rm) < r).astype(dt)
+    mask = None if rs is not None else (jnp.arange(rm) < r).astype(Pt.dtype)
     kind = _ARM_KIND.get(arm) if isinstance(arm, str) else arm
-    draws = kind is not None and (not isinstance(kind, str) or kind in ("sr", "additive"))
-    b = jnp.asarray(4 if bits is None else bits, dt)  # NF4 ignores bits
-    # flat indices of the trained entries in the padded (m, r_max) and (r_max, n) draws, laid
-    # out as Bᵀ (r×m) and A (r×n)
-    idx_B = (jnp.arange(rr)[:, None] + jnp.arange(cfg.m)[None, :] * rm).astype(jnp.uint32)
-    idx_A = jnp.arange(rr * cfg.n, dtype=jnp.uint32).reshape(rr, cfg.n)
-
-    def q(x, which, key):
-        if kind is None:
-            return x
-        axis = None if cfg.granularity == "tensor" else 0  # rows of Bᵀ and of A
-        u = uniform_at(key, idx_B if which == 0 else idx_A, dt) if draws else None
-        if isinstance(kind, str):
-            return fake_quant(x, kind=kind, bits=b, axis=axis, u=u)
-        return fake_quant_indexed(x, kind, b, None, axis, u=u)
-
+    q = _training_quantizer(kind, bits, Pt.dtype, cfg=cfg, width=rr)
     opt = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
     mc = None if mask is None else mask[:, None]  # rows of Bᵀ and A
 
@@ -479,17 +433,16 @@ def student_weight(problem: Problem, params, r, s, *, kind=None, bits=None, key=
 
 def additive_prediction(problem: Problem, params, r, s, bits):
     """The additive model's E‖s·ε_BA·Σ^{1/2}‖_F² for the trained factors (per-tensor ranges):
-
-    s²·(σ_A²·‖B‖_F²·tr Σ + m·σ_B²·tr(A·Σ·Aᵀ) + m·r·σ_A²·σ_B²·tr Σ),  σ² = R²·4^{−b}/3,
-    exact for independent zero-mean noise (DESIGN.md §2, averaged over x ~ N(0, Σ)).
+    ``epsba.moments.eps_ba_covariance_moment`` with σ² = R²·4^{−b}/3 (= Δ²/12,
+    ``quant.noise.uniform_noise_variance``), R = max|A| and max|B| over the first r components.
     """
     dt = problem.W0.dtype
     mask = (jnp.arange(params["B"].shape[1]) < r).astype(dt)
     B = params["B"] * mask[None, :]
     A = params["A"] * mask[:, None]
-    var = lambda X: jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0  # noqa: E731
-    sA, sB = var(A), var(B)
-    trS = jnp.trace(problem.Sigma)
-    m = B.shape[0]
-    return s ** 2 * (sA * jnp.sum(B * B) * trS + m * sB * jnp.sum(A * (A @ problem.Sigma))
-                     + m * r * sA * sB * trS)
+    # σ² written as R²·4^{−b}/3, not as uniform_noise_variance's Δ·Δ/12: under XLA the two
+    # differ in the last bit for some R (a division by a constant becomes a multiplication by
+    # its rounded reciprocal), and the committed audit was computed with this form
+    var_A, var_B = (jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0
+                    for X in (A, B))
+    return eps_ba_covariance_moment(B, A, problem.Sigma, var_A, var_B, scale=s, rank=r)

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantbounds.conventions import SCALES
-from quantbounds.theory.teacher_student import (KIND_INDEX, Problem, TeacherStudentConfig, _ARM_KIND,
+from quantbounds.conventions import KIND_INDEX, SCALES
+from quantbounds.theory.teacher_student import (Problem, TeacherStudentConfig, _ARM_KIND,
                                          _DEPLOY_KIND, additive_prediction, empirical_risk,
                                          excess_risk, make_problem, sample_data, student_weight,
                                          sufficient_stats, train_core, train_setup)

@@ -1,4 +1,4 @@
-"""Monte Carlo engine (quantbounds.epsba.montecarlo / the numerics in quantbounds.epsba.sharding).
+"""Monte Carlo engine (quantbounds.epsba.montecarlo and the layers below it: units, noise_draws, gram).
 
 References: dense ‖Q(B)Q(A) − BA‖_F² in float64 per sample, a Python loop over samples,
 float-error bounds derived from the summation depth (Higham, Accuracy and Stability of
@@ -19,8 +19,11 @@ from hypothesis import given, settings
 from quantbounds.epsba.moments import EpsBAMoments, eps_ba_moments
 from quantbounds.epsba.montecarlo import (EpsBASimulation, eps_ba_terms, ranges, simulate_eps_ba,
                                     simulate_grid)
-from quantbounds.epsba.sharding import (gram_terms, random_words, run_additive, step_factor,
-                                  uniform_grid)
+from quantbounds._prng import hash_counters as random_words
+from quantbounds.epsba.gram import gram_terms
+from quantbounds.epsba.noise_draws import uniform_grid
+from quantbounds.epsba.units import run_additive
+from quantbounds.quant.noise import step_ratio as step_factor
 
 
 def _dense_terms(B, A, eB, eA):
@@ -142,7 +145,7 @@ def test_threefry_matches_jax_and_random123_known_answers():
     counters' first words, then their second words, and returns both output words likewise)
     and Random123's published known-answer vectors (kat_vectors, threefry2x32 20 rounds)."""
     from jax.extend.random import threefry_2x32
-    from quantbounds.epsba.sharding import _threefry2x32
+    from quantbounds._prng import threefry2x32 as _threefry2x32
     kat = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
            ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
            ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
@@ -166,7 +169,7 @@ def test_threefry_matches_jax_and_random123_known_answers():
 def test_uniform_blocks_are_the_words_halves():
     """float32 block i holds the 16-bit halves (lo b0, hi b0, lo b1, hi b1) of the same
     counters, float64 block i the word b_i; uniform_grid lays the blocks side by side."""
-    from quantbounds.epsba.sharding import uniform_blocks
+    from quantbounds.epsba.noise_draws import uniform_blocks
     key = jax.random.split(jax.random.key(9), 2)
     r, cols = 3, 10                            # q = 3 (float32): 12 draws, 2 cut off
     b0, b1 = (np.asarray(w, np.int64) for w in random_words(key, r, 3))

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from quantbounds.epsba.montecarlo import ranges, simulate_grid
-from quantbounds.epsba.sharding import (build_unit_runner, check_mesh, device_mesh, map_units,
-                                  run_additive)
+from quantbounds.epsba.sharding import build_unit_runner, check_mesh, device_mesh, map_units
+from quantbounds.epsba.units import run_additive
 
 
 def _stack(fac, rpad):

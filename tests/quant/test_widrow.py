@@ -128,7 +128,6 @@ def test_stochastic_rounding_variance_ratio_two_and_uncorrelated():
     """SR: E[ε | w] = 0 and Var = Δ²p(1−p); with p ≈ U(0,1) (fine grid) E[Δ²p(1−p)] = Δ²/6,
     i.e. variance_ratio = 2, and cov(ε, w) = 0 exactly."""
     w = weights(9, (2048, 16)).reshape(-1)
-    n = w.size
     bits = 6
     R = float(np.abs(w).max())
     d = R * 2.0 ** (1 - bits)

@@ -14,6 +14,7 @@ from quantbounds.theory.nonlinear_student import (NonlinearConfig, draw_uniforms
                                            excess_risk_from_labels, function_distance_erf, function_distance_mc,
                                            make_nonlinear_problem, quantize_factor, sample_nonlinear,
                                            train_nonlinear)
+from quantbounds.conventions import KIND_INDEX
 from quantbounds.theory.teacher_student import fake_quant
 
 TINY = dict(n=4, h=5, m=2, r_star=1, ranks=(1, 3), bits=(2, 4), train_bits=(3,), Ns=(16, 24), seeds=2,
@@ -27,11 +28,12 @@ def test_quantize_factor_is_the_projects_quantizer_bit_for_bit():
     theirs = {name: jax.jit(lambda x, b, u, name=name: fake_quant(x, kind=name, bits=b, u=u))
               for name in ("rtn", "sr", "additive")}
     for b in (1.0, 2.0, 3.0, 8.0, 16.0):
-        for kind, name in ((1, "rtn"), (2, "sr"), (3, "additive")):
+        for name in ("rtn", "sr", "additive"):
+            kind = KIND_INDEX[name]  # traced under jit: the select path
             np.testing.assert_array_equal(np.asarray(ours(x, kind, b, u)), np.asarray(theirs[name](x, b, u)))
         np.testing.assert_array_equal(np.asarray(ours(x, 0, b, u)), np.asarray(x))
     z = jnp.zeros((2, 3))
-    for kind in range(4):  # R = 0: the tensor stays zero, no NaN
+    for kind in (0, 1, 2, 4):  # none, rtn, sr, additive; R = 0: the tensor stays zero, no NaN
         np.testing.assert_array_equal(np.asarray(quantize_factor(z, kind, 3, u[:2])), 0.0)
 
 
@@ -155,7 +157,8 @@ def test_ste_at_16_bits_equals_full_precision():
     p = make_nonlinear_problem(cfg)
     X, Y = sample_nonlinear(jax.random.PRNGKey(7), p, 64)
     Xt = sample_nonlinear(jax.random.PRNGKey(8), p, 64)[0]
-    kinds, bits = [0, 1, 2, 3, 1], [16.0, 16.0, 16.0, 16.0, 2.0]
+    kinds = [KIND_INDEX[k] for k in ("none", "rtn", "sr", "additive", "rtn")]
+    bits = [16.0, 16.0, 16.0, 16.0, 2.0]
     P = _train_many(cfg, p, X, Y, [2] * 5, kinds, bits)
     e = _excess_many(cfg, p, P, [2] * 5, Xt)
     # a 16-bit grid moves each entry by ≤ Δ/2 = 2^{−16}·R ≈ 1.5e−5·R per forward pass; over 60

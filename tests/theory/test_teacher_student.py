@@ -1,4 +1,5 @@
-"""Teacher–student experiment (quantbounds.theory.teacher_student, ts_grid, gradvar) against references
+"""Teacher–student experiment (quantbounds.theory.teacher_student; the grid and the gradient
+variance have their own files) against references
 that could disagree: closed forms, Monte Carlo with derived tolerances, finite differences,
 a Python loop, least squares."""
 
@@ -10,12 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from quantbounds.theory.gradvar import analytic_batch_variance, draw_gradvar, lora_grad, measure_grad_variance
 from quantbounds.theory.teacher_student import (ARMS, KIND_INDEX, LoRAStudent, TeacherStudentConfig, _ARM_KIND,
                                          _quant_fn, additive_prediction, empirical_risk, excess_risk,
                                          fake_quant, make_problem, sample_data, scale_value, student_weight,
                                          sufficient_stats, train_student, uniform_at)
-from quantbounds.theory.ts_grid import run_grid, run_loop, stats_table
 
 SMALL = dict(m=4, n=6, r_star=1, ranks=(1, 3), bits=(2, 4), Ns=(20, 40), seeds=2, steps=30,
              lr=0.05, label_noise=0.3, cond=5.0, teacher_norm=1.0)
@@ -169,27 +168,6 @@ def test_padding_is_exact():
         np.testing.assert_array_equal(np.asarray(g2["B"]), np.asarray(g1["B"]))
 
 
-def test_vmapped_grid_equals_python_loop():
-    cfg = TeacherStudentConfig(**{**SMALL, "conventions": ("one", "alpha_r"), "steps": 15,
-                                  "arms": ("fp", "ste_rtn", "additive")})
-    p = make_problem(cfg)
-    grid = run_grid(cfg, problem=p)
-    loop = run_loop(cfg, problem=p)
-    assert set(loop) == {"fp_one", "fp_alpha_r", "ste_rtn", "additive"}
-    for label, rows in loop.items():
-        axes = grid[label]["axes"]
-        shape = tuple(len(v) for _, v in axes)
-        assert len(rows) == int(np.prod(shape))
-        for flat, row in enumerate(rows):
-            idx = np.unravel_index(flat, shape)
-            for key in ("excess_latent", "excess_deployed", "train_loss", "ptq_qexcess", "ptq_nf4_excess"):
-                np.testing.assert_allclose(grid[label][key][idx], row[key], rtol=1e-7, atol=1e-12,
-                                           err_msg=f"{label} {key} {idx}")
-    # the arms differ from each other (a vmap that mixed configurations up would not show this)
-    assert not np.allclose(grid["ste_rtn"]["excess_deployed"][:, 0], grid["ste_rtn"]["excess_deployed"][:, 1])
-    assert not np.allclose(grid["fp_one"]["excess_latent"], grid["fp_alpha_r"]["excess_latent"])
-
-
 def test_additive_prediction_matches_monte_carlo():
     cfg = TeacherStudentConfig(**SMALL)
     p = make_problem(cfg)
@@ -206,29 +184,6 @@ def test_additive_prediction_matches_monte_carlo():
     assert abs(qx.mean() - pred) <= 5 * qx.std() / math.sqrt(n)
 
 
-def test_batch_gradient_variance_vs_closed_form():
-    cfg = TeacherStudentConfig(**SMALL)
-    p = make_problem(cfg)
-    B = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (cfg.m, 3))
-    A = jax.random.normal(jax.random.PRNGKey(2), (3, cfg.n)) / math.sqrt(cfg.n)
-    s, k, D = 1.3, 4, 4000
-    draws = draw_gradvar(jax.random.PRNGKey(3), n_draws=D, batch_size=k, m=cfg.m, n=cfg.n, r=3)
-    mgv = jax.jit(lambda b: measure_grad_variance(p, B, A, s, draws, kind="additive", bits=b))
-    out = mgv(4.0)
-    exact = float(analytic_batch_variance(p, B, A, s, k))
-    # SE of the estimator Σ_j var_j = mean_d ‖g_d − ḡ‖²·D/(D−1), from the per-draw terms
-    from quantbounds.theory.gradvar import _batch
-
-    G = np.asarray(jax.jit(jax.vmap(lambda Z, Xi: lora_grad(p, B, A, s, *_batch(p, Z, Xi))[0]))(draws.Zb, draws.Xib))
-    t = np.sum((G - G.mean(0)) ** 2, axis=1)
-    assert float(out["var_batch"]) == pytest.approx(t.mean() * D / (D - 1), rel=1e-10)
-    assert abs(float(out["var_batch"]) - exact) <= 5 * t.std() / math.sqrt(D)
-    # quantization noise adds variance; fixed-batch noise variance is positive and shrinks ~4×/bit
-    v4 = float(out["var_noise"])
-    v6 = float(mgv(6.0)["var_noise"])
-    assert v4 > 0 and 8 < v4 / v6 < 32
-
-
 @pytest.mark.parametrize("bad, match", [
     (dict(ranks=(1, 7)), r"ranks entry must be in 1…4"),
     (dict(bits=(0,)), r"bits entry must be in 1…16"),
@@ -241,19 +196,6 @@ def test_batch_gradient_variance_vs_closed_form():
 def test_config_rejects_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         TeacherStudentConfig(**{**SMALL, **bad})
-
-
-def test_stats_table_nested_data():
-    cfg = TeacherStudentConfig(**SMALL)
-    p = make_problem(cfg)
-    Sxx, Cyx, yy = stats_table(p, cfg)
-    assert Sxx.shape == (2, 2, cfg.n, cfg.n)
-    # N = 40 statistics = average of the first-20 statistics and the rows 20…39
-    from quantbounds.theory.ts_grid import _keys
-
-    X, Y = sample_data(jax.random.fold_in(_keys(cfg)[0], 1), p, 40)
-    np.testing.assert_allclose(np.asarray(Sxx[1, 1]), np.asarray(X.T @ X / 40), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(Sxx[0, 1]), np.asarray(X[:20].T @ X[:20] / 20), rtol=1e-12)
 
 
 def test_uniform_at_is_jax_random_uniform_bit_for_bit():
