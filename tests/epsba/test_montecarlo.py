@@ -7,6 +7,7 @@ Numerical Algorithms, §3.1: |fl(xᵀy) − xᵀy| ≤ γ_K·|x|ᵀ|y|, γ_K = K
 moments of the uniform grid.
 """
 
+import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -323,3 +324,27 @@ def test_bad_inputs_name_the_argument():
         simulate_grid(key, m=8, n=6, ranks=[2], bits=[4], n_samples=4, factors="lognormal")
     with pytest.raises(ValueError, match="scale"):
         simulate_grid(key, m=8, n=6, ranks=[2], bits=[4], n_samples=4, scale="alpha")
+
+
+def test_grid_config_validates_itself_and_is_what_the_keywords_build():
+    from quantbounds.epsba.montecarlo import GridConfig
+
+    base = dict(m=8, n=6, ranks=[1, 2], bits=[3, 4], n_samples=3)
+    cfg = GridConfig(**base)
+    assert cfg.ranks == (1, 2) and cfg.bits == (3, 4) and cfg.dtype == "float32"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.m = 9
+    with pytest.raises(TypeError):
+        GridConfig(8, 6, [1], [3], 3)  # keyword-only
+    for kw, msg in [(dict(n_samples=1), "n_samples must be in ≥ 2"), (dict(pad="min"), "pad"),
+                    (dict(bits=[0]), "bits must be in 1…16"), (dict(ranks=[]), "non-empty"),
+                    (dict(step="midtread", bits=[1, 4]), "midtread"), (dict(m=0), "m must be")]:
+        with pytest.raises(ValueError, match=msg):
+            GridConfig(**(base | kw))
+    key = jax.random.key(4)
+    by_kw = simulate_grid(key, **base)
+    by_cfg = simulate_grid(key, cfg)
+    replaced = simulate_grid(key, GridConfig(**(base | dict(n_samples=5))), n_samples=3)
+    for other in (by_cfg, replaced):
+        for a, b in zip(by_kw.mean, other.mean):
+            np.testing.assert_array_equal(a, b)
