@@ -64,7 +64,7 @@ def test_end_to_end_synthetic_calibration_figures_and_report(tmp_path):
                            "--figures", str(f)]) == 0
     pngs = sorted(p.name for p in f.glob("*.png"))
     assert pngs == ["synthetic_additive_vs_real.png", "synthetic_calibration_analysis.png"]
-    assert main(["--results", str(r), "--figures", str(f)]) == 0
+    assert main(["--results", str(r), "--figures", str(f), "--no-readme"]) == 0
     text = (r / "REPORT.md").read_text()
     assert "**SYNTHETIC**" in text and "| calibration (SYNTHETIC) |" in text
     assert "| per_bit_factor |" in text and "leave-one-configuration-out R²" in text

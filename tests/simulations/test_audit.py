@@ -92,7 +92,7 @@ def test_claims_come_out_either_way_on_synthetic_grids():
     assert _verdict(vs, "Thm 3.1 generalization term: excess risk ∝ √(r/N)").verdict == "holds"
     assert _verdict(vs, "Thm 3.1 generalization term: exponent in r").verdict == "holds"
     assert _verdict(vs, "gradient variance scales as").verdict == "holds"
-    assert _verdict(vs, "Thm 3.2 worked example").verdict == "fails"  # arithmetic, whatever the data
+    assert not any("worked example" in v.claim for v in vs)  # no seed has one (DESIGN.md §2)
     # a least-squares world: exponent −1 in N, +1 in r, factor 2 per bit
     res, gv, cfg = _synthetic(-1.0, 1.0, 2.0, seed=1)
     fits, vs, _ = fits_and_verdicts(res, gv, cfg, acfg)
