@@ -73,9 +73,10 @@ def _timed(fn, min_time: float) -> tuple[float, int]:
 
 
 def bench_engine(key, B, A, n_samples, min_time):
-    simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples)          # compile
-    return _timed(lambda: simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples).n_samples,
-                  min_time)
+    simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples)  # compile
+    return _timed(
+        lambda: simulate_eps_ba(key, B, A, bits=BITS, n_samples=n_samples).n_samples, min_time
+    )
 
 
 def bench_floor(key, B, A, n_samples, min_time, *, generator="engine"):
@@ -99,21 +100,28 @@ def bench_floor(key, B, A, n_samples, min_time, *, generator="engine"):
             noise = draw_noise(keys, r, m, n, jnp.float32, delta * RB, delta * RA)
         else:
             kB, kA = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-            noise = ([(jax.random.uniform(kB, (S, r, m), jnp.float32) - 0.5) * (delta * RB)],
-                     [(jax.random.uniform(kA, (S, r, n), jnp.float32) - 0.5) * (delta * RA)])
+            noise = (
+                [(jax.random.uniform(kB, (S, r, m), jnp.float32) - 0.5) * (delta * RB)],
+                [(jax.random.uniform(kA, (S, r, n), jnp.float32) - 0.5) * (delta * RA)],
+            )
         noise = jax.lax.optimization_barrier(noise)
         # read every element once (a GEMV against ones): reading only a few lets XLA compute
         # only those (measured: 60× "faster"), which would not be a floor
-        return sum(jnp.sum(x.reshape(-1, x.shape[-1]) @ jnp.ones(x.shape[-1], x.dtype))
-                   for blocks in noise for x in blocks)
+        return sum(
+            jnp.sum(x.reshape(-1, x.shape[-1]) @ jnp.ones(x.shape[-1], x.dtype))
+            for blocks in noise
+            for x in blocks
+        )
 
     mesh = check_mesh(None)
     runner = build_unit_runner(unit, mesh)
-    shared = (np.asarray(jax.random.key_data(key)), np.float32(np.abs(B).max()),
-              np.float32(np.abs(A).max()))
-    map_units(runner, n_units, shared, mesh=mesh)                        # compile
-    return _timed(lambda: (map_units(runner, n_units, shared, mesh=mesh), n_units * S)[1],
-                  min_time)
+    shared = (
+        np.asarray(jax.random.key_data(key)),
+        np.float32(np.abs(B).max()),
+        np.float32(np.abs(A).max()),
+    )
+    map_units(runner, n_units, shared, mesh=mesh)  # compile
+    return _timed(lambda: (map_units(runner, n_units, shared, mesh=mesh), n_units * S)[1], min_time)
 
 
 def bench_gram(key, B, A, n_samples, min_time):
@@ -135,17 +143,17 @@ def bench_gram(key, B, A, n_samples, min_time):
     dA = np.float32(2.0 ** (1 - BITS) * np.abs(A).max())
 
     def unit(u, B, A, GB, GA, *blocks):
-        s = 1 + u.astype(jnp.float32) * np.float32(2.0 ** -40)    # traced: keeps units apart
+        s = 1 + u.astype(jnp.float32) * np.float32(2.0**-40)  # traced: keeps units apart
         eps_Bt, eps_A = jax.lax.optimization_barrier(
-            ([x * (dB * s) for x in blocks[:nb]], [x * (dA * s) for x in blocks[nb:]]))
+            ([x * (dB * s) for x in blocks[:nb]], [x * (dA * s) for x in blocks[nb:]])
+        )
         return gram_terms(B, A, GB, GA, eps_Bt, eps_A)
 
     mesh = check_mesh(None)
     runner = build_unit_runner(unit, mesh)
     shared = (Bp, Ap, B.T @ B, A @ A.T, *PB, *PA)
-    map_units(runner, n_units, shared, mesh=mesh)                        # compile
-    return _timed(lambda: (map_units(runner, n_units, shared, mesh=mesh), n_units * S)[1],
-                  min_time)
+    map_units(runner, n_units, shared, mesh=mesh)  # compile
+    return _timed(lambda: (map_units(runner, n_units, shared, mesh=mesh), n_units * S)[1], min_time)
 
 
 _NUMPY_LOOP = """
@@ -194,9 +202,23 @@ def bench_numpy(B, A, n_samples, min_time):
         env = dict(os.environ)
         if threads:
             env.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-        out = subprocess.run([sys.executable, "-c", _NUMPY_LOOP, str(m), str(r), str(n),
-                              str(n_samples), str(min_time), str(BITS)], env=env,
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _NUMPY_LOOP,
+                str(m),
+                str(r),
+                str(n),
+                str(n_samples),
+                str(min_time),
+                str(BITS),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         best = max(best, (float(out[0]), int(out[1])))
     return best
 
@@ -212,11 +234,15 @@ def bench_dense(key, B, A, n_samples, min_time):
     @jax.jit
     def run(k):
         keys = jax.random.split(k, n_samples)
-        eBt = uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 0))(keys), r, m, jnp.float32) * dB
-        eA = uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 1))(keys), r, n, jnp.float32) * dA
+        eBt = (
+            uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 0))(keys), r, m, jnp.float32) * dB
+        )
+        eA = (
+            uniform_grid(jax.vmap(lambda x: jax.random.fold_in(x, 1))(keys), r, n, jnp.float32) * dA
+        )
         eB = jnp.swapaxes(eBt, 1, 2)
-        X = jnp.concatenate([jnp.broadcast_to(Bj, eB.shape), eB], axis=2)       # (S, m, 2r)
-        Y = jnp.concatenate([eA, Aj + eA], axis=1)                               # (S, 2r, n)
+        X = jnp.concatenate([jnp.broadcast_to(Bj, eB.shape), eB], axis=2)  # (S, m, 2r)
+        Y = jnp.concatenate([eA, Aj + eA], axis=1)  # (S, 2r, n)
         return jnp.sum(jnp.einsum("smk,skn->smn", X, Y) ** 2, axis=(1, 2))
 
     jax.block_until_ready(run(key))
@@ -230,7 +256,7 @@ def gemm_rate(min_time: float, n: int = 2048) -> float:
     f = jax.jit(lambda a: a @ a)
     jax.block_until_ready(f(x))
     rate, _ = _timed(lambda: (jax.block_until_ready(f(x)), 1)[1], min_time)
-    return rate * 2 * n ** 3
+    return rate * 2 * n**3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     min_time = args.min_time or (1.0 if args.quick else 2.0)
     rounds = args.rounds or (2 if args.quick else 3)
-    sizes = ([(1024, 16), (1024, 64), (4096, 64)] if args.quick else
-             [(mn, r) for mn in (1024, 4096) for r in (16, 64, 256)])
+    sizes = (
+        [(1024, 16), (1024, 64), (4096, 64)]
+        if args.quick
+        else [(mn, r) for mn in (1024, 4096) for r in (16, 64, 256)]
+    )
     key = jax.random.key(0)
     ceiling = max(gemm_rate(min_time) for _ in range(rounds))
     rows = []
@@ -254,16 +283,25 @@ def main(argv: list[str] | None = None) -> int:
             B = np.asarray(jax.random.normal(kB, (mn, r), jnp.float32))
             A = np.asarray(jax.random.normal(kA, (r, mn), jnp.float32))
             # enough samples per call that per-call overheads are amortised
-            n_eng = int(max(64, min(2048, 2 ** 31 // (8 * r * r * 2 * mn))))
-            res = {"m": mn, "n": mn, "r": r, "dtype": "float32", "bits": BITS,
-                   "engine_samples_per_call": n_eng}
-            methods = {"engine": lambda: bench_engine(key, B, A, n_eng, min_time),
-                       "floor": lambda: bench_floor(key, B, A, n_eng, min_time),
-                       "gram_only": lambda: bench_gram(key, B, A, n_eng, min_time),
-                       "floor_jax_random": lambda: bench_floor(key, B, A, n_eng, min_time,
-                                                               generator="jax_random"),
-                       "numpy": lambda: bench_numpy(B, A, max(4, n_eng // 16), min_time),
-                       "dense": lambda: bench_dense(key, B, A, 2 if mn > 2048 else 8, min_time)}
+            n_eng = int(max(64, min(2048, 2**31 // (8 * r * r * 2 * mn))))
+            res = {
+                "m": mn,
+                "n": mn,
+                "r": r,
+                "dtype": "float32",
+                "bits": BITS,
+                "engine_samples_per_call": n_eng,
+            }
+            methods = {
+                "engine": lambda: bench_engine(key, B, A, n_eng, min_time),
+                "floor": lambda: bench_floor(key, B, A, n_eng, min_time),
+                "gram_only": lambda: bench_gram(key, B, A, n_eng, min_time),
+                "floor_jax_random": lambda: bench_floor(
+                    key, B, A, n_eng, min_time, generator="jax_random"
+                ),
+                "numpy": lambda: bench_numpy(B, A, max(4, n_eng // 16), min_time),
+                "dense": lambda: bench_dense(key, B, A, 2 if mn > 2048 else 8, min_time),
+            }
             # interleaved rounds, best rate of each: the least disturbed by other processes
             for rnd in range(rounds):
                 for name, fn in methods.items():
@@ -288,51 +326,90 @@ def main(argv: list[str] | None = None) -> int:
             res["gemm_ceiling_flops_per_s"] = ceiling
             res["fraction_of_floor_upper_bound"] = t_noise / (t_noise + flops / ceiling)
             res["engine_gemm_flops_per_s"] = (4 * r * r * 2 * mn) / max(
-                1.0 / res["engine_samples_per_s"] - t_noise, 1e-12)
+                1.0 / res["engine_samples_per_s"] - t_noise, 1e-12
+            )
             # the engine does the Gram products and more on the same cores, so its speed-up
             # over numpy cannot exceed that of its Gram products alone
-            res["speedup_vs_numpy_upper_bound"] = (res["gram_only_samples_per_s"]
-                                                   / res["numpy_samples_per_s"])
-            res["fraction_of_jax_random_floor"] = (res["engine_samples_per_s"]
-                                                   / res["floor_jax_random_samples_per_s"])
+            res["speedup_vs_numpy_upper_bound"] = (
+                res["gram_only_samples_per_s"] / res["numpy_samples_per_s"]
+            )
+            res["fraction_of_jax_random_floor"] = (
+                res["engine_samples_per_s"] / res["floor_jax_random_samples_per_s"]
+            )
             rows.append(res)
     table = Table(title="Monte Carlo engine, samples/s (float32; ratios from one run)")
-    for col in ("m=n", "r", "engine", "numpy", "floor", "gram only", "jax.random floor", "dense",
-                "×numpy", "×numpy bound",
-                "of floor", "bound", "of jax.random floor", "×dense"):
+    for col in (
+        "m=n",
+        "r",
+        "engine",
+        "numpy",
+        "floor",
+        "gram only",
+        "jax.random floor",
+        "dense",
+        "×numpy",
+        "×numpy bound",
+        "of floor",
+        "bound",
+        "of jax.random floor",
+        "×dense",
+    ):
         table.add_column(col, justify="right")
     for x in rows:
-        table.add_row(str(x["m"]), str(x["r"]), f"{x['engine_samples_per_s']:.0f}",
-                      f"{x['numpy_samples_per_s']:.0f}", f"{x['floor_samples_per_s']:.0f}",
-                      f"{x['gram_only_samples_per_s']:.0f}",
-                      f"{x['floor_jax_random_samples_per_s']:.0f}",
-                      f"{x['dense_samples_per_s']:.1f}", f"{x['speedup_vs_numpy']:.2f}",
-                      f"{x['speedup_vs_numpy_upper_bound']:.2f}",
-                      f"{x['fraction_of_floor']:.2f}", f"{x['fraction_of_floor_upper_bound']:.2f}",
-                      f"{x['fraction_of_jax_random_floor']:.2f}", f"{x['gram_vs_dense']:.0f}")
+        table.add_row(
+            str(x["m"]),
+            str(x["r"]),
+            f"{x['engine_samples_per_s']:.0f}",
+            f"{x['numpy_samples_per_s']:.0f}",
+            f"{x['floor_samples_per_s']:.0f}",
+            f"{x['gram_only_samples_per_s']:.0f}",
+            f"{x['floor_jax_random_samples_per_s']:.0f}",
+            f"{x['dense_samples_per_s']:.1f}",
+            f"{x['speedup_vs_numpy']:.2f}",
+            f"{x['speedup_vs_numpy_upper_bound']:.2f}",
+            f"{x['fraction_of_floor']:.2f}",
+            f"{x['fraction_of_floor_upper_bound']:.2f}",
+            f"{x['fraction_of_jax_random_floor']:.2f}",
+            f"{x['gram_vs_dense']:.0f}",
+        )
     Console(width=170).print(table)
-    print(f"GEMM ceiling (XLA, 2048³ float32): {ceiling / 1e9:.0f} GFLOP/s; 'bound' = the "
-          "largest fraction of the floor any engine doing the Gram products at that ceiling "
-          "could reach")
-    write_json_atomic(args.out, {
-        "benchmark": "bench_montecarlo", "quick": args.quick, "min_time_s": min_time,
-        "rounds": rounds, "rate": "best of the interleaved rounds (samples/s)",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "jax": jax.__version__, "numpy": np.__version__,
-                    "devices": [str(d) for d in jax.devices()],
-                    "load_avg_1min_at_end": os.getloadavg()[0]},
-        "note": "timings on a shared machine are noisy; ratios are measured in one run",
-        "gemm_ceiling_flops_per_s": ceiling,
-        "fraction_of_floor_upper_bound": (
-            "T_noise / (T_noise + 3·r²·(m+n) / GEMM ceiling): engine time is at least the "
-            "noise time plus the Gram products (two r×r products with the factors, two "
-            "symmetric self-Grams) at the machine's measured GEMM ceiling"),
-        "speedup_vs_numpy_upper_bound": (
-            "gram_only / numpy: gram_only times the engine's own units with the noise drawn "
-            "once beforehand (the same Gram products, rescaled per unit); the engine does "
-            "those products and draws the noise on the same cores, so it cannot be faster"),
-        "targets_4096_r64": {"speedup_vs_numpy": ">= 3", "fraction_of_floor": ">= 0.8"},
-        "sizes": rows})
+    print(
+        f"GEMM ceiling (XLA, 2048³ float32): {ceiling / 1e9:.0f} GFLOP/s; 'bound' = the "
+        "largest fraction of the floor any engine doing the Gram products at that ceiling "
+        "could reach"
+    )
+    write_json_atomic(
+        args.out,
+        {
+            "benchmark": "bench_montecarlo",
+            "quick": args.quick,
+            "min_time_s": min_time,
+            "rounds": rounds,
+            "rate": "best of the interleaved rounds (samples/s)",
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "jax": jax.__version__,
+                "numpy": np.__version__,
+                "devices": [str(d) for d in jax.devices()],
+                "load_avg_1min_at_end": os.getloadavg()[0],
+            },
+            "note": "timings on a shared machine are noisy; ratios are measured in one run",
+            "gemm_ceiling_flops_per_s": ceiling,
+            "fraction_of_floor_upper_bound": (
+                "T_noise / (T_noise + 3·r²·(m+n) / GEMM ceiling): engine time is at least the "
+                "noise time plus the Gram products (two r×r products with the factors, two "
+                "symmetric self-Grams) at the machine's measured GEMM ceiling"
+            ),
+            "speedup_vs_numpy_upper_bound": (
+                "gram_only / numpy: gram_only times the engine's own units with the noise drawn "
+                "once beforehand (the same Gram products, rescaled per unit); the engine does "
+                "those products and draws the noise on the same cores, so it cannot be faster"
+            ),
+            "targets_4096_r64": {"speedup_vs_numpy": ">= 3", "fraction_of_floor": ">= 0.8"},
+            "sizes": rows,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 

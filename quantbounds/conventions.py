@@ -35,10 +35,10 @@ def lora_scale(scale: str, lora_alpha: float, rank: int) -> float:
 # The one table of quantizer options (quant.quantizers, the Monte Carlo engine, the students;
 # real_runs' torch port takes its subset from here).
 
-SCHEMES = ("uniform", "nf4", "fp4", "int8")   # quant.quantizers.quantize's schemes
-STEPS = ("paper", "midtread")                 # Δ = 2^{1−b}·R (seed eq. 2), R/(2^{b−1}−1) (int8)
-ROUNDINGS = ("nearest", "stochastic")         # ties to even, or ⌊x/Δ + u⌋ with u ~ U[0, 1)
-MODES = ("additive", "real")                  # Monte Carlo: the paper's noise model, or a quantizer
+SCHEMES = ("uniform", "nf4", "fp4", "int8")  # quant.quantizers.quantize's schemes
+STEPS = ("paper", "midtread")  # Δ = 2^{1−b}·R (seed eq. 2), R/(2^{b−1}−1) (int8)
+ROUNDINGS = ("nearest", "stochastic")  # ties to even, or ⌊x/Δ + u⌋ with u ~ U[0, 1)
+MODES = ("additive", "real")  # Monte Carlo: the paper's noise model, or a quantizer
 
 # Fake-quantization kinds of the teacher–student experiments, numbered once: the index is what a
 # traced (vmapped) kind carries (quant.quantizers.fake_quantize).

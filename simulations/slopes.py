@@ -55,8 +55,8 @@ class SlopesConfig:
     bits: tuple = tuple(range(2, 17))
     families: tuple = ("gaussian", "trained_like")
     n_draws: int = 4
-    rank_bits: int = 8          # the b at which rank slopes are judged (the table shows all)
-    lora_alpha: float = 16.0    # PEFT's common α; cancels in every slope
+    rank_bits: int = 8  # the b at which rank slopes are judged (the table shows all)
+    lora_alpha: float = 16.0  # PEFT's common α; cancels in every slope
 
     def __post_init__(self):
         for r in self.ranks:
@@ -87,6 +87,7 @@ def real_terms(Bs, As, bits):
         eA = quantize(A, "uniform", bits=b) - A
         eB = quantize(B, "uniform", bits=b) - B
         return jnp.stack(eps_ba_terms(B, A, eB, eA))
+
     return jax.vmap(lambda B, A: jax.vmap(lambda b: one(B, A, b))(bits))(Bs, As)
 
 
@@ -124,8 +125,10 @@ def run(config: SlopesConfig, key, *, progress=None) -> dict:
     for fi, fam in enumerate(config.families):
         kf = jax.random.fold_in(key, fi)
         # one nested draw per d: rank r uses the leading r columns/rows (factors.nested_factors)
-        nested = [nested_factors(jax.random.fold_in(kf, d), fam, config.m, config.n,
-                                 config.ranks) for d in range(config.n_draws)]
+        nested = [
+            nested_factors(jax.random.fold_in(kf, d), fam, config.m, config.n, config.ranks)
+            for d in range(config.n_draws)
+        ]
         per_rank = []
         for ri, r in enumerate(config.ranks):
             draws = [nd[ri] for nd in nested]
@@ -136,18 +139,34 @@ def run(config: SlopesConfig, key, *, progress=None) -> dict:
             RA = np.array([float(jnp.max(jnp.abs(A))) for _, A in draws])[:, None]
             RB = np.array([float(jnp.max(jnp.abs(B))) for B, _ in draws])[:, None]
             # the total at unit ranges: each term divided by the range(s) its Δ's carry
-            fixed = T[..., 0] / RA ** 2 + T[..., 1] / RB ** 2 + T[..., 2] / (RA * RB) ** 2
-            per_rank.append({
-                "r": r, "real": T[..., 3].tolist(), "real_fixed_range": fixed.tolist(),
-                "model": [model_totals(B, A, bits).tolist() for B, A in draws],
-                "R_A": RA[:, 0].tolist(), "R_B": RB[:, 0].tolist()})
+            fixed = T[..., 0] / RA**2 + T[..., 1] / RB**2 + T[..., 2] / (RA * RB) ** 2
+            per_rank.append(
+                {
+                    "r": r,
+                    "real": T[..., 3].tolist(),
+                    "real_fixed_range": fixed.tolist(),
+                    "model": [model_totals(B, A, bits).tolist() for B, A in draws],
+                    "R_A": RA[:, 0].tolist(),
+                    "R_B": RB[:, 0].tolist(),
+                }
+            )
             if progress is not None:
                 progress()
         data[fam] = per_rank
-    return analyse({"config": {"m": config.m, "n": config.n, "ranks": list(config.ranks),
-                               "bits": bits.tolist(), "n_draws": config.n_draws,
-                               "rank_bits": config.rank_bits, "lora_alpha": config.lora_alpha},
-                    "data": data})
+    return analyse(
+        {
+            "config": {
+                "m": config.m,
+                "n": config.n,
+                "ranks": list(config.ranks),
+                "bits": bits.tolist(),
+                "n_draws": config.n_draws,
+                "rank_bits": config.rank_bits,
+                "lora_alpha": config.lora_alpha,
+            },
+            "data": data,
+        }
+    )
 
 
 def n_steps(config: SlopesConfig) -> int:
@@ -169,14 +188,23 @@ def bit_slope(real, model, bits, *, alpha: float = ALPHA) -> dict:
         km = float(np.mean([_slope(x, np.log2(t[j:])) for t in np.asarray(model)]))
         mean, se, ci = mean_ci(ks, alpha=alpha)
         ok = decide_interval(-2.0, ci) == "holds" or decide_interval(km, ci) == "holds"
-        rows.append({"b0": int(bits[j]), "slope": mean, "se": se, "ci": ci,
-                     "model_slope": km, "ok": bool(ok)})
+        rows.append(
+            {
+                "b0": int(bits[j]),
+                "slope": mean,
+                "se": se,
+                "ci": ci,
+                "model_slope": km,
+                "ok": bool(ok),
+            }
+        )
     first = next((r for r in rows if r["ok"]), None)
     return {"fits": rows, "b0": None if first is None else first["b0"]}
 
 
-def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float,
-               alpha: float = ALPHA) -> dict:
+def rank_slope(
+    per_rank, bits, b: int, *, scale: str, lora_alpha: float, alpha: float = ALPHA
+) -> dict:
     """Slope of log₂(s²T) in log₂ r at bit b, and of the unit-range total.
 
     The ranks of draw d are nested slices of one factor pair, so draw d is one unit: an
@@ -190,9 +218,13 @@ def rank_slope(per_rank, bits, b: int, *, scale: str, lora_alpha: float,
         y = np.array([np.asarray(pr[key])[:, j] for pr in per_rank]) * s2[:, None]  # (R, D)
         fits = [np.polyfit(x, np.log2(y[:, d]), 1) for d in range(y.shape[1])]
         mean, se, ci = mean_ci([f[0] for f in fits], alpha=alpha)
-        out[name] = {"slope": mean, "slope_se": se, "ci": ci,
-                     "intercept": float(np.mean([f[1] for f in fits])),
-                     "per_draw": [float(f[0]) for f in fits]}
+        out[name] = {
+            "slope": mean,
+            "slope_se": se,
+            "ci": ci,
+            "intercept": float(np.mean([f[1] for f in fits])),
+            "per_draw": [float(f[0]) for f in fits],
+        }
         if name == "absmax":
             out["mean_total"] = y.mean(axis=1).tolist()
             out["mean_total_se"] = (y.std(axis=1, ddof=1) / np.sqrt(y.shape[1])).tolist()
@@ -206,10 +238,21 @@ def analyse(res: dict) -> dict:
     for fam, per_rank in res["data"].items():
         # one factor-per-bit test per rank: Bonferroni over ranks (family-wise ALPHA)
         fits[fam] = {
-            "bit": {str(pr["r"]): bit_slope(pr["real"], pr["model"], cfg["bits"],
-                                            alpha=ALPHA / n_ranks) for pr in per_rank},
-            "rank": {conv: rank_slope(per_rank, cfg["bits"], cfg["rank_bits"], scale=conv,
-                                      lora_alpha=cfg["lora_alpha"]) for conv in SCALES}}
+            "bit": {
+                str(pr["r"]): bit_slope(pr["real"], pr["model"], cfg["bits"], alpha=ALPHA / n_ranks)
+                for pr in per_rank
+            },
+            "rank": {
+                conv: rank_slope(
+                    per_rank,
+                    cfg["bits"],
+                    cfg["rank_bits"],
+                    scale=conv,
+                    lora_alpha=cfg["lora_alpha"],
+                )
+                for conv in SCALES
+            },
+        }
     res["fits"] = fits
     res["ci_level"] = {"bit_slope": 1 - ALPHA / n_ranks, "rank_slope": 1 - ALPHA}
     return res
@@ -219,8 +262,10 @@ def verdicts(res: dict) -> list[Verdict]:
     out = []
     cfg = res["config"]
     bmin = min(cfg["bits"])
-    setup = (f"RTN per tensor, paper step; m={cfg['m']}, n={cfg['n']}, r ∈ {cfg['ranks']}, "
-             f"b ∈ {bmin}…{max(cfg['bits'])}, {cfg['n_draws']} factor draws")
+    setup = (
+        f"RTN per tensor, paper step; m={cfg['m']}, n={cfg['n']}, r ∈ {cfg['ranks']}, "
+        f"b ∈ {bmin}…{max(cfg['bits'])}, {cfg['n_draws']} factor draws"
+    )
     for fam, f in res["fits"].items():
         per = f["bit"]
         b0s = [v["b0"] for v in per.values()]
@@ -232,46 +277,75 @@ def verdicts(res: dict) -> list[Verdict]:
         factors = [2.0 ** -v["slope"] for v in at_min]
         worst = max(per.items(), key=lambda kv: abs(kv[1]["fits"][0]["slope"] + 2))
         w = worst[1]["fits"][0]
-        out.append(Verdict(
-            claim=f"E‖ε_BA‖² falls by a factor 4 per bit on real quantizers ({fam} factors)",
-            verdict=verdict, predicted=4.0,
-            measured=[float(min(factors)), float(max(factors))],
-            ci=None,
-            conditions=("holds for b ≥ " + str(max(b for b in b0s if b is not None))
-                        if verdict == "conditional" else
-                        ("ranks failing at every b₀: " + str([r for r, v in per.items()
-                                                             if v["b0"] is None])
-                         if verdict == "fails" else "all ranks, all b")) + "; " + setup,
-            source="DESIGN.md §2; seed 001 Thm 3.1 (O(r·4^{−b}))",
-            details={"measured_is": f"[min, max] over ranks of 2^(−slope), fit over b ≥ {bmin}",
-                     "worst_rank": worst[0], "worst_fit": w,
-                     "b0_per_rank": dict(zip(per.keys(), b0s))}))
+        out.append(
+            Verdict(
+                claim=f"E‖ε_BA‖² falls by a factor 4 per bit on real quantizers ({fam} factors)",
+                verdict=verdict,
+                predicted=4.0,
+                measured=[float(min(factors)), float(max(factors))],
+                ci=None,
+                conditions=(
+                    "holds for b ≥ " + str(max(b for b in b0s if b is not None))
+                    if verdict == "conditional"
+                    else (
+                        "ranks failing at every b₀: "
+                        + str([r for r, v in per.items() if v["b0"] is None])
+                        if verdict == "fails"
+                        else "all ranks, all b"
+                    )
+                )
+                + "; "
+                + setup,
+                source="DESIGN.md §2; seed 001 Thm 3.1 (O(r·4^{−b}))",
+                details={
+                    "measured_is": f"[min, max] over ranks of 2^(−slope), fit over b ≥ {bmin}",
+                    "worst_rank": worst[0],
+                    "worst_fit": w,
+                    "b0_per_rank": dict(zip(per.keys(), b0s)),
+                },
+            )
+        )
         for conv in SCALES:
             rk = f["rank"][conv]
             pred = THEORY_RANK_SLOPE[conv]
             v = decide_slope(pred, rk["absmax"]["ci"], rk["fixed_range"]["ci"])
-            out.append(Verdict(
-                claim=f"E‖ε_BA‖² ∝ r^{pred:g} under LoRA scale '{conv}' ({fam} factors)",
-                verdict=v, predicted=pred, measured=rk["absmax"]["slope"],
-                ci=rk["absmax"]["ci"],
-                conditions=f"b = {cfg['rank_bits']}; fixed-range slope "
-                           f"{rk['fixed_range']['slope']:.3f} "
-                           f"[{rk['fixed_range']['ci'][0]:.3f}, {rk['fixed_range']['ci'][1]:.3f}]; "
-                           + setup,
-                source="DESIGN.md §2 (scale conventions); seed 001 §3.1 (linear in r)",
-                details={"fit": rk["absmax"], "fixed_range_fit": rk["fixed_range"],
-                         "ci_level": 1 - ALPHA}))
+            out.append(
+                Verdict(
+                    claim=f"E‖ε_BA‖² ∝ r^{pred:g} under LoRA scale '{conv}' ({fam} factors)",
+                    verdict=v,
+                    predicted=pred,
+                    measured=rk["absmax"]["slope"],
+                    ci=rk["absmax"]["ci"],
+                    conditions=f"b = {cfg['rank_bits']}; fixed-range slope "
+                    f"{rk['fixed_range']['slope']:.3f} "
+                    f"[{rk['fixed_range']['ci'][0]:.3f}, {rk['fixed_range']['ci'][1]:.3f}]; "
+                    + setup,
+                    source="DESIGN.md §2 (scale conventions); seed 001 §3.1 (linear in r)",
+                    details={
+                        "fit": rk["absmax"],
+                        "fixed_range_fit": rk["fixed_range"],
+                        "ci_level": 1 - ALPHA,
+                    },
+                )
+            )
     # Seed 001 §4.2: "higher LoRA ranks require higher precision" — true iff the error grows
     # with r, which depends on the convention: judged per convention on Gaussian factors.
     fam = "gaussian" if "gaussian" in res["fits"] else next(iter(res["fits"]))
     grows = {conv: res["fits"][fam]["rank"][conv]["absmax"]["ci"][0] > 0 for conv in SCALES}
     slopes = {conv: res["fits"][fam]["rank"][conv]["absmax"]["slope"] for conv in SCALES}
-    out.append(Verdict(
-        claim="higher LoRA ranks need higher precision (quantization error grows with r)",
-        verdict=decide_cells(list(grows.values())), predicted="slope in log r > 0",
-        measured=slopes, ci=None,
-        conditions="grows (CI > 0) only under: " + (", ".join(c for c, g in grows.items() if g)
-                                                   or "none") + f"; {fam} factors; " + setup,
-        source="seed 001 §4.2 and §3.1",
-        details={"ci": {c: res["fits"][fam]["rank"][c]["absmax"]["ci"] for c in SCALES}}))
+    out.append(
+        Verdict(
+            claim="higher LoRA ranks need higher precision (quantization error grows with r)",
+            verdict=decide_cells(list(grows.values())),
+            predicted="slope in log r > 0",
+            measured=slopes,
+            ci=None,
+            conditions="grows (CI > 0) only under: "
+            + (", ".join(c for c, g in grows.items() if g) or "none")
+            + f"; {fam} factors; "
+            + setup,
+            source="seed 001 §4.2 and §3.1",
+            details={"ci": {c: res["fits"][fam]["rank"][c]["absmax"]["ci"] for c in SCALES}},
+        )
+    )
     return out

@@ -30,8 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantbounds._checks import (check_bits_array, check_finite, check_int_range,
-                                 check_lora_factors, check_positive, check_rank)
+from quantbounds._checks import (
+    check_bits_array,
+    check_finite,
+    check_int_range,
+    check_lora_factors,
+    check_positive,
+    check_rank,
+)
 
 
 class EpsBAMoments(NamedTuple):
@@ -62,8 +68,9 @@ def _variance(var: Any, shape: tuple[int, int], name: str, dtype) -> jnp.ndarray
     try:
         return jnp.broadcast_to(v, shape)
     except ValueError:
-        raise ValueError(f"{name} must be a scalar or broadcastable to shape {shape}, "
-                         f"got shape {jnp.shape(v)}") from None
+        raise ValueError(
+            f"{name} must be a scalar or broadcastable to shape {shape}, got shape {jnp.shape(v)}"
+        ) from None
 
 
 def _factors(B: Any, A: Any):
@@ -92,18 +99,19 @@ def eps_ba_moments(B: Any, A: Any, var_A: Any, var_B: Any, *, scale: Any = 1.0) 
 @jax.jit
 def _moments_core(B, A, VA, VB, s):
     s2 = s * s
-    b_col2 = jnp.sum(B * B, axis=0)          # ‖B_:,k‖², shape (r,)
-    a_row2 = jnp.sum(A * A, axis=1)          # ‖A_k,:‖², shape (r,)
-    va_row = jnp.sum(VA, axis=1)             # (V_A·1)_k = Σ_j Var(ε_A)_kj
-    vb_col = jnp.sum(VB, axis=0)             # (1ᵀV_B)_k = Σ_i Var(ε_B)_ik
+    b_col2 = jnp.sum(B * B, axis=0)  # ‖B_:,k‖², shape (r,)
+    a_row2 = jnp.sum(A * A, axis=1)  # ‖A_k,:‖², shape (r,)
+    va_row = jnp.sum(VA, axis=1)  # (V_A·1)_k = Σ_j Var(ε_A)_kj
+    vb_col = jnp.sum(VB, axis=0)  # (1ᵀV_B)_k = Σ_i Var(ε_B)_ik
     t1 = s2 * jnp.dot(b_col2, va_row)
     t2 = s2 * jnp.dot(vb_col, a_row2)
     t3 = s2 * jnp.dot(vb_col, va_row)
     return t1, t2, t3, t1 + t2 + t3
 
 
-def eps_ba_moments_per_tensor(B: Any, A: Any, var_A: Any, var_B: Any, *,
-                              scale: Any = 1.0) -> EpsBAMoments:
+def eps_ba_moments_per_tensor(
+    B: Any, A: Any, var_A: Any, var_B: Any, *, scale: Any = 1.0
+) -> EpsBAMoments:
     """The scalar-variance form of :func:`eps_ba_moments`, on the host in float64 (numpy):
 
         E‖B·ε_A‖² = s²·n·σ_A²·‖B‖_F²,  E‖ε_B·A‖² = s²·m·σ_B²·‖A‖_F²,
@@ -126,8 +134,9 @@ def eps_ba_moments_per_tensor(B: Any, A: Any, var_A: Any, var_B: Any, *,
     return EpsBAMoments(s2 * t1, s2 * t2, s2 * t3, s2 * (t1 + t2 + t3))
 
 
-def eps_ba_entry_variance(B: Any, A: Any, var_A: Any, var_B: Any, *,
-                          scale: Any = 1.0) -> jnp.ndarray:
+def eps_ba_entry_variance(
+    B: Any, A: Any, var_A: Any, var_B: Any, *, scale: Any = 1.0
+) -> jnp.ndarray:
     """Per-entry variance of ε_BA, exact for independent zero-mean noise.
 
         Var[(ε_BA)_ij] = s²·(σ_A²·‖B_i,:‖² + σ_B²·‖A_:,j‖² + r·σ_A²·σ_B²)
@@ -148,8 +157,9 @@ def _entry_core(B, A, VA, VB, s):
     return s * s * ((B * B) @ VA + VB @ (A * A) + VB @ VA)
 
 
-def eps_ba_output_moment(B: Any, A: Any, x: Any, var_A: Any, var_B: Any, *,
-                         scale: Any = 1.0) -> jnp.ndarray:
+def eps_ba_output_moment(
+    B: Any, A: Any, x: Any, var_A: Any, var_B: Any, *, scale: Any = 1.0
+) -> jnp.ndarray:
     """Second moment of the output error for an input x, exact for independent zero-mean noise.
 
         E‖ε_BA·x‖² = s²·(σ_A²·‖x‖²·‖B‖_F² + m·σ_B²·‖A·x‖² + m·r·σ_A²·σ_B²·‖x‖²)
@@ -163,8 +173,9 @@ def eps_ba_output_moment(B: Any, A: Any, x: Any, var_A: Any, var_B: Any, *,
     _check_scale(scale)
     x = jnp.asarray(x, dtype)
     if x.ndim not in (1, 2) or x.shape[0] != n:
-        raise ValueError(f"x must have shape ({n},) or ({n}, k) to multiply A ({r}×{n}), "
-                         f"got shape {x.shape}")
+        raise ValueError(
+            f"x must have shape ({n},) or ({n}, k) to multiply A ({r}×{n}), got shape {x.shape}"
+        )
     check_finite(x, "x")
     VA = _variance(var_A, (r, n), "var_A", dtype)
     VB = _variance(var_B, (m, r), "var_B", dtype)
@@ -173,10 +184,10 @@ def eps_ba_output_moment(B: Any, A: Any, x: Any, var_A: Any, var_B: Any, *,
 
 @jax.jit
 def _output_core(B, A, x, VA, VB, s):
-    x2 = x * x if x.ndim == 1 else jnp.sum(x * x, axis=1)   # Σ over the batch of x_j²
+    x2 = x * x if x.ndim == 1 else jnp.sum(x * x, axis=1)  # Σ over the batch of x_j²
     ax = A @ x
-    ax2 = ax * ax if ax.ndim == 1 else jnp.sum(ax * ax, axis=1)   # (A·x)_k², summed over the batch
-    va_x = VA @ x2                             # (V_A·x²)_k = Var((ε_A·x)_k)
+    ax2 = ax * ax if ax.ndim == 1 else jnp.sum(ax * ax, axis=1)  # (A·x)_k², summed over the batch
+    va_x = VA @ x2  # (V_A·x²)_k = Var((ε_A·x)_k)
     b_col2 = jnp.sum(B * B, axis=0)
     vb_col = jnp.sum(VB, axis=0)
     return s * s * (jnp.dot(b_col2, va_x) + jnp.dot(vb_col, ax2) + jnp.dot(vb_col, va_x))
@@ -196,13 +207,16 @@ def eps_ba_covariance_moment(B, A, Sigma, var_A, var_B, *, scale=1.0, rank=None)
     r = B.shape[1] if rank is None else rank
     m = B.shape[0]
     trace_sigma = jnp.trace(Sigma)
-    return scale ** 2 * (var_A * jnp.sum(B * B) * trace_sigma
-                         + m * var_B * jnp.sum(A * (A @ Sigma))
-                         + m * r * var_A * var_B * trace_sigma)
+    return scale**2 * (
+        var_A * jnp.sum(B * B) * trace_sigma
+        + m * var_B * jnp.sum(A * (A @ Sigma))
+        + m * r * var_A * var_B * trace_sigma
+    )
 
 
-def eps_ba_variance_bound(m: int, n: int, r: int, bits: Any, R_A: Any, R_B: Any, *,
-                          scale: Any = 1.0) -> Any:
+def eps_ba_variance_bound(
+    m: int, n: int, r: int, bits: Any, R_A: Any, R_B: Any, *, scale: Any = 1.0
+) -> Any:
     """Absmax variance bound: E‖ε_BA‖_F² ≤ s²·m·n·r·R_A²·R_B²·(⅔·4^{−b} + ⅑·16^{−b}).
 
     Derivation (additive uniform model, per-tensor ranges R_A = max|A|, R_B = max|B|):
@@ -227,6 +241,13 @@ def eps_ba_variance_bound(m: int, n: int, r: int, bits: Any, R_A: Any, R_B: Any,
     check_positive(R_B, "R_B", allow_zero=True)
     _check_scale(scale)
     s2 = np.asarray(scale, dtype=float) ** 2
-    out = (s2 * m * n * r * np.asarray(R_A, float) ** 2 * np.asarray(R_B, float) ** 2
-           * (2.0 / 3.0 * 4.0 ** (-b) + 1.0 / 9.0 * 16.0 ** (-b)))
+    out = (
+        s2
+        * m
+        * n
+        * r
+        * np.asarray(R_A, float) ** 2
+        * np.asarray(R_B, float) ** 2
+        * (2.0 / 3.0 * 4.0 ** (-b) + 1.0 / 9.0 * 16.0 ** (-b))
+    )
     return float(out) if np.ndim(out) == 0 else out

@@ -39,8 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantbounds._checks import (check_bits, check_block_size, check_choice, check_finite,
-                                 check_int_range, check_lora_factors)
+from quantbounds._checks import (
+    check_bits,
+    check_block_size,
+    check_choice,
+    check_finite,
+    check_int_range,
+    check_lora_factors,
+)
 from quantbounds.conventions import MODES, ROUNDINGS, SCALES, SCHEMES, STEPS, lora_scale
 from quantbounds.epsba.gram import gram_terms
 from quantbounds.epsba.moments import EpsBAMoments, eps_ba_moments
@@ -66,8 +72,10 @@ def eps_ba_terms(B: Any, A: Any, eps_B: Any, eps_A: Any) -> EpsBAMoments:
     """
     B, A, eps_B, eps_A = (jnp.asarray(x) for x in (B, A, eps_B, eps_A))
     if eps_B.shape != B.shape or eps_A.shape != A.shape:
-        raise ValueError(f"eps_B must have B's shape {B.shape} and eps_A A's shape {A.shape}, "
-                         f"got {eps_B.shape} and {eps_A.shape}")
+        raise ValueError(
+            f"eps_B must have B's shape {B.shape} and eps_A A's shape {A.shape}, "
+            f"got {eps_B.shape} and {eps_A.shape}"
+        )
     return EpsBAMoments(*_terms_one(B, A, eps_B, eps_A))
 
 
@@ -101,8 +109,10 @@ def _key_parts(key) -> tuple[np.ndarray, str]:
         return np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
     arr = np.asarray(key)
     if arr.dtype != np.uint32 or arr.shape != (2,):
-        raise TypeError("key must be a jax.random.key(...) or a legacy PRNGKey (uint32, shape "
-                        f"(2,)), got {getattr(arr, 'dtype', type(key))} of shape {arr.shape}")
+        raise TypeError(
+            "key must be a jax.random.key(...) or a legacy PRNGKey (uint32, shape "
+            f"(2,)), got {getattr(arr, 'dtype', type(key))} of shape {arr.shape}"
+        )
     return arr, str(jax.random.key_impl(jax.random.wrap_key_data(arr)))
 
 
@@ -110,8 +120,9 @@ def _dtype(dtype) -> str:
     name = jnp.dtype(dtype).name
     check_choice(name, "dtype", ("float32", "float64"))
     if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype=float64 needs jax_enable_x64 "
-                         "(jax.config.update('jax_enable_x64', True))")
+        raise ValueError(
+            "dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))"
+        )
     return name
 
 
@@ -131,17 +142,32 @@ def check_options(*, mode, scheme, rounding, block_size, axis, step) -> None:
     check_choice(rounding, "rounding", ROUNDINGS)
     check_choice(step, "step", STEPS)
     if mode == "additive" and (scheme != "uniform" or rounding != "nearest"):
-        raise ValueError("mode='additive' is the paper's uniform noise model: scheme must be "
-                         "'uniform' and rounding 'nearest' (use mode='real' for real quantizers)")
+        raise ValueError(
+            "mode='additive' is the paper's uniform noise model: scheme must be "
+            "'uniform' and rounding 'nearest' (use mode='real' for real quantizers)"
+        )
     if block_size is not None and axis is not None:
         raise ValueError("give at most one of block_size (per block) and axis (per channel)")
 
 
-def simulate_eps_ba(key: Any, B: Any, A: Any, *, bits: int, n_samples: int,
-                    mode: str = "additive", scheme: str = "uniform", rounding: str = "nearest",
-                    block_size: int | None = None, axis: int | None = None,
-                    step: str = "paper", scale: float = 1.0, dtype: Any = jnp.float32,
-                    chunk_size: int | None = None, mesh: Any = None) -> EpsBASimulation:
+def simulate_eps_ba(
+    key: Any,
+    B: Any,
+    A: Any,
+    *,
+    bits: int,
+    n_samples: int,
+    mode: str = "additive",
+    scheme: str = "uniform",
+    rounding: str = "nearest",
+    block_size: int | None = None,
+    axis: int | None = None,
+    step: str = "paper",
+    scale: float = 1.0,
+    dtype: Any = jnp.float32,
+    chunk_size: int | None = None,
+    mesh: Any = None,
+) -> EpsBASimulation:
     """Monte Carlo estimate of E‖B·ε_A‖², E‖ε_B·A‖², E‖ε_B·ε_A‖², E‖ε_BA‖² (all × s²).
 
     key: a JAX PRNG key. B: (m, r); A: (r, n) (finite). bits: b in 1…16 (ignored for nf4/fp4/
@@ -152,8 +178,9 @@ def simulate_eps_ba(key: Any, B: Any, A: Any, *, bits: int, n_samples: int,
     In "additive" mode the result estimates ``moments.eps_ba_moments`` with per-entry
     variances (Δ_entry)²/12 (exact for that model); in "real" mode it measures the real error.
     """
-    check_options(mode=mode, scheme=scheme, rounding=rounding, block_size=block_size,
-                  axis=axis, step=step)
+    check_options(
+        mode=mode, scheme=scheme, rounding=rounding, block_size=block_size, axis=axis, step=step
+    )
     m, r, n = check_lora_factors(B, A)
     bits = check_bits(bits)
     if step == "midtread" and bits < 2:
@@ -165,17 +192,41 @@ def simulate_eps_ba(key: Any, B: Any, A: Any, *, bits: int, n_samples: int,
     keydata, impl = _key_parts(key)
     B, A = np.asarray(B, dtype), np.asarray(A, dtype)
     if mode == "additive":
-        RBt = ranges(B, block_size=block_size, axis=axis).T    # ranges of ε_Bᵀ
+        RBt = ranges(B, block_size=block_size, axis=axis).T  # ranges of ε_Bᵀ
         RA = ranges(A, block_size=block_size, axis=axis)
-        if block_size is not None or axis is not None:   # one compiled shape for every grouping
+        if block_size is not None or axis is not None:  # one compiled shape for every grouping
             RBt, RA = np.broadcast_to(RBt, B.T.shape), np.broadcast_to(RA, A.shape)
-        samples = run_additive(keydata, impl, [bits], B[None], A[None], RBt[None], RA[None],
-                               n_samples=n_samples, step=step, dtype=dtype,
-                               chunk_size=chunk_size, mesh=mesh)[0, 0]
+        samples = run_additive(
+            keydata,
+            impl,
+            [bits],
+            B[None],
+            A[None],
+            RBt[None],
+            RA[None],
+            n_samples=n_samples,
+            step=step,
+            dtype=dtype,
+            chunk_size=chunk_size,
+            mesh=mesh,
+        )[0, 0]
     else:
-        samples = run_real(keydata, impl, [bits], B, A, n_samples=n_samples, scheme=scheme,
-                           rounding=rounding, block_size=block_size, axis=axis, step=step,
-                           dtype=dtype, chunk_size=chunk_size, mesh=mesh)[0]
+        samples = run_real(
+            keydata,
+            impl,
+            [bits],
+            B,
+            A,
+            n_samples=n_samples,
+            scheme=scheme,
+            rounding=rounding,
+            block_size=block_size,
+            axis=axis,
+            step=step,
+            dtype=dtype,
+            chunk_size=chunk_size,
+            mesh=mesh,
+        )[0]
     mean, se = summarize(samples, float(scale) ** 2)
     return EpsBASimulation(mean, se, int(samples.shape[0]))
 
@@ -202,8 +253,9 @@ class EpsBAGrid(NamedTuple):
     n_samples: int
 
 
-def grid_factors(key: Any, *, m: int, n: int, ranks, factors: Any = "gaussian",
-                 dtype: Any = np.float64) -> list[tuple[np.ndarray, np.ndarray]]:
+def grid_factors(
+    key: Any, *, m: int, n: int, ranks, factors: Any = "gaussian", dtype: Any = np.float64
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """LoRA factors (B, A) for each rank, as host arrays of ``dtype``.
 
     "gaussian": B, A entries i.i.d. N(0, 1), nested (rank r uses the first r columns of B and
@@ -218,8 +270,10 @@ def grid_factors(key: Any, *, m: int, n: int, ranks, factors: Any = "gaussian",
         for r in ranks:
             B, A = factors(jax.random.fold_in(key, r), m, r, n)
             if check_lora_factors(B, A) != (m, r, n):
-                raise ValueError(f"factors(key, m, r, n) must return B ({m}×{r}) and A ({r}×{n}),"
-                                 f" got {np.shape(B)} and {np.shape(A)}")
+                raise ValueError(
+                    f"factors(key, m, r, n) must return B ({m}×{r}) and A ({r}×{n}),"
+                    f" got {np.shape(B)} and {np.shape(A)}"
+                )
             out.append((np.asarray(B, dtype), np.asarray(A, dtype)))
         return out
     check_choice(factors, "factors (or a callable)", FACTORS)
@@ -271,16 +325,23 @@ class GridConfig:
     progress: bool = False
 
     def __post_init__(self):
-        check_options(mode=self.mode, scheme=self.scheme, rounding=self.rounding,
-                      block_size=self.block_size, axis=self.axis, step=self.step)
+        check_options(
+            mode=self.mode,
+            scheme=self.scheme,
+            rounding=self.rounding,
+            block_size=self.block_size,
+            axis=self.axis,
+            step=self.step,
+        )
         m, n = check_int_range(self.m, "m", 1), check_int_range(self.n, "n", 1)
         ranks = tuple(check_int_range(r, "ranks", 1, min(m, n)) for r in np.ravel(self.ranks))
         bits = tuple(check_bits(b, "bits") for b in np.ravel(self.bits))
         if not ranks or not bits:
             raise ValueError("ranks and bits must be non-empty")
         if self.step == "midtread" and min(bits) < 2:
-            raise ValueError("step='midtread' needs bits in 2…16 (R/(2^{b−1}−1) is undefined "
-                             "at b = 1)")
+            raise ValueError(
+                "step='midtread' needs bits in 2…16 (R/(2^{b−1}−1) is undefined at b = 1)"
+            )
         random = self.mode == "additive" or self.rounding == "stochastic"
         n_samples = check_int_range(self.n_samples, "n_samples", 2 if random else 1)
         check_choice(self.pad, "pad", ("max", "pow2"))
@@ -288,8 +349,14 @@ class GridConfig:
             check_choice(self.scale, "scale", SCALES)
         else:
             check_finite(self.scale, "scale")
-        for name, value in (("m", m), ("n", n), ("ranks", ranks), ("bits", bits),
-                            ("n_samples", n_samples), ("dtype", _dtype(self.dtype))):
+        for name, value in (
+            ("m", m),
+            ("n", n),
+            ("ranks", ranks),
+            ("bits", bits),
+            ("n_samples", n_samples),
+            ("dtype", _dtype(self.dtype)),
+        ):
             object.__setattr__(self, name, value)
 
     def scales(self) -> np.ndarray:
@@ -310,8 +377,9 @@ def _padded(fac, rpad, *, block_size, axis, dtype):
     for i, (B, A) in enumerate(fac):
         r = B.shape[1]
         Bs[i, :, :r], As[i, :r] = B, A
-        RBt[i, :r] = np.broadcast_to(ranges(B, block_size=block_size, axis=axis).T,
-                                     RBt[i, :r].shape)
+        RBt[i, :r] = np.broadcast_to(
+            ranges(B, block_size=block_size, axis=axis).T, RBt[i, :r].shape
+        )
         RA[i, :r] = np.broadcast_to(ranges(A, block_size=block_size, axis=axis), RA[i, :r].shape)
     return Bs, As, RBt, RA
 
@@ -334,6 +402,7 @@ def _maybe_track(items: list, progress: bool, description: str):
     if not progress:
         return items
     from rich.progress import track
+
     return track(items, description=description, transient=True)
 
 
@@ -354,12 +423,29 @@ def _additive_samples(config: GridConfig, fac, noise_key, impl) -> list:
     keydata = np.asarray(jax.random.key_data(noise_key))
     buckets = list(_rank_buckets(config).items())
     for rpad, idx in _maybe_track(buckets, config.progress, "ε_BA grid (buckets)"):
-        Bs, As, RBt, RA = _padded([fac[i] for i in idx], rpad, block_size=config.block_size,
-                                  axis=config.axis, dtype=config.dtype)
-        cells = [i * n_bits + j for i in idx for j in range(n_bits)]    # global cell ids
-        out = run_additive(keydata, impl, list(config.bits), Bs, As, RBt, RA,
-                           n_samples=config.n_samples, step=config.step, dtype=config.dtype,
-                           chunk_size=config.chunk_size, mesh=config.mesh, cell_ids=cells)
+        Bs, As, RBt, RA = _padded(
+            [fac[i] for i in idx],
+            rpad,
+            block_size=config.block_size,
+            axis=config.axis,
+            dtype=config.dtype,
+        )
+        cells = [i * n_bits + j for i in idx for j in range(n_bits)]  # global cell ids
+        out = run_additive(
+            keydata,
+            impl,
+            list(config.bits),
+            Bs,
+            As,
+            RBt,
+            RA,
+            n_samples=config.n_samples,
+            step=config.step,
+            dtype=config.dtype,
+            chunk_size=config.chunk_size,
+            mesh=config.mesh,
+            cell_ids=cells,
+        )
         for j, i in enumerate(idx):
             samples[i] = out[j]
     return samples
@@ -370,13 +456,25 @@ def _real_samples(config: GridConfig, fac, noise_key, impl) -> list:
     samples = []
     ranked = list(enumerate(fac))
     for i, (B, A) in _maybe_track(ranked, config.progress, "ε_BA grid (ranks)"):
-        keydata = np.asarray(jax.random.key_data(jax.random.fold_in(noise_key,
-                                                                    config.ranks[i])))
-        samples.append(run_real(keydata, impl, list(config.bits), B, A,
-                                n_samples=config.n_samples, scheme=config.scheme,
-                                rounding=config.rounding, block_size=config.block_size,
-                                axis=config.axis, step=config.step, dtype=config.dtype,
-                                chunk_size=config.chunk_size, mesh=config.mesh))
+        keydata = np.asarray(jax.random.key_data(jax.random.fold_in(noise_key, config.ranks[i])))
+        samples.append(
+            run_real(
+                keydata,
+                impl,
+                list(config.bits),
+                B,
+                A,
+                n_samples=config.n_samples,
+                scheme=config.scheme,
+                rounding=config.rounding,
+                block_size=config.block_size,
+                axis=config.axis,
+                step=config.step,
+                dtype=config.dtype,
+                chunk_size=config.chunk_size,
+                mesh=config.mesh,
+            )
+        )
     return samples
 
 
@@ -405,16 +503,43 @@ def simulate_grid(key: Any, config: GridConfig | None = None, **options) -> EpsB
     s = config.scales()
     keydata, impl = _key_parts(key)
     k_fac, k_noise = jax.random.split(jax.random.wrap_key_data(keydata, impl=impl))
-    fac = grid_factors(k_fac, m=config.m, n=config.n, ranks=list(config.ranks),
-                       factors=config.factors, dtype=config.dtype)
+    fac = grid_factors(
+        k_fac,
+        m=config.m,
+        n=config.n,
+        ranks=list(config.ranks),
+        factors=config.factors,
+        dtype=config.dtype,
+    )
     run = _additive_samples if config.mode == "additive" else _real_samples
-    x = np.stack(run(config, fac, k_noise, impl))              # (R, K, n_samples, 4)
-    mean, se = summarize(x, (s ** 2)[:, None])
-    pred = np.array([[_predicted(B, A, b, scheme=config.scheme, step=config.step,
-                                 block_size=config.block_size, axis=config.axis, s=s[i])
-                      for b in config.bits]
-                     for i, (B, A) in enumerate(fac)])      # (R, K, 4)
-    return EpsBAGrid(np.array(config.ranks), np.array(config.bits), mean, se,
-                     EpsBAMoments(*np.moveaxis(pred, -1, 0)), s,
-                     np.array([np.abs(A).max() for _, A in fac]),
-                     np.array([np.abs(B).max() for B, _ in fac]), int(x.shape[2]))
+    x = np.stack(run(config, fac, k_noise, impl))  # (R, K, n_samples, 4)
+    mean, se = summarize(x, (s**2)[:, None])
+    pred = np.array(
+        [
+            [
+                _predicted(
+                    B,
+                    A,
+                    b,
+                    scheme=config.scheme,
+                    step=config.step,
+                    block_size=config.block_size,
+                    axis=config.axis,
+                    s=s[i],
+                )
+                for b in config.bits
+            ]
+            for i, (B, A) in enumerate(fac)
+        ]
+    )  # (R, K, 4)
+    return EpsBAGrid(
+        np.array(config.ranks),
+        np.array(config.bits),
+        mean,
+        se,
+        EpsBAMoments(*np.moveaxis(pred, -1, 0)),
+        s,
+        np.array([np.abs(A).max() for _, A in fac]),
+        np.array([np.abs(B).max() for B, _ in fac]),
+        int(x.shape[2]),
+    )

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-UNIT_AXIS = "units"   # the mesh axis the work units are laid along
+UNIT_AXIS = "units"  # the mesh axis the work units are laid along
 
 
 def device_mesh(devices: Sequence[Any] | None = None) -> Mesh:
@@ -33,8 +33,10 @@ def check_mesh(mesh: Any) -> Mesh:
     if mesh is None:
         return device_mesh()
     if not isinstance(mesh, Mesh) or mesh.axis_names != (UNIT_AXIS,):
-        raise TypeError(f"mesh must be a 1-D jax.sharding.Mesh with axis names ({UNIT_AXIS!r},) "
-                        f"(see quantbounds.epsba.sharding.device_mesh), got {mesh!r}")
+        raise TypeError(
+            f"mesh must be a 1-D jax.sharding.Mesh with axis names ({UNIT_AXIS!r},) "
+            f"(see quantbounds.epsba.sharding.device_mesh), got {mesh!r}"
+        )
     return mesh
 
 
@@ -46,13 +48,15 @@ def build_unit_runner(unit_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., 
     the same pytree with a leading axis U. Build it once per configuration and keep it (the
     Monte Carlo engine caches it), so repeated calls do not re-trace.
     """
+
     def local(ids, *shared):
         return jax.lax.map(lambda u: unit_fn(u, *shared), ids)
 
     def run(ids, *shared):
         in_specs = (P(UNIT_AXIS),) + tuple(P() for _ in shared)
-        return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(UNIT_AXIS),
-                             check_vma=False)(ids, *shared)
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=in_specs, out_specs=P(UNIT_AXIS), check_vma=False
+        )(ids, *shared)
 
     return jax.jit(run)
 
@@ -60,12 +64,14 @@ def build_unit_runner(unit_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., 
 def _to_host(x: jax.Array) -> np.ndarray:
     if jax.process_count() > 1 and not x.is_fully_addressable:  # multi-host: gather every shard
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 
-def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *,
-              mesh: Mesh) -> Any:
+def map_units(
+    runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *, mesh: Mesh
+) -> Any:
     """Run units 0…n_units−1 with a runner from :func:`build_unit_runner`; host numpy results.
 
     shared: host arrays every unit reads (raw key data, factors, ranges), replicated to each
@@ -79,5 +85,3 @@ def map_units(runner: Callable[..., Any], n_units: int, shared: Sequence[Any], *
     shared = [jax.device_put(np.asarray(s), rep) for s in shared]
     out = runner(ids, *shared)
     return jax.tree_util.tree_map(lambda x: _to_host(x)[:n_units], out)
-
-

@@ -59,7 +59,9 @@ def _distortion(levels: np.ndarray, partials) -> float:
     return float(_cell_sq_error(levels, t[:-1], t[1:], partials))
 
 
-def lloyd_max(bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=None) -> LloydMaxResult:
+def lloyd_max(
+    bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=None
+) -> LloydMaxResult:
     """Minimum-MSE K = 2^b-level quantizer of a unit-variance density ("gaussian" or "uniform").
 
     bits: 1…16 (use ≤ 8 in practice: K levels × max_iter work). init: optional (K,) starting
@@ -71,7 +73,7 @@ def lloyd_max(bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=Non
     max_iter = check_int_range(max_iter, "max_iter", 1, None)
     partials = _partials(density)
     F, M1, _, _, top = partials
-    K = 2 ** b
+    K = 2**b
     if init is None:
         # centroids of K equal-probability cells: a good start, already symmetric
         from scipy import stats
@@ -85,6 +87,7 @@ def lloyd_max(bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=Non
         c = np.sort(np.asarray(init, dtype=float).ravel())
         if c.size != K:
             raise ValueError(f"init must have 2^bits = {K} levels, got {c.size}")
+
     def centroids(c):
         t = np.concatenate([[-np.inf], (c[:-1] + c[1:]) / 2, [np.inf]])
         p = _mass(F, t[:-1], t[1:])
@@ -103,8 +106,9 @@ def lloyd_max(bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=Non
             # Lloyd converges linearly, ever more slowly as K grows (8 bits: > 2·10⁵ steps);
             # finish with a quasi-Newton solve of the fixed point c = centroids(c)
             # (scipy's MINPACK hybrd), accepted only if it lowers the residual below tol.
-            sol = optimize.root(lambda v: centroids(np.sort(v)) - v, c, method="hybr",
-                                options={"xtol": 1e-14})
+            sol = optimize.root(
+                lambda v: centroids(np.sort(v)) - v, c, method="hybr", options={"xtol": 1e-14}
+            )
             cand = np.sort(sol.x)
             if np.all(np.isfinite(cand)) and np.max(np.abs(centroids(cand) - cand)) < tol:
                 c, converged = centroids(cand), True
@@ -114,7 +118,8 @@ def lloyd_max(bits, *, density="gaussian", tol=1e-12, max_iter=200_000, init=Non
 
 
 def uniform_quantizer_distortion(step, levels_count, *, density="gaussian") -> float:
-    """D(Δ) of the K-level mid-rise uniform quantizer c_i = (i − (K−1)/2)·Δ (outer cells unbounded)."""
+    """D(Δ) of the K-level mid-rise uniform quantizer c_i = (i − (K−1)/2)·Δ (outer cells
+    unbounded)."""
     check_positive(step, "step")
     K = check_int_range(levels_count, "levels_count", 1, None)
     check_choice(density, "density", DENSITIES)
@@ -130,11 +135,14 @@ def optimal_uniform_quantizer(bits, *, density="gaussian") -> UniformQuantizerRe
     """
     b = check_bits(bits)
     check_choice(density, "density", DENSITIES)
-    K = 2 ** b
+    K = 2**b
     hi = 2 * 8.0 / K if density == "gaussian" else 2 * np.sqrt(3.0) / K * 1.5
     res = optimize.minimize_scalar(
         lambda d: uniform_quantizer_distortion(d, K, density=density),
-        bounds=(1e-6, hi + 2.0), method="bounded", options={"xatol": 1e-10})
+        bounds=(1e-6, hi + 2.0),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
     step = float(res.x)
     levels = (np.arange(K) - (K - 1) / 2) * step
     return UniformQuantizerResult(levels, step, float(res.fun))

@@ -89,7 +89,8 @@ def uniform_noise_variance(bits, R):
 
 
 def sample_uniform_noise(key, shape, *, bits, R, dtype=jnp.float32):
-    """i.i.d. ε ~ U(−Δ/2, Δ/2), Δ = 2^{1−b}·R; ``shape`` the output shape, R and bits broadcast to it.
+    """i.i.d. ε ~ U(−Δ/2, Δ/2), Δ = 2^{1−b}·R; ``shape`` the output shape, R and bits broadcast
+    to it.
 
     Drawn as ε = (u − ½)·Δ with u = jax.random.uniform (a float on the 2^{−23} (float32) or
     2^{−52} (float64) grid in [0, 1)): u − ½ is exact, so ε's only error is the final product's
@@ -107,6 +108,7 @@ def sample_uniform_noise(key, shape, *, bits, R, dtype=jnp.float32):
 
 def _partials(density: str):
     if density == "gaussian":
+
         def F(x):
             return special.ndtr(x)
 
@@ -135,7 +137,7 @@ def _partials(density: str):
 
     def M2(x):
         x = np.clip(np.asarray(x, float), -a, a)
-        return (x ** 3 + a ** 3) / (6 * a)
+        return (x**3 + a**3) / (6 * a)
 
     def pdf(x):
         x = np.asarray(x, float)
@@ -202,8 +204,9 @@ def _blockwise(c, t, partials, method, k):
 
     upper = top if math.isfinite(top) else 12.0  # P(|x| > 12) < 1e−32 for the unit Gaussian
     brk = [1.0, 2.0, 3.0, 4.0] if not math.isfinite(top) else None
-    val, _ = integrate.quad(integrand, 0.0, upper, points=brk, limit=400,
-                            epsabs=1e-14, epsrel=1e-10)
+    val, _ = integrate.quad(
+        integrand, 0.0, upper, points=brk, limit=400, epsabs=1e-14, epsrel=1e-10
+    )
     return float(val)
 
 
@@ -213,8 +216,9 @@ def absmax_exact(code) -> bool:
     return bool(np.any(c == 1.0) and np.any(c == -1.0))
 
 
-def codebook_noise_variance(code, *, density="gaussian", scale=1.0, block_size=None,
-                            method="exact") -> float:
+def codebook_noise_variance(
+    code, *, density="gaussian", scale=1.0, block_size=None, method="exact"
+) -> float:
     """Mean squared error per element of nearest-code quantization of a density.
 
     code: 1-D levels (any order, duplicates ignored). density: "gaussian" = N(0, scale²),
@@ -244,7 +248,9 @@ def codebook_noise_variance(code, *, density="gaussian", scale=1.0, block_size=N
     else:
         k = check_int_range(block_size, "block_size", 1, None)
         if np.max(np.abs(c)) > 1.0 + 1e-12:
-            raise ValueError("with block_size the code must lie in [−1, 1] (absmax-normalised), "
-                             f"got max |code| = {np.max(np.abs(c))}")
+            raise ValueError(
+                "with block_size the code must lie in [−1, 1] (absmax-normalised), "
+                f"got max |code| = {np.max(np.abs(c))}"
+            )
         d = _blockwise(c, t, partials, method, k)
     return float(d * scale * scale)

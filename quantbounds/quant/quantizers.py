@@ -8,7 +8,8 @@ arguments and skip traced ones.
 Range R (the "absmax") of a group of elements, three granularities (uniform and int8):
     per tensor   axis=None, block_size=None   one R = max|x| over all of x
     per channel  axis=k                       one R per index along axis k (max over the other axes)
-    per block    block_size=k                 contiguous blocks of k elements of x.ravel() (C order);
+    per block    block_size=k                 contiguous blocks of k elements of x.ravel()
+                                              (C order);
                                               k must divide x.size
 NF4/FP4 are always per block (default 64) and, like bitsandbytes, accept a shorter last block.
 
@@ -53,9 +54,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantbounds._numerics import true_div as _div
-from quantbounds.quant.bnb4 import (_BNB_ABSMAX_FLOOR, _DEFAULT_BLOCK, _bnb_sorted,  # noqa: F401
-                              _fp4_bnb_table, _nf4_bnb_table, _per_element,
-                              _quantize_4bit_core, fp4_code, nf4_code)
+from quantbounds.quant.bnb4 import (  # noqa: F401  (re-exported: importers of quantizers)
+    _BNB_ABSMAX_FLOOR,
+    _DEFAULT_BLOCK,
+    _bnb_sorted,
+    _fp4_bnb_table,
+    _nf4_bnb_table,
+    _per_element,
+    _quantize_4bit_core,
+    fp4_code,
+    nf4_code,
+)
 from quantbounds._checks import (
     _is_traced,
     check_bits,
@@ -67,6 +76,7 @@ from quantbounds._checks import (
 )
 
 from quantbounds.conventions import ROUNDINGS, SCHEMES, STEPS  # noqa: E402  (the one table)
+
 
 class QuantizedTensor(NamedTuple):
     """Codes and scales of a quantized tensor, and what dequantizes them.
@@ -196,8 +206,10 @@ def _check_bits_value(bits, name="bits"):
 
 def _check_grouping(x, axis, block_size, *, default_block=None):
     if axis is not None and block_size is not None:
-        raise ValueError("give at most one of axis (per channel) and block_size (per block), "
-                         f"got axis={axis!r} and block_size={block_size!r}")
+        raise ValueError(
+            "give at most one of axis (per channel) and block_size (per block), "
+            f"got axis={axis!r} and block_size={block_size!r}"
+        )
     if axis is not None:
         ax = check_int_range(axis, "axis", -max(x.ndim, 1), max(x.ndim - 1, 0))
         if x.ndim == 0:
@@ -218,13 +230,16 @@ def _uniform_validate(x, bits, axis, block_size, step, *, default_block=None):
     _check_bits_value(bits)
     check_choice(step, "step", STEPS)
     if step == "midtread" and not _is_traced(bits) and np.any(np.asarray(bits) < 2):
-        raise ValueError(f"bits must be in 2…16 for step='midtread' (Δ = R/(2^(b−1)−1)), got {bits!r}")
+        raise ValueError(
+            f"bits must be in 2…16 for step='midtread' (Δ = R/(2^(b−1)−1)), got {bits!r}"
+        )
     axis, block_size = _check_grouping(x, axis, block_size, default_block=default_block)
     return x, axis, block_size
 
 
 def quantize_uniform(x, *, bits, axis=None, block_size=None, step="paper", u=None) -> jax.Array:
-    """Uniform symmetric b-bit quantizer, rounding chosen by ``u`` (module docstring: grids, op order).
+    """Uniform symmetric b-bit quantizer, rounding chosen by ``u`` (module docstring: grids, op
+    order).
 
     x̂ = clip(round(x/Δ)) · Δ           (u=None: round to nearest, ties to even)
     x̂ = clip(⌊x/Δ + u⌋) · Δ            (u given: stochastic rounding with these uniforms)
@@ -240,8 +255,9 @@ def quantize_uniform(x, *, bits, axis=None, block_size=None, step="paper", u=Non
             raise ValueError(f"u must have x's shape {x.shape}, got {u.shape}")
         if not _is_traced(u) and (bool(jnp.any(u < 0)) or bool(jnp.any(u >= 1))):
             raise ValueError("u must lie in [0, 1)")
-    return _quantize_impl(x, bits, u, scheme="uniform", axis=axis, block_size=block_size,
-                          step=step)[1]
+    return _quantize_impl(
+        x, bits, u, scheme="uniform", axis=axis, block_size=block_size, step=step
+    )[1]
 
 
 def _prepare(x, scheme, bits, block_size, axis, rounding, key, step):
@@ -255,29 +271,45 @@ def _prepare(x, scheme, bits, block_size, axis, rounding, key, step):
             raise ValueError(f"bits must be None or 8 for scheme 'int8', got {bits!r}")
         bits, step = 8, "midtread"
         x, axis, block_size = _uniform_validate(
-            x, bits, axis, block_size, step, default_block=None if axis is not None else _DEFAULT_BLOCK)
+            x,
+            bits,
+            axis,
+            block_size,
+            step,
+            default_block=None if axis is not None else _DEFAULT_BLOCK,
+        )
     else:
         if bits is not None and (_is_traced(bits) or int(bits) != 4):
             raise ValueError(f"bits must be None or 4 for scheme {scheme!r}, got {bits!r}")
         if axis is not None:
-            raise ValueError(f"scheme {scheme!r} is blockwise only; axis must be None, got {axis!r}")
+            raise ValueError(
+                f"scheme {scheme!r} is blockwise only; axis must be None, got {axis!r}"
+            )
         if rounding != "nearest":
-            raise ValueError(f"scheme {scheme!r} supports rounding='nearest' only, got {rounding!r}")
+            raise ValueError(
+                f"scheme {scheme!r} supports rounding='nearest' only, got {rounding!r}"
+            )
         x = _as_float_array(x)
         check_finite(x, "x")
-        block_size = _DEFAULT_BLOCK if block_size is None else check_int_range(
-            block_size, "block_size", 1, None)
+        block_size = (
+            _DEFAULT_BLOCK
+            if block_size is None
+            else check_int_range(block_size, "block_size", 1, None)
+        )
         return x, 4, None, block_size, None, None
     u = None
     if rounding == "stochastic":
         if key is None:
-            raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(seed)")
+            raise ValueError(
+                "rounding='stochastic' needs a PRNG key: pass key=jax.random.key(seed)"
+            )
         u = jax.random.uniform(key, x.shape, dtype=x.dtype)
     return x, bits, axis, block_size, step, u
 
 
-def quantize(x, scheme, *, bits=None, block_size=None, axis=None, rounding="nearest", key=None,
-             step="paper") -> jax.Array:
+def quantize(
+    x, scheme, *, bits=None, block_size=None, axis=None, rounding="nearest", key=None, step="paper"
+) -> jax.Array:
     """Q(x): the dequantized tensor, same shape and dtype as x.
 
     scheme "uniform": symmetric b-bit, bits 1…16 required (may be traced), range per tensor /
@@ -291,29 +323,44 @@ def quantize(x, scheme, *, bits=None, block_size=None, axis=None, rounding="near
         (default 64) or per channel (axis).
     See the module docstring for grids, clipping, ties and the float op order.
     """
-    x, bits, axis, block_size, step, u = _prepare(x, scheme, bits, block_size, axis, rounding,
-                                                  key, step)
-    return _quantize_impl(x, bits, u, scheme=scheme, axis=axis, block_size=block_size,
-                          step=step)[1]
+    x, bits, axis, block_size, step, u = _prepare(
+        x, scheme, bits, block_size, axis, rounding, key, step
+    )
+    return _quantize_impl(x, bits, u, scheme=scheme, axis=axis, block_size=block_size, step=step)[1]
 
 
-def quantize_codes(x, scheme, *, bits=None, block_size=None, axis=None, rounding="nearest",
-                   key=None, step="paper") -> QuantizedTensor:
+def quantize_codes(
+    x, scheme, *, bits=None, block_size=None, axis=None, rounding="nearest", key=None, step="paper"
+) -> QuantizedTensor:
     """Like :func:`quantize` but returns a :class:`QuantizedTensor` (codes, scales, steps).
 
     ``quantize_codes(...).dequantize()`` equals ``quantize(...)`` with the same arguments (and key).
     Not jittable as a whole (the result carries static metadata); use ``quantize`` under jit.
     """
-    x, bits, axis, block_size, step, u = _prepare(x, scheme, bits, block_size, axis, rounding,
-                                                  key, step)
-    codes, _, R, delta = _quantize_impl(x, bits, u, scheme=scheme, axis=axis,
-                                        block_size=block_size, step=step)
+    x, bits, axis, block_size, step, u = _prepare(
+        x, scheme, bits, block_size, axis, rounding, key, step
+    )
+    codes, _, R, delta = _quantize_impl(
+        x, bits, u, scheme=scheme, axis=axis, block_size=block_size, step=step
+    )
     if scheme in ("nf4", "fp4"):
         table = _nf4_bnb_table() if scheme == "nf4" else _fp4_bnb_table()
-        return QuantizedTensor(codes, R, delta, jnp.asarray(table), scheme, 4, None, None,
-                               block_size, tuple(x.shape), x.dtype)
-    return QuantizedTensor(codes, R, delta, None, scheme, bits, step, axis, block_size,
-                           tuple(x.shape), x.dtype)
+        return QuantizedTensor(
+            codes,
+            R,
+            delta,
+            jnp.asarray(table),
+            scheme,
+            4,
+            None,
+            None,
+            block_size,
+            tuple(x.shape),
+            x.dtype,
+        )
+    return QuantizedTensor(
+        codes, R, delta, None, scheme, bits, step, axis, block_size, tuple(x.shape), x.dtype
+    )
 
 
 def _dequantize(qt: QuantizedTensor) -> jax.Array:

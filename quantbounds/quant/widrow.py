@@ -79,16 +79,33 @@ def _local_steps_4bit(qt) -> np.ndarray:
     return width[codes] * absmax
 
 
-def widrow_diagnostics(w, *, scheme="uniform", bits=None, block_size=None, axis=None,
-                       rounding="nearest", key=None, step="paper") -> WidrowDiagnostics:
+def widrow_diagnostics(
+    w,
+    *,
+    scheme="uniform",
+    bits=None,
+    block_size=None,
+    axis=None,
+    rounding="nearest",
+    key=None,
+    step="paper",
+) -> WidrowDiagnostics:
     """Quantize w with quantbounds.quant.quantizers.quantize_codes(w, scheme, ...) and diagnose ε.
 
     w: weights, any shape (floating). The other arguments are passed to quantize_codes
     unchanged (same validation and defaults). Returns :class:`WidrowDiagnostics`.
     Float64 statistics are computed with numpy/scipy on host.
     """
-    qt = quantize_codes(w, scheme, bits=bits, block_size=block_size, axis=axis,
-                        rounding=rounding, key=key, step=step)
+    qt = quantize_codes(
+        w,
+        scheme,
+        bits=bits,
+        block_size=block_size,
+        axis=axis,
+        rounding=rounding,
+        key=key,
+        step=step,
+    )
     w64 = np.asarray(w, dtype=np.float64).reshape(-1)
     e = np.asarray(qt.dequantize(), dtype=np.float64).reshape(-1) - w64
     size = w64.size
@@ -121,7 +138,17 @@ def widrow_diagnostics(w, *, scheme="uniform", bits=None, block_size=None, axis=
     cf = float(np.abs(np.mean(np.exp(2j * np.pi * wk / d))))
     ks = stats.kstest(e / d, stats.uniform(loc=-0.5, scale=1.0).cdf)
     return WidrowDiagnostics(
-        variance_ratio=mse / ref, mse=mse, reference_variance=ref, error_mean=float(np.mean(e)),
-        correlation=corr, char_fn=cf, ks_statistic=float(ks.statistic),
-        ks_pvalue=float(ks.pvalue), zero_error_fraction=float(np.mean(e == 0.0)),
-        group_size=int(group), absmax_factor=1.0 - 1.0 / group, absmax_exact=bool(exact), n=n)
+        variance_ratio=mse / ref,
+        mse=mse,
+        reference_variance=ref,
+        error_mean=float(np.mean(e)),
+        correlation=corr,
+        char_fn=cf,
+        ks_statistic=float(ks.statistic),
+        ks_pvalue=float(ks.pvalue),
+        zero_error_fraction=float(np.mean(e == 0.0)),
+        group_size=int(group),
+        absmax_factor=1.0 - 1.0 / group,
+        absmax_exact=bool(exact),
+        n=n,
+    )

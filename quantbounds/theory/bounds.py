@@ -76,8 +76,9 @@ def generalization_term(r: Any, N: Any, *, C1: Any = 1.0, shape: tuple[int, int]
     return np.asarray(C1, dtype=float) * np.sqrt(r_arr / N_arr)
 
 
-def quantization_term(r: Any, bits: Any, *, sigma_g2: Any, C2: Any = 1.0,
-                      shape: tuple[int, int] | None = None):
+def quantization_term(
+    r: Any, bits: Any, *, sigma_g2: Any, C2: Any = 1.0, shape: tuple[int, int] | None = None
+):
     """Second term of Theorem 3.1: C2·r·4^{−b}·σ_g² (the paper writes 2^{−2b} = 4^{−b}).
 
     r ≥ 1, bits in [1, 16], σ_g² > 0, C2 > 0; broadcast. Returns an array.
@@ -89,8 +90,16 @@ def quantization_term(r: Any, bits: Any, *, sigma_g2: Any, C2: Any = 1.0,
     return np.asarray(C2, dtype=float) * r_arr * np.power(4.0, -b) * s2
 
 
-def excess_risk_bound(r: Any, N: Any, bits: Any, *, sigma_g2: Any, C1: Any = 1.0, C2: Any = 1.0,
-                      shape: tuple[int, int] | None = None):
+def excess_risk_bound(
+    r: Any,
+    N: Any,
+    bits: Any,
+    *,
+    sigma_g2: Any,
+    C1: Any = 1.0,
+    C2: Any = 1.0,
+    shape: tuple[int, int] | None = None,
+):
     """Theorem 3.1 with explicit constants: C1·√(r/N) + C2·r·4^{−b}·σ_g².
 
     Arguments broadcast against each other (any may be an array). ``shape=(m, n)``, when
@@ -98,18 +107,28 @@ def excess_risk_bound(r: Any, N: Any, bits: Any, *, sigma_g2: Any, C1: Any = 1.0
     independent additive uniform noise on B and A; the √(r/N) rate is the paper's, not the
     r(m+n)/N rate of least squares (DESIGN.md §2).
     """
-    return (generalization_term(r, N, C1=C1, shape=shape)
-            + quantization_term(r, bits, sigma_g2=sigma_g2, C2=C2, shape=shape))
+    return generalization_term(r, N, C1=C1, shape=shape) + quantization_term(
+        r, bits, sigma_g2=sigma_g2, C2=C2, shape=shape
+    )
 
 
-def optimal_bits(r: Any, N: Any, *, sigma_g2: Any = 1.0, rule: str = "paper", C: Any = 0.0,
-                 C1: Any = 1.0, C2: Any = 1.0, lam: Any = None,
-                 shape: tuple[int, int] | None = None):
+def optimal_bits(
+    r: Any,
+    N: Any,
+    *,
+    sigma_g2: Any = 1.0,
+    rule: str = "paper",
+    C: Any = 0.0,
+    C1: Any = 1.0,
+    C2: Any = 1.0,
+    lam: Any = None,
+    shape: tuple[int, int] | None = None,
+):
     """Continuous optimal bit-width b* under one of three rules (see the module docstring).
 
     rule="paper":    ½·log₂r + ½·log₂N + ½·log₂σ_g² + C            (Theorem 3.2 as stated)
     rule="balanced": ¼·log₂r + ¼·log₂N + ½·log₂σ_g² + ½·log₂(C2/C1) (the two terms of 3.1 equal)
-    rule="cost":     ½·log₂(2·ln2·C2·r·σ_g²/λ)                       (argmin_b bound + λ·b; needs lam)
+    rule="cost":     ½·log₂(2·ln2·C2·r·σ_g²/λ)       (argmin_b bound + λ·b; needs lam)
 
     Arrays broadcast. The result is continuous and is not clipped to 1…16 (a user rounds up
     and clips); it may fall outside that range, which is information, not an error.
@@ -129,8 +148,12 @@ def optimal_bits(r: Any, N: Any, *, sigma_g2: Any = 1.0, rule: str = "paper", C:
     c2 = np.asarray(C2, dtype=float)
     # balance point of the two terms of Theorem 3.1
     if rule == "balanced":
-        return (0.25 * np.log2(r_arr) + 0.25 * np.log2(N_arr) + 0.5 * np.log2(s2)
-                + 0.5 * np.log2(c2 / c1))
+        return (
+            0.25 * np.log2(r_arr)
+            + 0.25 * np.log2(N_arr)
+            + 0.5 * np.log2(s2)
+            + 0.5 * np.log2(c2 / c1)
+        )
     # minimiser of the bound plus a memory cost λ·b (stationary point; f is convex in b)
     if lam is None:
         raise ValueError("rule='cost' needs lam (the cost per bit, λ > 0), got lam=None")
@@ -156,8 +179,10 @@ def grad_variance_bound(var0: Any, L: Any, x_norm2: Any, r: Any, bits: Any, R: A
     b = _check_bits(bits)
     L_arr = np.asarray(L, dtype=float)
     R_arr = np.asarray(R, dtype=float)
-    return (np.asarray(var0, dtype=float)
-            + L_arr ** 2 * np.asarray(x_norm2, dtype=float) * r_arr * np.power(4.0, -b) * R_arr ** 2)
+    return (
+        np.asarray(var0, dtype=float)
+        + L_arr**2 * np.asarray(x_norm2, dtype=float) * r_arr * np.power(4.0, -b) * R_arr**2
+    )
 
 
 def paper_worked_example(*, r: int = 16, N: int = 1000, claimed: float = 5.7) -> dict:

@@ -39,18 +39,26 @@ class GradDraws(NamedTuple):
     UA: jnp.ndarray
 
 
-def draw_gradvar(key, *, n_draws: int, batch_size: int, m: int, n: int, r: int, dtype=None) -> GradDraws:
+def draw_gradvar(
+    key, *, n_draws: int, batch_size: int, m: int, n: int, r: int, dtype=None
+) -> GradDraws:
     """One normal and one uniform draw, split into the GradDraws fields."""
     dtype = dtype or jnp.result_type(float)
     kz, ku = jax.random.split(key)
     D, k = n_draws, batch_size
     Z = jax.random.normal(kz, ((D + 1) * k * (n + m),), dtype)
     U = jax.random.uniform(ku, (D * (m * r + r * n),), dtype)
-    Zb = Z[:D * k * n].reshape(D, k, n)
-    Xib = Z[D * k * n:D * k * (n + m)].reshape(D, k, m)
-    rest = Z[D * k * (n + m):]
-    return GradDraws(Zb, Xib, rest[:k * n].reshape(k, n), rest[k * n:].reshape(k, m),
-                     U[:D * m * r].reshape(D, m, r), U[D * m * r:].reshape(D, r, n))
+    Zb = Z[: D * k * n].reshape(D, k, n)
+    Xib = Z[D * k * n : D * k * (n + m)].reshape(D, k, m)
+    rest = Z[D * k * (n + m) :]
+    return GradDraws(
+        Zb,
+        Xib,
+        rest[: k * n].reshape(k, n),
+        rest[k * n :].reshape(k, m),
+        U[: D * m * r].reshape(D, m, r),
+        U[D * m * r :].reshape(D, r, n),
+    )
 
 
 def _batch(problem: Problem, Z, Xi):
@@ -73,8 +81,21 @@ def _weight(problem, B, A, s, kind, bits, uB, uA, granularity, mask):
     return problem.W0 + s * (B @ A)
 
 
-def lora_grad(problem: Problem, B, A, s, X, Y, *, kind=None, bits=None, uB=None, uA=None,
-              granularity: str = "tensor", mask=None):
+def lora_grad(
+    problem: Problem,
+    B,
+    A,
+    s,
+    X,
+    Y,
+    *,
+    kind=None,
+    bits=None,
+    uB=None,
+    uA=None,
+    granularity: str = "tensor",
+    mask=None,
+):
     """Flattened (∇_B, ∇_A) of the batch loss (1/k)·Σ‖y_i − W_q·x_i‖², and the loss.
 
     B: (m, r), A: (r, n) (already masked), X: (k, n), Y: (k, m); uB, uA: uniforms of the
@@ -82,6 +103,7 @@ def lora_grad(problem: Problem, B, A, s, X, Y, *, kind=None, bits=None, uB=None,
     r columns of B (rows of A) marking padded components, None = all real. Returns (vector of length
     m·r + r·n, scalar).
     """
+
     def loss(BA):
         W = _weight(problem, BA[0], BA[1], s, kind, bits, uB, uA, granularity, mask)
         E = Y - X @ W.T
@@ -96,8 +118,18 @@ def _total_var(G):
     return jnp.sum(jnp.var(G, axis=0, ddof=1))
 
 
-def measure_grad_variance(problem: Problem, B, A, s, draws: GradDraws, *, kind, bits,
-                          granularity: str = "tensor", rank=None) -> dict:
+def measure_grad_variance(
+    problem: Problem,
+    B,
+    A,
+    s,
+    draws: GradDraws,
+    *,
+    kind,
+    bits,
+    granularity: str = "tensor",
+    rank=None,
+) -> dict:
     """Gradient variance three ways at fixed (B, A) (padded to r ≤ the draws' r, the first
     ``rank`` components real, the rest zero; rank=None: all r real).
 
@@ -117,22 +149,31 @@ def measure_grad_variance(problem: Problem, B, A, s, draws: GradDraws, *, kind, 
 
     Gb, losses, xn = jax.vmap(fp_draw)(draws.Zb, draws.Xib)
     X0, Y0 = _batch(problem, draws.Z0, draws.Xi0)
-    q = lambda X, Y, uB, uA: lora_grad(problem, B, A, s, X, Y, kind=kind, bits=bits, uB=uB, uA=uA,  # noqa: E731
-                                       granularity=granularity, mask=mask)[0]
+    def q(X, Y, uB, uA):
+        return lora_grad(problem, B, A, s, X, Y, kind=kind, bits=bits, uB=uB, uA=uA,
+                         granularity=granularity, mask=mask)[0]
+
     Gn = jax.vmap(lambda uB, uA: q(X0, Y0, uB, uA))(UB, UA)
     # joint: batch d with the noise of draw d+1 (cyclic), so batch and noise are independent
     Gj = jax.vmap(lambda Z, Xi, uB, uA: q(*_batch(problem, Z, Xi), uB, uA))(
-        draws.Zb, draws.Xib, jnp.roll(UB, 1, axis=0), jnp.roll(UA, 1, axis=0))
-    return {"var_batch": _total_var(Gb), "var_noise": _total_var(Gn), "var_joint": _total_var(Gj),
-            "loss": jnp.mean(losses), "x_norm2": jnp.mean(xn),
-            "R": jnp.maximum(jnp.max(jnp.abs(B)), jnp.max(jnp.abs(A)))}
+        draws.Zb, draws.Xib, jnp.roll(UB, 1, axis=0), jnp.roll(UA, 1, axis=0)
+    )
+    return {
+        "var_batch": _total_var(Gb),
+        "var_noise": _total_var(Gn),
+        "var_joint": _total_var(Gj),
+        "loss": jnp.mean(losses),
+        "x_norm2": jnp.mean(xn),
+        "R": jnp.maximum(jnp.max(jnp.abs(B)), jnp.max(jnp.abs(A))),
+    }
 
 
 def analytic_batch_variance(problem: Problem, B, A, s, batch_size):
     """Exact total variance of the full-precision batch gradient for x ~ N(0, Σ).
 
     Per sample g_W = 2·e·xᵀ with e = W·x − y = D·x − σ·ξ, D = W − W*. With C = Cov(x, e) = Σ·Dᵀ
-    and S = Cov(e) = D·Σ·Dᵀ + σ²·I, Isserlis' theorem gives Cov(g_ji, g_lk) = 4·(S_jl·Σ_ik + C_kj·C_il),
+    and S = Cov(e) = D·Σ·Dᵀ + σ²·I, Isserlis' theorem gives
+    Cov(g_ji, g_lk) = 4·(S_jl·Σ_ik + C_kj·C_il),
     hence for ∇_B = s·g_W·Aᵀ and ∇_A = s·Bᵀ·g_W:
 
         tr Cov(∇_B) = 4s²·(tr S·tr(A·Σ·Aᵀ) + ‖A·C‖_F²)
@@ -144,7 +185,7 @@ def analytic_batch_variance(problem: Problem, B, A, s, batch_size):
     D = W - problem.Wstar
     Sig = problem.Sigma
     C = Sig @ D.T
-    S = D @ Sig @ D.T + problem.label_noise ** 2 * jnp.eye(D.shape[0], dtype=D.dtype)
+    S = D @ Sig @ D.T + problem.label_noise**2 * jnp.eye(D.shape[0], dtype=D.dtype)
     vB = jnp.trace(S) * jnp.trace(A @ Sig @ A.T) + jnp.sum((A @ C) ** 2)
     vA = jnp.trace(Sig) * jnp.trace(B.T @ S @ B) + jnp.sum((C @ B) ** 2)
-    return 4.0 * s ** 2 * (vB + vA) / batch_size
+    return 4.0 * s**2 * (vB + vA) / batch_size

@@ -13,10 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantbounds.theory.nonlinear_student import (_DEPLOY_KIND, _TRAIN_KIND, NonlinearConfig,
-                                           NonlinearProblem, draw_uniforms, evaluate_nonlinear,
-                                           make_nonlinear_problem, sample_nonlinear, teacher_of,
-                                           train_nonlinear)
+from quantbounds.theory.nonlinear_student import (
+    _DEPLOY_KIND,
+    _TRAIN_KIND,
+    NonlinearConfig,
+    NonlinearProblem,
+    draw_uniforms,
+    evaluate_nonlinear,
+    make_nonlinear_problem,
+    sample_nonlinear,
+    teacher_of,
+    train_nonlinear,
+)
 
 
 def _keys(cfg: NonlinearConfig):
@@ -38,12 +46,21 @@ def _rows(cfg: NonlinearConfig):
         axes = [a for a in arm_axes(cfg, arm) if a[0] != "N"]
         for combo in itertools.product(*[range(len(v)) for _, v in axes]):
             c = dict(zip([a for a, _ in axes], combo))
-            rows.append((arm, cfg.ranks[c["rank"]],
-                         float(cfg.trained_bits[c["bits"]]) if "bits" in c else 16.0, c["seed"]))
-    cols = {"r": np.array([x[1] for x in rows]), "b": np.array([x[2] for x in rows]),
-            "seed": np.array([x[3] for x in rows]),
-            "kind": np.array([_TRAIN_KIND[x[0]] for x in rows]),
-            "deploy": np.array([_DEPLOY_KIND[x[0]] for x in rows])}
+            rows.append(
+                (
+                    arm,
+                    cfg.ranks[c["rank"]],
+                    float(cfg.trained_bits[c["bits"]]) if "bits" in c else 16.0,
+                    c["seed"],
+                )
+            )
+    cols = {
+        "r": np.array([x[1] for x in rows]),
+        "b": np.array([x[2] for x in rows]),
+        "seed": np.array([x[3] for x in rows]),
+        "kind": np.array([_TRAIN_KIND[x[0]] for x in rows]),
+        "deploy": np.array([_DEPLOY_KIND[x[0]] for x in rows]),
+    }
     return [x[0] for x in rows], cols
 
 
@@ -56,8 +73,14 @@ def _data(problems: NonlinearProblem, cfg: NonlinearConfig):
 
     @jax.jit
     def build():
-        X, Y = jax.vmap(lambda j: sample_nonlinear(jax.random.fold_in(kdata, j), teacher_of(problems, j),
-                                                   Nmax + cfg.n_test, activation=cfg.activation))(jnp.arange(cfg.seeds))
+        X, Y = jax.vmap(
+            lambda j: sample_nonlinear(
+                jax.random.fold_in(kdata, j),
+                teacher_of(problems, j),
+                Nmax + cfg.n_test,
+                activation=cfg.activation,
+            )
+        )(jnp.arange(cfg.seeds))
         return X[:, :Nmax], Y[:, :Nmax], X[:, Nmax:]
 
     return build()
@@ -76,12 +99,19 @@ def train_config(problem, X, Y, r, kind, b, seed, Ni, row, *, cfg: NonlinearConf
 
 def evaluate_config(problem, params, X_test, r, deploy, b, Ni, row, *, cfg: NonlinearConfig):
     """Evaluate one trained configuration; deployment noise from fold_in(training key, 2³¹ − 1)."""
-    u = draw_uniforms(jax.random.fold_in(_noise_key(cfg, Ni, row), 2**31 - 1), cfg.h, cfg.r_max, cfg.n,
-                      dtype=problem.W1_0.dtype)
+    u = draw_uniforms(
+        jax.random.fold_in(_noise_key(cfg, Ni, row), 2**31 - 1),
+        cfg.h,
+        cfg.r_max,
+        cfg.n,
+        dtype=problem.W1_0.dtype,
+    )
     return evaluate_nonlinear(problem, params, r, deploy, b, u, X_test, cfg=cfg)
 
 
-def config_output(problem, X, Y, X_test, r, kind, deploy, b, seed, Ni, row, *, cfg: NonlinearConfig):
+def config_output(
+    problem, X, Y, X_test, r, kind, deploy, b, seed, Ni, row, *, cfg: NonlinearConfig
+):
     """train_config then evaluate_config: one configuration (what the Python loop calls)."""
     params = train_config(problem, X, Y, r, kind, b, seed, Ni, row, cfg=cfg)
     return evaluate_config(problem, params, X_test, r, deploy, b, Ni, row, cfg=cfg)
@@ -106,16 +136,24 @@ def run_nonlinear_grid(cfg: NonlinearConfig, *, problems: NonlinearProblem | Non
         params = []
         for Ni, N in enumerate(cfg.Ns):
             X, Y = Xall[:, :N], Yall[:, :N]
-            params.append(jax.vmap(lambda r, k, b, sd, row, Ni=Ni, X=X, Y=Y: train_config(
-                teacher_of(problems, sd), X[sd], Y[sd], r, k, b, sd, Ni, row, cfg=cfg))(
-                c["r"], c["kind"], c["b"], c["seed"], rows))
-        params = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *params)   # (N·rows, ...)
+            params.append(
+                jax.vmap(
+                    lambda r, k, b, sd, row, Ni=Ni, X=X, Y=Y: train_config(
+                        teacher_of(problems, sd), X[sd], Y[sd], r, k, b, sd, Ni, row, cfg=cfg
+                    )
+                )(c["r"], c["kind"], c["b"], c["seed"], rows)
+            )
+        params = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *params)  # (N·rows, ...)
         tile = lambda v: jnp.tile(v, len(cfg.Ns))  # noqa: E731
         Nidx = jnp.repeat(jnp.arange(len(cfg.Ns)), len(labels))
-        out = jax.vmap(lambda p, r, d, b, sd, Ni, row: evaluate_config(
-            teacher_of(problems, sd), p, X_test[sd], r, d, b, Ni, row, cfg=cfg))(
-            params, tile(c["r"]), tile(c["deploy"]), tile(c["b"]), tile(c["seed"]), Nidx, tile(rows))
-        return jax.tree_util.tree_map(lambda x: jnp.moveaxis(x.reshape((len(cfg.Ns), len(labels)) + x.shape[1:]), 0, 1), out)
+        out = jax.vmap(
+            lambda p, r, d, b, sd, Ni, row: evaluate_config(
+                teacher_of(problems, sd), p, X_test[sd], r, d, b, Ni, row, cfg=cfg
+            )
+        )(params, tile(c["r"]), tile(c["deploy"]), tile(c["b"]), tile(c["seed"]), Nidx, tile(rows))
+        return jax.tree_util.tree_map(
+            lambda x: jnp.moveaxis(x.reshape((len(cfg.Ns), len(labels)) + x.shape[1:]), 0, 1), out
+        )
 
     raw = jax.device_get(grid(*_data(problems, cfg)))
     labels = np.array(labels)
@@ -126,13 +164,18 @@ def run_nonlinear_grid(cfg: NonlinearConfig, *, problems: NonlinearProblem | Non
         shape = tuple(len(v) for a, v in axes if a != "N")  # rows are ordered (rank, [bits,] seed)
         out[arm] = {"axes": axes, "arm": arm}
         for k, v in raw.items():
-            v = np.asarray(v)[sel].reshape(shape + v.shape[1:])        # (rank, [bits,] seed, N, ...)
-            out[arm][k] = np.moveaxis(v, len(shape), len(shape) - 1)   # (rank, [bits,] N, seed, ...)
+            v = np.asarray(v)[sel].reshape(shape + v.shape[1:])  # (rank, [bits,] seed, N, ...)
+            out[arm][k] = np.moveaxis(v, len(shape), len(shape) - 1)  # (rank, [bits,] N, seed, ...)
     return out
 
 
-def run_nonlinear_loop(cfg: NonlinearConfig, *, problems: NonlinearProblem | None = None,
-                       limit: int | None = None, N_indices=None) -> dict:
+def run_nonlinear_loop(
+    cfg: NonlinearConfig,
+    *,
+    problems: NonlinearProblem | None = None,
+    limit: int | None = None,
+    N_indices=None,
+) -> dict:
     """The same configurations one at a time from Python (the reference for the vmap): returns
     {(arm, N): list of output dicts} in row order; ``limit`` keeps the first rows of each arm,
     ``N_indices`` (indices into cfg.Ns) the listed N only."""
@@ -144,14 +187,30 @@ def run_nonlinear_loop(cfg: NonlinearConfig, *, problems: NonlinearProblem | Non
     for Ni, N in enumerate(cfg.Ns):
         if N_indices is not None and Ni not in N_indices:
             continue
-        f = jax.jit(lambda p, X, Y, Xt, r, k, d, b, sd, row, Ni=Ni: config_output(
-            p, X, Y, Xt, r, k, d, b, sd, Ni, row, cfg=cfg))
+        f = jax.jit(
+            lambda p, X, Y, Xt, r, k, d, b, sd, row, Ni=Ni: config_output(
+                p, X, Y, Xt, r, k, d, b, sd, Ni, row, cfg=cfg
+            )
+        )
         for arm in cfg.arms:
             rows = [i for i, lab in enumerate(labels) if lab == arm][:limit]
             out[(arm, N)] = []
             for i in rows:
                 sd = int(cols["seed"][i])
-                out[(arm, N)].append(jax.device_get(f(
-                    teacher_of(problems, sd), Xall[sd, :N], Yall[sd, :N], X_test[sd], cols["r"][i], cols["kind"][i],
-                    cols["deploy"][i], jnp.asarray(cols["b"][i], dt), sd, i)))
+                out[(arm, N)].append(
+                    jax.device_get(
+                        f(
+                            teacher_of(problems, sd),
+                            Xall[sd, :N],
+                            Yall[sd, :N],
+                            X_test[sd],
+                            cols["r"][i],
+                            cols["kind"][i],
+                            cols["deploy"][i],
+                            jnp.asarray(cols["b"][i], dt),
+                            sd,
+                            i,
+                        )
+                    )
+                )
     return out

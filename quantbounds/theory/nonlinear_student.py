@@ -2,7 +2,8 @@
 
 Teacher: f*(x) = W2·φ(W1*·x), W1* = W1⁰ + D (h×n, D of rank r*, ‖D‖_F = teacher_norm), inputs
 x ~ N(0, Σ) (Σ = Q·diag(λ)·Qᵀ, λ geometric from 1 to 1/cond, Q Haar, as in
-quantbounds.theory.teacher_student), labels y = f*(x) + σ·ξ, ξ ~ N(0, I_m). W1⁰ ~ N(0, gain²/n) entrywise
+quantbounds.theory.teacher_student), labels y = f*(x) + σ·ξ, ξ ~ N(0, I_m). W1⁰ ~ N(0, gain²/n)
+entrywise
 (gain sets how far into φ's saturation the pre-activations go), W2 ~ N(0, 1/h), both frozen.
 Student: f(x) = W2·φ(W1·x) with W1 = W1⁰ + Q(B)·Q(A) (LoRA on the hidden layer, scale s = 1, the
 seed paper's convention; B (h×r) zero-initialised, A (r×n) ~ N(0, 1/n)); W1⁰ and W2 are shared
@@ -22,7 +23,8 @@ standard error sd(d)/√n_test (CLT; d is bounded for bounded φ), or from label
 mean ‖y_i − f(x_i)‖² − m·σ² with SE sd(ℓ)/√n_test (larger by 4σ²·E d + 2mσ⁴ in variance).
 
 Arms: "fp"; "ste_rtn", "ste_sr" (B and A fake-quantized by ``quant.fake_quant.fake_quantize``
-in the forward pass, uniform "paper" grid, per-tensor absmax, straight-through gradient); "additive" (the paper's noise model: U(−Δ/2, Δ/2),
+in the forward pass, uniform "paper" grid, per-tensor absmax, straight-through gradient);
+"additive" (the paper's noise model: U(−Δ/2, Δ/2),
 Δ = 2^{1−b}·R, drawn afresh every step). Deployed with RTN (ste_rtn, additive), SR (ste_sr) or
 not at all (fp); post-training RTN at every b of cfg.bits is evaluated for every arm.
 Training: full-batch Adam (cosine-decayed lr) on (1/N)·Σ‖y_i − f(x_i)‖².
@@ -40,7 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from quantbounds._checks import check_bits, check_choice, check_int_range, check_positive, check_rank
+from quantbounds._checks import (
+    check_bits,
+    check_choice,
+    check_int_range,
+    check_positive,
+    check_rank,
+)
 from quantbounds.conventions import KIND_INDEX
 from quantbounds.quant.fake_quant import fake_quantize
 from quantbounds.theory.teacher_student import ste
@@ -49,10 +57,18 @@ ARMS = ("fp", "ste_rtn", "ste_sr", "additive")
 ACTIVATIONS = ("erf", "tanh")
 # quantizer in the forward pass and at deployment, as indices into conventions.KINDS (the one
 # numbering): the additive arm is deployed with a real round-to-nearest quantizer
-_TRAIN_KIND = {"fp": KIND_INDEX["none"], "ste_rtn": KIND_INDEX["rtn"], "ste_sr": KIND_INDEX["sr"],
-               "additive": KIND_INDEX["additive"]}
-_DEPLOY_KIND = {"fp": KIND_INDEX["none"], "ste_rtn": KIND_INDEX["rtn"], "ste_sr": KIND_INDEX["sr"],
-                "additive": KIND_INDEX["rtn"]}
+_TRAIN_KIND = {
+    "fp": KIND_INDEX["none"],
+    "ste_rtn": KIND_INDEX["rtn"],
+    "ste_sr": KIND_INDEX["sr"],
+    "additive": KIND_INDEX["additive"],
+}
+_DEPLOY_KIND = {
+    "fp": KIND_INDEX["none"],
+    "ste_rtn": KIND_INDEX["rtn"],
+    "ste_sr": KIND_INDEX["sr"],
+    "additive": KIND_INDEX["rtn"],
+}
 KINDS_USED = ("none", "rtn", "sr", "additive")  # the kinds a traced index may take here
 
 
@@ -118,7 +134,9 @@ class NonlinearConfig:
             check_choice(a, "arms entry", ARMS)
         check_choice(self.activation, "activation", ACTIVATIONS)
         if not isinstance(self.teacher_per_seed, bool):
-            raise TypeError(f"teacher_per_seed must be True or False, got {self.teacher_per_seed!r}")
+            raise TypeError(
+                f"teacher_per_seed must be True or False, got {self.teacher_per_seed!r}"
+            )
 
     @property
     def r_max(self) -> int:
@@ -177,8 +195,11 @@ def make_nonlinear_problem(cfg: NonlinearConfig, *, dtype=None, seeds=None) -> N
     with _threefry_serial():
         if seeds is None:
             return NonlinearProblem(*(x[0] for x in build(key[None])), float(cfg.label_noise))
-        keys = (jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(seeds)) if cfg.teacher_per_seed
-                else jnp.broadcast_to(key, (seeds,) + key.shape))
+        keys = (
+            jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(seeds))
+            if cfg.teacher_per_seed
+            else jnp.broadcast_to(key, (seeds,) + key.shape)
+        )
         W1, W1s, W2, S, Sh = build(keys)
         return NonlinearProblem(W1, W1s, W2[0], S, Sh, float(cfg.label_noise))
 
@@ -249,7 +270,7 @@ def excess_risk_from_labels(W1, problem: NonlinearProblem, X, Y, *, activation: 
     """(estimate, SE) of L(f) − L(f*) as test risk − Bayes risk: mean ‖y_i − f(x_i)‖² − m·σ²."""
     r = Y - forward(W1, problem.W2, X, activation=activation)
     est, se = mean_and_se(jnp.sum(r * r, axis=1))
-    return est - Y.shape[1] * problem.label_noise ** 2, se
+    return est - Y.shape[1] * problem.label_noise**2, se
 
 
 def quantize_factor(x, kind, bits, u):
@@ -276,8 +297,12 @@ class HiddenLoRA(nn.Module):
     @nn.compact
     def __call__(self, W1_0, mask, quant=None):
         B = self.param("B", nn.initializers.zeros, (self.h, self.r_max), W1_0.dtype)
-        A = self.param("A", nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
-                       (self.r_max, self.n), W1_0.dtype)
+        A = self.param(
+            "A",
+            nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
+            (self.r_max, self.n),
+            W1_0.dtype,
+        )
         B, A = B * mask[None, :], A * mask[:, None]
         if quant is not None:  # re-mask: additive noise would touch the padded entries
             B, A = quant(B, 0) * mask[None, :], quant(A, 1) * mask[:, None]
@@ -301,10 +326,14 @@ def draw_uniforms(key, h: int, r_max: int, n: int, *, shape=(), dtype=None):
     """U[0, 1) noise for B (h×r_max) and A (r_max×n), flattened into one trailing axis of
     h·r_max + r_max·n (B's entries first); ``shape`` prepends axes (e.g. (steps,))."""
     with _threefry_serial():
-        return jax.random.uniform(key, tuple(shape) + (h * r_max + r_max * n,), dtype or jnp.result_type(float))
+        return jax.random.uniform(
+            key, tuple(shape) + (h * r_max + r_max * n,), dtype or jnp.result_type(float)
+        )
 
 
-def hidden_weight(problem: NonlinearProblem, params, r, *, kind=0, bits=16, u=None, straight_through=False):
+def hidden_weight(
+    problem: NonlinearProblem, params, r, *, kind=0, bits=16, u=None, straight_through=False
+):
     """W1⁰ + Q(B)·Q(A) for params {"B", "A"} (padded to r_max, masked to rank r); kind: an index
     into ``conventions.KINDS`` as in :func:`quantize_factor` (0: the latent full-precision weight);
     u: the uniforms of SR/additive
@@ -313,7 +342,7 @@ def hidden_weight(problem: NonlinearProblem, params, r, *, kind=0, bits=16, u=No
     n = params["A"].shape[1]
     dt = problem.W1_0.dtype
     u = jnp.full((h * rm + rm * n,), 0.5, dt) if u is None else u
-    us = (u[:h * rm].reshape(h, rm), u[h * rm:].reshape(rm, n))
+    us = (u[: h * rm].reshape(h, rm), u[h * rm :].reshape(rm, n))
 
     def quant(x, which):
         q = quantize_factor(x, kind, jnp.asarray(bits, x.dtype), us[which])
@@ -322,8 +351,9 @@ def hidden_weight(problem: NonlinearProblem, params, r, *, kind=0, bits=16, u=No
     return HiddenLoRA(h, n, rm).apply({"params": params}, problem.W1_0, _mask(r, rm, dt), quant)
 
 
-def train_nonlinear(problem: NonlinearProblem, X, Y, r, kind, bits, init_key, noise_key, *,
-                    cfg: NonlinearConfig):
+def train_nonlinear(
+    problem: NonlinearProblem, X, Y, r, kind, bits, init_key, noise_key, *, cfg: NonlinearConfig
+):
     """Train one student on (X, Y) (N = X.shape[0], static); r, kind, bits, keys may be traced.
 
     Full-batch Adam, cfg.steps steps, lr cosine-decayed from cfg.lr, on (1/N)·Σ‖y_i − f(x_i)‖² with
@@ -348,10 +378,14 @@ def train_nonlinear(problem: NonlinearProblem, X, Y, r, kind, bits, init_key, no
         return (optax.apply_updates(p, upd), st), None
 
     def run_block(carry, j):
-        U = draw_uniforms(jax.random.fold_in(noise_key, j), cfg.h, cfg.r_max, cfg.n, shape=(block,), dtype=dt)
+        U = draw_uniforms(
+            jax.random.fold_in(noise_key, j), cfg.h, cfg.r_max, cfg.n, shape=(block,), dtype=dt
+        )
         return jax.lax.scan(step, carry, U)[0], None
 
-    (params, _), _ = jax.lax.scan(run_block, (params, opt.init(params)), jnp.arange(cfg.steps // block))
+    (params, _), _ = jax.lax.scan(
+        run_block, (params, opt.init(params)), jnp.arange(cfg.steps // block)
+    )
     return params
 
 
@@ -360,8 +394,9 @@ def _block(steps: int, most: int = 64) -> int:
     return max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
 
 
-def evaluate_nonlinear(problem: NonlinearProblem, params, r, deploy, bits, deploy_u, X_test, *,
-                       cfg: NonlinearConfig):
+def evaluate_nonlinear(
+    problem: NonlinearProblem, params, r, deploy, bits, deploy_u, X_test, *, cfg: NonlinearConfig
+):
     """Excess risks of one trained student (deployed with quantizer ``deploy`` at ``bits``, noise
     deploy_u from :func:`draw_uniforms`). Returns a dict of scalars (ptq_* over cfg.bits):
 
@@ -380,8 +415,12 @@ def evaluate_nonlinear(problem: NonlinearProblem, params, r, deploy, bits, deplo
     W1 = hidden_weight(problem, params, r)
     Wd = hidden_weight(problem, params, r, kind=deploy, bits=bits, u=deploy_u)
     mc, se = function_distance_mc(W1, W2, problem.W1_star, W2, X_test, activation=cfg.activation)
-    out = {"excess_latent": dist(W1, problem.W1_star), "excess_deployed": dist(Wd, problem.W1_star),
-           "excess_latent_mc": mc, "excess_latent_se": se}
+    out = {
+        "excess_latent": dist(W1, problem.W1_star),
+        "excess_deployed": dist(Wd, problem.W1_star),
+        "excess_latent_mc": mc,
+        "excess_latent_se": se,
+    }
 
     def ptq(b):
         Wq = hidden_weight(problem, params, r, kind=KIND_INDEX["rtn"], bits=b)

@@ -42,8 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from quantbounds._checks import (check_bits, check_choice, check_int_range, check_positive,
-                                 check_rank)
+from quantbounds._checks import (
+    check_bits,
+    check_choice,
+    check_int_range,
+    check_positive,
+    check_rank,
+)
 from quantbounds._prng import fold_in_raw, uniform_at  # noqa: F401  (uniform_at: public here)
 from quantbounds.conventions import KIND_INDEX, KINDS, SCALES  # noqa: F401  (KIND_INDEX: importers)
 from quantbounds.epsba.moments import eps_ba_covariance_moment
@@ -54,7 +59,6 @@ _ARM_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "ad
 # what the model is deployed with after training: the additive arm is deployed with a real
 # round-to-nearest quantizer (the noise is only the paper's model of it)
 _DEPLOY_KIND = {"ste_rtn": "rtn", "ste_sr": "sr", "ste_nf4": "nf4", "additive": "rtn"}
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +172,9 @@ def sample_data(key, problem: Problem, N: int):
     n = problem.Sigma.shape[0]
     dt = problem.Sigma.dtype
     X = jax.random.normal(kx, (N, n), dt) @ problem.Sigma_half
-    Y = X @ problem.Wstar.T + problem.label_noise * jax.random.normal(ky, (N, problem.W0.shape[0]), dt)
+    Y = X @ problem.Wstar.T + problem.label_noise * jax.random.normal(
+        ky, (N, problem.W0.shape[0]), dt
+    )
     return X, Y
 
 
@@ -236,8 +242,7 @@ def fake_quant_indexed(x, kind_idx, bits, key, axis=None, u=None):
     """fake_quant with the kind given as a (possibly traced) index into ``conventions.KINDS``
     (0 = none): one compiled training loop or evaluation serves every arm (R, Δ and x/Δ are
     shared, one select picks the kind)."""
-    return fake_quantize(x, kind_idx, bits=bits, axis=axis,
-                         u=_uniforms_for(x, kind_idx, key, u))
+    return fake_quantize(x, kind_idx, bits=bits, axis=axis, u=_uniforms_for(x, kind_idx, key, u))
 
 
 def ste(x, q):
@@ -265,8 +270,12 @@ class LoRAStudent(nn.Module):
     @nn.compact
     def __call__(self, W0, mask, scale, quant: Callable | None = None):
         B = self.param("B", nn.initializers.zeros, (self.m, self.r_max), W0.dtype)
-        A = self.param("A", nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
-                       (self.r_max, self.n), W0.dtype)
+        A = self.param(
+            "A",
+            nn.initializers.normal(stddev=1.0 / math.sqrt(self.n)),
+            (self.r_max, self.n),
+            W0.dtype,
+        )
         B = B * mask[None, :]
         A = A * mask[:, None]
         if quant is not None:
@@ -313,14 +322,17 @@ class TrainSetup(NamedTuple):
     Sxx: jnp.ndarray
 
 
-def train_setup(problem: Problem, stats, r, init_key, noise_key, *, cfg: TeacherStudentConfig,
-                convention=None) -> TrainSetup:
+def train_setup(
+    problem: Problem, stats, r, init_key, noise_key, *, cfg: TeacherStudentConfig, convention=None
+) -> TrainSetup:
     """The per-configuration inputs of :func:`train_core` (every argument but cfg may be traced;
     no dependence on the arm, so one vmapped call serves a whole grid). Keys of step i:
     fold_in(fold_in(noise_key, i), w), w = 0 for B and 1 for A."""
     dt = problem.W0.dtype
     rm = cfg.r_max
-    s = scale_value(cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha)
+    s = scale_value(
+        cfg.scale if convention is None else convention, jnp.asarray(r, dt), cfg.lora_alpha
+    )
     init = LoRAStudent(cfg.m, cfg.n, rm).init(init_key, problem.W0, jnp.ones(rm, dt), s)["params"]
     k_i = fold_in_raw(noise_key, jnp.arange(cfg.steps, dtype=jnp.uint32))  # (steps, 2)
     keys = fold_in_raw(k_i[:, None, :], jnp.arange(2, dtype=jnp.uint32)[None, :])  # (steps, 2, 2)
@@ -328,13 +340,24 @@ def train_setup(problem: Problem, stats, r, init_key, noise_key, *, cfg: Teacher
     return TrainSetup(init, s, keys, (problem.W0 @ Sxx - Cyx).T, Sxx)
 
 
-def train_student(problem: Problem, stats, r, bits, init_key, noise_key, *, arm,
-                  cfg: TeacherStudentConfig, convention=None):
+def train_student(
+    problem: Problem,
+    stats,
+    r,
+    bits,
+    init_key,
+    noise_key,
+    *,
+    arm,
+    cfg: TeacherStudentConfig,
+    convention=None,
+):
     """Train one student; every argument except ``cfg`` may be traced.
 
     arm: a name in ARMS, or a traced index into ``conventions.KINDS`` (0 = full precision);
     convention: a name in SCALES or a traced index into it (None: cfg.scale). A concrete rank r
-    trains the unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a 0/1 mask
+    trains the unpadded m×r and r×n factors; a traced r trains the r_max-padded ones under a
+    0/1 mask
     (exact: masked entries are zero and get zero gradient). Both give the same result.
 
     Returns (params, s): flax params {"B", "A"} (padded to r_max: B's extra columns zero, A's
@@ -421,8 +444,9 @@ def train_core(setup: TrainSetup, r, bits, *, arm, cfg: TeacherStudentConfig):
     return {"A": init["A"].at[:rr].set(p["A"]), "B": init["B"].at[:, :rr].set(p["B"])}
 
 
-def student_weight(problem: Problem, params, r, s, *, kind=None, bits=None, key=None,
-                   granularity="tensor"):
+def student_weight(
+    problem: Problem, params, r, s, *, kind=None, bits=None, key=None, granularity="tensor"
+):
     """W0 + s·Q(B)·Q(A) for trained params (kind=None: the latent full-precision weight)."""
     mask = (jnp.arange(params["B"].shape[1]) < r).astype(problem.W0.dtype)
     m, rm = params["B"].shape
@@ -443,6 +467,7 @@ def additive_prediction(problem: Problem, params, r, s, bits):
     # σ² written as R²·4^{−b}/3, not as uniform_noise_variance's Δ·Δ/12: under XLA the two
     # differ in the last bit for some R (a division by a constant becomes a multiplication by
     # its rounded reciprocal), and the committed audit was computed with this form
-    var_A, var_B = (jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0
-                    for X in (A, B))
+    var_A, var_B = (
+        jnp.max(jnp.abs(X)) ** 2 * 4.0 ** (-jnp.asarray(bits, dt)) / 3.0 for X in (A, B)
+    )
     return eps_ba_covariance_moment(B, A, problem.Sigma, var_A, var_B, scale=s, rank=r)

@@ -46,7 +46,7 @@ def cases(seed: int = 0) -> dict:
     captured: list[np.ndarray] = []
     summarize = montecarlo.summarize
 
-    def capture(samples, *args, **kw):    # the raw (…, n_samples, 4) terms, compute dtype
+    def capture(samples, *args, **kw):  # the raw (…, n_samples, 4) terms, compute dtype
         captured.append(np.array(samples, copy=True))
         return summarize(samples, *args, **kw)
 
@@ -56,28 +56,45 @@ def cases(seed: int = 0) -> dict:
         captured.clear()
         return out
 
-    def factors(key, m, r, n):   # host Gaussian factors: no factor program to compile
+    def factors(key, m, r, n):  # host Gaussian factors: no factor program to compile
         g = np.random.default_rng(r)
         return g.normal(size=(m, r)), g.normal(size=(r, n))
 
-    def grid(**kw):       # 3 samples, one per unit: 3 units per (rank, bit-width) cell
-        return collect(simulate_grid(jax.random.key(11 + seed), m=10, n=6, n_samples=3,
-                                     chunk_size=1, factors=factors, **kw))
+    def grid(**kw):  # 3 samples, one per unit: 3 units per (rank, bit-width) cell
+        return collect(
+            simulate_grid(
+                jax.random.key(11 + seed),
+                m=10,
+                n=6,
+                n_samples=3,
+                chunk_size=1,
+                factors=factors,
+                **kw,
+            )
+        )
 
     def eps(n_samples=3, chunk_size=1, **kw):
         rng = np.random.default_rng(5)
         B, A = rng.normal(size=(9, 2)), rng.normal(size=(2, 7))
-        return collect(simulate_eps_ba(jax.random.key(4 + seed), B, A, bits=4,
-                                       n_samples=n_samples, chunk_size=chunk_size, **kw))
+        return collect(
+            simulate_eps_ba(
+                jax.random.key(4 + seed),
+                B,
+                A,
+                bits=4,
+                n_samples=n_samples,
+                chunk_size=chunk_size,
+                **kw,
+            )
+        )
 
-    def toy(n_units):     # map_units alone: unit u returns (10·u + 3, [u, u], its device)
+    def toy(n_units):  # map_units alone: unit u returns (10·u + 3, [u, u], its device)
         mesh = device_mesh()
 
         def unit(u, base):
             return u * 10 + base, jax.numpy.full(2, u), jax.lax.axis_index("units")
 
-        a, b, dev = map_units(build_unit_runner(unit, mesh), n_units, (np.int32(3),),
-                              mesh=mesh)
+        a, b, dev = map_units(build_unit_runner(unit, mesh), n_units, (np.int32(3),), mesh=mesh)
         return {"ids": a, "rows": b, "device": dev}
 
     def wrap(fn):
@@ -87,18 +104,18 @@ def cases(seed: int = 0) -> dict:
                 return fn()
             finally:
                 montecarlo.summarize = summarize
+
         return run
 
     sr = dict(mode="real", rounding="stochastic")
     return {
         # ranks 1 and 3 padded to 3 (pad="max"): one program, 6 units
-        "grid_additive_f32": wrap(lambda: grid(ranks=[1, 3], bits=[3], pad="max",
-                                               dtype="float32")),
+        "grid_additive_f32": wrap(lambda: grid(ranks=[1, 3], bits=[3], pad="max", dtype="float32")),
         # real mode: one program per rank; 2 bit-widths: 6 units
         "grid_sr_f64": wrap(lambda: grid(ranks=[2], bits=[2, 6], dtype="float64", **sr)),
         # 7 samples in chunks of 3 (the one case with several samples per unit): 3 units
         "eps_additive_f64": wrap(lambda: eps(n_samples=7, chunk_size=3, dtype="float64")),
-        "eps_sr_f32": wrap(lambda: eps(dtype="float32", **sr)),             # 3 units
+        "eps_sr_f32": wrap(lambda: eps(dtype="float32", **sr)),  # 3 units
         # round to nearest: one exact draw, a single unit; every other device holds padding
         "eps_rtn_f32": wrap(lambda: eps(dtype="float32", mode="real")),
         "toy_1": lambda: toy(1),
@@ -112,11 +129,13 @@ def main(spec: dict) -> None:
         # gloo is already jax 0.10's default CPU collective implementation
         # (jax/_src/config.py: DEFAULT_CPU_COLLECTIVES_IMPL = "gloo"); set so it is explicit.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{spec['port']}",
-                                   coordinator_bind_address=f"127.0.0.1:{spec['port']}",
-                                   num_processes=spec["num_processes"],
-                                   process_id=spec["process_id"],
-                                   initialization_timeout=spec.get("init_timeout", 60))
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{spec['port']}",
+            coordinator_bind_address=f"127.0.0.1:{spec['port']}",
+            num_processes=spec["num_processes"],
+            process_id=spec["process_id"],
+            initialization_timeout=spec.get("init_timeout", 60),
+        )
     assert jax.process_count() == spec["num_processes"], jax.process_count()
     table = cases(spec.get("seed", 0))
     out = {"devices": np.int64(jax.device_count()), "local": np.int64(jax.local_device_count())}
@@ -126,8 +145,11 @@ def main(spec: dict) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         for k, v in table[name]().items():
             out[f"{name}/{k}"] = np.asarray(v)
-        print(f"case {name}: wall {time.perf_counter() - t0:.2f} s, "
-              f"cpu {time.process_time() - c0:.2f} s", flush=True)
+        print(
+            f"case {name}: wall {time.perf_counter() - t0:.2f} s, "
+            f"cpu {time.process_time() - c0:.2f} s",
+            flush=True,
+        )
     np.savez(spec["out"], **out)
     print("DONE", flush=True)
     if spec["num_processes"] > 1:

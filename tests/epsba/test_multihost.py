@@ -30,12 +30,21 @@ import quantbounds
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 # the workers import the quantbounds this test imports (installed or not)
-_PYTHONPATH = os.pathsep.join([str(Path(quantbounds.__file__).parent.parent)]
-                              + [p for p in [os.environ.get("PYTHONPATH")] if p])
-DEADLINE_S = 240    # whole launch; the runs take ~10–25 s on the 2-core CPU, the rest is slack
-GRACE_S = 5         # after one process fails, time its peers get to report their own errors
-CASES = ["grid_additive_f32", "grid_sr_f64", "eps_additive_f64", "eps_sr_f32", "eps_rtn_f32",
-         "toy_1", "toy_5"]
+_PYTHONPATH = os.pathsep.join(
+    [str(Path(quantbounds.__file__).parent.parent)]
+    + [p for p in [os.environ.get("PYTHONPATH")] if p]
+)
+DEADLINE_S = 240  # whole launch; the runs take ~10–25 s on the 2-core CPU, the rest is slack
+GRACE_S = 5  # after one process fails, time its peers get to report their own errors
+CASES = [
+    "grid_additive_f32",
+    "grid_sr_f64",
+    "eps_additive_f64",
+    "eps_sr_f32",
+    "eps_rtn_f32",
+    "toy_1",
+    "toy_5",
+]
 
 
 def _free_port() -> int:
@@ -56,12 +65,15 @@ def _launch(groups: list[list[dict]], tmp: Path) -> list[list[dict]]:
         port = _free_port()
         for spec in group:
             name = f"g{g}p{spec['process_id']}"
-            spec = dict(spec, port=port, out=str(tmp / f"{name}.npz"),
-                        num_processes=len(group))
+            spec = dict(spec, port=port, out=str(tmp / f"{name}.npz"), num_processes=len(group))
             logs = [open(tmp / f"{name}.{s}", "w+") for s in ("out", "err")]
-            p = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)],
-                                 stdout=logs[0], stderr=logs[1], cwd=tmp,
-                                 env=dict(os.environ, PYTHONPATH=_PYTHONPATH))
+            p = subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps(spec)],
+                stdout=logs[0],
+                stderr=logs[1],
+                cwd=tmp,
+                env=dict(os.environ, PYTHONPATH=_PYTHONPATH),
+            )
             procs.append((g, spec, p, logs))
     deadline = time.monotonic() + DEADLINE_S
     try:
@@ -115,7 +127,7 @@ def test_two_processes_equal_one_process_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(got["toy_1/device"], [0])
     np.testing.assert_array_equal(one["toy_5/device"], [0] * 5)
     for k in sorted(set(one) - {"devices", "local", "toy_5/device", "toy_1/device"}):
-        for got in (p0[k], p1[k]):     # same dtype, shape and bits
+        for got in (p0[k], p1[k]):  # same dtype, shape and bits
             assert got.dtype == one[k].dtype and got.shape == one[k].shape, k
             np.testing.assert_array_equal(got, one[k], err_msg=k, strict=True)
     # the comparison is not vacuous: compute dtypes as asked, noisy cases really noisy
@@ -123,7 +135,7 @@ def test_two_processes_equal_one_process_bit_for_bit(tmp_path):
         samples = one[f"{case}/samples0"]
         assert samples.dtype == np.dtype(case[-3:].replace("f", "float")), case
         assert np.all(np.isfinite(samples)) and np.all(samples[..., -1] > 0), case
-        if case == "eps_rtn_f32":      # round to nearest: one exact draw
+        if case == "eps_rtn_f32":  # round to nearest: one exact draw
             assert samples.shape == (1, 4) and (one[f"{case}/stderr"] == 0).all()
         else:
             assert (one[f"{case}/stderr"] > 0).all(), case
@@ -136,13 +148,15 @@ def test_processes_with_different_keys_fail_loudly(tmp_path):
     """Every process must pass the same inputs; with a per-process key, map_units' device_put
     of the key data runs JAX's cross-process equality check (multihost_utils.assert_equal),
     and every process raises instead of returning a mixture of the processes' units."""
-    group = [dict(process_id=i, local_devices=1, cases=["eps_additive_f64"], seed=i)
-             for i in range(2)]
+    group = [
+        dict(process_id=i, local_devices=1, cases=["eps_additive_f64"], seed=i) for i in range(2)
+    ]
     (res,) = _launch_retry([group], tmp_path)
     for r in res:
         assert r["rc"] != 0 and r["npz"] is None
-    assert any("not the same on each process" in r["stderr"] for r in res), \
-        "\n".join(r["stderr"][-2000:] for r in res)
+    assert any("not the same on each process" in r["stderr"] for r in res), "\n".join(
+        r["stderr"][-2000:] for r in res
+    )
 
 
 def test_unequal_local_device_counts(tmp_path):
@@ -161,8 +175,10 @@ def test_unequal_local_device_counts(tmp_path):
     (res,) = _launch_retry([group], tmp_path)
     if any(r["rc"] != 0 for r in res):
         if any("cannot reshape array of size 3 into shape (2," in r["stderr"] for r in res):
-            pytest.xfail("jax.device_put's multi-process check needs equal device counts "
-                         "per process (multihost_utils.process_allgather reshape)")
+            pytest.xfail(
+                "jax.device_put's multi-process check needs equal device counts "
+                "per process (multihost_utils.process_allgather reshape)"
+            )
     for r in res:
         out = _ok(r)
         assert out["devices"] == 3

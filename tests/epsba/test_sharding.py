@@ -41,8 +41,7 @@ def test_padded_ranks_equal_unpadded_runs():
     padded = run_additive(kd, "threefry2x32", bits, *_stack(fac, 5), **opts)
     assert padded.shape == (2, 2, 7, 4)
     # rank 2, run alone without padding, with its cell ids (2, 3) from the padded grid
-    alone = run_additive(kd, "threefry2x32", bits, *_stack(fac[1:], 2), cell_ids=[2, 3],
-                         **opts)[0]
+    alone = run_additive(kd, "threefry2x32", bits, *_stack(fac[1:], 2), cell_ids=[2, 3], **opts)[0]
     np.testing.assert_allclose(padded[1], alone, rtol=1e-12, atol=0)
     # different cells draw different noise
     assert not np.allclose(padded[1, 0], padded[1, 1])
@@ -85,12 +84,22 @@ _CHILD = textwrap.dedent("""
 
 
 def test_two_device_run_equals_single_device_run():
-    kw = dict(m=12, n=8, ranks=[1, 4], bits=[2, 5], n_samples=9, dtype="float64", chunk_size=2,
-              pad="max")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
-    proc = subprocess.run([sys.executable, "-c", _CHILD.replace("KW", repr(kw))], env=env,
-                          capture_output=True, text=True, timeout=300)
+    kw = dict(
+        m=12, n=8, ranks=[1, 4], bits=[2, 5], n_samples=9, dtype="float64", chunk_size=2, pad="max"
+    )
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        JAX_ENABLE_X64="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD.replace("KW", repr(kw))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     assert child["devices_used"] == 2

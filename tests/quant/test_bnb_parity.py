@@ -26,9 +26,15 @@ F = pytest.importorskip("bitsandbytes.functional")
 import jax.numpy as jnp  # noqa: E402
 
 from quantbounds.quant.quantizers import fp4_code, nf4_code, quantize, quantize_codes  # noqa: E402
-from real_runs.bnb_reference import (NativeKernelMismatch, check_4bit_layers,  # noqa: E402
-                                     compare_native, cpu_isa, native_dequantize_4bit,
-                                     native_known_bad, reference_dequantize_4bit)
+from real_runs.bnb_reference import (  # noqa: E402
+    NativeKernelMismatch,
+    check_4bit_layers,
+    compare_native,
+    cpu_isa,
+    native_dequantize_4bit,
+    native_known_bad,
+    reference_dequantize_4bit,
+)
 
 pytestmark = pytest.mark.torch
 ISA = cpu_isa()
@@ -81,7 +87,11 @@ def test_code_tables_match_bnb():
 
 
 CASES = [  # (shape, block size): full blocks, tail blocks, odd last dim, 3-D; block sizes 32…2048
-    ((64, 128), 64), ((33, 64), 128), ((5, 7), 32), ((4, 1024), 512), ((3, 4096), 2048),
+    ((64, 128), 64),
+    ((33, 64), 128),
+    ((5, 7), 32),
+    ((4, 1024), 512),
+    ((3, 4096), 2048),
     ((2, 3, 40), 64),
 ]
 
@@ -92,8 +102,8 @@ def test_random_inputs_bit_for_bit(qt, shape, bs):
     rng = np.random.default_rng(zlib.crc32(repr((qt, shape, bs)).encode()))  # deterministic
     for scale in (1e-3, 37.0):
         x = (rng.standard_normal(shape) * scale).astype(np.float32)
-        x.reshape(-1)[::13] = 0.0                      # exact zeros
-        x.reshape(-1)[5::97] *= 1e-4                   # tiny values near the ±0 / subnormal codes
+        x.reshape(-1)[::13] = 0.0  # exact zeros
+        x.reshape(-1)[5::97] *= 1e-4  # tiny values near the ±0 / subnormal codes
         y_ref, y_nat, c_ref = bnb_roundtrip(x, qt, bs)
         y, c = ours(x, qt, bs)
         assert_same_bits(y, y_ref)
@@ -105,9 +115,9 @@ def test_random_inputs_bit_for_bit(qt, shape, bs):
 def test_heavy_tailed_and_all_zero_blocks(qt):
     rng = np.random.default_rng(11)
     x = rng.standard_t(2, size=(16, 64)).astype(np.float32)
-    x[3] = 0.0                    # an all-zero block: bnb stores absmax 0 and returns zeros
+    x[3] = 0.0  # an all-zero block: bnb stores absmax 0 and returns zeros
     x[5, :] = -0.0
-    x[7, 10] = 1e4                # one outlier dominates its block
+    x[7, 10] = 1e4  # one outlier dominates its block
     y_ref, y_nat, c_ref = bnb_roundtrip(x, qt, 64)
     y, c = ours(x, qt, 64)
     assert_same_bits(y, y_ref)
@@ -128,7 +138,7 @@ def test_ties_between_codes_go_to_the_lower_code(qt):
     vals = np.concatenate([mids, near])
     n = 64 * int(np.ceil((vals.size + 1) / 64))
     x = np.zeros(n, np.float32)
-    x[0] = 1.0                                      # absmax 1 in every block
+    x[0] = 1.0  # absmax 1 in every block
     x[64::64] = 1.0
     slots = [i for i in range(n) if i % 64 != 0][: vals.size]
     x[slots] = vals
@@ -137,7 +147,8 @@ def test_ties_between_codes_go_to_the_lower_code(qt):
     y, _ = ours(x, qt, 64)
     assert_same_bits(y, y_ref)
     assert_native_agrees(y, y_nat, x.shape, 64)
-    # our own expectation: a midpoint maps to the lower of its two codes (torch.bucketize, right=False)
+    # our own expectation: a midpoint maps to the lower of its two codes (torch.bucketize,
+    # right=False)
     got = y.reshape(-1)[slots][: mids.size]
     np.testing.assert_array_equal(got + np.float32(0), code[:-1] + np.float32(0))
 
@@ -149,7 +160,7 @@ def test_absmax_element_and_code_values_are_exact(qt):
     y, _ = ours(x, qt, 64)
     i = np.argmax(np.abs(x), axis=1)
     r = np.arange(32)
-    np.testing.assert_array_equal(y[r, i], x[r, i])   # ±1·absmax is a code value
+    np.testing.assert_array_equal(y[r, i], x[r, i])  # ±1·absmax is a code value
     # inputs that are code·absmax (absmax = 2) come back unchanged, as in bnb
     code = np.sort(F.get_4bit_type(qt, device="cpu").numpy())
     z = np.tile(np.concatenate([code, code]) * np.float32(2.0), 2).reshape(1, 64)
@@ -179,7 +190,7 @@ def test_fp4_negative_zero_code_dequantizes_to_positive_zero():
 def test_half_precision_inputs(qt, dtype):
     rng = np.random.default_rng(8)
     x32 = rng.standard_normal((16, 128)).astype(np.float32)
-    x32.reshape(-1)[5::37] *= 1e-4                # some FP4 "−0" codes
+    x32.reshape(-1)[5::37] *= 1e-4  # some FP4 "−0" codes
     tdt = getattr(torch, dtype)
     xt = torch.from_numpy(x32).to(tdt)
     packed, state = F.quantize_4bit(xt, blocksize=64, quant_type=qt)
@@ -204,25 +215,42 @@ def test_isa_detection_matches_the_cpu_flags():
 
 # The finding, checked where it was measured: on the AVX-512 kernel the rule native_known_bad
 # says exactly which shapes come out wrong (held-out shapes: none is used above).
-FINDING_CASES = [((64, 96), 64), ((4, 96), 64), ((33, 64), 128), ((48, 80), 32), ((6, 160), 128),
-                 ((1, 96), 64), ((10, 100), 64), ((7, 130), 32), ((96, 64), 64), ((3, 4096), 2048),
-                 ((2, 48), 512), ((5, 112), 256)]
+FINDING_CASES = [
+    ((64, 96), 64),
+    ((4, 96), 64),
+    ((33, 64), 128),
+    ((48, 80), 32),
+    ((6, 160), 128),
+    ((1, 96), 64),
+    ((10, 100), 64),
+    ((7, 130), 32),
+    ((96, 64), 64),
+    ((3, 4096), 2048),
+    ((2, 48), 512),
+    ((5, 112), 256),
+]
 
 
-@pytest.mark.skipif(ISA != "avx512", reason="the native-kernel errors were characterised on AVX-512")
+@pytest.mark.skipif(
+    ISA != "avx512", reason="the native-kernel errors were characterised on AVX-512"
+)
 @pytest.mark.parametrize("qt", ["nf4", "fp4"])
 @pytest.mark.parametrize("shape,bs", FINDING_CASES)
 def test_avx512_native_kernel_errors_follow_the_rule(qt, shape, bs):
-    x = torch.from_numpy(np.random.default_rng(zlib.crc32(repr((shape, bs)).encode()))
-                         .standard_normal(shape).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(zlib.crc32(repr((shape, bs)).encode()))
+        .standard_normal(shape)
+        .astype(np.float32)
+    )
     c = compare_native(x, qt, bs)
     assert (c.n_value > 0) == native_known_bad(shape, bs), c
 
 
 def _linear4bit(in_features: int, out_features: int, qt: str = "nf4"):
     lin = torch.nn.Linear(in_features, out_features, bias=False)
-    q = bnb.nn.Linear4bit(in_features, out_features, bias=False, quant_type=qt,
-                          compute_dtype=torch.float32)
+    q = bnb.nn.Linear4bit(
+        in_features, out_features, bias=False, quant_type=qt, compute_dtype=torch.float32
+    )
     q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=qt)
     return q.to("cpu")
 
@@ -232,7 +260,7 @@ def test_layer_check_refuses_a_wrongly_dequantized_layer(monkeypatch):
     import real_runs.bnb_reference as ref
 
     model = torch.nn.Sequential(_linear4bit(128, 32), _linear4bit(128, 64, "fp4"))
-    assert check_4bit_layers(model) == 2          # GPT-2-like shapes: right on every ISA
+    assert check_4bit_layers(model) == 2  # GPT-2-like shapes: right on every ISA
     real = ref.native_dequantize_4bit
 
     def corrupt(packed, state):

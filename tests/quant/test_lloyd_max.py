@@ -1,4 +1,4 @@
-"""Lloyd–Max against Max (1960) and against independent quad integrals; the best uniform quantizer."""
+"""Lloyd–Max against Max (1960) and independent quad integrals; the best uniform quantizer."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ MAX_TABLE = {
     1: ([0.7980], [], 0.3634),
     2: ([0.4528, 1.510], [0.9816], 0.1175),
     3: ([0.2451, 0.7560, 1.344, 2.152], [0.5006, 1.050, 1.748], 0.03454),
-    4: ([0.1284, 0.3881, 0.6568, 0.9424, 1.256, 1.618, 2.069, 2.733],
-        [0.2582, 0.5224, 0.7996, 1.099, 1.437, 1.844, 2.401], 0.009497),
+    4: (
+        [0.1284, 0.3881, 0.6568, 0.9424, 1.256, 1.618, 2.069, 2.733],
+        [0.2582, 0.5224, 0.7996, 1.099, 1.437, 1.844, 2.401],
+        0.009497,
+    ),
 }
 # Max (1960), Table II: optimum uniform quantizer, step and mean squared error.
 MAX_UNIFORM = {1: (1.596, 0.3634), 2: (0.9957, 0.1188), 3: (0.5860, 0.03744), 4: (0.3352, 0.01154)}
@@ -34,16 +37,19 @@ def half_unit(v: float) -> float:
 
 def quad_distortion(levels: np.ndarray) -> float:
     t = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
-    return sum(integrate.quad(lambda x, c=c: (x - c) ** 2 * stats.norm.pdf(x), a, b,
-                              epsabs=1e-15, epsrel=1e-12)[0]
-               for c, a, b in zip(levels, t[:-1], t[1:]))
+    return sum(
+        integrate.quad(
+            lambda x, c=c: (x - c) ** 2 * stats.norm.pdf(x), a, b, epsabs=1e-15, epsrel=1e-12
+        )[0]
+        for c, a, b in zip(levels, t[:-1], t[1:])
+    )
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_levels_and_thresholds_match_max_1960(bits):
     r = lloyd_max(bits)
     assert r.converged
-    K = 2 ** bits
+    K = 2**bits
     y, x, _ = MAX_TABLE[bits]
     np.testing.assert_allclose(r.levels, -r.levels[::-1], atol=1e-12)  # symmetric
     if bits == 1:
@@ -52,9 +58,9 @@ def test_levels_and_thresholds_match_max_1960(bits):
         return
     # Max's table is correct to ±0.6 units in its 4th digit (measured worst: 4-bit y = 0.9424 vs
     # 0.942340); a wrong level or threshold would be off by many units
-    for got, want in zip(r.levels[K // 2:], y):
+    for got, want in zip(r.levels[K // 2 :], y):
         assert abs(got - want) <= 1.2 * half_unit(want), (got, want)
-    for got, want in zip(r.thresholds[K // 2:], x):
+    for got, want in zip(r.thresholds[K // 2 :], x):
         assert abs(got - want) <= 1.2 * half_unit(want), (got, want)
 
 
@@ -97,7 +103,7 @@ def test_panter_dite_asymptote():
     for b in (6, 7, 8):
         r = lloyd_max(b)
         assert r.converged
-        kd.append(r.distortion * 4 ** b)
+        kd.append(r.distortion * 4**b)
     assert kd[0] < kd[1] < kd[2] < limit
     assert (limit - kd[2]) < 0.6 * (limit - kd[1]) < 0.36 * (limit - kd[0])
 
@@ -105,11 +111,11 @@ def test_panter_dite_asymptote():
 def test_uniform_density_lloyd_max_is_the_uniform_grid():
     # for U(−√3, √3) the optimum is the mid-rise grid with Δ = 2√3/K and D = Δ²/12 = 1/K²
     for b in (1, 2, 3):
-        K = 2 ** b
+        K = 2**b
         r = lloyd_max(b, density="uniform")
         d = 2 * math.sqrt(3) / K
         np.testing.assert_allclose(r.levels, -math.sqrt(3) + d * (np.arange(K) + 0.5), atol=1e-10)
-        assert r.distortion == pytest.approx(1 / K ** 2, rel=1e-10)
+        assert r.distortion == pytest.approx(1 / K**2, rel=1e-10)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
@@ -119,7 +125,7 @@ def test_optimal_uniform_quantizer_matches_max_table_ii(bits):
     assert abs(u.step - step) <= half_unit(step)
     assert abs(u.distortion - D) <= half_unit(D)
     # a minimum of D(Δ): both neighbours are worse
-    K = 2 ** bits
+    K = 2**bits
     for s in (u.step * 0.99, u.step * 1.01):
         assert uniform_quantizer_distortion(s, K) > u.distortion
     # and never better than Lloyd–Max
@@ -127,7 +133,7 @@ def test_optimal_uniform_quantizer_matches_max_table_ii(bits):
 
 
 def test_four_bit_floor_ordering():
-    """Gaussian, 4 bits, fixed scale: Lloyd–Max 0.009501 < optimal uniform 0.01154 (DESIGN.md §2)."""
+    """Gaussian, 4 bits, fixed scale: Lloyd–Max 0.009501 < optimal uniform 0.01154 (DESIGN §2)."""
     assert lloyd_max(4).distortion < optimal_uniform_quantizer(4).distortion
     assert optimal_uniform_quantizer(4).distortion == pytest.approx(0.01154, abs=half_unit(0.01154))
 

@@ -26,13 +26,13 @@ def test_step_and_variance_formulas():
     R = 3.7
     np.testing.assert_array_equal(uniform_step(b, R), np.ldexp(R, 1 - b))  # exact powers of two
     v = np.asarray(uniform_noise_variance(b, R))
-    np.testing.assert_allclose(v, R ** 2 * 4.0 ** (-b) / 3, rtol=1e-15)       # R²·4^{−b}/3
-    np.testing.assert_allclose(v, np.ldexp(R, 1 - b) ** 2 / 12, rtol=1e-15)   # Δ²/12
+    np.testing.assert_allclose(v, R**2 * 4.0 ** (-b) / 3, rtol=1e-15)  # R²·4^{−b}/3
+    np.testing.assert_allclose(v, np.ldexp(R, 1 - b) ** 2 / 12, rtol=1e-15)  # Δ²/12
     # broadcasting: bits (3, 1) × R (4,)
     Rs = np.array([0.0, 0.5, 1.0, 2.0])
     out = np.asarray(uniform_noise_variance(np.array([[2], [4], [8]]), Rs))
     assert out.shape == (3, 4) and np.all(out[:, 0] == 0)
-    np.testing.assert_allclose(out, Rs ** 2 * 4.0 ** -np.array([[2], [4], [8]]) / 3, rtol=1e-15)
+    np.testing.assert_allclose(out, Rs**2 * 4.0 ** -np.array([[2], [4], [8]]) / 3, rtol=1e-15)
     assert float(uniform_noise_variance(4, 1.0)) == pytest.approx(1 / 768, rel=1e-15)
     # non-integer b (the formula is continuous in b): 4^{−2.5}/3 = 1/96
     assert float(uniform_noise_variance(2.5, 1.0)) == pytest.approx(1 / 96, rel=1e-12)
@@ -76,9 +76,9 @@ def test_sample_uniform_noise_moments_and_support():
     assert e.dtype == np.float64
     assert e.min() >= -d / 2 and e.max() < d / 2
     s2 = d * d / 12
-    mu4 = d ** 4 / 80                           # E[ε⁴] of U(−Δ/2, Δ/2)
+    mu4 = d**4 / 80  # E[ε⁴] of U(−Δ/2, Δ/2)
     assert abs(e.mean()) <= 5 * math.sqrt(s2 / n)
-    sd_s2 = math.sqrt((mu4 - s2 ** 2 * (n - 3) / (n - 1)) / n)   # exact Var of the sample variance
+    sd_s2 = math.sqrt((mu4 - s2**2 * (n - 3) / (n - 1)) / n)  # exact Var of the sample variance
     assert abs(e.var(ddof=1) - s2) <= 5 * sd_s2
     assert stats.kstest(e / d, stats.uniform(loc=-0.5, scale=1).cdf).pvalue > 1e-6
 
@@ -92,16 +92,18 @@ def test_sample_uniform_noise_broadcasts_R_and_reproduces():
     assert np.all(e[0] == 0)
     for i, r in ((1, 1.0), (2, 4.0)):
         d = r / 8
-        s2, mu4, n = d * d / 12, d ** 4 / 80, e.shape[1]
+        s2, mu4, n = d * d / 12, d**4 / 80, e.shape[1]
         assert np.all(np.abs(e[i]) <= d / 2)
-        assert abs(e[i].var(ddof=1) - s2) <= 5 * math.sqrt((mu4 - s2 ** 2 * (n - 3) / (n - 1)) / n)
-    np.testing.assert_array_equal(sample_uniform_noise(k, (3, 50_000), bits=4, R=R),
-                                  sample_uniform_noise(k, (3, 50_000), bits=4, R=R))
+        assert abs(e[i].var(ddof=1) - s2) <= 5 * math.sqrt((mu4 - s2**2 * (n - 3) / (n - 1)) / n)
+    np.testing.assert_array_equal(
+        sample_uniform_noise(k, (3, 50_000), bits=4, R=R),
+        sample_uniform_noise(k, (3, 50_000), bits=4, R=R),
+    )
 
 
 # ------------------------------------------------------------------ codebook variance, fixed scale
 def test_one_bit_gaussian_is_one_minus_two_over_pi():
-    c = math.sqrt(2 / math.pi)                  # E|x| for N(0,1): the optimal 1-bit levels
+    c = math.sqrt(2 / math.pi)  # E|x| for N(0,1): the optimal 1-bit levels
     assert codebook_noise_variance([-c, c]) == pytest.approx(1 - 2 / math.pi, rel=1e-13)
 
 
@@ -120,14 +122,18 @@ def test_uniform_density_midrise_grid_is_delta2_over_12(K):
 def test_fixed_scale_exact_matches_quad_and_scale_rule():
     code = np.asarray(nf4_code(), dtype=float) * 2.5
     t = np.concatenate([[-np.inf], (code[:-1] + code[1:]) / 2, [np.inf]])
-    ref = sum(integrate.quad(lambda x, c=c: (x - c) ** 2 * stats.norm.pdf(x), a, b,
-                             epsabs=1e-14, epsrel=1e-12)[0]
-              for c, a, b in zip(code, t[:-1], t[1:]))
+    ref = sum(
+        integrate.quad(
+            lambda x, c=c: (x - c) ** 2 * stats.norm.pdf(x), a, b, epsabs=1e-14, epsrel=1e-12
+        )[0]
+        for c, a, b in zip(code, t[:-1], t[1:])
+    )
     assert codebook_noise_variance(code) == pytest.approx(ref, rel=1e-9)
     # N(0, s²) with code c ≡ s²·(N(0,1) with code c/s)
     s = 0.3
     assert codebook_noise_variance(code, scale=s) == pytest.approx(
-        s * s * codebook_noise_variance(code / s), rel=1e-12)
+        s * s * codebook_noise_variance(code / s), rel=1e-12
+    )
 
 
 def test_high_resolution_converges_to_exact():
@@ -145,7 +151,9 @@ def test_high_resolution_converges_to_exact():
     # and with a fixed range (±4σ) the overload error, which Δ²/12 ignores, dominates instead
     K = 256
     code = (np.arange(K) - (K - 1) / 2) * (8.0 / K)
-    assert codebook_noise_variance(code, method="high_resolution") < 0.95 * codebook_noise_variance(code)
+    assert codebook_noise_variance(code, method="high_resolution") < 0.95 * codebook_noise_variance(
+        code
+    )
 
 
 # ------------------------------------------------------------------ blockwise absmax vs Monte Carlo
@@ -161,8 +169,11 @@ def _block_mc(scheme_kw, n_blocks, key, block=64):
 BLOCK_CASES = {
     "nf4": ({"scheme": "nf4"}, lambda: np.asarray(nf4_code(), float), 0.00845),
     "fp4": ({"scheme": "fp4"}, lambda: np.asarray(fp4_code(), float), 0.0149),
-    "int4": ({"scheme": "uniform", "bits": 4, "step": "midtread"},
-             lambda: np.arange(-7, 8) / 7.0, 0.0116),
+    "int4": (
+        {"scheme": "uniform", "bits": 4, "step": "midtread"},
+        lambda: np.arange(-7, 8) / 7.0,
+        0.0116,
+    ),
     "int8": ({"scheme": "int8"}, lambda: np.arange(-127, 128) / 127.0, None),
 }
 
@@ -173,7 +184,7 @@ def test_blockwise_absmax_distortion_matches_monte_carlo(name):
     code = code_fn()
     assert absmax_exact(code)
     exact = codebook_noise_variance(code, block_size=64)
-    n_blocks = 2 ** 14
+    n_blocks = 2**14
     mse = _block_mc(kw, n_blocks, jax.random.key(sorted(BLOCK_CASES).index(name)))
     # blocks are i.i.d., so the per-block MSEs give an honest standard error
     se = mse.std(ddof=1) / math.sqrt(n_blocks)
@@ -189,4 +200,4 @@ def test_blockwise_absmax_distortion_matches_monte_carlo(name):
 
 def test_block_of_one_has_no_error_and_paper_grid_is_flagged():
     assert codebook_noise_variance(np.asarray(nf4_code(), float), block_size=1) == 0.0
-    assert not absmax_exact(np.arange(-8, 8) / 8.0)   # the "paper" grid: +1 is not a level
+    assert not absmax_exact(np.arange(-8, 8) / 8.0)  # the "paper" grid: +1 is not a level

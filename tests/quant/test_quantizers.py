@@ -51,56 +51,61 @@ def np_uniform(x, bits, *, step="paper", axis=None, block_size=None, u=None):
 def test_paper_step_b2_hand_case_ties_clipping_zero_absmax():
     # R = 1, Δ = 2^{1−2} = 0.5, levels k·Δ, k ∈ {−2, −1, 0, 1}
     x = jnp.array([-1.0, -0.75, -0.5, -0.25, 0.0, 0.125, 0.375, 0.6, 1.0])
-    want = [-1.0,   # −R = −2Δ is a level: exact
-            -1.0,   # t = −1.5 tie → −2 (even)
-            -0.5,
-            0.0,    # t = −0.5 tie → 0 (even)
-            0.0,    # zero is a level
-            0.0,    # t = 0.25
-            0.5,    # t = 0.75
-            0.5,    # t = 1.2
-            0.5]    # +R: t = 2 clips to k = 1 → R − Δ
+    want = [
+        -1.0,  # −R = −2Δ is a level: exact
+        -1.0,  # t = −1.5 tie → −2 (even)
+        -0.5,
+        0.0,  # t = −0.5 tie → 0 (even)
+        0.0,  # zero is a level
+        0.0,  # t = 0.25
+        0.5,  # t = 0.75
+        0.5,  # t = 1.2
+        0.5,
+    ]  # +R: t = 2 clips to k = 1 → R − Δ
     np.testing.assert_array_equal(quantize(x, "uniform", bits=2), want)
 
 
 def test_paper_step_ties_go_to_even():
     # b = 3, R = 1 (the last element), Δ = 0.25: ties at t = k + ½
     x = jnp.array([0.125, 0.375, -0.375, 0.625, -0.625, 1.0])
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3),
-                                  [0.0, 0.5, -0.5, 0.5, -0.5, 0.75])
+    np.testing.assert_array_equal(quantize(x, "uniform", bits=3), [0.0, 0.5, -0.5, 0.5, -0.5, 0.75])
 
 
 def test_one_bit_paper_levels_are_minus_R_and_zero():
-    x = jnp.array([-1.0, -0.5, -0.4, 0.3, 1.0])   # Δ = R = 1, k ∈ {−1, 0}
+    x = jnp.array([-1.0, -0.5, -0.4, 0.3, 1.0])  # Δ = R = 1, k ∈ {−1, 0}
     np.testing.assert_array_equal(quantize(x, "uniform", bits=1), [-1.0, 0.0, 0.0, 0.0, 0.0])
 
 
 def test_midtread_step_hand_case():
     # b = 2: Δ = R/(2−1) = R = 2, levels {−2, 0, 2}; ±R exact
     x = jnp.array([-2.0, -1.0, 1.0, 1.2, 2.0, 0.0])
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=2, step="midtread"),
-                                  [-2.0, 0.0, 0.0, 2.0, 2.0, 0.0])
+    np.testing.assert_array_equal(
+        quantize(x, "uniform", bits=2, step="midtread"), [-2.0, 0.0, 0.0, 2.0, 2.0, 0.0]
+    )
     # b = 3: Δ = 3/3 = 1, levels −3…3; ties 0.5 → 0, 1.5 → 2, 2.5 → 2
     x = jnp.array([0.5, 1.5, 2.5, -2.5, 3.0, -3.0])
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3, step="midtread"),
-                                  [0.0, 2.0, 2.0, -2.0, 3.0, -3.0])
+    np.testing.assert_array_equal(
+        quantize(x, "uniform", bits=3, step="midtread"), [0.0, 2.0, 2.0, -2.0, 3.0, -3.0]
+    )
 
 
 def test_granularities_hand_case():
-    x = jnp.array([[1.0, 0.5, 0.25, -0.25],
-                   [4.0, -3.0, 2.0, 1.0]])
+    x = jnp.array([[1.0, 0.5, 0.25, -0.25], [4.0, -3.0, 2.0, 1.0]])
     # per tensor: R = 4, b = 3 → Δ = 1: levels −4…3
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3),
-                                  [[1, 0, 0, 0], [3, -3, 2, 1]])
+    np.testing.assert_array_equal(quantize(x, "uniform", bits=3), [[1, 0, 0, 0], [3, -3, 2, 1]])
     # per channel axis=0 (one R per row): row 0 R = 1, Δ = .25; row 1 R = 4, Δ = 1
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3, axis=0),
-                                  [[0.75, 0.5, 0.25, -0.25], [3, -3, 2, 1]])
+    np.testing.assert_array_equal(
+        quantize(x, "uniform", bits=3, axis=0), [[0.75, 0.5, 0.25, -0.25], [3, -3, 2, 1]]
+    )
     # per channel axis=1 (one R per column): R = 4, 3, 2, 1 → Δ = 1, .75, .5, .25
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3, axis=1),
-                                  [[1, 0.75, 0.0, -0.25], [3, -3, 1.5, 0.75]])
+    np.testing.assert_array_equal(
+        quantize(x, "uniform", bits=3, axis=1), [[1, 0.75, 0.0, -0.25], [3, -3, 1.5, 0.75]]
+    )
     # per block of 2 (flattened C order): R = 1, .25, 4, 2 → Δ = .25, .0625, 1, .5
-    np.testing.assert_array_equal(quantize(x, "uniform", bits=3, block_size=2),
-                                  [[0.75, 0.5, 0.1875, -0.25], [3, -3, 1.5, 1.0]])
+    np.testing.assert_array_equal(
+        quantize(x, "uniform", bits=3, block_size=2),
+        [[0.75, 0.5, 0.1875, -0.25], [3, -3, 1.5, 1.0]],
+    )
 
 
 def test_zero_range_gives_zeros_not_nan():
@@ -146,23 +151,30 @@ def test_int8_is_midtread_b8_and_integers_round_trip():
     assert np.all(np.abs(y - ints) <= np.spacing(np.abs(ints)))
     # per channel (LLM.int8 row-wise absmax)
     m = jnp.asarray(rng.standard_normal((3, 10)))
-    np.testing.assert_array_equal(quantize(m, "int8", axis=0),
-                                  np_uniform(np.asarray(m), 8, step="midtread", axis=0))
+    np.testing.assert_array_equal(
+        quantize(m, "int8", axis=0), np_uniform(np.asarray(m), 8, step="midtread", axis=0)
+    )
 
 
 # ------------------------------------------------------------------ numpy re-implementation
 @settings(deadline=None, max_examples=12)
-@given(bits=st.integers(1, 16), step=st.sampled_from(["paper", "midtread"]),
-       gran=st.sampled_from(["tensor", "axis0", "axis1", "block"]),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1),
-       scale=st.sampled_from([1e-3, 1.0, 250.0]))
+@given(
+    bits=st.integers(1, 16),
+    step=st.sampled_from(["paper", "midtread"]),
+    gran=st.sampled_from(["tensor", "axis0", "axis1", "block"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 250.0]),
+)
 def test_matches_numpy_reference(bits, step, gran, dtype, seed, scale):
     if step == "midtread" and bits == 1:
         bits = 2
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((6, 8)) * scale).astype(dtype)
     x[0, :4] = 0.0  # a zero-range block / part of a channel
-    kw = {"tensor": {}, "axis0": {"axis": 0}, "axis1": {"axis": 1}, "block": {"block_size": 4}}[gran]
+    kw = {"tensor": {}, "axis0": {"axis": 0}, "axis1": {"axis": 1}, "block": {"block_size": 4}}[
+        gran
+    ]
     y = np.asarray(quantize(jnp.asarray(x), "uniform", bits=bits, step=step, **kw))
     ref = np_uniform(x, bits, step=step, **kw)
     assert y.dtype == dtype
@@ -208,8 +220,11 @@ def test_stochastic_rounding_unbiased_with_variance_delta2_p_1mp():
     x[0] = -1.0  # −R: exact level
     n = 4000
     keys = jax.random.split(jax.random.key(7), n)
-    f = jax.jit(jax.vmap(lambda k: quantize(jnp.asarray(x), "uniform", bits=4,
-                                            rounding="stochastic", key=k)))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: quantize(jnp.asarray(x), "uniform", bits=4, rounding="stochastic", key=k)
+        )
+    )
     y = np.asarray(f(keys))
     p = t - np.floor(t)
     var = d * d * p * (1 - p)
@@ -220,8 +235,8 @@ def test_stochastic_rounding_unbiased_with_variance_delta2_p_1mp():
     assert np.all(np.abs(mean - x) <= 5 * np.sqrt(var / n) + 1e-15)
     # sample variance vs Δ²p(1−p): Var[s²] = (μ4 − σ⁴·(n−3)/(n−1))/n exactly, with the
     # two-point (Bernoulli) central fourth moment μ4 = Δ⁴·p(1−p)·(1 − 3p(1−p))
-    mu4 = d ** 4 * p * (1 - p) * (1 - 3 * p * (1 - p))
-    sd_s2 = np.sqrt(np.maximum(mu4 - var ** 2 * (n - 3) / (n - 1), 0) / n)
+    mu4 = d**4 * p * (1 - p) * (1 - 3 * p * (1 - p))
+    sd_s2 = np.sqrt(np.maximum(mu4 - var**2 * (n - 3) / (n - 1), 0) / n)
     sv = y.var(axis=0, ddof=1)
     assert np.all(np.abs(sv - var) <= 5 * sd_s2 + 1e-15)
 
@@ -243,16 +258,23 @@ def test_vmap_over_traced_bits_matches_python_loop():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((8, 16)))
     bits = jnp.arange(1, 17)
-    for step, bl, kw in (("paper", bits, {}), ("paper", bits, {"block_size": 16}),
-                         ("midtread", bits[1:], {"axis": 1})):
+    for step, bl, kw in (
+        ("paper", bits, {}),
+        ("paper", bits, {"block_size": 16}),
+        ("midtread", bits[1:], {"axis": 1}),
+    ):
         f = jax.jit(jax.vmap(lambda b: quantize(x, "uniform", bits=b, step=step, **kw)))
         out = np.asarray(f(bl))
         for i, b in enumerate(np.asarray(bl)):
-            np.testing.assert_array_equal(out[i], quantize(x, "uniform", bits=int(b), step=step, **kw))
+            np.testing.assert_array_equal(
+                out[i], quantize(x, "uniform", bits=int(b), step=step, **kw)
+            )
     # float32 (the Monte Carlo engine's dtype), SR with a traced key as well
     x32 = x.astype(jnp.float32)
     keys = jax.random.split(jax.random.key(0), 16)
-    f = jax.jit(jax.vmap(lambda b, k: quantize(x32, "uniform", bits=b, rounding="stochastic", key=k)))
+    f = jax.jit(
+        jax.vmap(lambda b, k: quantize(x32, "uniform", bits=b, rounding="stochastic", key=k))
+    )
     out = np.asarray(f(bits, keys))
     for i in range(16):
         want = quantize(x32, "uniform", bits=i + 1, rounding="stochastic", key=keys[i])
@@ -262,13 +284,18 @@ def test_vmap_over_traced_bits_matches_python_loop():
 def test_vmap_over_inputs_and_jit_match_eager():
     rng = np.random.default_rng(3)
     xs = jnp.asarray(rng.standard_normal((5, 4, 32)).astype(np.float32))
-    for scheme, kw in (("uniform", {"bits": 3, "block_size": 8}), ("int8", {}),
-                       ("nf4", {}), ("fp4", {"block_size": 32})):
+    for scheme, kw in (
+        ("uniform", {"bits": 3, "block_size": 8}),
+        ("int8", {}),
+        ("nf4", {}),
+        ("fp4", {"block_size": 32}),
+    ):
         g = jax.jit(jax.vmap(lambda x: quantize(x, scheme, **kw)))
         out = np.asarray(g(xs))
         for i in range(xs.shape[0]):
-            np.testing.assert_array_equal(out[i].view(np.int32),
-                                          np.asarray(quantize(xs[i], scheme, **kw)).view(np.int32))
+            np.testing.assert_array_equal(
+                out[i].view(np.int32), np.asarray(quantize(xs[i], scheme, **kw)).view(np.int32)
+            )
 
 
 # ------------------------------------------------------------------ dtypes and codes

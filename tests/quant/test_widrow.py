@@ -49,8 +49,10 @@ def weights(seed: int, shape=(1024, 16)) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-@pytest.mark.parametrize("bits,step", [(2, "midtread"), (2, "paper"), (3, "paper"), (4, "paper"),
-                                       (3, "midtread"), (4, "midtread")])
+@pytest.mark.parametrize(
+    "bits,step",
+    [(2, "midtread"), (2, "paper"), (3, "paper"), (4, "paper"), (3, "midtread"), (4, "midtread")],
+)
 def test_rtn_per_tensor_matches_exact_conditional_moments(bits, step):
     w = weights(bits * 10 + (step == "paper"))
     x = w.reshape(-1)
@@ -61,7 +63,7 @@ def test_rtn_per_tensor_matches_exact_conditional_moments(bits, step):
     # the absmax element: exact on the midtread grid; on the paper grid −R is exact, +R → R − Δ
     i = int(np.argmax(np.abs(x)))
     e_max = 0.0 if (step == "midtread" or x[i] < 0) else -d
-    pred_mse = ((n - 1) * e2_t + e_max ** 2) / n
+    pred_mse = ((n - 1) * e2_t + e_max**2) / n
     pred_cov = ((n - 1) * ew_t + e_max * x[i]) / n
     e = np.asarray(quantize_codes(x, "uniform", bits=bits, step=step).dequantize()) - x
     assert abs(np.mean(e * e) - pred_mse) <= 5 * np.std(e * e) / math.sqrt(n)
@@ -74,7 +76,7 @@ def test_rtn_per_tensor_matches_exact_conditional_moments(bits, step):
         # DESIGN.md §2: "RTN at b = 2 … error variance ≈ 0.63·Δ²/12, correlation ≈ −0.6". It holds
         # for the 3-level grid {−R, 0, R} (Δ = R ≈ 4σ here): exact prediction 0.64 for this R
         assert 0.55 < pred_ratio < 0.72 and diag.correlation < -0.5
-        assert diag.ks_pvalue < 1e-10                     # the error is far from uniform
+        assert diag.ks_pvalue < 1e-10  # the error is far from uniform
     else:
         # b ≥ 3 (and the paper grid at b = 2, Δ = R/2 ≈ 2σ): the additive model within 2–3 %
         assert abs(pred_ratio - 1) < (0.03 if bits == 2 else 0.02)
@@ -89,24 +91,24 @@ def test_characteristic_function_matches_gaussian():
     for bits, step in ((2, "midtread"), (2, "paper"), (3, "paper")):
         _, d = grid(bits, step, R)
         diag = widrow_diagnostics(w, bits=bits, step=step)
-        assert abs(diag.char_fn - math.exp(-2 * math.pi ** 2 / d ** 2)) <= 5 / math.sqrt(n)
+        assert abs(diag.char_fn - math.exp(-2 * math.pi**2 / d**2)) <= 5 / math.sqrt(n)
     # the coarse grid's CF is far from 0 (Widrow's condition fails), the fine one's is not
     assert widrow_diagnostics(w, bits=2, step="midtread").char_fn > 0.2
 
 
 def test_int8_block64_ratio_is_63_over_64():
     """DESIGN.md §2: int8 absmax at block 64 matches (63/64)·Δ²/12 (the absmax element is exact)."""
-    w = np.asarray(jax.random.normal(jax.random.key(3), (2 ** 14 * 64,), dtype=jnp.float64))
+    w = np.asarray(jax.random.normal(jax.random.key(3), (2**14 * 64,), dtype=jnp.float64))
     qt = quantize_codes(w, "int8")
     e = np.asarray(qt.dequantize()) - w
     d = np.repeat(np.asarray(qt.steps), 64)
-    ratio_blocks = (e * e / (d * d / 12)).reshape(-1, 64).mean(axis=1)   # i.i.d. over blocks
+    ratio_blocks = (e * e / (d * d / 12)).reshape(-1, 64).mean(axis=1)  # i.i.d. over blocks
     se = ratio_blocks.std(ddof=1) / math.sqrt(ratio_blocks.size)
     assert abs(ratio_blocks.mean() - 63 / 64) <= 5 * se
     diag = widrow_diagnostics(w, scheme="int8")
     assert diag.group_size == 64 and diag.absmax_factor == 63 / 64 and diag.absmax_exact
     assert diag.zero_error_fraction >= 1 / 64
-    assert abs(diag.correlation) <= 5 / math.sqrt(w.size)   # additive model: uncorrelated
+    assert abs(diag.correlation) <= 5 / math.sqrt(w.size)  # additive model: uncorrelated
 
 
 def test_per_channel_midtread_ratio_is_one_minus_one_over_channel_size():
@@ -115,13 +117,14 @@ def test_per_channel_midtread_ratio_is_one_minus_one_over_channel_size():
     qt = quantize_codes(w, "uniform", bits=8, step="midtread", axis=0)
     e = np.asarray(qt.dequantize()) - w
     d = np.asarray(qt.steps)[:, None]
-    ratio_rows = (e * e / (d * d / 12)).mean(axis=1)           # i.i.d. over channels
+    ratio_rows = (e * e / (d * d / 12)).mean(axis=1)  # i.i.d. over channels
     se = ratio_rows.std(ddof=1) / math.sqrt(ratio_rows.size)
     assert abs(ratio_rows.mean() - 63 / 64) <= 5 * se
     diag = widrow_diagnostics(w, bits=8, step="midtread", axis=0)
     assert diag.group_size == 64 and diag.absmax_factor == 63 / 64
-    assert diag.variance_ratio == pytest.approx(np.mean(e * e) / np.mean(d * d / 12 * np.ones_like(e)),
-                                                rel=1e-12)
+    assert diag.variance_ratio == pytest.approx(
+        np.mean(e * e) / np.mean(d * d / 12 * np.ones_like(e)), rel=1e-12
+    )
 
 
 def test_stochastic_rounding_variance_ratio_two_and_uncorrelated():
@@ -133,20 +136,20 @@ def test_stochastic_rounding_variance_ratio_two_and_uncorrelated():
     d = R * 2.0 ** (1 - bits)
     qt = quantize_codes(w, "uniform", bits=bits, rounding="stochastic", key=jax.random.key(4))
     e = np.asarray(qt.dequantize()) - w
-    top = w > R - d                      # the clipped top cell is biased; leave it out
+    top = w > R - d  # the clipped top cell is biased; leave it out
     e_in, w_in = e[~top], w[~top]
     r = e_in * e_in / (d * d / 12)
     assert abs(r.mean() - 2.0) <= 5 * r.std() / math.sqrt(r.size)
     assert abs(np.mean(e_in * w_in)) <= 5 * np.std(e_in * w_in) / math.sqrt(r.size)
     diag = widrow_diagnostics(w, bits=bits, rounding="stochastic", key=jax.random.key(4))
     assert diag.variance_ratio == pytest.approx(np.mean(e * e) / (d * d / 12), rel=1e-12)
-    assert diag.ks_pvalue < 1e-10      # SR error lies in (−Δ, Δ), not U(−Δ/2, Δ/2)
+    assert diag.ks_pvalue < 1e-10  # SR error lies in (−Δ, Δ), not U(−Δ/2, Δ/2)
 
 
 @pytest.mark.parametrize("scheme", ["nf4", "fp4"])
 def test_codebook_local_steps_match_high_resolution_integral(scheme):
     """mean Δ_i²/12 over Gaussian weights = the high-resolution codebook variance (block 64)."""
-    n_blocks = 2 ** 13
+    n_blocks = 2**13
     w = jax.random.normal(jax.random.key(5), (n_blocks * 64,), dtype=jnp.float32)
     qt = quantize_codes(w, scheme)
     d = _local_steps_4bit(qt)

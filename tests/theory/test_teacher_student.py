@@ -11,13 +11,40 @@ import numpy as np
 import optax
 import pytest
 
-from quantbounds.theory.teacher_student import (ARMS, KIND_INDEX, LoRAStudent, TeacherStudentConfig, _ARM_KIND,
-                                         _quant_fn, additive_prediction, empirical_risk, excess_risk,
-                                         fake_quant, make_problem, sample_data, scale_value, student_weight,
-                                         sufficient_stats, train_student, uniform_at)
+from quantbounds.theory.teacher_student import (
+    ARMS,
+    KIND_INDEX,
+    LoRAStudent,
+    TeacherStudentConfig,
+    _ARM_KIND,
+    _quant_fn,
+    additive_prediction,
+    empirical_risk,
+    excess_risk,
+    fake_quant,
+    make_problem,
+    sample_data,
+    scale_value,
+    student_weight,
+    sufficient_stats,
+    train_student,
+    uniform_at,
+)
 
-SMALL = dict(m=4, n=6, r_star=1, ranks=(1, 3), bits=(2, 4), Ns=(20, 40), seeds=2, steps=30,
-             lr=0.05, label_noise=0.3, cond=5.0, teacher_norm=1.0)
+SMALL = dict(
+    m=4,
+    n=6,
+    r_star=1,
+    ranks=(1, 3),
+    bits=(2, 4),
+    Ns=(20, 40),
+    seeds=2,
+    steps=30,
+    lr=0.05,
+    label_noise=0.3,
+    cond=5.0,
+    teacher_norm=1.0,
+)
 
 
 def test_fake_quant_hand_cases():
@@ -55,7 +82,7 @@ def test_sr_unbiased_and_additive_moments():
         for j in (1, 2, 3):  # element 0 is the absmax, in the clipped top cell for SR
             t = float(x[j]) / delta
             p = t - math.floor(t)
-            var = delta ** 2 * p * (1 - p) if kind == "sr" else delta ** 2 / 12
+            var = delta**2 * p * (1 - p) if kind == "sr" else delta**2 / 12
             assert abs(Q[:, j].mean() - float(x[j])) <= 5 * math.sqrt(var / n)
             # sample variance: SE from the fourth moment, estimated from the sample
             d2 = (Q[:, j] - Q[:, j].mean()) ** 2
@@ -70,35 +97,59 @@ def test_empirical_risk_identity_and_exact_excess_vs_monte_carlo():
     direct = np.mean(np.sum((np.asarray(Y) - np.asarray(X) @ np.asarray(W).T) ** 2, axis=1))
     assert float(empirical_risk(W, sufficient_stats(X, Y, 50))) == pytest.approx(direct, rel=1e-12)
     # first 30 rows via the mask
-    direct30 = np.mean(np.sum((np.asarray(Y[:30]) - np.asarray(X[:30]) @ np.asarray(W).T) ** 2, axis=1))
-    assert float(empirical_risk(W, sufficient_stats(X, Y, 30))) == pytest.approx(direct30, rel=1e-12)
+    direct30 = np.mean(
+        np.sum((np.asarray(Y[:30]) - np.asarray(X[:30]) @ np.asarray(W).T) ** 2, axis=1)
+    )
+    assert float(empirical_risk(W, sufficient_stats(X, Y, 30))) == pytest.approx(
+        direct30, rel=1e-12
+    )
     # closed form ‖(W − W*)Σ^½‖² vs a Monte Carlo estimate of L(W) − L(W*) (paired samples)
     n = 50_000
     Xm, Ym = sample_data(jax.random.PRNGKey(5), p, n)
     Xm, Ym = np.asarray(Xm), np.asarray(Ym)
-    d = (np.sum((Ym - Xm @ np.asarray(W).T) ** 2, 1) - np.sum((Ym - Xm @ np.asarray(p.Wstar).T) ** 2, 1))
+    d = np.sum((Ym - Xm @ np.asarray(W).T) ** 2, 1) - np.sum(
+        (Ym - Xm @ np.asarray(p.Wstar).T) ** 2, 1
+    )
     exact = float(excess_risk(W, p.Wstar, p.Sigma))
     assert abs(d.mean() - exact) <= 5 * d.std() / math.sqrt(n)
     D = np.asarray(W - p.Wstar)
     assert exact == pytest.approx(np.sum((D @ np.asarray(p.Sigma_half)) ** 2), rel=1e-12)
     # the sample covariance of x converges to Σ (checks Σ^{1/2} is its square root)
-    np.testing.assert_allclose(np.asarray(p.Sigma_half) @ np.asarray(p.Sigma_half), np.asarray(p.Sigma), atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(p.Sigma_half) @ np.asarray(p.Sigma_half), np.asarray(p.Sigma), atol=1e-12
+    )
 
 
 def test_full_rank_student_reaches_least_squares():
-    cfg = TeacherStudentConfig(m=4, n=6, r_star=2, ranks=(4,), bits=(4,), Ns=(40,), seeds=1,
-                               steps=3000, lr=0.03, label_noise=0.5, cond=4.0, teacher_norm=1.0)
+    cfg = TeacherStudentConfig(
+        m=4,
+        n=6,
+        r_star=2,
+        ranks=(4,),
+        bits=(4,),
+        Ns=(40,),
+        seeds=1,
+        steps=3000,
+        lr=0.03,
+        label_noise=0.5,
+        cond=4.0,
+        teacher_norm=1.0,
+    )
     p = make_problem(cfg)
     X, Y = sample_data(jax.random.PRNGKey(11), p, 40)
     stats = sufficient_stats(X, Y, 40)
-    params, s = jax.jit(lambda st: train_student(p, st, 4, 4.0, jax.random.PRNGKey(0), jax.random.PRNGKey(1),
-                                                 arm="fp", cfg=cfg))(stats)
+    params, s = jax.jit(
+        lambda st: train_student(
+            p, st, 4, 4.0, jax.random.PRNGKey(0), jax.random.PRNGKey(1), arm="fp", cfg=cfg
+        )
+    )(stats)
     W = np.asarray(student_weight(p, params, 4, s))
     Sxx, Cyx = np.asarray(stats[0]), np.asarray(stats[1])
     W_ls = np.linalg.solve(Sxx, Cyx.T).T  # Ĉ·Σ̂⁻¹ (rank ≤ min(m, n) = 4 is no constraint)
     assert np.linalg.norm(W - W_ls) <= 1e-5 * np.linalg.norm(W_ls - np.asarray(p.W0))
     assert float(empirical_risk(jnp.asarray(W), stats)) == pytest.approx(
-        float(empirical_risk(jnp.asarray(W_ls), stats)), rel=1e-9)
+        float(empirical_risk(jnp.asarray(W_ls), stats)), rel=1e-9
+    )
 
 
 def test_ste_gradient_equals_finite_differences_of_smooth_surrogate():
@@ -114,6 +165,7 @@ def test_ste_gradient_equals_finite_differences_of_smooth_surrogate():
     B = 0.5 * jax.random.normal(k, (cfg.m, 3))
     A = jax.random.normal(jax.random.fold_in(k, 1), (3, cfg.n))
     mask = jnp.ones(3)
+
     def loss(params):
         W = model.apply({"params": params}, p.W0, mask, 1.0, _quant_fn("rtn", 3, None, "tensor"))
         return empirical_risk(W, stats)
@@ -154,6 +206,7 @@ def test_padding_is_exact():
         def loss(pr_):
             q = _quant_fn(kind_idx, 3, jax.random.PRNGKey(5), "tensor")
             return empirical_risk(model.apply({"params": pr_}, p.W0, mask, 1.0, q), stats)
+
         return jax.value_and_grad(loss)(pr)
 
     pr2 = {"B": params["B"].at[:, 2:].set(7.0), "A": params["A"].at[2:, :].set(-3.0)}
@@ -171,28 +224,38 @@ def test_padding_is_exact():
 def test_additive_prediction_matches_monte_carlo():
     cfg = TeacherStudentConfig(**SMALL)
     p = make_problem(cfg)
-    params = {"B": 0.4 * jax.random.normal(jax.random.PRNGKey(1), (cfg.m, 3)),
-              "A": jax.random.normal(jax.random.PRNGKey(2), (3, cfg.n))}
+    params = {
+        "B": 0.4 * jax.random.normal(jax.random.PRNGKey(1), (cfg.m, 3)),
+        "A": jax.random.normal(jax.random.PRNGKey(2), (3, cfg.n)),
+    }
     r, s, b = 2, 1.7, 3
     W = student_weight(p, params, r, s)
     n = 20000
     keys = jax.random.split(jax.random.PRNGKey(9), n)
-    qx = jax.jit(jax.vmap(lambda k: (lambda E: jnp.sum(E * (E @ p.Sigma)))(
-        student_weight(p, params, r, s, kind="additive", bits=b, key=k) - W)))(keys)
+    qx = jax.jit(
+        jax.vmap(
+            lambda k: (lambda E: jnp.sum(E * (E @ p.Sigma)))(
+                student_weight(p, params, r, s, kind="additive", bits=b, key=k) - W
+            )
+        )
+    )(keys)
     qx = np.asarray(qx)
     pred = float(additive_prediction(p, params, r, s, b))
     assert abs(qx.mean() - pred) <= 5 * qx.std() / math.sqrt(n)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(ranks=(1, 7)), r"ranks entry must be in 1…4"),
-    (dict(bits=(0,)), r"bits entry must be in 1…16"),
-    (dict(bits=(17,)), r"bits entry must be in 1…16"),
-    (dict(Ns=(0, 10)), r"Ns entry \(N\) must be in ≥ 1"),
-    (dict(arms=("fp", "qat")), r"arms entry must be one of"),
-    (dict(scale="alpha"), r"scale must be one of"),
-    (dict(cond=0.5), r"cond must be"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(ranks=(1, 7)), r"ranks entry must be in 1…4"),
+        (dict(bits=(0,)), r"bits entry must be in 1…16"),
+        (dict(bits=(17,)), r"bits entry must be in 1…16"),
+        (dict(Ns=(0, 10)), r"Ns entry \(N\) must be in ≥ 1"),
+        (dict(arms=("fp", "qat")), r"arms entry must be one of"),
+        (dict(scale="alpha"), r"scale must be one of"),
+        (dict(cond=0.5), r"cond must be"),
+    ],
+)
 def test_config_rejects_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         TeacherStudentConfig(**{**SMALL, **bad})
@@ -201,7 +264,11 @@ def test_config_rejects_bad_input(bad, match):
 def test_uniform_at_is_jax_random_uniform_bit_for_bit():
     # the unrolled threefry on chosen flat indices = jax.random.uniform of the whole shape, there
     for dt in (jnp.float32, jnp.float64):
-        for key in (jax.random.PRNGKey(0), jax.random.fold_in(jax.random.PRNGKey(3), 7), jax.random.key(11)):
+        for key in (
+            jax.random.PRNGKey(0),
+            jax.random.fold_in(jax.random.PRNGKey(3), 7),
+            jax.random.key(11),
+        ):
             full = np.asarray(jax.random.uniform(key, (7, 5), dt)).ravel()
             idx = np.array([[0, 34], [12, 5]], np.uint32)
             got = np.asarray(jax.jit(uniform_at, static_argnums=2)(key, jnp.asarray(idx), dt))
@@ -239,26 +306,53 @@ def _reference_train(p, stats, r, bits, init_key, noise_key, kind, cfg):
 def test_train_student_equals_autodiff_reference(granularity):
     # every arm: the unpadded static-rank path (what the grid runs) and the padded traced path
     # (traced rank and arm index) against the autodiff reference, same keys, float64
-    cfg = TeacherStudentConfig(**{**SMALL, "steps": 12, "ranks": (1, 3), "granularity": granularity})
+    cfg = TeacherStudentConfig(
+        **{**SMALL, "steps": 12, "ranks": (1, 3), "granularity": granularity}
+    )
     p = make_problem(cfg)
     X, Y = sample_data(jax.random.PRNGKey(3), p, 40)
     stats = sufficient_stats(X, Y, 40)
     ki, kn = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
     kinds = jnp.asarray([KIND_INDEX[_ARM_KIND.get(a)] for a in ARMS])
     ranks = jnp.asarray([1, 3])
-    ref = jax.jit(jax.vmap(jax.vmap(lambda k, r: _reference_train(p, stats, r, 3.0, ki, kn, k, cfg),
-                                    in_axes=(None, 0)), in_axes=(0, None)))(kinds, ranks)
-    traced = jax.jit(jax.vmap(jax.vmap(lambda k, r: train_student(p, stats, r, 3.0, ki, kn, arm=k, cfg=cfg)[0],
-                                       in_axes=(None, 0)), in_axes=(0, None)))(kinds, ranks)
+    ref = jax.jit(
+        jax.vmap(
+            jax.vmap(
+                lambda k, r: _reference_train(p, stats, r, 3.0, ki, kn, k, cfg), in_axes=(None, 0)
+            ),
+            in_axes=(0, None),
+        )
+    )(kinds, ranks)
+    traced = jax.jit(
+        jax.vmap(
+            jax.vmap(
+                lambda k, r: train_student(p, stats, r, 3.0, ki, kn, arm=k, cfg=cfg)[0],
+                in_axes=(None, 0),
+            ),
+            in_axes=(0, None),
+        )
+    )(kinds, ranks)
     for name in ("B", "A"):
-        np.testing.assert_allclose(np.asarray(traced[name]), np.asarray(ref[name]), rtol=1e-10, atol=1e-12)
-    if granularity == "tensor":  # the static path, once per arm, rank 1 (padded output) or 3 (= r_max)
+        np.testing.assert_allclose(
+            np.asarray(traced[name]), np.asarray(ref[name]), rtol=1e-10, atol=1e-12
+        )
+    if (
+        granularity == "tensor"
+    ):  # the static path, once per arm, rank 1 (padded output) or 3 (= r_max)
         for a, arm in enumerate(ARMS):
             j = a % 2
-            out, _ = jax.jit(lambda st, arm=arm, j=j: train_student(p, st, (1, 3)[j], 3.0, ki, kn, arm=arm,
-                                                                  cfg=cfg))(stats)
+            out, _ = jax.jit(
+                lambda st, arm=arm, j=j: train_student(
+                    p, st, (1, 3)[j], 3.0, ki, kn, arm=arm, cfg=cfg
+                )
+            )(stats)
             for name in ("B", "A"):
-                np.testing.assert_allclose(np.asarray(out[name]), np.asarray(ref[name][a, j]), rtol=1e-10,
-                                           atol=1e-12, err_msg=f"{arm} {name}")
+                np.testing.assert_allclose(
+                    np.asarray(out[name]),
+                    np.asarray(ref[name][a, j]),
+                    rtol=1e-10,
+                    atol=1e-12,
+                    err_msg=f"{arm} {name}",
+                )
     # the arms really differ (the comparison is not between identical runs)
     assert np.max(np.abs(np.asarray(ref["B"][1] - ref["B"][0]))) > 1e-3
