@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "EpsBAGrid": "epsba.montecarlo", "eps_ba_terms": "epsba.montecarlo", "device_mesh": "epsba.sharding",
     # bounds and the teacher–student experiment
     "excess_risk_bound": "theory.bounds", "optimal_bits": "theory.bounds", "grad_variance_bound": "theory.bounds",
-    "generalization_term": "theory.bounds", "quantization_term": "theory.bounds", "paper_worked_example": "theory.bounds",
+    "generalization_term": "theory.bounds", "quantization_term": "theory.bounds",
     "TeacherStudentConfig": "theory.teacher_student", "make_problem": "theory.teacher_student",
     "excess_risk": "theory.teacher_student", "empirical_risk": "theory.teacher_student",
     "train_student": "theory.teacher_student", "fake_quant": "theory.teacher_student", "LoRAStudent": "theory.teacher_student",

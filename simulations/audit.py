@@ -98,7 +98,7 @@ def run_gradvar(res: dict, cfg, acfg: AuditConfig, problem) -> dict:
     import jax.numpy as jnp
 
     from quantbounds.theory.gradvar import draw_gradvar, measure_grad_variance
-    from quantbounds.theory.teacher_student import KIND_INDEX
+    from quantbounds.conventions import KIND_INDEX
 
     fp = _fp_arm(res, cfg.scale)
     n_ranks, n_bits, n_seeds = len(cfg.ranks), len(cfg.bits), cfg.seeds

@@ -183,13 +183,3 @@ def grad_variance_bound(var0: Any, L: Any, x_norm2: Any, r: Any, bits: Any, R: A
         np.asarray(var0, dtype=float)
         + L_arr**2 * np.asarray(x_norm2, dtype=float) * r_arr * np.power(4.0, -b) * R_arr**2
     )
-
-
-def paper_worked_example(*, r: int = 16, N: int = 1000, claimed: float = 5.7) -> dict:
-    """The seed's worked example of Theorem 3.2 (r = 16, N = 1000, "b* ≈ 5.7"), recomputed.
-
-    With σ_g² = 1 and C = 0 the rule gives ½·log₂(16·1000) = 6.98; the claim is reached only
-    with C = claimed − 6.97 (an unstated constant), so the example does not follow as written.
-    """
-    b = float(optimal_bits(r, N, rule="paper"))
-    return {"r": r, "N": N, "claimed": claimed, "rule_C0": b, "C_needed": claimed - b}
