@@ -68,14 +68,17 @@ def gaussian_code_distortion(levels, scale: float = 1.0) -> float:
     # x·φ(x) → 0 at ±∞; write it out to avoid inf·0.
     apa = np.where(np.isfinite(a), a, 0.0) * pa
     bpb = np.where(np.isfinite(b), b, 0.0) * pb
-    return float(np.sum((1 + y ** 2) * (Pb - Pa) - (bpb - apa) - 2 * y * (pa - pb)))
+    return float(np.sum((1 + y**2) * (Pb - Pa) - (bpb - apa) - 2 * y * (pa - pb)))
 
 
 def best_scale_distortion(levels, *, lo: float = 0.05, hi: float = 8.0) -> tuple[float, float]:
     """min_c D(c·levels) over a global scale c (scipy bounded Brent). Returns (D, c)."""
-    res = optimize.minimize_scalar(lambda c: gaussian_code_distortion(levels, c),
-                                   bounds=(lo, hi), method="bounded",
-                                   options={"xatol": 1e-10})
+    res = optimize.minimize_scalar(
+        lambda c: gaussian_code_distortion(levels, c),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
     return float(res.fun), float(res.x)
 
 
@@ -109,10 +112,12 @@ def run(config: CodebookConfig, key) -> dict:
 
     exact = {}
     lm = lloyd_max(4)
-    exact["lloyd_max"] = {"reported": float(lm.distortion),
-                          "integral": gaussian_code_distortion(np.asarray(lm.levels)),
-                          "converged": bool(lm.converged),
-                          "own_iteration": gaussian_code_distortion(lloyd_levels(16))}
+    exact["lloyd_max"] = {
+        "reported": float(lm.distortion),
+        "integral": gaussian_code_distortion(np.asarray(lm.levels)),
+        "converged": bool(lm.converged),
+        "own_iteration": gaussian_code_distortion(lloyd_levels(16)),
+    }
     d, c = best_scale_distortion(uniform_levels(16))
     exact["optimal_uniform"] = {"distortion": d, "step": c}
     for name, code in (("nf4", nf4_code()), ("fp4", fp4_code())):
@@ -140,8 +145,9 @@ def run(config: CodebookConfig, key) -> dict:
     # int8: additive prediction with the absmax element exact, Δ_b = R_b/127 per block
     # (bitsandbytes blockwise int8 maps absmax to ±127): (1 − 1/bs)·Δ_b²/12 per element.
     pred_int8 = (1 - 1 / bs) * (absmax / 127.0) ** 2 / 12.0
-    ratio = ((np.asarray(quantize(x, "int8", block_size=bs), np.float64).reshape(-1, bs)
-              - blocks) ** 2).mean(axis=1) / pred_int8
+    ratio = (
+        (np.asarray(quantize(x, "int8", block_size=bs), np.float64).reshape(-1, bs) - blocks) ** 2
+    ).mean(axis=1) / pred_int8
     r_mean, r_se, r_ci = mean_ci(ratio)
     mc["int8_vs_additive"] = {"ratio": r_mean, "se": r_se, "ci": r_ci}
     return {"config": {"n_blocks": config.n_blocks, "block_size": bs}, "exact": exact, "mc": mc}
@@ -151,62 +157,111 @@ def verdicts(res: dict) -> list[Verdict]:
     """Verdicts on the reference distortions, the ordering and NF4's claimed optimality."""
     out = []
     ex, mc = res["exact"], res["mc"]
-    cond = f"x ~ N(0,1); blockwise absmax, block {res['config']['block_size']}, " \
-           f"{res['config']['n_blocks']} blocks"
+    cond = (
+        f"x ~ N(0,1); blockwise absmax, block {res['config']['block_size']}, "
+        f"{res['config']['n_blocks']} blocks"
+    )
     # Exact (integral) numbers vs Max (1960): tolerance = the quote's half unit only.
     lm = ex["lloyd_max"]
-    for name, measured in (("lloyd_max", lm["integral"]),
-                           ("optimal_uniform", ex["optimal_uniform"]["distortion"])):
+    for name, measured in (
+        ("lloyd_max", lm["integral"]),
+        ("optimal_uniform", ex["optimal_uniform"]["distortion"]),
+    ):
         ref, dig, src = REFERENCES[name]
         v, tol = decide_reference(measured, 0.0, ref, digits=dig)
-        out.append(Verdict(claim=f"{src}: 4-bit {name.replace('_', ' ')} distortion of N(0,1) "
-                                 f"= {ref}",
-                           verdict=v, predicted=ref, measured=measured, ci=None,
-                           conditions="exact integral over the code's cells", source=src,
-                           details={"tolerance": tol, "solver_reported": lm["reported"],
-                                    "own_lloyd_iteration": lm["own_iteration"]}))
+        out.append(
+            Verdict(
+                claim=f"{src}: 4-bit {name.replace('_', ' ')} distortion of N(0,1) = {ref}",
+                verdict=v,
+                predicted=ref,
+                measured=measured,
+                ci=None,
+                conditions="exact integral over the code's cells",
+                source=src,
+                details={
+                    "tolerance": tol,
+                    "solver_reported": lm["reported"],
+                    "own_lloyd_iteration": lm["own_iteration"],
+                },
+            )
+        )
     n_ref = 3
     for name in ("nf4_block", "int4_block", "fp4_block"):
         ref, dig, src = REFERENCES[name]
         m = mc[name]
         v, tol = decide_reference(m["distortion"], m["se"], ref, digits=dig, n_tests=n_ref)
-        out.append(Verdict(claim=f"{name.split('_')[0].upper()} blockwise distortion of N(0,1) "
-                                 f"≈ {ref}", verdict=v, predicted=ref, measured=m["distortion"],
-                           ci=m["ci"], conditions=cond, source=src,
-                           details={"tolerance": tol, "se": m["se"]}))
+        out.append(
+            Verdict(
+                claim=f"{name.split('_')[0].upper()} blockwise distortion of N(0,1) ≈ {ref}",
+                verdict=v,
+                predicted=ref,
+                measured=m["distortion"],
+                ci=m["ci"],
+                conditions=cond,
+                source=src,
+                details={"tolerance": tol, "se": m["se"]},
+            )
+        )
     r = mc["int8_vs_additive"]
-    out.append(Verdict(claim="int8 blockwise error variance = (1 − 1/64)·Δ²/12 (absmax element exact)",
-                       verdict=decide_interval(1.0, r["ci"]), predicted=1.0, measured=r["ratio"],
-                       ci=r["ci"], conditions=cond + "; Δ = absmax/127 per block",
-                       source="DESIGN.md §2"))
+    out.append(
+        Verdict(
+            claim="int8 blockwise error variance = (1 − 1/64)·Δ²/12 (absmax element exact)",
+            verdict=decide_interval(1.0, r["ci"]),
+            predicted=1.0,
+            measured=r["ratio"],
+            ci=r["ci"],
+            conditions=cond + "; Δ = absmax/127 per block",
+            source="DESIGN.md §2",
+        )
+    )
     # Ordering NF4 < int4 < FP4: each gap must be significant (z* over 2 comparisons).
     zc = critical_z(2)
     n, i, f = mc["nf4_block"], mc["int4_block"], mc["fp4_block"]
-    gaps = [(i["distortion"] - n["distortion"]) / math.hypot(i["se"], n["se"]),
-            (f["distortion"] - i["distortion"]) / math.hypot(f["se"], i["se"])]
-    out.append(Verdict(claim="blockwise distortion order NF4 < int4 < FP4 on Gaussian weights",
-                       verdict="holds" if min(gaps) > zc else "fails",
-                       predicted="NF4 < int4 < FP4",
-                       measured=[n["distortion"], i["distortion"], f["distortion"]],
-                       conditions=cond, source="DESIGN.md §2; seed 002 (why FP4 underperforms NF4)",
-                       details={"z_gaps": gaps, "z_critical": zc}))
+    gaps = [
+        (i["distortion"] - n["distortion"]) / math.hypot(i["se"], n["se"]),
+        (f["distortion"] - i["distortion"]) / math.hypot(f["se"], i["se"]),
+    ]
+    out.append(
+        Verdict(
+            claim="blockwise distortion order NF4 < int4 < FP4 on Gaussian weights",
+            verdict="holds" if min(gaps) > zc else "fails",
+            predicted="NF4 < int4 < FP4",
+            measured=[n["distortion"], i["distortion"], f["distortion"]],
+            conditions=cond,
+            source="DESIGN.md §2; seed 002 (why FP4 underperforms NF4)",
+            details={"z_gaps": gaps, "z_critical": zc},
+        )
+    )
     # Seed 002 / QLoRA: "NF4 is information-theoretically optimal for normally distributed
     # weights". In the MSE sense the optimum is Lloyd–Max; NF4 at its best global scale is
     # compared with it exactly (no MC).
     nf = ex["nf4_best_scale"]["distortion"]
-    out.append(Verdict(claim="NF4 code is MSE-optimal for N(0,1) weights (QLoRA: "
-                             "'information-theoretically optimal')",
-                       verdict="holds" if nf <= lm["integral"] * (1 + 1e-9) else "fails",
-                       predicted=lm["integral"], measured=nf, ci=None,
-                       conditions="fixed global scale, exact integral; NF4 bins are "
-                                  "equal-probability (entropy-optimal), not MSE-optimal",
-                       source="seed 002 §1 (QLoRA quote)",
-                       details={"nf4_scale": ex["nf4_best_scale"]["scale"],
-                                "blockwise_nf4_mc": n["distortion"]}))
+    out.append(
+        Verdict(
+            claim="NF4 code is MSE-optimal for N(0,1) weights (QLoRA: "
+            "'information-theoretically optimal')",
+            verdict="holds" if nf <= lm["integral"] * (1 + 1e-9) else "fails",
+            predicted=lm["integral"],
+            measured=nf,
+            ci=None,
+            conditions="fixed global scale, exact integral; NF4 bins are "
+            "equal-probability (entropy-optimal), not MSE-optimal",
+            source="seed 002 §1 (QLoRA quote)",
+            details={
+                "nf4_scale": ex["nf4_best_scale"]["scale"],
+                "blockwise_nf4_mc": n["distortion"],
+            },
+        )
+    )
     lmu = ex["optimal_uniform"]["distortion"]
-    out.append(Verdict(claim="an optimal non-uniform quantizer beats the optimal uniform one "
-                             "on Gaussian data",
-                       verdict="holds" if lm["integral"] < lmu else "fails",
-                       predicted="Lloyd–Max < optimal uniform", measured=[lm["integral"], lmu],
-                       conditions="16 levels, N(0,1), exact integrals", source="seed 002 §4"))
+    out.append(
+        Verdict(
+            claim="an optimal non-uniform quantizer beats the optimal uniform one on Gaussian data",
+            verdict="holds" if lm["integral"] < lmu else "fails",
+            predicted="Lloyd–Max < optimal uniform",
+            measured=[lm["integral"], lmu],
+            conditions="16 levels, N(0,1), exact integrals",
+            source="seed 002 §4",
+        )
+    )
     return out

@@ -35,11 +35,19 @@ def test_checks_name_argument_and_range():
 
 
 def test_verdict_roundtrip(tmp_path):
-    v = Verdict(claim="x", verdict="holds", predicted=4.0, measured=np.float32(3.9),
-                ci=(np.float64(3.8), 4.1), conditions="b ≥ 3")
+    v = Verdict(
+        claim="x",
+        verdict="holds",
+        predicted=4.0,
+        measured=np.float32(3.9),
+        ci=(np.float64(3.8), 4.1),
+        conditions="b ≥ 3",
+    )
     with pytest.raises(ValueError, match="verdict"):
         Verdict(claim="x", verdict="maybe", predicted=1, measured=1)
-    p = write_json_atomic(tmp_path / "sub" / "r.json", {"verdicts": [v.to_dict()], "x": np.arange(3)})
+    p = write_json_atomic(
+        tmp_path / "sub" / "r.json", {"verdicts": [v.to_dict()], "x": np.arange(3)}
+    )
     out = load_verdicts(p)
     assert out[0]["ci"] == [3.8, 4.1] and out[0]["measured"] == pytest.approx(3.9, rel=1e-6)
     assert json.loads(p.read_text())["x"] == [0, 1, 2]
@@ -48,9 +56,13 @@ def test_verdict_roundtrip(tmp_path):
 
 
 def test_cli_help_and_unknown_command():
-    out = subprocess.run([sys.executable, "-m", "quantbounds.cli.main", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantbounds.cli.main", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "validate" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "quantbounds.cli.main", "nope"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantbounds.cli.main", "nope"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "unknown command 'nope'" in out.stderr
 
 
@@ -63,7 +75,9 @@ def test_core_never_imports_torch_or_real_runs():
             if s.startswith(("import torch", "from torch", "import real_runs", "from real_runs")):
                 offenders.append(f"{p.name}: {s}")
     assert not offenders, offenders
-    code = ("import sys, quantbounds as qb; qb.read_records; qb.Verdict; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, quantbounds as qb; qb.read_records; qb.Verdict; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

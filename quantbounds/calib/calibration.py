@@ -42,16 +42,35 @@ import numpy as np
 from scipy import stats
 
 from quantbounds._checks import check_choice, check_int_range, check_probability
-from quantbounds.calib.fitting import (GEN, QUANT, ROBUST_LOSSES, Term, batched_fit, free_mask,
-                                       gen_model, quant_model, quant_start, r_squared,
-                                       two_stage_fit, wald_se)
+from quantbounds.calib.fitting import (
+    GEN,
+    QUANT,
+    ROBUST_LOSSES,
+    Term,
+    batched_fit,
+    free_mask,
+    gen_model,
+    quant_model,
+    quant_start,
+    r_squared,
+    two_stage_fit,
+    wald_se,
+)
 from quantbounds.calib.fit_results import Calibration, LocoResult, ParamEstimate, TermFit
 from quantbounds.calib.pairing import PAIR_KEYS, PairedRuns, Pairs, pair_runs
 from quantbounds.calib.records import ARMS
 from quantbounds._bootstrap import group_resample_counts, percentile_interval
 
-__all__ = ["Calibration", "CalibrationError", "LocoResult", "ParamEstimate", "TermFit",
-           "calibrate", "gen_model", "quant_model"]
+__all__ = [
+    "Calibration",
+    "CalibrationError",
+    "LocoResult",
+    "ParamEstimate",
+    "TermFit",
+    "calibrate",
+    "gen_model",
+    "quant_model",
+]
 
 # parameters fitted on a log scale: fitted name -> public name (reported as exp(θ))
 _LOG_PARAMS = {"log_C2": "C2", "log_per_bit_factor": "per_bit_factor", "log_C1": "C1"}
@@ -97,8 +116,9 @@ def _fitted_scale(runs: PairedRuns, arm: str, baseline_arm: str, scale, notes: l
     if scale is not None:
         return scale
     pool = runs.runs(arm, baseline_arm)
-    counts = (Counter(r["scale"] for r in pool if r["arm"] == arm)
-              or Counter(r["scale"] for r in pool))
+    counts = Counter(r["scale"] for r in pool if r["arm"] == arm) or Counter(
+        r["scale"] for r in pool
+    )
     chosen = counts.most_common(1)[0][0] if counts else None
     if len(counts) > 1:
         notes.append(f"several LoRA scale conventions {dict(counts)}; fitted scale={chosen!r} only")
@@ -112,14 +132,20 @@ def _design(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, max_bits: i
     notes = []
     if pairs.missing:
         shown = "; ".join(pairs.missing[:8]) + (" …" if len(pairs.missing) > 8 else "")
-        notes.append(f"{len(pairs.missing)} {arm} runs have no {baseline_arm} baseline at the same "
-                     f"rank/seed/N: " + shown)
+        notes.append(
+            f"{len(pairs.missing)} {arm} runs have no {baseline_arm} baseline at the same "
+            f"rank/seed/N: " + shown
+        )
     base = runs.baselines.get(baseline_arm, {})
     mean_loss = [np.mean([b["eval_loss"] for b in base[k]]) for k in keys]
-    return _Design(pairs=pairs, group_keys=keys,
-                   gen_rank=np.array([k[PAIR_KEYS.index("rank")] for k in keys], float),
-                   gen_n=np.array([k[PAIR_KEYS.index("n_train")] for k in keys], float),
-                   gen_loss=np.array(mean_loss, float), notes=notes)
+    return _Design(
+        pairs=pairs,
+        group_keys=keys,
+        gen_rank=np.array([k[PAIR_KEYS.index("rank")] for k in keys], float),
+        gen_n=np.array([k[PAIR_KEYS.index("n_train")] for k in keys], float),
+        gen_loss=np.array(mean_loss, float),
+        notes=notes,
+    )
 
 
 def _identifiable(design: _Design, *, arm: str, baseline_arm: str, max_bits: int, notes: list):
@@ -128,26 +154,40 @@ def _identifiable(design: _Design, *, arm: str, baseline_arm: str, max_bits: int
     n_pairs, n_configs = len(design.pairs), len(design.group_keys)
     q_ok, g_ok = n_pairs >= int(q_free.sum()) + 2, n_configs >= int(g_free.sum()) + 2
     if not q_ok:
-        notes.append(f"quantization term not fitted: {n_pairs} paired {arm} runs at b ≤ {max_bits} "
-                     f"(need ≥ {int(q_free.sum()) + 2}); add {arm} runs with matching "
-                     f"{baseline_arm} runs")
+        notes.append(
+            f"quantization term not fitted: {n_pairs} paired {arm} runs at b ≤ {max_bits} "
+            f"(need ≥ {int(q_free.sum()) + 2}); add {arm} runs with matching "
+            f"{baseline_arm} runs"
+        )
     if not g_ok:
-        notes.append(f"generalization term not fitted: {n_configs} distinct {baseline_arm} "
-                     f"configurations (need ≥ {int(g_free.sum()) + 2})")
+        notes.append(
+            f"generalization term not fitted: {n_configs} distinct {baseline_arm} "
+            f"configurations (need ≥ {int(g_free.sum()) + 2})"
+        )
     if not (q_ok or g_ok):
         raise CalibrationError("too few valid runs to fit: " + " | ".join(notes))
     for name, free, term in (("quantization", q_free, QUANT), ("generalization", g_free, GEN)):
         fixed = [n for n, f in zip(term.names, free) if not f]
         if fixed:
-            notes.append(f"{name}: {fixed} not identifiable from this design; "
-                         f"fixed at theory values")
+            notes.append(
+                f"{name}: {fixed} not identifiable from this design; fixed at theory values"
+            )
     return (q_free if q_ok else None), (g_free if g_ok else None)
 
 
 # ----------------------------------------------------------------------------- calibrate
-def calibrate(records, *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
-              scale: str | None = None, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
-              loss: str = "soft_l1", max_bits: int = 15) -> Calibration:
+def calibrate(
+    records,
+    *,
+    arm: str = "adapter_rtn",
+    baseline_arm: str = "fp16",
+    scale: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    loss: str = "soft_l1",
+    max_bits: int = 15,
+) -> Calibration:
     """Fit both terms of Thm 3.1 to ``records`` (``quantbounds.run/1`` dicts, screened here,
     or a :class:`~quantbounds.calib.pairing.PairedRuns` already screened and paired).
 
@@ -168,23 +208,41 @@ def calibrate(records, *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
     scale = _fitted_scale(runs, arm, baseline_arm, scale, notes)
     design = _design(runs, arm=arm, baseline_arm=baseline_arm, scale=scale, max_bits=max_bits)
     notes += design.notes
-    q_free, g_free = _identifiable(design, arm=arm, baseline_arm=baseline_arm, max_bits=max_bits,
-                                   notes=notes)
+    q_free, g_free = _identifiable(
+        design, arm=arm, baseline_arm=baseline_arm, max_bits=max_bits, notes=notes
+    )
     # joint bootstrap over groups (a baseline and its pairs travel together), as weights
     n_groups = len(design.group_keys)
-    counts = group_resample_counts(np.arange(n_groups), n_boot=n_boot,
-                                   rng=np.random.default_rng(seed), minlength=n_groups)
-    gen, gen_draws = (None, None) if g_free is None else _fit_generalization(
-        design, g_free, counts, ci=ci, loss=loss)
-    quant, quant_draws = (None, None) if q_free is None else _fit_quantization(
-        design, q_free, counts, ci=ci, loss=loss)
+    counts = group_resample_counts(
+        np.arange(n_groups), n_boot=n_boot, rng=np.random.default_rng(seed), minlength=n_groups
+    )
+    gen, gen_draws = (
+        (None, None)
+        if g_free is None
+        else _fit_generalization(design, g_free, counts, ci=ci, loss=loss)
+    )
+    quant, quant_draws = (
+        (None, None)
+        if q_free is None
+        else _fit_quantization(design, q_free, counts, ci=ci, loss=loss)
+    )
     for name, part in (("quantization", quant), ("generalization", gen)):
         if part is not None and part.weakly_identified:
-            notes.append(f"{name} term: {list(part.weakly_identified)} weakly identified (a flat "
-                         f"direction of the fit: Wald interval ≫ bootstrap interval or unbounded); "
-                         f"rules built on them get no interval")
-    return Calibration(quant=quant, gen=gen, quant_draws=quant_draws, gen_draws=gen_draws,
-                       notes=tuple(notes), arm=arm, baseline_arm=baseline_arm, scale=scale)
+            notes.append(
+                f"{name} term: {list(part.weakly_identified)} weakly identified (a flat "
+                f"direction of the fit: Wald interval ≫ bootstrap interval or unbounded); "
+                f"rules built on them get no interval"
+            )
+    return Calibration(
+        quant=quant,
+        gen=gen,
+        quant_draws=quant_draws,
+        gen_draws=gen_draws,
+        notes=tuple(notes),
+        arm=arm,
+        baseline_arm=baseline_arm,
+        scale=scale,
+    )
 
 
 def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str):
@@ -194,13 +252,36 @@ def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str):
     theta, f_scale = two_stage_fit(quant_model, theta0, free, X, y, loss=loss)
     draws = None
     if len(counts):
-        draws = _boot_fits(quant_model, QUANT, theta, free, design.quant_cols, X, y,
-                           counts[:, pairs.group].astype(float), f_scale, loss)
-    fit = _term_fit(quant_model, QUANT, theta, draws, free, X, y, ci,
-                    formula="excess = C2·r^exponent_r·per_bit_factor^(−b)",
-                    size=("n_pairs", len(pairs)))
-    data = {"rank": pairs.rank.tolist(), "bits": pairs.bits.tolist(),
-            "n_train": pairs.n_train.tolist(), "excess": pairs.excess.tolist()}
+        draws = _boot_fits(
+            quant_model,
+            QUANT,
+            theta,
+            free,
+            design.quant_cols,
+            X,
+            y,
+            counts[:, pairs.group].astype(float),
+            f_scale,
+            loss,
+        )
+    fit = _term_fit(
+        quant_model,
+        QUANT,
+        theta,
+        draws,
+        free,
+        X,
+        y,
+        ci,
+        formula="excess = C2·r^exponent_r·per_bit_factor^(−b)",
+        size=("n_pairs", len(pairs)),
+    )
+    data = {
+        "rank": pairs.rank.tolist(),
+        "bits": pairs.bits.tolist(),
+        "n_train": pairs.n_train.tolist(),
+        "excess": pairs.excess.tolist(),
+    }
     return replace(fit, loco=_loco(pairs, theta, free, loss, f_scale), data=data), draws
 
 
@@ -208,17 +289,29 @@ def _fit_generalization(design: _Design, free, counts, *, ci: float, loss: str):
     """L16 = L∞ + C1·r^a·N^(−c) on one point per baseline group, with the group bootstrap."""
     X, y = design.gen_X, design.gen_loss
     spread = float(np.ptp(y))
-    theta0 = np.array([float(y.min()) - 0.1 * float(spread + 1e-3), math.log(max(spread, 1e-3)),
-                       0.5, 0.5])
-    theta, f_scale = two_stage_fit(gen_model, np.where(free, theta0, GEN.theory), free, X, y,
-                                   loss=loss)
+    theta0 = np.array(
+        [float(y.min()) - 0.1 * float(spread + 1e-3), math.log(max(spread, 1e-3)), 0.5, 0.5]
+    )
+    theta, f_scale = two_stage_fit(
+        gen_model, np.where(free, theta0, GEN.theory), free, X, y, loss=loss
+    )
     draws = None
     if len(counts):
-        draws = _boot_fits(gen_model, GEN, theta, free, design.gen_cols, X, y,
-                           counts.astype(float), f_scale, loss)
-    fit = _term_fit(gen_model, GEN, theta, draws, free, X, y, ci,
-                    formula="L16 = L_inf + C1·r^exponent_r_gen·N^(−exponent_N)",
-                    size=("n_configs", len(design.group_keys)))
+        draws = _boot_fits(
+            gen_model, GEN, theta, free, design.gen_cols, X, y, counts.astype(float), f_scale, loss
+        )
+    fit = _term_fit(
+        gen_model,
+        GEN,
+        theta,
+        draws,
+        free,
+        X,
+        y,
+        ci,
+        formula="L16 = L_inf + C1·r^exponent_r_gen·N^(−exponent_N)",
+        size=("n_configs", len(design.group_keys)),
+    )
     return fit, draws
 
 
@@ -235,7 +328,10 @@ def _estimates(term: Term, theta, draws, free, ci: float, se) -> dict[str, Param
         draws = draws[np.all(np.isfinite(draws), axis=1)]
     out = {}
     for j, name in enumerate(term.names):
-        def public(v, _log=name.startswith("log_")):
+
+        is_log = name.startswith("log_")
+
+        def public(v, _log=is_log):
             with np.errstate(over="ignore"):
                 return float(np.exp(v)) if _log else float(v)
 
@@ -251,17 +347,26 @@ def _estimates(term: Term, theta, draws, free, ci: float, se) -> dict[str, Param
             wald, ends = (public(lo), public(hi)), ends + [lo, hi]
         union = (public(min(ends)), public(max(ends))) if ends else None
         out[_LOG_PARAMS.get(name, name)] = ParamEstimate(
-            value=public(theta[j]), fixed=False, ci=union, ci_bootstrap=boot, ci_wald=wald)
+            value=public(theta[j]), fixed=False, ci=union, ci_bootstrap=boot, ci_wald=wald
+        )
     return out
 
 
-def _term_fit(model, term: Term, theta, draws, free, X, y, ci: float, *, formula: str,
-              size: tuple[str, int]) -> TermFit:
+def _term_fit(
+    model, term: Term, theta, draws, free, X, y, ci: float, *, formula: str, size: tuple[str, int]
+) -> TermFit:
     """The TermFit of one fitted term (``size`` = (JSON key, count))."""
     params = _estimates(term, theta, draws, free, ci, wald_se(model, theta, free, X, y))
-    return TermFit(model=formula, params=params, theta=np.asarray(theta), size_key=size[0],
-                   n=size[1], n_boot_ok=_n_ok(draws), r2_in_sample=r_squared(y, model(theta, *X)),
-                   weakly_identified=tuple(_weak(params)))
+    return TermFit(
+        model=formula,
+        params=params,
+        theta=np.asarray(theta),
+        size_key=size[0],
+        n=size[1],
+        n_boot_ok=_n_ok(draws),
+        r2_in_sample=r_squared(y, model(theta, *X)),
+        weakly_identified=tuple(_weak(params)),
+    )
 
 
 def _weak(params: dict[str, ParamEstimate], factor: float = 10.0) -> list[str]:
@@ -304,9 +409,19 @@ def _loco(pairs: Pairs, theta, free, loss: str, f_scale: float | None = None) ->
     pred = np.full(len(pairs), np.nan)
     null = np.full(len(pairs), np.nan)
     r, b, y = pairs.rank.astype(float), pairs.bits.astype(float), pairs.excess
-    held = np.stack([np.all(cfg == c, axis=1) for c in uniq])          # (configs, pairs)
-    fits = _boot_fits(quant_model, QUANT, np.asarray(theta), free, {"rank": r, "bits": b},
-                      (r, b), y, (~held).astype(float), f_scale, loss)
+    held = np.stack([np.all(cfg == c, axis=1) for c in uniq])  # (configs, pairs)
+    fits = _boot_fits(
+        quant_model,
+        QUANT,
+        np.asarray(theta),
+        free,
+        {"rank": r, "bits": b},
+        (r, b),
+        y,
+        (~held).astype(float),
+        f_scale,
+        loss,
+    )
     skipped = tuple(tuple(c.tolist()) for c, th in zip(uniq, fits) if not np.all(np.isfinite(th)))
     for out, th in zip(held, fits):
         if np.all(np.isfinite(th)):
@@ -314,7 +429,11 @@ def _loco(pairs: Pairs, theta, free, loss: str, f_scale: float | None = None) ->
             null[out] = y[~out].mean()
     m = np.isfinite(pred)
     return LocoResult(
-        n_configs=int(len(uniq)), n_held_out=int(len(uniq) - len(skipped)), skipped=skipped,
+        n_configs=int(len(uniq)),
+        n_held_out=int(len(uniq) - len(skipped)),
+        skipped=skipped,
         rmse=float(np.sqrt(np.mean((y[m] - pred[m]) ** 2))) if m.any() else None,
         rmse_null_mean=float(np.sqrt(np.mean((y[m] - null[m]) ** 2))) if m.any() else None,
-        r2=r_squared(y[m], pred[m]) if m.sum() > 1 else None, predictions=pred)
+        r2=r_squared(y[m], pred[m]) if m.sum() > 1 else None,
+        predictions=pred,
+    )

@@ -66,19 +66,27 @@ def load_results(results_dir: Path) -> tuple[dict[str, dict], list[str], list[st
                 unwired += 1
                 continue
             if cid not in reg:
-                warnings.append(f"{path.name}: verdict {i} names claim_id {cid!r}, which is not in the registry")
+                warnings.append(
+                    f"{path.name}: verdict {i} names claim_id {cid!r}, which is not in the registry"
+                )
                 continue
             per_claim.setdefault(cid, []).append(v)
         if unwired:
-            warnings.append(f"{path.name}: {unwired} of {len(verdicts)} verdicts carry no claim_id (not counted)")
+            warnings.append(
+                f"{path.name}: {unwired} of {len(verdicts)} verdicts carry no claim_id "
+                "(not counted)"
+            )
         for cid, vs in per_claim.items():
             entry = {"file": path.name, "time": t, "verdicts": vs}
             if cid not in best:
                 best[cid] = {**entry, "earlier": []}
             elif t >= best[cid]["time"]:
                 prev = best[cid]
-                best[cid] = {**entry, "earlier": [{k: prev[k] for k in ("file", "time", "verdicts")}]
-                             + prev["earlier"]}
+                best[cid] = {
+                    **entry,
+                    "earlier": [{k: prev[k] for k in ("file", "time", "verdicts")}]
+                    + prev["earlier"],
+                }
             else:
                 best[cid]["earlier"].append(entry)
     for hit in best.values():
@@ -92,7 +100,7 @@ def summarize(verdicts: list[dict]) -> str:
         return NO_VERDICT
     c = Counter(str(v.get("verdict", "?")) for v in verdicts)
     if len(c) == 1:
-        (word, n), = c.items()
+        ((word, n),) = c.items()
         return word if n == 1 else f"{word} ×{n}"
     return "mixed (" + ", ".join(f"{k} {n}" for k, n in sorted(c.items())) + ")"
 
@@ -109,21 +117,36 @@ def tally(claims: list[Claim], latest: dict[str, dict]) -> dict:
     out = {}
     for origin in ORIGINS:
         cs = [c for c in claims if c.origin == origin]
-        block = {"claims": len(cs), "by_status": dict(Counter(c.status for c in cs)),
-                 "by_kind": {k: sum(c.kind == k for c in cs) for k in KINDS if any(c.kind == k for c in cs)}}
-        for part, sel in (("findings", [c for c in cs if c.kind != "identity"]),
-                          ("identity_checks", [c for c in cs if c.kind == "identity"])):
-            counts = Counter(_outcome(summarize(latest.get(c.id, {}).get("verdicts", []))) for c in sel)
+        block = {
+            "claims": len(cs),
+            "by_status": dict(Counter(c.status for c in cs)),
+            "by_kind": {
+                k: sum(c.kind == k for c in cs) for k in KINDS if any(c.kind == k for c in cs)
+            },
+        }
+        for part, sel in (
+            ("findings", [c for c in cs if c.kind != "identity"]),
+            ("identity_checks", [c for c in cs if c.kind == "identity"]),
+        ):
+            counts = Counter(
+                _outcome(summarize(latest.get(c.id, {}).get("verdicts", []))) for c in sel
+            )
             block[part] = {"claims": len(sel), **{o: counts.get(o, 0) for o in OUTCOMES}}
         out[origin] = block
     return out
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantbounds claims",
-                                description="List the claim registry with the latest verdict of each claim.")
-    p.add_argument("--results", default="results", metavar="DIR",
-                   help="folder of results JSON files to read verdicts from (default: results)")
+    p = argparse.ArgumentParser(
+        prog="quantbounds claims",
+        description="List the claim registry with the latest verdict of each claim.",
+    )
+    p.add_argument(
+        "--results",
+        default="results",
+        metavar="DIR",
+        help="folder of results JSON files to read verdicts from (default: results)",
+    )
     p.add_argument("--kind", choices=KINDS, help="only claims of this kind")
     p.add_argument("--origin", choices=ORIGINS, help="only seed claims or only the toolkit's own")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -158,11 +181,35 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for c in claims:
             hit = latest.get(c.id)
-            rows.append({**c.to_dict(), "latest": None if hit is None else {
-                "file": hit["file"], "summary": summarize(hit["verdicts"]), "verdicts": hit["verdicts"],
-                "earlier": [{"file": e["file"], "summary": summarize(e["verdicts"])} for e in hit["earlier"]]}})
-        print(json.dumps({"results_dir": str(results_dir), "files": files, "claims": rows,
-                          "tally": tallies, "warnings": warnings}, indent=2, ensure_ascii=False))
+            rows.append(
+                {
+                    **c.to_dict(),
+                    "latest": None
+                    if hit is None
+                    else {
+                        "file": hit["file"],
+                        "summary": summarize(hit["verdicts"]),
+                        "verdicts": hit["verdicts"],
+                        "earlier": [
+                            {"file": e["file"], "summary": summarize(e["verdicts"])}
+                            for e in hit["earlier"]
+                        ],
+                    },
+                }
+            )
+        print(
+            json.dumps(
+                {
+                    "results_dir": str(results_dir),
+                    "files": files,
+                    "claims": rows,
+                    "tally": tallies,
+                    "warnings": warnings,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
 
     from rich.console import Console
@@ -170,19 +217,41 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
-    style = {"holds": "green", "fails": "red", "conditional": "yellow", "inconclusive": "yellow",
-             "mixed": "magenta", NO_VERDICT: "dim"}
-    table = Table(title=f"Claim registry ({len(claims)} claims; verdicts from {results_dir}/: "
-                        f"{', '.join(files) or 'none'})", show_lines=False)
-    for col, kw in (("id", {"no_wrap": True}), ("kind", {}), ("origin", {}), ("status", {}),
-                    ("latest verdict", {}), ("file", {}), ("claim (quote)", {"overflow": "fold"})):
+    style = {
+        "holds": "green",
+        "fails": "red",
+        "conditional": "yellow",
+        "inconclusive": "yellow",
+        "mixed": "magenta",
+        NO_VERDICT: "dim",
+    }
+    table = Table(
+        title=f"Claim registry ({len(claims)} claims; verdicts from {results_dir}/: "
+        f"{', '.join(files) or 'none'})",
+        show_lines=False,
+    )
+    for col, kw in (
+        ("id", {"no_wrap": True}),
+        ("kind", {}),
+        ("origin", {}),
+        ("status", {}),
+        ("latest verdict", {}),
+        ("file", {}),
+        ("claim (quote)", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)
     for c in claims:
         hit = latest.get(c.id)
         summary = summarize(hit["verdicts"]) if hit else NO_VERDICT
-        table.add_row(c.id, c.kind, c.origin, c.status,
-                      f"[{style[_outcome(summary)]}]{escape(summary)}[/]", _files_cell(hit),
-                      escape(_short(c.quote, 90)))
+        table.add_row(
+            c.id,
+            c.kind,
+            c.origin,
+            c.status,
+            f"[{style[_outcome(summary)]}]{escape(summary)}[/]",
+            _files_cell(hit),
+            escape(_short(c.quote, 90)),
+        )
     console.print(table)
     for origin in ORIGINS:
         t = tallies[origin]

@@ -1,4 +1,4 @@
-"""``quantbounds report``: results/REPORT.md and the README's findings block, from results/*.json."""
+"""``quantbounds report``: results/REPORT.md and the README findings block, from results/*.json."""
 
 from __future__ import annotations
 
@@ -44,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results")
     p.add_argument("--figures", default="figures")
     p.add_argument("--out", default=None, help="default: RESULTS/REPORT.md")
-    p.add_argument("--readme", default=None,
-                   help="README whose findings block to regenerate (default ./README.md if present)")
+    p.add_argument(
+        "--readme",
+        default=None,
+        help="README whose findings block to regenerate (default ./README.md if present)",
+    )
     p.add_argument("--no-readme", action="store_true", help="leave the README alone")
     a = p.parse_args(argv)
-    out, missing = build_report(results_dir=a.results, figures_dir=a.figures,
-                                out=a.out or Path(a.results) / "REPORT.md")
+    out, missing = build_report(
+        results_dir=a.results, figures_dir=a.figures, out=a.out or Path(a.results) / "REPORT.md"
+    )
     print(f"wrote {out}" + (f" (missing: {', '.join(missing)})" if missing else ""))
     readme = a.readme or ("README.md" if Path("README.md").exists() else None)
     if not a.no_readme and readme is not None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -63,8 +63,14 @@ SOURCES = tuple(SEED_FILES.values()) + (TOOLKIT_SOURCE,)
 _ID_RE = re.compile(r"^(s00[0-3]|toolkit)(\.[a-z0-9_]+)+$")
 
 # margin sign per kind: True = must be > 0, False = must be ≥ 0
-_MARGIN_STRICT = {"upper_bound": False, "scaling_law": True, "no_effect": True,
-                  "comparison": False, "rule": True, "identity": False}
+_MARGIN_STRICT = {
+    "upper_bound": False,
+    "scaling_law": True,
+    "no_effect": True,
+    "comparison": False,
+    "rule": True,
+    "identity": False,
+}
 
 
 class RegistryError(ValueError):
@@ -94,8 +100,12 @@ def _fail(cid: str, msg: str):
 
 def _text(cid: str, name: str, value, *, min_len: int = 1) -> None:
     if not isinstance(value, str) or len(value.strip()) < min_len:
-        _fail(cid, f"{name} must be a non-empty string" + (f" (≥ {min_len} characters)" if min_len > 1 else "")
-              + f", got {value!r}")
+        _fail(
+            cid,
+            f"{name} must be a non-empty string"
+            + (f" (≥ {min_len} characters)" if min_len > 1 else "")
+            + f", got {value!r}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,29 +167,57 @@ class ClaimTest:
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
             _fail(cid, f"test.margin must be a finite number, got {m!r}")
         if _MARGIN_STRICT[kind] and m <= 0:
-            _fail(cid, f"margin of the wrong sign: a {kind} claim needs margin > 0 "
-                       f"(an equivalence/tolerance half-width), got {m!r}")
+            _fail(
+                cid,
+                f"margin of the wrong sign: a {kind} claim needs margin > 0 "
+                f"(an equivalence/tolerance half-width), got {m!r}",
+            )
         if not _MARGIN_STRICT[kind] and m < 0:
             _fail(cid, f"margin of the wrong sign: a {kind} claim needs margin ≥ 0, got {m!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 0.5:
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not 0 < self.alpha < 0.5
+        ):
             _fail(cid, f"test.alpha must be in (0, 0.5), got {self.alpha!r}")
-        if self.predicted is not None and (isinstance(self.predicted, bool)
-                                           or not isinstance(self.predicted, (int, float))
-                                           or not math.isfinite(self.predicted)):
+        if self.predicted is not None and (
+            isinstance(self.predicted, bool)
+            or not isinstance(self.predicted, (int, float))
+            or not math.isfinite(self.predicted)
+        ):
             _fail(cid, f"test.predicted must be a finite number or None, got {self.predicted!r}")
         for item in self.by_scale:
-            if (not isinstance(item, tuple) or len(item) != 2 or item[0] not in ("one", "alpha_r", "rslora")
-                    or not isinstance(item[1], (int, float)) or not math.isfinite(item[1])):
-                _fail(cid, f"test.by_scale entries must be (scale, finite value) with scale in "
-                           f"('one', 'alpha_r', 'rslora'), got {item!r}")
+            if (
+                not isinstance(item, tuple)
+                or len(item) != 2
+                or item[0] not in ("one", "alpha_r", "rslora")
+                or not isinstance(item[1], (int, float))
+                or not math.isfinite(item[1])
+            ):
+                _fail(
+                    cid,
+                    f"test.by_scale entries must be (scale, finite value) with scale in "
+                    f"('one', 'alpha_r', 'rslora'), got {item!r}",
+                )
         if kind in ("scaling_law", "rule") and self.predicted is None and not self.by_scale:
-            _fail(cid, f"a {kind} claim needs test.predicted (or test.by_scale): the value it predicts")
+            _fail(
+                cid,
+                f"a {kind} claim needs test.predicted (or test.by_scale): the value it predicts",
+            )
         if kind == "comparison":
             if self.direction not in DIRECTIONS:
-                _fail(cid, f"a comparison needs test.direction in {DIRECTIONS}, got {self.direction!r}")
+                _fail(
+                    cid,
+                    f"a comparison needs test.direction in {DIRECTIONS}, got {self.direction!r}",
+                )
         elif self.direction is not None:
-            _fail(cid, f"test.direction is for comparisons only, got {self.direction!r} on a {kind} claim")
-        if not isinstance(self.readings, tuple) or not all(isinstance(r, str) and r.strip() for r in self.readings):
+            _fail(
+                cid,
+                f"test.direction is for comparisons only, got {self.direction!r} on a {kind} claim",
+            )
+        if not isinstance(self.readings, tuple) or not all(
+            isinstance(r, str) and r.strip() for r in self.readings
+        ):
             _fail(cid, f"test.readings must be a tuple of non-empty strings, got {self.readings!r}")
 
 
@@ -217,8 +255,10 @@ class Claim:
     def __post_init__(self):
         cid = self.id
         if not isinstance(cid, str) or not _ID_RE.match(cid):
-            raise RegistryError(f"claim id {cid!r} must look like 's001.thm3_1.quant_term' "
-                                f"(prefix s000…s003 or toolkit, then lower-case dotted parts)")
+            raise RegistryError(
+                f"claim id {cid!r} must look like 's001.thm3_1.quant_term' "
+                f"(prefix s000…s003 or toolkit, then lower-case dotted parts)"
+            )
         if self.kind not in KINDS:
             _fail(cid, f"unknown kind {self.kind!r}; choose one of {KINDS}")
         if self.origin not in ORIGINS:
@@ -230,16 +270,23 @@ class Claim:
         if self.source != want_source:
             _fail(cid, f"id prefix {prefix!r} needs source {want_source!r}, got {self.source!r}")
         if (self.origin == "toolkit") != (prefix == "toolkit"):
-            _fail(cid, f"origin {self.origin!r} does not match the id prefix {prefix!r} "
-                       f"(toolkit claims are 'toolkit.…' from {TOOLKIT_SOURCE}, seed claims 's00N.…')")
+            _fail(
+                cid,
+                f"origin {self.origin!r} does not match the id prefix {prefix!r} "
+                f"(toolkit claims are 'toolkit.…' from {TOOLKIT_SOURCE}, seed claims 's00N.…')",
+            )
         if not isinstance(self.quote, str) or len(normalize_ws(self.quote)) < 8:
-            _fail(cid, f"needs a source quote (the verbatim sentence or equation), got {self.quote!r}")
+            _fail(
+                cid, f"needs a source quote (the verbatim sentence or equation), got {self.quote!r}"
+            )
         _text(cid, "quantity", self.quantity, min_len=8)
         if not isinstance(self.convention, Convention):
             _fail(cid, f"convention must be a Convention, got {type(self.convention).__name__}")
         self.convention.validate(cid)
         if not isinstance(self.test, ClaimTest):
-            _fail(cid, f"needs a test (a ClaimTest fixed before the data are seen), got {self.test!r}")
+            _fail(
+                cid, f"needs a test (a ClaimTest fixed before the data are seen), got {self.test!r}"
+            )
         self.test.validate(cid, self.kind)
         if not isinstance(self.testable, bool):
             _fail(cid, f"testable must be a bool, got {self.testable!r}")
@@ -248,9 +295,16 @@ class Claim:
         if self.testable and self.why_not.strip():
             _fail(cid, "why_not is for untestable claims; this one is marked testable")
         for item in self.also_quoted:
-            if (not isinstance(item, tuple) or len(item) != 2 or item[0] not in SOURCES
-                    or not isinstance(item[1], str) or len(normalize_ws(item[1])) < 8):
-                _fail(cid, f"also_quoted entries must be (source in {SOURCES}, quote), got {item!r}")
+            if (
+                not isinstance(item, tuple)
+                or len(item) != 2
+                or item[0] not in SOURCES
+                or not isinstance(item[1], str)
+                or len(normalize_ws(item[1])) < 8
+            ):
+                _fail(
+                    cid, f"also_quoted entries must be (source in {SOURCES}, quote), got {item!r}"
+                )
 
     @property
     def quotes(self) -> tuple[tuple[str, str], ...]:
@@ -259,7 +313,8 @@ class Claim:
 
     @property
     def status(self) -> str:
-        """"testable", "stand-in" (untestable as stated, tested on the stand-in) or "untestable"."""
+        """"testable", "stand-in" (untestable as stated, tested on the stand-in) or
+        "untestable"."""
         if self.testable:
             return "testable"
         return "stand-in" if self.stand_in.strip() else "untestable"
@@ -267,16 +322,32 @@ class Claim:
     def to_dict(self) -> dict:
         t, c = self.test, self.convention
         return {
-            "id": self.id, "source": self.source, "section": self.section, "quote": self.quote,
-            "also_quoted": [list(q) for q in self.also_quoted], "kind": self.kind,
-            "quantity": self.quantity, "origin": self.origin, "testable": self.testable,
-            "status": self.status, "why_not": self.why_not, "stand_in": self.stand_in,
+            "id": self.id,
+            "source": self.source,
+            "section": self.section,
+            "quote": self.quote,
+            "also_quoted": [list(q) for q in self.also_quoted],
+            "kind": self.kind,
+            "quantity": self.quantity,
+            "origin": self.origin,
+            "testable": self.testable,
+            "status": self.status,
+            "why_not": self.why_not,
+            "stand_in": self.stand_in,
             "notes": self.notes,
             "convention": {"scale": c.scale, "step": c.step, "range": c.range, "notes": c.notes},
-            "test": {"statistic": t.statistic, "decision": t.decision, "margin": t.margin,
-                     "margin_units": t.margin_units, "alpha": t.alpha, "predicted": t.predicted,
-                     "by_scale": {k: v for k, v in t.by_scale}, "direction": t.direction,
-                     "interval": t.interval, "readings": list(t.readings)},
+            "test": {
+                "statistic": t.statistic,
+                "decision": t.decision,
+                "margin": t.margin,
+                "margin_units": t.margin_units,
+                "alpha": t.alpha,
+                "predicted": t.predicted,
+                "by_scale": {k: v for k, v in t.by_scale},
+                "direction": t.direction,
+                "interval": t.interval,
+                "readings": list(t.readings),
+            },
         }
 
 
@@ -303,8 +374,11 @@ class Registry(Mapping):
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if origin is not None and origin not in ORIGINS:
             raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
-        return [c for c in self._claims.values()
-                if (kind is None or c.kind == kind) and (origin is None or c.origin == origin)]
+        return [
+            c
+            for c in self._claims.values()
+            if (kind is None or c.kind == kind) and (origin is None or c.origin == origin)
+        ]
 
     def tally(self) -> dict:
         """Counts by origin × kind, by source, and by testability (seed and toolkit apart)."""
@@ -314,8 +388,15 @@ class Registry(Mapping):
             out[origin] = {
                 "total": len(cs),
                 "by_kind": {k: sum(c.kind == k for c in cs) for k in KINDS},
-                "by_source": {s: sum(c.source == s for c in cs) for s in SOURCES if any(c.source == s for c in cs)},
-                "by_status": {s: sum(c.status == s for c in cs) for s in ("testable", "stand-in", "untestable")},
+                "by_source": {
+                    s: sum(c.source == s for c in cs)
+                    for s in SOURCES
+                    if any(c.source == s for c in cs)
+                },
+                "by_status": {
+                    s: sum(c.status == s for c in cs)
+                    for s in ("testable", "stand-in", "untestable")
+                },
             }
         return out
 
@@ -363,7 +444,7 @@ def check_quotes(shared: str | os.PathLike, claims: Iterable[Claim] | None = Non
     as "claim id: source: quote" lines (empty when all match)."""
     cache: dict[str, str] = {}
     bad = []
-    for c in (registry().values() if claims is None else claims):
+    for c in registry().values() if claims is None else claims:
         for src, q in c.quotes:
             if src not in cache:
                 cache[src] = normalize_ws(source_path(shared, src).read_text(encoding="utf-8"))

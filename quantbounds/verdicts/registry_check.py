@@ -54,17 +54,24 @@ def verdict_problems(verdicts: Iterable[Mapping], *, reg: Registry | None = None
         elif kind not in KINDS:
             out.append(f"{_label(i, v)}: unknown kind {kind!r}; choose one of {KINDS}")
         elif kind != want:
-            out.append(f"{_label(i, v)}: kind {kind!r} disagrees with claim {cid!r}, which is {want!r}")
+            out.append(
+                f"{_label(i, v)}: kind {kind!r} disagrees with claim {cid!r}, which is {want!r}"
+            )
     return out
 
 
-def check_verdicts(verdicts: Iterable[Mapping], *, reg: Registry | None = None, where: str = "") -> None:
+def check_verdicts(
+    verdicts: Iterable[Mapping], *, reg: Registry | None = None, where: str = ""
+) -> None:
     """Raise :class:`VerdictClaimError` naming every verdict that is not wired to the registry."""
     problems = verdict_problems(list(verdicts), reg=reg)
     if problems:
         head = f"{where}: " if where else ""
-        raise VerdictClaimError(head + f"{len(problems)} verdict(s) not wired to the claim registry:\n  "
-                                + "\n  ".join(problems))
+        raise VerdictClaimError(
+            head
+            + f"{len(problems)} verdict(s) not wired to the claim registry:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def check_results_file(path: str | os.PathLike, *, reg: Registry | None = None) -> None:
@@ -87,45 +94,88 @@ LEGACY_MAP: tuple[tuple[str, str, str], ...] = (
     (r"^Monte Carlo E‖Bε_A‖²", "toolkit.moments.fro", "self-consistency of the Monte Carlo engine"),
     (r"^Var\[\(ε_BA\)_ij\]", "toolkit.moments.entry", ""),
     (r"^E‖ε_BA·x‖²", "toolkit.moments.output", ""),
-    (r"^variance bound .* holds \(", "toolkit.variance_bound.additive", "additive model checked against its own bound"),
+    (
+        r"^variance bound .* holds \(",
+        "toolkit.variance_bound.additive",
+        "additive model checked against its own bound",
+    ),
     (r"^absmax variance bound .* real per-tensor quantizers", "toolkit.variance_bound.real", ""),
     (r"^E‖ε_BA‖² falls by a factor 4 per bit", "s001.s5_1.exponential_precision", ""),
-    (r"^E‖ε_BA‖² ∝ r\^1 under LoRA scale 'one'", "s001.thm3_1.rank_mechanism", "s = 1: the seed's convention"),
+    (
+        r"^E‖ε_BA‖² ∝ r\^1 under LoRA scale 'one'",
+        "s001.thm3_1.rank_mechanism",
+        "s = 1: the seed's convention",
+    ),
     (r"^E‖ε_BA‖² ∝ r\^", "toolkit.scale_conventions", "α/r and rsLoRA: DESIGN.md's translation"),
-    (r"^higher LoRA ranks need higher precision \(quantization error grows", "s001.s4_2.higher_rank_more_bits",
-     "a proxy: the sign of the error slope, not the b* slope"),
-    (r"^additive uniform model \(Var ε = Δ²/12\)", "s001.eq3.noise_variance", "RTN and SR are two readings"),
-    (r"^RTN at b = 2 on Gaussian factors", "toolkit.widrow.epsba_ratio",
-     "judges 0.47, a number DESIGN.md no longer states (now 0.95 paper grid, 0.26 mid-tread)"),
+    (
+        r"^higher LoRA ranks need higher precision \(quantization error grows",
+        "s001.s4_2.higher_rank_more_bits",
+        "a proxy: the sign of the error slope, not the b* slope",
+    ),
+    (
+        r"^additive uniform model \(Var ε = Δ²/12\)",
+        "s001.eq3.noise_variance",
+        "RTN and SR are two readings",
+    ),
+    (
+        r"^RTN at b = 2 on Gaussian factors",
+        "toolkit.widrow.epsba_ratio",
+        "judges 0.47, a number DESIGN.md no longer states (now 0.95 paper grid, 0.26 mid-tread)",
+    ),
     (r"^stochastic rounding error variance", "toolkit.sr_variance", ""),
-    (r"lloyd max distortion of N\(0,1\) = 0\.009497", "toolkit.lloyd_max.reference",
-     "judges Max's printed 0.009497 instead of the reference 0.0095010"),
+    (
+        r"lloyd max distortion of N\(0,1\) = 0\.009497",
+        "toolkit.lloyd_max.reference",
+        "judges Max's printed 0.009497 instead of the reference 0.0095010",
+    ),
     (r"optimal uniform distortion of N\(0,1\) = 0\.01154", "toolkit.uniform_opt.reference", ""),
     (r"^NF4 blockwise distortion", "toolkit.blockwise.nf4", ""),
     (r"^INT4 blockwise distortion", "toolkit.blockwise.int4", ""),
     (r"^FP4 blockwise distortion", "toolkit.blockwise.fp4", ""),
     (r"^int8 blockwise error variance", "toolkit.absmax_exact", ""),
     (r"^blockwise distortion order NF4 < int4 < FP4", "s002.lloyd_max.nf4_vs_fp4_distortion", ""),
-    (r"^NF4 code is MSE-optimal", "toolkit.nf4_not_mse_optimal",
-     "judged an MSE claim the seed does not make; the seed's claim is s002.qlora.nf4_information_optimal"),
-    (r"^an optimal non-uniform quantizer beats the optimal uniform", "s002.lloyd_max.optimal_beats_uniform", ""),
+    (
+        r"^NF4 code is MSE-optimal",
+        "toolkit.nf4_not_mse_optimal",
+        "judged an MSE claim the seed does not make; the seed's claim is "
+        "s002.qlora.nf4_information_optimal",
+    ),
+    (
+        r"^an optimal non-uniform quantizer beats the optimal uniform",
+        "s002.lloyd_max.optimal_beats_uniform",
+        "",
+    ),
     # audit.json (linear and "off the linear case" nonlinear)
     (r"Thm 3\.2 worked example", REMOVE, "no seed contains b* ≈ 5.7"),
-    (r"Thm 3\.1 generalization term", "s001.thm3_1.gen_term", "an upper bound, judged as an exact exponent"),
+    (
+        r"Thm 3\.1 generalization term",
+        "s001.thm3_1.gen_term",
+        "an upper bound, judged as an exact exponent",
+    ),
     (r"^least squares: estimation error", "toolkit.ts.estimation_rate", ""),
-    (r"excess at the parametric rate", "toolkit.ts.estimation_rate", "a ratio to σ²·d/N, not the slope"),
+    (
+        r"excess at the parametric rate",
+        "toolkit.ts.estimation_rate",
+        "a ratio to σ²·d/N, not the slope",
+    ),
     (r"^full-rank student reaches least squares", "toolkit.ts.closed_form", ""),
     (r"factor 4 per bit of the quantization excess", "s001.s5_1.exponential_precision", ""),
-    (r"Thm 3\.1 quantization term O\(r·2\^\{−2b\}\)", "s001.thm3_1.quant_term",
-     "an upper bound, judged as exact exponents"),
+    (
+        r"Thm 3\.1 quantization term O\(r·2\^\{−2b\}\)",
+        "s001.thm3_1.quant_term",
+        "an upper bound, judged as exact exponents",
+    ),
     (r"Thm 3\.1 holds (as a bound|for r < r\*)", "s001.thm3_1.bound", ""),
     (r"Thm 3\.2 follows from Thm 3\.1", "s001.thm3_2.derivation", ""),
     (r"higher ranks require higher precision", "s001.s4_2.higher_rank_more_bits", ""),
     (r"^Thm 3\.2 rule as stated", "s001.thm3_2.rule", ""),
     (r"larger datasets can tolerate lower precision", "s001.s5_1.larger_data_lower_precision", ""),
     (r"performance degrades exponentially", "s001.s4_2.exponential_bits", ""),
-    (r"^gradient variance scales as O\(r·2\^\{−2b\}\)", "s001.s4_2.grad_var_bits",
-     "two claims in one verdict: split into grad_var_bits and grad_var_rank"),
+    (
+        r"^gradient variance scales as O\(r·2\^\{−2b\}\)",
+        "s001.s4_2.grad_var_bits",
+        "two claims in one verdict: split into grad_var_bits and grad_var_rank",
+    ),
     (r"^Thm 3\.3:", "s001.thm3_3.bound", ""),
     (r"^guideline table: r ≤ 8", "s003.guideline.r_le_8", "teacher–student stand-in"),
     (r"^guideline table: 8 < r ≤ 16", "s003.guideline.r_9_16", "teacher–student stand-in"),
@@ -135,20 +185,43 @@ LEGACY_MAP: tuple[tuple[str, str, str], ...] = (
     (r"^8-bit gives < 5% perplexity degradation", "s003.guideline.r_le_8", ""),
     (r"^8-bit gives < 10% perplexity degradation", "s003.guideline.r_9_16", ""),
     (r"^4-bit degrades severely", "s001.s4_3.avoid_4bit_gt_8", ""),
-    (r"^NF4 matches or beats 16-bit", "s002.abstract.nf4_matches_fp16", "stand-in: the embedded model"),
+    (
+        r"^NF4 matches or beats 16-bit",
+        "s002.abstract.nf4_matches_fp16",
+        "stand-in: the embedded model",
+    ),
     (r"^FP4 underperforms NF4", "s002.abstract.fp4_underperforms", "stand-in: the embedded model"),
-    (r"^quantizing B, A: excess loss depends on rank", "s001.s4_2.degradation_linear_rank",
-     "judged by the sign of a slope in log₂r, not by the exponent with a margin"),
-    (r"^quantizing W0: excess loss does not depend on rank", "toolkit.w0_rank_independence",
-     "holds whenever the interval contains 0: needs TOST"),
-    (r"^predictions and results correlate with R > 0\.9", "s003.validation.correlation",
-     "prediction in s = 1 while the runs used α/r"),
+    (
+        r"^quantizing B, A: excess loss depends on rank",
+        "s001.s4_2.degradation_linear_rank",
+        "judged by the sign of a slope in log₂r, not by the exponent with a margin",
+    ),
+    (
+        r"^quantizing W0: excess loss does not depend on rank",
+        "toolkit.w0_rank_independence",
+        "holds whenever the interval contains 0: needs TOST",
+    ),
+    (
+        r"^predictions and results correlate with R > 0\.9",
+        "s003.validation.correlation",
+        "prediction in s = 1 while the runs used α/r",
+    ),
     (r"^quantization-induced gradient variance falls by 4 per bit", "s001.s4_2.grad_var_bits", ""),
-    (r"^Thm 3\.1 quantization term: error falls by 4 per bit", "s001.s5_1.exponential_precision",
-     "fitted per-bit factor; wide intervals must be inconclusive"),
-    (r"^Thm 3\.1 quantization term: ∝ s²·r", "s001.s4_2.degradation_linear_rank",
-     "fitted rank exponent; wide intervals must be inconclusive"),
-    (r"^Thm 3\.1 generalization term √\(r/N\)", "s001.thm3_1.gen_term", "fitted exponents of a bound term"),
+    (
+        r"^Thm 3\.1 quantization term: error falls by 4 per bit",
+        "s001.s5_1.exponential_precision",
+        "fitted per-bit factor; wide intervals must be inconclusive",
+    ),
+    (
+        r"^Thm 3\.1 quantization term: ∝ s²·r",
+        "s001.s4_2.degradation_linear_rank",
+        "fitted rank exponent; wide intervals must be inconclusive",
+    ),
+    (
+        r"^Thm 3\.1 generalization term √\(r/N\)",
+        "s001.thm3_1.gen_term",
+        "fitted exponents of a bound term",
+    ),
     # allocation_check.json
     (r"bound-optimal allocation beats reference uniform", "s000.summary.joint_allocation", ""),
 )

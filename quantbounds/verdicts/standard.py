@@ -100,8 +100,15 @@ def _decide(p_holds: float, p_fails: float, alpha: float, reason: str) -> Decisi
     return Decision(verdict=verdict, p_holds=p_holds, p_fails=p_fails, reason=reason)
 
 
-def equivalence(estimate: float, se: float, *, center: float, margin: float,
-                alpha: float = ALPHA, dof: float | None = None) -> Decision:
+def equivalence(
+    estimate: float,
+    se: float,
+    *,
+    center: float,
+    margin: float,
+    alpha: float = ALPHA,
+    dof: float | None = None,
+) -> Decision:
     """``scaling_law`` / ``rule``: is θ within ``margin`` of ``center``? (TOST; see the module.)
 
     holds ⇔ the (1 − 2α) interval θ̂ ± t·se lies inside [center − margin, center + margin];
@@ -112,22 +119,31 @@ def equivalence(estimate: float, se: float, *, center: float, margin: float,
         raise ValueError(f"margin must be finite and > 0 for an equivalence test, got {margin!r}")
     lo, hi = center - margin, center + margin
     p_holds = max(_sf((estimate - lo) / se, dof), _sf((hi - estimate) / se, dof))
-    p_above = _sf((estimate - hi) / se, dof)     # H0: θ ≤ hi
-    p_below = _sf((lo - estimate) / se, dof)     # H0: θ ≥ lo
+    p_above = _sf((estimate - hi) / se, dof)  # H0: θ ≤ hi
+    p_below = _sf((lo - estimate) / se, dof)  # H0: θ ≥ lo
     p_fails = min(1.0, 2.0 * min(p_above, p_below))
-    return _decide(p_holds, p_fails, alpha,
-                   f"θ̂ = {estimate:.4g} ± {se:.3g} against [{lo:.4g}, {hi:.4g}]")
+    return _decide(
+        p_holds, p_fails, alpha, f"θ̂ = {estimate:.4g} ± {se:.3g} against [{lo:.4g}, {hi:.4g}]"
+    )
 
 
-def no_effect(estimate: float, se: float, *, margin: float, alpha: float = ALPHA,
-              dof: float | None = None) -> Decision:
+def no_effect(
+    estimate: float, se: float, *, margin: float, alpha: float = ALPHA, dof: float | None = None
+) -> Decision:
     """``no_effect``: "does not depend on …", "matches": equivalence to 0 within ``margin``.
     An interval that merely contains 0 is not enough (that is inconclusive)."""
     return equivalence(estimate, se, center=0.0, margin=margin, alpha=alpha, dof=dof)
 
 
-def comparison(estimate: float, se: float, *, direction: int = 1, margin: float = 0.0,
-               alpha: float = ALPHA, dof: float | None = None) -> Decision:
+def comparison(
+    estimate: float,
+    se: float,
+    *,
+    direction: int = 1,
+    margin: float = 0.0,
+    alpha: float = ALPHA,
+    dof: float | None = None,
+) -> Decision:
     """``comparison``: a claimed difference direction·θ > 0 (e.g. "FP4 underperforms NF4":
     θ = loss(FP4) − loss(NF4), direction +1).
 
@@ -143,12 +159,22 @@ def comparison(estimate: float, se: float, *, direction: int = 1, margin: float 
     d = direction * estimate
     p_holds = _sf(d / se, dof)
     p_fails = _sf((margin - d) / se, dof)
-    return _decide(p_holds, p_fails, alpha,
-                   f"direction·θ̂ = {d:.4g} ± {se:.3g}; claimed > 0, refuted below {margin:.4g}")
+    return _decide(
+        p_holds,
+        p_fails,
+        alpha,
+        f"direction·θ̂ = {d:.4g} ± {se:.3g}; claimed > 0, refuted below {margin:.4g}",
+    )
 
 
-def upper_bound(excess_exponent: float, se: float, *, allowance: float = 0.0,
-                alpha: float = ALPHA, dof: float | None = None) -> Decision:
+def upper_bound(
+    excess_exponent: float,
+    se: float,
+    *,
+    allowance: float = 0.0,
+    alpha: float = ALPHA,
+    dof: float | None = None,
+) -> Decision:
     """``upper_bound``: does the measured quantity grow no faster than the bound's shape?
 
     excess_exponent κ: the growth exponent of measured ÷ bound along the bound's axis (e.g. the
@@ -161,8 +187,12 @@ def upper_bound(excess_exponent: float, se: float, *, allowance: float = 0.0,
         raise ValueError(f"allowance must be finite and ≥ 0, got {allowance!r}")
     p_holds = _sf((allowance - excess_exponent) / se, dof)
     p_fails = _sf((excess_exponent - allowance) / se, dof)
-    return _decide(p_holds, p_fails, alpha,
-                   f"excess growth exponent {excess_exponent:.4g} ± {se:.3g}, allowance {allowance:.3g}")
+    return _decide(
+        p_holds,
+        p_fails,
+        alpha,
+        f"excess growth exponent {excess_exponent:.4g} ± {se:.3g}, allowance {allowance:.3g}",
+    )
 
 
 def identity(ratios) -> Decision:
@@ -170,8 +200,12 @@ def identity(ratios) -> Decision:
     r = np.asarray(ratios, dtype=float)
     ok = bool(r.size) and bool(np.all(np.isfinite(r))) and bool(np.all(r <= 1.0))
     worst = float(np.max(r)) if r.size and np.all(np.isfinite(r)) else float("nan")
-    return Decision(verdict="holds" if ok else "fails", p_holds=None, p_fails=None,
-                    reason=f"max residual ÷ bound = {worst:.3g}")
+    return Decision(
+        verdict="holds" if ok else "fails",
+        p_holds=None,
+        p_fails=None,
+        reason=f"max residual ÷ bound = {worst:.3g}",
+    )
 
 
 def holm(p_values, *, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:

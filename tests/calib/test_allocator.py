@@ -10,57 +10,90 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantbounds.calib.allocator import (
-    THEORY, LayerSpec, allocate, best_uniform, brute_force, memory_bits, objective,
-    params_from_calibration)
+    THEORY,
+    LayerSpec,
+    allocate,
+    best_uniform,
+    brute_force,
+    memory_bits,
+    objective,
+    params_from_calibration,
+)
 from quantbounds.cli.allocate import main
 
 RANKS, BITS = (1, 2, 4), (2, 4, 16)
 
 
 def test_memory_bits_hand_values():
-    l = LayerSpec(name="x", m=3, n=5)
+    layer = LayerSpec(name="x", m=3, n=5)
     # r=2: 16 entries; 4 bits → 64 bits + one 32-bit absmax (16 ≤ 64 entries per block)
-    assert memory_bits(l, 2, 4) == 2 * 8 * 4 + 32
-    assert memory_bits(l, 2, 16) == 2 * 8 * 16          # unquantized: no absmax
-    assert memory_bits(l, 10, 2, block_size=64) == 80 * 2 + 32 * 2   # 80 entries → 2 blocks
+    assert memory_bits(layer, 2, 4) == 2 * 8 * 4 + 32
+    assert memory_bits(layer, 2, 16) == 2 * 8 * 16  # unquantized: no absmax
+    assert memory_bits(layer, 10, 2, block_size=64) == 80 * 2 + 32 * 2  # 80 entries → 2 blocks
 
 
 @settings(deadline=None, max_examples=40)
-@given(st.lists(st.tuples(st.integers(2, 40), st.integers(2, 40), st.floats(0.2, 5.0)), min_size=1, max_size=4),
-       st.floats(0.0, 1.0), st.floats(-0.5, 1.0), st.floats(1.5, 6.0))
+@given(
+    st.lists(
+        st.tuples(st.integers(2, 40), st.integers(2, 40), st.floats(0.2, 5.0)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.0, 1.0),
+    st.floats(-0.5, 1.0),
+    st.floats(1.5, 6.0),
+)
 def test_dp_equals_brute_force(shapes, frac, a_gen, rho):
     layers = [LayerSpec(name=f"l{i}", m=m, n=n, range_A=s) for i, (m, n, s) in enumerate(shapes)]
     params = dict(THEORY, exponent_r_gen=a_gen, per_bit_factor=rho, C2=30.0)
-    lo = sum(min(memory_bits(l, r, b) for r in RANKS for b in BITS if r <= min(l.m, l.n)) for l in layers)
-    hi = sum(max(memory_bits(l, r, b) for r in RANKS for b in BITS if r <= min(l.m, l.n)) for l in layers)
+    lo = sum(
+        min(memory_bits(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
+        for layer in layers
+    )
+    hi = sum(
+        max(memory_bits(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
+        for layer in layers
+    )
     budget = (lo + frac * (hi - lo)) / 8
     ref = brute_force(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS)
     got = allocate(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS)
     assert got.objective == pytest.approx(ref[0], rel=1e-12, abs=1e-15)
     assert got.memory_bytes * 8 <= budget * 8 + 1e-9
     # the reported choice really has the reported objective and memory
-    assert objective(layers, got.choice, params=params, N=1000) == pytest.approx(got.objective, rel=1e-12)
-    assert sum(memory_bits(l, *got.choice[l.name]) for l in layers) == got.memory_bytes * 8
+    assert objective(layers, got.choice, params=params, N=1000) == pytest.approx(
+        got.objective, rel=1e-12
+    )
+    assert (
+        sum(memory_bits(layer, *got.choice[layer.name]) for layer in layers) == got.memory_bytes * 8
+    )
     if got.uniform is not None:
         assert got.objective <= got.uniform["objective"] * (1 + 1e-12)
 
 
 def test_uniform_choice_gives_back_the_model_level_terms():
-    """With v_l, w_l shares summing to 1, a uniform (r, b) must give C1·r^a·N^(−c) + C2·r^β·ρ^(−b)."""
-    layers = [LayerSpec(name="a", m=64, n=32, range_A=2.0), LayerSpec(name="b", m=16, n=128, range_B=0.3)]
+    """With v_l, w_l shares summing to 1, a uniform (r, b) must give
+    C1·r^a·N^(−c) + C2·r^β·ρ^(−b)."""
+    layers = [
+        LayerSpec(name="a", m=64, n=32, range_A=2.0),
+        LayerSpec(name="b", m=16, n=128, range_B=0.3),
+    ]
     p = dict(C1=0.7, C2=3.0, per_bit_factor=3.5, exponent_r=0.8, exponent_r_gen=0.4, exponent_N=0.6)
     r, b, N = 8, 3, 500
-    want = p["C1"] * r ** 0.4 * N ** -0.6 + p["C2"] * r ** 0.8 * 3.5 ** -b
+    want = p["C1"] * r**0.4 * N**-0.6 + p["C2"] * r**0.8 * 3.5**-b
     got = objective(layers, {"a": (r, b), "b": (r, b)}, params=p, N=N)
     assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_sensitive_layer_gets_more_bits():
-    layers = [LayerSpec(name="quiet", m=32, n=32, sensitivity=1.0),
-              LayerSpec(name="loud", m=32, n=32, sensitivity=1000.0)]
+    layers = [
+        LayerSpec(name="quiet", m=32, n=32, sensitivity=1.0),
+        LayerSpec(name="loud", m=32, n=32, sensitivity=1000.0),
+    ]
     # budget fits (16, 4) or (8, 8) but not (16, 8): the 1000× more sensitive layer must get 16
     budget = (memory_bits(layers[0], 4, 16) + memory_bits(layers[0], 4, 4)) / 8
-    a = allocate(layers, budget_bytes=budget, params=dict(THEORY, C2=10.0), ranks=(4,), bits=(2, 4, 8, 16))
+    a = allocate(
+        layers, budget_bytes=budget, params=dict(THEORY, C2=10.0), ranks=(4,), bits=(2, 4, 8, 16)
+    )
     assert a.choice["loud"][1] > a.choice["quiet"][1]
 
 
@@ -93,8 +126,20 @@ def test_cli(tmp_path, capsys):
     spec = [{"name": "q", "m": 16, "n": 16}, {"name": "v", "m": 16, "n": 48, "range_A": 2.0}]
     (tmp_path / "layers.json").write_text(json.dumps(spec))
     out = tmp_path / "alloc.json"
-    rc = main(["--layers", str(tmp_path / "layers.json"), "--budget-bytes", "600", "--ranks", "1,2,4",
-               "--bits", "2,4,8,16", "--out", str(out)])
+    rc = main(
+        [
+            "--layers",
+            str(tmp_path / "layers.json"),
+            "--budget-bytes",
+            "600",
+            "--ranks",
+            "1,2,4",
+            "--bits",
+            "2,4,8,16",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert set(data["choice"]) == {"q", "v"} and data["memory_bytes"] <= 600
@@ -113,13 +158,22 @@ def test_allocation_check_patterns_match_exactly_one_layer_under_peft_rule():
 
     from real_runs.allocation_check import layers_from_pilot, patterns
 
-    names = [f"transformer.h.{i}.{m}" for i in (1, 11) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")]
+    names = [
+        f"transformer.h.{i}.{m}"
+        for i in (1, 11)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")
+    ]
     choice = {n: (2 + k, 2 + k % 3) for k, n in enumerate(names)}
     rp, bp = patterns(choice)
     for n in names:
         assert rp[get_pattern_key(list(rp), n)] == choice[n][0]
         assert bp[get_pattern_key(list(bp), n)] == choice[n][1]
-    pilot = {"range_A": {names[0]: 0.5}, "range_B": {names[0]: 0.0}, "x_norm2": {}, "lora_scale": 2.0}
+    pilot = {
+        "range_A": {names[0]: 0.5},
+        "range_B": {names[0]: 0.0},
+        "x_norm2": {},
+        "lora_scale": 2.0,
+    }
     specs = layers_from_pilot({names[0]: (8, 4)}, pilot)
     assert specs[0].range_A == 0.5 and specs[0].range_B == 1.0 and specs[0].x_norm2 is None
-    assert specs[0].sens() == pytest.approx(2.0 ** 2 * 8 * 4 * 0.25)
+    assert specs[0].sens() == pytest.approx(2.0**2 * 8 * 4 * 0.25)

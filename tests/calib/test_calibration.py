@@ -13,8 +13,14 @@ from scipy import stats
 from scipy.optimize import curve_fit
 
 from quantbounds.calib.bstar import calibrated_bits
-from quantbounds.calib.calibration import (Calibration, CalibrationError, TermFit, _loco, calibrate,
-                                           quant_model)
+from quantbounds.calib.calibration import (
+    Calibration,
+    CalibrationError,
+    TermFit,
+    _loco,
+    calibrate,
+    quant_model,
+)
 from quantbounds.calib.pairing import paired_excess
 from quantbounds.calib.records import SCHEMA
 from quantbounds.calib.synthetic import SyntheticTruth, synthetic_records
@@ -25,9 +31,16 @@ SMALL = dict(ranks=(2, 8, 32), bits=(2, 3, 4), n_trains=(500, 2000), seeds=(0, 1
 
 def _term(theta, params=None, weak=()) -> TermFit:
     """A hand-made fitted term (for the rules built on a fit)."""
-    return TermFit(model="hand", params=params or {}, theta=np.asarray(theta, float),
-                   size_key="n_pairs", n=0, n_boot_ok=0, r2_in_sample=float("nan"),
-                   weakly_identified=tuple(weak))
+    return TermFit(
+        model="hand",
+        params=params or {},
+        theta=np.asarray(theta, float),
+        size_key="n_pairs",
+        n=0,
+        n_boot_ok=0,
+        r2_in_sample=float("nan"),
+        weakly_identified=tuple(weak),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +55,14 @@ def test_fit_recovers_known_constants_inside_intervals(full_fit):
     so a correct fit passes with probability ≥ 95 % for any seed (this one is fixed)."""
     truth, _, cal = full_fit
     q, g = cal.quant.params, cal.gen.params
-    for params, name, true in ((q, "C2", truth.C2), (q, "per_bit_factor", truth.rho),
-                               (q, "exponent_r", truth.beta), (g, "C1", truth.C1),
-                               (g, "exponent_r_gen", truth.a), (g, "exponent_N", truth.c)):
+    for params, name, true in (
+        (q, "C2", truth.C2),
+        (q, "per_bit_factor", truth.rho),
+        (q, "exponent_r", truth.beta),
+        (g, "C1", truth.C1),
+        (g, "exponent_r_gen", truth.a),
+        (g, "exponent_N", truth.c),
+    ):
         lo, hi = params[name].ci
         assert lo <= true <= hi, (name, true, lo, hi)
         assert not params[name].fixed
@@ -78,7 +96,11 @@ def test_interval_coverage_over_replicate_datasets():
     n, hits = 30, {"C2": 0, "per_bit_factor": 0, "exponent_r": 0}
     for s in range(n):
         cal = calibrate(synthetic_records(seed=100 + s, truth=truth, **SMALL), n_boot=200, seed=s)
-        for k, true in (("C2", truth.C2), ("per_bit_factor", truth.rho), ("exponent_r", truth.beta)):
+        for k, true in (
+            ("C2", truth.C2),
+            ("per_bit_factor", truth.rho),
+            ("exponent_r", truth.beta),
+        ):
             lo, hi = cal.quant.params[k].ci
             hits[k] += lo <= true <= hi
     floor = stats.binom.ppf(0.001, n, 0.90)
@@ -110,8 +132,9 @@ def test_loco_matches_an_independent_refit():
     def f(X, c2, beta, rho):
         return c2 * X[0] ** beta * rho ** (-X[1])
 
-    popt, _ = curve_fit(f, np.vstack([P.rank[keep], P.bits[keep]]).astype(float), P.excess[keep],
-                        p0=[0.5, 1.0, 4.0])
+    popt, _ = curve_fit(
+        f, np.vstack([P.rank[keep], P.bits[keep]]).astype(float), P.excess[keep], p0=[0.5, 1.0, 4.0]
+    )
     ref = f(np.vstack([P.rank[out], P.bits[out]]).astype(float), *popt)
     np.testing.assert_allclose(np.asarray(loco.predictions)[out], ref, rtol=1e-5)
 
@@ -139,14 +162,22 @@ def test_calibrated_balanced_rule_equals_bounds_rule_at_theory_exponents():
     from quantbounds.theory.bounds import optimal_bits
 
     C1, C2 = 2.0, 0.3
-    cal = Calibration(quant=_term([math.log(C2), 1.0, math.log(4.0)]),
-                      gen=_term([2.0, math.log(C1), 0.5, 0.5]), arm="adapter_rtn", scale="one")
-    for r, N in itertools.product((1, 4, 16, 64), (100, 1000, 10 ** 5)):
+    cal = Calibration(
+        quant=_term([math.log(C2), 1.0, math.log(4.0)]),
+        gen=_term([2.0, math.log(C1), 0.5, 0.5]),
+        arm="adapter_rtn",
+        scale="one",
+    )
+    for r, N in itertools.product((1, 4, 16, 64), (100, 1000, 10**5)):
         got = calibrated_bits(cal, r, N, rule="balanced")["b"]
-        assert got == pytest.approx(float(optimal_bits(r, N, rule="balanced", C1=C1, C2=C2)), rel=1e-12)
+        assert got == pytest.approx(
+            float(optimal_bits(r, N, rule="balanced", C1=C1, C2=C2)), rel=1e-12
+        )
         lam = 1e-3
         got = calibrated_bits(cal, r, N, rule="cost", lam=lam)["b"]
-        assert got == pytest.approx(float(optimal_bits(r, N, rule="cost", C2=C2, lam=lam)), rel=1e-12)
+        assert got == pytest.approx(
+            float(optimal_bits(r, N, rule="cost", C2=C2, lam=lam)), rel=1e-12
+        )
     # tolerance rule: excess at the returned b equals tol
     b = calibrated_bits(cal, 16, 1000, rule="tolerance", tol=0.01)["b"]
     assert float(quant_model(np.array(cal.quant.theta), 16.0, b)) == pytest.approx(0.01, rel=1e-12)
@@ -163,7 +194,9 @@ def test_missing_baselines_are_listed_and_fit_uses_the_rest():
 
 
 def test_too_few_runs_raises_with_what_is_missing():
-    recs = synthetic_records(seed=0, ranks=(4,), bits=(2,), n_trains=(100,), seeds=(0,), base_arms=())
+    recs = synthetic_records(
+        seed=0, ranks=(4,), bits=(2,), n_trains=(100,), seeds=(0,), base_arms=()
+    )
     with pytest.raises(CalibrationError, match="too few valid runs.*adapter_rtn"):
         calibrate(recs, n_boot=0)
 
@@ -178,24 +211,48 @@ def test_cli_mixed_schema_missing_file_and_end_to_end(tmp_path, capsys):
     lines.insert(3, json.dumps(other))
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "cal.json"
-    assert main([str(path), "--n-boot", "40", "--out", str(out), "--figures", "", "--ranks", "4,64",
-                 "--n", "500,100000"]) == 0
+    assert (
+        main(
+            [
+                str(path),
+                "--n-boot",
+                "40",
+                "--out",
+                str(out),
+                "--figures",
+                "",
+                "--ranks",
+                "4,64",
+                "--n",
+                "500,100000",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["synthetic"] is True
     assert any("another schema version" in n and "line 4" in n for n in data["notes"])
     for k in ("C1", "C2", "per_bit_factor", "exponent_r"):
         assert {"value", "fixed", "ci", "ci_bootstrap", "ci_wald"} == set(data["fits"][k])
-    assert data["verdicts"] and all(v["verdict"] in ("holds", "fails", "conditional") for v in data["verdicts"])
+    assert data["verdicts"] and all(
+        v["verdict"] in ("holds", "fails", "conditional") for v in data["verdicts"]
+    )
     assert data["bits_table"][0]["paper"] == pytest.approx(0.5 * math.log2(4 * 500))  # r=4, N=500
-    assert [(row["r"], row["N"]) for row in data["bits_table"]] == [(4, 500), (64, 500), (4, 100000), (64, 100000)]
+    assert [(row["r"], row["N"]) for row in data["bits_table"]] == [
+        (4, 500),
+        (64, 500),
+        (4, 100000),
+        (64, 100000),
+    ]
     row = data["bits_table"][1]
     lo, hi = row["calibrated_tolerance"]["ci"]
     assert lo <= row["calibrated_tolerance"]["b"] <= hi
 
 
 def test_run_calibration_without_any_fit_still_gives_claim_verdicts():
-    recs = synthetic_records(seed=0, ranks=(4,), bits=(8,), n_trains=(100,), seeds=(0, 1, 2),
-                             base_arms=("base_nf4",))
+    recs = synthetic_records(
+        seed=0, ranks=(4,), bits=(8,), n_trains=(100,), seeds=(0, 1, 2), base_arms=("base_nf4",)
+    )
     recs = [r for r in recs if r["arm"] != "adapter_rtn" or r["seed"] == 0]
     out, cal = run_calibration(recs, n_boot=50)
     assert out["fits"]["C2"] is None or cal is None or cal.quant is None
@@ -209,12 +266,15 @@ def test_analytic_jacobians_match_finite_differences():
     from quantbounds.calib.fitting import _gen_jac, _quant_jac, gen_model
 
     r, x2 = np.array([2.0, 8.0, 32.0]), np.array([3.0, 4.0, 500.0])
-    for model, jac, th in ((quant_model, _quant_jac, np.array([-0.7, 1.1, 1.3])),
-                           (gen_model, _gen_jac, np.array([2.5, 1.0, 0.4, 0.6]))):
+    for model, jac, th in (
+        (quant_model, _quant_jac, np.array([-0.7, 1.1, 1.3])),
+        (gen_model, _gen_jac, np.array([2.5, 1.0, 0.4, 0.6])),
+    ):
         J = jac(th, r, x2)
         for j in range(th.size):
             h = 1e-6 * (1 + abs(th[j]))
-            e = np.zeros_like(th); e[j] = h
+            e = np.zeros_like(th)
+            e[j] = h
             fd = (model(th + e, r, x2) - model(th - e, r, x2)) / (2 * h)
             np.testing.assert_allclose(J[:, j], fd, rtol=1e-7, atol=1e-10)
 
@@ -241,20 +301,27 @@ def test_batched_fit_matches_scipy_least_squares(loss):
         # same minimiser (scipy stops at ftol = 1e-8, so agree to ~1e-5) and a cost no higher
         np.testing.assert_allclose(got[k], ref, rtol=1e-5, atol=1e-7)
         rho = _RHO["linear" if f_scale is None else loss][0]
-        c2 = 1.0 if f_scale is None else f_scale ** 2
+        c2 = 1.0 if f_scale is None else f_scale**2
 
         def cost(th):
             return np.sum(c2 * rho((quant_model(th, r[idx], b[idx]) - y[idx]) ** 2 / c2))
+
         assert cost(got[k]) <= cost(ref) * (1 + 1e-9)
 
 
 def test_every_adapter_arm_gets_its_own_quantization_fit():
-    recs = synthetic_records(seed=9, **SMALL, base_arms=(), extra_adapter_arms=(("adapter_noise", 0.5, 2.0),))
+    recs = synthetic_records(
+        seed=9, **SMALL, base_arms=(), extra_adapter_arms=(("adapter_noise", 0.5, 2.0),)
+    )
     out, _ = run_calibration(recs, n_boot=100)
     noise = out["fits"]["by_arm"]["adapter_noise"]
     assert noise["per_bit_factor"]["ci"][0] > 1.0
-    pb = [v for v in out["verdicts"] if "4 per bit" in v["claim"] and "adapter_noise" in v["conditions"]]
-    assert pb and pb[0]["verdict"] == "fails"    # generated with ρ = 2, so "4 per bit" must fail
+    pb = [
+        v
+        for v in out["verdicts"]
+        if "4 per bit" in v["claim"] and "adapter_noise" in v["conditions"]
+    ]
+    assert pb and pb[0]["verdict"] == "fails"  # generated with ρ = 2, so "4 per bit" must fail
     from quantbounds.report.report import _calibration_section
 
     text = "\n".join(_calibration_section(out))
@@ -263,28 +330,35 @@ def test_every_adapter_arm_gets_its_own_quantization_fit():
 
 def test_flat_direction_shows_as_a_wide_interval():
     """16-bit loss flat in r at one N: L∞ and C1 trade off exactly; the interval must say so."""
-    recs = synthetic_records(seed=0, truth=SyntheticTruth(a=0.0), ranks=(2, 4, 8, 16), bits=(2, 4),
-                             n_trains=(1000,), seeds=(0, 1, 2), base_arms=())
+    recs = synthetic_records(
+        seed=0,
+        truth=SyntheticTruth(a=0.0),
+        ranks=(2, 4, 8, 16),
+        bits=(2, 4),
+        n_trains=(1000,),
+        seeds=(0, 1, 2),
+        base_arms=(),
+    )
     cal = calibrate(recs, n_boot=30)
     c1 = cal.gen.params["C1"]
     lo, hi = c1.ci
     assert lo < 0.1 * c1.value and hi > 10 * c1.value
     assert "C1" in cal.gen.weakly_identified
     assert calibrated_bits(cal, 16, 1000, rule="balanced")["ci"] is None
-    assert calibrated_bits(cal, 16, 1000, rule="tolerance")["ci"] is not None   # quant term is fine
+    assert calibrated_bits(cal, 16, 1000, rule="tolerance")["ci"] is not None  # quant term is fine
 
 
 def test_robust_loss_resists_gross_outliers_that_pull_ordinary_least_squares():
     truth = SyntheticTruth()
     recs = synthetic_records(seed=21, truth=truth)
     bad = [r for r in recs if r["arm"] == "adapter_rtn" and (r["rank"], r["bits"]) == (32, 4)][:4]
-    for r in bad:                      # four diverged runs: +1 nat where Δ = 0.5·32·4⁻⁴ ≈ 0.06
+    for r in bad:  # four diverged runs: +1 nat where Δ = 0.5·32·4⁻⁴ ≈ 0.06
         r["eval_loss"] += 1.0
     robust = calibrate(recs, n_boot=200, loss="soft_l1").quant.params["per_bit_factor"]
     ols = calibrate(recs, n_boot=0, loss="linear").quant.params["per_bit_factor"].value
     lo, hi = robust.ci
-    assert lo <= truth.rho <= hi          # the robust fit still covers the truth …
-    assert not lo <= ols <= hi            # … and ordinary least squares is pulled outside it
+    assert lo <= truth.rho <= hi  # the robust fit still covers the truth …
+    assert not lo <= ols <= hi  # … and ordinary least squares is pulled outside it
 
 
 def test_batched_fit_survives_rank_deficient_and_overflowing_replicates():
@@ -297,15 +371,29 @@ def test_batched_fit_survives_rank_deficient_and_overflowing_replicates():
     b = np.array([2.0, 3.0, 2.0, 3.0, 4.0, 4.0])
     truth = np.array([math.log(0.5), 1.0, math.log(4.0)])
     y = quant_model(truth, r, b)
-    W = np.array([[1, 1, 1, 1, 1, 1],          # well posed
-                  [1, 1, 0, 0, 1, 0]], float)  # rank 4 only: β not identifiable
+    W = np.array(
+        [
+            [1, 1, 1, 1, 1, 1],  # well posed
+            [1, 1, 0, 0, 1, 0],
+        ],
+        float,
+    )  # rank 4 only: β not identifiable
     free = np.array([True, True, True])
-    out = _batched_fit(quant_model, truth + np.array([0.3, -0.2, 0.1]), free, (r, b), y, W,
-                       f_scale=None, loss="linear")
+    out = _batched_fit(
+        quant_model,
+        truth + np.array([0.3, -0.2, 0.1]),
+        free,
+        (r, b),
+        y,
+        W,
+        f_scale=None,
+        loss="linear",
+    )
     assert np.allclose(out[0], truth, atol=1e-6)
     # the degenerate replicate still fits what it can see (its predictions on its rows)
     seen = W[1] > 0
     assert np.allclose(quant_model(out[1], r[seen], b[seen]), y[seen], rtol=1e-6)
-    far = _batched_fit(quant_model, np.array([400.0, 50.0, -30.0]), free, (r, b), y, W,
-                       f_scale=None, loss="linear")
+    far = _batched_fit(
+        quant_model, np.array([400.0, 50.0, -30.0]), free, (r, b), y, W, f_scale=None, loss="linear"
+    )
     assert far.shape == (2, 3)

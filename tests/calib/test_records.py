@@ -1,16 +1,32 @@
 """Run-record schema: validation, append durability, torn-line recovery, resume ids."""
 
-
 import pytest
 
 from quantbounds.calib import records as R
 
 
 def _rec(**over):
-    base = dict(run_id="abc", arm="fp16", model="embedded", dataset="chatterbot", rank=4, bits=16,
-                base_quant="none", scale="alpha_r", lora_alpha=8.0, seed=0, n_train=100, steps=10,
-                eval_loss=2.0, perplexity=7.389, f1=0.1, exact_match=0.0, grad_var=1e-3,
-                eps_ba_fro2=0.0, wall_s=1.5)
+    base = dict(
+        run_id="abc",
+        arm="fp16",
+        model="embedded",
+        dataset="chatterbot",
+        rank=4,
+        bits=16,
+        base_quant="none",
+        scale="alpha_r",
+        lora_alpha=8.0,
+        seed=0,
+        n_train=100,
+        steps=10,
+        eval_loss=2.0,
+        perplexity=7.389,
+        f1=0.1,
+        exact_match=0.0,
+        grad_var=1e-3,
+        eps_ba_fro2=0.0,
+        wall_s=1.5,
+    )
     base.update(over)
     return R.make_record(**base)
 
@@ -18,9 +34,16 @@ def _rec(**over):
 def test_make_and_validate():
     rec = _rec()
     assert rec["schema"] == R.SCHEMA
-    for bad, msg in [(dict(arm="nope"), "arm"), (dict(bits=17), "bits"), (dict(bits=0), "bits"),
-                     (dict(rank=0), "rank"), (dict(scale="x"), "scale"), (dict(n_train=0), "n_train"),
-                     (dict(base_quant="int3"), "base_quant"), (dict(rank=True), "rank")]:
+    for bad, msg in [
+        (dict(arm="nope"), "arm"),
+        (dict(bits=17), "bits"),
+        (dict(bits=0), "bits"),
+        (dict(rank=0), "rank"),
+        (dict(scale="x"), "scale"),
+        (dict(n_train=0), "n_train"),
+        (dict(base_quant="int3"), "base_quant"),
+        (dict(rank=True), "rank"),
+    ]:
         with pytest.raises(R.RecordError, match=msg):
             _rec(**bad)
     with pytest.raises(R.RecordError, match="missing"):

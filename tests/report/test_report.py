@@ -13,12 +13,21 @@ from quantbounds.verdicts.results import Verdict, write_json_atomic
 
 
 def _verdict(v="holds", claim="a | claim"):
-    return Verdict(claim=claim, verdict=v, predicted=1.0, measured=1.01, ci=[0.99, 1.03],
-                   conditions="x", source="seed 001").to_dict()
+    return Verdict(
+        claim=claim,
+        verdict=v,
+        predicted=1.0,
+        measured=1.01,
+        ci=[0.99, 1.03],
+        conditions="x",
+        source="seed 001",
+    ).to_dict()
 
 
 def test_report_with_every_part_missing_names_the_commands(tmp_path):
-    out, missing = build_report(results_dir=tmp_path / "r", figures_dir=tmp_path / "f", out=tmp_path / "R.md")
+    out, missing = build_report(
+        results_dir=tmp_path / "r", figures_dir=tmp_path / "f", out=tmp_path / "R.md"
+    )
     text = out.read_text()
     assert missing == ["validation", "audit", "calibration"]
     for cmd in ("quantbounds validate", "quantbounds audit", "quantbounds calibrate runs.jsonl"):
@@ -28,7 +37,9 @@ def test_report_with_every_part_missing_names_the_commands(tmp_path):
 
 def test_report_partial_inputs_counts_and_escaping(tmp_path):
     r = tmp_path / "results"
-    write_json_atomic(r / "validation.json", {"verdicts": [_verdict(), _verdict("fails"), _verdict("fails")]})
+    write_json_atomic(
+        r / "validation.json", {"verdicts": [_verdict(), _verdict("fails"), _verdict("fails")]}
+    )
     (r / "audit.json").write_text("{not json")
     fig = tmp_path / "figures"
     fig.mkdir()
@@ -38,9 +49,9 @@ def test_report_partial_inputs_counts_and_escaping(tmp_path):
     assert missing == ["audit", "calibration"]
     assert "| validation | 1 | 2 | 0 |" in text
     assert "unreadable" in text and "quantbounds audit" in text
-    assert "a \\| claim" in text                         # pipes escaped inside table cells
+    assert "a \\| claim" in text  # pipes escaped inside table cells
     assert "SYNTHETIC — synthetic calibration analysis" in text
-    assert "](../figures/synthetic_calibration_analysis.png)" in text   # relative to the report
+    assert "](../figures/synthetic_calibration_analysis.png)" in text  # relative to the report
 
 
 def test_verdict_table_shape():
@@ -55,13 +66,19 @@ def test_end_to_end_synthetic_calibration_figures_and_report(tmp_path):
     from quantbounds.calib.records import append_record
     from quantbounds.calib.synthetic import synthetic_records
 
-    recs = synthetic_records(seed=0, ranks=(2, 8, 32), bits=(2, 4, 8), n_trains=(500, 2000), seeds=(0, 1, 2))
+    recs = synthetic_records(
+        seed=0, ranks=(2, 8, 32), bits=(2, 4, 8), n_trains=(500, 2000), seeds=(0, 1, 2)
+    )
     path = tmp_path / "runs.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in recs[:-1]))
     append_record(path, recs[-1])
     r, f = tmp_path / "results", tmp_path / "figures"
-    assert calibrate_main([str(path), "--n-boot", "50", "--out", str(r / "calibration.json"),
-                           "--figures", str(f)]) == 0
+    assert (
+        calibrate_main(
+            [str(path), "--n-boot", "50", "--out", str(r / "calibration.json"), "--figures", str(f)]
+        )
+        == 0
+    )
     pngs = sorted(p.name for p in f.glob("*.png"))
     assert pngs == ["synthetic_additive_vs_real.png", "synthetic_calibration_analysis.png"]
     assert main(["--results", str(r), "--figures", str(f), "--no-readme"]) == 0
@@ -76,9 +93,12 @@ def test_modules_import_without_torch_jax_or_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, quantbounds.calib.calibration, quantbounds.calib.allocator, quantbounds.report.report, "
-            "quantbounds.report.plots, quantbounds.calib.synthetic, quantbounds.calib.pairing, quantbounds.verdicts.claims, "
-            "quantbounds.cli.calibrate; "
-            "print([m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules])")
+    code = (
+        "import sys, quantbounds.calib.calibration, quantbounds.calib.allocator, "
+        "quantbounds.report.report, quantbounds.report.plots, quantbounds.calib.synthetic, "
+        "quantbounds.calib.pairing, quantbounds.verdicts.claims, "
+        "quantbounds.cli.calibrate; "
+        "print([m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -32,11 +32,11 @@ def test_fe_slope_and_log_slopes_recover_known_exponents():
 def test_threshold_bits_exact_for_log_linear_curves():
     b = np.array([2.0, 3, 4, 6, 8])
     K, b0, tol = 2.0, 4.6, 0.1
-    base = K * 4.0 ** -b0 / tol
-    q = K * 4.0 ** -b  # log₂ linear in b: interpolation is exact
+    base = K * 4.0**-b0 / tol
+    q = K * 4.0**-b  # log₂ linear in b: interpolation is exact
     assert fits_mod.threshold_bits(q, base, b, tol=tol) == pytest.approx(b0, abs=1e-12)
-    assert np.isnan(fits_mod.threshold_bits(q, 1e6, b, tol=tol))      # below the tolerance everywhere
-    assert np.isnan(fits_mod.threshold_bits(q, 1e-12, b, tol=tol))    # never reached on the grid
+    assert np.isnan(fits_mod.threshold_bits(q, 1e6, b, tol=tol))  # below the tolerance everywhere
+    assert np.isnan(fits_mod.threshold_bits(q, 1e-12, b, tol=tol))  # never reached on the grid
 
 
 def test_fit_envelope_is_the_tightest_valid_bound():
@@ -57,23 +57,36 @@ def _synthetic(rate_N, rate_r, factor, *, seeds=6, noise=0.05, seed=0):
     """A fake run_grid/run_gradvar result whose rates are known exactly (multiplicative noise)."""
     from quantbounds.theory.teacher_student import TeacherStudentConfig
 
-    cfg = TeacherStudentConfig(m=16, n=24, r_star=2, ranks=(1, 2, 4, 8, 16), bits=(2, 3, 4, 6, 8),
-                               Ns=(64, 128, 256, 512, 1024), seeds=seeds, conventions=("one",))
+    cfg = TeacherStudentConfig(
+        m=16,
+        n=24,
+        r_star=2,
+        ranks=(1, 2, 4, 8, 16),
+        bits=(2, 3, 4, 6, 8),
+        Ns=(64, 128, 256, 512, 1024),
+        seeds=seeds,
+        conventions=("one",),
+    )
     rng = np.random.default_rng(seed)
     r = np.array(cfg.ranks, float)[:, None, None]
     N = np.array(cfg.Ns, float)[None, :, None]
     b = np.array(cfg.bits, float)
     mult = lambda shape: np.exp(noise * rng.normal(size=shape))  # noqa: E731
-    E = 0.5 * r ** rate_r * (N / 64) ** rate_N * mult((5, 5, seeds))
-    Q = 2.0 * r[..., None] ** 0.3 * factor ** -b * mult((5, 5, seeds, 5))
+    E = 0.5 * r**rate_r * (N / 64) ** rate_N * mult((5, 5, seeds))
+    Q = 2.0 * r[..., None] ** 0.3 * factor**-b * mult((5, 5, seeds, 5))
     fp = {"excess_latent": E, "ptq_qexcess": Q, "ptq_excess": E[..., None] + Q, "ptq_pred": Q}
     res = {"fp_one": fp}
     for arm in ("ste_rtn", "additive"):
         res[arm] = {"excess_deployed": np.moveaxis(E[..., None] + Q, -1, 1)}
     rr = np.array(cfg.ranks, float)[:, None, None]
-    g = {"var_noise": rr * 4.0 ** -b[None, :, None] * mult((5, 5, seeds)), "var_batch": np.ones((5, 5, seeds)),
-         "var_joint": 1 + rr * 4.0 ** -b[None, :, None] * mult((5, 5, seeds)), "loss": np.ones((5, 5, seeds)),
-         "x_norm2": np.ones((5, 5, seeds)), "R": 2.0 * np.ones((5, 5, seeds))}
+    g = {
+        "var_noise": rr * 4.0 ** -b[None, :, None] * mult((5, 5, seeds)),
+        "var_batch": np.ones((5, 5, seeds)),
+        "var_joint": 1 + rr * 4.0 ** -b[None, :, None] * mult((5, 5, seeds)),
+        "loss": np.ones((5, 5, seeds)),
+        "x_norm2": np.ones((5, 5, seeds)),
+        "R": 2.0 * np.ones((5, 5, seeds)),
+    }
     return res, {"additive": g}, cfg
 
 
@@ -108,19 +121,31 @@ def _synthetic_nl(rate_N, rate_r, factor, *, seeds=6, noise=0.05, seed=0):
     """A fake run_nonlinear_grid result whose rates are known exactly (multiplicative noise)."""
     from quantbounds.theory.nonlinear_student import NonlinearConfig
 
-    ncfg = NonlinearConfig(ranks=(1, 2, 4, 8), bits=(2, 3, 4, 5, 6, 8), train_bits=(2, 4), Ns=(128, 256, 512, 1024),
-                           seeds=seeds)
+    ncfg = NonlinearConfig(
+        ranks=(1, 2, 4, 8),
+        bits=(2, 3, 4, 5, 6, 8),
+        train_bits=(2, 4),
+        Ns=(128, 256, 512, 1024),
+        seeds=seeds,
+    )
     rng = np.random.default_rng(seed)
     R, Nn, B = len(ncfg.ranks), len(ncfg.Ns), len(ncfg.bits)
     r = np.array(ncfg.ranks, float)[:, None, None]
     N = np.array(ncfg.Ns, float)[None, :, None]
     b = np.array(ncfg.bits, float)
     mult = lambda shape: np.exp(noise * rng.normal(size=shape))  # noqa: E731
-    E = 0.05 * r ** rate_r * (N / 128) ** rate_N * mult((R, Nn, seeds))
-    Q = 2.0 * r[..., None] ** 0.3 * factor ** -b * mult((R, Nn, seeds, B))
-    fp = {"excess_latent": E, "ptq_qexcess": Q, "ptq_excess": E[..., None] + Q,
-          "excess_latent_mc": E * (1 + 0.01 * rng.normal(size=E.shape)), "excess_latent_se": 0.01 * E}
-    dep = np.stack([E + Q[..., list(ncfg.bits).index(tb)] for tb in ncfg.train_bits], axis=1)  # (R, Bt, N, S)
+    E = 0.05 * r**rate_r * (N / 128) ** rate_N * mult((R, Nn, seeds))
+    Q = 2.0 * r[..., None] ** 0.3 * factor**-b * mult((R, Nn, seeds, B))
+    fp = {
+        "excess_latent": E,
+        "ptq_qexcess": Q,
+        "ptq_excess": E[..., None] + Q,
+        "excess_latent_mc": E * (1 + 0.01 * rng.normal(size=E.shape)),
+        "excess_latent_se": 0.01 * E,
+    }
+    dep = np.stack(
+        [E + Q[..., list(ncfg.bits).index(tb)] for tb in ncfg.train_bits], axis=1
+    )  # (R, Bt, N, S)
     return {"fp": fp, "ste_rtn": {"excess_deployed": dep}}, ncfg
 
 
@@ -133,8 +158,14 @@ def test_nonlinear_claims_come_out_either_way_on_synthetic_grids():
     assert fits["exponent_N"]["value"] == pytest.approx(-0.5, abs=0.03)
     assert fits["exponent_N"]["linear"] == -1.16
     assert fits["per_bit_factor"]["value"] == pytest.approx(4.0, rel=0.03)
-    assert _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in N").verdict == "holds"
-    assert _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in r").verdict == "holds"
+    assert (
+        _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in N").verdict
+        == "holds"
+    )
+    assert (
+        _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in r").verdict
+        == "holds"
+    )
     # (each CI is a nominal 95 % interval: on this seed the b ≥ 4 one just misses 4, so check the
     # estimate and that the verdict follows its own CI)
     v4 = _verdict(vs, "off the linear case: factor 4 per bit")
@@ -148,7 +179,10 @@ def test_nonlinear_claims_come_out_either_way_on_synthetic_grids():
     fits, vs = nonlinear_fits_and_verdicts(nl, ncfg, acfg, None)
     assert fits["exponent_N"]["value"] == pytest.approx(-1.0, abs=0.03)
     assert fits["per_bit_factor"]["value"] == pytest.approx(2.0, rel=0.03)
-    assert _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in N").verdict == "fails"
+    assert (
+        _verdict(vs, "off the linear case: Thm 3.1 generalization term exponent in N").verdict
+        == "fails"
+    )
     assert _verdict(vs, "off the linear case: factor 4 per bit").verdict == "fails"
     for v in vs:
         assert v.verdict in ("holds", "fails", "conditional")
@@ -158,11 +192,32 @@ def test_nonlinear_claims_come_out_either_way_on_synthetic_grids():
 def test_audit_end_to_end_tiny(tmp_path, monkeypatch):
     import simulations.audit as audit
 
-    tiny = dict(m=4, n=6, r_star=1, ranks=(1, 2, 4), bits=(2, 4, 8), Ns=(16, 32, 64), seeds=3, steps=20,
-                conventions=("one", "alpha_r"), arms=("fp", "ste_rtn", "additive"))
+    tiny = dict(
+        m=4,
+        n=6,
+        r_star=1,
+        ranks=(1, 2, 4),
+        bits=(2, 4, 8),
+        Ns=(16, 32, 64),
+        seeds=3,
+        steps=20,
+        conventions=("one", "alpha_r"),
+        arms=("fp", "ste_rtn", "additive"),
+    )
     monkeypatch.setitem(audit._PRESETS, "quick", tiny)
-    tiny_nl = dict(n=4, h=5, m=2, r_star=1, ranks=(1, 2, 4), bits=(2, 4, 6), train_bits=(2,), Ns=(16, 64),
-                   seeds=3, steps=20, n_test=64)
+    tiny_nl = dict(
+        n=4,
+        h=5,
+        m=2,
+        r_star=1,
+        ranks=(1, 2, 4),
+        bits=(2, 4, 6),
+        train_bits=(2,),
+        Ns=(16, 64),
+        seeds=3,
+        steps=20,
+        n_test=64,
+    )
     monkeypatch.setitem(audit._NL_PRESETS, "quick", tiny_nl)
     out = tmp_path / "audit.json"
     rc = audit.main(["--quick", "--out", str(out), "--figures", str(tmp_path / "figs")])
@@ -182,4 +237,6 @@ def test_audit_end_to_end_tiny(tmp_path, monkeypatch):
         assert isinstance(nl[key]["value"], float) and len(nl[key]["ci"]) == 2
     assert data["config"]["nonlinear"]["ranks"] == [1, 2, 4]
     off = [v for v in verdicts if v["claim"].startswith("off the linear case")]
-    assert len(off) >= 4 and all("nonlinear one-hidden-layer student" in v["conditions"] for v in off)
+    assert len(off) >= 4 and all(
+        "nonlinear one-hidden-layer student" in v["conditions"] for v in off
+    )

@@ -13,45 +13,81 @@ import pytest
 
 from quantbounds.verdicts import registry as regmod
 from quantbounds.verdicts.registry import (
-    KINDS, ORIGINS, SEED_FILES, Claim, ClaimTest, Convention, RegistryError, build_registry, check_quotes,
-    find_sources, normalize_ws, readable, registry,
+    KINDS,
+    ORIGINS,
+    SEED_FILES,
+    Claim,
+    ClaimTest,
+    Convention,
+    RegistryError,
+    build_registry,
+    check_quotes,
+    find_sources,
+    normalize_ws,
+    readable,
+    registry,
 )
 from quantbounds.verdicts.registry_check import (
-    LEGACY_MAP, REMOVE, VerdictClaimError, check_verdicts, suggest_claim_id, verdict_problems, wire_legacy,
+    LEGACY_MAP,
+    REMOVE,
+    VerdictClaimError,
+    check_verdicts,
+    suggest_claim_id,
+    verdict_problems,
+    wire_legacy,
 )
 
 
 def _good(**over) -> dict:
     """Keyword arguments of a valid Claim; ``over`` replaces some."""
     kw = dict(
-        id="s001.test.entry", source=SEED_FILES["s001"], origin="seed", kind="scaling_law",
-        quote="The rank r appears linearly in the bound", quantity="rank exponent of E‖ε_BA‖²",
+        id="s001.test.entry",
+        source=SEED_FILES["s001"],
+        origin="seed",
+        kind="scaling_law",
+        quote="The rank r appears linearly in the bound",
+        quantity="rank exponent of E‖ε_BA‖²",
         convention=Convention(scale="one", step="Δ = 2^{1−b}·R", range="absmax per tensor"),
-        test=ClaimTest(statistic="OLS slope of ln E in ln r", decision="holds if the CI lies within 1 ± margin",
-                       margin=0.1, margin_units="exponent", predicted=1.0),
+        test=ClaimTest(
+            statistic="OLS slope of ln E in ln r",
+            decision="holds if the CI lies within 1 ± margin",
+            margin=0.1,
+            margin_units="exponent",
+            predicted=1.0,
+        ),
     )
     kw.update(over)
     return kw
 
 
 def _test(**over) -> ClaimTest:
-    base = dict(statistic="OLS slope of ln E in ln r", decision="holds if the CI lies within 1 ± margin",
-                margin=0.1, margin_units="exponent", predicted=1.0)
+    base = dict(
+        statistic="OLS slope of ln E in ln r",
+        decision="holds if the CI lies within 1 ± margin",
+        margin=0.1,
+        margin_units="exponent",
+        predicted=1.0,
+    )
     base.update(over)
     return ClaimTest(**base)
 
 
 # -- the entries -------------------------------------------------------------------------------
 
+
 def test_quotes_are_verbatim_substrings_of_their_sources():
     shared = find_sources()
     if shared is None:
-        pytest.skip("../shared (DESIGN.md and seeds/) not found next to the repository; set QUANTBOUNDS_SHARED")
+        pytest.skip(
+            "../shared (DESIGN.md and seeds/) not found next to the repository; "
+            "set QUANTBOUNDS_SHARED"
+        )
     assert check_quotes(shared) == []
     # the check itself can fail: a quote that is not in the seed is reported
     fake = Claim(**_good(quote="degradation scaling quadratically with rank"))
-    assert check_quotes(shared, [fake]) == [f"s001.test.entry: {SEED_FILES['s001']}: "
-                                            f"'degradation scaling quadratically with rank'"]
+    assert check_quotes(shared, [fake]) == [
+        f"s001.test.entry: {SEED_FILES['s001']}: 'degradation scaling quadratically with rank'"
+    ]
 
 
 def test_whitespace_normalisation_and_mojibake_display():
@@ -79,17 +115,36 @@ def test_every_entry_valid_ids_unique_and_kinds_known():
 
 def test_registry_covers_the_claims_the_issue_names():
     reg = registry()
-    for cid in ("s001.thm3_1.bound", "s001.thm3_1.gen_term", "s001.thm3_1.quant_term", "s001.thm3_2.rule",
-                "s001.thm3_2.rank_term", "s001.thm3_2.n_term", "s001.thm3_2.sigma_term", "s001.thm3_3.bound",
-                "s001.s4_2.degradation_linear_rank", "s001.s4_2.grad_var_rank", "s001.s4_2.grad_var_bits",
-                "s001.s4_3.avoid_4bit_gt_8", "s001.s5_1.larger_data_lower_precision",
-                "s003.validation.correlation", "s003.guideline.r_le_8", "s003.guideline.r_9_16",
-                "s003.guideline.r_gt_16", "s003.grid", "s002.abstract.f1_figures", "s002.abstract.size_reduction",
-                "s002.abstract.nf4_matches_fp16", "s002.abstract.fp4_underperforms",
-                "s002.abstract.regularization", "s002.lloyd_max.optimal_beats_uniform",
-                "toolkit.lloyd_max.reference", "toolkit.moments.fro"):
+    for cid in (
+        "s001.thm3_1.bound",
+        "s001.thm3_1.gen_term",
+        "s001.thm3_1.quant_term",
+        "s001.thm3_2.rule",
+        "s001.thm3_2.rank_term",
+        "s001.thm3_2.n_term",
+        "s001.thm3_2.sigma_term",
+        "s001.thm3_3.bound",
+        "s001.s4_2.degradation_linear_rank",
+        "s001.s4_2.grad_var_rank",
+        "s001.s4_2.grad_var_bits",
+        "s001.s4_3.avoid_4bit_gt_8",
+        "s001.s5_1.larger_data_lower_precision",
+        "s003.validation.correlation",
+        "s003.guideline.r_le_8",
+        "s003.guideline.r_9_16",
+        "s003.guideline.r_gt_16",
+        "s003.grid",
+        "s002.abstract.f1_figures",
+        "s002.abstract.size_reduction",
+        "s002.abstract.nf4_matches_fp16",
+        "s002.abstract.fp4_underperforms",
+        "s002.abstract.regularization",
+        "s002.lloyd_max.optimal_beats_uniform",
+        "toolkit.lloyd_max.reference",
+        "toolkit.moments.fro",
+    ):
         assert cid in reg, cid
-    assert reg["s001.thm3_1.gen_term"].kind == "upper_bound"            # a bound, not an exponent
+    assert reg["s001.thm3_1.gen_term"].kind == "upper_bound"  # a bound, not an exponent
     assert reg["s001.s4_2.degradation_linear_rank"].kind == "scaling_law"
     assert reg["s003.validation.correlation"].test.predicted == 0.9
     assert dict(reg["s001.s4_2.degradation_linear_rank"].test.by_scale)["alpha_r"] == -1.0
@@ -134,14 +189,29 @@ BAD = [
     ("unknown kind", dict(kind="lower_bound"), "unknown kind 'lower_bound'"),
     ("scaling margin negative", dict(test=_test(margin=-0.1)), "margin of the wrong sign"),
     ("scaling margin zero", dict(test=_test(margin=0.0)), "margin of the wrong sign"),
-    ("no_effect margin negative", dict(kind="no_effect", test=_test(margin=-0.05)), "margin of the wrong sign"),
-    ("upper_bound margin negative", dict(kind="upper_bound", test=_test(margin=-0.1)), "margin of the wrong sign"),
-    ("comparison margin negative", dict(kind="comparison", test=_test(margin=-1.0, direction="greater")),
-     "margin of the wrong sign"),
+    (
+        "no_effect margin negative",
+        dict(kind="no_effect", test=_test(margin=-0.05)),
+        "margin of the wrong sign",
+    ),
+    (
+        "upper_bound margin negative",
+        dict(kind="upper_bound", test=_test(margin=-0.1)),
+        "margin of the wrong sign",
+    ),
+    (
+        "comparison margin negative",
+        dict(kind="comparison", test=_test(margin=-1.0, direction="greater")),
+        "margin of the wrong sign",
+    ),
     ("nan margin", dict(test=_test(margin=float("nan"))), "finite number"),
     ("string margin", dict(test=_test(margin="0.1")), "finite number"),
     ("comparison without direction", dict(kind="comparison", test=_test(margin=0.0)), "direction"),
-    ("direction on a no_effect", dict(kind="no_effect", test=_test(direction="less")), "comparisons only"),
+    (
+        "direction on a no_effect",
+        dict(kind="no_effect", test=_test(direction="less")),
+        "comparisons only",
+    ),
     ("scaling law predicts nothing", dict(test=_test(predicted=None)), "needs test.predicted"),
     ("alpha out of range", dict(test=_test(alpha=0.7)), "alpha"),
     ("empty statistic", dict(test=_test(statistic="")), "statistic"),
@@ -151,7 +221,11 @@ BAD = [
     ("id prefix and source disagree", dict(source=SEED_FILES["s002"]), "needs source"),
     ("toolkit origin on a seed id", dict(origin="toolkit"), "does not match the id prefix"),
     ("unknown origin", dict(origin="paper"), "origin must be one of"),
-    ("unknown scale", dict(convention=Convention(scale="alpha", step="Δ", range="R")), "convention.scale"),
+    (
+        "unknown scale",
+        dict(convention=Convention(scale="alpha", step="Δ", range="R")),
+        "convention.scale",
+    ),
     ("bad by_scale", dict(test=_test(by_scale=(("alpha", 1.0),))), "by_scale"),
     ("empty quantity", dict(quantity=""), "quantity"),
 ]
@@ -183,33 +257,48 @@ def test_claims_are_frozen():
 
 
 def test_import_does_no_heavy_work():
-    code = ("import sys; import quantbounds.verdicts.registry, quantbounds.verdicts.registry_check, "
-            "quantbounds.cli.claims; "
-            "bad = [m for m in ('jax', 'torch', 'quantbounds.verdicts._claims_table') if m in sys.modules]; "
-            "assert not bad, bad; "
-            "quantbounds.verdicts.registry.registry(); "
-            "assert 'jax' not in sys.modules and 'torch' not in sys.modules")
+    code = (
+        "import sys; import quantbounds.verdicts.registry, quantbounds.verdicts.registry_check, "
+        "quantbounds.cli.claims; "
+        "mods = ('jax', 'torch', 'quantbounds.verdicts._claims_table'); "
+        "bad = [m for m in mods if m in sys.modules]; "
+        "assert not bad, bad; "
+        "quantbounds.verdicts.registry.registry(); "
+        "assert 'jax' not in sys.modules and 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- verdicts against the registry -------------------------------------------------------------
 
+
 def test_check_verdicts_accepts_wired_verdicts_and_names_each_problem():
-    good = {"claim": "R > 0.9", "verdict": "fails", "claim_id": "s003.validation.correlation", "kind": "comparison"}
+    good = {
+        "claim": "R > 0.9",
+        "verdict": "fails",
+        "claim_id": "s003.validation.correlation",
+        "kind": "comparison",
+    }
     check_verdicts([good])
     assert verdict_problems([good]) == []
     cases = [
         ({"claim": "no id here", "verdict": "holds"}, "no claim_id"),
         ({"claim": "x", "claim_id": "s001.worked_example", "kind": "rule"}, "not in the registry"),
-        ({"claim": "x", "claim_id": "s001.thm3_1.gen_term", "kind": "scaling_law"},
-         "disagrees with claim 's001.thm3_1.gen_term', which is 'upper_bound'"),
+        (
+            {"claim": "x", "claim_id": "s001.thm3_1.gen_term", "kind": "scaling_law"},
+            "disagrees with claim 's001.thm3_1.gen_term', which is 'upper_bound'",
+        ),
         ({"claim": "x", "claim_id": "s001.thm3_1.gen_term"}, "no kind"),
         ({"claim": "x", "claim_id": "s001.thm3_1.gen_term", "kind": "bound"}, "unknown kind"),
     ]
     for bad, msg in cases:
         with pytest.raises(VerdictClaimError) as err:
             check_verdicts([good, bad], where="results/x.json")
-        assert msg in str(err.value) and "results/x.json" in str(err.value) and "verdict 1" in str(err.value)
+        assert (
+            msg in str(err.value)
+            and "results/x.json" in str(err.value)
+            and "verdict 1" in str(err.value)
+        )
     assert len(verdict_problems([c for c, _ in cases])) == len(cases)
 
 
@@ -218,10 +307,16 @@ def test_legacy_mapping_targets_exist_and_wire():
     for _, cid, _ in LEGACY_MAP:
         assert cid == REMOVE or cid in reg, cid
     legacy = [
-        ("predictions and results correlate with R > 0.9 (quantization term r·2^(−2b))", "s003.validation.correlation"),
+        (
+            "predictions and results correlate with R > 0.9 (quantization term r·2^(−2b))",
+            "s003.validation.correlation",
+        ),
         ("Thm 3.1 generalization term: exponent in r = +½", "s001.thm3_1.gen_term"),
         ("E‖ε_BA‖² ∝ r^1 under LoRA scale 'one' (gaussian factors)", "s001.thm3_1.rank_mechanism"),
-        ("E‖ε_BA‖² ∝ r^-1 under LoRA scale 'alpha_r' (gaussian factors)", "toolkit.scale_conventions"),
+        (
+            "E‖ε_BA‖² ∝ r^-1 under LoRA scale 'alpha_r' (gaussian factors)",
+            "toolkit.scale_conventions",
+        ),
         ("Thm 3.2 worked example: b* ≈ 5.7 for r = 16, N = 1000", REMOVE),
         ("8-bit gives < 5% perplexity degradation for 1 ≤ r ≤ 8", "s003.guideline.r_le_8"),
     ]
@@ -235,16 +330,37 @@ def test_legacy_mapping_targets_exist_and_wire():
 
 # -- the `quantbounds claims` command ------------------------------------------------------------
 
+
 def _results(tmp_path):
     d = tmp_path / "results"
     d.mkdir()
-    (d / "calibration.json").write_text(json.dumps({"verdicts": [
-        {"claim": "R > 0.9 in the runs' convention", "verdict": "fails", "predicted": 0.9, "measured": 0.86,
-         "ci": [0.8, 0.9], "conditions": "", "claim_id": "s003.validation.correlation", "kind": "comparison"},
-        {"claim": "legacy verdict without an id", "verdict": "holds", "predicted": 1, "measured": 1,
-         "ci": None, "conditions": ""},
-        {"claim": "stale", "verdict": "holds", "claim_id": "s001.gone", "kind": "rule"},
-    ]}))
+    (d / "calibration.json").write_text(
+        json.dumps(
+            {
+                "verdicts": [
+                    {
+                        "claim": "R > 0.9 in the runs' convention",
+                        "verdict": "fails",
+                        "predicted": 0.9,
+                        "measured": 0.86,
+                        "ci": [0.8, 0.9],
+                        "conditions": "",
+                        "claim_id": "s003.validation.correlation",
+                        "kind": "comparison",
+                    },
+                    {
+                        "claim": "legacy verdict without an id",
+                        "verdict": "holds",
+                        "predicted": 1,
+                        "measured": 1,
+                        "ci": None,
+                        "conditions": "",
+                    },
+                    {"claim": "stale", "verdict": "holds", "claim_id": "s001.gone", "kind": "rule"},
+                ]
+            }
+        )
+    )
     (d / "notes.json").write_text(json.dumps({"no": "verdicts here"}))
     return d
 
@@ -256,9 +372,9 @@ def test_claims_command_lists_registry_with_latest_verdict(tmp_path, capsys):
     assert main(["--results", str(d)]) == 0
     out = capsys.readouterr().out
     assert "s003.validation.correlation" in out and "fails" in out
-    assert "no verdict" in out                      # claims nobody judged yet
+    assert "no verdict" in out  # claims nobody judged yet
     assert "seed claims:" in out and "toolkit claims:" in out
-    assert "s001.gone" in out and "not in the registry" in out   # warned, not listed
+    assert "s001.gone" in out and "not in the registry" in out  # warned, not listed
     assert "1 of 3 verdicts carry no claim_id" in out
 
     assert main(["--results", str(d), "--json"]) == 0
@@ -285,11 +401,25 @@ def test_claims_command_takes_the_latest_file(tmp_path, capsys):
     d.mkdir()
     for name, verdict, t in (("old.json", "holds", 1_000), ("new.json", "conditional", 2_000)):
         p = d / name
-        p.write_text(json.dumps({"verdicts": [{"claim": "c", "verdict": verdict,
-                                               "claim_id": "s001.thm3_3.bound", "kind": "upper_bound"}]}))
+        p.write_text(
+            json.dumps(
+                {
+                    "verdicts": [
+                        {
+                            "claim": "c",
+                            "verdict": verdict,
+                            "claim_id": "s001.thm3_3.bound",
+                            "kind": "upper_bound",
+                        }
+                    ]
+                }
+            )
+        )
         os.utime(p, (t, t))
     assert main(["--results", str(d), "--json"]) == 0
-    row = next(r for r in json.loads(capsys.readouterr().out)["claims"] if r["id"] == "s001.thm3_3.bound")
+    row = next(
+        r for r in json.loads(capsys.readouterr().out)["claims"] if r["id"] == "s001.thm3_3.bound"
+    )
     assert row["latest"]["file"] == "new.json" and row["latest"]["summary"] == "conditional"
     assert row["latest"]["earlier"] == [{"file": "old.json", "summary": "holds"}]
 
