@@ -26,10 +26,16 @@ def test_committed_readme_findings_equal_the_generated_block():
         "README findings differ from results/*.json: run `quantbounds report` at the repo root")
 
 
-def test_committed_report_equals_the_generated_one(tmp_path, monkeypatch):
+def test_committed_report_equals_the_generated_one(monkeypatch):
     monkeypatch.chdir(ROOT)
-    out, _ = build_report(results_dir="results", figures_dir="figures", out=tmp_path / "R.md")
-    assert Path(out).read_text() == (ROOT / "results" / "REPORT.md").read_text(), (
+    # written beside REPORT.md (figure links are relative to the report), then removed
+    scratch = ROOT / "results" / ".REPORT.regenerated.md"
+    try:
+        out, _ = build_report(results_dir="results", figures_dir="figures", out=scratch)
+        generated = Path(out).read_text()
+    finally:
+        scratch.unlink(missing_ok=True)
+    assert generated == (ROOT / "results" / "REPORT.md").read_text(), (
         "results/REPORT.md differs from results/*.json: run `quantbounds report`")
 
 
