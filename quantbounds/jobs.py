@@ -150,7 +150,8 @@ def make_executor(opts: ClusterOptions, folder: str | os.PathLike):
     try:
         ex = submitit.AutoExecutor(folder=folder, cluster=opts.cluster)
     except Exception as err:  # noqa: BLE001 - submitit raises several types
-        raise ExecutorError(f"submitit cannot make a {opts.cluster!r} executor: {err}") from err
+        hint = " (use --cluster local to run the jobs as local processes)" if opts.cluster == "slurm" else ""
+        raise ExecutorError(f"submitit cannot make a {opts.cluster!r} executor: {err}{hint}") from err
     params: dict[str, Any] = {"name": opts.name, "timeout_min": int(opts.timeout_min)}
     if opts.gpus_per_node is not None:
         params["gpus_per_node"] = opts.gpus_per_node
