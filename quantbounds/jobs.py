@@ -173,6 +173,37 @@ def make_executor(opts: ClusterOptions, folder: str | os.PathLike):
     return ex
 
 
+# ------------------------------------------------------------------ command-line flags
+def cluster_flags(args) -> dict:
+    """The cluster flags given on the command line (``add_cluster_flags``), None = not given."""
+    extra = dict(parse_slurm_option(s) for s in (getattr(args, "slurm_option", None) or []))
+    return dict(cluster=args.cluster, partition=args.partition, gpus_per_node=args.gpus_per_node,
+                cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
+                extra=extra or None)
+
+
+def add_cluster_flags(p, *, results_help: str = "per-run record files and logs (default <out>.d)") -> None:
+    """--executor, --cluster, --results-dir and the SLURM flags, on an argparse parser."""
+    g = p.add_argument_group("cluster (with --executor submitit)")
+    g.add_argument("--executor", default="local", choices=("local", "submitit"),
+                   help="local: this process (default); submitit: independent jobs (SLURM, or local processes)")
+    g.add_argument("--cluster", default=None, choices=("slurm", "local"),
+                   help="with submitit: SLURM job arrays (default), or submitit's local executor (same jobs, local processes)")
+    g.add_argument("--results-dir", default=None, help=results_help)
+    g.add_argument("--partition", default=None)
+    g.add_argument("--gpus-per-node", type=int, default=None)
+    g.add_argument("--cpus-per-task", type=int, default=None)
+    g.add_argument("--mem-gb", type=float, default=None)
+    g.add_argument("--timeout-min", type=int, default=None, help="per job (default 60)")
+    g.add_argument("--array-parallelism", type=int, default=None,
+                   help="at most this many jobs at once (default 8)")
+    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any submitit SLURM parameter, e.g. account=lab, qos=high (repeatable)")
+    g.add_argument("--poll-s", type=float, default=None, help="seconds between polls")
+
+
+
 # ------------------------------------------------------------------ durable files and locks
 def _fsync_dir(path: Path) -> None:
     try:

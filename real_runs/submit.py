@@ -42,8 +42,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from quantbounds.jobs import (Checkpointable, ClusterOptions, DirLock, ExecutorError, JobProgress,
-                              LockBusy, atomic_write_bytes, import_submitit, job_failure,
-                              job_phase, make_executor, run_jobs)
+                              LockBusy, add_cluster_flags, atomic_write_bytes, cluster_flags,
+                              import_submitit, job_failure, job_phase, make_executor, run_jobs)
+__all__ = ["run_sweep_submitit", "merge_records", "RunJob", "add_cluster_flags", "cluster_flags"]
 from quantbounds.records import RecordError, read_records, validate_record
 
 FOLDER_SCHEMA = "quantbounds.sweep-folder/1"
@@ -330,37 +331,6 @@ def sweep_cluster_options(cfg: dict, flags: dict, *, where: str = "config") -> C
     if not isinstance(table, dict):
         raise ExecutorError(f"{where}: [submitit] must be a table")
     return ClusterOptions.from_mapping(table, where=f"{where} [submitit]").merged(**flags)
-
-
-def cluster_flags(args) -> dict:
-    """The cluster flags given on the command line (``add_cluster_flags``), None = not given."""
-    from quantbounds.jobs import parse_slurm_option
-
-    extra = dict(parse_slurm_option(s) for s in (getattr(args, "slurm_option", None) or []))
-    return dict(cluster=args.cluster, partition=args.partition, gpus_per_node=args.gpus_per_node,
-                cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
-                extra=extra or None)
-
-
-def add_cluster_flags(p) -> None:
-    """--executor, --cluster and the SLURM flags, on an argparse parser."""
-    g = p.add_argument_group("cluster (with --executor submitit)")
-    g.add_argument("--executor", default="local", choices=("local", "submitit"),
-                   help="local: this process (default); submitit: one job per run (SLURM or local processes)")
-    g.add_argument("--cluster", default=None, choices=("slurm", "local"),
-                   help="with submitit: SLURM job arrays (default), or submitit's local executor (same jobs, local processes)")
-    g.add_argument("--results-dir", default=None, help="per-run record files and logs (default <out>.d)")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--gpus-per-node", type=int, default=None)
-    g.add_argument("--cpus-per-task", type=int, default=None)
-    g.add_argument("--mem-gb", type=float, default=None)
-    g.add_argument("--timeout-min", type=int, default=None, help="per job (default 60)")
-    g.add_argument("--array-parallelism", type=int, default=None,
-                   help="at most this many jobs at once (default 8)")
-    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any submitit SLURM parameter, e.g. account=lab, qos=high (repeatable)")
-    g.add_argument("--poll-s", type=float, default=None, help="seconds between polls")
 
 
 def main(argv=None) -> int:  # pragma: no cover - the CLI goes through real_runs.cli
