@@ -303,14 +303,16 @@ def _check_folder(folder: Path, fp: str, norm: dict) -> None:
 
 
 def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None = None,
-                       folder: str | os.PathLike | None = None, n_jobs: int | None = None,
+                       folder: str | os.PathLike | None = None,
+                       root: str | os.PathLike | None = None, n_jobs: int | None = None,
                        options: dict | ClusterOptions | None = None, progress: bool = False,
                        poll_s: float | None = None, mesh: Any = None, **grid_kwargs):
     """``montecarlo.simulate_grid(key, **grid_kwargs)`` with its cells run as independent jobs.
 
     executor: "local" (in this process, job by job; with ``folder``, cells already there are
-    reused and new ones written) or "submitit" (``folder`` required, on a filesystem the jobs
-    see; ``cluster`` "slurm" or "local"; ``options``: ``jobs.ClusterOptions`` fields, e.g.
+    reused and new ones written) or "submitit" (``folder`` or ``root`` required, on a
+    filesystem the jobs see; ``root``: a directory under which each grid gets its own folder,
+    named by the grid's fingerprint, so one root serves many grids; ``cluster`` "slurm" or "local"; ``options``: ``jobs.ClusterOptions`` fields, e.g.
     partition, gpus_per_node, timeout_min, array_parallelism). n_jobs: how many jobs (default:
     one per cell). Returns the ``EpsBAGrid`` simulate_grid returns (equal to it bit for bit on
     the same platform: module docstring). GridJobError names the cells a dead job left
@@ -326,13 +328,18 @@ def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None
     keydata, impl = _key_parts(key)
     groups = split_cells(norm, n_jobs or len(cells_of(norm)))
     mode = norm["mode"]
+    if folder is not None and root is not None:
+        raise ExecutorError("give folder= or root=, not both")
+    if root is not None:
+        folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, norm)[:16]}"
     if executor == "local" and folder is None:
         arrays = {}
         for g in groups:
             arrays.update(compute_cells(keydata, impl, norm, g, mesh=mesh))
         return assemble(keydata, impl, norm, arrays)
     if folder is None:
-        raise ExecutorError("executor='submitit' needs folder= (a directory every job can reach)")
+        raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
+                            "can reach)")
     folder = Path(folder).absolute()
     fp = grid_fingerprint(keydata, impl, norm)
     if executor == "submitit":

@@ -456,7 +456,10 @@ class JobProgress:
 
     def __enter__(self):
         if self._prog is not None:
-            self._prog.start()
+            try:
+                self._prog.start()
+            except Exception:  # noqa: BLE001 - rich.errors.LiveError: another live display
+                self._prog = None   # (e.g. validate's own bars) is showing; stay quiet
         return self
 
     def __exit__(self, *exc):

@@ -112,10 +112,40 @@ def _pad(ranks) -> str:
     return "pow2" if max(ranks) > 16 * min(ranks) else "max"
 
 
-def run(config: MomentsConfig, key, *, progress=None) -> dict:
-    """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio."""
+class _NestedFactors:
+    """The factors callable handed to simulate_grid: rank r's slice of one nested draw
+    (``factors.nested_factors``). Picklable by its key data alone (a grid split into jobs
+    ships it to each job, which redraws the same factors), so a job never receives arrays."""
+
+    def __init__(self, key, family, m, n, ranks, facs=None):
+        self.kd, self.impl = np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
+        self.family, self.m, self.n, self.ranks = family, m, n, tuple(int(r) for r in ranks)
+        self._facs = facs
+
+    def facs(self) -> dict:
+        if self._facs is None:
+            k = jax.random.wrap_key_data(self.kd, impl=self.impl)
+            self._facs = dict(zip(self.ranks, nested_factors(k, self.family, self.m, self.n,
+                                                             self.ranks)))
+        return self._facs
+
+    def __call__(self, _key, m, r, n):
+        return self.facs()[r]
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_facs"} | {"_facs": None}
+
+
+def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
+    """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio.
+
+    simulate: the grid runner (default ``montecarlo.simulate_grid``; ``quantbounds validate
+    --executor submitit`` passes ``grid_jobs.simulate_grid_jobs``, which returns the same
+    grid computed as independent jobs)."""
     from quantbounds.moments import eps_ba_variance_bound
     from quantbounds.montecarlo import simulate_grid
+
+    simulate = simulate or simulate_grid
 
     cells = []
     t_crit = float(stats.t.ppf(0.975, config.n_samples - 1))
@@ -125,10 +155,10 @@ def run(config: MomentsConfig, key, *, progress=None) -> dict:
                 continue   # B = 0 makes every term exactly 0: one layer suffices
             k = jax.random.fold_in(jax.random.fold_in(key, li), fi)
             facs = dict(zip(ranks, nested_factors(k, fam, m, n, ranks)))
-            grid = simulate_grid(k, m=m, n=n, ranks=list(ranks), bits=list(config.bits),
-                                 n_samples=config.n_samples,
-                                 factors=lambda _key, m_, r_, n_: facs[r_], mode="additive",
-                                 pad=_pad(ranks), **_grid_kwargs(g))
+            grid = simulate(k, m=m, n=n, ranks=list(ranks), bits=list(config.bits),
+                            n_samples=config.n_samples,
+                            factors=_NestedFactors(k, fam, m, n, ranks, facs), mode="additive",
+                            pad=_pad(ranks), **_grid_kwargs(g))
             for ri, r in enumerate(ranks):
                 B, A = facs[r]
                 exact, RA, RB = _exact(B, A, config.bits, g)
