@@ -2,6 +2,8 @@
 
     quantbounds finetune --arm adapter_rtn --rank 16 --bits 3 --seed 0 --output runs.jsonl
     quantbounds sweep real_runs/configs/embedded.toml --out runs/embedded.jsonl
+    quantbounds sweep CONFIG --out runs.jsonl --executor submitit --cluster slurm --partition gpu \
+        --gpus-per-node 1 --timeout-min 120 --array-parallelism 16     # real_runs/submit.py
 
 Bad input (unknown arm or model, bits outside 1…16, a missing or malformed dataset file or
 config, an unknown config key) prints ``error: …`` naming it and returns 2.

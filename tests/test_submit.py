@@ -298,3 +298,90 @@ def test_preempted_job_is_requeued_with_the_same_run(tmp_path, cache):
     assert "Requeued job" in Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
     (rec,) = read_records(out, strict=True).records
     assert rec["run_id"] == rc.run_id and rec["seed"] == 5
+
+
+# ------------------------------------------------------------------ the SLURM path, without SLURM
+class _FakeSlurmJob:
+    """Reports PENDING, then RUNNING, then COMPLETED over successive polls (sacct's states)."""
+
+    def __init__(self, i, fn):
+        self.job_id, self.fn, self.polls = f"100_{i}", fn, 0
+
+    @property
+    def state(self):
+        return ["PENDING", "RUNNING", "COMPLETED"][min(self.polls, 2)]
+
+    def done(self):
+        self.polls += 1
+        if self.polls == 3:
+            self.fn()
+        return self.polls >= 3
+
+
+class _FakeSlurmExecutor:
+    def __init__(self):
+        self.arrays = []
+
+    def submit_array(self, fns):
+        self.arrays.append(len(fns))
+        return [_FakeSlurmJob(i, f) for i, f in enumerate(fns)]
+
+    def submit(self, fn):  # pragma: no cover - must not be used on SLURM
+        raise AssertionError("SLURM jobs go in one array")
+
+
+def test_slurm_path_submits_one_array_and_maps_states():
+    from quantbounds.jobs import job_phase, run_jobs
+
+    ran, seen = [], []
+    ex = _FakeSlurmExecutor()
+    slots = run_jobs(ex, [lambda i=i: ran.append(i) for i in range(5)], cluster="slurm",
+                     array_parallelism=2, poll_s=0,
+                     on_poll=lambda s: seen.append(sorted({job_phase(x.job) for x in s})))
+    assert ex.arrays == [5] and sorted(ran) == list(range(5))
+    assert all(s.finished for s in slots) and [s.job.job_id for s in slots][0] == "100_0"
+
+    class J:
+        def __init__(self, state, done=False):
+            self.state, self._done = state, done
+
+        def done(self):
+            return self._done
+    assert job_phase(J("PENDING")) == job_phase(J("REQUEUED")) == "queued"
+    assert job_phase(J("RUNNING")) == job_phase(J("COMPLETING")) == "running"
+    assert job_phase(J("FAILED", done=True)) == "ended"
+
+
+def test_local_path_caps_concurrent_jobs():
+    from quantbounds.jobs import run_jobs
+
+    live, peak = [], [0]
+
+    class Job:
+        def __init__(self):
+            self.left = 2
+            live.append(self)
+            peak[0] = max(peak[0], sum(j.left > 0 for j in live))
+
+        def done(self):
+            self.left -= 1
+            return self.left <= 0
+
+    class Ex:
+        def submit(self, fn):
+            return Job()
+    slots = run_jobs(Ex(), [lambda: None] * 7, cluster="local", array_parallelism=3, poll_s=0)
+    assert len(slots) == 7 and all(s.finished for s in slots) and peak[0] == 3
+
+
+def test_progress_display_counts():
+    import io
+
+    from rich.console import Console
+
+    from quantbounds.jobs import JobProgress
+
+    buf = io.StringIO()
+    with JobProgress("sweep", 6, console=Console(file=buf, width=200, force_terminal=False)) as bar:
+        bar.update(queued=1, running=2, done=3, failed=0)
+    assert "queued 1 · running 2 · done 3 · failed 0" in buf.getvalue() and "3/6" in buf.getvalue()
