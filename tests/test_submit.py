@@ -385,3 +385,17 @@ def test_progress_display_counts():
     with JobProgress("sweep", 6, console=Console(file=buf, width=200, force_terminal=False)) as bar:
         bar.update(queued=1, running=2, done=3, failed=0)
     assert "queued 1 · running 2 · done 3 · failed 0" in buf.getvalue() and "3/6" in buf.getvalue()
+
+
+def test_config_table_under_flags():
+    from real_runs.submit import sweep_cluster_options
+
+    cfg = {"submitit": {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 90,
+                        "extra": {"slurm_qos": "low"}}}
+    o = sweep_cluster_options(cfg, {"cluster": "local", "timeout_min": None,
+                                    "extra": {"slurm_account": "lab"}})
+    assert (o.cluster, o.partition, o.gpus_per_node, o.timeout_min) == ("local", "gpu", 1, 90)
+    assert o.extra == {"slurm_qos": "low", "slurm_account": "lab"}
+    assert sweep_cluster_options({}, {}).cluster == "slurm"
+    with pytest.raises(ExecutorError, match="must be a table"):
+        sweep_cluster_options({"submitit": 3}, {})
