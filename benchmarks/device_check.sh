@@ -8,10 +8,10 @@
 # Pieces (benchmarks/device_check.py, one process each, so JAX's and torch's GPU memory pools
 # never meet), each under its own time limit, in this order:
 #   engine    Monte Carlo engine at 4096², r ∈ {64, 256}: fraction of the roofline (noise draws
-#             + Gram flops at the measured GEMM rate)                              ≤ 140 s
+#             + Gram flops at the measured GEMM rate)                              ≤ 120 s
 #   bnb       bitsandbytes CUDA 4-bit vs our quantizer, parity-test shapes (the CPU
 #             kernel's wrong shapes first; stops starting cases after 70 s)         ≤  90 s
-#   finetune  one DialoGPT-medium-shaped bf16 step per arm: step time, peak memory  ≤ 110 s
+#   finetune  one DialoGPT-medium-shaped bf16 step per arm: step time, peak memory  ≤ 130 s
 #   validate  `quantbounds validate --scale full` wall time, in the time left of the 8 minutes
 #             (reported as a lower bound if it does not finish)
 # A piece that fails or times out is recorded as such; the others still run. The JSON is
@@ -51,9 +51,9 @@ run_part() {   # run_part NAME LIMIT_S [extra args]
 if [[ -z "$SMOKE" ]]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >&2 || echo "device_check: no nvidia-smi" >&2
 fi
-run_part engine 140
+run_part engine 120
 run_part bnb 90 --budget-s 70
-run_part finetune 110
+run_part finetune 130
 LEFT=$(( TOTAL_S - ($(date +%s) - START) - 15 ))
 (( LEFT < 30 )) && LEFT=30
 run_part validate $(( LEFT + 20 )) --budget-s "$LEFT"
