@@ -271,8 +271,13 @@ class GridJob(Checkpointable):
     def __init__(self, keydata, impl: str, norm: dict, cells, folder: str):
         self.keydata, self.impl, self.norm = np.asarray(keydata), impl, norm
         self.cells, self.folder = [tuple((c[0], tuple(c[1]))) for c in cells], str(folder)
+        # the submitting process's x64 mode (validate turns it on in main(), not in the
+        # environment a job inherits), so a job computes with the same JAX settings
+        self.x64 = bool(jax.config.jax_enable_x64)
 
     def __call__(self) -> list[str]:
+        if bool(jax.config.jax_enable_x64) != self.x64:
+            jax.config.update("jax_enable_x64", self.x64)
         folder, mode = Path(self.folder), self.norm["mode"]
         todo = [c for c in self.cells if load_cell(folder, c, mode) is None]
         for c in todo:   # one at a time, so a preempted job keeps what it finished

@@ -206,3 +206,22 @@ def test_validate_cli_with_submitit_local(tmp_path, capsys):
     assert main(["--scale", "tiny", "--out", str(bad), "--executor", "submitit", "--cluster",
                  "local", "--slurm-option", "qoss=x", "--no-progress"]) == 2
     assert "slurm_qoss" in capsys.readouterr().err and not bad.exists()
+
+
+def test_a_job_computes_in_the_submitters_x64_mode(tmp_path):
+    # validate enables x64 in main(), not in the environment a job process inherits
+    from quantbounds.grid_jobs import GridJob
+    from quantbounds.montecarlo import _key_parts
+
+    kw = CASES["f32-pow2"]
+    simulate_grid_jobs(KEY, folder=tmp_path, **kw)   # cells on disk: the job only checks them
+    kd, impl = _key_parts(KEY)
+    norm = normalise(kw)
+    try:
+        jax.config.update("jax_enable_x64", False)
+        job = GridJob(kd, impl, norm, cells_of(norm), str(tmp_path))
+        jax.config.update("jax_enable_x64", True)
+        assert job() == ["r0_b0", "r0_b1", "r1_b0", "r1_b1"]
+        assert jax.config.jax_enable_x64 is False
+    finally:
+        jax.config.update("jax_enable_x64", True)

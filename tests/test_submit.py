@@ -7,7 +7,6 @@ a folder of another config) is an error naming it, with the records file unchang
 """
 
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -74,19 +73,18 @@ def test_merge_adds_each_record_exactly_once(tmp_path):
     assert merge_records(out, folder, log=logs.append) == 0 and any("not a valid" in m for m in logs)
 
 
-def _merge_worker(args):
-    out, folder = args
-    return merge_records(out, folder, timeout_s=60)
-
-
 def test_concurrent_merges_from_processes_add_each_record_once(tmp_path):
     folder, out = tmp_path / "d", tmp_path / "runs.jsonl"
     n = 40
     for i in range(n):
         r = _fake_record(i)
         atomic_write_bytes(record_path(folder, r["run_id"]), json.dumps(r).encode())
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        added = pool.map(_merge_worker, [(str(out), str(folder))] * 8)
+    code = ("import sys; from real_runs.submit import merge_records; "
+            "print(merge_records(sys.argv[1], sys.argv[2], timeout_s=60))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(out), str(folder)], cwd=ROOT,
+                              env=ENV, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    added = [int(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
     assert sum(added) == n                       # one merger added them; the others found none
     ids = [r["run_id"] for r in read_records(out, strict=True).records]
     assert len(ids) == n and len(set(ids)) == n
