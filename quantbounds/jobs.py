@@ -249,8 +249,11 @@ class DirLock:
     """An exclusive lock that is a directory: ``mkdir`` is atomic on local filesystems and on
     NFS, unlike ``flock`` on some shared filesystems. The holder's host and pid are written
     inside; a lock whose holder is a dead process on this host is taken over (renamed away
-    first, so two processes cannot both take it over). Locks of other hosts are never
-    broken: a holder there that died leaves the lock for ``stale_s`` seconds (default 1 h).
+    first, and given back if what was renamed turns out to be another taker's fresh lock).
+    A holder on another host that died leaves the lock for ``stale_s`` seconds (default 1 h).
+    The merges it serialises (``real_runs.submit.merge_records``) rewrite the records file
+    from a snapshot by set difference, so even two merges at once cannot duplicate a record;
+    the lock keeps one from briefly dropping the other's additions.
 
         with DirLock(folder / "merge.lock", timeout_s=60):
             ...
@@ -292,10 +295,24 @@ class DirLock:
             try:
                 os.mkdir(self.path)
             except FileExistsError:
+                judged = self._owner()
                 if self._stale():
                     grave = self.path.with_name(f"{self.path.name}.stale.{uuid.uuid4().hex}")
                     try:
                         os.rename(self.path, grave)   # only one taker succeeds
+                    except OSError:
+                        continue
+                    try:
+                        now = json.loads((grave / "owner.json").read_text())
+                    except (OSError, ValueError):
+                        now = None
+                    if now != judged:   # another taker got there first and this is its live
+                        try:            # lock: give it back
+                            os.rename(grave, self.path)
+                        except OSError:
+                            pass
+                        continue
+                    try:
                         for p in grave.iterdir():
                             p.unlink()
                         grave.rmdir()
