@@ -42,7 +42,6 @@ import io
 import json
 import os
 import pickle
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,8 +50,7 @@ import numpy as np
 
 from quantbounds._checks import check_bits, check_choice, check_finite, check_int_range
 from quantbounds.jobs import (Checkpointable, ClusterOptions, ExecutorError, JobProgress,
-                              atomic_write_bytes, import_submitit, job_failure, job_phase,
-                              make_executor, run_jobs)
+                              atomic_write_bytes, job_failure, job_phase, make_executor, run_jobs)
 
 SCHEMA = "quantbounds.grid-jobs/1"
 GRID_KEYS = ("m", "n", "ranks", "bits", "n_samples", "factors", "mode", "scheme", "rounding",
@@ -307,6 +305,79 @@ def _check_folder(folder: Path, fp: str, norm: dict) -> None:
                                          "n_samples": norm["n_samples"]}, indent=1).encode())
 
 
+def _cluster_options(cluster, options) -> ClusterOptions:
+    if isinstance(options, ClusterOptions):
+        return options if cluster is None else options.merged(cluster=cluster)
+    return ClusterOptions().merged(**{"cluster": cluster, **(options or {})})
+
+
+def _prepare(key, *, executor, folder, root, n_jobs, grid_kwargs):
+    """(norm, keydata, impl, folder or None, groups of cells, groups still missing cells)."""
+    from quantbounds.montecarlo import _key_parts
+
+    if executor not in ("local", "submitit"):
+        raise ExecutorError(f"executor must be 'local' or 'submitit', got {executor!r}")
+    norm = normalise(grid_kwargs)
+    keydata, impl = _key_parts(key)
+    groups = split_cells(norm, n_jobs or len(cells_of(norm)))
+    if folder is not None and root is not None:
+        raise ExecutorError("give folder= or root=, not both")
+    if root is not None:
+        folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, norm)[:16]}"
+    if executor == "submitit" and folder is None:
+        raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
+                            "can reach)")
+    if folder is None:
+        return norm, keydata, impl, None, groups, groups
+    folder = Path(folder).absolute()
+    return norm, keydata, impl, folder, groups, groups   # todo filled in after the folder check
+
+
+def _have(folder: Path, c, mode: str) -> bool:
+    return (folder / "cells" / f"{cell_name(c, mode)}.npy").exists()
+
+
+def _submit_all(batches, *, opts: ClusterOptions, log_dir: Path, progress: bool,
+                poll_s: float | None) -> None:
+    """Run every (folder, norm, keydata, impl, group) as ONE job array (submitit's files and
+    logs in log_dir); GridJobError if any job ends without its cells."""
+    ex = make_executor(opts, log_dir)
+    tasks = [GridJob(kd, impl, norm, g, str(f)) for f, norm, kd, impl, g in batches]
+
+    def complete(i):
+        f, norm, _, _, g = batches[i]
+        return all(_have(f, c, norm["mode"]) for c in g)
+
+    poll = poll_s if poll_s is not None else (0.5 if opts.cluster == "local" else 20.0)
+    with JobProgress("ε_BA grid jobs", len(tasks), enabled=progress) as bar:
+        def refresh(slots):
+            ph = [("unsubmitted" if s.job is None else job_phase(s.job)) for s in slots]
+            pend = [p for s, p in zip(slots, ph) if not complete(s.index)]
+            bar.update(queued=sum(p in ("queued", "unsubmitted") for p in pend),
+                       running=sum(p == "running" for p in pend),
+                       done=len(slots) - len(pend), failed=sum(p == "ended" for p in pend))
+        slots = run_jobs(ex, tasks, cluster=opts.cluster, array_parallelism=opts.array_parallelism,
+                         poll_s=poll, on_poll=refresh)
+    failed = [s for s in slots if not complete(s.index)]
+    if failed:
+        msgs = []
+        for s in failed:
+            f, norm, _, _, g = batches[s.index]
+            miss = [cell_name(c, norm["mode"]) for c in g if not _have(f, c, norm["mode"])]
+            msgs.append(f"cells {miss} of {f} have no results: {job_failure(s.job)}")
+        raise GridJobError("; ".join(msgs) + " (the cells written are kept; rerun to finish)")
+
+
+def _load_all(folder: Path, norm, keydata, impl):
+    arrays = {}
+    for c in cells_of(norm):
+        x = load_cell(folder, c, norm["mode"])
+        if x is None:
+            raise GridJobError(f"cell {cell_name(c, norm['mode'])} in {folder} is missing or unreadable")
+        arrays[c] = x
+    return assemble(keydata, impl, norm, arrays)
+
+
 def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None = None,
                        folder: str | os.PathLike | None = None,
                        root: str | os.PathLike | None = None, n_jobs: int | None = None,
@@ -317,75 +388,70 @@ def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None
     executor: "local" (in this process, job by job; with ``folder``, cells already there are
     reused and new ones written) or "submitit" (``folder`` or ``root`` required, on a
     filesystem the jobs see; ``root``: a directory under which each grid gets its own folder,
-    named by the grid's fingerprint, so one root serves many grids; ``cluster`` "slurm" or "local"; ``options``: ``jobs.ClusterOptions`` fields, e.g.
-    partition, gpus_per_node, timeout_min, array_parallelism). n_jobs: how many jobs (default:
-    one per cell). Returns the ``EpsBAGrid`` simulate_grid returns (equal to it bit for bit on
-    the same platform: module docstring). GridJobError names the cells a dead job left
-    without results and its log; the cells that were written stay for the rerun.
-    ``progress``: the queued / running / done / failed display. ``mesh`` (local only): the
-    devices each job's engine call spreads over.
+    named by the grid's fingerprint, so one root serves many grids; ``cluster`` "slurm" or
+    "local"; ``options``: ``jobs.ClusterOptions`` fields, e.g. partition, gpus_per_node,
+    timeout_min, array_parallelism). n_jobs: how many jobs (default: one per cell). Returns
+    the ``EpsBAGrid`` simulate_grid returns (equal to it bit for bit on the same platform:
+    module docstring). GridJobError names the cells a dead job left without results and its
+    log; the cells that were written stay for the rerun. ``progress``: the queued / running
+    / done / failed display. ``mesh`` (local only): the devices each job's engine call
+    spreads over. :class:`GridJobs` runs several grids' jobs as one array.
     """
-    from quantbounds.montecarlo import _key_parts
-
-    if executor not in ("local", "submitit"):
-        raise ExecutorError(f"executor must be 'local' or 'submitit', got {executor!r}")
-    norm = normalise(grid_kwargs)
-    keydata, impl = _key_parts(key)
-    groups = split_cells(norm, n_jobs or len(cells_of(norm)))
-    mode = norm["mode"]
-    if folder is not None and root is not None:
-        raise ExecutorError("give folder= or root=, not both")
-    if root is not None:
-        folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, norm)[:16]}"
-    if executor == "local" and folder is None:
+    norm, keydata, impl, folder, groups, _ = _prepare(key, executor=executor, folder=folder,
+                                                      root=root, n_jobs=n_jobs,
+                                                      grid_kwargs=grid_kwargs)
+    if folder is None:
         arrays = {}
         for g in groups:
             arrays.update(compute_cells(keydata, impl, norm, g, mesh=mesh))
         return assemble(keydata, impl, norm, arrays)
-    if folder is None:
-        raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
-                            "can reach)")
-    folder = Path(folder).absolute()
-    fp = grid_fingerprint(keydata, impl, norm)
-    if executor == "submitit":
-        submitit_opts = options if isinstance(options, ClusterOptions) else \
-            ClusterOptions().merged(**{"cluster": cluster, **(options or {})})
-        ex = make_executor(submitit_opts, folder / "submitit")
-    _check_folder(folder, fp, norm)
-
-    def have(c):
-        return (folder / "cells" / f"{cell_name(c, mode)}.npy").exists()
-
-    todo = [g for g in groups if not all(have(c) for c in g)]
-    if executor == "local":
+    opts = _cluster_options(cluster, options) if executor == "submitit" else None
+    if opts is not None:
+        make_executor(opts, folder / "submitit")   # a rejected option fails before any write
+    _check_folder(folder, grid_fingerprint(keydata, impl, norm), norm)
+    todo = [g for g in groups if not all(_have(folder, c, norm["mode"]) for c in g)]
+    if todo and executor == "local":
         for g in todo:
             GridJob(keydata, impl, norm, g, str(folder))()
-    else:
-        import_submitit()
-        tasks = [GridJob(keydata, impl, norm, g, str(folder)) for g in todo]
-        poll = poll_s if poll_s is not None else (0.5 if submitit_opts.cluster == "local" else 20.0)
-        with JobProgress("ε_BA grid jobs", len(todo), enabled=progress) as bar:
-            def refresh(slots):
-                done = sum(all(have(c) for c in todo[s.index]) for s in slots)
-                ph = [("unsubmitted" if s.job is None else job_phase(s.job)) for s in slots]
-                pending = [p for s, p in zip(slots, ph) if not all(have(c) for c in todo[s.index])]
-                bar.update(queued=sum(p in ("queued", "unsubmitted") for p in pending),
-                           running=sum(p == "running" for p in pending), done=done,
-                           failed=sum(p == "ended" for p in pending))
-            slots = run_jobs(ex, tasks, cluster=submitit_opts.cluster,
-                             array_parallelism=submitit_opts.array_parallelism, poll_s=poll,
-                             on_poll=refresh)
-        time.sleep(0)  # results are files; nothing is read from the jobs' pickles
-        failed = [(todo[s.index], s.job) for s in slots if not all(have(c) for c in todo[s.index])]
-        if failed:
-            raise GridJobError("; ".join(
-                f"cells {[cell_name(c, mode) for c in g if not have(c)]} have no results: "
-                f"{job_failure(j)}" for g, j in failed)
-                + f" (the other cells are kept in {folder}; rerun to finish)")
-    arrays = {}
-    for c in cells_of(norm):
-        x = load_cell(folder, c, mode)
-        if x is None:
-            raise GridJobError(f"cell {cell_name(c, mode)} in {folder} is missing or unreadable")
-        arrays[c] = x
-    return assemble(keydata, impl, norm, arrays)
+    elif todo:
+        _submit_all([(folder, norm, keydata, impl, g) for g in todo], opts=opts,
+                    log_dir=folder / "submitit", progress=progress, poll_s=poll_s)
+    return _load_all(folder, norm, keydata, impl)
+
+
+class GridJobs:
+    """``simulate_grid_jobs`` bound to an executor and a root folder, that can also run many
+    grids' missing cells as ONE job array before they are asked for (:meth:`prefetch`), so a
+    caller with a list of grids (validate's moments experiment) keeps the cluster busy with
+    all of them rather than one grid at a time. Calls return simulate_grid's EpsBAGrid."""
+
+    def __init__(self, *, root, executor: str = "submitit", cluster: str | None = None,
+                 options: dict | ClusterOptions | None = None, n_jobs: int | None = None,
+                 progress: bool = False, poll_s: float | None = None):
+        self.root, self.executor, self.n_jobs = Path(root), executor, n_jobs
+        self.opts = _cluster_options(cluster, options)
+        self.progress, self.poll_s = progress, poll_s
+
+    def __call__(self, key, **grid_kwargs):
+        return simulate_grid_jobs(key, executor=self.executor, root=self.root, n_jobs=self.n_jobs,
+                                  options=self.opts, progress=self.progress, poll_s=self.poll_s,
+                                  **grid_kwargs)
+
+    def prefetch(self, requests) -> None:
+        """requests: [(key, grid_kwargs)]; their missing cells run now, as one job array."""
+        batches = []
+        for key, kw in requests:
+            norm, kd, impl, folder, groups, _ = _prepare(key, executor="submitit", folder=None,
+                                                         root=self.root, n_jobs=self.n_jobs,
+                                                         grid_kwargs=kw)
+            _check_folder(folder, grid_fingerprint(kd, impl, norm), norm)
+            batches += [(folder, norm, kd, impl, g) for g in groups
+                        if not all(_have(folder, c, norm["mode"]) for c in g)]
+        if not batches:
+            return
+        if self.executor == "local":
+            for f, norm, kd, impl, g in batches:
+                GridJob(kd, impl, norm, g, str(f))()
+            return
+        _submit_all(batches, opts=self.opts, log_dir=self.root / "submitit",
+                    progress=self.progress, poll_s=self.poll_s)

@@ -374,13 +374,17 @@ def job_phase(job: Any) -> str:
 
 def job_failure(job: Any) -> str:
     """Why a job ended (its exception, else the last lines of its stderr), for messages."""
+    def first_line(e):   # submitit's messages put the summary first, then logs/tracebacks
+        lines = [ln.strip() for ln in str(e).splitlines() if any(ch.isalnum() for ch in ln)]
+        return lines[0] if lines else type(e).__name__
+
     why = ""
     try:
         exc = job.exception()
         if exc is not None:
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            why = first_line(exc)
     except Exception as err:  # noqa: BLE001 - e.g. UncompletedJobError for a killed job
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        why = first_line(err)
     try:
         tail = (job.stderr() or "").strip().splitlines()[-3:]
     except Exception:  # noqa: BLE001

@@ -140,8 +140,9 @@ def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
     """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio.
 
     simulate: the grid runner (default ``montecarlo.simulate_grid``; ``quantbounds validate
-    --executor submitit`` passes ``grid_jobs.simulate_grid_jobs``, which returns the same
-    grid computed as independent jobs)."""
+    --executor submitit`` passes a ``grid_jobs.GridJobs``, which returns the same grids
+    computed as independent jobs). Every grid is listed before the first is computed, and a
+    runner with a ``prefetch`` method gets them all at once (one job array)."""
     from quantbounds.moments import eps_ba_variance_bound
     from quantbounds.montecarlo import simulate_grid
 
@@ -149,47 +150,53 @@ def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
 
     cells = []
     t_crit = float(stats.t.ppf(0.975, config.n_samples - 1))
+    requests = []   # every grid first, so a job runner can start them all at once (prefetch)
     for li, (m, n, ranks, g) in enumerate(config.layers):
         for fi, fam in enumerate(config.families):
             if fam == "peft_init" and li > 0:
                 continue   # B = 0 makes every term exactly 0: one layer suffices
             k = jax.random.fold_in(jax.random.fold_in(key, li), fi)
             facs = dict(zip(ranks, nested_factors(k, fam, m, n, ranks)))
-            grid = simulate(k, m=m, n=n, ranks=list(ranks), bits=list(config.bits),
-                            n_samples=config.n_samples,
-                            factors=_NestedFactors(k, fam, m, n, ranks, facs), mode="additive",
-                            pad=_pad(ranks), **_grid_kwargs(g))
-            for ri, r in enumerate(ranks):
-                B, A = facs[r]
-                exact, RA, RB = _exact(B, A, config.bits, g)
-                if not (np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
-                        and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)):
-                    raise RuntimeError("simulate_grid did not use the factors it was given "
-                                       f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
-                                       f"{grid.range_B[ri]})")
-                for bi, b in enumerate(config.bits):
-                    mc = np.array([float(np.asarray(getattr(grid.mean, t))[ri, bi]) for t in TERMS])
-                    se = np.array([float(np.asarray(getattr(grid.stderr, t))[ri, bi]) for t in TERMS])
-                    ex = exact[bi]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        z = np.where(se > 0, (mc - ex) / se,
-                                     np.where(mc == ex, np.nan, np.inf))
-                    bound = eps_ba_variance_bound(m, n, r, b, RA, RB)
-                    if bound > 0:
-                        ratio = mc[3] / bound
-                        ratio_ci = ((mc[3] - t_crit * se[3]) / bound,
-                                    (mc[3] + t_crit * se[3]) / bound)
-                    else:   # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
-                        ratio, ratio_ci = 0.0, (0.0, 0.0)
-                    cells.append({"family": fam, "m": m, "n": n, "r": r, "bits": b,
-                                  "granularity": g, "mc": mc.tolist(), "se": se.tolist(),
-                                  "exact": ex.tolist(), "z": z.tolist(),
-                                  "bound": bound, "bound_ratio": ratio,
-                                  "bound_ratio_ci": ratio_ci, "R_A": RA, "R_B": RB,
-                                  "engine_predicted_total": float(
-                                      np.asarray(grid.predicted.total)[ri, bi])})
-            if progress is not None:
-                progress()
+            requests.append((k, dict(m=m, n=n, ranks=list(ranks), bits=list(config.bits),
+                                     n_samples=config.n_samples,
+                                     factors=_NestedFactors(k, fam, m, n, ranks, facs),
+                                     mode="additive", pad=_pad(ranks), **_grid_kwargs(g)),
+                             (m, n, ranks, g, fam, facs)))
+    if hasattr(simulate, "prefetch"):
+        simulate.prefetch([(k, kw) for k, kw, _ in requests])
+    for k, kw, (m, n, ranks, g, fam, facs) in requests:
+        grid = simulate(k, **kw)
+        for ri, r in enumerate(ranks):
+            B, A = facs[r]
+            exact, RA, RB = _exact(B, A, config.bits, g)
+            if not (np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
+                    and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)):
+                raise RuntimeError("simulate_grid did not use the factors it was given "
+                                   f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
+                                   f"{grid.range_B[ri]})")
+            for bi, b in enumerate(config.bits):
+                mc = np.array([float(np.asarray(getattr(grid.mean, t))[ri, bi]) for t in TERMS])
+                se = np.array([float(np.asarray(getattr(grid.stderr, t))[ri, bi]) for t in TERMS])
+                ex = exact[bi]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    z = np.where(se > 0, (mc - ex) / se,
+                                 np.where(mc == ex, np.nan, np.inf))
+                bound = eps_ba_variance_bound(m, n, r, b, RA, RB)
+                if bound > 0:
+                    ratio = mc[3] / bound
+                    ratio_ci = ((mc[3] - t_crit * se[3]) / bound,
+                                (mc[3] + t_crit * se[3]) / bound)
+                else:   # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
+                    ratio, ratio_ci = 0.0, (0.0, 0.0)
+                cells.append({"family": fam, "m": m, "n": n, "r": r, "bits": b,
+                              "granularity": g, "mc": mc.tolist(), "se": se.tolist(),
+                              "exact": ex.tolist(), "z": z.tolist(),
+                              "bound": bound, "bound_ratio": ratio,
+                              "bound_ratio_ci": ratio_ci, "R_A": RA, "R_B": RB,
+                              "engine_predicted_total": float(
+                                  np.asarray(grid.predicted.total)[ri, bi])})
+        if progress is not None:
+            progress()
     entry = entry_output_check(config, jax.random.fold_in(key, 10_000))
     return {"config": {"n_samples": config.n_samples, "bits": list(config.bits)},
             "terms": list(TERMS), "cells": cells, "entry": entry}

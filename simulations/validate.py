@@ -123,8 +123,9 @@ def run_all(config: ValidateConfig, *, seed: int = 0, show_progress: bool = True
     """Run every experiment; return the result dict written to validation.json.
 
     simulate: the Monte Carlo grid runner of the moments experiment (default
-    ``montecarlo.simulate_grid``; ``--executor submitit`` passes ``grid_jobs.simulate_grid_jobs``
-    bound to its cluster options: the same numbers, the grids' cells as independent jobs).
+    ``montecarlo.simulate_grid``; ``--executor submitit`` passes a ``grid_jobs.GridJobs``
+    bound to its cluster options: the same numbers, the grids' cells as independent jobs,
+    all grids in one job array).
 
     Keys: schema, scale, seed, created, wall_s (per experiment), devices, verdicts (a list of
     ``Verdict.to_dict()``), experiments (each experiment's data tables).
@@ -223,25 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     simulate = None
     if args.executor == "submitit":   # the moments experiment's grids as submitit jobs
-        import functools
         from pathlib import Path
 
-        from quantbounds.grid_jobs import simulate_grid_jobs
-        from quantbounds.jobs import ClusterOptions, ExecutorError, cluster_flags, import_submitit
+        from quantbounds.grid_jobs import GridJobs
+        from quantbounds.jobs import ClusterOptions, ExecutorError, cluster_flags, make_executor
+
+        root = Path(args.results_dir or Path(args.out).with_suffix(".jobs"))
         try:
-            import_submitit()
             opts = ClusterOptions().merged(**cluster_flags(args))
-            from quantbounds.jobs import make_executor
-            make_executor(opts, Path(args.results_dir or Path(args.out).with_suffix(".jobs"))
-                          / "submitit")   # rejects bad options before any work
+            make_executor(opts, root / "submitit")   # rejects bad options before any work
         except ExecutorError as err:
             print(f"quantbounds validate: error: {err}", file=sys.stderr)
             return 2
-        simulate = functools.partial(
-            simulate_grid_jobs, executor="submitit", options=opts,
-            root=args.results_dir or Path(args.out).with_suffix(".jobs"),
-            n_jobs=args.grid_jobs or opts.array_parallelism, progress=not args.no_progress,
-            poll_s=args.poll_s)
+        # every grid of the moments experiment in one job array (GridJobs.prefetch)
+        simulate = GridJobs(root=root, executor="submitit", options=opts,
+                            n_jobs=args.grid_jobs or opts.array_parallelism,
+                            progress=not args.no_progress, poll_s=args.poll_s)
     t0 = time.perf_counter()
     result = run_all(config_for(scale), seed=args.seed, show_progress=not args.no_progress,
                      console=console, simulate=simulate)

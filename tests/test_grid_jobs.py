@@ -131,7 +131,7 @@ def test_submitit_local_jobs_killed_and_resumed(tmp_path):
     t = threading.Thread(target=_kill_first_job, args=(tmp_path, stop, killed), daemon=True)
     t.start()
     try:
-        with pytest.raises(GridJobError, match=r"cells \[.*\] have no results.*log"):
+        with pytest.raises(GridJobError, match=r"cells \[.*\] of .* have no results: job .*log"):
             simulate_grid_jobs(KEY, executor="submitit", cluster="local", folder=tmp_path,
                                n_jobs=2, options={"array_parallelism": 2, "timeout_min": 10},
                                poll_s=0.2, **kw)
@@ -225,3 +225,26 @@ def test_a_job_computes_in_the_submitters_x64_mode(tmp_path):
         assert jax.config.jax_enable_x64 is False
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_grid_jobs_prefetch_runs_every_grid_then_calls_only_read(tmp_path):
+    from quantbounds.grid_jobs import GridJobs
+    from quantbounds.results import to_jsonable
+    from simulations import moments_mc
+    from simulations.validate import config_for
+
+    cfg = config_for("tiny").moments
+    key = jax.random.key(3)
+    ref = moments_mc.run(cfg, key)
+    runner = GridJobs(root=tmp_path, executor="local", n_jobs=2)
+    calls = []
+    orig = runner.prefetch
+    runner.prefetch = lambda reqs: (calls.append(len(reqs)), orig(reqs))
+    got = moments_mc.run(cfg, key, simulate=runner)
+    assert calls == [2]                                # both grids, in one prefetch
+    assert json.dumps(to_jsonable(got), sort_keys=True) == json.dumps(to_jsonable(ref), sort_keys=True)
+    cells = sorted(tmp_path.glob("grid-*/cells/*.npy"))
+    assert len(cells) == 2 * 4
+    stamp = [c.stat().st_mtime_ns for c in cells]
+    moments_mc.run(cfg, key, simulate=runner)          # everything on disk: nothing recomputed
+    assert [c.stat().st_mtime_ns for c in sorted(tmp_path.glob("grid-*/cells/*.npy"))] == stamp
