@@ -31,6 +31,10 @@ widths), each written atomically (temp + fsync + rename) by the job that compute
 rerun reuses the cells already there; a requeued (preempted) job skips them. A folder of a
 different grid is refused.
 
+:class:`GridJobs` runs many grids' missing cells as one job array (``prefetch``), which is
+how ``quantbounds validate --executor submitit`` runs the moments experiment's grids.
+Cells are the unit: a grid of one cell is one job (a cell's samples are not split).
+
 The ``jax.distributed`` path (``sharding``) stays for one computation that must span hosts;
 this one is for many cells that need not, where a failed job costs its own cells only.
 """
@@ -312,7 +316,7 @@ def _cluster_options(cluster, options) -> ClusterOptions:
 
 
 def _prepare(key, *, executor, folder, root, n_jobs, grid_kwargs):
-    """(norm, keydata, impl, folder or None, groups of cells, groups still missing cells)."""
+    """(norm, keydata, impl, folder or None (in-process without files), groups of cells)."""
     from quantbounds.montecarlo import _key_parts
 
     if executor not in ("local", "submitit"):
@@ -328,9 +332,8 @@ def _prepare(key, *, executor, folder, root, n_jobs, grid_kwargs):
         raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
                             "can reach)")
     if folder is None:
-        return norm, keydata, impl, None, groups, groups
-    folder = Path(folder).absolute()
-    return norm, keydata, impl, folder, groups, groups   # todo filled in after the folder check
+        return norm, keydata, impl, None, groups
+    return norm, keydata, impl, Path(folder).absolute(), groups
 
 
 def _have(folder: Path, c, mode: str) -> bool:
@@ -397,9 +400,9 @@ def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None
     / done / failed display. ``mesh`` (local only): the devices each job's engine call
     spreads over. :class:`GridJobs` runs several grids' jobs as one array.
     """
-    norm, keydata, impl, folder, groups, _ = _prepare(key, executor=executor, folder=folder,
-                                                      root=root, n_jobs=n_jobs,
-                                                      grid_kwargs=grid_kwargs)
+    norm, keydata, impl, folder, groups = _prepare(key, executor=executor, folder=folder,
+                                                   root=root, n_jobs=n_jobs,
+                                                   grid_kwargs=grid_kwargs)
     if folder is None:
         arrays = {}
         for g in groups:
@@ -441,9 +444,9 @@ class GridJobs:
         """requests: [(key, grid_kwargs)]; their missing cells run now, as one job array."""
         batches = []
         for key, kw in requests:
-            norm, kd, impl, folder, groups, _ = _prepare(key, executor="submitit", folder=None,
-                                                         root=self.root, n_jobs=self.n_jobs,
-                                                         grid_kwargs=kw)
+            norm, kd, impl, folder, groups = _prepare(key, executor="submitit", folder=None,
+                                                      root=self.root, n_jobs=self.n_jobs,
+                                                      grid_kwargs=kw)
             _check_folder(folder, grid_fingerprint(kd, impl, norm), norm)
             batches += [(folder, norm, kd, impl, g) for g in groups
                         if not all(_have(folder, c, norm["mode"]) for c in g)]
