@@ -387,6 +387,17 @@ def collect(parts: Path, out: Path, smoke: bool) -> dict:
         if w.exists():
             entry["wall_s"] = float(w.read_text())
         res["parts"][name] = entry
+    # a device run whose pieces silently fell back to the CPU measured the wrong thing
+    warn = []
+    if not smoke:
+        eng = res["parts"]["engine"].get("result", {})
+        if eng and eng.get("platform") not in ("gpu", "cuda", "rocm"):
+            warn.append(f"engine ran on {eng.get('platform')!r}, not the GPU (jax without CUDA?)")
+        for name in ("bnb", "finetune"):
+            r = res["parts"][name].get("result", {})
+            if r and r.get("device") != "cuda":
+                warn.append(f"{name} ran on {r.get('device')!r}, not CUDA")
+    res["warnings"] = warn
     _write(out, res)
     return res
 

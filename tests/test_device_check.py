@@ -46,6 +46,10 @@ def test_collect_reports_missing_and_timed_out_parts(tmp_path):
     assert res["parts"]["bnb"]["error"] == "no result (timed out)"
     assert res["parts"]["bnb"]["log_tail"][-1] == "Killed"
     assert res["parts"]["finetune"] == {"rc": None, "error": "no result"}
+    assert res["warnings"] == []          # smoke: CPU is expected
+    (parts / "engine.json").write_text(json.dumps({"platform": "cpu"}))
+    res = device_check.collect(parts, tmp_path / "device.json", smoke=False)
+    assert res["warnings"] == ["engine ran on 'cpu', not the GPU (jax without CUDA?)"]
 
 
 @pytest.mark.slow
