@@ -54,7 +54,7 @@ SCHEMA = "quantbounds.device/1"
 
 
 def _write(path, obj) -> None:
-    from quantbounds.jobs import atomic_write_bytes
+    from quantbounds._files import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True, default=str) + "\n").encode())
 

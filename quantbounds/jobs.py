@@ -1,9 +1,12 @@
 """Running independent pieces of work as submitit jobs (SLURM, or local processes).
 
 Shared by the sweep executor (``real_runs.submit``: one fine-tune per job) and the split
-Monte Carlo grid (``quantbounds.epsba.grid_jobs``: a group of cells per job). Torch-free; submitit
-is an optional dependency, imported only when a submitit executor is asked for
-(:func:`import_submitit` says how to install it when it is missing).
+Monte Carlo grid (``quantbounds.epsba.grid_jobs``: a group of cells per job); the
+command-line flags that fill :class:`ClusterOptions` are ``quantbounds.cli.options``'s
+``add_cluster_flags`` / ``cluster_flags``. Torch-free; submitit is an optional dependency
+(its ``Checkpointable`` is the base of the job callables when it is installed, a placeholder
+when not; :func:`import_submitit` says how to install it when a submitit executor is asked
+for and it is missing).
 
 What this module provides and why:
 
@@ -15,9 +18,10 @@ What this module provides and why:
   ``slurm_array_parallelism`` as the cap), or, on the local cluster (where submitit starts
   every job at once), at most ``array_parallelism`` at a time; poll them, calling back each
   poll (the callers merge results and refresh the progress display there).
-- :func:`atomic_write_bytes` (temp + fsync + rename + fsync of the folder) and
-  :class:`DirLock` (``mkdir``-based, atomic on NFS too, so merges are serialised even where
+- :class:`DirLock` (``mkdir``-based, atomic on NFS too, so merges are serialised even where
   ``flock`` is unreliable; a lock left by a dead process on the same host is taken over).
+  Result files are written whole with ``quantbounds._files.atomic_write_bytes`` (temp +
+  fsync + rename + fsync of the folder), the writer every result file goes through.
 - :class:`JobProgress`: the queued / running / done / failed display.
 
 Requeue on preemption or timeout is submitit's: the callables are
@@ -32,11 +36,12 @@ import dataclasses
 import json
 import os
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from quantbounds._files import atomic_write_bytes
 
 EXECUTORS = ("local", "submitit")
 CLUSTERS = ("slurm", "local")
@@ -173,74 +178,7 @@ def make_executor(opts: ClusterOptions, folder: str | os.PathLike):
     return ex
 
 
-# ------------------------------------------------------------------ command-line flags
-def cluster_flags(args) -> dict:
-    """The cluster flags given on the command line (``add_cluster_flags``), None = not given."""
-    extra = dict(parse_slurm_option(s) for s in (getattr(args, "slurm_option", None) or []))
-    return dict(cluster=args.cluster, partition=args.partition, gpus_per_node=args.gpus_per_node,
-                cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
-                extra=extra or None)
-
-
-def add_cluster_flags(p, *, results_help: str = "per-run record files and logs (default <out>.d)") -> None:
-    """--executor, --cluster, --results-dir and the SLURM flags, on an argparse parser."""
-    g = p.add_argument_group("cluster (with --executor submitit)")
-    g.add_argument("--executor", default="local", choices=("local", "submitit"),
-                   help="local: this process (default); submitit: independent jobs (SLURM, or local processes)")
-    g.add_argument("--cluster", default=None, choices=("slurm", "local"),
-                   help="with submitit: SLURM job arrays (default), or submitit's local executor (same jobs, local processes)")
-    g.add_argument("--results-dir", default=None, help=results_help)
-    g.add_argument("--partition", default=None)
-    g.add_argument("--gpus-per-node", type=int, default=None)
-    g.add_argument("--cpus-per-task", type=int, default=None)
-    g.add_argument("--mem-gb", type=float, default=None)
-    g.add_argument("--timeout-min", type=int, default=None, help="per job (default 60)")
-    g.add_argument("--array-parallelism", type=int, default=None,
-                   help="at most this many jobs at once (default 8)")
-    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any submitit SLURM parameter, e.g. account=lab, qos=high (repeatable)")
-    g.add_argument("--poll-s", type=float, default=None, help="seconds between polls")
-
-
-
-# ------------------------------------------------------------------ durable files and locks
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one:
-    a temp file in the same folder, fsync, rename over ``path``, fsync of the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
+# ------------------------------------------------------------------ locks
 class LockBusy(RuntimeError):
     """The lock is held by another live process."""
 

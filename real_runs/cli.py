@@ -17,6 +17,7 @@ import json
 import sys
 
 from quantbounds.calib.records import ARMS
+from quantbounds.cli.options import add_cluster_flags, cluster_flags
 from quantbounds.conventions import SCALES
 
 
@@ -116,7 +117,6 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
-    from real_runs.submit import add_cluster_flags
     add_cluster_flags(p)   # --executor {local,submitit}, --cluster {slurm,local}, SLURM options
     return p
 
@@ -144,7 +144,6 @@ def sweep_main(argv: list[str] | None = None) -> int:
                 print(f"  {r.run_id}  {r.arm:22s} rank={r.rank:<3d} bits={r.bits:<2d} seed={r.seed} "
                       f"n_train={r.n_train}")
             return 0
-        from real_runs.submit import cluster_flags
         counts = run_sweep(args.config, args.out, limit=args.limit, keep_going=args.keep_going,
                            overrides=overrides, progress=not args.no_progress,
                            log=lambda m: print(m, file=sys.stderr), executor=args.executor,

@@ -41,11 +41,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from quantbounds.jobs import (Checkpointable, ClusterOptions, DirLock, ExecutorError, JobProgress,
-                              LockBusy, add_cluster_flags, atomic_write_bytes, cluster_flags,
-                              import_submitit, job_failure, job_phase, make_executor, run_jobs)
-__all__ = ["run_sweep_submitit", "merge_records", "RunJob", "add_cluster_flags", "cluster_flags"]
+from quantbounds._files import atomic_write_bytes
 from quantbounds.calib.records import RecordError, read_records, validate_record
+from quantbounds.jobs import (Checkpointable, ClusterOptions, DirLock, ExecutorError, JobProgress,
+                              LockBusy, import_submitit, job_failure, job_phase, make_executor,
+                              run_jobs)
+
+__all__ = ["run_sweep_submitit", "merge_records", "RunJob"]
 
 FOLDER_SCHEMA = "quantbounds.sweep-folder/1"
 

@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from quantbounds.cli.options import add_common_options, figures_dir
+from quantbounds.cli.options import (add_cluster_flags, add_common_options, cluster_flags,
+                                     figures_dir)
 from simulations import breakdown, codebooks, decomposition, moments_mc, slopes
 
 SCALES_CLI = ("default", "full")
@@ -185,10 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="default", choices=SCALES_CLI + ("tiny",),
                    metavar="{default,full}",
                    help="default: ≤ 5 min on 2 CPU cores; full: larger grids, for a GPU")
-    from quantbounds.jobs import add_cluster_flags
     add_cluster_flags(p, results_help="grid-job folders (default: <out> with suffix .jobs)")
     p.add_argument("--grid-jobs", type=int, default=None,
-                   help="jobs per Monte Carlo grid with --executor submitit (default: --array-parallelism)")
+                   help="jobs per Monte Carlo grid with --executor submitit "
+                        "(default: --array-parallelism)")
     return p
 
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         from quantbounds.epsba.grid_jobs import GridJobs
-        from quantbounds.jobs import ClusterOptions, ExecutorError, cluster_flags, make_executor
+        from quantbounds.jobs import ClusterOptions, ExecutorError, make_executor
 
         root = Path(args.results_dir or Path(args.out).with_suffix(".jobs"))
         try:

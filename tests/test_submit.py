@@ -19,9 +19,10 @@ import pytest
 
 submitit = pytest.importorskip("submitit")
 
-from quantbounds.jobs import (ClusterOptions, DirLock, ExecutorError, LockBusy,  # noqa: E402
-                              atomic_write_bytes, make_executor, parse_slurm_option)
+from quantbounds._files import atomic_write_bytes  # noqa: E402
 from quantbounds.calib.records import make_record, read_records  # noqa: E402
+from quantbounds.jobs import (ClusterOptions, DirLock, ExecutorError, LockBusy,  # noqa: E402
+                              make_executor, parse_slurm_option)
 from real_runs import submit  # noqa: E402
 from real_runs.submit import (SweepFolderError, check_folder, fingerprint,  # noqa: E402
                               merge_records, record_path)
