@@ -6,20 +6,24 @@
                               options={"gpus_per_node": 1, "partition": "gpu"})
 
 Why it is exact. ``simulate_grid`` keys sample t of cell c (c = rank index · n_bits + bit
-index) by fold_in(fold_in(k_noise, c), t) (``sharding.sample_keys``), pads a rank to a width
+index) by fold_in(fold_in(k_noise, c), t) (``units.sample_keys``), pads a rank to a width
 that depends on that rank alone ("pow2") or on the grid's largest rank ("max"), and draws
 the factors once at the grid's largest rank. A job here recomputes the same factors, pads
 its ranks the same way and runs its cells through the same engine call
-(``sharding.run_additive`` with the cells' global ids; ``run_real`` per rank, whose cells are
+(``units.run_additive`` with the cells' global ids; ``run_real`` per rank, whose cells are
 its bit-widths), so each cell's per-sample terms are the ones the single process computes.
 Jobs write those per-sample terms (the finest partial sums: an (n_samples, 4) array per
 cell, float64 or float32 as the engine made them); the merge stacks them in the grid's
-order and reduces them with ``montecarlo.summarize``, the single process's own reduction,
-in the same order. So the merged grid equals ``simulate_grid``'s bit for bit whenever the
-jobs run on the same kind of device as the single process (tests/test_grid_jobs.py checks
+order and reduces them with ``montecarlo.grid_result``, the single process's own
+reduction, in the same order. So the merged grid equals ``simulate_grid``'s bit for bit whenever the
+jobs run on the same kind of device as the single process (tests/epsba/test_grid_jobs.py checks
 it, float32 and float64, both paddings, additive and real mode). On another platform the
-per-sample GEMMs round differently (as ``sharding`` says of devices) and the chunk size
+per-sample GEMMs round differently (as ``epsba.units`` says of devices) and the chunk size
 differs; then the means agree to the GEMMs' rounding, not bit for bit.
+
+Options are simulate_grid's: a ``montecarlo.GridConfig`` (or its fields as keywords), which
+validates itself; its ``mesh`` applies to cells computed in this process only (a job spreads
+its cells over its own devices) and, like ``progress``, is not part of the grid.
 
 Cells: additive mode, one per (rank, bit-width); real mode, one per rank (its bit-widths
 share one noise key stream, fold_in(k_noise, r), indexed by bit position). Jobs get cells by
@@ -35,12 +39,13 @@ different grid is refused.
 how ``quantbounds validate --executor submitit`` runs the moments experiment's grids.
 Cells are the unit: a grid of one cell is one job (a cell's samples are not split).
 
-The ``jax.distributed`` path (``sharding``) stays for one computation that must span hosts;
+The ``jax.distributed`` path (``epsba.sharding``) stays for one computation that must span hosts;
 this one is for many cells that need not, where a failed job costs its own cells only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -52,13 +57,16 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from quantbounds._checks import check_bits, check_choice, check_finite, check_int_range
+from quantbounds._files import atomic_write_bytes
+from quantbounds.epsba.montecarlo import (GridConfig, _key_parts, _padded, grid_config,
+                                          grid_factors, grid_result, padded_rank)
+from quantbounds.epsba.units import run_additive, run_real
 from quantbounds.jobs import (Checkpointable, ClusterOptions, ExecutorError, JobProgress,
-                              atomic_write_bytes, job_failure, job_phase, make_executor, run_jobs)
+                              job_failure, job_phase, make_executor, run_jobs)
 
 SCHEMA = "quantbounds.grid-jobs/1"
-GRID_KEYS = ("m", "n", "ranks", "bits", "n_samples", "factors", "mode", "scheme", "rounding",
-             "block_size", "axis", "step", "scale", "lora_alpha", "dtype", "chunk_size", "pad")
+# the GridConfig fields that are not part of the grid (where and how visibly it runs)
+NOT_GRID = ("mesh", "progress")
 
 
 class GridJobError(RuntimeError):
@@ -66,67 +74,25 @@ class GridJobError(RuntimeError):
 
 
 # ------------------------------------------------------------------ options, cells, split
-def normalise(kw: dict) -> dict:
-    """simulate_grid's options validated as simulate_grid validates them, with its defaults;
-    ranks and bits as lists, dtype as a name. Unknown options are an error naming them."""
-    from quantbounds.epsba.montecarlo import SCALES, _dtype, check_options
-
-    bad = sorted(set(kw) - set(GRID_KEYS))
-    if bad:
-        raise TypeError(f"unknown simulate_grid option(s) {bad}; known: {list(GRID_KEYS)}")
-    d = dict(factors="gaussian", mode="additive", scheme="uniform", rounding="nearest",
-             block_size=None, axis=None, step="paper", scale=1.0, lora_alpha=1.0,
-             dtype="float32", chunk_size=None, pad="pow2")
-    d.update(kw)
-    for k in ("m", "n", "ranks", "bits", "n_samples"):
-        if k not in d:
-            raise TypeError(f"simulate_grid_jobs needs {k}=")
-    check_options(mode=d["mode"], scheme=d["scheme"], rounding=d["rounding"],
-                  block_size=d["block_size"], axis=d["axis"], step=d["step"])
-    m, n = check_int_range(d["m"], "m", 1), check_int_range(d["n"], "n", 1)
-    d["m"], d["n"] = m, n
-    d["ranks"] = [int(check_int_range(r, "ranks", 1, min(m, n))) for r in np.ravel(d["ranks"])]
-    d["bits"] = [int(check_bits(b, "bits")) for b in np.ravel(d["bits"])]
-    if not d["ranks"] or not d["bits"]:
-        raise ValueError("ranks and bits must be non-empty")
-    if d["step"] == "midtread" and min(d["bits"]) < 2:
-        raise ValueError("step='midtread' needs bits in 2…16 (R/(2^{b−1}−1) is undefined at b = 1)")
-    random = d["mode"] == "additive" or d["rounding"] == "stochastic"
-    d["n_samples"] = int(check_int_range(d["n_samples"], "n_samples", 2 if random else 1))
-    check_choice(d["pad"], "pad", ("max", "pow2"))
-    if isinstance(d["scale"], str):
-        check_choice(d["scale"], "scale", SCALES)
-    else:
-        check_finite(d["scale"], "scale")
-        d["scale"] = float(d["scale"])
-    d["dtype"] = _dtype(d["dtype"])
-    if not (callable(d["factors"]) or isinstance(d["factors"], str)):
-        raise TypeError(f"factors must be 'gaussian', 'peft' or a callable, got {d['factors']!r}")
-    return d
-
-
-def cells_of(norm: dict) -> list[tuple[int, tuple[int, ...]]]:
+def cells_of(config: GridConfig) -> list[tuple[int, tuple[int, ...]]]:
     """The grid's independent cells: (rank index, bit indices). Additive: one bit each;
     real: all bit-widths of a rank (they share the rank's key stream)."""
-    K = len(norm["bits"])
-    if norm["mode"] == "additive":
-        return [(i, (j,)) for i in range(len(norm["ranks"])) for j in range(K)]
-    return [(i, tuple(range(K))) for i in range(len(norm["ranks"]))]
+    K = len(config.bits)
+    if config.mode == "additive":
+        return [(i, (j,)) for i in range(len(config.ranks)) for j in range(K)]
+    return [(i, tuple(range(K))) for i in range(len(config.ranks))]
 
 
-def _rpad(norm: dict, r: int) -> int:
-    return max(norm["ranks"]) if norm["pad"] == "max" else 1 << (r - 1).bit_length()
-
-
-def split_cells(norm: dict, n_jobs: int) -> list[list[tuple[int, tuple[int, ...]]]]:
+def split_cells(config: GridConfig, n_jobs: int) -> list[list[tuple[int, tuple[int, ...]]]]:
     """Cells into ≤ n_jobs non-empty groups of similar cost (longest processing time first);
     within a group, cells in grid order."""
-    cells = cells_of(norm)
+    cells = cells_of(config)
     n_jobs = max(1, min(int(n_jobs), len(cells)))
-    m, n = norm["m"], norm["n"]
+    m, n = config.m, config.n
 
     def cost(c):
-        rp = _rpad(norm, norm["ranks"][c[0]]) if norm["mode"] == "additive" else norm["ranks"][c[0]]
+        r = config.ranks[c[0]]
+        rp = padded_rank(config, r) if config.mode == "additive" else r
         return rp * (m + n) * (rp + 1) * len(c[1])
 
     bins: list[list] = [[] for _ in range(n_jobs)]
@@ -148,88 +114,69 @@ def _key_split(keydata, impl):
     return jax.random.split(jax.random.wrap_key_data(np.asarray(keydata), impl=impl))
 
 
-def _factors_for(norm: dict, k_fac, rank_idx: Sequence[int]) -> dict:
+def _factors_for(config: GridConfig, k_fac, rank_idx: Sequence[int]) -> dict:
     """Factors of the given rank indices, exactly as simulate_grid draws them."""
-    from quantbounds.epsba.montecarlo import grid_factors
-
-    m, n, ranks, f = norm["m"], norm["n"], norm["ranks"], norm["factors"]
+    m, n, ranks, f = config.m, config.n, config.ranks, config.factors
     if callable(f):   # simulate_grid calls it per rank with fold_in(k_fac, r)
         sub = [ranks[i] for i in rank_idx]
-        fac = grid_factors(k_fac, m=m, n=n, ranks=sub, factors=f, dtype=norm["dtype"])
+        fac = grid_factors(k_fac, m=m, n=n, ranks=sub, factors=f, dtype=config.dtype)
         return dict(zip(rank_idx, fac))
-    fac = grid_factors(k_fac, m=m, n=n, ranks=ranks, factors=f, dtype=norm["dtype"])
+    fac = grid_factors(k_fac, m=m, n=n, ranks=ranks, factors=f, dtype=config.dtype)
     return {i: fac[i] for i in rank_idx}
 
 
-def compute_cells(keydata, impl: str, norm: dict, cells, *, mesh=None) -> dict:
+def compute_cells(keydata, impl: str, config: GridConfig, cells) -> dict:
     """Per-sample terms of ``cells``: {cell: array (n_cell_bits, n_samples, 4)} — the same
     numbers simulate_grid computes for those cells (module docstring)."""
-    from quantbounds.epsba.montecarlo import _padded
-    from quantbounds.epsba.units import run_additive, run_real
-
     k_fac, k_noise = _key_split(keydata, impl)
-    fac = _factors_for(norm, k_fac, sorted({c[0] for c in cells}))
-    K = len(norm["bits"])
+    fac = _factors_for(config, k_fac, sorted({c[0] for c in cells}))
+    K = len(config.bits)
     out = {}
     for cell in cells:
         i, js = cell
-        r = norm["ranks"][i]
-        if norm["mode"] == "additive":
-            Bs, As, RBt, RA = _padded([fac[i]], _rpad(norm, r), block_size=norm["block_size"],
-                                      axis=norm["axis"], dtype=norm["dtype"])
+        r = config.ranks[i]
+        if config.mode == "additive":
+            Bs, As, RBt, RA = _padded([fac[i]], padded_rank(config, r),
+                                      block_size=config.block_size, axis=config.axis,
+                                      dtype=config.dtype)
             x = run_additive(np.asarray(jax.random.key_data(k_noise)), impl,
-                             [norm["bits"][j] for j in js], Bs, As, RBt, RA,
-                             n_samples=norm["n_samples"], step=norm["step"],
-                             dtype=norm["dtype"], chunk_size=norm["chunk_size"], mesh=mesh,
+                             [config.bits[j] for j in js], Bs, As, RBt, RA,
+                             n_samples=config.n_samples, step=config.step,
+                             dtype=config.dtype, chunk_size=config.chunk_size, mesh=config.mesh,
                              cell_ids=[i * K + j for j in js])[0]
         else:
             B, A = fac[i]
             kd = np.asarray(jax.random.key_data(jax.random.fold_in(k_noise, r)))
-            x = run_real(kd, impl, norm["bits"], B, A, n_samples=norm["n_samples"],
-                         scheme=norm["scheme"], rounding=norm["rounding"],
-                         block_size=norm["block_size"], axis=norm["axis"], step=norm["step"],
-                         dtype=norm["dtype"], chunk_size=norm["chunk_size"], mesh=mesh)
+            x = run_real(kd, impl, list(config.bits), B, A, n_samples=config.n_samples,
+                         scheme=config.scheme, rounding=config.rounding,
+                         block_size=config.block_size, axis=config.axis, step=config.step,
+                         dtype=config.dtype, chunk_size=config.chunk_size, mesh=config.mesh)
         out[cell] = np.asarray(x)
     return out
 
 
-def assemble(keydata, impl: str, norm: dict, arrays: dict):
+def assemble(keydata, impl: str, config: GridConfig, arrays: dict):
     """The EpsBAGrid of per-cell samples ``arrays`` (every cell of the grid), reduced as
-    simulate_grid reduces its own: ``montecarlo.summarize`` over the stacked samples."""
-    from quantbounds.epsba.montecarlo import EpsBAGrid, EpsBAMoments, _predicted, lora_scale, summarize
-
-    ranks, bits = norm["ranks"], norm["bits"]
-    missing = [c for c in cells_of(norm) if c not in arrays]
+    simulate_grid reduces its own (``montecarlo.grid_result`` over the stacked samples)."""
+    missing = [c for c in cells_of(config) if c not in arrays]
     if missing:
-        raise GridJobError(f"cells {[cell_name(c, norm['mode']) for c in missing]} have no results")
-    if isinstance(norm["scale"], str):
-        s = np.array([lora_scale(norm["scale"], norm["lora_alpha"], r) for r in ranks])
-    else:
-        s = np.full(len(ranks), float(norm["scale"]))
+        raise GridJobError(f"cells {[cell_name(c, config.mode) for c in missing]} have no results")
     rows = []
-    for i in range(len(ranks)):
-        if norm["mode"] == "additive":
-            rows.append(np.stack([arrays[(i, (j,))][0] for j in range(len(bits))]))
+    for i in range(len(config.ranks)):
+        if config.mode == "additive":
+            rows.append(np.stack([arrays[(i, (j,))][0] for j in range(len(config.bits))]))
         else:
-            rows.append(arrays[(i, tuple(range(len(bits))))])
-    x = np.stack(rows)                                       # (R, K, n_samples, 4)
-    mean, se = summarize(x, (s ** 2)[:, None])
+            rows.append(arrays[(i, tuple(range(len(config.bits))))])
     k_fac, _ = _key_split(keydata, impl)
-    fac = _factors_for(norm, k_fac, range(len(ranks)))
-    pred = np.array([[_predicted(*fac[i], b, scheme=norm["scheme"], step=norm["step"],
-                                 block_size=norm["block_size"], axis=norm["axis"], s=s[i])
-                      for b in bits] for i in range(len(ranks))])
-    return EpsBAGrid(np.array(ranks), np.array(bits), mean, se,
-                     EpsBAMoments(*np.moveaxis(pred, -1, 0)), s,
-                     np.array([np.abs(fac[i][1]).max() for i in range(len(ranks))]),
-                     np.array([np.abs(fac[i][0]).max() for i in range(len(ranks))]),
-                     int(x.shape[2]))
+    fac = _factors_for(config, k_fac, range(len(config.ranks)))
+    return grid_result(config, [fac[i] for i in range(len(config.ranks))],
+                       np.stack(rows))                      # (R, K, n_samples, 4)
 
 
 # ------------------------------------------------------------------ files and the job
-def grid_fingerprint(keydata, impl: str, norm: dict) -> str:
+def grid_fingerprint(keydata, impl: str, config: GridConfig) -> str:
     """sha1 over every option, the key and the factors (a callable by its pickle)."""
-    f = norm["factors"]
+    f = config.factors
     if callable(f):
         try:
             fb = pickle.dumps(f)
@@ -243,7 +190,9 @@ def grid_fingerprint(keydata, impl: str, norm: dict) -> str:
         fdesc = hashlib.sha1(fb).hexdigest()
     else:
         fdesc = f
-    blob = json.dumps({**{k: v for k, v in norm.items() if k != "factors"}, "factors": fdesc,
+    fields = {fl.name: getattr(config, fl.name) for fl in dataclasses.fields(config)
+              if fl.name not in NOT_GRID and fl.name != "factors"}
+    blob = json.dumps({**fields, "factors": fdesc,
                        "key": np.asarray(keydata).tolist(), "impl": impl}, sort_keys=True,
                       default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
@@ -270,8 +219,8 @@ class GridJob(Checkpointable):
     ``submitit.helpers.Checkpointable``: requeued after preemption with the same cells, it
     redoes only the cells not yet written."""
 
-    def __init__(self, keydata, impl: str, norm: dict, cells, folder: str):
-        self.keydata, self.impl, self.norm = np.asarray(keydata), impl, norm
+    def __init__(self, keydata, impl: str, config: GridConfig, cells, folder: str):
+        self.keydata, self.impl, self.config = np.asarray(keydata), impl, config
         self.cells, self.folder = [tuple((c[0], tuple(c[1]))) for c in cells], str(folder)
         # the submitting process's x64 mode (validate turns it on in main(), not in the
         # environment a job inherits), so a job computes with the same JAX settings
@@ -280,15 +229,15 @@ class GridJob(Checkpointable):
     def __call__(self) -> list[str]:
         if bool(jax.config.jax_enable_x64) != self.x64:
             jax.config.update("jax_enable_x64", self.x64)
-        folder, mode = Path(self.folder), self.norm["mode"]
+        folder, mode = Path(self.folder), self.config.mode
         todo = [c for c in self.cells if load_cell(folder, c, mode) is None]
         for c in todo:   # one at a time, so a preempted job keeps what it finished
-            x = compute_cells(self.keydata, self.impl, self.norm, [c])[c]
+            x = compute_cells(self.keydata, self.impl, self.config, [c])[c]
             _save(folder / "cells" / f"{cell_name(c, mode)}.npy", x if mode == "real" else x[0])
         return [cell_name(c, mode) for c in self.cells]
 
 
-def _check_folder(folder: Path, fp: str, norm: dict) -> None:
+def _check_folder(folder: Path, fp: str, config: GridConfig) -> None:
     meta = folder / "grid.json"
     if meta.exists():
         try:
@@ -300,13 +249,14 @@ def _check_folder(folder: Path, fp: str, norm: dict) -> None:
                 f"grid folder {folder} holds a different grid (fingerprint "
                 f"{str(old.get('fingerprint'))[:12]}…, m={old.get('m')}, n={old.get('n')}, "
                 f"ranks={old.get('ranks')}, bits={old.get('bits')}) than this one ({fp[:12]}…, "
-                f"m={norm['m']}, n={norm['n']}, ranks={norm['ranks']}, bits={norm['bits']}): "
+                f"m={config.m}, n={config.n}, ranks={list(config.ranks)}, "
+                f"bits={list(config.bits)}): "
                 "use another folder")
         return
-    atomic_write_bytes(meta, json.dumps({"schema": SCHEMA, "fingerprint": fp, "m": norm["m"],
-                                         "n": norm["n"], "ranks": norm["ranks"],
-                                         "bits": norm["bits"], "mode": norm["mode"],
-                                         "n_samples": norm["n_samples"]}, indent=1).encode())
+    atomic_write_bytes(meta, json.dumps({"schema": SCHEMA, "fingerprint": fp, "m": config.m,
+                                         "n": config.n, "ranks": list(config.ranks),
+                                         "bits": list(config.bits), "mode": config.mode,
+                                         "n_samples": config.n_samples}, indent=1).encode())
 
 
 def _cluster_options(cluster, options) -> ClusterOptions:
@@ -315,25 +265,23 @@ def _cluster_options(cluster, options) -> ClusterOptions:
     return ClusterOptions().merged(**{"cluster": cluster, **(options or {})})
 
 
-def _prepare(key, *, executor, folder, root, n_jobs, grid_kwargs):
-    """(norm, keydata, impl, folder or None (in-process without files), groups of cells)."""
-    from quantbounds.epsba.montecarlo import _key_parts
-
+def _prepare(key, config, *, executor, folder, root, n_jobs, grid_kwargs):
+    """(config, keydata, impl, folder or None (in-process without files), groups of cells)."""
     if executor not in ("local", "submitit"):
         raise ExecutorError(f"executor must be 'local' or 'submitit', got {executor!r}")
-    norm = normalise(grid_kwargs)
+    config = grid_config(config, **grid_kwargs)
     keydata, impl = _key_parts(key)
-    groups = split_cells(norm, n_jobs or len(cells_of(norm)))
+    groups = split_cells(config, n_jobs or len(cells_of(config)))
     if folder is not None and root is not None:
         raise ExecutorError("give folder= or root=, not both")
     if root is not None:
-        folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, norm)[:16]}"
+        folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, config)[:16]}"
     if executor == "submitit" and folder is None:
         raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
                             "can reach)")
     if folder is None:
-        return norm, keydata, impl, None, groups
-    return norm, keydata, impl, Path(folder).absolute(), groups
+        return config, keydata, impl, None, groups
+    return config, keydata, impl, Path(folder).absolute(), groups
 
 
 def _have(folder: Path, c, mode: str) -> bool:
@@ -342,14 +290,16 @@ def _have(folder: Path, c, mode: str) -> bool:
 
 def _submit_all(batches, *, opts: ClusterOptions, log_dir: Path, progress: bool,
                 poll_s: float | None) -> None:
-    """Run every (folder, norm, keydata, impl, group) as ONE job array (submitit's files and
+    """Run every (folder, config, keydata, impl, group) as ONE job array (submitit's files and
     logs in log_dir); GridJobError if any job ends without its cells."""
     ex = make_executor(opts, log_dir)
-    tasks = [GridJob(kd, impl, norm, g, str(f)) for f, norm, kd, impl, g in batches]
+    # a job runs on its own devices: the submitter's mesh (and progress) stay here
+    tasks = [GridJob(kd, impl, dataclasses.replace(config, mesh=None, progress=False), g, str(f))
+             for f, config, kd, impl, g in batches]
 
     def complete(i):
-        f, norm, _, _, g = batches[i]
-        return all(_have(f, c, norm["mode"]) for c in g)
+        f, config, _, _, g = batches[i]
+        return all(_have(f, c, config.mode) for c in g)
 
     poll = poll_s if poll_s is not None else (0.5 if opts.cluster == "local" else 20.0)
     with JobProgress("ε_BA grid jobs", len(tasks), enabled=progress) as bar:
@@ -365,28 +315,30 @@ def _submit_all(batches, *, opts: ClusterOptions, log_dir: Path, progress: bool,
     if failed:
         msgs = []
         for s in failed:
-            f, norm, _, _, g = batches[s.index]
-            miss = [cell_name(c, norm["mode"]) for c in g if not _have(f, c, norm["mode"])]
+            f, config, _, _, g = batches[s.index]
+            miss = [cell_name(c, config.mode) for c in g if not _have(f, c, config.mode)]
             msgs.append(f"cells {miss} of {f} have no results: {job_failure(s.job)}")
         raise GridJobError("; ".join(msgs) + " (the cells written are kept; rerun to finish)")
 
 
-def _load_all(folder: Path, norm, keydata, impl):
+def _load_all(folder: Path, config, keydata, impl):
     arrays = {}
-    for c in cells_of(norm):
-        x = load_cell(folder, c, norm["mode"])
+    for c in cells_of(config):
+        x = load_cell(folder, c, config.mode)
         if x is None:
-            raise GridJobError(f"cell {cell_name(c, norm['mode'])} in {folder} is missing or unreadable")
+            raise GridJobError(f"cell {cell_name(c, config.mode)} in {folder} is missing or "
+                               "unreadable")
         arrays[c] = x
-    return assemble(keydata, impl, norm, arrays)
+    return assemble(keydata, impl, config, arrays)
 
 
-def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None = None,
-                       folder: str | os.PathLike | None = None,
+def simulate_grid_jobs(key: Any, config: GridConfig | None = None, *, executor: str = "local",
+                       cluster: str | None = None, folder: str | os.PathLike | None = None,
                        root: str | os.PathLike | None = None, n_jobs: int | None = None,
                        options: dict | ClusterOptions | None = None, progress: bool = False,
-                       poll_s: float | None = None, mesh: Any = None, **grid_kwargs):
-    """``montecarlo.simulate_grid(key, **grid_kwargs)`` with its cells run as independent jobs.
+                       poll_s: float | None = None, **grid_kwargs):
+    """``montecarlo.simulate_grid(key, config, **grid_kwargs)`` with its cells run as
+    independent jobs (the same ``GridConfig``, or its fields as keywords).
 
     executor: "local" (in this process, job by job; with ``folder``, cells already there are
     reused and new ones written) or "submitit" (``folder`` or ``root`` required, on a
@@ -397,29 +349,30 @@ def simulate_grid_jobs(key: Any, *, executor: str = "local", cluster: str | None
     the ``EpsBAGrid`` simulate_grid returns (equal to it bit for bit on the same platform:
     module docstring). GridJobError names the cells a dead job left without results and its
     log; the cells that were written stay for the rerun. ``progress``: the queued / running
-    / done / failed display. ``mesh`` (local only): the devices each job's engine call
-    spreads over. :class:`GridJobs` runs several grids' jobs as one array.
+    / done / failed display of the jobs. The config's ``mesh`` serves the cells computed in
+    this process (executor "local"); a submitit job uses its own devices.
+    :class:`GridJobs` runs several grids' jobs as one array.
     """
-    norm, keydata, impl, folder, groups = _prepare(key, executor=executor, folder=folder,
-                                                   root=root, n_jobs=n_jobs,
-                                                   grid_kwargs=grid_kwargs)
+    config, keydata, impl, folder, groups = _prepare(key, config, executor=executor,
+                                                     folder=folder, root=root, n_jobs=n_jobs,
+                                                     grid_kwargs=grid_kwargs)
     if folder is None:
         arrays = {}
         for g in groups:
-            arrays.update(compute_cells(keydata, impl, norm, g, mesh=mesh))
-        return assemble(keydata, impl, norm, arrays)
+            arrays.update(compute_cells(keydata, impl, config, g))
+        return assemble(keydata, impl, config, arrays)
     opts = _cluster_options(cluster, options) if executor == "submitit" else None
     if opts is not None:
         make_executor(opts, folder / "submitit")   # a rejected option fails before any write
-    _check_folder(folder, grid_fingerprint(keydata, impl, norm), norm)
-    todo = [g for g in groups if not all(_have(folder, c, norm["mode"]) for c in g)]
+    _check_folder(folder, grid_fingerprint(keydata, impl, config), config)
+    todo = [g for g in groups if not all(_have(folder, c, config.mode) for c in g)]
     if todo and executor == "local":
         for g in todo:
-            GridJob(keydata, impl, norm, g, str(folder))()
+            GridJob(keydata, impl, config, g, str(folder))()
     elif todo:
-        _submit_all([(folder, norm, keydata, impl, g) for g in todo], opts=opts,
+        _submit_all([(folder, config, keydata, impl, g) for g in todo], opts=opts,
                     log_dir=folder / "submitit", progress=progress, poll_s=poll_s)
-    return _load_all(folder, norm, keydata, impl)
+    return _load_all(folder, config, keydata, impl)
 
 
 class GridJobs:
@@ -435,26 +388,27 @@ class GridJobs:
         self.opts = _cluster_options(cluster, options)
         self.progress, self.poll_s = progress, poll_s
 
-    def __call__(self, key, **grid_kwargs):
-        return simulate_grid_jobs(key, executor=self.executor, root=self.root, n_jobs=self.n_jobs,
-                                  options=self.opts, progress=self.progress, poll_s=self.poll_s,
-                                  **grid_kwargs)
+    def __call__(self, key, config: GridConfig | None = None, **grid_kwargs):
+        return simulate_grid_jobs(key, config, executor=self.executor, root=self.root,
+                                  n_jobs=self.n_jobs, options=self.opts,
+                                  progress=self.progress, poll_s=self.poll_s, **grid_kwargs)
 
     def prefetch(self, requests) -> None:
-        """requests: [(key, grid_kwargs)]; their missing cells run now, as one job array."""
+        """requests: [(key, grid_kwargs)] (grid_kwargs: GridConfig fields); their missing
+        cells run now, as one job array."""
         batches = []
         for key, kw in requests:
-            norm, kd, impl, folder, groups = _prepare(key, executor="submitit", folder=None,
-                                                      root=self.root, n_jobs=self.n_jobs,
-                                                      grid_kwargs=kw)
-            _check_folder(folder, grid_fingerprint(kd, impl, norm), norm)
-            batches += [(folder, norm, kd, impl, g) for g in groups
-                        if not all(_have(folder, c, norm["mode"]) for c in g)]
+            config, kd, impl, folder, groups = _prepare(key, None, executor="submitit",
+                                                        folder=None, root=self.root,
+                                                        n_jobs=self.n_jobs, grid_kwargs=kw)
+            _check_folder(folder, grid_fingerprint(kd, impl, config), config)
+            batches += [(folder, config, kd, impl, g) for g in groups
+                        if not all(_have(folder, c, config.mode) for c in g)]
         if not batches:
             return
         if self.executor == "local":
-            for f, norm, kd, impl, g in batches:
-                GridJob(kd, impl, norm, g, str(f))()
+            for f, config, kd, impl, g in batches:
+                GridJob(kd, impl, config, g, str(f))()
             return
         _submit_all(batches, opts=self.opts, log_dir=self.root / "submitit",
                     progress=self.progress, poll_s=self.poll_s)

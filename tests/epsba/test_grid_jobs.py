@@ -18,9 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from quantbounds.epsba.grid_jobs import (GridJobError, cells_of, normalise, simulate_grid_jobs,
-                                   split_cells)
-from quantbounds.epsba.montecarlo import simulate_grid
+from quantbounds.epsba.grid_jobs import GridJobError, cells_of, simulate_grid_jobs, split_cells
+from quantbounds.epsba.montecarlo import GridConfig, grid_config, simulate_grid
 
 KEY = jax.random.key(11)
 SMALL = dict(m=32, n=24, ranks=[2, 5], bits=[2, 5], n_samples=6)
@@ -48,8 +47,20 @@ def test_split_grid_equals_single_process_bit_for_bit(case):
     kw = CASES[case]
     ref = simulate_grid(KEY, **kw)
     assert_identical(simulate_grid_jobs(KEY, n_jobs=2, **kw), ref)
-    n_cells = len(cells_of(normalise(kw)))
+    n_cells = len(cells_of(grid_config(**kw)))
     assert_identical(simulate_grid_jobs(KEY, n_jobs=n_cells, **kw), ref)
+
+
+def test_a_grid_config_is_taken_as_simulate_grid_takes_it(tmp_path):
+    # simulate_grid_jobs(key, config, **fields) = simulate_grid(key, config, **fields); the
+    # config's mesh and progress are not part of the grid (same folder, same numbers)
+    config = GridConfig(**CASES["f32-pow2"])
+    ref = simulate_grid(KEY, config, n_samples=5)
+    assert_identical(simulate_grid_jobs(KEY, config, n_jobs=2, n_samples=5), ref)
+    assert_identical(simulate_grid_jobs(KEY, config, folder=tmp_path, n_samples=5), ref)
+    assert_identical(simulate_grid_jobs(KEY, config, folder=tmp_path, n_samples=5,
+                                        progress=True), ref)
+    assert len(list((tmp_path / "cells").glob("*.npy"))) == 4
 
 
 def test_a_different_key_or_option_changes_the_result():
@@ -62,20 +73,20 @@ def test_a_different_key_or_option_changes_the_result():
 
 def test_split_covers_every_cell_once():
     for kw in CASES.values():
-        norm = normalise(kw)
-        cells = cells_of(norm)
+        config = grid_config(**kw)
+        cells = cells_of(config)
         for n_jobs in (1, 2, 3, 100):
-            groups = split_cells(norm, n_jobs)
+            groups = split_cells(config, n_jobs)
             flat = [c for g in groups for c in g]
             assert sorted(flat) == sorted(cells) and len(flat) == len(set(flat))
             assert 1 <= len(groups) <= min(n_jobs, len(cells))
     # additive: one cell per (rank, bit); real: one per rank (its bits share a key stream)
-    assert len(cells_of(normalise(CASES["f32-pow2"]))) == 2 * 2
-    assert len(cells_of(normalise(CASES["real-nf4"]))) == 2
+    assert len(cells_of(grid_config(**CASES["f32-pow2"]))) == 2 * 2
+    assert len(cells_of(grid_config(**CASES["real-nf4"]))) == 2
     with pytest.raises(TypeError, match="nsamples"):
-        normalise(dict(SMALL, nsamples=3))
+        grid_config(**dict(SMALL, nsamples=3))
     with pytest.raises(ValueError, match="ranks"):
-        normalise(dict(SMALL, ranks=[40]))     # > min(m, n)
+        grid_config(**dict(SMALL, ranks=[40]))     # > min(m, n)
 
 
 def test_local_folder_resume_and_foreign_folder(tmp_path):
@@ -216,10 +227,10 @@ def test_a_job_computes_in_the_submitters_x64_mode(tmp_path):
     kw = CASES["f32-pow2"]
     simulate_grid_jobs(KEY, folder=tmp_path, **kw)   # cells on disk: the job only checks them
     kd, impl = _key_parts(KEY)
-    norm = normalise(kw)
+    config = grid_config(**kw)
     try:
         jax.config.update("jax_enable_x64", False)
-        job = GridJob(kd, impl, norm, cells_of(norm), str(tmp_path))
+        job = GridJob(kd, impl, config, cells_of(config), str(tmp_path))
         jax.config.update("jax_enable_x64", True)
         assert job() == ["r0_b0", "r0_b1", "r1_b0", "r1_b1"]
         assert jax.config.jax_enable_x64 is False
