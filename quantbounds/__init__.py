@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     # Monte Carlo
     "simulate_eps_ba": "epsba.montecarlo", "simulate_grid": "epsba.montecarlo", "EpsBASimulation": "epsba.montecarlo",
     "EpsBAGrid": "epsba.montecarlo", "eps_ba_terms": "epsba.montecarlo", "device_mesh": "epsba.sharding",
+    "simulate_grid_jobs": "epsba.grid_jobs", "GridJobs": "epsba.grid_jobs",
     # bounds and the teacher–student experiment
     "excess_risk_bound": "theory.bounds", "optimal_bits": "theory.bounds", "grad_variance_bound": "theory.bounds",
     "generalization_term": "theory.bounds", "quantization_term": "theory.bounds", "paper_worked_example": "theory.bounds",
