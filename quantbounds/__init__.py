@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "EpsBAGrid": "epsba.montecarlo",
     "eps_ba_terms": "epsba.montecarlo",
     "device_mesh": "epsba.sharding",
+    "simulate_grid_jobs": "epsba.grid_jobs",
+    "GridJobs": "epsba.grid_jobs",
     # bounds and the teacher–student experiment
     "excess_risk_bound": "theory.bounds",
     "optimal_bits": "theory.bounds",

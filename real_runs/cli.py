@@ -2,6 +2,8 @@
 
     quantbounds finetune --arm adapter_rtn --rank 16 --bits 3 --seed 0 --output runs.jsonl
     quantbounds sweep real_runs/configs/embedded.toml --out runs/embedded.jsonl
+    quantbounds sweep CONFIG --out runs.jsonl --executor submitit --cluster slurm --partition gpu \
+        --gpus-per-node 1 --timeout-min 120 --array-parallelism 16     # real_runs/submit.py
 
 Bad input (unknown arm or model, bits outside 1…16, a missing or malformed dataset file or
 config, an unknown config key) prints ``error: …`` naming it and returns 2.
@@ -15,6 +17,7 @@ import json
 import sys
 
 from quantbounds.calib.records import ARMS
+from quantbounds.cli.options import add_cluster_flags, cluster_flags
 from quantbounds.conventions import SCALES
 
 
@@ -114,6 +117,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
+    add_cluster_flags(p)   # --executor {local,submitit}, --cluster {slurm,local}, SLURM options
     return p
 
 
@@ -142,7 +146,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
             return 0
         counts = run_sweep(args.config, args.out, limit=args.limit, keep_going=args.keep_going,
                            overrides=overrides, progress=not args.no_progress,
-                           log=lambda m: print(m, file=sys.stderr))
+                           log=lambda m: print(m, file=sys.stderr), executor=args.executor,
+                           cluster_flags=cluster_flags(args), results_dir=args.results_dir,
+                           poll_s=args.poll_s)
     except (ValueError, TypeError, FileNotFoundError, DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ from pathlib import Path
 from quantbounds.calib.records import append_record, read_records
 from real_runs.finetune import FinetuneConfig
 
-TOP_KEYS = ("sweep", "defaults", "grid")
+TOP_KEYS = ("sweep", "defaults", "grid", "submitit")  # [submitit]: real_runs.submit
 SWEEP_KEYS = ("name", "description")
 
 
@@ -126,12 +126,20 @@ def pending(runs: list[FinetuneConfig], out: str | os.PathLike) -> tuple[list[Fi
 
 def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: int | None = None,
               keep_going: bool = False, overrides: dict | None = None, progress: bool = True,
-              log=print) -> dict:
+              log=print, executor: str = "local", cluster_flags: dict | None = None,
+              results_dir: str | os.PathLike | None = None, poll_s: float | None = None) -> dict:
     """Run every pending run of a sweep config, appending one record per finished run.
 
     limit: stop after this many new runs (None = all). keep_going: log a failing run and go
     on (it stays pending). Returns counts {"total", "skipped", "done", "failed"}.
+    executor="submitit": the pending runs as submitit jobs (``real_runs.submit``; cluster_flags
+    and results_dir go there).
     """
+    if executor == "submitit":
+        from real_runs.submit import run_sweep_submitit
+        return run_sweep_submitit(config_path, out, options=cluster_flags, results_dir=results_dir,
+                                  limit=limit, overrides=overrides, progress=progress, log=log,
+                                  poll_s=poll_s)
     from real_runs.finetune import run_finetune
 
     cfg = load_config(config_path)

@@ -113,54 +113,91 @@ def _pad(ranks) -> str:
     return "pow2" if max(ranks) > 16 * min(ranks) else "max"
 
 
-def run(config: MomentsConfig, key, *, progress=None) -> dict:
-    """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio."""
+class _NestedFactors:
+    """The factors callable handed to simulate_grid: rank r's slice of one nested draw
+    (``factors.nested_factors``). Picklable by its key data alone (a grid split into jobs
+    ships it to each job, which redraws the same factors), so a job never receives arrays."""
+
+    def __init__(self, key, family, m, n, ranks, facs=None):
+        self.kd, self.impl = np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
+        self.family, self.m, self.n, self.ranks = family, m, n, tuple(int(r) for r in ranks)
+        self._facs = facs
+
+    def facs(self) -> dict:
+        if self._facs is None:
+            k = jax.random.wrap_key_data(self.kd, impl=self.impl)
+            self._facs = dict(zip(self.ranks, nested_factors(k, self.family, self.m, self.n,
+                                                             self.ranks)))
+        return self._facs
+
+    def __call__(self, _key, m, r, n):
+        return self.facs()[r]
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_facs"} | {"_facs": None}
+
+
+def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
+    """Every cell: MC mean/se of the four terms, exact values, z-scores, bound ratio.
+
+    simulate: the grid runner (default ``montecarlo.simulate_grid``; ``quantbounds validate
+    --executor submitit`` passes a ``grid_jobs.GridJobs``, which returns the same grids
+    computed as independent jobs). Every grid is listed before the first is computed, and a
+    runner with a ``prefetch`` method gets them all at once (one job array)."""
     from quantbounds.epsba.moments import eps_ba_variance_bound
     from quantbounds.epsba.montecarlo import simulate_grid
 
+    simulate = simulate or simulate_grid
+
     cells = []
     t_crit = float(stats.t.ppf(0.975, config.n_samples - 1))
+    requests = []   # every grid first, so a job runner can start them all at once (prefetch)
     for li, (m, n, ranks, g) in enumerate(config.layers):
         for fi, fam in enumerate(config.families):
             if fam == "peft_init" and li > 0:
                 continue   # B = 0 makes every term exactly 0: one layer suffices
             k = jax.random.fold_in(jax.random.fold_in(key, li), fi)
             facs = dict(zip(ranks, nested_factors(k, fam, m, n, ranks)))
-            grid = simulate_grid(k, m=m, n=n, ranks=list(ranks), bits=list(config.bits),
-                                 n_samples=config.n_samples,
-                                 factors=lambda _key, m_, r_, n_: facs[r_], mode="additive",
-                                 pad=_pad(ranks), **_grid_kwargs(g))
-            for ri, r in enumerate(ranks):
-                B, A = facs[r]
-                exact, RA, RB = _exact(B, A, config.bits, g)
-                if not (np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
-                        and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)):
-                    raise RuntimeError("simulate_grid did not use the factors it was given "
-                                       f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
-                                       f"{grid.range_B[ri]})")
-                for bi, b in enumerate(config.bits):
-                    mc = np.array([float(np.asarray(getattr(grid.mean, t))[ri, bi]) for t in TERMS])
-                    se = np.array([float(np.asarray(getattr(grid.stderr, t))[ri, bi]) for t in TERMS])
-                    ex = exact[bi]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        z = np.where(se > 0, (mc - ex) / se,
-                                     np.where(mc == ex, np.nan, np.inf))
-                    bound = eps_ba_variance_bound(m, n, r, b, RA, RB)
-                    if bound > 0:
-                        ratio = mc[3] / bound
-                        ratio_ci = ((mc[3] - t_crit * se[3]) / bound,
-                                    (mc[3] + t_crit * se[3]) / bound)
-                    else:   # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
-                        ratio, ratio_ci = 0.0, (0.0, 0.0)
-                    cells.append({"family": fam, "m": m, "n": n, "r": r, "bits": b,
-                                  "granularity": g, "mc": mc.tolist(), "se": se.tolist(),
-                                  "exact": ex.tolist(), "z": z.tolist(),
-                                  "bound": bound, "bound_ratio": ratio,
-                                  "bound_ratio_ci": ratio_ci, "R_A": RA, "R_B": RB,
-                                  "engine_predicted_total": float(
-                                      np.asarray(grid.predicted.total)[ri, bi])})
-            if progress is not None:
-                progress()
+            requests.append((k, dict(m=m, n=n, ranks=list(ranks), bits=list(config.bits),
+                                     n_samples=config.n_samples,
+                                     factors=_NestedFactors(k, fam, m, n, ranks, facs),
+                                     mode="additive", pad=_pad(ranks), **_grid_kwargs(g)),
+                             (m, n, ranks, g, fam, facs)))
+    if hasattr(simulate, "prefetch"):
+        simulate.prefetch([(k, kw) for k, kw, _ in requests])
+    for k, kw, (m, n, ranks, g, fam, facs) in requests:
+        grid = simulate(k, **kw)
+        for ri, r in enumerate(ranks):
+            B, A = facs[r]
+            exact, RA, RB = _exact(B, A, config.bits, g)
+            if not (np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
+                    and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)):
+                raise RuntimeError("simulate_grid did not use the factors it was given "
+                                   f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
+                                   f"{grid.range_B[ri]})")
+            for bi, b in enumerate(config.bits):
+                mc = np.array([float(np.asarray(getattr(grid.mean, t))[ri, bi]) for t in TERMS])
+                se = np.array([float(np.asarray(getattr(grid.stderr, t))[ri, bi]) for t in TERMS])
+                ex = exact[bi]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    z = np.where(se > 0, (mc - ex) / se,
+                                 np.where(mc == ex, np.nan, np.inf))
+                bound = eps_ba_variance_bound(m, n, r, b, RA, RB)
+                if bound > 0:
+                    ratio = mc[3] / bound
+                    ratio_ci = ((mc[3] - t_crit * se[3]) / bound,
+                                (mc[3] + t_crit * se[3]) / bound)
+                else:   # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
+                    ratio, ratio_ci = 0.0, (0.0, 0.0)
+                cells.append({"family": fam, "m": m, "n": n, "r": r, "bits": b,
+                              "granularity": g, "mc": mc.tolist(), "se": se.tolist(),
+                              "exact": ex.tolist(), "z": z.tolist(),
+                              "bound": bound, "bound_ratio": ratio,
+                              "bound_ratio_ci": ratio_ci, "R_A": RA, "R_B": RB,
+                              "engine_predicted_total": float(
+                                  np.asarray(grid.predicted.total)[ri, bi])})
+        if progress is not None:
+            progress()
     entry = entry_output_check(config, jax.random.fold_in(key, 10_000))
     return {"config": {"n_samples": config.n_samples, "bits": list(config.bits)},
             "terms": list(TERMS), "cells": cells, "entry": entry}

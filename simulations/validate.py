@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from quantbounds.cli.options import add_common_options, figures_dir
+from quantbounds.cli.options import (add_cluster_flags, add_common_options, cluster_flags,
+                                     figures_dir)
 from simulations import breakdown, codebooks, decomposition, moments_mc, slopes
 
 SCALES_CLI = ("default", "full")
@@ -120,8 +121,13 @@ def config_for(scale: str) -> ValidateConfig:
 
 
 def run_all(config: ValidateConfig, *, seed: int = 0, show_progress: bool = True,
-            console=None) -> dict:
+            console=None, simulate=None) -> dict:
     """Run every experiment; return the result dict written to validation.json.
+
+    simulate: the Monte Carlo grid runner of the moments experiment (default
+    ``montecarlo.simulate_grid``; ``--executor submitit`` passes a ``grid_jobs.GridJobs``
+    bound to its cluster options: the same numbers, the grids' cells as independent jobs,
+    all grids in one job array).
 
     Keys: schema, scale, seed, created, wall_s (per experiment), devices, verdicts (a list of
     ``Verdict.to_dict()``), experiments (each experiment's data tables).
@@ -147,6 +153,8 @@ def run_all(config: ValidateConfig, *, seed: int = 0, show_progress: bool = True
             t0 = time.perf_counter()
             kw = {} if name == "codebooks" else {
                 "progress": lambda name=name: prog.advance(tasks[name])}
+            if name == "moments" and simulate is not None:
+                kw["simulate"] = simulate
             res = mod.run(getattr(config, name), jax.random.fold_in(key, i), **kw)
             prog.update(tasks[name], completed=_steps(name, config))
             out["wall_s"][name] = round(time.perf_counter() - t0, 2)
@@ -178,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="default", choices=SCALES_CLI + ("tiny",),
                    metavar="{default,full}",
                    help="default: ≤ 5 min on 2 CPU cores; full: larger grids, for a GPU")
+    add_cluster_flags(p, results_help="grid-job folders (default: <out> with suffix .jobs)")
+    p.add_argument("--grid-jobs", type=int, default=None,
+                   help="jobs per Monte Carlo grid with --executor submitit "
+                        "(default: --array-parallelism)")
     return p
 
 
@@ -204,9 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     from quantbounds.verdicts.results import print_verdicts, write_json_atomic
 
     console = Console()
+    simulate = None
+    if args.executor == "submitit":   # the moments experiment's grids as submitit jobs
+        from pathlib import Path
+
+        from quantbounds.epsba.grid_jobs import GridJobs
+        from quantbounds.jobs import ClusterOptions, ExecutorError, make_executor
+
+        root = Path(args.results_dir or Path(args.out).with_suffix(".jobs"))
+        try:
+            opts = ClusterOptions().merged(**cluster_flags(args))
+            make_executor(opts, root / "submitit")   # rejects bad options before any work
+        except ExecutorError as err:
+            print(f"quantbounds validate: error: {err}", file=sys.stderr)
+            return 2
+        # every grid of the moments experiment in one job array (GridJobs.prefetch)
+        simulate = GridJobs(root=root, executor="submitit", options=opts,
+                            n_jobs=args.grid_jobs or opts.array_parallelism,
+                            progress=not args.no_progress, poll_s=args.poll_s)
     t0 = time.perf_counter()
     result = run_all(config_for(scale), seed=args.seed, show_progress=not args.no_progress,
-                     console=console)
+                     console=console, simulate=simulate)
     figs = []
     figures = figures_dir(args)
     if figures is not None:

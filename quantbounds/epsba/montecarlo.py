@@ -406,13 +406,17 @@ def _maybe_track(items: list, progress: bool, description: str):
     return track(items, description=description, transient=True)
 
 
+def padded_rank(config: GridConfig, r: int) -> int:
+    """The rank r is run at in additive mode: the grid's largest rank (pad "max") or the next
+    power of two (pad "pow2")."""
+    return max(config.ranks) if config.pad == "max" else 1 << (r - 1).bit_length()
+
+
 def _rank_buckets(config: GridConfig) -> dict[int, list[int]]:
-    """{padded rank: indices of the ranks run at it}: the next power of two ("pow2") or the
-    largest rank ("max")."""
+    """{padded rank: indices of the ranks run at it} (:func:`padded_rank`)."""
     buckets: dict[int, list[int]] = {}
     for i, r in enumerate(config.ranks):
-        rpad = max(config.ranks) if config.pad == "max" else 1 << (r - 1).bit_length()
-        buckets.setdefault(rpad, []).append(i)
+        buckets.setdefault(padded_rank(config, r), []).append(i)
     return buckets
 
 
@@ -496,11 +500,7 @@ def simulate_grid(key: Any, config: GridConfig | None = None, **options) -> EpsB
     Keys: the factors from split(key)[0] (:func:`grid_factors`), the noise from split(key)[1]
     (additive: cell i·n_bits + j of rank i, bits j; real: fold_in(·, r) per rank).
     """
-    if config is None:
-        config = GridConfig(**options)
-    elif options:
-        config = dataclasses.replace(config, **options)
-    s = config.scales()
+    config = grid_config(config, **options)
     keydata, impl = _key_parts(key)
     k_fac, k_noise = jax.random.split(jax.random.wrap_key_data(keydata, impl=impl))
     fac = grid_factors(
@@ -512,8 +512,25 @@ def simulate_grid(key: Any, config: GridConfig | None = None, **options) -> EpsB
         dtype=config.dtype,
     )
     run = _additive_samples if config.mode == "additive" else _real_samples
-    x = np.stack(run(config, fac, k_noise, impl))  # (R, K, n_samples, 4)
-    mean, se = summarize(x, (s**2)[:, None])
+    return grid_result(config, fac, np.stack(run(config, fac, k_noise, impl)))
+
+
+def grid_config(config: GridConfig | None = None, **options) -> GridConfig:
+    """:func:`simulate_grid`'s options as one :class:`GridConfig`: ``config``, with the
+    keywords replacing its fields, or the keywords alone."""
+    if config is None:
+        return GridConfig(**options)
+    return dataclasses.replace(config, **options) if options else config
+
+
+def grid_result(config: GridConfig, fac, samples: np.ndarray) -> EpsBAGrid:
+    """The :class:`EpsBAGrid` of per-sample terms ``samples`` (R, K, n_samples, 4) of the
+    factors ``fac`` (one (B, A) per rank): means and standard errors × s² (:func:`summarize`),
+    the additive model's exact moments for the same factors and ranges, the ranges.
+    ``simulate_grid``'s reduction, also the merge of a grid split into jobs
+    (``epsba.grid_jobs``), so the two agree bit for bit on the same samples."""
+    s = config.scales()
+    mean, se = summarize(samples, (s**2)[:, None])
     pred = np.array(
         [
             [
@@ -541,5 +558,5 @@ def simulate_grid(key: Any, config: GridConfig | None = None, **options) -> EpsB
         s,
         np.array([np.abs(A).max() for _, A in fac]),
         np.array([np.abs(B).max() for B, _ in fac]),
-        int(x.shape[2]),
+        int(samples.shape[2]),
     )

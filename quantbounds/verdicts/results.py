@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
+
+from quantbounds._files import atomic_write_bytes
 
 VerdictKind = Literal["holds", "fails", "conditional"]
 VERDICTS = ("holds", "fails", "conditional")
@@ -85,29 +86,13 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
-    """Write JSON to ``path`` atomically: temp file in the same directory, fsync, rename.
+    """Write JSON to ``path`` atomically (``quantbounds._files.atomic_write_bytes``: temp file
+    in the same directory, fsync, rename, fsync of the directory).
 
     A reader never sees a half-written file; an interrupted writer leaves the old file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a result file is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def format_cell(v: Any, *, width: int = 60) -> str:
