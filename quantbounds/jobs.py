@@ -49,6 +49,7 @@ CLUSTERS = ("slurm", "local")
 try:  # the job callables subclass submitit's Checkpointable when submitit is installed
     from submitit.helpers import Checkpointable
 except ImportError:  # pragma: no cover - exercised where submitit is absent
+
     class Checkpointable:  # type: ignore[no-redef]
         """Placeholder base when submitit is not installed (nothing can be submitted then)."""
 
@@ -62,15 +63,26 @@ def import_submitit():
     try:
         import submitit
     except ImportError as err:
-        raise ExecutorError("--executor submitit needs the 'submitit' package, which is not "
-                            f"installed ({err}); install it with `pip install submitit` or "
-                            "`pip install -e '.[cluster]'`") from err
+        raise ExecutorError(
+            "--executor submitit needs the 'submitit' package, which is not "
+            f"installed ({err}); install it with `pip install submitit` or "
+            "`pip install -e '.[cluster]'`"
+        ) from err
     return submitit
 
 
 # ------------------------------------------------------------------ scheduler options
-SLURM_STATES_QUEUED = {"PENDING", "REQUEUED", "CONFIGURING", "SUSPENDED", "RESIZING",
-                       "REQUEUE_HOLD", "REQUEUE_FED", "UNKNOWN", "READY"}
+SLURM_STATES_QUEUED = {
+    "PENDING",
+    "REQUEUED",
+    "CONFIGURING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "UNKNOWN",
+    "READY",
+}
 SLURM_STATES_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
@@ -109,14 +121,17 @@ class ClusterOptions:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ExecutorError(f"{k} must be an integer ≥ 1, got {v!r}")
-        if self.mem_gb is not None and not (isinstance(self.mem_gb, (int, float)) and self.mem_gb > 0):
+        if self.mem_gb is not None and not (
+            isinstance(self.mem_gb, (int, float)) and self.mem_gb > 0
+        ):
             raise ExecutorError(f"mem_gb must be > 0, got {self.mem_gb!r}")
         if not isinstance(self.extra, dict):
             raise ExecutorError(f"extra submitit parameters must be a dict, got {self.extra!r}")
 
     @classmethod
     def from_mapping(cls, d: dict, *, where: str = "options") -> "ClusterOptions":
-        """From a config table (e.g. a sweep TOML's ``[submitit]``); unknown keys name themselves."""
+        """From a config table (e.g. a sweep TOML's ``[submitit]``); unknown keys name
+        themselves."""
         known = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - known)
         if bad:
@@ -155,8 +170,14 @@ def make_executor(opts: ClusterOptions, folder: str | os.PathLike):
     try:
         ex = submitit.AutoExecutor(folder=folder, cluster=opts.cluster)
     except Exception as err:  # noqa: BLE001 - submitit raises several types
-        hint = " (use --cluster local to run the jobs as local processes)" if opts.cluster == "slurm" else ""
-        raise ExecutorError(f"submitit cannot make a {opts.cluster!r} executor: {err}{hint}") from err
+        hint = (
+            " (use --cluster local to run the jobs as local processes)"
+            if opts.cluster == "slurm"
+            else ""
+        )
+        raise ExecutorError(
+            f"submitit cannot make a {opts.cluster!r} executor: {err}{hint}"
+        ) from err
     params: dict[str, Any] = {"name": opts.name, "timeout_min": int(opts.timeout_min)}
     if opts.gpus_per_node is not None:
         params["gpus_per_node"] = opts.gpus_per_node
@@ -168,13 +189,14 @@ def make_executor(opts: ClusterOptions, folder: str | os.PathLike):
         params["slurm_partition"] = opts.partition
     params["slurm_array_parallelism"] = opts.array_parallelism
     params.update(opts.extra)
-    for k, v in params.items():   # one at a time, so the message names the rejected option
+    for k, v in params.items():  # one at a time, so the message names the rejected option
         try:
             ex.update_parameters(**{k: v})
         except (NameError, ValueError, TypeError, AssertionError) as err:
-            raise ExecutorError(f"submitit rejects the option {k}={v!r}: "
-                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                                ) from err
+            raise ExecutorError(
+                f"submitit rejects the option {k}={v!r}: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from err
     return ex
 
 
@@ -198,8 +220,14 @@ class DirLock:
     timeout_s: 0 = try once (LockBusy if held); None = wait forever.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float | None = 60.0,
-                 poll_s: float = 0.05, stale_s: float = 3600.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        timeout_s: float | None = 60.0,
+        poll_s: float = 0.05,
+        stale_s: float = 3600.0,
+    ):
         self.path = Path(path)
         self.timeout_s, self.poll_s, self.stale_s = timeout_s, poll_s, stale_s
 
@@ -211,7 +239,7 @@ class DirLock:
 
     def _stale(self) -> bool:
         own = self._owner()
-        if own is None:   # being created right now, or its creator died before writing
+        if own is None:  # being created right now, or its creator died before writing
             try:
                 return time.time() - self.path.stat().st_mtime > 30
             except FileNotFoundError:
@@ -237,15 +265,15 @@ class DirLock:
                 if self._stale():
                     grave = self.path.with_name(f"{self.path.name}.stale.{uuid.uuid4().hex}")
                     try:
-                        os.rename(self.path, grave)   # only one taker succeeds
+                        os.rename(self.path, grave)  # only one taker succeeds
                     except OSError:
                         continue
                     try:
                         now = json.loads((grave / "owner.json").read_text())
                     except (OSError, ValueError):
                         now = None
-                    if now != judged:   # another taker got there first and this is its live
-                        try:            # lock: give it back
+                    if now != judged:  # another taker got there first and this is its live
+                        try:  # lock: give it back
                             os.rename(grave, self.path)
                         except OSError:
                             pass
@@ -259,12 +287,18 @@ class DirLock:
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
                     own = self._owner() or {}
-                    raise LockBusy(f"lock {self.path} is held by pid {own.get('pid', '?')} on "
-                                   f"{own.get('host', '?')}") from None
+                    raise LockBusy(
+                        f"lock {self.path} is held by pid {own.get('pid', '?')} on "
+                        f"{own.get('host', '?')}"
+                    ) from None
                 time.sleep(self.poll_s)
                 continue
-            atomic_write_bytes(self.path / "owner.json", json.dumps(
-                {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode())
+            atomic_write_bytes(
+                self.path / "owner.json",
+                json.dumps(
+                    {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+                ).encode(),
+            )
             return
 
     def release(self) -> None:
@@ -312,7 +346,8 @@ def job_phase(job: Any) -> str:
 
 def job_failure(job: Any) -> str:
     """Why a job ended (its exception, else the last lines of its stderr), for messages."""
-    def first_line(e):   # submitit's messages put the summary first, then logs/tracebacks
+
+    def first_line(e):  # submitit's messages put the summary first, then logs/tracebacks
         lines = [ln.strip() for ln in str(e).splitlines() if any(ch.isalnum() for ch in ln)]
         return lines[0] if lines else type(e).__name__
 
@@ -338,10 +373,16 @@ def job_failure(job: Any) -> str:
     return "; ".join(parts)
 
 
-def run_jobs(executor: Any, tasks: Sequence[Callable[[], Any]], *, cluster: str,
-             array_parallelism: int, poll_s: float = 1.0,
-             on_poll: Callable[[list[Slot]], None] | None = None,
-             on_submit: Callable[[list[Slot]], None] | None = None) -> list[Slot]:
+def run_jobs(
+    executor: Any,
+    tasks: Sequence[Callable[[], Any]],
+    *,
+    cluster: str,
+    array_parallelism: int,
+    poll_s: float = 1.0,
+    on_poll: Callable[[list[Slot]], None] | None = None,
+    on_submit: Callable[[list[Slot]], None] | None = None,
+) -> list[Slot]:
     """Run no-argument callables as submitit jobs and wait for all of them.
 
     SLURM: one job array (``executor.submit_array``), at most ``array_parallelism`` running
@@ -358,8 +399,10 @@ def run_jobs(executor: Any, tasks: Sequence[Callable[[], Any]], *, cluster: str,
         try:
             jobs = executor.submit_array(list(tasks))
         except FileNotFoundError as err:
-            raise ExecutorError(f"cannot submit to SLURM: {err} (is this a SLURM login node? "
-                                "use --cluster local to run the jobs here)") from err
+            raise ExecutorError(
+                f"cannot submit to SLURM: {err} (is this a SLURM login node? "
+                "use --cluster local to run the jobs here)"
+            ) from err
         except Exception as err:  # noqa: BLE001 - sbatch rejected the request
             raise ExecutorError(f"SLURM rejected the job array: {err}") from err
         for s, j in zip(slots, jobs):
@@ -400,25 +443,32 @@ class JobProgress:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._prog = Progress(TextColumn("{task.description}"), BarColumn(),
-                                  TextColumn("{task.completed}/{task.total}"),
-                                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-                                  console=console, transient=False)
+            self._prog = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            )
             self._task = self._prog.add_task(name, total=total, counts="")
 
     def update(self, *, queued: int, running: int, done: int, failed: int) -> None:
         self.counts = {"queued": queued, "running": running, "done": done, "failed": failed}
         if self._prog is not None:
-            self._prog.update(self._task, completed=done,
-                              counts=f"queued {queued} · running {running} · done {done} · "
-                                     f"failed {failed}")
+            self._prog.update(
+                self._task,
+                completed=done,
+                counts=f"queued {queued} · running {running} · done {done} · failed {failed}",
+            )
 
     def __enter__(self):
         if self._prog is not None:
             try:
                 self._prog.start()
             except Exception:  # noqa: BLE001 - rich.errors.LiveError: another live display
-                self._prog = None   # (e.g. validate's own bars) is showing; stay quiet
+                self._prog = None  # (e.g. validate's own bars) is showing; stay quiet
         return self
 
     def __exit__(self, *exc):

@@ -50,9 +50,11 @@ N_GROUPS = 16
 class MomentsConfig:
     """layers: (m, n, ranks, granularity) tuples; bits; families; MC samples per cell."""
 
-    layers: tuple = ((1024, 1024, (1, 4, 16, 64, 256), "tensor"),
-                     (1024, 1024, (16, 64), "block64"),
-                     (4096, 4096, (16, 256), "tensor"))
+    layers: tuple = (
+        (1024, 1024, (1, 4, 16, 64, 256), "tensor"),
+        (1024, 1024, (16, 64), "block64"),
+        (4096, 4096, (16, 256), "tensor"),
+    )
     bits: tuple = (2, 4, 8, 12, 16)
     families: tuple = ("gaussian", "trained_like", "peft_init")
     n_samples: int = 32
@@ -99,7 +101,7 @@ def _exact(B, A, bits, g):
     b_col2, a_row2 = np.sum(B * B, axis=0), np.sum(A * A, axis=1)
     out = []
     for b in bits:
-        d2 = 4.0 ** (1 - b) / 12            # (2^{1−b})²/12
+        d2 = 4.0 ** (1 - b) / 12  # (2^{1−b})²/12
         va, vb = np.sum(RA2, axis=1) * d2, np.sum(RB2, axis=0) * d2
         t = [b_col2 @ va, vb @ a_row2, vb @ va]
         out.append(t + [sum(t)])
@@ -126,8 +128,9 @@ class _NestedFactors:
     def facs(self) -> dict:
         if self._facs is None:
             k = jax.random.wrap_key_data(self.kd, impl=self.impl)
-            self._facs = dict(zip(self.ranks, nested_factors(k, self.family, self.m, self.n,
-                                                             self.ranks)))
+            self._facs = dict(
+                zip(self.ranks, nested_factors(k, self.family, self.m, self.n, self.ranks))
+            )
         return self._facs
 
     def __call__(self, _key, m, r, n):
@@ -151,18 +154,30 @@ def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
 
     cells = []
     t_crit = float(stats.t.ppf(0.975, config.n_samples - 1))
-    requests = []   # every grid first, so a job runner can start them all at once (prefetch)
+    requests = []  # every grid first, so a job runner can start them all at once (prefetch)
     for li, (m, n, ranks, g) in enumerate(config.layers):
         for fi, fam in enumerate(config.families):
             if fam == "peft_init" and li > 0:
-                continue   # B = 0 makes every term exactly 0: one layer suffices
+                continue  # B = 0 makes every term exactly 0: one layer suffices
             k = jax.random.fold_in(jax.random.fold_in(key, li), fi)
             facs = dict(zip(ranks, nested_factors(k, fam, m, n, ranks)))
-            requests.append((k, dict(m=m, n=n, ranks=list(ranks), bits=list(config.bits),
-                                     n_samples=config.n_samples,
-                                     factors=_NestedFactors(k, fam, m, n, ranks, facs),
-                                     mode="additive", pad=_pad(ranks), **_grid_kwargs(g)),
-                             (m, n, ranks, g, fam, facs)))
+            requests.append(
+                (
+                    k,
+                    dict(
+                        m=m,
+                        n=n,
+                        ranks=list(ranks),
+                        bits=list(config.bits),
+                        n_samples=config.n_samples,
+                        factors=_NestedFactors(k, fam, m, n, ranks, facs),
+                        mode="additive",
+                        pad=_pad(ranks),
+                        **_grid_kwargs(g),
+                    ),
+                    (m, n, ranks, g, fam, facs),
+                )
+            )
     if hasattr(simulate, "prefetch"):
         simulate.prefetch([(k, kw) for k, kw, _ in requests])
     for k, kw, (m, n, ranks, g, fam, facs) in requests:
@@ -170,42 +185,65 @@ def run(config: MomentsConfig, key, *, progress=None, simulate=None) -> dict:
         for ri, r in enumerate(ranks):
             B, A = facs[r]
             exact, RA, RB = _exact(B, A, config.bits, g)
-            if not (np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
-                    and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)):
-                raise RuntimeError("simulate_grid did not use the factors it was given "
-                                   f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
-                                   f"{grid.range_B[ri]})")
+            if not (
+                np.isclose(RA, float(grid.range_A[ri]), rtol=1e-6)
+                and np.isclose(RB, float(grid.range_B[ri]), rtol=1e-6)
+            ):
+                raise RuntimeError(
+                    "simulate_grid did not use the factors it was given "
+                    f"(ranges {RA}, {RB} vs {grid.range_A[ri]}, "
+                    f"{grid.range_B[ri]})"
+                )
             for bi, b in enumerate(config.bits):
                 mc = np.array([float(np.asarray(getattr(grid.mean, t))[ri, bi]) for t in TERMS])
                 se = np.array([float(np.asarray(getattr(grid.stderr, t))[ri, bi]) for t in TERMS])
                 ex = exact[bi]
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    z = np.where(se > 0, (mc - ex) / se,
-                                 np.where(mc == ex, np.nan, np.inf))
+                    z = np.where(se > 0, (mc - ex) / se, np.where(mc == ex, np.nan, np.inf))
                 bound = eps_ba_variance_bound(m, n, r, b, RA, RB)
                 if bound > 0:
                     ratio = mc[3] / bound
-                    ratio_ci = ((mc[3] - t_crit * se[3]) / bound,
-                                (mc[3] + t_crit * se[3]) / bound)
-                else:   # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
+                    ratio_ci = ((mc[3] - t_crit * se[3]) / bound, (mc[3] + t_crit * se[3]) / bound)
+                else:  # B = 0: bound 0 and measured 0 (checked by z / exact zeros)
                     ratio, ratio_ci = 0.0, (0.0, 0.0)
-                cells.append({"family": fam, "m": m, "n": n, "r": r, "bits": b,
-                              "granularity": g, "mc": mc.tolist(), "se": se.tolist(),
-                              "exact": ex.tolist(), "z": z.tolist(),
-                              "bound": bound, "bound_ratio": ratio,
-                              "bound_ratio_ci": ratio_ci, "R_A": RA, "R_B": RB,
-                              "engine_predicted_total": float(
-                                  np.asarray(grid.predicted.total)[ri, bi])})
+                cells.append(
+                    {
+                        "family": fam,
+                        "m": m,
+                        "n": n,
+                        "r": r,
+                        "bits": b,
+                        "granularity": g,
+                        "mc": mc.tolist(),
+                        "se": se.tolist(),
+                        "exact": ex.tolist(),
+                        "z": z.tolist(),
+                        "bound": bound,
+                        "bound_ratio": ratio,
+                        "bound_ratio_ci": ratio_ci,
+                        "R_A": RA,
+                        "R_B": RB,
+                        "engine_predicted_total": float(np.asarray(grid.predicted.total)[ri, bi]),
+                    }
+                )
         if progress is not None:
             progress()
     entry = entry_output_check(config, jax.random.fold_in(key, 10_000))
-    return {"config": {"n_samples": config.n_samples, "bits": list(config.bits)},
-            "terms": list(TERMS), "cells": cells, "entry": entry}
+    return {
+        "config": {"n_samples": config.n_samples, "bits": list(config.bits)},
+        "terms": list(TERMS),
+        "cells": cells,
+        "entry": entry,
+    }
 
 
 def n_steps(config: MomentsConfig) -> int:
-    return sum(1 for li, _ in enumerate(config.layers) for f in config.families
-               if not (f == "peft_init" and li > 0))
+    return sum(
+        1
+        for li, _ in enumerate(config.layers)
+        for f in config.families
+        if not (f == "peft_init" and li > 0)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("n_samples",))
@@ -224,9 +262,12 @@ def _entry_samples(key, B, A, x, bits, *, n_samples: int):
         eB = sample_uniform_noise(kb, B.shape, bits=bits, R=RB, dtype=B.dtype)
         E = B @ eA + eB @ A + eB @ eA
         E2 = E * E
-        return (E2.reshape(N_GROUPS, m // N_GROUPS, n).sum(axis=(1, 2)),
-                E2.reshape(m, N_GROUPS, n // N_GROUPS).sum(axis=(0, 2)),
-                jnp.sum((E @ x) ** 2))
+        return (
+            E2.reshape(N_GROUPS, m // N_GROUPS, n).sum(axis=(1, 2)),
+            E2.reshape(m, N_GROUPS, n // N_GROUPS).sum(axis=(0, 2)),
+            jnp.sum((E @ x) ** 2),
+        )
+
     return jax.lax.map(one, jax.random.split(key, n_samples))
 
 
@@ -248,77 +289,117 @@ def entry_output_check(config: MomentsConfig, key) -> dict:
         pred_r = V.reshape(N_GROUPS, -1, n).sum(axis=(1, 2))
         pred_c = V.reshape(m, N_GROUPS, -1).sum(axis=(0, 2))
         pred_o = float(eps_ba_output_moment(B, A, x, vA, vB))
-        sr, sc, so = (np.asarray(a, np.float64) for a in _entry_samples(
-            jax.random.fold_in(ks, b), B, A, x, jnp.int32(b), n_samples=config.entry_samples))
+        sr, sc, so = (
+            np.asarray(a, np.float64)
+            for a in _entry_samples(
+                jax.random.fold_in(ks, b), B, A, x, jnp.int32(b), n_samples=config.entry_samples
+            )
+        )
         se = lambda a: a.std(axis=0, ddof=1) / np.sqrt(a.shape[0])  # noqa: E731
-        rows.append({"bits": b,
-                     "z_rows": ((sr.mean(0) - pred_r) / se(sr)).tolist(),
-                     "z_cols": ((sc.mean(0) - pred_c) / se(sc)).tolist(),
-                     "z_output": float((so.mean() - pred_o) / se(so)),
-                     "output_mc": float(so.mean()), "output_exact": pred_o})
-    return {"layer": [m, n, r], "n_samples": config.entry_samples, "groups": N_GROUPS,
-            "rows": rows}
+        rows.append(
+            {
+                "bits": b,
+                "z_rows": ((sr.mean(0) - pred_r) / se(sr)).tolist(),
+                "z_cols": ((sc.mean(0) - pred_c) / se(sc)).tolist(),
+                "z_output": float((so.mean() - pred_o) / se(so)),
+                "output_mc": float(so.mean()),
+                "output_exact": pred_o,
+            }
+        )
+    return {"layer": [m, n, r], "n_samples": config.entry_samples, "groups": N_GROUPS, "rows": rows}
 
 
 def verdicts(res: dict) -> list[Verdict]:
     out = []
     cells = res["cells"]
     dof = res["config"]["n_samples"] - 1
-    z = np.array([c["z"] for c in cells], dtype=float)          # (cells, 4)
+    z = np.array([c["z"] for c in cells], dtype=float)  # (cells, 4)
     finite = z[np.isfinite(z)]
     n_zero = int(np.isnan(z).sum())
     v, zc = decide_zscores(np.where(np.isinf(z), 1e300, z), alpha=ALPHA, dof=dof)
     worst = int(np.nanargmax(np.abs(np.where(np.isnan(z), 0, z)).max(axis=1)))
-    out.append(Verdict(
-        claim="Monte Carlo E‖Bε_A‖², E‖ε_B·A‖², E‖ε_Bε_A‖², E‖ε_BA‖² = exact moments "
-              "(additive model)",
-        verdict=v, predicted=f"|z| ≤ {zc:.2f}", measured=float(np.max(np.abs(finite))) if finite.size else 0.0,
-        ci=None,
-        conditions=f"{len(cells)} cells × 4 terms ({finite.size} z-scores, {n_zero} exact zeros); "
-                   f"Bonferroni, family-wise α = {ALPHA}, t with {dof} dof; families "
-                   f"{sorted({c['family'] for c in cells})}, shapes up to "
-                   f"{max(c['m'] for c in cells)}×{max(c['n'] for c in cells)}, r ≤ "
-                   f"{max(c['r'] for c in cells)}",
-        source="DESIGN.md §2 (exact second moments)",
-        details={"z_critical": zc, "worst_cell": {k: cells[worst][k] for k in
-                                                   ("family", "m", "n", "r", "bits", "granularity", "z")},
-                 "mean_abs_z": float(np.mean(np.abs(finite))) if finite.size else 0.0}))
+    out.append(
+        Verdict(
+            claim="Monte Carlo E‖Bε_A‖², E‖ε_B·A‖², E‖ε_Bε_A‖², E‖ε_BA‖² = exact moments "
+            "(additive model)",
+            verdict=v,
+            predicted=f"|z| ≤ {zc:.2f}",
+            measured=float(np.max(np.abs(finite))) if finite.size else 0.0,
+            ci=None,
+            conditions=f"{len(cells)} cells × 4 terms ({finite.size} z-scores, "
+            f"{n_zero} exact zeros); "
+            f"Bonferroni, family-wise α = {ALPHA}, t with {dof} dof; families "
+            f"{sorted({c['family'] for c in cells})}, shapes up to "
+            f"{max(c['m'] for c in cells)}×{max(c['n'] for c in cells)}, r ≤ "
+            f"{max(c['r'] for c in cells)}",
+            source="DESIGN.md §2 (exact second moments)",
+            details={
+                "z_critical": zc,
+                "worst_cell": {
+                    k: cells[worst][k]
+                    for k in ("family", "m", "n", "r", "bits", "granularity", "z")
+                },
+                "mean_abs_z": float(np.mean(np.abs(finite))) if finite.size else 0.0,
+            },
+        )
+    )
     ent = res.get("entry")
     if ent:
         dof_e = ent["n_samples"] - 1
-        setup = (f"additive model, Gaussian factors {ent['layer'][0]}×{ent['layer'][1]}, "
-                 f"r={ent['layer'][2]}, b ∈ {[e['bits'] for e in ent['rows']]}, "
-                 f"{ent['n_samples']} samples (noise.sample_uniform_noise, dense ε_BA)")
+        setup = (
+            f"additive model, Gaussian factors {ent['layer'][0]}×{ent['layer'][1]}, "
+            f"r={ent['layer'][2]}, b ∈ {[e['bits'] for e in ent['rows']]}, "
+            f"{ent['n_samples']} samples (noise.sample_uniform_noise, dense ε_BA)"
+        )
         z = np.array([e["z_rows"] + e["z_cols"] for e in ent["rows"]])
         v, zc = decide_zscores(z, alpha=ALPHA, dof=dof_e)
-        out.append(Verdict(
-            claim="Var[(ε_BA)_ij] = σ_A²‖B_i,:‖² + σ_B²‖A_:,j‖² + r·σ_A²σ_B²",
-            verdict=v, predicted=f"|z| ≤ {zc:.2f}", measured=float(np.abs(z).max()),
-            conditions=f"{z.size} z-scores of row-group and column-group sums "
-                       f"({ent['groups']} each per bit-width); " + setup,
-            source="DESIGN.md §2", details={"z_critical": zc}))
+        out.append(
+            Verdict(
+                claim="Var[(ε_BA)_ij] = σ_A²‖B_i,:‖² + σ_B²‖A_:,j‖² + r·σ_A²σ_B²",
+                verdict=v,
+                predicted=f"|z| ≤ {zc:.2f}",
+                measured=float(np.abs(z).max()),
+                conditions=f"{z.size} z-scores of row-group and column-group sums "
+                f"({ent['groups']} each per bit-width); " + setup,
+                source="DESIGN.md §2",
+                details={"z_critical": zc},
+            )
+        )
         zo = np.array([e["z_output"] for e in ent["rows"]])
         v, zc = decide_zscores(zo, alpha=ALPHA, dof=dof_e)
-        out.append(Verdict(
-            claim="E‖ε_BA·x‖² = σ_A²‖x‖²‖B‖_F² + m·σ_B²‖A·x‖² + m·r·σ_A²σ_B²‖x‖²",
-            verdict=v, predicted=[e["output_exact"] for e in ent["rows"]],
-            measured=[e["output_mc"] for e in ent["rows"]],
-            conditions=f"max |z| = {np.abs(zo).max():.2f} vs z* = {zc:.2f}; x ~ N(0, I); "
-                       + setup, source="DESIGN.md §2", details={"z": zo.tolist()}))
+        out.append(
+            Verdict(
+                claim="E‖ε_BA·x‖² = σ_A²‖x‖²‖B‖_F² + m·σ_B²‖A·x‖² + m·r·σ_A²σ_B²‖x‖²",
+                verdict=v,
+                predicted=[e["output_exact"] for e in ent["rows"]],
+                measured=[e["output_mc"] for e in ent["rows"]],
+                conditions=f"max |z| = {np.abs(zo).max():.2f} vs z* = {zc:.2f}; x ~ N(0, I); "
+                + setup,
+                source="DESIGN.md §2",
+                details={"z": zo.tolist()},
+            )
+        )
     for fam in sorted({c["family"] for c in cells}):
         sub = [c for c in cells if c["family"] == fam and c["granularity"] == "tensor"]
         if not sub:
             continue
         ratios = np.array([c["bound_ratio"] for c in sub])
-        out.append(Verdict(
-            claim=f"variance bound m·n·r·R_A²R_B²(⅔4^{{−b}}+⅑16^{{−b}}) holds ({fam} factors)",
-            verdict=decide_upper_bound([c["bound_ratio_ci"][0] for c in sub],
-                                       [c["bound_ratio_ci"][1] for c in sub]),
-            predicted="measured/bound ≤ 1", measured=float(ratios.max()),
-            ci=None,
-            conditions=f"additive model, per-tensor absmax; tightness measured/bound in "
-                       f"[{ratios.min():.3g}, {ratios.max():.3g}] over {len(sub)} cells",
-            source="DESIGN.md §2 (variance bound)",
-            details={"measured_is": "max over cells of MC E‖ε_BA‖² ÷ bound",
-                     "median_ratio": float(np.median(ratios))}))
+        out.append(
+            Verdict(
+                claim=f"variance bound m·n·r·R_A²R_B²(⅔4^{{−b}}+⅑16^{{−b}}) holds ({fam} factors)",
+                verdict=decide_upper_bound(
+                    [c["bound_ratio_ci"][0] for c in sub], [c["bound_ratio_ci"][1] for c in sub]
+                ),
+                predicted="measured/bound ≤ 1",
+                measured=float(ratios.max()),
+                ci=None,
+                conditions=f"additive model, per-tensor absmax; tightness measured/bound in "
+                f"[{ratios.min():.3g}, {ratios.max():.3g}] over {len(sub)} cells",
+                source="DESIGN.md §2 (variance bound)",
+                details={
+                    "measured_is": "max over cells of MC E‖ε_BA‖² ÷ bound",
+                    "median_ratio": float(np.median(ratios)),
+                },
+            )
+        )
     return out

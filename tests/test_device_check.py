@@ -46,7 +46,7 @@ def test_collect_reports_missing_and_timed_out_parts(tmp_path):
     assert res["parts"]["bnb"]["error"] == "no result (timed out)"
     assert res["parts"]["bnb"]["log_tail"][-1] == "Killed"
     assert res["parts"]["finetune"] == {"rc": None, "error": "no result"}
-    assert res["warnings"] == []          # smoke: CPU is expected
+    assert res["warnings"] == []  # smoke: CPU is expected
     (parts / "engine.json").write_text(json.dumps({"platform": "cpu"}))
     res = device_check.collect(parts, tmp_path / "device.json", smoke=False)
     assert res["warnings"] == ["engine ran on 'cpu', not the GPU (jax without CUDA?)"]
@@ -58,10 +58,22 @@ def test_cpu_smoke_run_of_the_whole_script(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "device.json"
-    env = {**os.environ, "DEVICE_CHECK_OUT": str(out), "DEVICE_CHECK_WORK": str(tmp_path / "w"),
-           "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(["bash", str(SCRIPT), "--cpu-smoke"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "DEVICE_CHECK_OUT": str(out),
+        "DEVICE_CHECK_WORK": str(tmp_path / "w"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.run(
+        ["bash", str(SCRIPT), "--cpu-smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["schema"] == "quantbounds.device/1" and res["smoke"] is True
@@ -72,7 +84,9 @@ def test_cpu_smoke_run_of_the_whole_script(tmp_path):
     eng = parts["engine"]["result"]
     assert eng["platform"] == "cpu" and eng["gemm_flops_default"] > 0
     for c in eng["cases"]:
-        roof = 1 / (1 / c["noise_only_samples_s"] + c["flops_per_sample"] / eng["gemm_flops_default"])
+        roof = 1 / (
+            1 / c["noise_only_samples_s"] + c["flops_per_sample"] / eng["gemm_flops_default"]
+        )
         assert math.isclose(c["roofline_samples_s"], roof, rel_tol=1e-12)
         assert c["flops_per_sample"] == 4 * c["r"] ** 2 * (c["m"] + c["n"])
         assert 0 < c["fraction_of_roofline"] == c["engine_samples_s"] / c["roofline_samples_s"]
@@ -85,10 +99,12 @@ def test_cpu_smoke_run_of_the_whole_script(tmp_path):
         if r["n_value"]:
             assert r["cpu_avx512_kernel_known_bad"], r
     from real_runs.bnb_reference import cpu_isa
+
     if cpu_isa() == "avx512":
         assert bnb["cpu_known_bad_cases_value_mismatch"] == bnb["cpu_known_bad_cases"] > 0
     # one step per arm, every arm
     from quantbounds.calib.records import ARMS
+
     ft = parts["finetune"]["result"]
     assert [a["arm"] for a in ft["arms"]] == list(ARMS) and ft["n_errors"] == 0
     assert all(a["step_s"] > 0 and math.isfinite(a["loss"]) for a in ft["arms"])

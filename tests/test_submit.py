@@ -21,24 +21,63 @@ submitit = pytest.importorskip("submitit")
 
 from quantbounds._files import atomic_write_bytes  # noqa: E402
 from quantbounds.calib.records import make_record, read_records  # noqa: E402
-from quantbounds.jobs import (ClusterOptions, DirLock, ExecutorError, LockBusy,  # noqa: E402
-                              make_executor, parse_slurm_option)
+from quantbounds.jobs import (  # noqa: E402
+    ClusterOptions,
+    DirLock,
+    ExecutorError,
+    LockBusy,
+    make_executor,
+    parse_slurm_option,
+)
 from real_runs import submit  # noqa: E402
-from real_runs.submit import (SweepFolderError, check_folder, fingerprint,  # noqa: E402
-                              merge_records, record_path)
+from real_runs.submit import (  # noqa: E402
+    SweepFolderError,
+    check_folder,
+    fingerprint,  # noqa: E402
+    merge_records,
+    record_path,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32, n_train=16,
-            grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, log_every=1,
-            device="cpu")
+FAST = dict(
+    model="embedded",
+    embedded="tiny",
+    steps=3,
+    batch_size=4,
+    seq_len=32,
+    n_train=16,
+    grad_var_batches=2,
+    noise_draws=2,
+    eval_pairs=2,
+    max_new_tokens=2,
+    log_every=1,
+    device="cpu",
+)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def _fake_record(i: int) -> dict:
-    return make_record(run_id=f"{i:016x}", arm="fp16", model="embedded", dataset="chatterbot",
-                       rank=2, bits=16, base_quant="none", scale="alpha_r", lora_alpha=16.0,
-                       seed=i, n_train=16, steps=3, eval_loss=1.0 + i, perplexity=2.7,
-                       f1=0.1, exact_match=0.0, grad_var=1.0, eps_ba_fro2=0.0, wall_s=1.0)
+    return make_record(
+        run_id=f"{i:016x}",
+        arm="fp16",
+        model="embedded",
+        dataset="chatterbot",
+        rank=2,
+        bits=16,
+        base_quant="none",
+        scale="alpha_r",
+        lora_alpha=16.0,
+        seed=i,
+        n_train=16,
+        steps=3,
+        eval_loss=1.0 + i,
+        perplexity=2.7,
+        f1=0.1,
+        exact_match=0.0,
+        grad_var=1.0,
+        eps_ba_fro2=0.0,
+        wall_s=1.0,
+    )
 
 
 def _write_config(path, defaults, grid, submitit_table=None):
@@ -62,16 +101,18 @@ def test_merge_adds_each_record_exactly_once(tmp_path):
     before = out.read_bytes()
     order = [r["run_id"] for r in reversed(recs)]
     assert merge_records(out, folder, order=order) == 3
-    assert out.read_bytes().startswith(before)            # old bytes kept, torn line included
+    assert out.read_bytes().startswith(before)  # old bytes kept, torn line included
     res = read_records(out)
     assert [r["run_id"] for r in res.records] == [recs[0]["run_id"]] + order[:3]
-    assert len(res.errors) == 1                            # the torn line, reported
+    assert len(res.errors) == 1  # the torn line, reported
     after = out.read_bytes()
     assert merge_records(out, folder, order=order) == 0 and out.read_bytes() == after
     # a corrupt record file is skipped with a warning, never merged
     (folder / "records" / f"{9:016x}.json").write_text('{"schema": 1')
     logs = []
-    assert merge_records(out, folder, log=logs.append) == 0 and any("not a valid" in m for m in logs)
+    assert merge_records(out, folder, log=logs.append) == 0 and any(
+        "not a valid" in m for m in logs
+    )
 
 
 def test_concurrent_merges_from_processes_add_each_record_once(tmp_path):
@@ -80,13 +121,23 @@ def test_concurrent_merges_from_processes_add_each_record_once(tmp_path):
     for i in range(n):
         r = _fake_record(i)
         atomic_write_bytes(record_path(folder, r["run_id"]), json.dumps(r).encode())
-    code = ("import sys; from real_runs.submit import merge_records; "
-            "print(merge_records(sys.argv[1], sys.argv[2], timeout_s=60))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(out), str(folder)], cwd=ROOT,
-                              env=ENV, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    code = (
+        "import sys; from real_runs.submit import merge_records; "
+        "print(merge_records(sys.argv[1], sys.argv[2], timeout_s=60))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(out), str(folder)],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     added = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert sum(added) == n                       # one merger added them; the others found none
+    assert sum(added) == n  # one merger added them; the others found none
     ids = [r["run_id"] for r in read_records(out, strict=True).records]
     assert len(ids) == n and len(set(ids)) == n
 
@@ -101,23 +152,28 @@ def test_dir_lock_busy_and_stale(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     os.mkdir(lock)
-    (lock / "owner.json").write_text(json.dumps({"host": socket.gethostname(), "pid": p.pid,
-                                                 "time": time.time()}))
+    (lock / "owner.json").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": p.pid, "time": time.time()})
+    )
     with DirLock(lock, timeout_s=0):
         assert json.loads((lock / "owner.json").read_text())["pid"] == os.getpid()
 
 
 def test_folder_fingerprint(tmp_path):
     check_folder(tmp_path, fp=fingerprint(["a", "b"]), config_path="one.toml", n_runs=2)
-    check_folder(tmp_path, fp=fingerprint(["b", "a"]), config_path="same.toml", n_runs=2)  # order-free
+    check_folder(
+        tmp_path, fp=fingerprint(["b", "a"]), config_path="same.toml", n_runs=2
+    )  # order-free
     with pytest.raises(SweepFolderError, match="different config.*one.toml"):
         check_folder(tmp_path, fp=fingerprint(["a", "c"]), config_path="other.toml", n_runs=2)
 
 
 def test_options_and_rejections(tmp_path):
     assert parse_slurm_option("qos=high") == ("slurm_qos", "high")
-    assert parse_slurm_option("additional_parameters={\"x\": 1}") == (
-        "slurm_additional_parameters", {"x": 1})
+    assert parse_slurm_option('additional_parameters={"x": 1}') == (
+        "slurm_additional_parameters",
+        {"x": 1},
+    )
     with pytest.raises(ExecutorError, match="KEY=VALUE"):
         parse_slurm_option("qos")
     with pytest.raises(ExecutorError, match="slurm_partitionn"):
@@ -129,9 +185,10 @@ def test_options_and_rejections(tmp_path):
     with pytest.raises(ExecutorError, match="partitio"):
         ClusterOptions.from_mapping({"partitio": "gpu"})
     merged = ClusterOptions.from_mapping({"partition": "a", "timeout_min": 30}).merged(
-        partition="b", timeout_min=None)
+        partition="b", timeout_min=None
+    )
     assert merged.partition == "b" and merged.timeout_min == 30
-    if not Path("/usr/bin/srun").exists():      # no SLURM here: a clear message, not a traceback
+    if not Path("/usr/bin/srun").exists():  # no SLURM here: a clear message, not a traceback
         with pytest.raises(ExecutorError, match="--cluster local"):
             make_executor(ClusterOptions(cluster="slurm"), tmp_path)
 
@@ -139,19 +196,31 @@ def test_options_and_rejections(tmp_path):
 def test_bad_input_leaves_records_unchanged(tmp_path, capsys, monkeypatch):
     from real_runs.cli import sweep_main
 
-    cfg = _write_config(tmp_path / "c.toml", {**FAST, "cache_dir": str(tmp_path)},
-                        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1]})
+    cfg = _write_config(
+        tmp_path / "c.toml",
+        {**FAST, "cache_dir": str(tmp_path)},
+        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1]},
+    )
     out = tmp_path / "runs.jsonl"
     out.write_text(json.dumps(_fake_record(7), sort_keys=True) + "\n")
     before = out.read_bytes()
-    base = [str(cfg), "--out", str(out), "--executor", "submitit", "--cluster", "local",
-            "--no-progress"]
+    base = [
+        str(cfg),
+        "--out",
+        str(out),
+        "--executor",
+        "submitit",
+        "--cluster",
+        "local",
+        "--no-progress",
+    ]
     # an option submitit rejects
     assert sweep_main(base + ["--slurm-option", "partitionn=gpu"]) == 2
     assert "slurm_partitionn" in capsys.readouterr().err and out.read_bytes() == before
     # a [submitit] table with an unknown key
-    bad = _write_config(tmp_path / "b.toml", {**FAST}, {"arm": "fp16", "bits": 16, "rank": 2},
-                        {"gpus": 1})
+    bad = _write_config(
+        tmp_path / "b.toml", {**FAST}, {"arm": "fp16", "bits": 16, "rank": 2}, {"gpus": 1}
+    )
     assert sweep_main([str(bad)] + base[1:]) == 2
     assert "gpus" in capsys.readouterr().err and out.read_bytes() == before
     # a results folder written by a different config
@@ -207,21 +276,44 @@ def test_killed_job_is_reported_and_the_rerun_completes(tmp_path, cache):
     from real_runs.cli import sweep_main
     from real_runs.sweep import expand, load_config
 
-    cfg = _write_config(tmp_path / "k.toml", {**FAST, "cache_dir": str(cache)},
-                        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1, 2]},
-                        {"timeout_min": 20})
+    cfg = _write_config(
+        tmp_path / "k.toml",
+        {**FAST, "cache_dir": str(cache)},
+        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1, 2]},
+        {"timeout_min": 20},
+    )
     out = tmp_path / "runs.jsonl"
     folder = Path(f"{out}.d")
     grid = [r.run_id for r in expand(load_config(cfg))]
-    drv = subprocess.Popen([sys.executable, "-m", "real_runs.cli", "sweep", str(cfg), "--out",
-                            str(out), "--executor", "submitit", "--cluster", "local",
-                            "--array-parallelism", "2", "--poll-s", "0.3", "--no-progress"],
-                           cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    drv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "real_runs.cli",
+            "sweep",
+            str(cfg),
+            "--out",
+            str(out),
+            "--executor",
+            "submitit",
+            "--cluster",
+            "local",
+            "--array-parallelism",
+            "2",
+            "--poll-s",
+            "0.3",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait(lambda: grid[0] in _started(folder), 150, "the first run to start")
         job_pid = int(json.loads((folder / "jobs.json").read_text())[grid[0]]["job_id"])
-        victims = _children(job_pid) + [job_pid]     # the task process and its controller
+        victims = _children(job_pid) + [job_pid]  # the task process and its controller
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         stdout, stderr = drv.communicate(timeout=400)
@@ -235,16 +327,44 @@ def test_killed_job_is_reported_and_the_rerun_completes(tmp_path, cache):
     ids = [r["run_id"] for r in read_records(out).records]
     assert sorted(ids) == sorted(grid[1:])
     # rerun: only the killed run is submitted again
-    assert sweep_main([str(cfg), "--out", str(out), "--executor", "submitit", "--cluster",
-                       "local", "--poll-s", "0.3", "--no-progress"]) == 0
+    assert (
+        sweep_main(
+            [
+                str(cfg),
+                "--out",
+                str(out),
+                "--executor",
+                "submitit",
+                "--cluster",
+                "local",
+                "--poll-s",
+                "0.3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ids = [r["run_id"] for r in read_records(out, strict=True).records]
     assert sorted(ids) == sorted(grid) and len(set(ids)) == len(ids)
     started = _started(folder)
     assert started == {grid[0]: 2, grid[1]: 1, grid[2]: 1}
     # all done: a third invocation submits nothing and leaves the file as it is
     before = out.read_bytes()
-    assert sweep_main([str(cfg), "--out", str(out), "--executor", "submitit", "--cluster",
-                       "local", "--no-progress"]) == 0
+    assert (
+        sweep_main(
+            [
+                str(cfg),
+                "--out",
+                str(out),
+                "--executor",
+                "submitit",
+                "--cluster",
+                "local",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes() == before and _started(folder) == started
 
 
@@ -253,26 +373,62 @@ def test_killed_driver_resumes_and_waits_for_its_live_jobs(tmp_path, cache):
     from real_runs.cli import sweep_main
     from real_runs.sweep import expand, load_config
 
-    cfg = _write_config(tmp_path / "d.toml", {**FAST, "cache_dir": str(cache)},
-                        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1, 2]},
-                        {"timeout_min": 20, "array_parallelism": 2})
+    cfg = _write_config(
+        tmp_path / "d.toml",
+        {**FAST, "cache_dir": str(cache)},
+        {"arm": "fp16", "bits": 16, "rank": 2, "seed": [0, 1, 2]},
+        {"timeout_min": 20, "array_parallelism": 2},
+    )
     out = tmp_path / "runs.jsonl"
     folder = Path(f"{out}.d")
     grid = [r.run_id for r in expand(load_config(cfg))]
-    drv = subprocess.Popen([sys.executable, "-m", "real_runs.cli", "sweep", str(cfg), "--out",
-                            str(out), "--executor", "submitit", "--cluster", "local",
-                            "--poll-s", "0.3", "--no-progress"],
-                           cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    drv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "real_runs.cli",
+            "sweep",
+            str(cfg),
+            "--out",
+            str(out),
+            "--executor",
+            "submitit",
+            "--cluster",
+            "local",
+            "--poll-s",
+            "0.3",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait(lambda: len(_started(folder)) >= 2, 150, "two runs to start")
-        drv.send_signal(signal.SIGKILL)      # the driver only: its local jobs live on
+        drv.send_signal(signal.SIGKILL)  # the driver only: its local jobs live on
         drv.wait(timeout=30)
     finally:
         if drv.poll() is None:
             drv.kill()
     assert len(read_records(out).records) < 3 if out.exists() else True
-    assert sweep_main([str(cfg), "--out", str(out), "--executor", "submitit", "--cluster",
-                       "local", "--poll-s", "0.3", "--no-progress"]) == 0
+    assert (
+        sweep_main(
+            [
+                str(cfg),
+                "--out",
+                str(out),
+                "--executor",
+                "submitit",
+                "--cluster",
+                "local",
+                "--poll-s",
+                "0.3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ids = [r["run_id"] for r in read_records(out, strict=True).records]
     assert sorted(ids) == sorted(grid) and len(set(ids)) == 3
     # the live jobs were waited for, not resubmitted: every run started exactly once
@@ -282,8 +438,9 @@ def test_killed_driver_resumes_and_waits_for_its_live_jobs(tmp_path, cache):
 def test_preempted_job_is_requeued_with_the_same_run(tmp_path, cache):
     from real_runs.finetune import FinetuneConfig
 
-    rc = FinetuneConfig(arm="fp16", bits=16, rank=2, seed=5, cache_dir=str(cache),
-                        progress=False, **FAST)
+    rc = FinetuneConfig(
+        arm="fp16", bits=16, rank=2, seed=5, cache_dir=str(cache), progress=False, **FAST
+    )
     out, folder = tmp_path / "runs.jsonl", tmp_path / "d"
     ex = make_executor(ClusterOptions(cluster="local", timeout_min=20), folder / "submitit")
     job = ex.submit(submit.RunJob(rc, str(out), str(folder)))
@@ -293,7 +450,7 @@ def test_preempted_job_is_requeued_with_the_same_run(tmp_path, cache):
     (task,) = _children(int(job.job_id))
     os.kill(task, signal.SIGUSR2)
     assert job.result() == rc.run_id
-    assert _started(folder) == {rc.run_id: 2}              # started, preempted, started again
+    assert _started(folder) == {rc.run_id: 2}  # started, preempted, started again
     assert "Requeued job" in Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
     (rec,) = read_records(out, strict=True).records
     assert rec["run_id"] == rc.run_id and rec["seed"] == 5
@@ -334,9 +491,14 @@ def test_slurm_path_submits_one_array_and_maps_states():
 
     ran, seen = [], []
     ex = _FakeSlurmExecutor()
-    slots = run_jobs(ex, [lambda i=i: ran.append(i) for i in range(5)], cluster="slurm",
-                     array_parallelism=2, poll_s=0,
-                     on_poll=lambda s: seen.append(sorted({job_phase(x.job) for x in s})))
+    slots = run_jobs(
+        ex,
+        [lambda i=i: ran.append(i) for i in range(5)],
+        cluster="slurm",
+        array_parallelism=2,
+        poll_s=0,
+        on_poll=lambda s: seen.append(sorted({job_phase(x.job) for x in s})),
+    )
     assert ex.arrays == [5] and sorted(ran) == list(range(5))
     assert all(s.finished for s in slots) and [s.job.job_id for s in slots][0] == "100_0"
 
@@ -346,6 +508,7 @@ def test_slurm_path_submits_one_array_and_maps_states():
 
         def done(self):
             return self._done
+
     assert job_phase(J("PENDING")) == job_phase(J("REQUEUED")) == "queued"
     assert job_phase(J("RUNNING")) == job_phase(J("COMPLETING")) == "running"
     assert job_phase(J("FAILED", done=True)) == "ended"
@@ -369,6 +532,7 @@ def test_local_path_caps_concurrent_jobs():
     class Ex:
         def submit(self, fn):
             return Job()
+
     slots = run_jobs(Ex(), [lambda: None] * 7, cluster="local", array_parallelism=3, poll_s=0)
     assert len(slots) == 7 and all(s.finished for s in slots) and peak[0] == 3
 
@@ -389,10 +553,17 @@ def test_progress_display_counts():
 def test_config_table_under_flags():
     from real_runs.submit import sweep_cluster_options
 
-    cfg = {"submitit": {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 90,
-                        "extra": {"slurm_qos": "low"}}}
-    o = sweep_cluster_options(cfg, {"cluster": "local", "timeout_min": None,
-                                    "extra": {"slurm_account": "lab"}})
+    cfg = {
+        "submitit": {
+            "partition": "gpu",
+            "gpus_per_node": 1,
+            "timeout_min": 90,
+            "extra": {"slurm_qos": "low"},
+        }
+    }
+    o = sweep_cluster_options(
+        cfg, {"cluster": "local", "timeout_min": None, "extra": {"slurm_account": "lab"}}
+    )
     assert (o.cluster, o.partition, o.gpus_per_node, o.timeout_min) == ("local", "gpu", 1, 90)
     assert o.extra == {"slurm_qos": "low", "slurm_account": "lab"}
     assert sweep_cluster_options({}, {}).cluster == "slurm"

@@ -58,11 +58,26 @@ import jax
 import numpy as np
 
 from quantbounds._files import atomic_write_bytes
-from quantbounds.epsba.montecarlo import (GridConfig, _key_parts, _padded, grid_config,
-                                          grid_factors, grid_result, padded_rank)
+from quantbounds.epsba.montecarlo import (
+    GridConfig,
+    _key_parts,
+    _padded,
+    grid_config,
+    grid_factors,
+    grid_result,
+    padded_rank,
+)
 from quantbounds.epsba.units import run_additive, run_real
-from quantbounds.jobs import (Checkpointable, ClusterOptions, ExecutorError, JobProgress,
-                              job_failure, job_phase, make_executor, run_jobs)
+from quantbounds.jobs import (
+    Checkpointable,
+    ClusterOptions,
+    ExecutorError,
+    JobProgress,
+    job_failure,
+    job_phase,
+    make_executor,
+    run_jobs,
+)
 
 SCHEMA = "quantbounds.grid-jobs/1"
 # the GridConfig fields that are not part of the grid (where and how visibly it runs)
@@ -117,7 +132,7 @@ def _key_split(keydata, impl):
 def _factors_for(config: GridConfig, k_fac, rank_idx: Sequence[int]) -> dict:
     """Factors of the given rank indices, exactly as simulate_grid draws them."""
     m, n, ranks, f = config.m, config.n, config.ranks, config.factors
-    if callable(f):   # simulate_grid calls it per rank with fold_in(k_fac, r)
+    if callable(f):  # simulate_grid calls it per rank with fold_in(k_fac, r)
         sub = [ranks[i] for i in rank_idx]
         fac = grid_factors(k_fac, m=m, n=n, ranks=sub, factors=f, dtype=config.dtype)
         return dict(zip(rank_idx, fac))
@@ -136,21 +151,47 @@ def compute_cells(keydata, impl: str, config: GridConfig, cells) -> dict:
         i, js = cell
         r = config.ranks[i]
         if config.mode == "additive":
-            Bs, As, RBt, RA = _padded([fac[i]], padded_rank(config, r),
-                                      block_size=config.block_size, axis=config.axis,
-                                      dtype=config.dtype)
-            x = run_additive(np.asarray(jax.random.key_data(k_noise)), impl,
-                             [config.bits[j] for j in js], Bs, As, RBt, RA,
-                             n_samples=config.n_samples, step=config.step,
-                             dtype=config.dtype, chunk_size=config.chunk_size, mesh=config.mesh,
-                             cell_ids=[i * K + j for j in js])[0]
+            Bs, As, RBt, RA = _padded(
+                [fac[i]],
+                padded_rank(config, r),
+                block_size=config.block_size,
+                axis=config.axis,
+                dtype=config.dtype,
+            )
+            x = run_additive(
+                np.asarray(jax.random.key_data(k_noise)),
+                impl,
+                [config.bits[j] for j in js],
+                Bs,
+                As,
+                RBt,
+                RA,
+                n_samples=config.n_samples,
+                step=config.step,
+                dtype=config.dtype,
+                chunk_size=config.chunk_size,
+                mesh=config.mesh,
+                cell_ids=[i * K + j for j in js],
+            )[0]
         else:
             B, A = fac[i]
             kd = np.asarray(jax.random.key_data(jax.random.fold_in(k_noise, r)))
-            x = run_real(kd, impl, list(config.bits), B, A, n_samples=config.n_samples,
-                         scheme=config.scheme, rounding=config.rounding,
-                         block_size=config.block_size, axis=config.axis, step=config.step,
-                         dtype=config.dtype, chunk_size=config.chunk_size, mesh=config.mesh)
+            x = run_real(
+                kd,
+                impl,
+                list(config.bits),
+                B,
+                A,
+                n_samples=config.n_samples,
+                scheme=config.scheme,
+                rounding=config.rounding,
+                block_size=config.block_size,
+                axis=config.axis,
+                step=config.step,
+                dtype=config.dtype,
+                chunk_size=config.chunk_size,
+                mesh=config.mesh,
+            )
         out[cell] = np.asarray(x)
     return out
 
@@ -169,8 +210,9 @@ def assemble(keydata, impl: str, config: GridConfig, arrays: dict):
             rows.append(arrays[(i, tuple(range(len(config.bits))))])
     k_fac, _ = _key_split(keydata, impl)
     fac = _factors_for(config, k_fac, range(len(config.ranks)))
-    return grid_result(config, [fac[i] for i in range(len(config.ranks))],
-                       np.stack(rows))                      # (R, K, n_samples, 4)
+    return grid_result(
+        config, [fac[i] for i in range(len(config.ranks))], np.stack(rows)
+    )  # (R, K, n_samples, 4)
 
 
 # ------------------------------------------------------------------ files and the job
@@ -183,18 +225,26 @@ def grid_fingerprint(keydata, impl: str, config: GridConfig) -> str:
         except Exception:  # noqa: BLE001 - lambdas, closures
             try:
                 import cloudpickle
+
                 fb = cloudpickle.dumps(f)
             except Exception as err:  # noqa: BLE001
-                raise TypeError("factors must be picklable to run a grid as jobs "
-                                f"(a module-level function or class instance): {err}") from err
+                raise TypeError(
+                    "factors must be picklable to run a grid as jobs "
+                    f"(a module-level function or class instance): {err}"
+                ) from err
         fdesc = hashlib.sha1(fb).hexdigest()
     else:
         fdesc = f
-    fields = {fl.name: getattr(config, fl.name) for fl in dataclasses.fields(config)
-              if fl.name not in NOT_GRID and fl.name != "factors"}
-    blob = json.dumps({**fields, "factors": fdesc,
-                       "key": np.asarray(keydata).tolist(), "impl": impl}, sort_keys=True,
-                      default=str)
+    fields = {
+        fl.name: getattr(config, fl.name)
+        for fl in dataclasses.fields(config)
+        if fl.name not in NOT_GRID and fl.name != "factors"
+    }
+    blob = json.dumps(
+        {**fields, "factors": fdesc, "key": np.asarray(keydata).tolist(), "impl": impl},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
@@ -231,7 +281,7 @@ class GridJob(Checkpointable):
             jax.config.update("jax_enable_x64", self.x64)
         folder, mode = Path(self.folder), self.config.mode
         todo = [c for c in self.cells if load_cell(folder, c, mode) is None]
-        for c in todo:   # one at a time, so a preempted job keeps what it finished
+        for c in todo:  # one at a time, so a preempted job keeps what it finished
             x = compute_cells(self.keydata, self.impl, self.config, [c])[c]
             _save(folder / "cells" / f"{cell_name(c, mode)}.npy", x if mode == "real" else x[0])
         return [cell_name(c, mode) for c in self.cells]
@@ -251,12 +301,25 @@ def _check_folder(folder: Path, fp: str, config: GridConfig) -> None:
                 f"ranks={old.get('ranks')}, bits={old.get('bits')}) than this one ({fp[:12]}…, "
                 f"m={config.m}, n={config.n}, ranks={list(config.ranks)}, "
                 f"bits={list(config.bits)}): "
-                "use another folder")
+                "use another folder"
+            )
         return
-    atomic_write_bytes(meta, json.dumps({"schema": SCHEMA, "fingerprint": fp, "m": config.m,
-                                         "n": config.n, "ranks": list(config.ranks),
-                                         "bits": list(config.bits), "mode": config.mode,
-                                         "n_samples": config.n_samples}, indent=1).encode())
+    atomic_write_bytes(
+        meta,
+        json.dumps(
+            {
+                "schema": SCHEMA,
+                "fingerprint": fp,
+                "m": config.m,
+                "n": config.n,
+                "ranks": list(config.ranks),
+                "bits": list(config.bits),
+                "mode": config.mode,
+                "n_samples": config.n_samples,
+            },
+            indent=1,
+        ).encode(),
+    )
 
 
 def _cluster_options(cluster, options) -> ClusterOptions:
@@ -277,8 +340,9 @@ def _prepare(key, config, *, executor, folder, root, n_jobs, grid_kwargs):
     if root is not None:
         folder = Path(root) / f"grid-{grid_fingerprint(keydata, impl, config)[:16]}"
     if executor == "submitit" and folder is None:
-        raise ExecutorError("executor='submitit' needs folder= or root= (a directory every job "
-                            "can reach)")
+        raise ExecutorError(
+            "executor='submitit' needs folder= or root= (a directory every job can reach)"
+        )
     if folder is None:
         return config, keydata, impl, None, groups
     return config, keydata, impl, Path(folder).absolute(), groups
@@ -288,14 +352,17 @@ def _have(folder: Path, c, mode: str) -> bool:
     return (folder / "cells" / f"{cell_name(c, mode)}.npy").exists()
 
 
-def _submit_all(batches, *, opts: ClusterOptions, log_dir: Path, progress: bool,
-                poll_s: float | None) -> None:
+def _submit_all(
+    batches, *, opts: ClusterOptions, log_dir: Path, progress: bool, poll_s: float | None
+) -> None:
     """Run every (folder, config, keydata, impl, group) as ONE job array (submitit's files and
     logs in log_dir); GridJobError if any job ends without its cells."""
     ex = make_executor(opts, log_dir)
     # a job runs on its own devices: the submitter's mesh (and progress) stay here
-    tasks = [GridJob(kd, impl, dataclasses.replace(config, mesh=None, progress=False), g, str(f))
-             for f, config, kd, impl, g in batches]
+    tasks = [
+        GridJob(kd, impl, dataclasses.replace(config, mesh=None, progress=False), g, str(f))
+        for f, config, kd, impl, g in batches
+    ]
 
     def complete(i):
         f, config, _, _, g = batches[i]
@@ -303,14 +370,25 @@ def _submit_all(batches, *, opts: ClusterOptions, log_dir: Path, progress: bool,
 
     poll = poll_s if poll_s is not None else (0.5 if opts.cluster == "local" else 20.0)
     with JobProgress("ε_BA grid jobs", len(tasks), enabled=progress) as bar:
+
         def refresh(slots):
             ph = [("unsubmitted" if s.job is None else job_phase(s.job)) for s in slots]
             pend = [p for s, p in zip(slots, ph) if not complete(s.index)]
-            bar.update(queued=sum(p in ("queued", "unsubmitted") for p in pend),
-                       running=sum(p == "running" for p in pend),
-                       done=len(slots) - len(pend), failed=sum(p == "ended" for p in pend))
-        slots = run_jobs(ex, tasks, cluster=opts.cluster, array_parallelism=opts.array_parallelism,
-                         poll_s=poll, on_poll=refresh)
+            bar.update(
+                queued=sum(p in ("queued", "unsubmitted") for p in pend),
+                running=sum(p == "running" for p in pend),
+                done=len(slots) - len(pend),
+                failed=sum(p == "ended" for p in pend),
+            )
+
+        slots = run_jobs(
+            ex,
+            tasks,
+            cluster=opts.cluster,
+            array_parallelism=opts.array_parallelism,
+            poll_s=poll,
+            on_poll=refresh,
+        )
     failed = [s for s in slots if not complete(s.index)]
     if failed:
         msgs = []
@@ -326,17 +404,27 @@ def _load_all(folder: Path, config, keydata, impl):
     for c in cells_of(config):
         x = load_cell(folder, c, config.mode)
         if x is None:
-            raise GridJobError(f"cell {cell_name(c, config.mode)} in {folder} is missing or "
-                               "unreadable")
+            raise GridJobError(
+                f"cell {cell_name(c, config.mode)} in {folder} is missing or unreadable"
+            )
         arrays[c] = x
     return assemble(keydata, impl, config, arrays)
 
 
-def simulate_grid_jobs(key: Any, config: GridConfig | None = None, *, executor: str = "local",
-                       cluster: str | None = None, folder: str | os.PathLike | None = None,
-                       root: str | os.PathLike | None = None, n_jobs: int | None = None,
-                       options: dict | ClusterOptions | None = None, progress: bool = False,
-                       poll_s: float | None = None, **grid_kwargs):
+def simulate_grid_jobs(
+    key: Any,
+    config: GridConfig | None = None,
+    *,
+    executor: str = "local",
+    cluster: str | None = None,
+    folder: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    n_jobs: int | None = None,
+    options: dict | ClusterOptions | None = None,
+    progress: bool = False,
+    poll_s: float | None = None,
+    **grid_kwargs,
+):
     """``montecarlo.simulate_grid(key, config, **grid_kwargs)`` with its cells run as
     independent jobs (the same ``GridConfig``, or its fields as keywords).
 
@@ -353,9 +441,15 @@ def simulate_grid_jobs(key: Any, config: GridConfig | None = None, *, executor: 
     this process (executor "local"); a submitit job uses its own devices.
     :class:`GridJobs` runs several grids' jobs as one array.
     """
-    config, keydata, impl, folder, groups = _prepare(key, config, executor=executor,
-                                                     folder=folder, root=root, n_jobs=n_jobs,
-                                                     grid_kwargs=grid_kwargs)
+    config, keydata, impl, folder, groups = _prepare(
+        key,
+        config,
+        executor=executor,
+        folder=folder,
+        root=root,
+        n_jobs=n_jobs,
+        grid_kwargs=grid_kwargs,
+    )
     if folder is None:
         arrays = {}
         for g in groups:
@@ -363,15 +457,20 @@ def simulate_grid_jobs(key: Any, config: GridConfig | None = None, *, executor: 
         return assemble(keydata, impl, config, arrays)
     opts = _cluster_options(cluster, options) if executor == "submitit" else None
     if opts is not None:
-        make_executor(opts, folder / "submitit")   # a rejected option fails before any write
+        make_executor(opts, folder / "submitit")  # a rejected option fails before any write
     _check_folder(folder, grid_fingerprint(keydata, impl, config), config)
     todo = [g for g in groups if not all(_have(folder, c, config.mode) for c in g)]
     if todo and executor == "local":
         for g in todo:
             GridJob(keydata, impl, config, g, str(folder))()
     elif todo:
-        _submit_all([(folder, config, keydata, impl, g) for g in todo], opts=opts,
-                    log_dir=folder / "submitit", progress=progress, poll_s=poll_s)
+        _submit_all(
+            [(folder, config, keydata, impl, g) for g in todo],
+            opts=opts,
+            log_dir=folder / "submitit",
+            progress=progress,
+            poll_s=poll_s,
+        )
     return _load_all(folder, config, keydata, impl)
 
 
@@ -381,34 +480,64 @@ class GridJobs:
     caller with a list of grids (validate's moments experiment) keeps the cluster busy with
     all of them rather than one grid at a time. Calls return simulate_grid's EpsBAGrid."""
 
-    def __init__(self, *, root, executor: str = "submitit", cluster: str | None = None,
-                 options: dict | ClusterOptions | None = None, n_jobs: int | None = None,
-                 progress: bool = False, poll_s: float | None = None):
+    def __init__(
+        self,
+        *,
+        root,
+        executor: str = "submitit",
+        cluster: str | None = None,
+        options: dict | ClusterOptions | None = None,
+        n_jobs: int | None = None,
+        progress: bool = False,
+        poll_s: float | None = None,
+    ):
         self.root, self.executor, self.n_jobs = Path(root), executor, n_jobs
         self.opts = _cluster_options(cluster, options)
         self.progress, self.poll_s = progress, poll_s
 
     def __call__(self, key, config: GridConfig | None = None, **grid_kwargs):
-        return simulate_grid_jobs(key, config, executor=self.executor, root=self.root,
-                                  n_jobs=self.n_jobs, options=self.opts,
-                                  progress=self.progress, poll_s=self.poll_s, **grid_kwargs)
+        return simulate_grid_jobs(
+            key,
+            config,
+            executor=self.executor,
+            root=self.root,
+            n_jobs=self.n_jobs,
+            options=self.opts,
+            progress=self.progress,
+            poll_s=self.poll_s,
+            **grid_kwargs,
+        )
 
     def prefetch(self, requests) -> None:
         """requests: [(key, grid_kwargs)] (grid_kwargs: GridConfig fields); their missing
         cells run now, as one job array."""
         batches = []
         for key, kw in requests:
-            config, kd, impl, folder, groups = _prepare(key, None, executor="submitit",
-                                                        folder=None, root=self.root,
-                                                        n_jobs=self.n_jobs, grid_kwargs=kw)
+            config, kd, impl, folder, groups = _prepare(
+                key,
+                None,
+                executor="submitit",
+                folder=None,
+                root=self.root,
+                n_jobs=self.n_jobs,
+                grid_kwargs=kw,
+            )
             _check_folder(folder, grid_fingerprint(kd, impl, config), config)
-            batches += [(folder, config, kd, impl, g) for g in groups
-                        if not all(_have(folder, c, config.mode) for c in g)]
+            batches += [
+                (folder, config, kd, impl, g)
+                for g in groups
+                if not all(_have(folder, c, config.mode) for c in g)
+            ]
         if not batches:
             return
         if self.executor == "local":
             for f, config, kd, impl, g in batches:
                 GridJob(kd, impl, config, g, str(f))()
             return
-        _submit_all(batches, opts=self.opts, log_dir=self.root / "submitit",
-                    progress=self.progress, poll_s=self.poll_s)
+        _submit_all(
+            batches,
+            opts=self.opts,
+            log_dir=self.root / "submitit",
+            progress=self.progress,
+            poll_s=self.poll_s,
+        )

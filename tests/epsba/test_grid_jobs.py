@@ -58,8 +58,9 @@ def test_a_grid_config_is_taken_as_simulate_grid_takes_it(tmp_path):
     ref = simulate_grid(KEY, config, n_samples=5)
     assert_identical(simulate_grid_jobs(KEY, config, n_jobs=2, n_samples=5), ref)
     assert_identical(simulate_grid_jobs(KEY, config, folder=tmp_path, n_samples=5), ref)
-    assert_identical(simulate_grid_jobs(KEY, config, folder=tmp_path, n_samples=5,
-                                        progress=True), ref)
+    assert_identical(
+        simulate_grid_jobs(KEY, config, folder=tmp_path, n_samples=5, progress=True), ref
+    )
     assert len(list((tmp_path / "cells").glob("*.npy"))) == 4
 
 
@@ -86,7 +87,7 @@ def test_split_covers_every_cell_once():
     with pytest.raises(TypeError, match="nsamples"):
         grid_config(**dict(SMALL, nsamples=3))
     with pytest.raises(ValueError, match="ranks"):
-        grid_config(**dict(SMALL, ranks=[40]))     # > min(m, n)
+        grid_config(**dict(SMALL, ranks=[40]))  # > min(m, n)
 
 
 def test_local_folder_resume_and_foreign_folder(tmp_path):
@@ -101,8 +102,10 @@ def test_local_folder_resume_and_foreign_folder(tmp_path):
     assert files[0].exists()
     good = files[1].read_bytes()
     np.save(files[1], np.zeros_like(np.load(files[1])))
-    assert not np.array_equal(np.asarray(simulate_grid_jobs(KEY, folder=tmp_path, **kw).mean.total),
-                              np.asarray(ref.mean.total))
+    assert not np.array_equal(
+        np.asarray(simulate_grid_jobs(KEY, folder=tmp_path, **kw).mean.total),
+        np.asarray(ref.mean.total),
+    )
     files[1].write_bytes(good)
     with pytest.raises(GridJobError, match="different grid"):
         simulate_grid_jobs(KEY, folder=tmp_path, **dict(kw, n_samples=7))
@@ -143,26 +146,44 @@ def test_submitit_local_jobs_killed_and_resumed(tmp_path):
     t.start()
     try:
         with pytest.raises(GridJobError, match=r"cells \[.*\] of .* have no results: job .*log"):
-            simulate_grid_jobs(KEY, executor="submitit", cluster="local", folder=tmp_path,
-                               n_jobs=2, options={"array_parallelism": 2, "timeout_min": 10},
-                               poll_s=0.2, **kw)
+            simulate_grid_jobs(
+                KEY,
+                executor="submitit",
+                cluster="local",
+                folder=tmp_path,
+                n_jobs=2,
+                options={"array_parallelism": 2, "timeout_min": 10},
+                poll_s=0.2,
+                **kw,
+            )
     finally:
         stop.set()
         t.join(5)
     assert killed
     n_before = len(list((tmp_path / "cells").glob("*.npy"))) if (tmp_path / "cells").exists() else 0
     assert n_before < 4
-    grid = simulate_grid_jobs(KEY, executor="submitit", cluster="local", folder=tmp_path,
-                              n_jobs=2, options={"array_parallelism": 2, "timeout_min": 10},
-                              poll_s=0.2, **kw)
+    grid = simulate_grid_jobs(
+        KEY,
+        executor="submitit",
+        cluster="local",
+        folder=tmp_path,
+        n_jobs=2,
+        options={"array_parallelism": 2, "timeout_min": 10},
+        poll_s=0.2,
+        **kw,
+    )
     assert_identical(grid, ref)
     assert len(list((tmp_path / "cells").glob("*.npy"))) == 4
     meta = json.loads((tmp_path / "grid.json").read_text())
     assert meta["ranks"] == [2, 5] and meta["bits"] == [2, 5]
     # finished: a third call submits nothing
     n_sub = len(list((tmp_path / "submitit").glob("*_submitted.pkl")))
-    assert_identical(simulate_grid_jobs(KEY, executor="submitit", cluster="local",
-                                        folder=tmp_path, n_jobs=2, **kw), ref)
+    assert_identical(
+        simulate_grid_jobs(
+            KEY, executor="submitit", cluster="local", folder=tmp_path, n_jobs=2, **kw
+        ),
+        ref,
+    )
     assert len(list((tmp_path / "submitit").glob("*_submitted.pkl"))) == n_sub
 
 
@@ -172,8 +193,14 @@ def test_submitit_needs_a_folder_and_valid_options(tmp_path):
     with pytest.raises(ExecutorError, match="folder"):
         simulate_grid_jobs(KEY, executor="submitit", cluster="local", **SMALL)
     with pytest.raises(ExecutorError, match="slurm_qoss"):
-        simulate_grid_jobs(KEY, executor="submitit", cluster="local", folder=tmp_path,
-                           options={"extra": {"slurm_qoss": "x"}}, **SMALL)
+        simulate_grid_jobs(
+            KEY,
+            executor="submitit",
+            cluster="local",
+            folder=tmp_path,
+            options={"extra": {"slurm_qoss": "x"}},
+            **SMALL,
+        )
     with pytest.raises(ExecutorError, match="executor"):
         simulate_grid_jobs(KEY, executor="dask", **SMALL)
 
@@ -194,8 +221,10 @@ def test_validate_moments_through_grid_jobs_equal_the_local_run(tmp_path):
     ref = moments_mc.run(cfg, key)
     sim = functools.partial(simulate_grid_jobs, executor="local", root=tmp_path, n_jobs=3)
     got = moments_mc.run(cfg, key, simulate=sim)
-    assert json.dumps(to_jsonable(got), sort_keys=True) == json.dumps(to_jsonable(ref), sort_keys=True)
-    assert len(list(tmp_path.glob("grid-*"))) == 2     # one folder per grid (gaussian, peft_init)
+    assert json.dumps(to_jsonable(got), sort_keys=True) == json.dumps(
+        to_jsonable(ref), sort_keys=True
+    )
+    assert len(list(tmp_path.glob("grid-*"))) == 2  # one folder per grid (gaussian, peft_init)
 
 
 @pytest.mark.slow
@@ -203,19 +232,70 @@ def test_validate_cli_with_submitit_local(tmp_path, capsys):
     from simulations.validate import main
 
     ref_out, out = tmp_path / "ref.json", tmp_path / "sub.json"
-    assert main(["--scale", "tiny", "--out", str(ref_out), "--figures", "", "--no-progress",
-                 "--seed", "1"]) == 0
-    assert main(["--scale", "tiny", "--out", str(out), "--figures", "", "--no-progress",
-                 "--seed", "1", "--executor", "submitit", "--cluster", "local",
-                 "--array-parallelism", "2", "--poll-s", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "--scale",
+                "tiny",
+                "--out",
+                str(ref_out),
+                "--figures",
+                "",
+                "--no-progress",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--scale",
+                "tiny",
+                "--out",
+                str(out),
+                "--figures",
+                "",
+                "--no-progress",
+                "--seed",
+                "1",
+                "--executor",
+                "submitit",
+                "--cluster",
+                "local",
+                "--array-parallelism",
+                "2",
+                "--poll-s",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     a, b = json.loads(ref_out.read_text()), json.loads(out.read_text())
     assert _moments(a) == _moments(b)
     assert [v["verdict"] for v in a["verdicts"]] == [v["verdict"] for v in b["verdicts"]]
     assert len(list((tmp_path / "sub.jobs").glob("grid-*/cells/*.npy"))) == 2 * 4
     # a SLURM option submitit rejects: exit 2 naming it, nothing written
     bad = tmp_path / "bad.json"
-    assert main(["--scale", "tiny", "--out", str(bad), "--executor", "submitit", "--cluster",
-                 "local", "--slurm-option", "qoss=x", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--scale",
+                "tiny",
+                "--out",
+                str(bad),
+                "--executor",
+                "submitit",
+                "--cluster",
+                "local",
+                "--slurm-option",
+                "qoss=x",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "slurm_qoss" in capsys.readouterr().err and not bad.exists()
 
 
@@ -225,7 +305,7 @@ def test_a_job_computes_in_the_submitters_x64_mode(tmp_path):
     from quantbounds.epsba.montecarlo import _key_parts
 
     kw = CASES["f32-pow2"]
-    simulate_grid_jobs(KEY, folder=tmp_path, **kw)   # cells on disk: the job only checks them
+    simulate_grid_jobs(KEY, folder=tmp_path, **kw)  # cells on disk: the job only checks them
     kd, impl = _key_parts(KEY)
     config = grid_config(**kw)
     try:
@@ -252,10 +332,12 @@ def test_grid_jobs_prefetch_runs_every_grid_then_calls_only_read(tmp_path):
     orig = runner.prefetch
     runner.prefetch = lambda reqs: (calls.append(len(reqs)), orig(reqs))
     got = moments_mc.run(cfg, key, simulate=runner)
-    assert calls == [2]                                # both grids, in one prefetch
-    assert json.dumps(to_jsonable(got), sort_keys=True) == json.dumps(to_jsonable(ref), sort_keys=True)
+    assert calls == [2]  # both grids, in one prefetch
+    assert json.dumps(to_jsonable(got), sort_keys=True) == json.dumps(
+        to_jsonable(ref), sort_keys=True
+    )
     cells = sorted(tmp_path.glob("grid-*/cells/*.npy"))
     assert len(cells) == 2 * 4
     stamp = [c.stat().st_mtime_ns for c in cells]
-    moments_mc.run(cfg, key, simulate=runner)          # everything on disk: nothing recomputed
+    moments_mc.run(cfg, key, simulate=runner)  # everything on disk: nothing recomputed
     assert [c.stat().st_mtime_ns for c in sorted(tmp_path.glob("grid-*/cells/*.npy"))] == stamp
