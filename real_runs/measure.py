@@ -165,30 +165,61 @@ def eval_loss(model, batches: Iterable[dict]) -> tuple[float, int]:
 
 
 @torch.no_grad()
+def eval_loss_rows(model, batches: Iterable[dict]) -> tuple[list[float], list[int]]:
+    """Per row (sequence) of every batch: (Σ token cross-entropy in nats, predicted tokens).
+
+    The same token-weighted loss as :func:`eval_loss` (which is Σ sums / Σ counts), kept per
+    sequence so that intervals can be clustered by dialogue.
+    """
+    sums, counts = [], []
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        tgt = b["labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+        sums.extend(ce.double().sum(1).tolist())
+        counts.extend((tgt != -100).sum(1).tolist())
+    return sums, counts
+
+
+@torch.no_grad()
 def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
-                  device: str = "cpu") -> tuple[float, float, list[str]]:
-    """(mean token F1, exact-match rate, responses) of greedy continuations of held-out prompts.
+                  device: str = "cpu", batch_size: int = 32, return_lists: bool = False):
+    """(mean token F1, exact-match rate, responses[, per-pair F1, per-pair EM]) of greedy continuations.
 
     Prompt = t₁⟨eos⟩…t_j⟨eos⟩ (last ``max_prompt`` tokens), generation stops at ⟨eos⟩.
-    One prompt at a time, so no padding can change the positions.
+    Prompts are LEFT-padded into batches of ``batch_size`` with an attention mask (generate
+    derives GPT-2's position ids from the mask, so padding moves no position; tested against
+    one-at-a-time generation).
     """
     from real_runs.data import encode_dialogue
 
     eos = tok.eos_token_id
     f1s, ems, outs = [], [], []
-    for context, reference in pairs:
-        ids = encode_dialogue(tok, context, seq_len=10**9)[-max_prompt:]
-        x = torch.tensor([ids], device=device)
-        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        prompts = [encode_dialogue(tok, c, seq_len=10**9)[-max_prompt:] for c, _ in chunk]
+        L = max(len(p) for p in prompts)
+        x = torch.full((len(prompts), L), eos, dtype=torch.long)
+        m = torch.zeros((len(prompts), L), dtype=torch.long)
+        for k, p in enumerate(prompts):
+            x[k, L - len(p):] = torch.tensor(p, dtype=torch.long)
+            m[k, L - len(p):] = 1
+        y = model.generate(input_ids=x.to(device), attention_mask=m.to(device), do_sample=False,
                            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
-        new = y[0, x.shape[1]:].tolist()
-        if eos in new:
-            new = new[:new.index(eos)]
-        resp = tok.decode(new).strip()
-        outs.append(resp)
-        f1s.append(token_f1(resp, reference))
-        ems.append(exact_match(resp, reference))
+        for k, (_, reference) in enumerate(chunk):
+            new = y[k, L:].tolist()
+            if eos in new:
+                new = new[:new.index(eos)]
+            resp = tok.decode(new).strip()
+            outs.append(resp)
+            f1s.append(token_f1(resp, reference))
+            ems.append(exact_match(resp, reference))
     n = max(1, len(pairs))
+    if return_lists:
+        return sum(f1s) / n, sum(ems) / n, outs, f1s, ems
     return sum(f1s) / n, sum(ems) / n, outs
 
 
