@@ -224,18 +224,89 @@ def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
 
 
 def peak_memory_bytes(device: str) -> int:
-    """Peak memory: CUDA max allocated on GPU; else the process' max RSS (Linux ru_maxrss in KiB)."""
+    """Peak memory: CUDA max allocated on GPU; else the process' peak RSS since the last reset
+    (Linux VmHWM, which ``finetune._reset_peak_rss`` resets at the start of each run), falling
+    back to ru_maxrss (KiB, process lifetime) where /proc is not available."""
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def model_bytes(model) -> int:
-    """Bytes of all parameters and buffers as stored (bnb 4/8-bit weights at their packed size)."""
+def _quant_state_bytes(qs) -> int:
+    """Bytes of a bitsandbytes 4-bit QuantState: absmax (+ nested absmax, code, offset)."""
     n = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        n += t.numel() * t.element_size()
-    return int(n)
+    for name in ("absmax", "code", "offset"):
+        t = getattr(qs, name, None)
+        if isinstance(t, torch.Tensor):
+            n += t.numel() * t.element_size()
+    if getattr(qs, "state2", None) is not None:
+        n += _quant_state_bytes(qs.state2)
+    return n
+
+
+def param_counts(model) -> dict:
+    """{"params": logical parameter count, "bytes": stored bytes} of all parameters and buffers.
+
+    bitsandbytes 4-bit weights (Params4bit) pack two values per byte, so their ``numel`` is
+    half the logical count: the logical count is the QuantState's shape, and their bytes add
+    the absmax (and the nested absmax/code of double quantization). 8-bit weights (Int8Params)
+    add their per-row scales SCB (float32).
+    """
+    params = nbytes = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        if qs is not None and getattr(qs, "shape", None) is not None:
+            params += math.prod(qs.shape)
+            nbytes += p.numel() * p.element_size() + _quant_state_bytes(qs)
+            continue
+        params += p.numel()
+        nbytes += p.numel() * p.element_size()
+        scb = getattr(p, "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            nbytes += scb.numel() * scb.element_size()
+    for b in model.buffers():
+        nbytes += b.numel() * b.element_size()
+    return {"params": int(params), "bytes": int(nbytes)}
+
+
+def model_bytes(model) -> int:
+    """Stored bytes of all parameters and buffers, 4-/8-bit weights with their scales (param_counts)."""
+    return param_counts(model)["bytes"]
+
+
+def layer_scales(layers: dict, adapter: str = "default") -> dict[str, float]:
+    """{layer: the LoRA scale s PEFT applies there} (differs by layer under rank_pattern / alpha_pattern)."""
+    return {n: float(l.scaling[adapter]) for n, l in layers.items()}
+
+
+def quant_ranges(layers: dict, block_size: int | None, adapter: str = "default") -> dict[str, dict]:
+    """Per layer, the quantization ranges R the adapter quantizer uses for B and A.
+
+    Per tensor: the absmax. Per block (``block_size``): count, min, max and mean of R² over
+    the blocks (the noise variance is proportional to R²).
+    """
+    from real_runs.arms import factor_weights
+
+    out = {}
+    for n, layer in layers.items():
+        B, A = factor_weights(layer, adapter, quantized=False)
+        entry = {}
+        for name, W in (("B", B), ("A", A)):
+            if block_size is None:
+                entry[name] = float(W.abs().max())
+            else:
+                R = W.reshape(-1, block_size).abs().amax(dim=1).double()
+                entry[name] = {"blocks": int(R.numel()), "min": float(R.min()), "max": float(R.max()),
+                               "mean_R2": float((R ** 2).mean())}
+        out[n] = entry
+    return out
 
 
 def perplexity(loss: float) -> float:
