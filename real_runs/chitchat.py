@@ -13,9 +13,11 @@ does), so a conversation becomes a list of turns, the dialogue format of ``data.
 
 The split is by prompt, so that fine-tuning is a real domain shift and no fine-tuning or
 evaluation conversation is ever seen in pretraining: the eight prompts about computers and
-artificial intelligence (``HELDOUT_PROMPTS``, ≈ 1,500 conversations) are held out of
-pretraining entirely; the other 27 prompts and the prompt-less conversations are the
-pretraining corpus.
+artificial intelligence (``HELDOUT_PROMPTS``: 724 conversations with ≥ 2 turns, ≈ 410k words)
+are held out of
+pretraining entirely; the other 27 prompts and the prompt-less conversations (3,293) are the
+pretraining corpus. (Of the 7,168 conversations, 3,150 are one-sided — a single turn — and are
+dropped.)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ HELDOUT_PROMPTS = (
     "Is it still catfishing if it's a computer doing it?",
     "What if computers started asking not to be turned off?",
     "What would happen if two computers chatted with each other?",
-    "Which intelligent movie computer do you like best? (i.e. Jarvis from Iron Man, Samantha from Her)",
+    "Which intelligent movie computer do you like best? (i.e. Jarvis from Iron Man, HAL from Space "
+    "Odyssey 2000, the Star Trek Computer, the robot from Interstellar, etc.)",
 )
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the smallest run that still exercises every measurement
 FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32, n_train=16,
             grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, log_every=1,
-            device="cpu", progress=False)
+            eval_tokens=200, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +95,12 @@ def test_config_expansion_and_errors(tmp_path):
 
 def test_shipped_configs_expand():
     emb = expand(load_config(ROOT / "real_runs/configs/embedded.toml"))
-    arms = {r.arm for r in emb}
-    assert len(arms) == 9 and {r.rank for r in emb} >= {4, 16, 64}
-    assert {r.bits for r in emb if r.arm == "adapter_rtn"} == {16, 8, 4, 3, 2}
-    assert len({r.n_train for r in emb if r.arm == "fp16" and r.n_train}) == 3
+    ids = [r.run_id for r in emb]
+    assert len(ids) == len(set(ids))
+    assert {4, 8, 16, 32, 64} <= {r.rank for r in emb}
+    Ns = sorted({r.n_train for r in emb if r.arm == "fp16"})
+    assert Ns[-1] / Ns[0] >= 100  # N over at least two decades
+    assert any(r.ptq for r in emb)
     dgpt = expand(load_config(ROOT / "real_runs/configs/dialogpt_medium.toml"))
     assert {r.rank for r in dgpt} == {4, 8, 16, 32} and {r.seed for r in dgpt} == {0, 1}
 
