@@ -102,10 +102,16 @@ def load_chitchat(path: str | os.PathLike | None = None) -> list[Conversation]:
 
 
 def split_by_prompt(convs: list[Conversation], heldout_prompts=HELDOUT_PROMPTS):
-    """(pretraining conversations, held-out-prompt conversations), each in id order."""
+    """(pretraining conversations, held-out-prompt conversations), each in id order.
+
+    A few conversations appear in the file twice under different prompts (2 exact copies of
+    held-out ones; 1 more sharing its first three turns): any conversation whose first three
+    turns equal those of a held-out one is dropped from pretraining.
+    """
     held = set(heldout_prompts)
-    pre = [c for c in convs if c.prompt not in held]
     fine = [c for c in convs if c.prompt in held]
+    seen = {c.turns[:3] for c in fine}
+    pre = [c for c in convs if c.prompt not in held and c.turns[:3] not in seen]
     return pre, fine
 
 
