@@ -328,11 +328,13 @@ class ResolvedEmbedded:
 
 
 def resolve_embedded(which: "EmbeddedConfig | str | None" = None, *, cache_dir=None,
-                     progress: bool = True, weights_dir: str | os.PathLike | None = None) -> ResolvedEmbedded:
+                     progress: bool = True, weights_dir: str | os.PathLike | None = None,
+                     build: bool = True) -> ResolvedEmbedded:
     """Resolve an embedded model name ("chitchat" | "pydoc" | "tiny", None = default) or a pydoc config.
 
     "chitchat" is verified against its hashes and never built; "pydoc"/"tiny" are built on first
-    use into the cache. ``weights_dir`` overrides the shipped directory (tests).
+    use into the cache (unless ``build=False``: then only the path and key are computed).
+    ``weights_dir`` overrides the shipped directory (tests).
     """
     if which is None or which == "default":
         which = DEFAULT_EMBEDDED
@@ -346,5 +348,8 @@ def resolve_embedded(which: "EmbeddedConfig | str | None" = None, *, cache_dir=N
         h = verify_weights(d)
         return ResolvedEmbedded(name=which, path=d, key=f"{which}-{h[:12]}", corpus=PRETRAIN_CORPUS[which])
     cfg = EmbeddedConfig() if which == "pydoc" else EmbeddedConfig.tiny()
+    if not build:  # the key alone (for run ids): never builds
+        path = cache_root(cache_dir) / f"embedded-{_cache_key(cfg, corpus_texts())}"
+        return ResolvedEmbedded(name=which, path=path, key=path.name, corpus=PRETRAIN_CORPUS[which])
     path = embedded_path(cfg, cache_dir=cache_dir, progress=progress)
     return ResolvedEmbedded(name=which, path=path, key=path.name, corpus=PRETRAIN_CORPUS[which])

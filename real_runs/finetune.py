@@ -257,7 +257,7 @@ def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
     if model == "embedded":
         from real_runs.embedded import resolve_embedded
 
-        e = resolve_embedded(embedded, cache_dir=cache_dir, progress=False)
+        e = resolve_embedded(embedded, cache_dir=cache_dir, progress=False, build=False)
         out.update(embedded_name=e.name, embedded_key=e.key, pretrain_corpus=e.corpus)
     return out
 

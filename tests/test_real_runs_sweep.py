@@ -66,7 +66,8 @@ def test_run_id_ignores_how_but_not_what():
     b = FinetuneConfig(**{**FAST, "threads": 2, "cache_dir": "/elsewhere"})
     assert a.run_id == b.run_id
     assert FinetuneConfig(**{**FAST, "seed": 1}).run_id != a.run_id
-    assert FinetuneConfig(**{**FAST, "bits_pattern": {"c_fc": 3}}).run_id != a.run_id
+    rtn = {**FAST, "arm": "adapter_rtn", "bits": 4}
+    assert FinetuneConfig(**{**rtn, "bits_pattern": {"c_fc": 3}}).run_id != FinetuneConfig(**rtn).run_id
 
 
 def test_config_expansion_and_errors(tmp_path):
