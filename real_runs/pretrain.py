@@ -42,7 +42,7 @@ class PretrainConfig:
     n_head: int = 6
     n_positions: int = 128
     vocab_size: int = 8192
-    steps: int = 1800
+    steps: int = 1000
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 2e-3
