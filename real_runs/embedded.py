@@ -2,7 +2,7 @@
 
 Three by name (``EMBEDDED_MODELS``):
 
-- ``"chitchat"`` (the default): 6 layers, d = 192, vocab 8192, pretrained on the dialogue
+- ``"chitchat"`` (the default): 4 layers, d = 192, 6 heads, vocab 8192, pretrained on the dialogue
   corpus ``chitchat-dataset`` minus the eight held-out computer/AI prompts
   (``real_runs.chitchat``, ``real_runs.pretrain``). Its weights SHIP with the package as fp16
   safetensors in ``real_runs/weights/chitchat/`` with a ``SHA256SUMS`` manifest that is checked
