@@ -97,6 +97,7 @@ OPTIONAL = (
     "peak_mem_method",     # str: how peak_mem_bytes was measured
     "eval_tokens", "eval_windows", "eval_dialogues",  # int: the held-out evaluation's size
     "eval_loss_ci",        # [lo, hi]: 95 % interval of eval_loss, clustered by dialogue
+    "eval_words", "eval_nats_per_word",  # whitespace words of the evaluated dialogues; Σ CE / words
     "eval_pairs_scored",   # int: prompt→response pairs scored for f1 / exact_match
     "eval_pair_dialogues",  # int: distinct held-out dialogues those pairs come from
     "f1_ci", "exact_match_ci",  # [lo, hi]: 95 % intervals, clustered by dialogue

@@ -4,7 +4,8 @@
 
 For each embedded model: (1) with no fine-tuning, the held-out loss / perplexity on the default
 fine-tuning evaluation (the held-out conversations of the eight computer/AI prompts, ≥ 24k
-tokens, whole dialogues) and greedy F1 / exact match on the 500 held-out prompt→response pairs,
+tokens, whole dialogues; the zero-shot loss on the same first 40 held-out dialogues for every
+model, also in nats per whitespace word, since the models' tokenizers differ) and greedy F1 / exact match on the 500 held-out prompt→response pairs,
 each with its 95 % interval clustered by dialogue; (2) the same after one default fp16 LoRA
 fine-tune (``FinetuneConfig()`` defaults but the model). One torch thread. Written atomically.
 """
@@ -17,7 +18,7 @@ import sys
 import time
 
 
-def zero_shot(name: str, *, eval_tokens: int = 24_000, eval_pairs: int = 500, seq_len: int = 128,
+def zero_shot(name: str, *, eval_dialogues: int = 40, eval_pairs: int = 500, seq_len: int = 128,
               max_new_tokens: int = 20) -> dict:
     import torch
 
@@ -33,9 +34,8 @@ def zero_shot(name: str, *, eval_tokens: int = 24_000, eval_pairs: int = 500, se
     split, path = load_split("chitchat", None, eval_pairs)
     L = min(seq_len, model.config.n_positions)
     seqs, owner, n = [], [], 0
-    for i, d in enumerate(split.heldout):
-        if n >= eval_tokens:
-            break
+    # the same first ``eval_dialogues`` held-out dialogues for every model (tokenizers differ)
+    for i, d in enumerate(split.heldout[:eval_dialogues]):
         for w in encode_chunks(tok, d, seq_len=L):
             seqs.append(w)
             owner.append(i)
@@ -48,7 +48,9 @@ def zero_shot(name: str, *, eval_tokens: int = 24_000, eval_pairs: int = 500, se
     f1, em, outs, f1s, ems = M.greedy_scores(model, tok, split.pairs, max_new_tokens=max_new_tokens,
                                              max_prompt=L - max_new_tokens, return_lists=True)
     r = resolve_embedded(which)
+    words = sum(len(t.split()) for d in split.heldout[:eval_dialogues] for t in d)
     return {"model": r.name, "key": r.key, "corpus": r.corpus, "eval_loss": loss,
+            "eval_dialogues": eval_dialogues, "eval_words": words, "nats_per_word": sum(s) / words,
             "eval_loss_ci": [lo, hi], "perplexity": M.perplexity(loss), "eval_tokens": int(sum(c)),
             "f1": f1, "f1_ci": list(clustered_mean_ci(f1s, split.pair_dialogue)[1:]),
             "exact_match": em, "exact_match_ci": list(clustered_mean_ci(ems, split.pair_dialogue)[1:]),
@@ -61,7 +63,7 @@ def fine_tuned(name: str) -> dict:
     from real_runs.finetune import FinetuneConfig, run_finetune
 
     rec = run_finetune(FinetuneConfig(embedded=name, progress=False))
-    keep = ("run_id", "eval_loss", "eval_loss_ci", "perplexity", "f1", "f1_ci", "exact_match",
+    keep = ("run_id", "eval_loss", "eval_loss_ci", "perplexity", "eval_nats_per_word", "eval_words", "f1", "f1_ci", "exact_match",
             "exact_match_ci", "eval_tokens", "eval_pairs_scored", "n_train", "steps", "wall_s",
             "peak_mem_bytes", "embedded_key")
     return {k: rec[k] for k in keep}

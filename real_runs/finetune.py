@@ -464,6 +464,9 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         lr=cfg.lr, batch_size=cfg.batch_size, seq_len=max_len,
         eval_tokens=n_eval_tok, eval_windows=W, eval_dialogues=len(set(held_owner)),
         eval_loss_ci=[lo, hi], eval_pairs_scored=len(split.pairs),
+        # tokenizer-free: nats per whitespace word of the evaluated dialogues (comparable across models)
+        eval_words=(n_words := sum(len(t.split()) for i in sorted(set(held_owner)) for t in split.heldout[i])),
+        eval_nats_per_word=sum(rows[0]) / max(n_words, 1),
         eval_pair_dialogues=len(set(owners)), f1_ci=list(f1_ci), exact_match_ci=list(em_ci),
         embedded_model=res.get("embedded_name"), embedded_key=res.get("embedded_key"),
         pretrain_corpus=res.get("pretrain_corpus"), dataset_path=dataset_path,
