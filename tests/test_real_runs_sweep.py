@@ -94,7 +94,7 @@ def test_config_expansion_and_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_shipped_configs_expand():
+def test_shipped_configs_expand(tmp_path, monkeypatch):
     emb = expand(load_config(ROOT / "real_runs/configs/embedded.toml"))
     ids = [r.run_id for r in emb]
     assert len(ids) == len(set(ids))
@@ -102,7 +102,19 @@ def test_shipped_configs_expand():
     Ns = sorted({r.n_train for r in emb if r.arm == "fp16"})
     assert Ns[-1] / Ns[0] >= 100  # N over at least two decades
     assert any(r.ptq for r in emb)
+    # the DialoGPT grid resolves N from DailyDialog: a local file in its published layout
+    import datasets
+    from real_runs import finetune as F
+
+    rows = [{"dialog": [f"hi {i}", f"hello {i}", "bye"], "act": [1, 2, 3], "emotion": [0, 0, 0]}
+            for i in range(50)]
+    pq = tmp_path / "dailydialog_train.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(pq))
+    monkeypatch.setenv("QUANTBOUNDS_DAILYDIALOG", str(pq))
+    monkeypatch.setattr(F, "_DATA_CACHE", {})
     dgpt = expand(load_config(ROOT / "real_runs/configs/dialogpt_medium.toml"))
+    assert {r.identity()["dataset_path"] for r in dgpt} == {str(pq.resolve())}
+    assert {r.identity()["device"] for r in dgpt} == {"cuda"}
     assert {r.rank for r in dgpt} == {4, 8, 16, 32} and {r.seed for r in dgpt} == {0, 1}
 
 
