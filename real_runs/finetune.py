@@ -90,6 +90,7 @@ class FinetuneConfig:
     ptq_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16)
     ptq_schemes: tuple[str, ...] = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
     ptq_sr_draws: int = 3
+    ptq_eval_tokens: int = 8_000
     curvature_windows: int = 64
     cache_dir: str | None = None
     progress: bool = True
@@ -110,7 +111,7 @@ class FinetuneConfig:
         check_positive(self.lora_alpha, "lora_alpha")
         check_positive(self.lr, "lr")
         for name in ("steps", "batch_size", "seq_len", "eval_pairs", "max_new_tokens", "log_every",
-                     "ptq_sr_draws", "curvature_windows", "eval_tokens"):
+                     "ptq_sr_draws", "curvature_windows", "eval_tokens", "ptq_eval_tokens"):
             check_int_range(getattr(self, name), name, 1)
         for name in ("grad_var_batches", "noise_draws"):
             check_int_range(getattr(self, name), name, 2)
@@ -187,7 +188,7 @@ class FinetuneConfig:
         r = resolved or self.resolve()
         d = dataclasses.asdict(self)
         for k in ("cache_dir", "progress", "threads", "ptq", "ptq_bits", "ptq_schemes",
-                  "ptq_sr_draws", "curvature_windows"):
+                  "ptq_sr_draws", "curvature_windows", "ptq_eval_tokens"):
             d.pop(k)
         d["target_modules"] = list(self.target_modules)
         d["lora_alpha"] = float(self.lora_alpha)
@@ -503,15 +504,25 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
                     for i in range(0, len(idx), 16)]
     curv = P.measure_curvature(built.model, built.layers, curv_batches, seed=cfg.seed)
     scales = {n: float(layer.scaling["default"]) for n, layer in built.layers.items()}
+    # PTQ evaluates each quantized adapter on the leading held-out batches (whole dialogues, in
+    # split order) until ≥ ptq_eval_tokens predicted tokens, with its own full-precision
+    # reference on exactly those tokens (eval_loss_ref), so each ΔL stays a paired difference
+    nb, n_pred = 0, 0
+    while nb < len(held_batches) and n_pred < cfg.ptq_eval_tokens:
+        n_pred += int((held_batches[nb]["labels"][:, 1:] != -100).sum())
+        nb += 1
+    n_rows = sum(b["input_ids"].shape[0] for b in held_batches[:nb])
+    sub_rows = (rows[0][:n_rows], rows[1][:n_rows])
     out = P.run_ptq(plain_model=plain, layers=built.layers, scales=scales, curvature=curv,
-                    eval_batches=held_batches, eval_clusters=held_owner,
-                    ref_rows=rows, schemes=cfg.ptq_schemes, bits=cfg.ptq_bits,
+                    eval_batches=held_batches[:nb], eval_clusters=held_owner[:n_rows],
+                    ref_rows=sub_rows, schemes=cfg.ptq_schemes, bits=cfg.ptq_bits,
                     sr_draws=cfg.ptq_sr_draws, seed=cfg.seed, progress=cfg.progress)
     total_s = time.time() - t0
     recs = []
     for r in out:
         ident = {"ptq_of_config": cfg.identity(), "scheme": r["ptq_scheme"], "bits": r["bits"],
-                 "draw": r["ptq_draw"]}
+                 "draw": r["ptq_draw"], "ptq_eval_tokens": cfg.ptq_eval_tokens,
+                 "curvature_windows": cfg.curvature_windows}
         recs.append(make_ptq_record(
             run_id=run_id(ident), arm=cfg.arm, rank=cfg.rank, seed=cfg.seed, scale=cfg.scale,
             lora_alpha=float(cfg.lora_alpha), curvature_tokens=sum(
