@@ -82,6 +82,29 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
     return rows
 
 
+def agreement(records: list[dict]) -> dict:
+    """Signed agreement, no constant fitted: R²₀ = 1 − Σ(ΔL − pred)² / Σ(ΔL − mean ΔL)² of the
+    measured increase against each prediction used as is (slope 1, intercept 0), per scheme and
+    over all records; negative when the prediction is worse than predicting the mean."""
+    out = {}
+    by = defaultdict(list)
+    for r in records:
+        by[r["ptq_scheme"]].append(r)
+        by["all"].append(r)
+    for scheme, recs in sorted(by.items()):
+        meas = np.array([r["delta_loss"] for r in recs])
+        ss = float(((meas - meas.mean()) ** 2).sum())
+        row = {"n": len(recs)}
+        for name, fn in PREDICTIONS.items():
+            if any(fn(r) is None for r in recs) or ss == 0:
+                row[name] = None
+                continue
+            pred = np.array([fn(r) for r in recs])
+            row[name] = 1 - float(((meas - pred) ** 2).sum()) / ss
+        out[scheme] = row
+    return out
+
+
 def _fmt(x):
     if x is None or x.get("ratio") is None:
         return "—"
@@ -111,10 +134,15 @@ def main(argv=None) -> int:
         print(f"error: no PTQ records in {a.ptq_records}", file=sys.stderr)
         return 2
     rows = summarize(res.records)
+    agree = agreement(res.records)
     print(markdown(rows))
+    print("\nsigned agreement R²₀ (prediction used as is):")
+    for k, v in agree.items():
+        print(f"  {k:12s} n={v['n']:3d}  " + "  ".join(
+            f"{n}: {'—' if v[n] is None else f'{v[n]:+.3f}'}" for n in PREDICTIONS))
     if a.out:
         write_json_atomic(a.out, {"source": a.ptq_records, "n_records": len(res.records),
-                                  "bad_lines": len(res.errors), "rows": rows,
+                                  "bad_lines": len(res.errors), "rows": rows, "agreement_R2_0": agree,
                                   "method": __doc__})
     return 0
 

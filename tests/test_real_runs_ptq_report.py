@@ -3,7 +3,7 @@
 import pytest
 
 from quantbounds.records import make_ptq_record
-from real_runs.ptq_report import markdown, summarize
+from real_runs.ptq_report import agreement, markdown, summarize
 
 
 def _rec(seed, dl, plug, first=0.0, mom=None, bits=2, scheme="rtn_tensor", rank=8, ci=None):
@@ -36,3 +36,13 @@ def test_measured_not_distinguishable_from_zero_gives_no_ratio():
     recs = [_rec(0, 1e-4, 1e-6, ci=[-1e-4, 3e-4]), _rec(1, -1e-4, 1e-6, ci=[-3e-4, 1e-4])]
     (row,) = summarize(recs)
     assert row["second"]["ratio"] is None and not row["measured_sum_ci_excludes_0"]
+
+
+def test_signed_agreement_hand_case():
+    recs = [_rec(0, 0.01, 0.01), _rec(1, -0.01, 0.0, first=-0.01), _rec(2, 0.03, 0.0)]
+    a = agreement(recs)["all"]
+    meas = [0.01, -0.01, 0.03]
+    m = sum(meas) / 3
+    ss = sum((x - m) ** 2 for x in meas)
+    assert a["first+2nd"] == pytest.approx(1 - 0.03 ** 2 / ss)
+    assert a["second"] == pytest.approx(1 - (0.01 ** 2 + 0.03 ** 2) / ss)
