@@ -12,8 +12,13 @@ Where CUDA is available, also a DialoGPT-medium-shaped GPT-2 (24 layers, d = 102
 weights: the shape, not the weights, sets the cost) in bf16: step time and peak memory of
 each arm.
 
+``--dialogpt-cpu``: every arm, and PTQ, through ``run_finetune`` on a model with
+DialoGPT-medium's exact configuration (24 layers, d = 1024, 16 heads, vocab 50,257) and random
+weights, two steps each on CPU (issue 14, item 6) → benchmarks/results/bridge_dialogpt_cpu.json.
+
 Written atomically to benchmarks/results/bridge.json. Usage:
     python benchmarks/bench_bridge.py [--tiny] [--rounds N] [--out PATH]
+    python benchmarks/bench_bridge.py --dialogpt-cpu
 Timings on a shared machine are noisy: compare ratios within one run.
 """
 
@@ -75,7 +80,7 @@ def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -
     from real_runs.embedded import EmbeddedConfig
 
     torch.set_num_threads(1)
-    emb = EmbeddedConfig.tiny() if tiny else EmbeddedConfig()
+    emb = EmbeddedConfig.tiny() if tiny else "chitchat"
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 500, (8, 64), generator=g)
     batch = {"input_ids": x, "labels": x}
@@ -95,7 +100,7 @@ def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -
     best = {a: min(v) for a, v in cpu.items()}
     ratio_cpu = {a: medc[a] / medc["fp16"] for a in medc}
     ratio_best = {a: best[a] / best["fp16"] for a in best}
-    return {"model": "embedded:tiny" if tiny else "embedded", "batch": list(x.shape), "rank": rank,
+    return {"model": "embedded:tiny" if tiny else "embedded:chitchat", "batch": list(x.shape), "rank": rank,
             "threads": 1,
             "median_step_s": med, "ratio_vs_fp16": {a: med[a] / med["fp16"] for a in med},
             # one torch thread: the process' CPU time is its step cost, far less disturbed by
@@ -140,6 +145,67 @@ def gpu_benchmark(*, rounds: int, rank: int) -> dict:
             "batch": [8, 128], "rank": rank, "arms": out}
 
 
+DIALOGPT_MEDIUM = dict(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, n_ctx=1024,
+                       vocab_size=50257, activation_function="gelu_new", resid_pdrop=0.1,
+                       embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
+                       bos_token_id=50256, eos_token_id=50256)  # microsoft/DialoGPT-medium config.json
+
+
+def dialogpt_cpu(*, n_layer: int = 24, steps: int = 2, out_dir: str | None = None) -> dict:
+    """Every arm (and PTQ of the fp16 adapter) through ``run_finetune`` on a model with
+    DialoGPT-medium's exact configuration and random weights, a few steps on CPU.
+
+    The shape, not the weights, is what the code paths depend on (Conv1D orientation, bnb
+    quantization of 1024×3072 / 1024×4096 weights, 50,257-way logits, PEFT targets), so this
+    runs the code a user with the real weights runs. The tokenizer is a tiny local BPE (its ids
+    are < 50,257). PTQ is restricted to the attention modules to bound the K-FAC memory on CPU
+    (G for c_fc is 4096² float64).
+    """
+    import shutil
+    import tempfile
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from real_runs.chitchat import finetune_dialogues
+    from real_runs.embedded import train_tokenizer
+    from real_runs.finetune import FinetuneConfig, run_finetune
+    from quantbounds.calib.records import ARMS
+
+    torch.set_num_threads(1)
+    tmp = Path(out_dir or tempfile.mkdtemp(prefix="qb-dialogpt-medium-"))
+    torch.manual_seed(0)
+    cfg = GPT2Config(**{**DIALOGPT_MEDIUM, "n_layer": n_layer})
+    GPT2LMHeadModel(cfg).half().save_pretrained(tmp)
+    texts = [t for d in finetune_dialogues()[:200] for t in d]
+    train_tokenizer(texts, vocab_size=2048).save_pretrained(tmp)
+    common = dict(model=str(tmp), dataset="chitchat", steps=steps, batch_size=2, seq_len=32,
+                  n_train=8, grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2,
+                  eval_tokens=64, device="cpu", progress=False, rank=8, lora_alpha=32.0)
+    bits = {"adapter_rtn": 4, "adapter_sr": 4, "adapter_noise": 4, "adapter_nf4": 4,
+            "base_nf4_adapter_rtn": 4}
+    out = {}
+    try:
+        for arm in ARMS:
+            t0 = time.time()
+            kw = dict(common, arm=arm, bits=bits.get(arm, 16))
+            if arm == "fp16":
+                kw.update(ptq=True, ptq_bits=(2, 8), ptq_sr_draws=1, curvature_windows=2,
+                          target_modules=("c_attn", "attn.c_proj"))
+            rec, ptq = run_finetune(FinetuneConfig(**kw), return_ptq=True)
+            out[arm] = {"wall_s": time.time() - t0, "eval_loss": rec["eval_loss"],
+                        "total_params": rec["total_params"], "model_bytes": rec["model_bytes"],
+                        "peak_mem_bytes": rec["peak_mem_bytes"], "eps_ba_fro2": rec["eps_ba_fro2"],
+                        "n_lora_layers": len(rec["eps_ba_layers"]), "ptq_records": len(ptq)}
+            print(f"  {arm:22s} {out[arm]['wall_s']:7.1f} s  eval_loss {rec['eval_loss']:.3f}  "
+                  f"params {rec['total_params']:,}  bytes {rec['model_bytes']:,}  "
+                  f"PTQ records {len(ptq)}", flush=True)
+    finally:
+        if out_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"model": f"DialoGPT-medium configuration, random weights, {n_layer} layers",
+            "config": {**DIALOGPT_MEDIUM, "n_layer": n_layer}, "steps": steps, "arms": out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="the 2-layer test model (seconds)")
@@ -147,7 +213,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bridge.json"))
+    p.add_argument("--dialogpt-cpu", action="store_true",
+                   help="only: every arm on DialoGPT-medium's exact configuration with random weights, "
+                        "a few CPU steps (minutes); written to results/bridge_dialogpt_cpu.json")
+    p.add_argument("--dialogpt-layers", type=int, default=24, help="(smoke tests only) fewer layers")
     args = p.parse_args(argv)
+    if args.dialogpt_cpu:
+        res = dialogpt_cpu(n_layer=args.dialogpt_layers)
+        dest = Path(args.out).with_name("bridge_dialogpt_cpu.json") if args.out.endswith("bridge.json") else Path(args.out)
+        write_json_atomic(dest, res)
+        print(f"→ {dest}")
+        return 0
     import bitsandbytes
     import peft
     import transformers

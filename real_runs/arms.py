@@ -114,7 +114,7 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
               embedded=None, cache_dir=None, progress: bool = True):
     """(causal LM with W0 stored as ``base_quant``, tokenizer).
 
-    ``model``: "embedded" (the cached local GPT-2, see real_runs.embedded), a local directory,
+    ``model``: "embedded" (an embedded GPT-2 named by ``embedded``, see real_runs.embedded), a local directory,
     or a hub name (needs the weights in the HF cache or network). 16-bit base: fp32 on CPU,
     bf16 on GPU. int8 / nf4 / fp4 go through transformers' ``BitsAndBytesConfig``.
     """
@@ -122,9 +122,10 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
 
     check_choice(base_quant, "base_quant", ("none", "int8", "nf4", "fp4"))
     if model == "embedded":
-        from real_runs.embedded import embedded_path
+        from real_runs.embedded import resolve_embedded
 
-        path = str(embedded_path(embedded, cache_dir=cache_dir, progress=progress))
+        # a name ("chitchat" shipped + hash-checked, "pydoc"/"tiny" built once) or a pydoc config
+        path = str(resolve_embedded(embedded, cache_dir=cache_dir, progress=progress).path)
     else:
         path = model
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

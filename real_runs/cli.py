@@ -37,10 +37,12 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", default="fp16", help=f"one of {', '.join(ARMS)}")
     p.add_argument("--model", default="embedded",
                    help="'embedded' (offline default), a local path, or a hub name such as microsoft/DialoGPT-medium")
-    p.add_argument("--embedded", default="default", choices=("default", "tiny"),
-                   help="size of the embedded model")
-    p.add_argument("--dataset", default="chatterbot",
-                   help="'chatterbot', 'dailydialog', or a .json/.jsonl/.parquet dialogue file")
+    p.add_argument("--embedded", default="chitchat", choices=("chitchat", "pydoc", "tiny", "default"),
+                   help="embedded model: chitchat (dialogue-pretrained, shipped; default), pydoc "
+                        "(the earlier Python-docs model), tiny (tests)")
+    p.add_argument("--dataset", default="chitchat",
+                   help="'chitchat' (held-out prompts of chitchat-dataset; default), 'chitchat:<path>', "
+                        "'chatterbot', 'dailydialog', or a .json/.jsonl/.parquet dialogue file")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--bits", type=int, default=None,
                    help="adapter bits 1…16 (default: 16 for base-only arms, 4 for adapter arms)")
@@ -50,19 +52,24 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--n-train", type=int, default=None, help="training dialogues N (default all)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--target-modules", default="c_attn,c_proj,c_fc", help="comma-separated")
     p.add_argument("--rank-pattern", type=_json_dict, default={}, help='JSON, e.g. {"h.0.attn.c_attn": 32}')
     p.add_argument("--bits-pattern", type=_json_dict, default={}, help='JSON, e.g. {"c_fc": 3}')
     p.add_argument("--block-size", type=int, default=None,
                    help="adapter quantizer block (default: per tensor; 64 for NF4)")
-    p.add_argument("--step", default="paper", choices=("paper", "midtread"))
+    p.add_argument("--step", default=None, choices=("paper", "midtread"),
+                   help="adapter quantizer grid (default: paper for RTN, midtread = unbiased for SR)")
     p.add_argument("--double-quant", action="store_true", help="bnb 4-bit double quantization")
     p.add_argument("--grad-var-batches", type=int, default=8,
                    help="mini-batches for the gradient covariance (≥ 2)")
     p.add_argument("--noise-draws", type=int, default=8, help="draws on a fixed batch (SR/noise arms)")
-    p.add_argument("--eval-pairs", type=int, default=32, help="held-out prompt→response pairs scored")
+    p.add_argument("--eval-pairs", type=int, default=500, help="held-out prompt→response pairs scored")
+    p.add_argument("--ptq", action="store_true",
+                   help="(fp16 arm) also quantize the trained adapter after training at every --ptq-bits "
+                        "and scheme; PTQ records go to <output stem>.ptq.jsonl")
+    p.add_argument("--ptq-bits", default="2,3,4,5,6,7,8,16", help="comma-separated, each in 1…16")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -70,6 +77,13 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="append the record to this JSONL file")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _int_list(s: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError as err:
+        raise ValueError(f"--{name} must be comma-separated integers in 1…16, got {s!r}") from err
 
 
 def _default_bits(arm: str) -> int:
@@ -93,13 +107,20 @@ def finetune_main(argv: list[str] | None = None) -> int:
             block_size=args.block_size, step=args.step, double_quant=args.double_quant,
             grad_var_batches=args.grad_var_batches, noise_draws=args.noise_draws,
             eval_pairs=args.eval_pairs, max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
-            progress=not args.no_progress)
-        rec = run_finetune(cfg)
+            progress=not args.no_progress, ptq=args.ptq, ptq_bits=_int_list(args.ptq_bits, "ptq-bits"))
+        rec, ptq_recs = run_finetune(cfg, return_ptq=True)
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.output:
+        from quantbounds.calib.records import append_lines
+        from real_runs.sweep import ptq_path
+        append_lines(ptq_path(args.output), ptq_recs)
         append_record(args.output, rec)
+    elif ptq_recs:
+        for p in ptq_recs:
+            print(json.dumps({k: p[k] for k in ("ptq_scheme", "bits", "ptq_draw", "delta_loss",
+                                                 "pred_plugin", "pred_moment")}))
     keys = ("arm", "rank", "bits", "seed", "n_train", "steps", "eval_loss", "perplexity", "f1",
             "exact_match", "grad_var", "grad_var_noise", "eps_ba_fro2", "wall_s", "tokens_per_s")
     print(json.dumps({k: rec.get(k) for k in keys}))

@@ -11,7 +11,10 @@ scored against t_{j+1} with token F1 and exact match (SQuAD normalisation, the m
 seed's CoQA comparison).
 
 Sources:
-- ``"chatterbot"``: the English YAML dialogues shipped by ``chatterbot-corpus`` (default).
+- ``"chitchat"`` (default): the conversations of the eight computer/AI prompts of
+  ``chitchat-dataset``, which the default embedded model never saw in pretraining
+  (``real_runs.chitchat``); ``"chitchat:<path>"`` reads another file in chitchat's layout.
+- ``"chatterbot"``: the English YAML dialogues shipped by ``chatterbot-corpus``.
 - a local ``.json`` / ``.jsonl`` / ``.parquet`` file (e.g. DailyDialog's), read with 🤗
   ``datasets``; each row holds a list of turns in one of the columns ``DIALOGUE_COLUMNS``.
 - ``"dailydialog"``: ``$QUANTBOUNDS_DAILYDIALOG`` (a local file as above) if set, else the hub
@@ -27,6 +30,8 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from quantbounds._checks import check_int_range
 
 DIALOGUE_COLUMNS = ("dialog", "dialogue", "turns", "utterances", "conversation")
 DAILYDIALOG_ENV = "QUANTBOUNDS_DAILYDIALOG"
@@ -98,7 +103,14 @@ def _dialogues_from_rows(ds, where: str) -> list[list[str]]:
 
 
 def load_dialogues(name: str) -> list[list[str]]:
-    """Dialogues for a dataset spec: "chatterbot", "dailydialog" or a file path."""
+    """Dialogues for a dataset spec: "chitchat", "chitchat:<path>", "chatterbot", "dailydialog" or a file path."""
+    if name == "chitchat" or name.startswith("chitchat:"):
+        from real_runs.chitchat import finetune_dialogues
+
+        d = finetune_dialogues(name.partition(":")[2] or None)
+        if not d:
+            raise DataError(f"dataset {name!r}: no conversation of the held-out prompts")
+        return d
     if name == "chatterbot":
         return load_chatterbot()
     if name == "dailydialog":
@@ -116,8 +128,28 @@ def load_dialogues(name: str) -> list[list[str]]:
         return _dialogues_from_rows(ds, DAILYDIALOG_HUB)
     if os.sep in name or Path(name).suffix:
         return load_dialogue_file(name)
-    raise DataError(f"dataset must be 'chatterbot', 'dailydialog' or a .json/.jsonl/.parquet path, "
-                    f"got {name!r}")
+    raise DataError(f"dataset must be 'chitchat', 'chitchat:<path>', 'chatterbot', 'dailydialog' or a "
+                    f".json/.jsonl/.parquet path, got {name!r}")
+
+
+def resolve_dataset(name: str) -> str:
+    """What a dataset spec resolves to on this machine (enters the run id): a file or directory path,
+    or the hub dataset name for "dailydialog" without a local file."""
+    if name == "chitchat" or name.startswith("chitchat:"):
+        from real_runs.chitchat import chitchat_path
+
+        p = name.partition(":")[2]
+        return str(Path(p).resolve() if p else chitchat_path())
+    if name == "chatterbot":
+        try:
+            from chatterbot_corpus.corpus import DATA_DIRECTORY
+        except ImportError:
+            return "chatterbot_corpus:english"
+        return str(Path(DATA_DIRECTORY).resolve() / "english")
+    if name == "dailydialog":
+        local = os.environ.get(DAILYDIALOG_ENV)
+        return str(Path(local).resolve()) if local else f"hub:{DAILYDIALOG_HUB}"
+    return str(Path(name).resolve())
 
 
 @dataclass(frozen=True)
@@ -127,6 +159,7 @@ class Split:
     train: list[list[str]]
     heldout: list[list[str]]
     pairs: list[tuple[list[str], str]]   # (context turns, response)
+    pair_dialogue: list[int] = None       # index into heldout of each pair's dialogue
 
 
 def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
@@ -136,20 +169,55 @@ def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
 
     The held-out split depends only on ``split_seed`` (not on n_train or the run's seed), and
     train sets for increasing n_train are nested, so runs at several N share one test set.
-    Pairs: every (t₁…t_j → t_{j+1}) of the held-out dialogues, the first ``max_pairs`` kept.
+    Pairs (t₁…t_j → t_{j+1}), at most ``max_pairs``, spread across the held-out dialogues:
+    round k takes, from every held-out dialogue that still has one, its k-th pair in a seeded
+    random order of its turns, so 500 pairs from 150 dialogues use every dialogue 3–4 times
+    rather than every turn of a few. ``pair_dialogue`` gives each pair's dialogue index.
     """
+    if not 0.0 < heldout_frac < 1.0:
+        raise ValueError(f"heldout_frac must be in (0, 1), got {heldout_frac!r}")
+    check_int_range(max_pairs, "max_pairs", 1)
     uniq = list(dict.fromkeys(tuple(d) for d in dialogues))
     rng = random.Random(split_seed)
     rng.shuffle(uniq)
     n_held = max(1, int(round(heldout_frac * len(uniq))))
     held, train = uniq[:n_held], uniq[n_held:]
+    if not train:
+        raise DataError(f"only {len(uniq)} distinct dialogues: none left for training after holding "
+                        f"out {n_held}")
     if n_train is not None:
         if n_train < 1 or n_train > len(train):
             raise DataError(f"n_train must be in 1…{len(train)} (training dialogues available), "
                             f"got {n_train}")
         train = train[:n_train]
-    pairs = [(list(d[:j]), d[j]) for d in held for j in range(1, len(d))][:max_pairs]
-    return Split(train=[list(d) for d in train], heldout=[list(d) for d in held], pairs=pairs)
+    prng = random.Random(split_seed + 1)
+    orders = []
+    for d in held:
+        js = list(range(1, len(d)))
+        prng.shuffle(js)
+        orders.append(js)
+    pairs, owner = [], []
+    k = 0
+    while len(pairs) < max_pairs and any(k < len(o) for o in orders):
+        for i, (d, o) in enumerate(zip(held, orders)):
+            if k < len(o) and len(pairs) < max_pairs:
+                j = o[k]
+                pairs.append((list(d[:j]), d[j]))
+                owner.append(i)
+        k += 1
+    return Split(train=[list(d) for d in train], heldout=[list(d) for d in held], pairs=pairs,
+                 pair_dialogue=owner)
+
+
+def encode_chunks(tok, turns: list[str], *, seq_len: int) -> list[list[int]]:
+    """The whole dialogue t₁⟨eos⟩…t_k⟨eos⟩ cut into consecutive windows of ≤ seq_len tokens.
+
+    Every token of the dialogue lands in exactly one window (windows of one token, which predict
+    nothing, are dropped), so training and evaluation see whole conversations, not their first
+    seq_len tokens.
+    """
+    ids = encode_dialogue(tok, turns, seq_len=10**12)
+    return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i:i + seq_len]) >= 2]
 
 
 def encode_dialogue(tok, turns: list[str], *, seq_len: int) -> list[int]:
@@ -205,3 +273,35 @@ def token_f1(prediction: str, reference: str) -> float:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def clustered_mean_ci(values, clusters, *, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of ``values`` with a cluster-robust t interval.
+
+    Observations in one cluster (pairs of one dialogue) are correlated, so the standard error
+    is the sandwich one over C clusters: SE² = C/(C−1)·Σ_c (S_c − n_c·x̄)² / n², S_c the
+    cluster sums, with t_{C−1} quantiles (the usual CR1 small-sample correction).
+    C = 1 gives an infinite interval.
+    """
+    import math
+
+    from scipy import stats
+
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        raise ValueError("clustered_mean_ci needs at least one value")
+    if len(clusters) != n:
+        raise ValueError(f"clusters must have one label per value ({n}), got {len(clusters)}")
+    mean = sum(vals) / n
+    sums: dict = {}
+    for v, c in zip(vals, clusters):
+        s, k = sums.get(c, (0.0, 0))
+        sums[c] = (s + v, k + 1)
+    C = len(sums)
+    if C < 2:
+        return mean, -math.inf, math.inf
+    ss = sum((s - k * mean) ** 2 for s, k in sums.values())
+    se = math.sqrt(C / (C - 1) * ss) / n
+    t = float(stats.t.ppf(0.5 + level / 2, C - 1))
+    return mean, mean - t * se, mean + t * se

@@ -1,4 +1,18 @@
-"""The embedded offline default: a small GPT-2 and its BPE tokenizer, trained here once and cached.
+"""The embedded offline models: small GPT-2s with their own BPE tokenizers, no hub needed.
+
+Three by name (``EMBEDDED_MODELS``):
+
+- ``"chitchat"`` (the default): 4 layers, d = 192, 6 heads, vocab 8192, pretrained on the dialogue
+  corpus ``chitchat-dataset`` minus the eight held-out computer/AI prompts
+  (``real_runs.chitchat``, ``real_runs.pretrain``). Its weights SHIP with the package as fp16
+  safetensors in ``real_runs/weights/chitchat/`` with a ``SHA256SUMS`` manifest that is checked
+  on every load (:func:`verify_weights`); loading never pretrains, and a missing or corrupt
+  file is an :class:`EmbeddedWeightsError` naming it and the rebuild command.
+- ``"pydoc"``: the earlier model (4 layers, d = 128) pretrained on Python's help text,
+  built locally in a few minutes on first use and cached (below).
+- ``"tiny"``: 2 layers, d = 64, pydoc text, 40 steps: for tests.
+
+The rest of this docstring describes the built-and-cached pydoc models.
 
 No hub download is possible on the development/CI machines, so the default model is built
 locally:
@@ -33,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quantbounds._checks import check_int_range, check_positive
+from quantbounds._checks import check_choice, check_int_range, check_positive
 
 EOS = "<|endoftext|>"   # GPT-2's end-of-text token, used as BOS/EOS/PAD as DialoGPT does
 CACHE_ENV = "QUANTBOUNDS_CACHE"
@@ -229,9 +243,113 @@ def embedded_path(cfg: EmbeddedConfig | None = None, *, cache_dir=None, progress
     return final
 
 
-def load_embedded(cfg: EmbeddedConfig | None = None, *, cache_dir=None, progress: bool = True):
-    """(model, tokenizer) of the embedded default, from the cache (built on first use)."""
+def load_embedded(cfg: "EmbeddedConfig | str | None" = None, *, cache_dir=None, progress: bool = True):
+    """(model in float32, tokenizer) of an embedded model (a name, a pydoc config, or the default)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = resolve_embedded(cfg, cache_dir=cache_dir, progress=progress).path
+    return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+            AutoTokenizer.from_pretrained(path))
+
+
+# --- shipped weights and the name registry ------------------------------------------------
+
+EMBEDDED_MODELS = ("chitchat", "pydoc", "tiny")
+DEFAULT_EMBEDDED = "chitchat"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED = {"chitchat": WEIGHTS_DIR / "chitchat"}
+# files a shipped model directory must list in SHA256SUMS (and hold)
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "embedded_info.json")
+REBUILD = ("python -m real_runs.pretrain --workdir .pretrain && "
+           "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat")
+PRETRAIN_CORPUS = {"chitchat": "chitchat-dataset (27 of 35 prompts + prompt-less; computer/AI prompts held out)",
+                   "pydoc": "pydoc_data.topics", "tiny": "pydoc_data.topics"}
+
+
+class EmbeddedWeightsError(RuntimeError):
+    """A shipped weight file that is missing or does not match its SHA-256 hash."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_VERIFIED: dict[tuple, str] = {}
+
+
+def verify_weights(directory: str | os.PathLike) -> str:
+    """Check every file of a shipped model directory against its ``SHA256SUMS``; return the model hash.
+
+    Raises EmbeddedWeightsError naming the directory's missing manifest, a required file the
+    manifest does not list, a listed file that is missing, or one whose SHA-256 differs (with
+    both hashes and the rebuild command). The result is remembered per (path, size, mtime).
+    """
+    d = Path(directory)
+    man = d / "SHA256SUMS"
+    if not man.is_file():
+        raise EmbeddedWeightsError(f"shipped embedded model {d}: manifest {man} is missing; "
+                                   f"reinstall the package or rebuild with: {REBUILD}")
+    sums = {}
+    for line in man.read_text().splitlines():
+        if line.strip():
+            h, _, name = line.strip().partition("  ")
+            sums[name] = h
+    for req in REQUIRED_FILES:
+        if req not in sums:
+            raise EmbeddedWeightsError(f"shipped embedded model {d}: {man} does not list {req}")
+    for name, want in sums.items():
+        f = d / name
+        if not f.is_file():
+            raise EmbeddedWeightsError(f"shipped embedded weight file {f} is missing; "
+                                       f"reinstall the package or rebuild with: {REBUILD}")
+        st = f.stat()
+        key = (str(f), st.st_size, st.st_mtime_ns)
+        got = _VERIFIED.get(key) or _sha256(f)
+        if got != want:
+            raise EmbeddedWeightsError(f"shipped embedded weight file {f} is corrupt: SHA-256 {got} "
+                                       f"!= {want} listed in {man}; reinstall or rebuild with: {REBUILD}")
+        _VERIFIED[key] = got
+    return sums["model.safetensors"]
+
+
+@dataclass(frozen=True)
+class ResolvedEmbedded:
+    """An embedded model by name: where it is, its cache key (in run ids) and its corpus."""
+
+    name: str
+    path: Path
+    key: str
+    corpus: str
+
+
+def resolve_embedded(which: "EmbeddedConfig | str | None" = None, *, cache_dir=None,
+                     progress: bool = True, weights_dir: str | os.PathLike | None = None,
+                     build: bool = True) -> ResolvedEmbedded:
+    """Resolve an embedded model name ("chitchat" | "pydoc" | "tiny", None = default) or a pydoc config.
+
+    "chitchat" is verified against its hashes and never built; "pydoc"/"tiny" are built on first
+    use into the cache (unless ``build=False``: then only the path and key are computed).
+    ``weights_dir`` overrides the shipped directory (tests).
+    """
+    if which is None or which == "default":
+        which = DEFAULT_EMBEDDED
+    if isinstance(which, EmbeddedConfig):
+        path = embedded_path(which, cache_dir=cache_dir, progress=progress)
+        name = "tiny" if which == EmbeddedConfig.tiny() else ("pydoc" if which == EmbeddedConfig() else "pydoc-custom")
+        return ResolvedEmbedded(name=name, path=path, key=path.name, corpus=PRETRAIN_CORPUS["pydoc"])
+    check_choice(which, "embedded", EMBEDDED_MODELS)
+    if which in SHIPPED:
+        d = Path(weights_dir) if weights_dir is not None else SHIPPED[which]
+        h = verify_weights(d)
+        return ResolvedEmbedded(name=which, path=d, key=f"{which}-{h[:12]}", corpus=PRETRAIN_CORPUS[which])
+    cfg = EmbeddedConfig() if which == "pydoc" else EmbeddedConfig.tiny()
+    if not build:  # the key alone (for run ids): never builds
+        path = cache_root(cache_dir) / f"embedded-{_cache_key(cfg, corpus_texts())}"
+        return ResolvedEmbedded(name=which, path=path, key=path.name, corpus=PRETRAIN_CORPUS[which])
     path = embedded_path(cfg, cache_dir=cache_dir, progress=progress)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return ResolvedEmbedded(name=which, path=path, key=path.name, corpus=PRETRAIN_CORPUS[which])

@@ -33,12 +33,13 @@ from quantbounds._checks import check_choice, check_int_range, check_positive, c
 from quantbounds.calib.records import ARMS, make_record, run_id
 from quantbounds.conventions import SCALES, lora_scale
 
-EMBEDDED_SIZES = ("default", "tiny")
+EMBEDDED_NAMES = ("chitchat", "pydoc", "tiny", "default")  # "default" = "chitchat"
+HELDOUT_FRAC = 0.2  # chitchat: 724 held-out-prompt conversations → 145 held out, 579 for training
 
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
-    """Everything that defines one run (all but ``cache_dir``/``progress``/``threads`` enter its run_id).
+    """Everything that defines one run; its run_id hashes the canonical, RESOLVED identity.
 
     threads: torch intra-op CPU threads (default 1: on a shared 2-core machine a small model
     ran a training step ≈ 20× slower with 2 threads than with 1, measured; None = torch's
@@ -46,13 +47,20 @@ class FinetuneConfig:
 
     rank_pattern / bits_pattern: {module-name regex: rank / bits} for per-layer allocations,
     matched as PEFT matches rank_pattern (first key k with name ending in "(.*\\.)?k").
-    n_train: number of training dialogues N (None = all available).
+    n_train: number of training dialogues N (None = all available; the run id holds the
+    resolved number, so None and that number are the same run).
+    step: quantization grid of the adapter quantizer; None = "paper" for RTN/noise and
+    "midtread" for SR (±R on the grid, so stochastic rounding is exactly unbiased; on the
+    paper grid the top cell (R − Δ, R] is clipped and SR is biased there — recorded).
+    ptq: (fp16 arm only) after training, quantize the trained B, A at every ``ptq_bits`` ×
+    ``ptq_schemes`` (SR: ``ptq_sr_draws`` draws) and measure each (real_runs.ptq); the PTQ
+    results are extra records (quantbounds.ptq/1) and do not change the fp16 run's id.
     """
 
     arm: str = "fp16"
     model: str = "embedded"
-    embedded: str = "default"
-    dataset: str = "chatterbot"
+    embedded: str = "chitchat"
+    dataset: str = "chitchat"
     rank: int = 8
     bits: int = 16
     scale: str = "alpha_r"
@@ -61,39 +69,49 @@ class FinetuneConfig:
     steps: int = 120
     n_train: int | None = None
     batch_size: int = 8
-    seq_len: int = 64
+    seq_len: int = 128
     lr: float = 3e-3
     warmup: int = 10
     target_modules: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
     rank_pattern: dict = field(default_factory=dict)
     bits_pattern: dict = field(default_factory=dict)
     block_size: int | None = None
-    step: str = "paper"
+    step: str | None = None
     double_quant: bool = False
     lora_dropout: float = 0.0
     grad_var_batches: int = 8
     noise_draws: int = 8
-    eval_pairs: int = 32
+    eval_pairs: int = 500
+    eval_tokens: int = 24_000
     max_new_tokens: int = 20
     log_every: int = 10
     device: str = "auto"
+    ptq: bool = False
+    ptq_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16)
+    ptq_schemes: tuple[str, ...] = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
+    ptq_sr_draws: int = 3
+    ptq_eval_tokens: int = 8_000
+    curvature_windows: int = 64
     cache_dir: str | None = None
     progress: bool = True
     threads: int | None = 1
 
     def __post_init__(self):
         from real_runs.arms import check_arm_bits
+        from real_runs.ptq import check_ptq_bits, check_schemes
 
         check_choice(self.arm, "arm", ARMS)
         check_arm_bits(self.arm, self.bits)
-        check_choice(self.embedded, "embedded", EMBEDDED_SIZES)
+        check_choice(self.embedded, "embedded", EMBEDDED_NAMES)
         check_choice(self.scale, "scale", SCALES)
-        check_choice(self.step, "step", ("paper", "midtread"))
+        if self.step is not None:
+            check_choice(self.step, "step", ("paper", "midtread"))
         check_choice(self.device, "device", ("auto", "cpu", "cuda"))
         check_rank(self.rank, "rank")
         check_positive(self.lora_alpha, "lora_alpha")
         check_positive(self.lr, "lr")
-        for name in ("steps", "batch_size", "seq_len", "eval_pairs", "max_new_tokens", "log_every"):
+        for name in ("steps", "batch_size", "seq_len", "eval_pairs", "max_new_tokens", "log_every",
+                     "ptq_sr_draws", "curvature_windows", "eval_tokens", "ptq_eval_tokens"):
             check_int_range(getattr(self, name), name, 1)
         for name in ("grad_var_batches", "noise_draws"):
             check_int_range(getattr(self, name), name, 2)
@@ -110,6 +128,13 @@ class FinetuneConfig:
         if isinstance(self.target_modules, str) or not self.target_modules:
             raise TypeError(f"target_modules must be a non-empty list of names, got {self.target_modules!r}")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "ptq_bits", check_ptq_bits(self.ptq_bits))
+        object.__setattr__(self, "ptq_schemes", check_schemes(self.ptq_schemes))
+        if self.ptq and self.arm != "fp16":
+            raise ValueError(f"ptq=True needs arm 'fp16' (PTQ quantizes a full-precision adapter "
+                             f"after training), got arm {self.arm!r}")
+        if self.embedded == "default":
+            object.__setattr__(self, "embedded", "chitchat")
         for pname in ("rank_pattern", "bits_pattern"):
             pat = getattr(self, pname)
             if not isinstance(pat, dict):
@@ -118,14 +143,74 @@ class FinetuneConfig:
             check_rank(v, f"rank_pattern[{k!r}]")
         for k, v in self.bits_pattern.items():
             check_int_range(v, f"bits_pattern[{k!r}]", 1, 16)
+        if self.step == "midtread" and self.bits < 2:
+            raise ValueError(f"bits must be in 2…16 for step='midtread', got {self.bits}")
 
-    def identity(self) -> dict:
-        """The fields that define the run (the run_id is their hash)."""
+    # --- resolution and identity -----------------------------------------------------------
+
+    @property
+    def kind(self) -> str | None:
+        from real_runs.arms import arm_spec
+        return arm_spec(self.arm)[1]
+
+    @property
+    def base_quant(self) -> str:
+        from real_runs.arms import arm_spec
+        return arm_spec(self.arm)[0]
+
+    def resolved_step(self) -> str | None:
+        """The grid the adapter quantizer uses (None for arms whose adapters are not gridded)."""
+        if self.kind in ("rtn", "sr"):
+            return self.step or ("midtread" if self.kind == "sr" and self.bits >= 2 else "paper")
+        return None
+
+    def resolved_block_size(self) -> int | None:
+        if self.kind == "nf4":
+            return self.block_size or 64
+        return self.block_size if self.kind is not None else None
+
+    def resolve(self) -> dict:
+        """What this run resolves to on this machine: device, dtype, embedded model key, dataset
+        path, N. Cached per process (loading the dataset once)."""
+        return _resolve(self.dataset, self.n_train, self.device, self.model, self.embedded,
+                        self.cache_dir)
+
+    def identity(self, resolved: dict | None = None) -> dict:
+        """The canonical fields that define the run (the run_id is their hash).
+
+        Canonical: N, device and dtype resolved; lora_alpha a float (dropped under scale "one",
+        which ignores it); fields the arm ignores dropped (bits_pattern/block_size/step for
+        unquantized adapters, noise_draws outside SR/noise, double_quant outside 4-bit bases,
+        the embedded name for other models); the embedded model's cache key and the resolved
+        dataset path added. How a run is executed (cache_dir, progress, threads) and what is
+        measured on top of an fp16 run (ptq_*) are not part of it.
+        """
+        r = resolved or self.resolve()
         d = dataclasses.asdict(self)
-        for k in ("cache_dir", "progress", "threads"):  # how, not what: not in the run_id
+        for k in ("cache_dir", "progress", "threads", "ptq", "ptq_bits", "ptq_schemes",
+                  "ptq_sr_draws", "curvature_windows", "ptq_eval_tokens"):
             d.pop(k)
         d["target_modules"] = list(self.target_modules)
-        if self.model != "embedded":
+        d["lora_alpha"] = float(self.lora_alpha)
+        d["lora_dropout"] = float(self.lora_dropout)
+        d["lr"] = float(self.lr)
+        d["n_train"] = r["n_train"]
+        d["device"], d["dtype"] = r["device"], r["dtype"]
+        d["dataset_path"] = r["dataset_path"]
+        d["step"] = self.resolved_step()
+        d["block_size"] = self.resolved_block_size()
+        if self.scale == "one":
+            d.pop("lora_alpha")
+        if self.kind is None:
+            for k in ("bits_pattern", "block_size", "step"):
+                d.pop(k)
+        if self.kind not in ("sr", "noise"):
+            d.pop("noise_draws")
+        if self.base_quant not in ("nf4", "fp4"):
+            d.pop("double_quant")
+        if self.model == "embedded":
+            d["embedded"] = r["embedded_key"]
+        else:
             d.pop("embedded")
         return d
 
@@ -141,9 +226,41 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"unknown run option(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
-        if "target_modules" in d and isinstance(d["target_modules"], list):
-            d["target_modules"] = tuple(d["target_modules"])
+        for k in ("target_modules", "ptq_bits", "ptq_schemes"):
+            if k in d and isinstance(d[k], list):
+                d[k] = tuple(d[k])
         return cls(**d)
+
+
+_DATA_CACHE: dict = {}
+
+
+def load_split(dataset: str, n_train: int | None, max_pairs: int):
+    """(dialogues split, resolved dataset path), the dialogues loaded once per process."""
+    from real_runs.data import load_dialogues, resolve_dataset, split_dialogues
+
+    if dataset not in _DATA_CACHE:
+        _DATA_CACHE[dataset] = (load_dialogues(dataset), resolve_dataset(dataset))
+    dialogues, path = _DATA_CACHE[dataset]
+    return split_dialogues(dialogues, n_train=n_train, heldout_frac=HELDOUT_FRAC,
+                           max_pairs=max_pairs), path
+
+
+def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
+    from real_runs.arms import resolve_device
+
+    split, path = load_split(dataset, n_train, 1)
+    # "auto" is resolved here (so auto-on-CPU ≡ cpu); an explicit "cuda" is the run's identity
+    # even on a machine without CUDA (it fails when run, not when planned)
+    dev = resolve_device(device) if device == "auto" else device
+    out = {"n_train": len(split.train), "dataset_path": path, "device": dev,
+           "dtype": "bfloat16" if dev == "cuda" else "float32"}
+    if model == "embedded":
+        from real_runs.embedded import resolve_embedded
+
+        e = resolve_embedded(embedded, cache_dir=cache_dir, progress=False, build=False)
+        out.update(embedded_name=e.name, embedded_key=e.key, pretrain_corpus=e.corpus)
+    return out
 
 
 def _versions() -> dict:
@@ -169,38 +286,68 @@ def _batches(seqs, *, batch_size, pad_id, rng: random.Random, device):
             yield {k: v.to(device) for k, v in b.items()}
 
 
-def run_finetune(config: FinetuneConfig | dict) -> dict:
-    """Run one fine-tune and return its validated record (not written anywhere)."""
+def _reset_peak_rss() -> str:
+    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM after reset (per run)"
+    except OSError:
+        return "ru_maxrss (process lifetime: grows across runs)"
+
+
+def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
+    """Run one fine-tune and return its validated record (not written anywhere).
+
+    With ``return_ptq`` returns (record, [PTQ records]) (the list is empty unless cfg.ptq).
+    """
     import torch
     from torch.nn.utils import parametrize
 
     from real_runs import measure as M
-    from real_runs.arms import build_arm, resolve_device
-    from real_runs.data import collate, encode_dialogue, load_dialogues, split_dialogues
-    from real_runs.embedded import EmbeddedConfig
+    from real_runs.arms import build_arm
+    from real_runs.data import clustered_mean_ci, collate, encode_chunks
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    device = resolve_device(cfg.device)
+    res = cfg.resolve()
+    from real_runs.arms import resolve_device
+    device = resolve_device(res["device"])  # a clear error for "cuda" without CUDA
     if cfg.threads is not None and device == "cpu":
         torch.set_num_threads(cfg.threads)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # peak_mem_bytes is per run on GPU
-    emb = EmbeddedConfig() if cfg.embedded == "default" else EmbeddedConfig.tiny()
+    peak_method = "torch.cuda.max_memory_allocated" if device == "cuda" else _reset_peak_rss()
 
-    dialogues = load_dialogues(cfg.dataset)
-    split = split_dialogues(dialogues, n_train=cfg.n_train)
+    split, dataset_path = load_split(cfg.dataset, cfg.n_train, cfg.eval_pairs)
+    emb = cfg.embedded
+    if cfg.model == "embedded" and cfg.embedded in ("pydoc", "tiny"):
+        from real_runs.embedded import EmbeddedConfig
+        emb = EmbeddedConfig() if cfg.embedded == "pydoc" else EmbeddedConfig.tiny()
     built = build_arm(arm=cfg.arm, model=cfg.model, rank=cfg.rank, bits=cfg.bits, scale=cfg.scale,
                       lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
                       rank_pattern=cfg.rank_pattern, bits_pattern=cfg.bits_pattern,
-                      block_size=cfg.block_size, step=cfg.step, double_quant=cfg.double_quant,
+                      block_size=cfg.resolved_block_size(), step=cfg.resolved_step() or "paper",
+                      double_quant=cfg.double_quant,
                       lora_dropout=cfg.lora_dropout, seed=cfg.seed, device=device, embedded=emb,
                       cache_dir=cfg.cache_dir, progress=cfg.progress)
     model, tok = built.model, built.tokenizer
     max_len = min(cfg.seq_len, getattr(model.config, "n_positions", cfg.seq_len))
-    train_seqs = [encode_dialogue(tok, d, seq_len=max_len) for d in split.train]
-    held_seqs = [encode_dialogue(tok, d, seq_len=max_len) for d in split.heldout]
+    # whole dialogues, cut into windows of ≤ max_len tokens (every token used once)
+    train_seqs = [w for d in split.train for w in encode_chunks(tok, d, seq_len=max_len)]
+    # held-out loss: whole held-out dialogues in split order until ≥ eval_tokens predicted tokens
+    held_seqs, held_owner, n_pred = [], [], 0
+    for i, d in enumerate(split.heldout):
+        if n_pred >= cfg.eval_tokens:
+            break
+        for w in encode_chunks(tok, d, seq_len=max_len):
+            held_seqs.append(w)
+            held_owner.append(i)
+            n_pred += len(w) - 1
+    if n_pred < cfg.eval_tokens:
+        import warnings
+        warnings.warn(f"held-out split has only {n_pred} tokens to predict (< eval_tokens={cfg.eval_tokens})")
     pad = tok.eos_token_id
 
     # --- training --------------------------------------------------------------------------
@@ -234,20 +381,22 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
         if not math.isfinite(losses[-1] if losses else 0.0):
             raise FloatingPointError(f"training loss became {losses[-1]} at step {step + 1}")
     train_s = time.time() - t_train
-    model.eval()
 
-    # --- gradient variance, ‖x‖², at the final parameters -----------------------------------
+    # --- gradient variance, ‖x‖², at the final parameters, in TRAINING mode (as trained) ----
     groups = M.lora_groups(built.layers)
     gv_rng = random.Random(10_000 + cfg.seed)
     gv_batches = list(_take(_batches(train_seqs, batch_size=min(cfg.batch_size, len(train_seqs)),
                                      pad_id=pad, rng=gv_rng, device=device), cfg.grad_var_batches))
-    holder: dict = {}
+    holder: dict = {"k": 0}
 
     def loss_of(batch):
         holder["mask"] = batch["attention_mask"]
+        holder["k"] += 1
+        torch.manual_seed(20_000 + 7919 * cfg.seed + holder["k"])  # dropout masks of this sample
         with parametrize.cached():  # one quantization / noise draw per gradient sample
             return model(**batch).loss
 
+    model.train()
     with M.capture_input_norms(built.layers, holder) as acc:
         gv_total, gv_layers = M.grad_variance(loss_of, gv_batches, groups)
     x_norm2 = {n: s / max(c, 1) for n, (s, c) in acc.items()}
@@ -255,47 +404,132 @@ def run_finetune(config: FinetuneConfig | dict) -> dict:
     if built.kind in ("sr", "noise"):
         gvn_total, gvn_layers = M.grad_variance(loss_of, [gv_batches[0]] * cfg.noise_draws, groups)
     range_B, range_A = M.factor_ranges(built.layers)
+    model.eval()
 
     # --- evaluation with the quantized factors (one draw per pass) ---------------------------
+    held_batches = [
+        {k: v.to(device) for k, v in collate(held_seqs[i:i + 16], pad_id=pad).items()}
+        for i in range(0, len(held_seqs), 16)]
     with parametrize.cached():
         eps_total, eps_layers = M.eps_ba(built.layers)
-        held_batches = [
-            {k: v.to(device) for k, v in collate(held_seqs[i:i + 16], pad_id=pad).items()}
-            for i in range(0, len(held_seqs), 16)]
-        ev_loss, _ = M.eval_loss(model, held_batches)
-        f1, em, _ = M.greedy_scores(model, tok, split.pairs[:cfg.eval_pairs],
-                                    max_new_tokens=cfg.max_new_tokens,
-                                    max_prompt=max(1, max_len - cfg.max_new_tokens), device=device)
+        rows = M.eval_loss_rows(model, held_batches)
+        ev_loss = sum(rows[0]) / sum(rows[1])
+        n_eval_tok = int(sum(rows[1]))
+        W = len(rows[1])
+        _, lo, hi = clustered_mean_ci([s * W / n_eval_tok for s in rows[0]], held_owner)
+        f1, em, _, f1s, ems = M.greedy_scores(model, tok, split.pairs,
+                                              max_new_tokens=cfg.max_new_tokens,
+                                              max_prompt=max(1, max_len - cfg.max_new_tokens),
+                                              device=device, return_lists=True)
+    owners = split.pair_dialogue
+    f1_ci = clustered_mean_ci(f1s, owners)[1:] if f1s else (None, None)
+    em_ci = clustered_mean_ci(ems, owners)[1:] if ems else (None, None)
+
+    ptq_records = []
+    if cfg.ptq:
+        ptq_records = _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device)
 
     base = model.get_base_model()
     s = lora_scale(cfg.scale, cfg.lora_alpha if cfg.scale != "one" else cfg.rank, cfg.rank)
+    counts = M.param_counts(base)
+    identity = cfg.identity(res)
+    rid = run_id(identity)
+    step_res = cfg.resolved_step()
     rec = make_record(
-        run_id=cfg.run_id, arm=cfg.arm,
-        model=cfg.model if cfg.model != "embedded" else ("embedded" if cfg.embedded == "default"
-                                                          else "embedded:tiny"),
+        run_id=rid, arm=cfg.arm,
+        model=cfg.model if cfg.model != "embedded" else f"embedded:{res['embedded_name']}",
         dataset=cfg.dataset, rank=cfg.rank, bits=cfg.bits, base_quant=built.base_quant,
         scale=cfg.scale, lora_alpha=float(cfg.lora_alpha if cfg.scale != "one" else cfg.rank),
         seed=cfg.seed, n_train=len(split.train), steps=cfg.steps,
         eval_loss=ev_loss, perplexity=M.perplexity(ev_loss), f1=f1, exact_match=em,
         grad_var=gv_total, eps_ba_fro2=eps_total, wall_s=time.time() - t0,
         train_loss=losses, train_loss_steps=loss_steps,
-        grad_var_layers=gv_layers, grad_var_batches=cfg.grad_var_batches,
+        grad_var_layers=gv_layers, grad_var_batches=cfg.grad_var_batches, grad_var_mode="train",
         grad_var_noise=gvn_total, grad_var_noise_layers=gvn_layers,
         x_norm2=x_norm2, range_B=range_B, range_A=range_A, eps_ba_layers=eps_layers,
-        lora_scale=s, target_modules=list(cfg.target_modules),
+        lora_scale=s, lora_scale_layers=M.layer_scales(built.layers),
+        quant_ranges=M.quant_ranges(built.layers, cfg.resolved_block_size()) if built.kind else None,
+        target_modules=list(cfg.target_modules),
         rounding={"rtn": "nearest", "sr": "stochastic", "nf4": "nf4", "noise": "additive_uniform",
                   None: None}[built.kind],
+        quant_step=step_res,
+        rounding_bias=(None if built.kind != "sr" else
+                       "none: mid-tread grid, ±R representable, E[Q(x)] = x exactly" if step_res == "midtread"
+                       else "biased: paper grid clips the top cell (R − Δ, R] to R − Δ"),
         double_quant=cfg.double_quant if built.base_quant in ("nf4", "fp4") else None,
         trainable_params=sum(p.numel() for p in params),
-        total_params=sum(p.numel() for p in model.parameters()),
-        model_bytes=M.model_bytes(base), peak_mem_bytes=M.peak_memory_bytes(device),
+        total_params=counts["params"] + sum(p.numel() for p in params),
+        model_bytes=counts["bytes"], peak_mem_bytes=M.peak_memory_bytes(device),
+        peak_mem_method=peak_method,
         tokens_per_s=n_tok / train_s if train_s > 0 else None,
         lr=cfg.lr, batch_size=cfg.batch_size, seq_len=max_len,
+        eval_tokens=n_eval_tok, eval_windows=W, eval_dialogues=len(set(held_owner)),
+        eval_loss_ci=[lo, hi], eval_pairs_scored=len(split.pairs),
+        # tokenizer-free: nats per whitespace word of the evaluated dialogues (comparable across models)
+        eval_words=(n_words := sum(len(t.split()) for i in sorted(set(held_owner)) for t in split.heldout[i])),
+        eval_nats_per_word=sum(rows[0]) / max(n_words, 1),
+        eval_pair_dialogues=len(set(owners)), f1_ci=list(f1_ci), exact_match_ci=list(em_ci),
+        embedded_model=res.get("embedded_name"), embedded_key=res.get("embedded_key"),
+        pretrain_corpus=res.get("pretrain_corpus"), dataset_path=dataset_path,
+        dtype=res["dtype"],
         versions=_versions(), device=device if device == "cpu" else torch.cuda.get_device_name(),
         started_at=started, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        config=cfg.identity(),
+        config=identity,
     )
-    return rec
+    for p in ptq_records:
+        p["ptq_of"] = rid
+    return (rec, ptq_records) if return_ptq else rec
+
+
+def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device) -> list[dict]:
+    """PTQ of the trained full-precision adapter (real_runs.ptq), as quantbounds.ptq/1 records."""
+    import torch
+
+    from quantbounds.calib.records import make_ptq_record
+    from real_runs import ptq as P
+    from real_runs.arms import load_base
+    from real_runs.data import collate
+
+    emb = cfg.embedded
+    if cfg.model == "embedded" and cfg.embedded in ("pydoc", "tiny"):
+        from real_runs.embedded import EmbeddedConfig
+        emb = EmbeddedConfig() if cfg.embedded == "pydoc" else EmbeddedConfig.tiny()
+    t0 = time.time()
+    plain, _ = load_base(cfg.model, base_quant="none", device=device, embedded=emb,
+                         cache_dir=cfg.cache_dir, progress=False)
+    plain.eval()
+    rng = random.Random(30_000 + cfg.seed)
+    idx = sorted(rng.sample(range(len(train_seqs)), min(cfg.curvature_windows, len(train_seqs))))
+    curv_batches = [collate([train_seqs[j] for j in idx[i:i + 16]], pad_id=pad)
+                    for i in range(0, len(idx), 16)]
+    curv = P.measure_curvature(built.model, built.layers, curv_batches, seed=cfg.seed)
+    scales = {n: float(layer.scaling["default"]) for n, layer in built.layers.items()}
+    # PTQ evaluates each quantized adapter on the leading held-out batches (whole dialogues, in
+    # split order) until ≥ ptq_eval_tokens predicted tokens, with its own full-precision
+    # reference on exactly those tokens (eval_loss_ref), so each ΔL stays a paired difference
+    nb, n_pred = 0, 0
+    while nb < len(held_batches) and n_pred < cfg.ptq_eval_tokens:
+        n_pred += int((held_batches[nb]["labels"][:, 1:] != -100).sum())
+        nb += 1
+    n_rows = sum(b["input_ids"].shape[0] for b in held_batches[:nb])
+    sub_rows = (rows[0][:n_rows], rows[1][:n_rows])
+    out = P.run_ptq(plain_model=plain, layers=built.layers, scales=scales, curvature=curv,
+                    eval_batches=held_batches[:nb], eval_clusters=held_owner[:n_rows],
+                    ref_rows=sub_rows, schemes=cfg.ptq_schemes, bits=cfg.ptq_bits,
+                    sr_draws=cfg.ptq_sr_draws, seed=cfg.seed, progress=cfg.progress)
+    total_s = time.time() - t0
+    recs = []
+    for r in out:
+        ident = {"ptq_of_config": cfg.identity(), "scheme": r["ptq_scheme"], "bits": r["bits"],
+                 "draw": r["ptq_draw"], "ptq_eval_tokens": cfg.ptq_eval_tokens,
+                 "curvature_windows": cfg.curvature_windows}
+        recs.append(make_ptq_record(
+            run_id=run_id(ident), arm=cfg.arm, rank=cfg.rank, seed=cfg.seed, scale=cfg.scale,
+            lora_alpha=float(cfg.lora_alpha), curvature_tokens=sum(
+                c["tokens"] for c in curv.values()) // max(len(curv), 1),
+            curvature_source="training windows, labels sampled from the model (true Fisher, K-FAC)",
+            ptq_total_s=total_s, **r))
+    return recs
 
 
 def _take(gen, n):

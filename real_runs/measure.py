@@ -165,46 +165,148 @@ def eval_loss(model, batches: Iterable[dict]) -> tuple[float, int]:
 
 
 @torch.no_grad()
+def eval_loss_rows(model, batches: Iterable[dict]) -> tuple[list[float], list[int]]:
+    """Per row (sequence) of every batch: (Σ token cross-entropy in nats, predicted tokens).
+
+    The same token-weighted loss as :func:`eval_loss` (which is Σ sums / Σ counts), kept per
+    sequence so that intervals can be clustered by dialogue.
+    """
+    sums, counts = [], []
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        tgt = b["labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+        sums.extend(ce.double().sum(1).tolist())
+        counts.extend((tgt != -100).sum(1).tolist())
+    return sums, counts
+
+
+@torch.no_grad()
 def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
-                  device: str = "cpu") -> tuple[float, float, list[str]]:
-    """(mean token F1, exact-match rate, responses) of greedy continuations of held-out prompts.
+                  device: str = "cpu", batch_size: int = 32, return_lists: bool = False):
+    """(mean token F1, exact-match rate, responses[, per-pair F1, per-pair EM]) of greedy continuations.
 
     Prompt = t₁⟨eos⟩…t_j⟨eos⟩ (last ``max_prompt`` tokens), generation stops at ⟨eos⟩.
-    One prompt at a time, so no padding can change the positions.
+    Prompts are LEFT-padded into batches of ``batch_size`` with an attention mask (generate
+    derives GPT-2's position ids from the mask, so padding moves no position; tested against
+    one-at-a-time generation).
     """
     from real_runs.data import encode_dialogue
 
     eos = tok.eos_token_id
     f1s, ems, outs = [], [], []
-    for context, reference in pairs:
-        ids = encode_dialogue(tok, context, seq_len=10**9)[-max_prompt:]
-        x = torch.tensor([ids], device=device)
-        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        prompts = [encode_dialogue(tok, c, seq_len=10**9)[-max_prompt:] for c, _ in chunk]
+        L = max(len(p) for p in prompts)
+        x = torch.full((len(prompts), L), eos, dtype=torch.long)
+        m = torch.zeros((len(prompts), L), dtype=torch.long)
+        for k, p in enumerate(prompts):
+            x[k, L - len(p):] = torch.tensor(p, dtype=torch.long)
+            m[k, L - len(p):] = 1
+        y = model.generate(input_ids=x.to(device), attention_mask=m.to(device), do_sample=False,
                            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
-        new = y[0, x.shape[1]:].tolist()
-        if eos in new:
-            new = new[:new.index(eos)]
-        resp = tok.decode(new).strip()
-        outs.append(resp)
-        f1s.append(token_f1(resp, reference))
-        ems.append(exact_match(resp, reference))
+        for k, (_, reference) in enumerate(chunk):
+            new = y[k, L:].tolist()
+            if eos in new:
+                new = new[:new.index(eos)]
+            resp = tok.decode(new).strip()
+            outs.append(resp)
+            f1s.append(token_f1(resp, reference))
+            ems.append(exact_match(resp, reference))
     n = max(1, len(pairs))
+    if return_lists:
+        return sum(f1s) / n, sum(ems) / n, outs, f1s, ems
     return sum(f1s) / n, sum(ems) / n, outs
 
 
 def peak_memory_bytes(device: str) -> int:
-    """Peak memory: CUDA max allocated on GPU; else the process' max RSS (Linux ru_maxrss in KiB)."""
+    """Peak memory: CUDA max allocated on GPU; else the process' peak RSS since the last reset
+    (Linux VmHWM, which ``finetune._reset_peak_rss`` resets at the start of each run), falling
+    back to ru_maxrss (KiB, process lifetime) where /proc is not available."""
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def model_bytes(model) -> int:
-    """Bytes of all parameters and buffers as stored (bnb 4/8-bit weights at their packed size)."""
+def _quant_state_bytes(qs) -> int:
+    """Bytes of a bitsandbytes 4-bit QuantState: absmax (+ nested absmax, code, offset)."""
     n = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        n += t.numel() * t.element_size()
-    return int(n)
+    for name in ("absmax", "code", "offset"):
+        t = getattr(qs, name, None)
+        if isinstance(t, torch.Tensor):
+            n += t.numel() * t.element_size()
+    if getattr(qs, "state2", None) is not None:
+        n += _quant_state_bytes(qs.state2)
+    return n
+
+
+def param_counts(model) -> dict:
+    """{"params": logical parameter count, "bytes": stored bytes} of all parameters and buffers.
+
+    bitsandbytes 4-bit weights (Params4bit) pack two values per byte, so their ``numel`` is
+    half the logical count: the logical count is the QuantState's shape, and their bytes add
+    the absmax (and the nested absmax/code of double quantization). 8-bit weights (Int8Params)
+    add their per-row scales SCB (float32).
+    """
+    params = nbytes = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        if qs is not None and getattr(qs, "shape", None) is not None:
+            params += math.prod(qs.shape)
+            nbytes += p.numel() * p.element_size() + _quant_state_bytes(qs)
+            continue
+        params += p.numel()
+        nbytes += p.numel() * p.element_size()
+        scb = getattr(p, "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            nbytes += scb.numel() * scb.element_size()
+    for b in model.buffers():
+        nbytes += b.numel() * b.element_size()
+    return {"params": int(params), "bytes": int(nbytes)}
+
+
+def model_bytes(model) -> int:
+    """Stored bytes of all parameters and buffers, 4-/8-bit weights with their scales (param_counts)."""
+    return param_counts(model)["bytes"]
+
+
+def layer_scales(layers: dict, adapter: str = "default") -> dict[str, float]:
+    """{layer: the LoRA scale s PEFT applies there} (differs by layer under rank_pattern / alpha_pattern)."""
+    return {n: float(l.scaling[adapter]) for n, l in layers.items()}
+
+
+def quant_ranges(layers: dict, block_size: int | None, adapter: str = "default") -> dict[str, dict]:
+    """Per layer, the quantization ranges R the adapter quantizer uses for B and A.
+
+    Per tensor: the absmax. Per block (``block_size``): count, min, max and mean of R² over
+    the blocks (the noise variance is proportional to R²).
+    """
+    from real_runs.arms import factor_weights
+
+    out = {}
+    for n, layer in layers.items():
+        B, A = factor_weights(layer, adapter, quantized=False)
+        entry = {}
+        for name, W in (("B", B), ("A", A)):
+            if block_size is None:
+                entry[name] = float(W.abs().max())
+            else:
+                R = W.reshape(-1, block_size).abs().amax(dim=1).double()
+                entry[name] = {"blocks": int(R.numel()), "min": float(R.min()), "max": float(R.max()),
+                               "mean_R2": float((R ** 2).mean())}
+        out[n] = entry
+    return out
 
 
 def perplexity(loss: float) -> float:

@@ -19,6 +19,10 @@ Runs = the union over blocks, de-duplicated by run_id in config order. Every run
 configuration is validated before the first one starts, so a typo fails in a second, not
 after an hour; an unknown key anywhere is an error naming it.
 
+PTQ: an fp16 run with ``ptq = true`` also writes its post-training-quantization records
+(quantbounds.ptq/1) to ``ptq_path(out)`` (``<stem>.ptq.jsonl``); it counts as done when its run
+record and all its PTQ records are there.
+
 Resume: the out file is the state. Runs whose run_id has a good record there are skipped;
 a torn last line (``kill -9`` during the write) fails the schema check in ``read_records``,
 so that run is simply re-run and its new line starts on a fresh line (``append_record``).
@@ -37,7 +41,10 @@ import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
-from quantbounds.calib.records import append_record, read_records
+from collections import Counter
+
+from quantbounds.calib.records import (append_lines, append_record, completed_ids, read_ptq_records,
+                                 read_records)
 from real_runs.finetune import FinetuneConfig
 
 TOP_KEYS = ("sweep", "defaults", "grid", "submitit")  # [submitit]: real_runs.submit
@@ -78,7 +85,7 @@ def expand(cfg: dict, *, where: str = "config", overrides: dict | None = None) -
     bad = sorted(set(defaults) - known)
     if bad:
         raise SweepConfigError(f"{where}: unknown key(s) {bad} in [defaults]; known: {sorted(known)}")
-    runs, seen = [], set()
+    runs, seen = [], {}
     for i, block in enumerate(cfg["grid"]):
         bad = sorted(set(block) - known)
         if bad:
@@ -94,10 +101,24 @@ def expand(cfg: dict, *, where: str = "config", overrides: dict | None = None) -
                 rc = FinetuneConfig.from_dict(d)
             except (TypeError, ValueError) as err:
                 raise SweepConfigError(f"{where}: [[grid]] block {i + 1}, run {d}: {err}") from err
-            if rc.run_id not in seen:
-                seen.add(rc.run_id)
+            rid = rc.run_id
+            if rid not in seen:
+                seen[rid] = len(runs)
                 runs.append(rc)
+            elif rc.ptq and not runs[seen[rid]].ptq:
+                runs[seen[rid]] = rc  # the same fp16 run, now also with its PTQ measurements
     return runs
+
+
+def ptq_path(out: str | os.PathLike) -> Path:
+    """Where a sweep writing ``out`` puts the PTQ records: ``<stem>.ptq<suffix>`` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".ptq" + (out.suffix or ".jsonl"))
+
+
+def _ptq_expected(rc) -> int:
+    from real_runs.ptq import plan
+    return len(plan(rc.ptq_schemes, rc.ptq_bits, rc.ptq_sr_draws)) if rc.ptq else 0
 
 
 @contextmanager
@@ -115,13 +136,17 @@ def _exclusive(out: Path):
 
 
 def pending(runs: list[FinetuneConfig], out: str | os.PathLike) -> tuple[list[FinetuneConfig], list]:
-    """(runs without a good record in ``out``, [(line, reason)] of its corrupt lines)."""
+    """(runs without a good record in ``out`` — or, with ptq, without all their PTQ records in
+    ``ptq_path(out)`` —, [(line, reason)] of the corrupt lines of ``out``)."""
     out = Path(out)
-    if not out.exists():
-        return list(runs), []
-    res = read_records(out)
-    done = {r["run_id"] for r in res.records}
-    return [r for r in runs if r.run_id not in done], res.errors
+    done, errors = set(), []
+    if out.exists():
+        res = read_records(out)
+        done, errors = {r["run_id"] for r in res.records}, res.errors
+    ptq_done = Counter(r.get("ptq_of") for r in read_ptq_records(ptq_path(out)).records)
+    todo = [r for r in runs
+            if r.run_id not in done or (r.ptq and ptq_done[r.run_id] < _ptq_expected(r))]
+    return todo, errors
 
 
 def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: int | None = None,
@@ -163,14 +188,18 @@ def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: 
                 if bar is not None:
                     bar.set_postfix_str(f"{rc.arm} r={rc.rank} b={rc.bits} seed={rc.seed}")
                 try:
-                    rec = run_finetune(rc)
+                    rec, ptq_recs = run_finetune(rc, return_ptq=True)
                 except Exception as err:  # noqa: BLE001 - reported, run stays pending
                     if not keep_going:
                         raise
                     counts["failed"] += 1
                     log(f"error: run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}) failed: {err!r}")
                     continue
-                append_record(out, rec)
+                if ptq_recs:  # PTQ lines first (one write), then the run: a crash in between redoes the run
+                    have = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
+                    append_lines(ptq_path(out), [p for p in ptq_recs if p["run_id"] not in have])
+                if rec["run_id"] not in completed_ids(out):
+                    append_record(out, rec)
                 counts["done"] += 1
                 if bar is not None:
                     bar.update(1)

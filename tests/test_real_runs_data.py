@@ -85,10 +85,11 @@ def test_split_is_disjoint_nested_and_seed_stable():
     assert not held & {tuple(x) for x in s_all.train}
     s10 = D.split_dialogues(dialogues, heldout_frac=0.2, n_train=10)
     assert s10.train == s_all.train[:10] and s10.heldout == s_all.heldout
-    # pairs: every (t1…tj → t_{j+1}) of the held-out dialogues, 2 per 3-turn dialogue
-    assert len(s_all.pairs) == 20
-    ctx, resp = s_all.pairs[1]
-    assert ctx == s_all.heldout[0][:2] and resp == s_all.heldout[0][2]
+    # pairs: every (t1…tj → t_{j+1}) of the held-out dialogues, 2 per 3-turn dialogue, the
+    # first round taking one pair from each dialogue (test_real_runs_chitchat checks the spread)
+    assert len(s_all.pairs) == 20 and s_all.pair_dialogue[:10] == list(range(10))
+    for (ctx, resp), i in zip(s_all.pairs, s_all.pair_dialogue):
+        assert ctx + [resp] == s_all.heldout[i][:len(ctx) + 1]
     with pytest.raises(D.DataError, match="n_train"):
         D.split_dialogues(dialogues, heldout_frac=0.2, n_train=41)
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the smallest run that still exercises every measurement
 FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32, n_train=16,
             grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, log_every=1,
-            device="cpu", progress=False)
+            eval_tokens=200, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,8 @@ def test_run_id_ignores_how_but_not_what():
     b = FinetuneConfig(**{**FAST, "threads": 2, "cache_dir": "/elsewhere"})
     assert a.run_id == b.run_id
     assert FinetuneConfig(**{**FAST, "seed": 1}).run_id != a.run_id
-    assert FinetuneConfig(**{**FAST, "bits_pattern": {"c_fc": 3}}).run_id != a.run_id
+    rtn = {**FAST, "arm": "adapter_rtn", "bits": 4}
+    assert FinetuneConfig(**{**rtn, "bits_pattern": {"c_fc": 3}}).run_id != FinetuneConfig(**rtn).run_id
 
 
 def test_config_expansion_and_errors(tmp_path):
@@ -93,13 +94,27 @@ def test_config_expansion_and_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_shipped_configs_expand():
+def test_shipped_configs_expand(tmp_path, monkeypatch):
     emb = expand(load_config(ROOT / "real_runs/configs/embedded.toml"))
-    arms = {r.arm for r in emb}
-    assert len(arms) == 9 and {r.rank for r in emb} >= {4, 16, 64}
-    assert {r.bits for r in emb if r.arm == "adapter_rtn"} == {16, 8, 4, 3, 2}
-    assert len({r.n_train for r in emb if r.arm == "fp16" and r.n_train}) == 3
+    ids = [r.run_id for r in emb]
+    assert len(ids) == len(set(ids))
+    assert {4, 8, 16, 32, 64} <= {r.rank for r in emb}
+    Ns = sorted({r.n_train for r in emb if r.arm == "fp16"})
+    assert Ns[-1] / Ns[0] >= 100  # N over at least two decades
+    assert any(r.ptq for r in emb)
+    # the DialoGPT grid resolves N from DailyDialog: a local file in its published layout
+    import datasets
+    from real_runs import finetune as F
+
+    rows = [{"dialog": [f"hi {i}", f"hello {i}", "bye"], "act": [1, 2, 3], "emotion": [0, 0, 0]}
+            for i in range(50)]
+    pq = tmp_path / "dailydialog_train.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(pq))
+    monkeypatch.setenv("QUANTBOUNDS_DAILYDIALOG", str(pq))
+    monkeypatch.setattr(F, "_DATA_CACHE", {})
     dgpt = expand(load_config(ROOT / "real_runs/configs/dialogpt_medium.toml"))
+    assert {r.identity()["dataset_path"] for r in dgpt} == {str(pq.resolve())}
+    assert {r.identity()["device"] for r in dgpt} == {"cuda"}
     assert {r.rank for r in dgpt} == {4, 8, 16, 32} and {r.seed for r in dgpt} == {0, 1}
 
 

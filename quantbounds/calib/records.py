@@ -83,11 +83,50 @@ OPTIONAL = (
     "tokens_per_s", "lr", "batch_size", "seq_len",
     "versions",            # dict[str, str]
     "device", "started_at", "finished_at",
+    # what exactly ran (issue 14)
+    "embedded_model",      # str: "chitchat" | "pydoc" | "tiny" (None for other models)
+    "embedded_key",        # str: the embedded model's cache key (hash of its weights / build)
+    "pretrain_corpus",     # str: the embedded model's pretraining corpus
+    "dataset_path",        # str: what ``dataset`` resolved to on the machine that ran
+    "dtype",               # str: compute dtype of the 16-bit base ("float32" CPU, "bfloat16" GPU)
+    "grad_var_mode",       # str: "train" (dropout as in training) or "eval"
+    "lora_scale_layers",   # dict[str, float]: the LoRA scale PEFT applies in each layer
+    "quant_ranges",        # dict[str, dict]: the adapter quantizer's ranges per layer (per block: summary)
+    "quant_step",          # str: "paper" | "midtread" grid of the adapter quantizer
+    "rounding_bias",       # str: whether the rounding is unbiased, or how it is biased
+    "peak_mem_method",     # str: how peak_mem_bytes was measured
+    "eval_tokens", "eval_windows", "eval_dialogues",  # int: the held-out evaluation's size
+    "eval_loss_ci",        # [lo, hi]: 95 % interval of eval_loss, clustered by dialogue
+    "eval_words", "eval_nats_per_word",  # whitespace words of the evaluated dialogues; Σ CE / words
+    "eval_pairs_scored",   # int: prompt→response pairs scored for f1 / exact_match
+    "eval_pair_dialogues",  # int: distinct held-out dialogues those pairs come from
+    "f1_ci", "exact_match_ci",  # [lo, hi]: 95 % intervals, clustered by dialogue
+    "config",              # dict: the canonical identity the run_id hashes
 )
 
+def _canonical(v):
+    """JSON-canonical form for hashing: integral floats as ints (16.0 ≡ 16), tuples as lists,
+    dict keys sorted (by json.dumps)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _canonical(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    return str(v)
+
+
 def run_id(config: dict) -> str:
-    """Stable id of a run configuration (sorted-key JSON, sha1, 16 hex digits)."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    """Stable id of a run configuration: sha1 of its canonical sorted-key JSON, 16 hex digits.
+
+    Canonical: 16 and 16.0 hash alike, tuples as lists. (Which fields enter — resolved N,
+    device, dtype, model key, fields an arm ignores — is decided by the caller's identity.)
+    """
+    blob = json.dumps(_canonical(config), sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
@@ -197,3 +236,85 @@ def make_record(**fields: Any) -> dict:
     """Build a record dict with ``schema`` filled in, validated."""
     rec = {"schema": SCHEMA, **fields}
     return validate_record(rec)
+
+
+
+# --- post-training quantization records (quantbounds.ptq/1) -----------------------------------
+# One line per (trained full-precision adapter, scheme, bits, draw), written next to the run
+# records (``<out>.ptq.jsonl``): the trained run is the fp16 record ``ptq_of``; the loss is on
+# exactly that record's held-out tokens, so delta_loss is a paired difference.
+
+PTQ_SCHEMA = "quantbounds.ptq/1"
+PTQ_SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
+PTQ_REQUIRED: dict[str, type | tuple] = {
+    "schema": str, "run_id": str, "arm": str, "rank": int, "seed": int, "bits": int,
+    "ptq_scheme": str, "ptq_draw": int,
+    "eval_loss": (int, float), "eval_loss_ref": (int, float), "delta_loss": (int, float),
+    "delta_loss_ci": list, "pred_plugin": (int, float), "eps_ba_fro2": (int, float),
+    "eps_ba_x2": (int, float), "layers": dict, "eval_tokens": int,
+}
+# optional: ptq_of (the fp16 run_id), pred_moment (None for non-uniform codes), eval_loss_unmerged,
+# perplexity, scale, lora_alpha, curvature_tokens, curvature_source, wall_s, ptq_total_s
+
+
+def validate_ptq_record(rec: dict) -> dict:
+    """Check one PTQ record; return it or raise RecordError."""
+    if not isinstance(rec, dict) or rec.get("schema") != PTQ_SCHEMA:
+        raise RecordError(f"schema must be {PTQ_SCHEMA!r}, got {rec.get('schema') if isinstance(rec, dict) else rec!r}")
+    missing = [k for k in PTQ_REQUIRED if k not in rec]
+    if missing:
+        raise RecordError(f"missing required fields: {missing}")
+    for k, t in PTQ_REQUIRED.items():
+        v = rec[k]
+        if isinstance(v, bool) or not isinstance(v, t):
+            raise RecordError(f"field {k!r} must be {t}, got {v!r}")
+    if rec["ptq_scheme"] not in PTQ_SCHEMES:
+        raise RecordError(f"ptq_scheme must be one of {PTQ_SCHEMES}, got {rec['ptq_scheme']!r}")
+    if not 1 <= rec["bits"] <= 16:
+        raise RecordError(f"bits must be in 1…16, got {rec['bits']}")
+    for k in ("eval_loss", "eval_loss_ref", "delta_loss", "pred_plugin"):
+        if not math.isfinite(rec[k]):
+            raise RecordError(f"field {k!r} must be finite, got {rec[k]!r}")
+    return rec
+
+
+def make_ptq_record(**fields: Any) -> dict:
+    return validate_ptq_record({"schema": PTQ_SCHEMA, **fields})
+
+
+def read_ptq_records(path: str | os.PathLike) -> ReadResult:
+    """Good PTQ records of a JSONL file and (line, reason) of the bad ones (torn lines skipped)."""
+    path = Path(path)
+    out = ReadResult()
+    if not path.exists():
+        return out
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.records.append(validate_ptq_record(json.loads(line)))
+            except (json.JSONDecodeError, RecordError) as err:
+                out.errors.append((i, str(err)))
+    return out
+
+
+def append_lines(path: str | os.PathLike, recs: list[dict]) -> None:
+    """Append already-validated records as lines with ONE write + fsync (see append_record)."""
+    if not recs:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in recs)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with path.open("rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    blob = "\n" + blob
+        os.write(fd, blob.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -251,3 +251,55 @@ def eps_ba_variance_bound(
         * (2.0 / 3.0 * 4.0 ** (-b) + 1.0 / 9.0 * 16.0 ** (-b))
     )
     return float(out) if np.ndim(out) == 0 else out
+
+
+def eps_ba_curvature_moment(B: Any, A: Any, Sigma_x: Any, G: Any, var_A: Any, var_B: Any, *,
+                            scale: Any = 1.0) -> EpsBAMoments:
+    """Curvature-weighted second moment E tr(ε_BA·Σ_x·ε_BAᵀ·G), exact for independent zero-mean noise.
+
+    The loss cost of quantizing B, A to second order under a K-FAC Hessian H ≈ Σ_x ⊗ G
+    (DESIGN.md §2): E[ΔL] ≈ ½·s²·E tr(ε_BA·Σ_x·ε_BAᵀ·G), with the three terms
+
+        E tr(B·ε_A·Σ_x·ε_Aᵀ·Bᵀ·G)      = σ_A²·tr(Σ_x)·tr(Bᵀ·G·B)
+        E tr(ε_B·A·Σ_x·Aᵀ·ε_Bᵀ·G)      = σ_B²·tr(A·Σ_x·Aᵀ)·tr(G)
+        E tr(ε_B·ε_A·Σ_x·ε_Aᵀ·ε_Bᵀ·G)  = r·σ_A²·σ_B²·tr(Σ_x)·tr(G)
+
+    (cross terms vanish). With per-entry variances V_A (r×n), V_B (m×r):
+    Σ_kj V_A[k,j]·Σ_x[j,j]·(BᵀGB)[k,k], Σ_ik V_B[i,k]·G[i,i]·(AΣ_xAᵀ)[k,k] and
+    Σ_ikj V_B[i,k]·V_A[k,j]·G[i,i]·Σ_x[j,j], which reduce to the scalar forms. G = I_m gives
+    E‖ε_BA·x‖² for Σ_x = x·xᵀ (``eps_ba_output_moment``).
+
+    B: (m, r); A: (r, n); Sigma_x: (n, n) input second moment E[x·xᵀ]; G: (m, m) output-gradient
+    second moment; both symmetric positive semi-definite (not checked beyond shape and
+    finiteness). Orientation: ε_BA maps inputs (n) to outputs (m) — for GPT-2's Conv1D, whose
+    weight is stored (n_in, n_out), B·A is the transpose of the stored delta. Returns an
+    :class:`EpsBAMoments` (terms and total, each multiplied by s²).
+    """
+    B, A, m, r, n, dtype = _factors(B, A)
+    _check_scale(scale)
+    Sx = jnp.asarray(Sigma_x, dtype)
+    Gm = jnp.asarray(G, dtype)
+    if Sx.shape != (n, n):
+        raise ValueError(f"Sigma_x must have shape ({n}, {n}) (A is {r}×{n}), got {Sx.shape}")
+    if Gm.shape != (m, m):
+        raise ValueError(f"G must have shape ({m}, {m}) (B is {m}×{r}), got {Gm.shape}")
+    check_finite(Sx, "Sigma_x")
+    check_finite(Gm, "G")
+    VA = _variance(var_A, (r, n), "var_A", dtype)
+    VB = _variance(var_B, (m, r), "var_B", dtype)
+    return EpsBAMoments(*_curvature_core(B, A, Sx, Gm, VA, VB, jnp.asarray(scale, dtype)))
+
+
+@jax.jit
+def _curvature_core(B, A, Sx, G, VA, VB, s):
+    s2 = s * s
+    sx_d = jnp.diagonal(Sx)                      # Σ_x[j, j], (n,)
+    g_d = jnp.diagonal(G)                        # G[i, i], (m,)
+    btgb = jnp.sum(B * (G @ B), axis=0)          # (BᵀGB)[k, k], (r,)
+    asa = jnp.sum((A @ Sx) * A, axis=1)          # (AΣ_xAᵀ)[k, k], (r,)
+    va_s = VA @ sx_d                             # Σ_j V_A[k, j]·Σ_x[j, j], (r,)
+    vb_g = g_d @ VB                              # Σ_i G[i, i]·V_B[i, k], (r,)
+    t1 = s2 * jnp.dot(btgb, va_s)
+    t2 = s2 * jnp.dot(vb_g, asa)
+    t3 = s2 * jnp.dot(vb_g, va_s)
+    return t1, t2, t3, t1 + t2 + t3

@@ -1,0 +1,323 @@
+"""Post-training quantization of trained LoRA adapters, and its loss cost predicted with no fitted constant.
+
+One full-precision fine-tune yields the whole b-curve: the trained B, A of every adapted layer
+are quantized after training at every bit-width and scheme (``SCHEMES``), the quantized
+adapter is merged into the frozen base (W = W0 + s·Q(B)·Q(A), in GPT-2's Conv1D orientation
+(n_in, n_out), i.e. the transpose of B·A), and the held-out loss is measured on exactly the
+tokens of the full-precision evaluation, so every increase ΔL = L(Q) − L(fp) is a paired
+difference (its interval is clustered by dialogue).
+
+The prediction (DESIGN.md §2). To second order in the weight perturbation ΔW = s·ε_BA of
+each adapted layer, with a K-FAC approximation of the Gauss–Newton/Fisher matrix of the mean
+token loss, H ≈ Σ_x ⊗ G, where
+
+    Σ_x = (1/T)·Σ_t x_t·x_tᵀ           (n × n, the layer's input second moment), and
+    G   = (1/T)·Σ_t g_t·g_tᵀ           (m × m), g_t = ∂(Σ_t' ℓ_t')/∂y_t, labels drawn from
+                                        the model's own predictive distribution (the true Fisher,
+                                        equal to the Gauss–Newton matrix for softmax cross-entropy),
+
+both measured on the full-precision model over training windows (never on quantized runs,
+never on evaluation labels), the predicted increase is
+
+    ΔL̂ = ½·Σ_layers tr(ΔW·Σ_x·ΔWᵀ·G) = ½·s²·Σ_layers tr(ε_BA·Σ_x·ε_BAᵀ·G).
+
+The first-order term ⟨∇_W L, ΔW⟩ is recorded apart (``pred_first_order``, with ∇_W L the
+gradient of the held-out loss at the full-precision weights — the one measurement that uses
+the evaluation tokens' labels; it is zero in expectation for SR, not necessarily for RTN).
+Two second-order versions are recorded: ``pred_plugin`` puts the realised ε_BA of this quantization in
+(tests curvature + second order), ``pred_moment`` its expectation under the noise model
+(``quantbounds.moments.eps_ba_curvature_moment``: σ² = Δ²/12 per group for RTN, the exact
+Bernoulli variance Δ²·p(1−p) of each entry for SR; none for the non-uniform codes), which also
+tests the additive model. First-order terms are dropped: E[ε] = 0 for SR (unbiased grid) and
+≈ 0 for RTN; at a fine-tuned (not converged-on-eval) point g·ΔW is not zero, which is one of
+the places the prediction can break. Layers are treated as independent (K-FAC's block
+diagonal), another.
+
+Schemes (each factor quantized on its own; B is m×r, A is r×n, "channel" = axis 0, i.e. per
+output row of each factor):
+
+    rtn_tensor / rtn_channel / rtn_block   uniform, paper grid Δ = 2^{1−b}·R, round to nearest,
+                                           R per tensor / row / block of 64
+    sr_tensor                              uniform, mid-tread grid Δ = R/(2^{b−1}−1) (±R on the
+                                           grid, so SR is exactly unbiased), stochastic rounding,
+                                           ``sr_draws`` independent draws
+    nf4 / fp4                              bitsandbytes codes, block 64 (4 bits only)
+    int8                                   mid-tread 8-bit per row (LLM.int8's vector-wise absmax)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from quantbounds._checks import check_bits, check_choice, check_int_range
+from real_runs.fakequant import quantize_code, quantize_uniform
+
+SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
+FIXED_BITS = {"nf4": 4, "fp4": 4, "int8": 8}
+DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+BLOCK = 64
+
+
+def check_ptq_bits(bits) -> tuple[int, ...]:
+    """PTQ bit-widths: a non-empty list of integers in 1…16 (ValueError naming ``ptq_bits``)."""
+    if isinstance(bits, int):
+        bits = (bits,)
+    bits = tuple(bits)
+    if not bits:
+        raise ValueError("ptq_bits must be a non-empty list of bit-widths in 1…16")
+    for b in bits:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
+            raise ValueError(f"ptq_bits must hold integers in 1…16, got {b!r}")
+    return tuple(sorted(set(bits)))
+
+
+def check_schemes(schemes) -> tuple[str, ...]:
+    schemes = (schemes,) if isinstance(schemes, str) else tuple(schemes)
+    if not schemes:
+        raise ValueError(f"ptq_schemes must be a non-empty list of {SCHEMES}")
+    for s in schemes:
+        check_choice(s, "ptq_schemes", SCHEMES)
+    return schemes
+
+
+def plan(schemes, bits, sr_draws: int) -> list[tuple[str, int, int]]:
+    """[(scheme, bits, draw)]: every uniform scheme at every b (SR at b ≥ 2, ``sr_draws`` draws), codes once."""
+    out = []
+    for s in schemes:
+        if s in FIXED_BITS:
+            out.append((s, FIXED_BITS[s], 0))
+            continue
+        for b in bits:
+            if s == "sr_tensor":
+                if b < 2:  # the mid-tread grid needs b ≥ 2
+                    continue
+                out.extend((s, b, d) for d in range(sr_draws))
+            else:
+                out.append((s, b, 0))
+    return out
+
+
+def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
+    """(Q(W), per-entry noise variance under the scheme's model or None) of one factor (float32)."""
+    check_choice(scheme, "scheme", SCHEMES)
+    bits = check_bits(bits)
+    if scheme in ("rtn_tensor", "rtn_channel", "rtn_block"):
+        kw = {"rtn_tensor": {}, "rtn_channel": {"axis": 0}, "rtn_block": {"block_size": BLOCK}}[scheme]
+        Q = quantize_uniform(W, bits=bits, step="paper", **kw)
+        # additive model: Δ²/12 with Δ = 2^{1−b}·R of the entry's group
+        if scheme == "rtn_tensor":
+            R = W.abs().amax().expand_as(W)
+        elif scheme == "rtn_channel":
+            R = W.abs().amax(dim=1, keepdim=True).expand_as(W)
+        else:
+            R = W.reshape(-1, BLOCK).abs().amax(dim=1, keepdim=True).expand(-1, BLOCK).reshape(W.shape)
+        var = (R.double() * 2.0 ** (1 - bits)) ** 2 / 12.0
+        return Q, var
+    if scheme == "sr_tensor":
+        u = torch.rand(W.shape, generator=generator, dtype=W.dtype)
+        Q = quantize_uniform(W, bits=bits, step="midtread", u=u)
+        R = W.abs().amax()
+        if float(R) == 0.0:
+            return Q, torch.zeros_like(W, dtype=torch.float64)
+        delta = R.double() / (2.0 ** (bits - 1) - 1)
+        t = W.double() / delta
+        p = t - torch.floor(t)
+        return Q, delta ** 2 * p * (1 - p)      # exact: Var = Δ²·p(1−p) given W
+    if scheme in ("nf4", "fp4"):
+        return quantize_code(W, code=scheme, block_size=BLOCK), None
+    # int8: mid-tread, 8 bits, per row
+    return quantize_uniform(W, bits=8, axis=0, step="midtread"), None
+
+
+# --- curvature on the full-precision model --------------------------------------------------
+
+def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[str, dict]:
+    """{layer: {"Sigma_x": n×n, "G": m×m, "tokens": T}} (float64) over the real tokens of ``batches``.
+
+    x_t: the adapted layer's input; g_t: the gradient of the summed token loss (labels sampled
+    from the model's softmax, seeded) with respect to the layer's output y_t (base + LoRA).
+    The model is put in eval mode (no dropout) for the measurement.
+    """
+    was = model.training
+    model.eval()
+    acc = {n: {"Sigma_x": None, "G": None, "tokens": 0} for n in layers}
+    cur = {}
+    handles = []
+
+    def fwd_hook(name):
+        def hook(mod, args, out):
+            x = args[0].detach()
+            cur[name] = x
+            if out.requires_grad:
+                def ghook(g, name=name):
+                    m = cur["mask"].bool()
+                    gg = g.detach()[m].double()
+                    a = acc[name]
+                    a["G"] = gg.T @ gg if a["G"] is None else a["G"] + gg.T @ gg
+                out.register_hook(ghook)
+            m = cur["mask"].bool()
+            xx = x[m].double()
+            a = acc[name]
+            a["Sigma_x"] = xx.T @ xx if a["Sigma_x"] is None else a["Sigma_x"] + xx.T @ xx
+            a["tokens"] += int(m.sum())
+        return hook
+
+    for n, layer in layers.items():
+        handles.append(layer.register_forward_hook(fwd_hook(n)))
+    gen = torch.Generator().manual_seed(99_991 + seed)
+    try:
+        for b in batches:
+            # positions whose NEXT token exists and is real carry a loss
+            mask = b["attention_mask"].clone()
+            cur["mask"] = mask
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            probs = torch.softmax(logits.detach().float()[:, :-1], dim=-1)
+            sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen)
+            sampled = sampled.reshape(probs.shape[:2])
+            valid = (b["attention_mask"][:, 1:] == 1)
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), sampled, reduction="none")
+            (ce * valid).sum().backward()
+            model.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    out = {}
+    for n, a in acc.items():
+        T = max(a["tokens"], 1)
+        out[n] = {"Sigma_x": a["Sigma_x"] / T, "G": a["G"] / T, "tokens": a["tokens"]}
+    return out
+
+
+def eval_weight_gradients(model, mods: dict, conv: dict, batches) -> dict[str, torch.Tensor]:
+    """{layer: ∇_W L} (m × n, float64) of the mean token loss over ``batches`` at the current weights.
+
+    The first-order term of the loss change, ⟨∇_W L, ΔW⟩, which the second-order prediction
+    leaves out (it vanishes in expectation for unbiased SR; for RTN it does not have to).
+    Conv1D gradients (n_in, n_out) are transposed to the (out, in) orientation of B·A.
+    """
+    was = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in mods.values():
+        m.weight.requires_grad_(True)
+        m.weight.grad = None
+    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    try:
+        for b in batches:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:],
+                                                   ignore_index=-100, reduction="sum")
+            (ce / total).backward()
+        out = {}
+        for n, m in mods.items():
+            g = m.weight.grad.detach().double()
+            out[n] = g.T.clone() if conv[n] else g.clone()
+    finally:
+        for m in mods.values():
+            m.weight.grad = None
+            m.weight.requires_grad_(False)
+        model.train(was)
+    return out
+
+
+def _quad(E: torch.Tensor, Sx: torch.Tensor, G: torch.Tensor) -> float:
+    """tr(E·Σ_x·Eᵀ·G) in float64."""
+    return float(torch.einsum("ij,jk,lk,li->", E, Sx, E, G))
+
+
+def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_batches,
+            eval_clusters, ref_rows, schemes, bits, sr_draws: int, seed: int,
+            progress: bool = False) -> list[dict]:
+    """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
+
+    plain_model: the base GPT-2 without adapters, float32, whose adapted modules (by the
+    ``layers`` names) get W0 + s·Q(B)Q(A) merged in for each evaluation; ref_rows: the
+    (Σ CE, count) rows of the full-precision adapted model on ``eval_batches``, for pairing.
+    """
+    from quantbounds.epsba.moments import eps_ba_curvature_moment
+    from real_runs.arms import factor_weights
+    from real_runs.data import clustered_mean_ci
+    from real_runs.measure import eval_loss_rows
+
+    check_int_range(sr_draws, "ptq_sr_draws", 1)
+    facs = {n: tuple(t.detach().float().clone() for t in factor_weights(l, quantized=False))
+            for n, l in layers.items()}
+    mods = {n: plain_model.get_submodule(n) for n in layers}
+    W0 = {n: m.weight.detach().clone() for n, m in mods.items()}
+    conv = {n: tuple(W0[n].shape) == (facs[n][1].shape[1], facs[n][0].shape[0]) for n in layers}
+    ref_sum, ref_cnt = ref_rows
+    ref_loss = sum(ref_sum) / sum(ref_cnt)
+    items = plan(schemes, bits, sr_draws)
+
+    def merge(deltas):
+        with torch.no_grad():
+            for n, m in mods.items():
+                d = deltas[n] * scales[n]
+                m.weight.copy_(W0[n] + (d.T if conv[n] else d).to(W0[n].dtype))
+
+    # the full-precision merge on the same path, to separate merge rounding from quantization
+    merge({n: (B @ A) for n, (B, A) in facs.items()})
+    fp_sum, fp_cnt = eval_loss_rows(plain_model, eval_batches)
+    fp_loss = sum(fp_sum) / sum(fp_cnt)
+    grads = eval_weight_gradients(plain_model, mods, conv, eval_batches)
+    results = []
+    it = items
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(items, desc="PTQ", leave=False)
+    for scheme, b, draw in it:
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7919 * b + draw)
+        deltas, per = {}, {}
+        pred_plugin = 0.0
+        pred_moment = 0.0 if scheme not in ("nf4", "fp4", "int8") else None
+        for n, (B, A) in facs.items():
+            QB, vB = quantize_factor(B, scheme, b, generator=gen)
+            QA, vA = quantize_factor(A, scheme, b, generator=gen)
+            E = QB.double() @ QA.double() - B.double() @ A.double()     # ε_BA, m × n
+            deltas[n] = (QB @ QA)
+            c = curvature[n]
+            s = scales[n]
+            quad = _quad(E, c["Sigma_x"], c["G"])
+            x2 = float(torch.einsum("ij,jk,ik->", E, c["Sigma_x"], E))   # E_x‖ε_BA·x‖²
+            layer = {"eps_ba_fro2": float((E ** 2).sum()), "eps_ba_x2": x2,
+                     "pred_plugin": 0.5 * s * s * quad,
+                     "pred_first_order": s * float((grads[n] * E).sum()),
+                     "range_B": float(B.abs().max()), "range_A": float(A.abs().max())}
+            pred_plugin += layer["pred_plugin"]
+            if pred_moment is not None:
+                mom = eps_ba_curvature_moment(B.double().numpy(), A.double().numpy(),
+                                              c["Sigma_x"].numpy(), c["G"].numpy(),
+                                              vA.numpy(), vB.numpy(), scale=s)
+                layer["pred_moment"] = 0.5 * float(mom.total)
+                pred_moment += layer["pred_moment"]
+            per[n] = layer
+        merge(deltas)
+        q_sum, q_cnt = eval_loss_rows(plain_model, eval_batches)
+        if q_cnt != fp_cnt:
+            raise RuntimeError("PTQ evaluation saw different tokens than the reference")
+        q_loss = sum(q_sum) / sum(q_cnt)
+        # paired per-window differences, clustered by dialogue: with d_w = (q_w − f_w)·W/Σn,
+        # mean_w d_w = Σ_w (q_w − f_w)/Σ_w n_w = ΔL exactly
+        tot = sum(q_cnt)
+        diffs = [(qs - fs) * len(q_cnt) / tot for qs, fs in zip(q_sum, fp_sum)]
+        d_mean, d_lo, d_hi = clustered_mean_ci(diffs, eval_clusters)
+        results.append({
+            "ptq_scheme": scheme, "bits": b, "ptq_draw": draw,
+            "eval_loss": q_loss, "eval_loss_ref": fp_loss, "eval_loss_unmerged": ref_loss,
+            "delta_loss": q_loss - fp_loss, "delta_loss_ci": [d_lo, d_hi],
+            "pred_plugin": pred_plugin, "pred_moment": pred_moment,
+            "pred_first_order": sum(v["pred_first_order"] for v in per.values()),
+            "eps_ba_fro2": sum(v["eps_ba_fro2"] for v in per.values()),
+            "eps_ba_x2": sum(v["eps_ba_x2"] for v in per.values()),
+            "layers": per, "eval_tokens": tot, "wall_s": time.time() - t0,
+            "perplexity": math.exp(min(q_loss, 700.0)),
+        })
+    # leave the plain model at the full-precision merge
+    merge({n: (B @ A) for n, (B, A) in facs.items()})
+    return results

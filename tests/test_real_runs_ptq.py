@@ -1,0 +1,185 @@
+"""real_runs.ptq: the PTQ schemes' noise, the curvature and gradient measurements, and PTQ in sweeps."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from quantbounds.calib.records import read_ptq_records, read_records  # noqa: E402
+from real_runs import ptq as P  # noqa: E402
+from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402
+from real_runs.sweep import expand, load_config, pending, ptq_path, run_sweep  # noqa: E402
+
+FAST = dict(model="embedded", embedded="tiny", steps=4, batch_size=4, seq_len=32, n_train=16,
+            grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, eval_tokens=300,
+            device="cpu", progress=False, curvature_windows=8)
+
+
+def test_plan_counts_and_bad_bits():
+    items = P.plan(P.SCHEMES, (1, 2, 8), 3)
+    # RTN ×3 schemes × 3 b, SR at b ≥ 2 only × 3 draws, nf4/fp4/int8 once
+    assert len(items) == 9 + 2 * 3 + 3
+    assert ("sr_tensor", 1, 0) not in items and ("int8", 8, 0) in items
+    for bad in ([0], [17], [], [2.5], [True]):
+        with pytest.raises(ValueError, match="ptq_bits"):
+            P.check_ptq_bits(bad)
+
+
+def test_rtn_tensor_hand_case_and_model_variance():
+    W = torch.tensor([[1.0, -0.3], [0.26, 0.0]])
+    Q, var = P.quantize_factor(W, "rtn_tensor", 2)
+    # paper grid at b = 2: Δ = R/2 = 0.5, q ∈ {−2, −1, 0, 1}: 1.0 clips to 0.5
+    assert Q.tolist() == [[0.5, -0.5], [0.5, 0.0]]
+    assert torch.allclose(var, torch.full((2, 2), 0.25 / 12, dtype=torch.float64))
+
+
+def test_sr_midtread_is_unbiased_with_the_stated_variance():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(4, 16, generator=g)
+    W[0, 0] = W.abs().max() * 1.0  # the absmax entry (top cell: biased on the paper grid)
+    K = 4000
+    draws = torch.stack([P.quantize_factor(W, "sr_tensor", 3, generator=g)[0] for _ in range(K)]).double()
+    _, var = P.quantize_factor(W, "sr_tensor", 3, generator=g)
+    mean, emp_var = draws.mean(0), draws.var(0)
+    se = torch.sqrt(var / K).clamp_min(1e-12)
+    assert ((mean - W.double()).abs() <= 5 * se + 1e-7).all()
+    # variance: relative s.e. of a Bernoulli-scaled sample variance ≤ √(2/K)·(kurtosis factor);
+    # for a two-point variable the sample variance's s.d. ≤ var·√((1/(p(1−p)) )/K); check the total
+    ok = var > 0
+    ratio = float(emp_var[ok].sum() / var[ok].sum())
+    assert abs(ratio - 1) < 0.05
+
+
+def test_int8_and_codes_have_no_moment_model():
+    W = torch.randn(8, 64)
+    for s in ("nf4", "fp4", "int8"):
+        Q, var = P.quantize_factor(W, s, 4)
+        assert var is None and Q.shape == W.shape and float((Q - W).abs().max()) < float(W.abs().max())
+
+
+class _Toy(torch.nn.Module):
+    """Embedding → one Linear producing the logits: the layer's output gradient is p − e_y."""
+
+    def __init__(self, V=7, d=5):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.emb = torch.nn.Embedding(V, d)
+        self.out = torch.nn.Linear(d, V, bias=False)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(V, d, generator=g))
+            self.out.weight.copy_(torch.randn(V, d, generator=g) * 0.7)
+
+    def forward(self, input_ids, attention_mask=None):
+        class O:
+            pass
+        o = O()
+        o.logits = self.out(self.emb(input_ids))
+        return o
+
+
+def test_curvature_sigma_x_exact_and_fisher_trace():
+    m = _Toy()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 7, (40, 50), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:, 45:] = 0
+    batches = [{"input_ids": ids[i:i + 10], "attention_mask": mask[i:i + 10]} for i in range(0, 40, 10)]
+    c = P.measure_curvature(m, {"out": m.out}, batches, seed=0)["out"]
+    # Σ_x over the real tokens (the hook sees every real position, including the last one)
+    x = m.emb(ids)[mask.bool()].double()
+    assert c["tokens"] == x.shape[0]
+    assert torch.allclose(c["Sigma_x"], x.T @ x / x.shape[0], rtol=1e-10, atol=1e-12)
+    # G: gradient at positions that predict a real next token: E_y‖p − e_y‖² = 1 − ‖p‖²
+    with torch.no_grad():
+        p = torch.softmax(m.out(m.emb(ids)).double(), -1)[:, :-1]
+    valid = mask[:, 1:].bool()
+    want = float((1 - (p ** 2).sum(-1))[valid].sum()) / c["tokens"]
+    n_valid = int(valid.sum())
+    # per-token ‖p − e_y‖² ∈ [0, 2]: s.d. ≤ 1, so 5 s.e. ≤ 5·√n_valid / tokens
+    assert abs(float(torch.trace(c["G"])) - want) <= 5 * math.sqrt(n_valid) / c["tokens"]
+
+
+def test_eval_weight_gradient_matches_central_differences(embedded_tiny_cache):
+    from real_runs.arms import load_base
+    from real_runs.data import collate
+    from real_runs.embedded import EmbeddedConfig
+
+    lm, tok = load_base("embedded", base_quant="none", embedded=EmbeddedConfig.tiny(),
+                        cache_dir=embedded_tiny_cache, progress=False)
+    lm = lm.double().eval()
+    seqs = [tok(t)["input_ids"][:20] for t in ["hello there, how are you", "the cat sat on the mat today",
+                                             "what would happen if computers talked"]]
+    batches = [collate(seqs, pad_id=tok.eos_token_id)]
+    name = "transformer.h.1.mlp.c_fc"
+    mod = lm.get_submodule(name)
+    grads = P.eval_weight_gradients(lm, {name: mod}, {name: True}, batches)
+    gen = torch.Generator().manual_seed(0)
+    D = torch.randn(grads[name].shape, generator=gen, dtype=torch.float64)   # (out, in)
+    W0 = mod.weight.detach().clone()
+    from real_runs.measure import eval_loss
+
+    def L(t):
+        with torch.no_grad():
+            mod.weight.copy_(W0 + t * D.T)
+        return eval_loss(lm, batches)[0]
+
+    h = 1e-4
+    fd = (L(h) - L(-h)) / (2 * h)
+    L(0.0)
+    assert fd == pytest.approx(float((grads[name] * D).sum()), rel=1e-6, abs=1e-10)
+
+
+def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
+    cfg = FinetuneConfig(**FAST, cache_dir=str(embedded_tiny_cache), ptq=True, ptq_bits=(2, 16), ptq_eval_tokens=150,
+                         ptq_schemes=("rtn_tensor", "sr_tensor", "nf4"), ptq_sr_draws=2)
+    rec, ptq = run_finetune(cfg, return_ptq=True)
+    assert len(ptq) == len(P.plan(cfg.ptq_schemes, cfg.ptq_bits, 2)) == 2 + 4 + 1
+    by = {(p["ptq_scheme"], p["bits"], p["ptq_draw"]): p for p in ptq}
+    for p in ptq:
+        assert p["ptq_of"] == rec["run_id"] and p["eval_tokens"] <= rec["eval_tokens"]
+        # the merged full-precision path is the PEFT forward up to float32 rounding
+        assert p["eval_loss_ref"] == pytest.approx(p["eval_loss_unmerged"], rel=1e-5)
+        assert p["delta_loss_ci"][0] <= p["delta_loss"] <= p["delta_loss_ci"][1]
+        assert p["pred_plugin"] >= 0 and set(p["layers"]) == set(rec["eps_ba_layers"])
+    assert abs(by[("rtn_tensor", 16, 0)]["delta_loss"]) < 1e-5
+    assert by[("rtn_tensor", 2, 0)]["eps_ba_fro2"] > 1e3 * by[("rtn_tensor", 16, 0)]["eps_ba_fro2"]
+    assert by[("nf4", 4, 0)]["pred_moment"] is None and by[("sr_tensor", 2, 1)]["pred_moment"] > 0
+    # SR draws differ, their moment prediction (an expectation) does not
+    a, b = by[("sr_tensor", 2, 0)], by[("sr_tensor", 2, 1)]
+    assert a["eps_ba_fro2"] != b["eps_ba_fro2"] and a["pred_moment"] == b["pred_moment"]
+
+
+def _write_config(path, defaults, grids):
+    lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [f"{k} = {json.dumps(v)}" for k, v in defaults.items()]
+    for g in grids:
+        lines += ["", "[[grid]]"] + [f"{k} = {json.dumps(v)}" for k, v in g.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
+    defaults = {**FAST, "cache_dir": str(embedded_tiny_cache), "ptq_bits": [3], "ptq_schemes": ["rtn_tensor", "int8"]}
+    cfg = _write_config(tmp_path / "s.toml", defaults, [
+        {"arm": "fp16", "rank": 2, "seed": 0},
+        {"arm": "fp16", "rank": 2, "seed": 0, "ptq": True},   # the same run, with PTQ: merged
+    ])
+    runs = expand(load_config(cfg))
+    assert len(runs) == 1 and runs[0].ptq
+    out = tmp_path / "runs.jsonl"
+    assert run_sweep(cfg, out, progress=False)["done"] == 1
+    (rec,) = read_records(out, strict=True).records
+    ptq = read_ptq_records(ptq_path(out)).records
+    assert len(ptq) == 2 and {p["ptq_of"] for p in ptq} == {rec["run_id"]}
+    assert pending(runs, out)[0] == []
+    # lose one PTQ line: the run is pending again, and redoing it adds only what is missing
+    lines = ptq_path(out).read_text().splitlines()
+    ptq_path(out).write_text(lines[0] + "\n")
+    assert len(pending(runs, out)[0]) == 1
+    assert run_sweep(cfg, out, progress=False)["done"] == 1
+    assert len(read_records(out).records) == 1
+    ptq2 = read_ptq_records(ptq_path(out)).records
+    assert len(ptq2) == 2 and len({p["run_id"] for p in ptq2}) == 2
