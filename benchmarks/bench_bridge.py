@@ -52,6 +52,7 @@ def _step_fn(built, batch):
         opt.step()
         if batch["input_ids"].is_cuda:
             torch.cuda.synchronize()
+
     return step
 
 
@@ -92,24 +93,38 @@ def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -
 
     with Progress() as prog:
         task = prog.add_task("timing arms (CPU)", total=rounds)
-        times, cpu = _time_arms(builder, ARMS_TIMED, batch, rounds=rounds,
-                                steps_per_round=steps_per_round,
-                                progress=lambda i, n: prog.update(task, completed=i))
+        times, cpu = _time_arms(
+            builder,
+            ARMS_TIMED,
+            batch,
+            rounds=rounds,
+            steps_per_round=steps_per_round,
+            progress=lambda i, n: prog.update(task, completed=i),
+        )
     med = {a: statistics.median(v) for a, v in times.items()}
     medc = {a: statistics.median(v) for a, v in cpu.items()}
     best = {a: min(v) for a, v in cpu.items()}
     ratio_cpu = {a: medc[a] / medc["fp16"] for a in medc}
     ratio_best = {a: best[a] / best["fp16"] for a in best}
-    return {"model": "embedded:tiny" if tiny else "embedded:chitchat", "batch": list(x.shape), "rank": rank,
-            "threads": 1,
-            "median_step_s": med, "ratio_vs_fp16": {a: med[a] / med["fp16"] for a in med},
-            # one torch thread: the process' CPU time is its step cost, far less disturbed by
-            # other processes on a shared machine than wall time; the target is judged on it
-            "median_step_cpu_s": medc, "ratio_cpu_vs_fp16": ratio_cpu,
-            # the least disturbed round of each arm (as bench_montecarlo keeps the best round)
-            "best_step_cpu_s": best, "ratio_best_cpu_vs_fp16": ratio_best,
-            "rounds_s": times, "rounds_cpu_s": cpu, "target_adapter_rtn_ratio": 1.15,
-            "meets_target": ratio_best["adapter_rtn"] <= 1.15}
+    return {
+        "model": "embedded:tiny" if tiny else "embedded:chitchat",
+        "batch": list(x.shape),
+        "rank": rank,
+        "threads": 1,
+        "median_step_s": med,
+        "ratio_vs_fp16": {a: med[a] / med["fp16"] for a in med},
+        # one torch thread: the process' CPU time is its step cost, far less disturbed by
+        # other processes on a shared machine than wall time; the target is judged on it
+        "median_step_cpu_s": medc,
+        "ratio_cpu_vs_fp16": ratio_cpu,
+        # the least disturbed round of each arm (as bench_montecarlo keeps the best round)
+        "best_step_cpu_s": best,
+        "ratio_best_cpu_vs_fp16": ratio_best,
+        "rounds_s": times,
+        "rounds_cpu_s": cpu,
+        "target_adapter_rtn_ratio": 1.15,
+        "meets_target": ratio_best["adapter_rtn"] <= 1.15,
+    }
 
 
 def gpu_benchmark(*, rounds: int, rank: int) -> dict:
@@ -128,27 +143,59 @@ def gpu_benchmark(*, rounds: int, rank: int) -> dict:
     x = torch.randint(1, 50000, (8, 128), device="cuda")
     batch = {"input_ids": x, "labels": x}
     out = {}
-    for arm in ("fp16", "base_int8", "base_nf4", "adapter_rtn", "adapter_sr", "adapter_noise",
-                "adapter_nf4", "base_nf4_adapter_rtn"):
+    for arm in (
+        "fp16",
+        "base_int8",
+        "base_nf4",
+        "adapter_rtn",
+        "adapter_sr",
+        "adapter_noise",
+        "adapter_nf4",
+        "base_nf4_adapter_rtn",
+    ):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        b = build_arm(arm=arm, model=str(tmp), rank=rank, bits=4 if arm != "fp16" and "adapter" in arm else 16,
-                      device="cuda", progress=False)
+        b = build_arm(
+            arm=arm,
+            model=str(tmp),
+            rank=rank,
+            bits=4 if arm != "fp16" and "adapter" in arm else 16,
+            device="cuda",
+            progress=False,
+        )
         t, _ = _time_arms(lambda a, b=b: b, (arm,), batch, rounds=rounds, steps_per_round=3)
-        out[arm] = {"median_step_s": statistics.median(t[arm]),
-                    "peak_mem_bytes": int(torch.cuda.max_memory_allocated())}
+        out[arm] = {
+            "median_step_s": statistics.median(t[arm]),
+            "peak_mem_bytes": int(torch.cuda.max_memory_allocated()),
+        }
         del b
     ref = out["fp16"]["median_step_s"]
     for a in out:
         out[a]["ratio_vs_fp16"] = out[a]["median_step_s"] / ref
-    return {"model": "DialoGPT-medium-shaped (random weights)", "device": torch.cuda.get_device_name(),
-            "batch": [8, 128], "rank": rank, "arms": out}
+    return {
+        "model": "DialoGPT-medium-shaped (random weights)",
+        "device": torch.cuda.get_device_name(),
+        "batch": [8, 128],
+        "rank": rank,
+        "arms": out,
+    }
 
 
-DIALOGPT_MEDIUM = dict(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, n_ctx=1024,
-                       vocab_size=50257, activation_function="gelu_new", resid_pdrop=0.1,
-                       embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
-                       bos_token_id=50256, eos_token_id=50256)  # microsoft/DialoGPT-medium config.json
+DIALOGPT_MEDIUM = dict(
+    n_layer=24,
+    n_embd=1024,
+    n_head=16,
+    n_positions=1024,
+    n_ctx=1024,
+    vocab_size=50257,
+    activation_function="gelu_new",
+    resid_pdrop=0.1,
+    embd_pdrop=0.1,
+    attn_pdrop=0.1,
+    layer_norm_epsilon=1e-5,
+    bos_token_id=50256,
+    eos_token_id=50256,
+)  # microsoft/DialoGPT-medium config.json
 
 
 def dialogpt_cpu(*, n_layer: int = 24, steps: int = 2, out_dir: str | None = None) -> dict:
@@ -178,32 +225,69 @@ def dialogpt_cpu(*, n_layer: int = 24, steps: int = 2, out_dir: str | None = Non
     GPT2LMHeadModel(cfg).half().save_pretrained(tmp)
     texts = [t for d in finetune_dialogues()[:200] for t in d]
     train_tokenizer(texts, vocab_size=2048).save_pretrained(tmp)
-    common = dict(model=str(tmp), dataset="chitchat", steps=steps, batch_size=2, seq_len=32,
-                  n_train=8, grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2,
-                  eval_tokens=64, device="cpu", progress=False, rank=8, lora_alpha=32.0)
-    bits = {"adapter_rtn": 4, "adapter_sr": 4, "adapter_noise": 4, "adapter_nf4": 4,
-            "base_nf4_adapter_rtn": 4}
+    common = dict(
+        model=str(tmp),
+        dataset="chitchat",
+        steps=steps,
+        batch_size=2,
+        seq_len=32,
+        n_train=8,
+        grad_var_batches=2,
+        noise_draws=2,
+        eval_pairs=2,
+        max_new_tokens=2,
+        eval_tokens=64,
+        device="cpu",
+        progress=False,
+        rank=8,
+        lora_alpha=32.0,
+    )
+    bits = {
+        "adapter_rtn": 4,
+        "adapter_sr": 4,
+        "adapter_noise": 4,
+        "adapter_nf4": 4,
+        "base_nf4_adapter_rtn": 4,
+    }
     out = {}
     try:
         for arm in ARMS:
             t0 = time.time()
             kw = dict(common, arm=arm, bits=bits.get(arm, 16))
             if arm == "fp16":
-                kw.update(ptq=True, ptq_bits=(2, 8), ptq_sr_draws=1, curvature_windows=2,
-                          target_modules=("c_attn", "attn.c_proj"))
+                kw.update(
+                    ptq=True,
+                    ptq_bits=(2, 8),
+                    ptq_sr_draws=1,
+                    curvature_windows=2,
+                    target_modules=("c_attn", "attn.c_proj"),
+                )
             rec, ptq = run_finetune(FinetuneConfig(**kw), return_ptq=True)
-            out[arm] = {"wall_s": time.time() - t0, "eval_loss": rec["eval_loss"],
-                        "total_params": rec["total_params"], "model_bytes": rec["model_bytes"],
-                        "peak_mem_bytes": rec["peak_mem_bytes"], "eps_ba_fro2": rec["eps_ba_fro2"],
-                        "n_lora_layers": len(rec["eps_ba_layers"]), "ptq_records": len(ptq)}
-            print(f"  {arm:22s} {out[arm]['wall_s']:7.1f} s  eval_loss {rec['eval_loss']:.3f}  "
-                  f"params {rec['total_params']:,}  bytes {rec['model_bytes']:,}  "
-                  f"PTQ records {len(ptq)}", flush=True)
+            out[arm] = {
+                "wall_s": time.time() - t0,
+                "eval_loss": rec["eval_loss"],
+                "total_params": rec["total_params"],
+                "model_bytes": rec["model_bytes"],
+                "peak_mem_bytes": rec["peak_mem_bytes"],
+                "eps_ba_fro2": rec["eps_ba_fro2"],
+                "n_lora_layers": len(rec["eps_ba_layers"]),
+                "ptq_records": len(ptq),
+            }
+            print(
+                f"  {arm:22s} {out[arm]['wall_s']:7.1f} s  eval_loss {rec['eval_loss']:.3f}  "
+                f"params {rec['total_params']:,}  bytes {rec['model_bytes']:,}  "
+                f"PTQ records {len(ptq)}",
+                flush=True,
+            )
     finally:
         if out_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"model": f"DialoGPT-medium configuration, random weights, {n_layer} layers",
-            "config": {**DIALOGPT_MEDIUM, "n_layer": n_layer}, "steps": steps, "arms": out}
+    return {
+        "model": f"DialoGPT-medium configuration, random weights, {n_layer} layers",
+        "config": {**DIALOGPT_MEDIUM, "n_layer": n_layer},
+        "steps": steps,
+        "arms": out,
+    }
 
 
 def main(argv=None) -> int:
@@ -213,14 +297,23 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bridge.json"))
-    p.add_argument("--dialogpt-cpu", action="store_true",
-                   help="only: every arm on DialoGPT-medium's exact configuration with random weights, "
-                        "a few CPU steps (minutes); written to results/bridge_dialogpt_cpu.json")
-    p.add_argument("--dialogpt-layers", type=int, default=24, help="(smoke tests only) fewer layers")
+    p.add_argument(
+        "--dialogpt-cpu",
+        action="store_true",
+        help="only: every arm on DialoGPT-medium's exact configuration with random weights, "
+        "a few CPU steps (minutes); written to results/bridge_dialogpt_cpu.json",
+    )
+    p.add_argument(
+        "--dialogpt-layers", type=int, default=24, help="(smoke tests only) fewer layers"
+    )
     args = p.parse_args(argv)
     if args.dialogpt_cpu:
         res = dialogpt_cpu(n_layer=args.dialogpt_layers)
-        dest = Path(args.out).with_name("bridge_dialogpt_cpu.json") if args.out.endswith("bridge.json") else Path(args.out)
+        dest = (
+            Path(args.out).with_name("bridge_dialogpt_cpu.json")
+            if args.out.endswith("bridge.json")
+            else Path(args.out)
+        )
         write_json_atomic(dest, res)
         print(f"→ {dest}")
         return 0
@@ -228,24 +321,37 @@ def main(argv=None) -> int:
     import peft
     import transformers
 
-    res = {"benchmark": "bridge step time: fake-quantized adapters vs plain PEFT LoRA",
-           "note": "timings on a shared 2-core machine are noisy; compare ratios within one run",
-           "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "peft": peft.__version__,
-                        "bitsandbytes": bitsandbytes.__version__},
-           "cpu": cpu_benchmark(tiny=args.tiny, rounds=args.rounds,
-                                steps_per_round=args.steps_per_round, rank=args.rank)}
+    res = {
+        "benchmark": "bridge step time: fake-quantized adapters vs plain PEFT LoRA",
+        "note": "timings on a shared 2-core machine are noisy; compare ratios within one run",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__,
+        },
+        "cpu": cpu_benchmark(
+            tiny=args.tiny, rounds=args.rounds, steps_per_round=args.steps_per_round, rank=args.rank
+        ),
+    }
     if torch.cuda.is_available():
         res["gpu"] = gpu_benchmark(rounds=args.rounds, rank=args.rank)
     write_json_atomic(args.out, res)
     c = res["cpu"]
-    print(f"CPU ({c['model']}, batch {c['batch']}, r = {c['rank']}): median step, wall and CPU time")
+    print(
+        f"CPU ({c['model']}, batch {c['batch']}, r = {c['rank']}): median step, wall and CPU time"
+    )
     for a, t in c["median_step_s"].items():
-        print(f"  {a:15s} wall {t * 1e3:8.2f} ms ×{c['ratio_vs_fp16'][a]:.3f}   "
-              f"cpu {c['median_step_cpu_s'][a] * 1e3:8.2f} ms ×{c['ratio_cpu_vs_fp16'][a]:.3f}   "
-              f"best cpu {c['best_step_cpu_s'][a] * 1e3:8.2f} ms ×{c['ratio_best_cpu_vs_fp16'][a]:.3f}")
-    print(f"adapter_rtn / fp16 (best-round CPU time) = {c['ratio_best_cpu_vs_fp16']['adapter_rtn']:.3f} "
-          f"(target ≤ 1.15; median-round {c['ratio_cpu_vs_fp16']['adapter_rtn']:.3f}) → {args.out}")
+        print(
+            f"  {a:15s} wall {t * 1e3:8.2f} ms ×{c['ratio_vs_fp16'][a]:.3f}   "
+            f"cpu {c['median_step_cpu_s'][a] * 1e3:8.2f} ms ×{c['ratio_cpu_vs_fp16'][a]:.3f}   "
+            f"best cpu {c['best_step_cpu_s'][a] * 1e3:8.2f} ms ×{c['ratio_best_cpu_vs_fp16'][a]:.3f}"
+        )
+    print(
+        f"adapter_rtn / fp16 (best-round CPU time) = {c['ratio_best_cpu_vs_fp16']['adapter_rtn']:.3f} "
+        f"(target ≤ 1.15; median-round {c['ratio_cpu_vs_fp16']['adapter_rtn']:.3f}) → {args.out}"
+    )
     return 0
 
 

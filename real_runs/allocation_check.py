@@ -29,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbounds.calib.allocator import LayerSpec, allocate, memory_bits, params_from_calibration, THEORY
+from quantbounds.calib.allocator import (
+    LayerSpec,
+    allocate,
+    memory_bits,
+    params_from_calibration,
+    THEORY,
+)
 from quantbounds.calib.records import append_record, read_records
 from quantbounds.verdicts.results import Verdict, write_json_atomic
 
@@ -58,17 +64,31 @@ class CheckConfig:
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
         if self.rank not in self.ranks or self.bits not in self.bits_menu:
-            raise ValueError(f"the reference (rank={self.rank}, bits={self.bits}) must be in the menu "
-                             f"ranks={self.ranks}, bits_menu={self.bits_menu}")
+            raise ValueError(
+                f"the reference (rank={self.rank}, bits={self.bits}) must be in the menu "
+                f"ranks={self.ranks}, bits_menu={self.bits_menu}"
+            )
 
 
-def _finetune_cfg(c: CheckConfig, *, seed: int, rank: int, bits: int, rank_pattern=None, bits_pattern=None):
+def _finetune_cfg(
+    c: CheckConfig, *, seed: int, rank: int, bits: int, rank_pattern=None, bits_pattern=None
+):
     from real_runs.finetune import FinetuneConfig
 
-    return FinetuneConfig(arm=c.arm, embedded=c.embedded, rank=rank, bits=bits, scale=c.scale,
-                          lora_alpha=c.lora_alpha, seed=seed, steps=c.steps, n_train=c.n_train,
-                          rank_pattern=dict(rank_pattern or {}), bits_pattern=dict(bits_pattern or {}),
-                          cache_dir=c.cache_dir)
+    return FinetuneConfig(
+        arm=c.arm,
+        embedded=c.embedded,
+        rank=rank,
+        bits=bits,
+        scale=c.scale,
+        lora_alpha=c.lora_alpha,
+        seed=seed,
+        steps=c.steps,
+        n_train=c.n_train,
+        rank_pattern=dict(rank_pattern or {}),
+        bits_pattern=dict(bits_pattern or {}),
+        cache_dir=c.cache_dir,
+    )
 
 
 def _run(cfg, records_path: Path) -> dict:
@@ -90,7 +110,9 @@ def layer_shapes(c: CheckConfig) -> dict[str, tuple[int, int]]:
     from real_runs.embedded import EmbeddedConfig
 
     emb = EmbeddedConfig() if c.embedded == "default" else EmbeddedConfig.tiny()
-    built = build_arm(arm="fp16", rank=1, bits=16, embedded=emb, cache_dir=c.cache_dir, progress=True)
+    built = build_arm(
+        arm="fp16", rank=1, bits=16, embedded=emb, cache_dir=c.cache_dir, progress=True
+    )
     out = {}
     for name, layer in built.layers.items():
         B, A = layer.lora_B["default"].weight, layer.lora_A["default"].weight
@@ -104,8 +126,17 @@ def layers_from_pilot(shapes: dict, pilot: dict) -> list[LayerSpec]:
     out = []
     for name, (m, n) in shapes.items():
         ra, rb, x2 = g("range_A", name), g("range_B", name), g("x_norm2", name)
-        out.append(LayerSpec(name=name, m=m, n=n, range_A=ra if ra > 0 else 1.0, range_B=rb if rb > 0 else 1.0,
-                             x_norm2=x2 if x2 > 0 else None, lora_scale=float(pilot.get("lora_scale") or 1.0)))
+        out.append(
+            LayerSpec(
+                name=name,
+                m=m,
+                n=n,
+                range_A=ra if ra > 0 else 1.0,
+                range_B=rb if rb > 0 else 1.0,
+                x_norm2=x2 if x2 > 0 else None,
+                lora_scale=float(pilot.get("lora_scale") or 1.0),
+            )
+        )
     return out
 
 
@@ -131,18 +162,30 @@ def run_check(c: CheckConfig) -> dict:
             notes.append("SYNTHETIC calibration: the allocator's constants are not measured")
     else:
         params = dict(THEORY)
-        notes.append("no calibration file: theory constants (C1 = C2 = 1, exponents 4/bit, r¹, √(r/N))")
-    budget = sum(memory_bits(l, c.rank, c.bits) for l in layers) / 8
-    alloc = allocate(layers, budget_bytes=budget, params=params, N=pilot["n_train"], ranks=c.ranks,
-                     bits=c.bits_menu)
+        notes.append(
+            "no calibration file: theory constants (C1 = C2 = 1, exponents 4/bit, r¹, √(r/N))"
+        )
+    budget = sum(memory_bits(layer, c.rank, c.bits) for layer in layers) / 8
+    alloc = allocate(
+        layers,
+        budget_bytes=budget,
+        params=params,
+        N=pilot["n_train"],
+        ranks=c.ranks,
+        bits=c.bits_menu,
+    )
     uni = alloc.uniform
-    arms = {"allocation": alloc.choice,
-            "reference_uniform": {l.name: (c.rank, c.bits) for l in layers}}
+    arms = {
+        "allocation": alloc.choice,
+        "reference_uniform": {layer.name: (c.rank, c.bits) for layer in layers},
+    }
     if uni and (uni["rank"], uni["bits"]) != (c.rank, c.bits):
-        arms["bound_best_uniform"] = {l.name: (uni["rank"], uni["bits"]) for l in layers}
+        arms["bound_best_uniform"] = {layer.name: (uni["rank"], uni["bits"]) for layer in layers}
     same = [k for k in arms if k != "allocation" and arms[k] == alloc.choice]
     if same:
-        notes.append(f"the allocation is the uniform choice {same[0]}: nothing to compare against it")
+        notes.append(
+            f"the allocation is the uniform choice {same[0]}: nothing to compare against it"
+        )
     losses: dict[str, dict[int, float]] = {k: {} for k in arms}
     for seed in c.seeds:
         for label, choice in arms.items():
@@ -152,9 +195,11 @@ def run_check(c: CheckConfig) -> dict:
                 cfg = _finetune_cfg(c, seed=seed, rank=c.rank, bits=c.bits)
             else:
                 rp, bp = patterns(choice)
-                cfg = _finetune_cfg(c, seed=seed, rank=c.rank, bits=c.bits, rank_pattern=rp, bits_pattern=bp)
+                cfg = _finetune_cfg(
+                    c, seed=seed, rank=c.rank, bits=c.bits, rank_pattern=rp, bits_pattern=bp
+                )
             losses[label][seed] = float(_run(cfg, records_path)["eval_loss"])
-    mem = {k: sum(memory_bits(l, *ch[l.name]) for l in layers) / 8 for k, ch in arms.items()}
+    mem = {k: sum(memory_bits(layer, *ch[layer.name]) for layer in layers) / 8 for k, ch in arms.items()}
     verdicts = []
     for other in [k for k in arms if k != "allocation" and k not in same]:
         d = np.array([losses["allocation"][s] - losses[other][s] for s in c.seeds])
@@ -163,29 +208,58 @@ def run_check(c: CheckConfig) -> dict:
             means = d[rng.integers(0, d.size, (4000, d.size))].mean(1)
             ci = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
         else:
-            ci = [float(d.min()), float(d.max())]  # with < 3 seeds: the range of the paired differences
+            ci = [
+                float(d.min()),
+                float(d.max()),
+            ]  # with < 3 seeds: the range of the paired differences
         # one seed decides nothing: seed-to-seed spread is unknown
-        v = "conditional" if d.size < 2 else ("holds" if ci[1] < 0 else ("fails" if ci[0] > 0 else "conditional"))
-        verdicts.append(Verdict(
-            claim=f"the bound-optimal allocation beats {other.replace('_', ' ')} at ≤ equal adapter memory",
-            verdict=v, predicted="eval-loss difference < 0", measured=float(d.mean()), ci=ci,
-            source="issue 5 (allocator); QR-Adaptor (seed 000) in spirit",
-            conditions=f"embedded:{c.embedded}, {c.arm}, scale={c.scale}, {c.steps} steps, seeds {list(c.seeds)}; "
-                       f"memory {mem['allocation']:.0f} vs {mem[other]:.0f} bytes"
-                       + ("; CI = range over seeds (< 3 seeds)" if d.size < 3 else "; 95 % bootstrap over seeds")
-                       + (" — inconclusive" + (" (one seed)" if d.size < 2 else "") if v == "conditional" else ""),
-            details={"differences": d.tolist()}))
-    out = {"config": asdict(c), "params": params, "notes": notes, "budget_bytes": budget,
-           "memory_bytes": mem, "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
-           "allocation": {k: list(v) for k, v in alloc.choice.items()},
-           "predicted_objective": {"allocation": alloc.objective, "bound_best_uniform": uni},
-           "verdicts": [v.to_dict() for v in verdicts]}
+        v = (
+            "conditional"
+            if d.size < 2
+            else ("holds" if ci[1] < 0 else ("fails" if ci[0] > 0 else "conditional"))
+        )
+        verdicts.append(
+            Verdict(
+                claim=f"the bound-optimal allocation beats {other.replace('_', ' ')} at ≤ equal adapter memory",
+                verdict=v,
+                predicted="eval-loss difference < 0",
+                measured=float(d.mean()),
+                ci=ci,
+                source="issue 5 (allocator); QR-Adaptor (seed 000) in spirit",
+                conditions=f"embedded:{c.embedded}, {c.arm}, scale={c.scale}, {c.steps} steps, seeds {list(c.seeds)}; "
+                f"memory {mem['allocation']:.0f} vs {mem[other]:.0f} bytes"
+                + (
+                    "; CI = range over seeds (< 3 seeds)"
+                    if d.size < 3
+                    else "; 95 % bootstrap over seeds"
+                )
+                + (
+                    " — inconclusive" + (" (one seed)" if d.size < 2 else "")
+                    if v == "conditional"
+                    else ""
+                ),
+                details={"differences": d.tolist()},
+            )
+        )
+    out = {
+        "config": asdict(c),
+        "params": params,
+        "notes": notes,
+        "budget_bytes": budget,
+        "memory_bytes": mem,
+        "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
+        "allocation": {k: list(v) for k, v in alloc.choice.items()},
+        "predicted_objective": {"allocation": alloc.objective, "bound_best_uniform": uni},
+        "verdicts": [v.to_dict() for v in verdicts],
+    }
     write_json_atomic(c.out, out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m real_runs.allocation_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m real_runs.allocation_check", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--embedded", default="default", choices=("default", "tiny"))
     p.add_argument("--arm", default="adapter_rtn")
     p.add_argument("--rank", type=int, default=8)
@@ -200,10 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     a = p.parse_args(argv)
     try:
-        c = CheckConfig(embedded=a.embedded, arm=a.arm, rank=a.rank, bits=a.bits,
-                        seeds=tuple(int(s) for s in a.seeds.split(",")), steps=a.steps, n_train=a.n_train,
-                        scale=a.scale, calibration=a.calibration, records=a.records, out=a.out,
-                        cache_dir=a.cache_dir)
+        c = CheckConfig(
+            embedded=a.embedded,
+            arm=a.arm,
+            rank=a.rank,
+            bits=a.bits,
+            seeds=tuple(int(s) for s in a.seeds.split(",")),
+            steps=a.steps,
+            n_train=a.n_train,
+            scale=a.scale,
+            calibration=a.calibration,
+            records=a.records,
+            out=a.out,
+            cache_dir=a.cache_dir,
+        )
     except ValueError as err:
         print(f"allocation_check: {err}")
         return 2

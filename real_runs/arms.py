@@ -67,9 +67,13 @@ def check_arm_bits(arm: str, bits: int) -> int:
     bits = check_bits(bits)
     kind = arm_spec(arm)[1]
     if kind is None and bits != 16:
-        raise ValueError(f"bits must be 16 for arm {arm!r} (its adapters are not quantized), got {bits}")
+        raise ValueError(
+            f"bits must be 16 for arm {arm!r} (its adapters are not quantized), got {bits}"
+        )
     if kind == "nf4" and bits != 4:
-        raise ValueError(f"bits must be 4 for arm 'adapter_nf4' (the NF4 code has 16 values), got {bits}")
+        raise ValueError(
+            f"bits must be 4 for arm 'adapter_nf4' (the NF4 code has 16 values), got {bits}"
+        )
     return bits
 
 
@@ -79,22 +83,35 @@ class AdapterQuant(nn.Module):
     ``enabled = False`` makes it the identity (used to read the full-precision factor).
     """
 
-    def __init__(self, kind: str, *, bits: int, block_size: int | None, step: str = "paper",
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        bits: int,
+        block_size: int | None,
+        step: str = "paper",
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         check_choice(kind, "kind", ("rtn", "sr", "nf4", "noise"))
         self.kind, self.bits, self.block_size = kind, check_bits(bits), block_size
         self.generator = generator
         self.enabled = True
-        self._q = None if kind == "noise" else make_quantizer(
-            kind, bits=bits, block_size=block_size, step=step, generator=generator)
+        self._q = (
+            None
+            if kind == "noise"
+            else make_quantizer(
+                kind, bits=bits, block_size=block_size, step=step, generator=generator
+            )
+        )
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return W
         if self.kind == "noise":
-            return uniform_noise(W, bits=self.bits, block_size=self.block_size,
-                                 generator=self.generator)
+            return uniform_noise(
+                W, bits=self.bits, block_size=self.block_size, generator=self.generator
+            )
         return ste(W, self._q(W.detach()))
 
     def extra_repr(self) -> str:
@@ -110,8 +127,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_base(model: str, *, base_quant: str, double_quant: bool = False, device: str = "cpu",
-              embedded=None, cache_dir=None, progress: bool = True):
+def load_base(
+    model: str,
+    *,
+    base_quant: str,
+    double_quant: bool = False,
+    device: str = "cpu",
+    embedded=None,
+    cache_dir=None,
+    progress: bool = True,
+):
     """(causal LM with W0 stored as ``base_quant``, tokenizer).
 
     ``model``: "embedded" (an embedded GPT-2 named by ``embedded``, see real_runs.embedded), a local directory,
@@ -134,8 +159,11 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif base_quant in ("nf4", "fp4"):
         kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=base_quant,
-            bnb_4bit_use_double_quant=bool(double_quant), bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type=base_quant,
+            bnb_4bit_use_double_quant=bool(double_quant),
+            bnb_4bit_compute_dtype=dtype,
+        )
     if base_quant != "none":
         kw["device_map"] = {"": device}
     try:
@@ -143,9 +171,11 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
         lm = AutoModelForCausalLM.from_pretrained(path, **kw)
     except (OSError, ValueError) as err:
         where = "a local directory" if Path(path).is_dir() else "not a local directory"
-        raise ValueError(f"unknown model {model!r} ({where}, and it could not be loaded: "
-                         f"{str(err).splitlines()[0]}); use 'embedded', a local path or a hub "
-                         f"name whose weights are available") from err
+        raise ValueError(
+            f"unknown model {model!r} ({where}, and it could not be loaded: "
+            f"{str(err).splitlines()[0]}); use 'embedded', a local path or a hub "
+            f"name whose weights are available"
+        ) from err
     if base_quant == "none":
         lm = lm.to(device)
     elif base_quant in ("nf4", "fp4"):
@@ -157,9 +187,16 @@ def load_base(model: str, *, base_quant: str, double_quant: bool = False, device
     return lm, tok
 
 
-def attach_lora(lm, *, rank: int, lora_alpha: float, scale: str,
-                target_modules=DEFAULT_TARGETS, rank_pattern: dict | None = None,
-                lora_dropout: float = 0.0):
+def attach_lora(
+    lm,
+    *,
+    rank: int,
+    lora_alpha: float,
+    scale: str,
+    target_modules=DEFAULT_TARGETS,
+    rank_pattern: dict | None = None,
+    lora_dropout: float = 0.0,
+):
     """Wrap ``lm`` with PEFT LoRA adapters; returns the PeftModel (base frozen by PEFT).
 
     scale "alpha_r": s = α/r (PEFT default); "rslora": s = α/√r (``use_rslora=True``);
@@ -178,10 +215,18 @@ def attach_lora(lm, *, rank: int, lora_alpha: float, scale: str,
         alpha, alpha_pattern = float(rank), {k: float(v) for k, v in rank_pattern.items()}
     # GPT-2 stores c_attn/c_proj/c_fc as Conv1D (weight n×m); bnb-loaded copies are nn.Linear
     fan_in_fan_out = any(isinstance(m, Conv1D) for m in lm.modules())
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
-                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-                     use_rslora=(scale == "rslora"), lora_dropout=lora_dropout,
-                     fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=(scale == "rslora"),
+        lora_dropout=lora_dropout,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(lm, cfg)
 
 
@@ -208,9 +253,17 @@ def layer_bits(name: str, bits: int, bits_pattern: dict | None) -> int:
     return check_bits(bits_pattern[key], f"bits_pattern[{key!r}]") if key in bits_pattern else bits
 
 
-def attach_adapter_quant(peft_model, *, kind: str, bits: int, bits_pattern: dict | None = None,
-                         block_size: int | None = None, step: str = "paper",
-                         generator: torch.Generator | None = None, adapter: str = "default") -> dict[str, tuple[AdapterQuant, AdapterQuant]]:
+def attach_adapter_quant(
+    peft_model,
+    *,
+    kind: str,
+    bits: int,
+    bits_pattern: dict | None = None,
+    block_size: int | None = None,
+    step: str = "paper",
+    generator: torch.Generator | None = None,
+    adapter: str = "default",
+) -> dict[str, tuple[AdapterQuant, AdapterQuant]]:
     """Parametrize every LoRA B and A with Q (kind "rtn" | "sr" | "nf4" | "noise").
 
     Returns {layer: (quantizer of B, quantizer of A)}. A layer whose bits resolve to 16 under
@@ -226,8 +279,10 @@ def attach_adapter_quant(peft_model, *, kind: str, bits: int, bits_pattern: dict
         for fac in (layer.lora_B[adapter], layer.lora_A[adapter]):
             bs = block_size
             if bs is not None and fac.weight.numel() % bs:
-                raise ValueError(f"block_size={bs} does not divide the {fac.weight.numel()} "
-                                 f"entries of a LoRA factor of {name}")
+                raise ValueError(
+                    f"block_size={bs} does not divide the {fac.weight.numel()} "
+                    f"entries of a LoRA factor of {name}"
+                )
             q = AdapterQuant(kind, bits=b, block_size=bs, step=step, generator=generator)
             parametrize.register_parametrization(fac, "weight", q)
             qs.append(q)
@@ -235,12 +290,16 @@ def attach_adapter_quant(peft_model, *, kind: str, bits: int, bits_pattern: dict
     return out
 
 
-def factor_weights(layer, adapter: str = "default", *, quantized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def factor_weights(
+    layer, adapter: str = "default", *, quantized: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, A) of a LoRA layer: B m×r, A r×n; full precision, or Q(B), Q(A) as the forward sees them."""
     Bm, Am = layer.lora_B[adapter], layer.lora_A[adapter]
     if not quantized and parametrize.is_parametrized(Bm):
-        return (Bm.parametrizations.weight.original.detach(),
-                Am.parametrizations.weight.original.detach())
+        return (
+            Bm.parametrizations.weight.original.detach(),
+            Am.parametrizations.weight.original.detach(),
+        )
     return Bm.weight.detach(), Am.weight.detach()
 
 
@@ -257,25 +316,67 @@ class Built:
     device: str
 
 
-def build_arm(*, arm: str, model: str = "embedded", rank: int, bits: int, scale: str = "alpha_r",
-              lora_alpha: float = 16.0, target_modules=DEFAULT_TARGETS, rank_pattern=None,
-              bits_pattern=None, block_size: int | None = None, step: str = "paper",
-              double_quant: bool = False,
-              lora_dropout: float = 0.0, seed: int = 0, device: str = "cpu", embedded=None,
-              cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Built:
+def build_arm(
+    *,
+    arm: str,
+    model: str = "embedded",
+    rank: int,
+    bits: int,
+    scale: str = "alpha_r",
+    lora_alpha: float = 16.0,
+    target_modules=DEFAULT_TARGETS,
+    rank_pattern=None,
+    bits_pattern=None,
+    block_size: int | None = None,
+    step: str = "paper",
+    double_quant: bool = False,
+    lora_dropout: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+    embedded=None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Built:
     """Load the base as the arm says, attach LoRA, and fake-quantize / perturb B and A."""
     base_quant, kind = arm_spec(arm)
     bits = check_arm_bits(arm, bits)
     torch.manual_seed(seed)  # LoRA init (A Kaiming-uniform, B zero)
-    lm, tok = load_base(model, base_quant=base_quant, double_quant=double_quant, device=device,
-                        embedded=embedded, cache_dir=cache_dir, progress=progress)
-    pm = attach_lora(lm, rank=rank, lora_alpha=lora_alpha, scale=scale,
-                     target_modules=target_modules, rank_pattern=rank_pattern,
-                     lora_dropout=lora_dropout)
+    lm, tok = load_base(
+        model,
+        base_quant=base_quant,
+        double_quant=double_quant,
+        device=device,
+        embedded=embedded,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    pm = attach_lora(
+        lm,
+        rank=rank,
+        lora_alpha=lora_alpha,
+        scale=scale,
+        target_modules=target_modules,
+        rank_pattern=rank_pattern,
+        lora_dropout=lora_dropout,
+    )
     quantizers = {}
     if kind is not None:
         gen = torch.Generator(device=device).manual_seed(10_007 * seed + 1)
-        quantizers = attach_adapter_quant(pm, kind=kind, bits=bits, bits_pattern=bits_pattern,
-                                          block_size=block_size, step=step, generator=gen)
-    return Built(model=pm, tokenizer=tok, layers=lora_layers(pm), quantizers=quantizers,
-                 base_quant=base_quant, kind=kind, device=device)
+        quantizers = attach_adapter_quant(
+            pm,
+            kind=kind,
+            bits=bits,
+            bits_pattern=bits_pattern,
+            block_size=block_size,
+            step=step,
+            generator=gen,
+        )
+    return Built(
+        model=pm,
+        tokenizer=tok,
+        layers=lora_layers(pm),
+        quantizers=quantizers,
+        base_quant=base_quant,
+        kind=kind,
+        device=device,
+    )

@@ -49,8 +49,10 @@ def chitchat_path() -> Path:
     try:
         import chitchat_dataset
     except ImportError as err:
-        raise DataError("the chitchat corpus needs the 'chitchat-dataset' package "
-                        "(pip install chitchat-dataset, part of the [torch] extra)") from err
+        raise DataError(
+            "the chitchat corpus needs the 'chitchat-dataset' package "
+            "(pip install chitchat-dataset, part of the [torch] extra)"
+        ) from err
     return Path(chitchat_dataset.__file__).resolve().parent / "dataset.json"
 
 
@@ -75,8 +77,10 @@ def load_chitchat(path: str | os.PathLike | None = None) -> list[Conversation]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"chitchat file {path} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or not data:
-        raise DataError(f"chitchat file {path}: expected a non-empty JSON object "
-                        f"{{conversation id: conversation}}, got {type(data).__name__}")
+        raise DataError(
+            f"chitchat file {path}: expected a non-empty JSON object "
+            f"{{conversation id: conversation}}, got {type(data).__name__}"
+        )
     out = []
     for cid in sorted(data):
         conv = data[cid]
@@ -88,9 +92,12 @@ def load_chitchat(path: str | os.PathLike | None = None) -> list[Conversation]:
             raise DataError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
         turns = []
         for j, turn in enumerate(conv["messages"]):
-            if not isinstance(turn, list) or not all(isinstance(m, dict) and isinstance(m.get("text"), str)
-                                                     for m in turn):
-                raise DataError(f"{where}: turn {j} must be a list of messages with a string 'text'")
+            if not isinstance(turn, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("text"), str) for m in turn
+            ):
+                raise DataError(
+                    f"{where}: turn {j} must be a list of messages with a string 'text'"
+                )
             t = " ".join(m["text"].strip() for m in turn if m["text"].strip())
             if t:
                 turns.append(t)

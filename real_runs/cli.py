@@ -27,25 +27,41 @@ def _json_dict(s: str) -> dict:
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
     if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object {\"module regex\": int}")
+        raise argparse.ArgumentTypeError('must be a JSON object {"module regex": int}')
     return d
 
 
 def finetune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantbounds finetune",
-                                description="One LoRA fine-tune of one arm; prints/appends its run record.")
+    p = argparse.ArgumentParser(
+        prog="quantbounds finetune",
+        description="One LoRA fine-tune of one arm; prints/appends its run record.",
+    )
     p.add_argument("--arm", default="fp16", help=f"one of {', '.join(ARMS)}")
-    p.add_argument("--model", default="embedded",
-                   help="'embedded' (offline default), a local path, or a hub name such as microsoft/DialoGPT-medium")
-    p.add_argument("--embedded", default="chitchat", choices=("chitchat", "pydoc", "tiny", "default"),
-                   help="embedded model: chitchat (dialogue-pretrained, shipped; default), pydoc "
-                        "(the earlier Python-docs model), tiny (tests)")
-    p.add_argument("--dataset", default="chitchat",
-                   help="'chitchat' (held-out prompts of chitchat-dataset; default), 'chitchat:<path>', "
-                        "'chatterbot', 'dailydialog', or a .json/.jsonl/.parquet dialogue file")
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded' (offline default), a local path, or a hub name such as microsoft/DialoGPT-medium",
+    )
+    p.add_argument(
+        "--embedded",
+        default="chitchat",
+        choices=("chitchat", "pydoc", "tiny", "default"),
+        help="embedded model: chitchat (dialogue-pretrained, shipped; default), pydoc "
+        "(the earlier Python-docs model), tiny (tests)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="chitchat",
+        help="'chitchat' (held-out prompts of chitchat-dataset; default), 'chitchat:<path>', "
+        "'chatterbot', 'dailydialog', or a .json/.jsonl/.parquet dialogue file",
+    )
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--bits", type=int, default=None,
-                   help="adapter bits 1…16 (default: 16 for base-only arms, 4 for adapter arms)")
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="adapter bits 1…16 (default: 16 for base-only arms, 4 for adapter arms)",
+    )
     p.add_argument("--scale", default="alpha_r", choices=SCALES)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--seed", type=int, default=0)
@@ -55,25 +71,50 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--target-modules", default="c_attn,c_proj,c_fc", help="comma-separated")
-    p.add_argument("--rank-pattern", type=_json_dict, default={}, help='JSON, e.g. {"h.0.attn.c_attn": 32}')
+    p.add_argument(
+        "--rank-pattern", type=_json_dict, default={}, help='JSON, e.g. {"h.0.attn.c_attn": 32}'
+    )
     p.add_argument("--bits-pattern", type=_json_dict, default={}, help='JSON, e.g. {"c_fc": 3}')
-    p.add_argument("--block-size", type=int, default=None,
-                   help="adapter quantizer block (default: per tensor; 64 for NF4)")
-    p.add_argument("--step", default=None, choices=("paper", "midtread"),
-                   help="adapter quantizer grid (default: paper for RTN, midtread = unbiased for SR)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="adapter quantizer block (default: per tensor; 64 for NF4)",
+    )
+    p.add_argument(
+        "--step",
+        default=None,
+        choices=("paper", "midtread"),
+        help="adapter quantizer grid (default: paper for RTN, midtread = unbiased for SR)",
+    )
     p.add_argument("--double-quant", action="store_true", help="bnb 4-bit double quantization")
-    p.add_argument("--grad-var-batches", type=int, default=8,
-                   help="mini-batches for the gradient covariance (≥ 2)")
-    p.add_argument("--noise-draws", type=int, default=8, help="draws on a fixed batch (SR/noise arms)")
-    p.add_argument("--eval-pairs", type=int, default=500, help="held-out prompt→response pairs scored")
-    p.add_argument("--ptq", action="store_true",
-                   help="(fp16 arm) also quantize the trained adapter after training at every --ptq-bits "
-                        "and scheme; PTQ records go to <output stem>.ptq.jsonl")
+    p.add_argument(
+        "--grad-var-batches",
+        type=int,
+        default=8,
+        help="mini-batches for the gradient covariance (≥ 2)",
+    )
+    p.add_argument(
+        "--noise-draws", type=int, default=8, help="draws on a fixed batch (SR/noise arms)"
+    )
+    p.add_argument(
+        "--eval-pairs", type=int, default=500, help="held-out prompt→response pairs scored"
+    )
+    p.add_argument(
+        "--ptq",
+        action="store_true",
+        help="(fp16 arm) also quantize the trained adapter after training at every --ptq-bits "
+        "and scheme; PTQ records go to <output stem>.ptq.jsonl",
+    )
     p.add_argument("--ptq-bits", default="2,3,4,5,6,7,8,16", help="comma-separated, each in 1…16")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--cache-dir", default=None, help="embedded-model cache (default $QUANTBOUNDS_CACHE or ~/.cache/quantbounds)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="embedded-model cache (default $QUANTBOUNDS_CACHE or ~/.cache/quantbounds)",
+    )
     p.add_argument("--output", "-o", default=None, help="append the record to this JSONL file")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -98,16 +139,37 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = FinetuneConfig(
-            arm=args.arm, model=args.model, embedded=args.embedded, dataset=args.dataset,
-            rank=args.rank, bits=args.bits if args.bits is not None else _default_bits(args.arm),
-            scale=args.scale, lora_alpha=args.lora_alpha, seed=args.seed, steps=args.steps,
-            n_train=args.n_train, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+            arm=args.arm,
+            model=args.model,
+            embedded=args.embedded,
+            dataset=args.dataset,
+            rank=args.rank,
+            bits=args.bits if args.bits is not None else _default_bits(args.arm),
+            scale=args.scale,
+            lora_alpha=args.lora_alpha,
+            seed=args.seed,
+            steps=args.steps,
+            n_train=args.n_train,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            lr=args.lr,
             target_modules=tuple(t.strip() for t in args.target_modules.split(",") if t.strip()),
-            rank_pattern=args.rank_pattern, bits_pattern=args.bits_pattern,
-            block_size=args.block_size, step=args.step, double_quant=args.double_quant,
-            grad_var_batches=args.grad_var_batches, noise_draws=args.noise_draws,
-            eval_pairs=args.eval_pairs, max_new_tokens=args.max_new_tokens, device=args.device, threads=args.threads, cache_dir=args.cache_dir,
-            progress=not args.no_progress, ptq=args.ptq, ptq_bits=_int_list(args.ptq_bits, "ptq-bits"))
+            rank_pattern=args.rank_pattern,
+            bits_pattern=args.bits_pattern,
+            block_size=args.block_size,
+            step=args.step,
+            double_quant=args.double_quant,
+            grad_var_batches=args.grad_var_batches,
+            noise_draws=args.noise_draws,
+            eval_pairs=args.eval_pairs,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+            ptq=args.ptq,
+            ptq_bits=_int_list(args.ptq_bits, "ptq-bits"),
+        )
         rec, ptq_recs = run_finetune(cfg, return_ptq=True)
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -115,21 +177,52 @@ def finetune_main(argv: list[str] | None = None) -> int:
     if args.output:
         from quantbounds.calib.records import append_lines
         from real_runs.sweep import ptq_path
+
         append_lines(ptq_path(args.output), ptq_recs)
         append_record(args.output, rec)
     elif ptq_recs:
         for p in ptq_recs:
-            print(json.dumps({k: p[k] for k in ("ptq_scheme", "bits", "ptq_draw", "delta_loss",
-                                                 "pred_plugin", "pred_moment")}))
-    keys = ("arm", "rank", "bits", "seed", "n_train", "steps", "eval_loss", "perplexity", "f1",
-            "exact_match", "grad_var", "grad_var_noise", "eps_ba_fro2", "wall_s", "tokens_per_s")
+            print(
+                json.dumps(
+                    {
+                        k: p[k]
+                        for k in (
+                            "ptq_scheme",
+                            "bits",
+                            "ptq_draw",
+                            "delta_loss",
+                            "pred_plugin",
+                            "pred_moment",
+                        )
+                    }
+                )
+            )
+    keys = (
+        "arm",
+        "rank",
+        "bits",
+        "seed",
+        "n_train",
+        "steps",
+        "eval_loss",
+        "perplexity",
+        "f1",
+        "exact_match",
+        "grad_var",
+        "grad_var_noise",
+        "eps_ba_fro2",
+        "wall_s",
+        "tokens_per_s",
+    )
     print(json.dumps({k: rec.get(k) for k in keys}))
     return 0
 
 
 def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantbounds sweep",
-                                description="Run a TOML grid of fine-tunes; resumable (skips finished run_ids).")
+    p = argparse.ArgumentParser(
+        prog="quantbounds sweep",
+        description="Run a TOML grid of fine-tunes; resumable (skips finished run_ids).",
+    )
     p.add_argument("config", help="sweep TOML, e.g. real_runs/configs/embedded.toml")
     p.add_argument("--out", required=True, help="records JSONL (appended; the resume state)")
     p.add_argument("--limit", type=int, default=None, help="run at most this many new runs")
@@ -138,7 +231,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
-    add_cluster_flags(p)   # --executor {local,submitit}, --cluster {slurm,local}, SLURM options
+    add_cluster_flags(p)  # --executor {local,submitit}, --cluster {slurm,local}, SLURM options
     return p
 
 
@@ -162,14 +255,24 @@ def sweep_main(argv: list[str] | None = None) -> int:
                 print(f"warning: {args.out}:{line}: corrupt record ({why})", file=sys.stderr)
             print(f"{len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} pending")
             for r in todo:
-                print(f"  {r.run_id}  {r.arm:22s} rank={r.rank:<3d} bits={r.bits:<2d} seed={r.seed} "
-                      f"n_train={r.n_train}")
+                print(
+                    f"  {r.run_id}  {r.arm:22s} rank={r.rank:<3d} bits={r.bits:<2d} seed={r.seed} "
+                    f"n_train={r.n_train}"
+                )
             return 0
-        counts = run_sweep(args.config, args.out, limit=args.limit, keep_going=args.keep_going,
-                           overrides=overrides, progress=not args.no_progress,
-                           log=lambda m: print(m, file=sys.stderr), executor=args.executor,
-                           cluster_flags=cluster_flags(args), results_dir=args.results_dir,
-                           poll_s=args.poll_s)
+        counts = run_sweep(
+            args.config,
+            args.out,
+            limit=args.limit,
+            keep_going=args.keep_going,
+            overrides=overrides,
+            progress=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr),
+            executor=args.executor,
+            cluster_flags=cluster_flags(args),
+            results_dir=args.results_dir,
+            poll_s=args.poll_s,
+        )
     except (ValueError, TypeError, FileNotFoundError, DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

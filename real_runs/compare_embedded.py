@@ -18,8 +18,14 @@ import sys
 import time
 
 
-def zero_shot(name: str, *, eval_dialogues: int = 40, eval_pairs: int = 500, seq_len: int = 128,
-              max_new_tokens: int = 20) -> dict:
+def zero_shot(
+    name: str,
+    *,
+    eval_dialogues: int = 40,
+    eval_pairs: int = 500,
+    seq_len: int = 128,
+    max_new_tokens: int = 20,
+) -> dict:
     import torch
 
     from real_runs import measure as M
@@ -40,32 +46,68 @@ def zero_shot(name: str, *, eval_dialogues: int = 40, eval_pairs: int = 500, seq
             seqs.append(w)
             owner.append(i)
             n += len(w) - 1
-    batches = [collate(seqs[i:i + 16], pad_id=tok.eos_token_id) for i in range(0, len(seqs), 16)]
+    batches = [collate(seqs[i : i + 16], pad_id=tok.eos_token_id) for i in range(0, len(seqs), 16)]
     s, c = M.eval_loss_rows(model, batches)
     loss = sum(s) / sum(c)
     W = len(c)
     _, lo, hi = clustered_mean_ci([x * W / sum(c) for x in s], owner)
-    f1, em, outs, f1s, ems = M.greedy_scores(model, tok, split.pairs, max_new_tokens=max_new_tokens,
-                                             max_prompt=L - max_new_tokens, return_lists=True)
+    f1, em, outs, f1s, ems = M.greedy_scores(
+        model,
+        tok,
+        split.pairs,
+        max_new_tokens=max_new_tokens,
+        max_prompt=L - max_new_tokens,
+        return_lists=True,
+    )
     r = resolve_embedded(which)
     words = sum(len(t.split()) for d in split.heldout[:eval_dialogues] for t in d)
-    return {"model": r.name, "key": r.key, "corpus": r.corpus, "eval_loss": loss,
-            "eval_dialogues": eval_dialogues, "eval_words": words, "nats_per_word": sum(s) / words,
-            "eval_loss_ci": [lo, hi], "perplexity": M.perplexity(loss), "eval_tokens": int(sum(c)),
-            "f1": f1, "f1_ci": list(clustered_mean_ci(f1s, split.pair_dialogue)[1:]),
-            "exact_match": em, "exact_match_ci": list(clustered_mean_ci(ems, split.pair_dialogue)[1:]),
-            "pairs": len(split.pairs), "pair_dialogues": len(set(split.pair_dialogue)),
-            "examples": [{"context_last": p[0][-1], "reference": p[1], "response": o}
-                         for p, o in list(zip(split.pairs, outs))[:5]]}
+    return {
+        "model": r.name,
+        "key": r.key,
+        "corpus": r.corpus,
+        "eval_loss": loss,
+        "eval_dialogues": eval_dialogues,
+        "eval_words": words,
+        "nats_per_word": sum(s) / words,
+        "eval_loss_ci": [lo, hi],
+        "perplexity": M.perplexity(loss),
+        "eval_tokens": int(sum(c)),
+        "f1": f1,
+        "f1_ci": list(clustered_mean_ci(f1s, split.pair_dialogue)[1:]),
+        "exact_match": em,
+        "exact_match_ci": list(clustered_mean_ci(ems, split.pair_dialogue)[1:]),
+        "pairs": len(split.pairs),
+        "pair_dialogues": len(set(split.pair_dialogue)),
+        "examples": [
+            {"context_last": p[0][-1], "reference": p[1], "response": o}
+            for p, o in list(zip(split.pairs, outs))[:5]
+        ],
+    }
 
 
 def fine_tuned(name: str) -> dict:
     from real_runs.finetune import FinetuneConfig, run_finetune
 
     rec = run_finetune(FinetuneConfig(embedded=name, progress=False))
-    keep = ("run_id", "eval_loss", "eval_loss_ci", "perplexity", "eval_nats_per_word", "eval_words", "f1", "f1_ci", "exact_match",
-            "exact_match_ci", "eval_tokens", "eval_pairs_scored", "n_train", "steps", "wall_s",
-            "peak_mem_bytes", "embedded_key")
+    keep = (
+        "run_id",
+        "eval_loss",
+        "eval_loss_ci",
+        "perplexity",
+        "eval_nats_per_word",
+        "eval_words",
+        "f1",
+        "f1_ci",
+        "exact_match",
+        "exact_match_ci",
+        "eval_tokens",
+        "eval_pairs_scored",
+        "n_train",
+        "steps",
+        "wall_s",
+        "peak_mem_bytes",
+        "embedded_key",
+    )
     return {k: rec[k] for k in keep}
 
 
@@ -77,7 +119,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--out", default="results/embedded_comparison.json")
     a = ap.parse_args(argv)
-    res = {"command": "python -m real_runs.compare_embedded " + " ".join(argv or sys.argv[1:]), "models": {}}
+    res = {
+        "command": "python -m real_runs.compare_embedded " + " ".join(argv or sys.argv[1:]),
+        "models": {},
+    }
     for m in a.models:
         t0 = time.time()
         entry = {"zero_shot": zero_shot(m)}
@@ -85,8 +130,20 @@ def main(argv=None) -> int:
             entry["fine_tuned"] = fine_tuned(m)
         entry["wall_s"] = time.time() - t0
         res["models"][m] = entry
-        print(json.dumps({m: {k: {kk: v.get(kk) for kk in ("eval_loss", "perplexity", "f1", "exact_match")}
-                              for k, v in entry.items() if isinstance(v, dict)}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    m: {
+                        k: {
+                            kk: v.get(kk) for kk in ("eval_loss", "perplexity", "f1", "exact_match")
+                        }
+                        for k, v in entry.items()
+                        if isinstance(v, dict)
+                    }
+                }
+            ),
+            flush=True,
+        )
         write_json_atomic(a.out, res)
     return 0
 

@@ -75,7 +75,9 @@ def load_dialogue_file(path: str | os.PathLike) -> list[list[str]]:
     ext = path.suffix.lower()
     kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(ext)
     if kind is None:
-        raise DataError(f"dataset file {path}: extension must be .json, .jsonl or .parquet, got {ext!r}")
+        raise DataError(
+            f"dataset file {path}: extension must be .json, .jsonl or .parquet, got {ext!r}"
+        )
     import datasets
 
     try:
@@ -88,8 +90,10 @@ def load_dialogue_file(path: str | os.PathLike) -> list[list[str]]:
 def _dialogues_from_rows(ds, where: str) -> list[list[str]]:
     col = next((c for c in DIALOGUE_COLUMNS if c in ds.column_names), None)
     if col is None:
-        raise DataError(f"dataset {where}: no dialogue column; expected one of {DIALOGUE_COLUMNS}, "
-                        f"found {ds.column_names}")
+        raise DataError(
+            f"dataset {where}: no dialogue column; expected one of {DIALOGUE_COLUMNS}, "
+            f"found {ds.column_names}"
+        )
     out = []
     for i, turns in enumerate(ds[col]):
         if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
@@ -122,14 +126,18 @@ def load_dialogues(name: str) -> list[list[str]]:
         try:
             ds = datasets.load_dataset(DAILYDIALOG_HUB, split="train")
         except Exception as err:
-            raise DataError(f"DailyDialog is not bundled and the hub dataset {DAILYDIALOG_HUB!r} "
-                            f"could not be loaded ({type(err).__name__}); put its parquet/JSON "
-                            f"file on disk and pass its path, or set ${DAILYDIALOG_ENV}") from err
+            raise DataError(
+                f"DailyDialog is not bundled and the hub dataset {DAILYDIALOG_HUB!r} "
+                f"could not be loaded ({type(err).__name__}); put its parquet/JSON "
+                f"file on disk and pass its path, or set ${DAILYDIALOG_ENV}"
+            ) from err
         return _dialogues_from_rows(ds, DAILYDIALOG_HUB)
     if os.sep in name or Path(name).suffix:
         return load_dialogue_file(name)
-    raise DataError(f"dataset must be 'chitchat', 'chitchat:<path>', 'chatterbot', 'dailydialog' or a "
-                    f".json/.jsonl/.parquet path, got {name!r}")
+    raise DataError(
+        f"dataset must be 'chitchat', 'chitchat:<path>', 'chatterbot', 'dailydialog' or a "
+        f".json/.jsonl/.parquet path, got {name!r}"
+    )
 
 
 def resolve_dataset(name: str) -> str:
@@ -158,13 +166,18 @@ class Split:
 
     train: list[list[str]]
     heldout: list[list[str]]
-    pairs: list[tuple[list[str], str]]   # (context turns, response)
-    pair_dialogue: list[int] = None       # index into heldout of each pair's dialogue
+    pairs: list[tuple[list[str], str]]  # (context turns, response)
+    pair_dialogue: list[int] = None  # index into heldout of each pair's dialogue
 
 
-def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
-                    heldout_frac: float = 0.1, split_seed: int = 1234,
-                    max_pairs: int = 64) -> Split:
+def split_dialogues(
+    dialogues: list[list[str]],
+    *,
+    n_train: int | None = None,
+    heldout_frac: float = 0.1,
+    split_seed: int = 1234,
+    max_pairs: int = 64,
+) -> Split:
     """Deduplicate, shuffle with ``split_seed``, hold out a fraction, keep the first n_train.
 
     The held-out split depends only on ``split_seed`` (not on n_train or the run's seed), and
@@ -183,12 +196,15 @@ def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
     n_held = max(1, int(round(heldout_frac * len(uniq))))
     held, train = uniq[:n_held], uniq[n_held:]
     if not train:
-        raise DataError(f"only {len(uniq)} distinct dialogues: none left for training after holding "
-                        f"out {n_held}")
+        raise DataError(
+            f"only {len(uniq)} distinct dialogues: none left for training after holding "
+            f"out {n_held}"
+        )
     if n_train is not None:
         if n_train < 1 or n_train > len(train):
-            raise DataError(f"n_train must be in 1…{len(train)} (training dialogues available), "
-                            f"got {n_train}")
+            raise DataError(
+                f"n_train must be in 1…{len(train)} (training dialogues available), got {n_train}"
+            )
         train = train[:n_train]
     prng = random.Random(split_seed + 1)
     orders = []
@@ -205,8 +221,12 @@ def split_dialogues(dialogues: list[list[str]], *, n_train: int | None = None,
                 pairs.append((list(d[:j]), d[j]))
                 owner.append(i)
         k += 1
-    return Split(train=[list(d) for d in train], heldout=[list(d) for d in held], pairs=pairs,
-                 pair_dialogue=owner)
+    return Split(
+        train=[list(d) for d in train],
+        heldout=[list(d) for d in held],
+        pairs=pairs,
+        pair_dialogue=owner,
+    )
 
 
 def encode_chunks(tok, turns: list[str], *, seq_len: int) -> list[list[int]]:
@@ -217,7 +237,9 @@ def encode_chunks(tok, turns: list[str], *, seq_len: int) -> list[list[int]]:
     seq_len tokens.
     """
     ids = encode_dialogue(tok, turns, seq_len=10**12)
-    return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i:i + seq_len]) >= 2]
+    return [
+        ids[i : i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) >= 2
+    ]
 
 
 def encode_dialogue(tok, turns: list[str], *, seq_len: int) -> list[int]:
@@ -237,8 +259,8 @@ def collate(seqs: list[list[int]], *, pad_id: int):
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 

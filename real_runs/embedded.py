@@ -49,7 +49,7 @@ from pathlib import Path
 
 from quantbounds._checks import check_choice, check_int_range, check_positive
 
-EOS = "<|endoftext|>"   # GPT-2's end-of-text token, used as BOS/EOS/PAD as DialoGPT does
+EOS = "<|endoftext|>"  # GPT-2's end-of-text token, used as BOS/EOS/PAD as DialoGPT does
 CACHE_ENV = "QUANTBOUNDS_CACHE"
 
 
@@ -75,7 +75,15 @@ class EmbeddedConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_layer", "n_embd", "n_head", "n_positions", "steps", "batch_size", "seq_len"):
+        for name in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "n_positions",
+            "steps",
+            "batch_size",
+            "seq_len",
+        ):
             check_int_range(getattr(self, name), name, 1)
         check_int_range(self.vocab_size, "vocab_size", 300)  # ≥ 256 byte symbols + specials
         check_int_range(self.seed, "seed", 0)
@@ -88,8 +96,17 @@ class EmbeddedConfig:
     @classmethod
     def tiny(cls) -> "EmbeddedConfig":
         """2 layers, d = 64, 40 steps: for tests (seconds on a CPU)."""
-        return cls(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=512,
-                   steps=40, batch_size=8, seq_len=64, lr=3e-3)
+        return cls(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            n_positions=64,
+            vocab_size=512,
+            steps=40,
+            batch_size=8,
+            seq_len=64,
+            lr=3e-3,
+        )
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -119,13 +136,22 @@ def train_tokenizer(texts: list[str], *, vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    hf = GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                           pad_token=EOS, add_prefix_space=False,
-                           clean_up_tokenization_spaces=False)
+    hf = GPT2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        add_prefix_space=False,
+        clean_up_tokenization_spaces=False,
+    )
     if len(hf) < 257:  # guard against the empty-tokenizer gotcha above
         raise RuntimeError(f"tokenizer training produced only {len(hf)} tokens")
     return hf
@@ -155,6 +181,7 @@ def _pretrain(model, ids, cfg: EmbeddedConfig, *, progress: bool) -> list[float]
 
     def lr_at(step):
         import math
+
         if step < warm:
             return cfg.lr * (step + 1) / warm
         frac = (step - warm) / max(1, cfg.steps - warm)
@@ -166,10 +193,11 @@ def _pretrain(model, ids, cfg: EmbeddedConfig, *, progress: bool) -> list[float]
     it = range(cfg.steps)
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc="pretraining embedded GPT-2", leave=False)
     for step in it:
         starts = torch.randint(0, n, (cfg.batch_size,), generator=g)
-        x = torch.stack([ids[s:s + cfg.seq_len] for s in starts.tolist()])
+        x = torch.stack([ids[s : s + cfg.seq_len] for s in starts.tolist()])
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step)
         loss = model(input_ids=x, labels=x).loss
@@ -199,28 +227,41 @@ def build_embedded(cfg: EmbeddedConfig, out_dir: Path, *, progress: bool = True)
     cut = int(0.95 * ids.numel())
     train_ids, held = ids[:cut], ids[cut:]
     torch.manual_seed(cfg.seed)
-    gcfg = GPT2Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-                      n_positions=cfg.n_positions, vocab_size=len(tok),
-                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.eos_token_id)
+    gcfg = GPT2Config(
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+        n_positions=cfg.n_positions,
+        vocab_size=len(tok),
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(gcfg)
     losses = _pretrain(model, train_ids, cfg, progress=progress)
     with torch.no_grad():
         L = cfg.seq_len
         nwin = max(1, (held.numel() - 1) // L)
-        xs = torch.stack([held[i * L:(i + 1) * L] for i in range(min(nwin, 64))])
+        xs = torch.stack([held[i * L : (i + 1) * L] for i in range(min(nwin, 64))])
         held_loss = float(model(input_ids=xs, labels=xs).loss)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    info = {"config": asdict(cfg), "corpus": "pydoc_data.topics", "corpus_tokens": int(ids.numel()),
-            "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "heldout_loss": held_loss, "build_s": time.time() - t0,
-            "python": sys.version.split()[0]}
+    info = {
+        "config": asdict(cfg),
+        "corpus": "pydoc_data.topics",
+        "corpus_tokens": int(ids.numel()),
+        "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "heldout_loss": held_loss,
+        "build_s": time.time() - t0,
+        "python": sys.version.split()[0],
+    }
     (out_dir / "embedded_info.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def embedded_path(cfg: EmbeddedConfig | None = None, *, cache_dir=None, progress: bool = True) -> Path:
+def embedded_path(
+    cfg: EmbeddedConfig | None = None, *, cache_dir=None, progress: bool = True
+) -> Path:
     """Directory of the cached embedded model + tokenizer, building it first if needed."""
     cfg = cfg or EmbeddedConfig()
     root = cache_root(cache_dir)
@@ -243,14 +284,18 @@ def embedded_path(cfg: EmbeddedConfig | None = None, *, cache_dir=None, progress
     return final
 
 
-def load_embedded(cfg: "EmbeddedConfig | str | None" = None, *, cache_dir=None, progress: bool = True):
+def load_embedded(
+    cfg: "EmbeddedConfig | str | None" = None, *, cache_dir=None, progress: bool = True
+):
     """(model in float32, tokenizer) of an embedded model (a name, a pydoc config, or the default)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_embedded(cfg, cache_dir=cache_dir, progress=progress).path
-    return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-            AutoTokenizer.from_pretrained(path))
+    return (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(path),
+    )
 
 
 # --- shipped weights and the name registry ------------------------------------------------
@@ -261,10 +306,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {"chitchat": WEIGHTS_DIR / "chitchat"}
 # files a shipped model directory must list in SHA256SUMS (and hold)
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "embedded_info.json")
-REBUILD = ("python -m real_runs.pretrain --workdir .pretrain && "
-           "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat")
-PRETRAIN_CORPUS = {"chitchat": "chitchat-dataset (27 of 35 prompts + prompt-less; computer/AI prompts held out)",
-                   "pydoc": "pydoc_data.topics", "tiny": "pydoc_data.topics"}
+REBUILD = (
+    "python -m real_runs.pretrain --workdir .pretrain && "
+    "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat"
+)
+PRETRAIN_CORPUS = {
+    "chitchat": "chitchat-dataset (27 of 35 prompts + prompt-less; computer/AI prompts held out)",
+    "pydoc": "pydoc_data.topics",
+    "tiny": "pydoc_data.topics",
+}
 
 
 class EmbeddedWeightsError(RuntimeError):
@@ -292,8 +342,10 @@ def verify_weights(directory: str | os.PathLike) -> str:
     d = Path(directory)
     man = d / "SHA256SUMS"
     if not man.is_file():
-        raise EmbeddedWeightsError(f"shipped embedded model {d}: manifest {man} is missing; "
-                                   f"reinstall the package or rebuild with: {REBUILD}")
+        raise EmbeddedWeightsError(
+            f"shipped embedded model {d}: manifest {man} is missing; "
+            f"reinstall the package or rebuild with: {REBUILD}"
+        )
     sums = {}
     for line in man.read_text().splitlines():
         if line.strip():
@@ -305,14 +357,18 @@ def verify_weights(directory: str | os.PathLike) -> str:
     for name, want in sums.items():
         f = d / name
         if not f.is_file():
-            raise EmbeddedWeightsError(f"shipped embedded weight file {f} is missing; "
-                                       f"reinstall the package or rebuild with: {REBUILD}")
+            raise EmbeddedWeightsError(
+                f"shipped embedded weight file {f} is missing; "
+                f"reinstall the package or rebuild with: {REBUILD}"
+            )
         st = f.stat()
         key = (str(f), st.st_size, st.st_mtime_ns)
         got = _VERIFIED.get(key) or _sha256(f)
         if got != want:
-            raise EmbeddedWeightsError(f"shipped embedded weight file {f} is corrupt: SHA-256 {got} "
-                                       f"!= {want} listed in {man}; reinstall or rebuild with: {REBUILD}")
+            raise EmbeddedWeightsError(
+                f"shipped embedded weight file {f} is corrupt: SHA-256 {got} "
+                f"!= {want} listed in {man}; reinstall or rebuild with: {REBUILD}"
+            )
         _VERIFIED[key] = got
     return sums["model.safetensors"]
 
@@ -327,9 +383,14 @@ class ResolvedEmbedded:
     corpus: str
 
 
-def resolve_embedded(which: "EmbeddedConfig | str | None" = None, *, cache_dir=None,
-                     progress: bool = True, weights_dir: str | os.PathLike | None = None,
-                     build: bool = True) -> ResolvedEmbedded:
+def resolve_embedded(
+    which: "EmbeddedConfig | str | None" = None,
+    *,
+    cache_dir=None,
+    progress: bool = True,
+    weights_dir: str | os.PathLike | None = None,
+    build: bool = True,
+) -> ResolvedEmbedded:
     """Resolve an embedded model name ("chitchat" | "pydoc" | "tiny", None = default) or a pydoc config.
 
     "chitchat" is verified against its hashes and never built; "pydoc"/"tiny" are built on first
@@ -340,13 +401,21 @@ def resolve_embedded(which: "EmbeddedConfig | str | None" = None, *, cache_dir=N
         which = DEFAULT_EMBEDDED
     if isinstance(which, EmbeddedConfig):
         path = embedded_path(which, cache_dir=cache_dir, progress=progress)
-        name = "tiny" if which == EmbeddedConfig.tiny() else ("pydoc" if which == EmbeddedConfig() else "pydoc-custom")
-        return ResolvedEmbedded(name=name, path=path, key=path.name, corpus=PRETRAIN_CORPUS["pydoc"])
+        name = (
+            "tiny"
+            if which == EmbeddedConfig.tiny()
+            else ("pydoc" if which == EmbeddedConfig() else "pydoc-custom")
+        )
+        return ResolvedEmbedded(
+            name=name, path=path, key=path.name, corpus=PRETRAIN_CORPUS["pydoc"]
+        )
     check_choice(which, "embedded", EMBEDDED_MODELS)
     if which in SHIPPED:
         d = Path(weights_dir) if weights_dir is not None else SHIPPED[which]
         h = verify_weights(d)
-        return ResolvedEmbedded(name=which, path=d, key=f"{which}-{h[:12]}", corpus=PRETRAIN_CORPUS[which])
+        return ResolvedEmbedded(
+            name=which, path=d, key=f"{which}-{h[:12]}", corpus=PRETRAIN_CORPUS[which]
+        )
     cfg = EmbeddedConfig() if which == "pydoc" else EmbeddedConfig.tiny()
     if not build:  # the key alone (for run ids): never builds
         path = cache_root(cache_dir) / f"embedded-{_cache_key(cfg, corpus_texts())}"

@@ -38,7 +38,9 @@ from quantbounds._checks import check_bits, check_block_size, check_choice, chec
 SCHEMES = ("uniform", "nf4", "fp4")
 STEPS = ("paper", "midtread")
 ROUNDINGS = ("nearest", "stochastic")
-_BNB_ABSMAX_FLOOR = 1e-38  # bitsandbytes' clamp floor for absmax (as in quantbounds.quant.quantizers)
+_BNB_ABSMAX_FLOOR = (
+    1e-38  # bitsandbytes' clamp floor for absmax (as in quantbounds.quant.quantizers)
+)
 
 
 @lru_cache(maxsize=None)
@@ -59,8 +61,11 @@ def _code_tables(code: str):
 def _code_tensors(code: str, device: str):
     """(dequantization table, sort order, midpoints) as torch tensors on ``device`` (cached)."""
     deq, order, mids = _code_tables(code)
-    return (torch.as_tensor(deq, device=device), torch.as_tensor(order, device=device),
-            torch.as_tensor(mids, device=device))
+    return (
+        torch.as_tensor(deq, device=device),
+        torch.as_tensor(order, device=device),
+        torch.as_tensor(mids, device=device),
+    )
 
 
 def _group_absmax(x: torch.Tensor, axis: int | None, block_size: int | None):
@@ -76,9 +81,15 @@ def _group_absmax(x: torch.Tensor, axis: int | None, block_size: int | None):
     return x, x.abs().amax()
 
 
-def quantize_uniform(x: torch.Tensor, *, bits: int, axis: int | None = None,
-                     block_size: int | None = None, step: str = "paper",
-                     u: torch.Tensor | None = None) -> torch.Tensor:
+def quantize_uniform(
+    x: torch.Tensor,
+    *,
+    bits: int,
+    axis: int | None = None,
+    block_size: int | None = None,
+    step: str = "paper",
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Uniform symmetric b-bit quantizer x̂ (module docstring); x's shape and dtype.
 
     x: floating, any shape; bits: 1…16 (2…16 for "midtread"); at most one of axis / block_size
@@ -90,7 +101,9 @@ def quantize_uniform(x: torch.Tensor, *, bits: int, axis: int | None = None,
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if axis is not None and block_size is not None:
-        raise ValueError(f"give at most one of axis and block_size, got {axis!r} and {block_size!r}")
+        raise ValueError(
+            f"give at most one of axis and block_size, got {axis!r} and {block_size!r}"
+        )
     if step == "midtread" and bits < 2:
         raise ValueError(f"bits must be in 2…16 for step='midtread', got {bits}")
     if u is not None and u.shape != x.shape:
@@ -144,9 +157,17 @@ def quantize_code(x: torch.Tensor, *, code: str, block_size: int = 64) -> torch.
     return xhat.reshape(x.shape).to(x.dtype)
 
 
-def quantize(x: torch.Tensor, scheme: str, *, bits: int | None = None,
-             block_size: int | None = None, axis: int | None = None, rounding: str = "nearest",
-             generator: torch.Generator | None = None, step: str = "paper") -> torch.Tensor:
+def quantize(
+    x: torch.Tensor,
+    scheme: str,
+    *,
+    bits: int | None = None,
+    block_size: int | None = None,
+    axis: int | None = None,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+    step: str = "paper",
+) -> torch.Tensor:
     """Q(x) for a scheme, as ``quantbounds.quant.quantizers.quantize`` (a torch Generator for SR)."""
     check_choice(scheme, "scheme", SCHEMES)
     check_choice(rounding, "rounding", ROUNDINGS)
@@ -179,8 +200,13 @@ def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return _STE.apply(x, q.detach())
 
 
-def uniform_noise(x: torch.Tensor, *, bits: int, block_size: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def uniform_noise(
+    x: torch.Tensor,
+    *,
+    bits: int,
+    block_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The paper's additive model: x + ε, ε_ij i.i.d. U(−Δ/2, Δ/2), Δ = 2^{1−b}·R (R detached).
 
     Var[ε] = Δ²/12 = R²·4^{−b}/3. The gradient with respect to x is the identity.
@@ -192,13 +218,26 @@ def uniform_noise(x: torch.Tensor, *, bits: int, block_size: int | None = None,
     return x + (e * delta).reshape(x.shape)
 
 
-def make_quantizer(kind: str, *, bits: int, block_size: int | None, step: str = "paper",
-                   generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_quantizer(
+    kind: str,
+    *,
+    bits: int,
+    block_size: int | None,
+    step: str = "paper",
+    generator: torch.Generator | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """x ↦ Q(x) for an adapter quantization kind: "rtn", "sr", "nf4", "fp4" (no gradient)."""
     check_choice(kind, "kind", ("rtn", "sr", "nf4", "fp4"))
     bits = check_bits(bits)
     if kind in ("rtn", "sr"):
         rounding = "nearest" if kind == "rtn" else "stochastic"
-        return lambda x: quantize(x, "uniform", bits=bits, block_size=block_size, step=step,
-                                  rounding=rounding, generator=generator)
+        return lambda x: quantize(
+            x,
+            "uniform",
+            bits=bits,
+            block_size=block_size,
+            step=step,
+            rounding=rounding,
+            generator=generator,
+        )
     return lambda x: quantize_code(x, code=kind, block_size=block_size or 64)

@@ -88,7 +88,15 @@ class FinetuneConfig:
     device: str = "auto"
     ptq: bool = False
     ptq_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16)
-    ptq_schemes: tuple[str, ...] = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
+    ptq_schemes: tuple[str, ...] = (
+        "rtn_tensor",
+        "rtn_channel",
+        "rtn_block",
+        "sr_tensor",
+        "nf4",
+        "fp4",
+        "int8",
+    )
     ptq_sr_draws: int = 3
     ptq_eval_tokens: int = 8_000
     curvature_windows: int = 64
@@ -110,8 +118,18 @@ class FinetuneConfig:
         check_rank(self.rank, "rank")
         check_positive(self.lora_alpha, "lora_alpha")
         check_positive(self.lr, "lr")
-        for name in ("steps", "batch_size", "seq_len", "eval_pairs", "max_new_tokens", "log_every",
-                     "ptq_sr_draws", "curvature_windows", "eval_tokens", "ptq_eval_tokens"):
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_pairs",
+            "max_new_tokens",
+            "log_every",
+            "ptq_sr_draws",
+            "curvature_windows",
+            "eval_tokens",
+            "ptq_eval_tokens",
+        ):
             check_int_range(getattr(self, name), name, 1)
         for name in ("grad_var_batches", "noise_draws"):
             check_int_range(getattr(self, name), name, 2)
@@ -126,19 +144,25 @@ class FinetuneConfig:
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if isinstance(self.target_modules, str) or not self.target_modules:
-            raise TypeError(f"target_modules must be a non-empty list of names, got {self.target_modules!r}")
+            raise TypeError(
+                f"target_modules must be a non-empty list of names, got {self.target_modules!r}"
+            )
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "ptq_bits", check_ptq_bits(self.ptq_bits))
         object.__setattr__(self, "ptq_schemes", check_schemes(self.ptq_schemes))
         if self.ptq and self.arm != "fp16":
-            raise ValueError(f"ptq=True needs arm 'fp16' (PTQ quantizes a full-precision adapter "
-                             f"after training), got arm {self.arm!r}")
+            raise ValueError(
+                f"ptq=True needs arm 'fp16' (PTQ quantizes a full-precision adapter "
+                f"after training), got arm {self.arm!r}"
+            )
         if self.embedded == "default":
             object.__setattr__(self, "embedded", "chitchat")
         for pname in ("rank_pattern", "bits_pattern"):
             pat = getattr(self, pname)
             if not isinstance(pat, dict):
-                raise TypeError(f"{pname} must be a dict {{module regex: int}}, got {type(pat).__name__}")
+                raise TypeError(
+                    f"{pname} must be a dict {{module regex: int}}, got {type(pat).__name__}"
+                )
         for k, v in self.rank_pattern.items():
             check_rank(v, f"rank_pattern[{k!r}]")
         for k, v in self.bits_pattern.items():
@@ -151,11 +175,13 @@ class FinetuneConfig:
     @property
     def kind(self) -> str | None:
         from real_runs.arms import arm_spec
+
         return arm_spec(self.arm)[1]
 
     @property
     def base_quant(self) -> str:
         from real_runs.arms import arm_spec
+
         return arm_spec(self.arm)[0]
 
     def resolved_step(self) -> str | None:
@@ -172,8 +198,9 @@ class FinetuneConfig:
     def resolve(self) -> dict:
         """What this run resolves to on this machine: device, dtype, embedded model key, dataset
         path, N. Cached per process (loading the dataset once)."""
-        return _resolve(self.dataset, self.n_train, self.device, self.model, self.embedded,
-                        self.cache_dir)
+        return _resolve(
+            self.dataset, self.n_train, self.device, self.model, self.embedded, self.cache_dir
+        )
 
     def identity(self, resolved: dict | None = None) -> dict:
         """The canonical fields that define the run (the run_id is their hash).
@@ -187,8 +214,17 @@ class FinetuneConfig:
         """
         r = resolved or self.resolve()
         d = dataclasses.asdict(self)
-        for k in ("cache_dir", "progress", "threads", "ptq", "ptq_bits", "ptq_schemes",
-                  "ptq_sr_draws", "curvature_windows", "ptq_eval_tokens"):
+        for k in (
+            "cache_dir",
+            "progress",
+            "threads",
+            "ptq",
+            "ptq_bits",
+            "ptq_schemes",
+            "ptq_sr_draws",
+            "curvature_windows",
+            "ptq_eval_tokens",
+        ):
             d.pop(k)
         d["target_modules"] = list(self.target_modules)
         d["lora_alpha"] = float(self.lora_alpha)
@@ -242,8 +278,9 @@ def load_split(dataset: str, n_train: int | None, max_pairs: int):
     if dataset not in _DATA_CACHE:
         _DATA_CACHE[dataset] = (load_dialogues(dataset), resolve_dataset(dataset))
     dialogues, path = _DATA_CACHE[dataset]
-    return split_dialogues(dialogues, n_train=n_train, heldout_frac=HELDOUT_FRAC,
-                           max_pairs=max_pairs), path
+    return split_dialogues(
+        dialogues, n_train=n_train, heldout_frac=HELDOUT_FRAC, max_pairs=max_pairs
+    ), path
 
 
 def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
@@ -253,8 +290,12 @@ def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
     # "auto" is resolved here (so auto-on-CPU ≡ cpu); an explicit "cuda" is the run's identity
     # even on a machine without CUDA (it fails when run, not when planned)
     dev = resolve_device(device) if device == "auto" else device
-    out = {"n_train": len(split.train), "dataset_path": path, "device": dev,
-           "dtype": "bfloat16" if dev == "cuda" else "float32"}
+    out = {
+        "n_train": len(split.train),
+        "dataset_path": path,
+        "device": dev,
+        "dtype": "bfloat16" if dev == "cuda" else "float32",
+    }
     if model == "embedded":
         from real_runs.embedded import resolve_embedded
 
@@ -269,9 +310,13 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "bitsandbytes": bitsandbytes.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+    }
 
 
 def _batches(seqs, *, batch_size, pad_id, rng: random.Random, device):
@@ -282,7 +327,7 @@ def _batches(seqs, *, batch_size, pad_id, rng: random.Random, device):
         order = list(range(len(seqs)))
         rng.shuffle(order)
         for i in range(0, len(order) - batch_size + 1, batch_size):  # drop the last partial batch
-            b = collate([seqs[j] for j in order[i:i + batch_size]], pad_id=pad_id)
+            b = collate([seqs[j] for j in order[i : i + batch_size]], pad_id=pad_id)
             yield {k: v.to(device) for k, v in b.items()}
 
 
@@ -313,6 +358,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     res = cfg.resolve()
     from real_runs.arms import resolve_device
+
     device = resolve_device(res["device"])  # a clear error for "cuda" without CUDA
     if cfg.threads is not None and device == "cpu":
         torch.set_num_threads(cfg.threads)
@@ -324,14 +370,28 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     emb = cfg.embedded
     if cfg.model == "embedded" and cfg.embedded in ("pydoc", "tiny"):
         from real_runs.embedded import EmbeddedConfig
+
         emb = EmbeddedConfig() if cfg.embedded == "pydoc" else EmbeddedConfig.tiny()
-    built = build_arm(arm=cfg.arm, model=cfg.model, rank=cfg.rank, bits=cfg.bits, scale=cfg.scale,
-                      lora_alpha=cfg.lora_alpha, target_modules=cfg.target_modules,
-                      rank_pattern=cfg.rank_pattern, bits_pattern=cfg.bits_pattern,
-                      block_size=cfg.resolved_block_size(), step=cfg.resolved_step() or "paper",
-                      double_quant=cfg.double_quant,
-                      lora_dropout=cfg.lora_dropout, seed=cfg.seed, device=device, embedded=emb,
-                      cache_dir=cfg.cache_dir, progress=cfg.progress)
+    built = build_arm(
+        arm=cfg.arm,
+        model=cfg.model,
+        rank=cfg.rank,
+        bits=cfg.bits,
+        scale=cfg.scale,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=cfg.target_modules,
+        rank_pattern=cfg.rank_pattern,
+        bits_pattern=cfg.bits_pattern,
+        block_size=cfg.resolved_block_size(),
+        step=cfg.resolved_step() or "paper",
+        double_quant=cfg.double_quant,
+        lora_dropout=cfg.lora_dropout,
+        seed=cfg.seed,
+        device=device,
+        embedded=emb,
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+    )
     model, tok = built.model, built.tokenizer
     max_len = min(cfg.seq_len, getattr(model.config, "n_positions", cfg.seq_len))
     # whole dialogues, cut into windows of ≤ max_len tokens (every token used once)
@@ -347,21 +407,31 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
             n_pred += len(w) - 1
     if n_pred < cfg.eval_tokens:
         import warnings
-        warnings.warn(f"held-out split has only {n_pred} tokens to predict (< eval_tokens={cfg.eval_tokens})")
+
+        warnings.warn(
+            f"held-out split has only {n_pred} tokens to predict (< eval_tokens={cfg.eval_tokens})",
+            stacklevel=2,
+        )
     pad = tok.eos_token_id
 
     # --- training --------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    batches = _batches(train_seqs, batch_size=min(cfg.batch_size, len(train_seqs)), pad_id=pad,
-                       rng=random.Random(cfg.seed), device=device)
+    batches = _batches(
+        train_seqs,
+        batch_size=min(cfg.batch_size, len(train_seqs)),
+        pad_id=pad,
+        rng=random.Random(cfg.seed),
+        device=device,
+    )
     losses, loss_steps, window, n_tok = [], [], [], 0
     model.train()
     t_train = time.time()
     it = range(cfg.steps)
     if cfg.progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc=f"{cfg.arm} r={cfg.rank} b={cfg.bits}", leave=False)
     for step in it:
         for g in opt.param_groups:
@@ -385,8 +455,18 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     # --- gradient variance, ‖x‖², at the final parameters, in TRAINING mode (as trained) ----
     groups = M.lora_groups(built.layers)
     gv_rng = random.Random(10_000 + cfg.seed)
-    gv_batches = list(_take(_batches(train_seqs, batch_size=min(cfg.batch_size, len(train_seqs)),
-                                     pad_id=pad, rng=gv_rng, device=device), cfg.grad_var_batches))
+    gv_batches = list(
+        _take(
+            _batches(
+                train_seqs,
+                batch_size=min(cfg.batch_size, len(train_seqs)),
+                pad_id=pad,
+                rng=gv_rng,
+                device=device,
+            ),
+            cfg.grad_var_batches,
+        )
+    )
     holder: dict = {"k": 0}
 
     def loss_of(batch):
@@ -408,8 +488,9 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
 
     # --- evaluation with the quantized factors (one draw per pass) ---------------------------
     held_batches = [
-        {k: v.to(device) for k, v in collate(held_seqs[i:i + 16], pad_id=pad).items()}
-        for i in range(0, len(held_seqs), 16)]
+        {k: v.to(device) for k, v in collate(held_seqs[i : i + 16], pad_id=pad).items()}
+        for i in range(0, len(held_seqs), 16)
+    ]
     with parametrize.cached():
         eps_total, eps_layers = M.eps_ba(built.layers)
         rows = M.eval_loss_rows(model, held_batches)
@@ -417,10 +498,15 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         n_eval_tok = int(sum(rows[1]))
         W = len(rows[1])
         _, lo, hi = clustered_mean_ci([s * W / n_eval_tok for s in rows[0]], held_owner)
-        f1, em, _, f1s, ems = M.greedy_scores(model, tok, split.pairs,
-                                              max_new_tokens=cfg.max_new_tokens,
-                                              max_prompt=max(1, max_len - cfg.max_new_tokens),
-                                              device=device, return_lists=True)
+        f1, em, _, f1s, ems = M.greedy_scores(
+            model,
+            tok,
+            split.pairs,
+            max_new_tokens=cfg.max_new_tokens,
+            max_prompt=max(1, max_len - cfg.max_new_tokens),
+            device=device,
+            return_lists=True,
+        )
     owners = split.pair_dialogue
     f1_ci = clustered_mean_ci(f1s, owners)[1:] if f1s else (None, None)
     em_ci = clustered_mean_ci(ems, owners)[1:] if ems else (None, None)
@@ -436,44 +522,91 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     rid = run_id(identity)
     step_res = cfg.resolved_step()
     rec = make_record(
-        run_id=rid, arm=cfg.arm,
+        run_id=rid,
+        arm=cfg.arm,
         model=cfg.model if cfg.model != "embedded" else f"embedded:{res['embedded_name']}",
-        dataset=cfg.dataset, rank=cfg.rank, bits=cfg.bits, base_quant=built.base_quant,
-        scale=cfg.scale, lora_alpha=float(cfg.lora_alpha if cfg.scale != "one" else cfg.rank),
-        seed=cfg.seed, n_train=len(split.train), steps=cfg.steps,
-        eval_loss=ev_loss, perplexity=M.perplexity(ev_loss), f1=f1, exact_match=em,
-        grad_var=gv_total, eps_ba_fro2=eps_total, wall_s=time.time() - t0,
-        train_loss=losses, train_loss_steps=loss_steps,
-        grad_var_layers=gv_layers, grad_var_batches=cfg.grad_var_batches, grad_var_mode="train",
-        grad_var_noise=gvn_total, grad_var_noise_layers=gvn_layers,
-        x_norm2=x_norm2, range_B=range_B, range_A=range_A, eps_ba_layers=eps_layers,
-        lora_scale=s, lora_scale_layers=M.layer_scales(built.layers),
-        quant_ranges=M.quant_ranges(built.layers, cfg.resolved_block_size()) if built.kind else None,
+        dataset=cfg.dataset,
+        rank=cfg.rank,
+        bits=cfg.bits,
+        base_quant=built.base_quant,
+        scale=cfg.scale,
+        lora_alpha=float(cfg.lora_alpha if cfg.scale != "one" else cfg.rank),
+        seed=cfg.seed,
+        n_train=len(split.train),
+        steps=cfg.steps,
+        eval_loss=ev_loss,
+        perplexity=M.perplexity(ev_loss),
+        f1=f1,
+        exact_match=em,
+        grad_var=gv_total,
+        eps_ba_fro2=eps_total,
+        wall_s=time.time() - t0,
+        train_loss=losses,
+        train_loss_steps=loss_steps,
+        grad_var_layers=gv_layers,
+        grad_var_batches=cfg.grad_var_batches,
+        grad_var_mode="train",
+        grad_var_noise=gvn_total,
+        grad_var_noise_layers=gvn_layers,
+        x_norm2=x_norm2,
+        range_B=range_B,
+        range_A=range_A,
+        eps_ba_layers=eps_layers,
+        lora_scale=s,
+        lora_scale_layers=M.layer_scales(built.layers),
+        quant_ranges=M.quant_ranges(built.layers, cfg.resolved_block_size())
+        if built.kind
+        else None,
         target_modules=list(cfg.target_modules),
-        rounding={"rtn": "nearest", "sr": "stochastic", "nf4": "nf4", "noise": "additive_uniform",
-                  None: None}[built.kind],
+        rounding={
+            "rtn": "nearest",
+            "sr": "stochastic",
+            "nf4": "nf4",
+            "noise": "additive_uniform",
+            None: None,
+        }[built.kind],
         quant_step=step_res,
-        rounding_bias=(None if built.kind != "sr" else
-                       "none: mid-tread grid, ±R representable, E[Q(x)] = x exactly" if step_res == "midtread"
-                       else "biased: paper grid clips the top cell (R − Δ, R] to R − Δ"),
+        rounding_bias=(
+            None
+            if built.kind != "sr"
+            else "none: mid-tread grid, ±R representable, E[Q(x)] = x exactly"
+            if step_res == "midtread"
+            else "biased: paper grid clips the top cell (R − Δ, R] to R − Δ"
+        ),
         double_quant=cfg.double_quant if built.base_quant in ("nf4", "fp4") else None,
         trainable_params=sum(p.numel() for p in params),
         total_params=counts["params"] + sum(p.numel() for p in params),
-        model_bytes=counts["bytes"], peak_mem_bytes=M.peak_memory_bytes(device),
+        model_bytes=counts["bytes"],
+        peak_mem_bytes=M.peak_memory_bytes(device),
         peak_mem_method=peak_method,
         tokens_per_s=n_tok / train_s if train_s > 0 else None,
-        lr=cfg.lr, batch_size=cfg.batch_size, seq_len=max_len,
-        eval_tokens=n_eval_tok, eval_windows=W, eval_dialogues=len(set(held_owner)),
-        eval_loss_ci=[lo, hi], eval_pairs_scored=len(split.pairs),
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seq_len=max_len,
+        eval_tokens=n_eval_tok,
+        eval_windows=W,
+        eval_dialogues=len(set(held_owner)),
+        eval_loss_ci=[lo, hi],
+        eval_pairs_scored=len(split.pairs),
         # tokenizer-free: nats per whitespace word of the evaluated dialogues (comparable across models)
-        eval_words=(n_words := sum(len(t.split()) for i in sorted(set(held_owner)) for t in split.heldout[i])),
+        eval_words=(
+            n_words := sum(
+                len(t.split()) for i in sorted(set(held_owner)) for t in split.heldout[i]
+            )
+        ),
         eval_nats_per_word=sum(rows[0]) / max(n_words, 1),
-        eval_pair_dialogues=len(set(owners)), f1_ci=list(f1_ci), exact_match_ci=list(em_ci),
-        embedded_model=res.get("embedded_name"), embedded_key=res.get("embedded_key"),
-        pretrain_corpus=res.get("pretrain_corpus"), dataset_path=dataset_path,
+        eval_pair_dialogues=len(set(owners)),
+        f1_ci=list(f1_ci),
+        exact_match_ci=list(em_ci),
+        embedded_model=res.get("embedded_name"),
+        embedded_key=res.get("embedded_key"),
+        pretrain_corpus=res.get("pretrain_corpus"),
+        dataset_path=dataset_path,
         dtype=res["dtype"],
-        versions=_versions(), device=device if device == "cpu" else torch.cuda.get_device_name(),
-        started_at=started, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_versions(),
+        device=device if device == "cpu" else torch.cuda.get_device_name(),
+        started_at=started,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         config=identity,
     )
     for p in ptq_records:
@@ -483,7 +616,6 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
 
 def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device) -> list[dict]:
     """PTQ of the trained full-precision adapter (real_runs.ptq), as quantbounds.ptq/1 records."""
-    import torch
 
     from quantbounds.calib.records import make_ptq_record
     from real_runs import ptq as P
@@ -493,15 +625,24 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
     emb = cfg.embedded
     if cfg.model == "embedded" and cfg.embedded in ("pydoc", "tiny"):
         from real_runs.embedded import EmbeddedConfig
+
         emb = EmbeddedConfig() if cfg.embedded == "pydoc" else EmbeddedConfig.tiny()
     t0 = time.time()
-    plain, _ = load_base(cfg.model, base_quant="none", device=device, embedded=emb,
-                         cache_dir=cfg.cache_dir, progress=False)
+    plain, _ = load_base(
+        cfg.model,
+        base_quant="none",
+        device=device,
+        embedded=emb,
+        cache_dir=cfg.cache_dir,
+        progress=False,
+    )
     plain.eval()
     rng = random.Random(30_000 + cfg.seed)
     idx = sorted(rng.sample(range(len(train_seqs)), min(cfg.curvature_windows, len(train_seqs))))
-    curv_batches = [collate([train_seqs[j] for j in idx[i:i + 16]], pad_id=pad)
-                    for i in range(0, len(idx), 16)]
+    curv_batches = [
+        collate([train_seqs[j] for j in idx[i : i + 16]], pad_id=pad)
+        for i in range(0, len(idx), 16)
+    ]
     curv = P.measure_curvature(built.model, built.layers, curv_batches, seed=cfg.seed)
     scales = {n: float(layer.scaling["default"]) for n, layer in built.layers.items()}
     # PTQ evaluates each quantized adapter on the leading held-out batches (whole dialogues, in
@@ -513,22 +654,45 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         nb += 1
     n_rows = sum(b["input_ids"].shape[0] for b in held_batches[:nb])
     sub_rows = (rows[0][:n_rows], rows[1][:n_rows])
-    out = P.run_ptq(plain_model=plain, layers=built.layers, scales=scales, curvature=curv,
-                    eval_batches=held_batches[:nb], eval_clusters=held_owner[:n_rows],
-                    ref_rows=sub_rows, schemes=cfg.ptq_schemes, bits=cfg.ptq_bits,
-                    sr_draws=cfg.ptq_sr_draws, seed=cfg.seed, progress=cfg.progress)
+    out = P.run_ptq(
+        plain_model=plain,
+        layers=built.layers,
+        scales=scales,
+        curvature=curv,
+        eval_batches=held_batches[:nb],
+        eval_clusters=held_owner[:n_rows],
+        ref_rows=sub_rows,
+        schemes=cfg.ptq_schemes,
+        bits=cfg.ptq_bits,
+        sr_draws=cfg.ptq_sr_draws,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
     total_s = time.time() - t0
     recs = []
     for r in out:
-        ident = {"ptq_of_config": cfg.identity(), "scheme": r["ptq_scheme"], "bits": r["bits"],
-                 "draw": r["ptq_draw"], "ptq_eval_tokens": cfg.ptq_eval_tokens,
-                 "curvature_windows": cfg.curvature_windows}
-        recs.append(make_ptq_record(
-            run_id=run_id(ident), arm=cfg.arm, rank=cfg.rank, seed=cfg.seed, scale=cfg.scale,
-            lora_alpha=float(cfg.lora_alpha), curvature_tokens=sum(
-                c["tokens"] for c in curv.values()) // max(len(curv), 1),
-            curvature_source="training windows, labels sampled from the model (true Fisher, K-FAC)",
-            ptq_total_s=total_s, **r))
+        ident = {
+            "ptq_of_config": cfg.identity(),
+            "scheme": r["ptq_scheme"],
+            "bits": r["bits"],
+            "draw": r["ptq_draw"],
+            "ptq_eval_tokens": cfg.ptq_eval_tokens,
+            "curvature_windows": cfg.curvature_windows,
+        }
+        recs.append(
+            make_ptq_record(
+                run_id=run_id(ident),
+                arm=cfg.arm,
+                rank=cfg.rank,
+                seed=cfg.seed,
+                scale=cfg.scale,
+                lora_alpha=float(cfg.lora_alpha),
+                curvature_tokens=sum(c["tokens"] for c in curv.values()) // max(len(curv), 1),
+                curvature_source="training windows, labels sampled from the model (true Fisher, K-FAC)",
+                ptq_total_s=total_s,
+                **r,
+            )
+        )
     return recs
 
 

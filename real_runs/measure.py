@@ -40,8 +40,11 @@ def trace_cov(samples: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, 
     return sum(per.values()), per
 
 
-def gradient_samples(loss_fn: Callable[[object], torch.Tensor], inputs: Iterable,
-                     groups: dict[str, list[torch.nn.Parameter]]) -> list[dict[str, torch.Tensor]]:
+def gradient_samples(
+    loss_fn: Callable[[object], torch.Tensor],
+    inputs: Iterable,
+    groups: dict[str, list[torch.nn.Parameter]],
+) -> list[dict[str, torch.Tensor]]:
     """[{group: flat ∇_θ L(θ; input)}] for each input, at the current (fixed) parameters.
 
     loss_fn(input) → scalar loss; groups: {name: parameters}. Uses torch.autograd.grad, so
@@ -96,7 +99,7 @@ def capture_input_norms(layers: dict, mask_holder: dict):
     def make(name):
         def hook(mod, args):
             x = args[0].detach().double()
-            sq = (x ** 2).sum(-1)
+            sq = (x**2).sum(-1)
             m = mask_holder.get("mask")
             if m is not None and m.shape == sq.shape:
                 acc[name][0] += float((sq * m).sum())
@@ -104,6 +107,7 @@ def capture_input_norms(layers: dict, mask_holder: dict):
             else:
                 acc[name][0] += float(sq.sum())
                 acc[name][1] += sq.numel()
+
         return hook
 
     for n, layer in layers.items():
@@ -138,7 +142,7 @@ def eps_ba(layers: dict, adapter: str = "default") -> tuple[float, dict[str, flo
         B, A = factor_weights(layer, adapter, quantized=False)
         Bq, Aq = factor_weights(layer, adapter, quantized=True)
         d = Bq.double() @ Aq.double() - B.double() @ A.double()
-        per[n] = float((d ** 2).sum())
+        per[n] = float((d**2).sum())
     return sum(per.values()), per
 
 
@@ -155,8 +159,11 @@ def eval_loss(model, batches: Iterable[dict]) -> tuple[float, int]:
             logits = logits.float()
         tgt = b["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-            ignore_index=-100, reduction="sum")
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            tgt.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
         total += float(ce)
         count += int((tgt != -100).sum())
     if count == 0:
@@ -178,15 +185,25 @@ def eval_loss_rows(model, batches: Iterable[dict]) -> tuple[list[float], list[in
             logits = logits.float()
         tgt = b["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+            logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none"
+        )
         sums.extend(ce.double().sum(1).tolist())
         counts.extend((tgt != -100).sum(1).tolist())
     return sums, counts
 
 
 @torch.no_grad()
-def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
-                  device: str = "cpu", batch_size: int = 32, return_lists: bool = False):
+def greedy_scores(
+    model,
+    tok,
+    pairs,
+    *,
+    max_new_tokens: int,
+    max_prompt: int,
+    device: str = "cpu",
+    batch_size: int = 32,
+    return_lists: bool = False,
+):
     """(mean token F1, exact-match rate, responses[, per-pair F1, per-pair EM]) of greedy continuations.
 
     Prompt = t₁⟨eos⟩…t_j⟨eos⟩ (last ``max_prompt`` tokens), generation stops at ⟨eos⟩.
@@ -199,20 +216,26 @@ def greedy_scores(model, tok, pairs, *, max_new_tokens: int, max_prompt: int,
     eos = tok.eos_token_id
     f1s, ems, outs = [], [], []
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
+        chunk = pairs[i : i + batch_size]
         prompts = [encode_dialogue(tok, c, seq_len=10**9)[-max_prompt:] for c, _ in chunk]
         L = max(len(p) for p in prompts)
         x = torch.full((len(prompts), L), eos, dtype=torch.long)
         m = torch.zeros((len(prompts), L), dtype=torch.long)
         for k, p in enumerate(prompts):
-            x[k, L - len(p):] = torch.tensor(p, dtype=torch.long)
-            m[k, L - len(p):] = 1
-        y = model.generate(input_ids=x.to(device), attention_mask=m.to(device), do_sample=False,
-                           max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
+            x[k, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+            m[k, L - len(p) :] = 1
+        y = model.generate(
+            input_ids=x.to(device),
+            attention_mask=m.to(device),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
         for k, (_, reference) in enumerate(chunk):
             new = y[k, L:].tolist()
             if eos in new:
-                new = new[:new.index(eos)]
+                new = new[: new.index(eos)]
             resp = tok.decode(new).strip()
             outs.append(resp)
             f1s.append(token_f1(resp, reference))
@@ -283,7 +306,7 @@ def model_bytes(model) -> int:
 
 def layer_scales(layers: dict, adapter: str = "default") -> dict[str, float]:
     """{layer: the LoRA scale s PEFT applies there} (differs by layer under rank_pattern / alpha_pattern)."""
-    return {n: float(l.scaling[adapter]) for n, l in layers.items()}
+    return {n: float(layer.scaling[adapter]) for n, layer in layers.items()}
 
 
 def quant_ranges(layers: dict, block_size: int | None, adapter: str = "default") -> dict[str, dict]:
@@ -303,8 +326,12 @@ def quant_ranges(layers: dict, block_size: int | None, adapter: str = "default")
                 entry[name] = float(W.abs().max())
             else:
                 R = W.reshape(-1, block_size).abs().amax(dim=1).double()
-                entry[name] = {"blocks": int(R.numel()), "min": float(R.min()), "max": float(R.max()),
-                               "mean_R2": float((R ** 2).mean())}
+                entry[name] = {
+                    "blocks": int(R.numel()),
+                    "min": float(R.min()),
+                    "max": float(R.max()),
+                    "mean_R2": float((R**2).mean()),
+                }
         out[n] = entry
     return out
 

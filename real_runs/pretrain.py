@@ -56,7 +56,15 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_layer", "n_embd", "n_head", "n_positions", "steps", "batch_size", "seq_len"):
+        for name in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "n_positions",
+            "steps",
+            "batch_size",
+            "seq_len",
+        ):
             check_int_range(getattr(self, name), name, 1)
         check_int_range(self.vocab_size, "vocab_size", 300)
         check_int_range(self.seed, "seed", 0)
@@ -103,8 +111,10 @@ def prepare(workdir: Path, cfg: PretrainConfig):
         tok.save_pretrained(tmp)
         os.replace(tmp, tok_dir)
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tok_dir)
     if not data_f.exists():
+
         def stream(dialogues):
             flat = [t for d in dialogues for t in d]
             enc = tok(flat)["input_ids"]
@@ -113,8 +123,13 @@ def prepare(workdir: Path, cfg: PretrainConfig):
                 out.extend(ids)
                 out.append(tok.eos_token_id)
             return torch.tensor(out, dtype=torch.int32)
-        blob = {"train": stream(train), "valid": stream(val),
-                "n_train_conv": len(train), "n_valid_conv": len(val)}
+
+        blob = {
+            "train": stream(train),
+            "valid": stream(val),
+            "n_train_conv": len(train),
+            "n_valid_conv": len(val),
+        }
         tmp = data_f.with_name("tokens.pt.tmp")
         torch.save(blob, tmp)
         os.replace(tmp, data_f)
@@ -127,11 +142,19 @@ def _model(cfg: PretrainConfig, tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
-    gcfg = GPT2Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-                      n_positions=cfg.n_positions, vocab_size=len(tok),
-                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.eos_token_id)
+    gcfg = GPT2Config(
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+        n_positions=cfg.n_positions,
+        vocab_size=len(tok),
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
     return GPT2LMHeadModel(gcfg)
 
 
@@ -141,7 +164,7 @@ def _windows(ids, cfg: PretrainConfig, step: int):
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     n = ids.numel() - cfg.seq_len - 1
     starts = torch.randint(0, n, (cfg.batch_size,), generator=g)
-    return torch.stack([ids[s:s + cfg.seq_len] for s in starts.tolist()]).long()
+    return torch.stack([ids[s : s + cfg.seq_len] for s in starts.tolist()]).long()
 
 
 def valid_loss(model, ids, cfg: PretrainConfig, *, max_windows: int = 200) -> float:
@@ -155,14 +178,20 @@ def valid_loss(model, ids, cfg: PretrainConfig, *, max_windows: int = 200) -> fl
     tot = 0.0
     with torch.no_grad():
         for i in range(0, nwin, 16):
-            xs = torch.stack([ids[j * L:(j + 1) * L] for j in range(i, min(nwin, i + 16))]).long()
+            xs = torch.stack([ids[j * L : (j + 1) * L] for j in range(i, min(nwin, i + 16))]).long()
             tot += float(model(input_ids=xs, labels=xs).loss) * xs.shape[0]
     model.train(was)
     return tot / nwin
 
 
-def pretrain(workdir: Path, cfg: PretrainConfig, *, ckpt_every_s: float = 180.0,
-             max_steps: int | None = None, log=print) -> dict:
+def pretrain(
+    workdir: Path,
+    cfg: PretrainConfig,
+    *,
+    ckpt_every_s: float = 180.0,
+    max_steps: int | None = None,
+    log=print,
+) -> dict:
     """Run (or resume) pretraining in ``workdir``; return the state summary."""
     import torch
 
@@ -173,15 +202,23 @@ def pretrain(workdir: Path, cfg: PretrainConfig, *, ckpt_every_s: float = 180.0,
         _atomic_write_bytes(workdir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
     saved = json.loads((workdir / "config.json").read_text())
     if saved != asdict(cfg):
-        raise ValueError(f"{workdir} holds a pretraining run of a different configuration "
-                         f"({saved}); use another --workdir")
+        raise ValueError(
+            f"{workdir} holds a pretraining run of a different configuration "
+            f"({saved}); use another --workdir"
+        )
     tok, blob = prepare(workdir, cfg)
     train_ids, val_ids = blob["train"], blob["valid"]
     model = _model(cfg, tok)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
     ck = workdir / "ckpt.pt"
     state = {"step": 0, "losses": [], "valid": [], "elapsed_s": 0.0}
     if ck.exists():
@@ -219,8 +256,10 @@ def pretrain(workdir: Path, cfg: PretrainConfig, *, ckpt_every_s: float = 180.0,
             v = valid_loss(model, val_ids, cfg)
             state["valid"].append([state["step"], v])
             el = el0 + time.time() - t_seg
-            log(f"step {state['step']}/{cfg.steps} train {sum(state['losses'][-50:]) / len(state['losses'][-50:]):.4f} "
-                f"valid {v:.4f} elapsed {el:.0f}s tok/s {state['step'] * cfg.batch_size * cfg.seq_len / el:.0f}")
+            log(
+                f"step {state['step']}/{cfg.steps} train {sum(state['losses'][-50:]) / len(state['losses'][-50:]):.4f} "
+                f"valid {v:.4f} elapsed {el:.0f}s tok/s {state['step'] * cfg.batch_size * cfg.seq_len / el:.0f}"
+            )
         if time.time() - last_ck > ckpt_every_s:
             save()
             last_ck = time.time()
@@ -237,8 +276,10 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
     workdir, out_dir = Path(workdir), Path(out_dir)
     c = torch.load(workdir / "ckpt.pt", weights_only=False)
     if c["state"]["step"] < cfg.steps:
-        raise RuntimeError(f"pretraining in {workdir} is at step {c['state']['step']} of {cfg.steps}; "
-                           f"finish it first (rerun without --export)")
+        raise RuntimeError(
+            f"pretraining in {workdir} is at step {c['state']['step']} of {cfg.steps}; "
+            f"finish it first (rerun without --export)"
+        )
     tok, blob = prepare(workdir, cfg)
     model = _model(cfg, tok)
     model.load_state_dict(c["model"])
@@ -251,21 +292,36 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
     tok.save_pretrained(tmp)
     import tokenizers
     import transformers
+
     st = c["state"]
-    info = {"name": "chitchat", "corpus": "chitchat-dataset (pretraining prompts: 27 of 35 + prompt-less)",
-            "heldout_prompts_excluded": True, "config": asdict(cfg),
-            "corpus_tokens_train": int(blob["train"].numel()),
-            "corpus_tokens_valid": int(blob["valid"].numel()),
-            "n_train_conversations": blob["n_train_conv"], "n_valid_conversations": blob["n_valid_conv"],
-            "final_train_loss": sum(st["losses"][-100:]) / 100, "valid_curve": st["valid"],
-            "pretrain_valid_loss_fp32": vl, "pretrain_s": st["elapsed_s"],
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "tokenizers": tokenizers.__version__, "python": sys.version.split()[0]},
-            "rebuild": "python -m real_runs.pretrain --workdir .pretrain && "
-                       "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat"}
+    info = {
+        "name": "chitchat",
+        "corpus": "chitchat-dataset (pretraining prompts: 27 of 35 + prompt-less)",
+        "heldout_prompts_excluded": True,
+        "config": asdict(cfg),
+        "corpus_tokens_train": int(blob["train"].numel()),
+        "corpus_tokens_valid": int(blob["valid"].numel()),
+        "n_train_conversations": blob["n_train_conv"],
+        "n_valid_conversations": blob["n_valid_conv"],
+        "final_train_loss": sum(st["losses"][-100:]) / 100,
+        "valid_curve": st["valid"],
+        "pretrain_valid_loss_fp32": vl,
+        "pretrain_s": st["elapsed_s"],
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "python": sys.version.split()[0],
+        },
+        "rebuild": "python -m real_runs.pretrain --workdir .pretrain && "
+        "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat",
+    }
     (tmp / "embedded_info.json").write_text(json.dumps(info, indent=2))
-    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-              for p in sorted(tmp.iterdir()) if p.is_file()}
+    hashes = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(tmp.iterdir())
+        if p.is_file()
+    }
     (tmp / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in hashes.items()))
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -285,8 +341,13 @@ def main(argv=None):
     if a.export:
         print(json.dumps(export(Path(a.workdir), Path(a.export), cfg), indent=2))
         return 0
-    st = pretrain(Path(a.workdir), cfg, ckpt_every_s=a.ckpt_every, max_steps=a.max_steps,
-                  log=lambda s: print(s, flush=True))
+    st = pretrain(
+        Path(a.workdir),
+        cfg,
+        ckpt_every_s=a.ckpt_every,
+        max_steps=a.max_steps,
+        log=lambda s: print(s, flush=True),
+    )
     print(f"done: step {st['step']}, elapsed {st['elapsed_s']:.0f}s")
     return 0
 

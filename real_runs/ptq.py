@@ -105,7 +105,9 @@ def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
     check_choice(scheme, "scheme", SCHEMES)
     bits = check_bits(bits)
     if scheme in ("rtn_tensor", "rtn_channel", "rtn_block"):
-        kw = {"rtn_tensor": {}, "rtn_channel": {"axis": 0}, "rtn_block": {"block_size": BLOCK}}[scheme]
+        kw = {"rtn_tensor": {}, "rtn_channel": {"axis": 0}, "rtn_block": {"block_size": BLOCK}}[
+            scheme
+        ]
         Q = quantize_uniform(W, bits=bits, step="paper", **kw)
         # additive model: Δ²/12 with Δ = 2^{1−b}·R of the entry's group
         if scheme == "rtn_tensor":
@@ -113,7 +115,13 @@ def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
         elif scheme == "rtn_channel":
             R = W.abs().amax(dim=1, keepdim=True).expand_as(W)
         else:
-            R = W.reshape(-1, BLOCK).abs().amax(dim=1, keepdim=True).expand(-1, BLOCK).reshape(W.shape)
+            R = (
+                W.reshape(-1, BLOCK)
+                .abs()
+                .amax(dim=1, keepdim=True)
+                .expand(-1, BLOCK)
+                .reshape(W.shape)
+            )
         var = (R.double() * 2.0 ** (1 - bits)) ** 2 / 12.0
         return Q, var
     if scheme == "sr_tensor":
@@ -125,7 +133,7 @@ def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
         delta = R.double() / (2.0 ** (bits - 1) - 1)
         t = W.double() / delta
         p = t - torch.floor(t)
-        return Q, delta ** 2 * p * (1 - p)      # exact: Var = Δ²·p(1−p) given W
+        return Q, delta**2 * p * (1 - p)  # exact: Var = Δ²·p(1−p) given W
     if scheme in ("nf4", "fp4"):
         return quantize_code(W, code=scheme, block_size=BLOCK), None
     # int8: mid-tread, 8 bits, per row
@@ -133,6 +141,7 @@ def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
 
 
 # --- curvature on the full-precision model --------------------------------------------------
+
 
 def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[str, dict]:
     """{layer: {"Sigma_x": n×n, "G": m×m, "tokens": T}} (float64) over the real tokens of ``batches``.
@@ -152,17 +161,20 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
             x = args[0].detach()
             cur[name] = x
             if out.requires_grad:
+
                 def ghook(g, name=name):
                     m = cur["mask"].bool()
                     gg = g.detach()[m].double()
                     a = acc[name]
                     a["G"] = gg.T @ gg if a["G"] is None else a["G"] + gg.T @ gg
+
                 out.register_hook(ghook)
             m = cur["mask"].bool()
             xx = x[m].double()
             a = acc[name]
             a["Sigma_x"] = xx.T @ xx if a["Sigma_x"] is None else a["Sigma_x"] + xx.T @ xx
             a["tokens"] += int(m.sum())
+
         return hook
 
     for n, layer in layers.items():
@@ -177,8 +189,10 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
             probs = torch.softmax(logits.detach().float()[:, :-1], dim=-1)
             sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen)
             sampled = sampled.reshape(probs.shape[:2])
-            valid = (b["attention_mask"][:, 1:] == 1)
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), sampled, reduction="none")
+            valid = b["attention_mask"][:, 1:] == 1
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), sampled, reduction="none"
+            )
             (ce * valid).sum().backward()
             model.zero_grad(set_to_none=True)
     finally:
@@ -210,8 +224,12 @@ def eval_weight_gradients(model, mods: dict, conv: dict, batches) -> dict[str, t
     try:
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), b["labels"][:, 1:],
-                                                   ignore_index=-100, reduction="sum")
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2),
+                b["labels"][:, 1:],
+                ignore_index=-100,
+                reduction="sum",
+            )
             (ce / total).backward()
         out = {}
         for n, m in mods.items():
@@ -230,9 +248,21 @@ def _quad(E: torch.Tensor, Sx: torch.Tensor, G: torch.Tensor) -> float:
     return float(torch.einsum("ij,jk,lk,li->", E, Sx, E, G))
 
 
-def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_batches,
-            eval_clusters, ref_rows, schemes, bits, sr_draws: int, seed: int,
-            progress: bool = False) -> list[dict]:
+def run_ptq(
+    *,
+    plain_model,
+    layers: dict,
+    scales: dict,
+    curvature: dict,
+    eval_batches,
+    eval_clusters,
+    ref_rows,
+    schemes,
+    bits,
+    sr_draws: int,
+    seed: int,
+    progress: bool = False,
+) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
     plain_model: the base GPT-2 without adapters, float32, whose adapted modules (by the
@@ -245,8 +275,10 @@ def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_ba
     from real_runs.measure import eval_loss_rows
 
     check_int_range(sr_draws, "ptq_sr_draws", 1)
-    facs = {n: tuple(t.detach().float().clone() for t in factor_weights(l, quantized=False))
-            for n, l in layers.items()}
+    facs = {
+        n: tuple(t.detach().float().clone() for t in factor_weights(layer, quantized=False))
+        for n, layer in layers.items()
+    }
     mods = {n: plain_model.get_submodule(n) for n in layers}
     W0 = {n: m.weight.detach().clone() for n, m in mods.items()}
     conv = {n: tuple(W0[n].shape) == (facs[n][1].shape[1], facs[n][0].shape[0]) for n in layers}
@@ -269,6 +301,7 @@ def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_ba
     it = items
     if progress:
         from tqdm import tqdm
+
         it = tqdm(items, desc="PTQ", leave=False)
     for scheme, b, draw in it:
         t0 = time.time()
@@ -279,21 +312,31 @@ def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_ba
         for n, (B, A) in facs.items():
             QB, vB = quantize_factor(B, scheme, b, generator=gen)
             QA, vA = quantize_factor(A, scheme, b, generator=gen)
-            E = QB.double() @ QA.double() - B.double() @ A.double()     # ε_BA, m × n
-            deltas[n] = (QB @ QA)
+            E = QB.double() @ QA.double() - B.double() @ A.double()  # ε_BA, m × n
+            deltas[n] = QB @ QA
             c = curvature[n]
             s = scales[n]
             quad = _quad(E, c["Sigma_x"], c["G"])
-            x2 = float(torch.einsum("ij,jk,ik->", E, c["Sigma_x"], E))   # E_x‖ε_BA·x‖²
-            layer = {"eps_ba_fro2": float((E ** 2).sum()), "eps_ba_x2": x2,
-                     "pred_plugin": 0.5 * s * s * quad,
-                     "pred_first_order": s * float((grads[n] * E).sum()),
-                     "range_B": float(B.abs().max()), "range_A": float(A.abs().max())}
+            x2 = float(torch.einsum("ij,jk,ik->", E, c["Sigma_x"], E))  # E_x‖ε_BA·x‖²
+            layer = {
+                "eps_ba_fro2": float((E**2).sum()),
+                "eps_ba_x2": x2,
+                "pred_plugin": 0.5 * s * s * quad,
+                "pred_first_order": s * float((grads[n] * E).sum()),
+                "range_B": float(B.abs().max()),
+                "range_A": float(A.abs().max()),
+            }
             pred_plugin += layer["pred_plugin"]
             if pred_moment is not None:
-                mom = eps_ba_curvature_moment(B.double().numpy(), A.double().numpy(),
-                                              c["Sigma_x"].numpy(), c["G"].numpy(),
-                                              vA.numpy(), vB.numpy(), scale=s)
+                mom = eps_ba_curvature_moment(
+                    B.double().numpy(),
+                    A.double().numpy(),
+                    c["Sigma_x"].numpy(),
+                    c["G"].numpy(),
+                    vA.numpy(),
+                    vB.numpy(),
+                    scale=s,
+                )
                 layer["pred_moment"] = 0.5 * float(mom.total)
                 pred_moment += layer["pred_moment"]
             per[n] = layer
@@ -307,17 +350,27 @@ def run_ptq(*, plain_model, layers: dict, scales: dict, curvature: dict, eval_ba
         tot = sum(q_cnt)
         diffs = [(qs - fs) * len(q_cnt) / tot for qs, fs in zip(q_sum, fp_sum)]
         d_mean, d_lo, d_hi = clustered_mean_ci(diffs, eval_clusters)
-        results.append({
-            "ptq_scheme": scheme, "bits": b, "ptq_draw": draw,
-            "eval_loss": q_loss, "eval_loss_ref": fp_loss, "eval_loss_unmerged": ref_loss,
-            "delta_loss": q_loss - fp_loss, "delta_loss_ci": [d_lo, d_hi],
-            "pred_plugin": pred_plugin, "pred_moment": pred_moment,
-            "pred_first_order": sum(v["pred_first_order"] for v in per.values()),
-            "eps_ba_fro2": sum(v["eps_ba_fro2"] for v in per.values()),
-            "eps_ba_x2": sum(v["eps_ba_x2"] for v in per.values()),
-            "layers": per, "eval_tokens": tot, "wall_s": time.time() - t0,
-            "perplexity": math.exp(min(q_loss, 700.0)),
-        })
+        results.append(
+            {
+                "ptq_scheme": scheme,
+                "bits": b,
+                "ptq_draw": draw,
+                "eval_loss": q_loss,
+                "eval_loss_ref": fp_loss,
+                "eval_loss_unmerged": ref_loss,
+                "delta_loss": q_loss - fp_loss,
+                "delta_loss_ci": [d_lo, d_hi],
+                "pred_plugin": pred_plugin,
+                "pred_moment": pred_moment,
+                "pred_first_order": sum(v["pred_first_order"] for v in per.values()),
+                "eps_ba_fro2": sum(v["eps_ba_fro2"] for v in per.values()),
+                "eps_ba_x2": sum(v["eps_ba_x2"] for v in per.values()),
+                "layers": per,
+                "eval_tokens": tot,
+                "wall_s": time.time() - t0,
+                "perplexity": math.exp(min(q_loss, 700.0)),
+            }
+        )
     # leave the plain model at the full-precision merge
     merge({n: (B @ A) for n, (B, A) in facs.items()})
     return results

@@ -21,7 +21,6 @@ Written atomically as JSON; a markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import defaultdict
@@ -30,9 +29,11 @@ import numpy as np
 
 from quantbounds.calib.records import read_ptq_records
 
-PREDICTIONS = {"second": lambda r: r["pred_plugin"],
-               "first+2nd": lambda r: r["pred_plugin"] + r.get("pred_first_order", 0.0),
-               "moment": lambda r: r.get("pred_moment")}
+PREDICTIONS = {
+    "second": lambda r: r["pred_plugin"],
+    "first+2nd": lambda r: r["pred_plugin"] + r.get("pred_first_order", 0.0),
+    "moment": lambda r: r.get("pred_moment"),
+}
 
 
 def _ratio_ci(recs, pred_fn, rng, n_boot=4000):
@@ -49,7 +50,7 @@ def _ratio_ci(recs, pred_fn, rng, n_boot=4000):
     ps, ms = P[idx].sum(1), M[idx].sum(1)
     ok = ms > 0
     rs = ps[ok] / ms[ok]
-    if ok.mean() < 0.975:   # the measured sum crosses 0 in > 2.5 % of resamples: no interval
+    if ok.mean() < 0.975:  # the measured sum crosses 0 in > 2.5 % of resamples: no interval
         return ratio, None, None, len(keys)
     return ratio, float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5)), len(keys)
 
@@ -64,9 +65,14 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
         meas = np.array([r["delta_loss"] for r in recs])
         lo = sum(r["delta_loss_ci"][0] for r in recs)
         hi = sum(r["delta_loss_ci"][1] for r in recs)
-        row = {"scheme": scheme, "bits": bits, "rank": rank, "n_records": len(recs),
-               "measured_mean": float(meas.mean()),
-               "measured_sum_ci_excludes_0": bool(lo > 0 or hi < 0)}
+        row = {
+            "scheme": scheme,
+            "bits": bits,
+            "rank": rank,
+            "n_records": len(recs),
+            "measured_mean": float(meas.mean()),
+            "measured_sum_ci_excludes_0": bool(lo > 0 or hi < 0),
+        }
         for name, fn in PREDICTIONS.items():
             if any(fn(r) is None for r in recs):
                 row[name] = None
@@ -76,8 +82,12 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
                 row[name] = {"pred_mean": pm, "ratio": None, "ci": None}
                 continue
             ratio, a, b, k = _ratio_ci(recs, fn, rng)
-            row[name] = {"pred_mean": pm, "ratio": ratio, "ci": None if a is None else [a, b],
-                         "n_clusters": k}
+            row[name] = {
+                "pred_mean": pm,
+                "ratio": ratio,
+                "ci": None if a is None else [a, b],
+                "n_clusters": k,
+            }
         rows.append(row)
     return rows
 
@@ -113,12 +123,16 @@ def _fmt(x):
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| scheme | b | r | n | measured ΔL (mean) | second ÷ meas | first+2nd ÷ meas | moment ÷ meas |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| scheme | b | r | n | measured ΔL (mean) | second ÷ meas | first+2nd ÷ meas | moment ÷ meas |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['scheme']} | {r['bits']} | {r['rank']} | {r['n_records']} | "
-                   f"{r['measured_mean']:.2e} | {_fmt(r['second'])} | {_fmt(r['first+2nd'])} | "
-                   f"{_fmt(r['moment'])} |")
+        out.append(
+            f"| {r['scheme']} | {r['bits']} | {r['rank']} | {r['n_records']} | "
+            f"{r['measured_mean']:.2e} | {_fmt(r['second'])} | {_fmt(r['first+2nd'])} | "
+            f"{_fmt(r['moment'])} |"
+        )
     return "\n".join(out)
 
 
@@ -138,12 +152,22 @@ def main(argv=None) -> int:
     print(markdown(rows))
     print("\nsigned agreement R²₀ (prediction used as is):")
     for k, v in agree.items():
-        print(f"  {k:12s} n={v['n']:3d}  " + "  ".join(
-            f"{n}: {'—' if v[n] is None else f'{v[n]:+.3f}'}" for n in PREDICTIONS))
+        print(
+            f"  {k:12s} n={v['n']:3d}  "
+            + "  ".join(f"{n}: {'—' if v[n] is None else f'{v[n]:+.3f}'}" for n in PREDICTIONS)
+        )
     if a.out:
-        write_json_atomic(a.out, {"source": a.ptq_records, "n_records": len(res.records),
-                                  "bad_lines": len(res.errors), "rows": rows, "agreement_R2_0": agree,
-                                  "method": __doc__})
+        write_json_atomic(
+            a.out,
+            {
+                "source": a.ptq_records,
+                "n_records": len(res.records),
+                "bad_lines": len(res.errors),
+                "rows": rows,
+                "agreement_R2_0": agree,
+                "method": __doc__,
+            },
+        )
     return 0
 
 

@@ -43,9 +43,19 @@ from pathlib import Path
 
 from quantbounds._files import atomic_write_bytes
 from quantbounds.calib.records import RecordError, read_records, validate_record
-from quantbounds.jobs import (Checkpointable, ClusterOptions, DirLock, ExecutorError, JobProgress,
-                              LockBusy, import_submitit, job_failure, job_phase, make_executor,
-                              run_jobs)
+from quantbounds.jobs import (
+    Checkpointable,
+    ClusterOptions,
+    DirLock,
+    ExecutorError,
+    JobProgress,
+    LockBusy,
+    import_submitit,
+    job_failure,
+    job_phase,
+    make_executor,
+    run_jobs,
+)
 
 __all__ = ["run_sweep_submitit", "merge_records", "RunJob"]
 
@@ -72,19 +82,31 @@ def check_folder(folder: Path, *, fp: str, config_path: str, n_runs: int) -> Non
         try:
             old = json.loads(meta.read_text())
         except ValueError as err:
-            raise SweepFolderError(f"results folder {folder}: unreadable {meta.name} ({err})") from err
+            raise SweepFolderError(
+                f"results folder {folder}: unreadable {meta.name} ({err})"
+            ) from err
         if old.get("fingerprint") != fp:
             raise SweepFolderError(
                 f"results folder {folder} was written by a different config "
                 f"({old.get('config')!r}, {old.get('n_runs')} runs, fingerprint "
                 f"{str(old.get('fingerprint'))[:12]}…) than {config_path!r} ({n_runs} runs, "
                 f"{fp[:12]}…): pass another --results-dir, or remove that folder once its "
-                "records are merged")
+                "records are merged"
+            )
         return
-    atomic_write_bytes(meta, json.dumps({
-        "schema": FOLDER_SCHEMA, "fingerprint": fp, "config": str(config_path),
-        "n_runs": n_runs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }, indent=2).encode())
+    atomic_write_bytes(
+        meta,
+        json.dumps(
+            {
+                "schema": FOLDER_SCHEMA,
+                "fingerprint": fp,
+                "config": str(config_path),
+                "n_runs": n_runs,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+            indent=2,
+        ).encode(),
+    )
 
 
 def record_path(folder: Path, run_id: str) -> Path:
@@ -100,8 +122,14 @@ def read_record_file(path: Path) -> dict | None:
         return None
 
 
-def merge_records(out: str | os.PathLike, folder: str | os.PathLike, *, order: list[str] | None = None,
-                  timeout_s: float | None = 120.0, log=None) -> int:
+def merge_records(
+    out: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    order: list[str] | None = None,
+    timeout_s: float | None = 120.0,
+    log=None,
+) -> int:
     """Append to ``out`` every record of ``folder/records`` whose run_id ``out`` lacks.
 
     Under ``folder/merge.lock`` (:class:`DirLock`); ``out`` is rewritten atomically with its
@@ -134,8 +162,9 @@ def merge_records(out: str | os.PathLike, folder: str | os.PathLike, *, order: l
         old = out.read_bytes() if out.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
-        lines = b"".join((json.dumps(new[r], sort_keys=True, allow_nan=False) + "\n").encode()
-                         for r in ids)
+        lines = b"".join(
+            (json.dumps(new[r], sort_keys=True, allow_nan=False) + "\n").encode() for r in ids
+        )
         atomic_write_bytes(out, old + lines)
         return len(ids)
 
@@ -158,15 +187,20 @@ class RunJob(Checkpointable):
         if read_record_file(path) is None:
             from real_runs.finetune import run_finetune
 
-            print(f"quantbounds: start run {rid} ({self.config.arm}, r={self.config.rank}, "
-                  f"b={self.config.bits}, seed={self.config.seed})", flush=True)
+            print(
+                f"quantbounds: start run {rid} ({self.config.arm}, r={self.config.rank}, "
+                f"b={self.config.bits}, seed={self.config.seed})",
+                flush=True,
+            )
             rec = run_finetune(self.config)
-            atomic_write_bytes(path, (json.dumps(rec, sort_keys=True, allow_nan=False) + "\n").encode())
+            atomic_write_bytes(
+                path, (json.dumps(rec, sort_keys=True, allow_nan=False) + "\n").encode()
+            )
             print(f"quantbounds: wrote {path}", flush=True)
         try:
             merge_records(self.out, folder, timeout_s=10)
         except LockBusy:
-            pass   # another process is merging; the command (or the next merge) takes it
+            pass  # another process is merging; the command (or the next merge) takes it
         return rid
 
 
@@ -225,10 +259,18 @@ class _PidJob:
             return ""
 
 
-def run_sweep_submitit(config_path: str | os.PathLike, out: str | os.PathLike, *,
-                       options: dict | None = None, results_dir: str | os.PathLike | None = None,
-                       limit: int | None = None, overrides: dict | None = None,
-                       progress: bool = True, poll_s: float | None = None, log=print) -> dict:
+def run_sweep_submitit(
+    config_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    options: dict | None = None,
+    results_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+    poll_s: float | None = None,
+    log=print,
+) -> dict:
     """Run a sweep's pending runs as submitit jobs; returns counts like ``run_sweep``'s
     {"total", "skipped", "done", "failed"} plus "failures": [message per run that ended
     without a record]. Errors before any job is submitted (config, executor, folder) leave
@@ -276,14 +318,17 @@ def run_sweep_submitit(config_path: str | os.PathLike, out: str | os.PathLike, *
             jobs = dict(_load_jobs(folder))
             for s in slots:
                 if s.job is not None:
-                    jobs[by_index[s.index].run_id] = {"cluster": opts.cluster,
-                                                      "job_id": str(s.job.job_id)}
+                    jobs[by_index[s.index].run_id] = {
+                        "cluster": opts.cluster,
+                        "job_id": str(s.job.job_id),
+                    }
             atomic_write_bytes(folder / "jobs.json", json.dumps(jobs, indent=1).encode())
 
         def done_ids():
             return {rid for rid in todo_ids if record_path(folder, rid).exists()}
 
         with JobProgress(desc, len(todo), enabled=progress) as bar:
+
             def refresh(slots):
                 try:
                     merge_records(out, folder, order=order, timeout_s=0, log=log)
@@ -296,14 +341,24 @@ def run_sweep_submitit(config_path: str | os.PathLike, out: str | os.PathLike, *
                     phases[rid] = "unsubmitted" if s.job is None else job_phase(s.job)
                 for rid, job in attached.items():
                     phases[rid] = job_phase(job)
-                q = sum(1 for rid, p in phases.items() if rid not in done and p in ("queued", "unsubmitted"))
+                q = sum(
+                    1
+                    for rid, p in phases.items()
+                    if rid not in done and p in ("queued", "unsubmitted")
+                )
                 run = sum(1 for rid, p in phases.items() if rid not in done and p == "running")
                 failed = sum(1 for rid, p in phases.items() if rid not in done and p == "ended")
                 bar.update(queued=q, running=run, done=len(done), failed=failed)
 
-            slots = run_jobs(executor, tasks, cluster=opts.cluster,
-                             array_parallelism=opts.array_parallelism, poll_s=poll_s,
-                             on_poll=refresh, on_submit=save_jobs)
+            slots = run_jobs(
+                executor,
+                tasks,
+                cluster=opts.cluster,
+                array_parallelism=opts.array_parallelism,
+                poll_s=poll_s,
+                on_poll=refresh,
+                on_submit=save_jobs,
+            )
             # earlier invocation's jobs
             while any(not j.done() for j in attached.values()):
                 refresh(slots)
@@ -319,8 +374,10 @@ def run_sweep_submitit(config_path: str | os.PathLike, out: str | os.PathLike, *
                 continue
             counts["failed"] += 1
             job = ended.get(rc.run_id)
-            msg = (f"run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}, seed={rc.seed}) "
-                   f"ended without a record: {job_failure(job) if job is not None else 'no job'}")
+            msg = (
+                f"run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}, seed={rc.seed}) "
+                f"ended without a record: {job_failure(job) if job is not None else 'no job'}"
+            )
             counts["failures"].append(msg)
             log(f"error: {msg}")
     return counts

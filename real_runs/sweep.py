@@ -43,8 +43,13 @@ from pathlib import Path
 
 from collections import Counter
 
-from quantbounds.calib.records import (append_lines, append_record, completed_ids, read_ptq_records,
-                                 read_records)
+from quantbounds.calib.records import (
+    append_lines,
+    append_record,
+    completed_ids,
+    read_ptq_records,
+    read_records,
+)
 from real_runs.finetune import FinetuneConfig
 
 TOP_KEYS = ("sweep", "defaults", "grid", "submitit")  # [submitit]: real_runs.submit
@@ -67,16 +72,22 @@ def load_config(path: str | os.PathLike) -> dict:
         raise SweepConfigError(f"{path}: not valid TOML: {err}") from err
     unknown = sorted(set(cfg) - set(TOP_KEYS))
     if unknown:
-        raise SweepConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+        raise SweepConfigError(
+            f"{path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}"
+        )
     bad = sorted(set(cfg.get("sweep", {})) - set(SWEEP_KEYS))
     if bad:
-        raise SweepConfigError(f"{path}: unknown key(s) {bad} in [sweep]; allowed: {list(SWEEP_KEYS)}")
+        raise SweepConfigError(
+            f"{path}: unknown key(s) {bad} in [sweep]; allowed: {list(SWEEP_KEYS)}"
+        )
     if not isinstance(cfg.get("grid", []), list) or not cfg.get("grid"):
         raise SweepConfigError(f"{path}: needs at least one [[grid]] block")
     return cfg
 
 
-def expand(cfg: dict, *, where: str = "config", overrides: dict | None = None) -> list[FinetuneConfig]:
+def expand(
+    cfg: dict, *, where: str = "config", overrides: dict | None = None
+) -> list[FinetuneConfig]:
     """All runs of a parsed config, validated, de-duplicated by run_id (first occurrence kept)."""
     import dataclasses
 
@@ -84,16 +95,22 @@ def expand(cfg: dict, *, where: str = "config", overrides: dict | None = None) -
     defaults = dict(cfg.get("defaults", {}))
     bad = sorted(set(defaults) - known)
     if bad:
-        raise SweepConfigError(f"{where}: unknown key(s) {bad} in [defaults]; known: {sorted(known)}")
+        raise SweepConfigError(
+            f"{where}: unknown key(s) {bad} in [defaults]; known: {sorted(known)}"
+        )
     runs, seen = [], {}
     for i, block in enumerate(cfg["grid"]):
         bad = sorted(set(block) - known)
         if bad:
-            raise SweepConfigError(f"{where}: unknown key(s) {bad} in [[grid]] block {i + 1}; "
-                                   f"known: {sorted(known)}")
+            raise SweepConfigError(
+                f"{where}: unknown key(s) {bad} in [[grid]] block {i + 1}; known: {sorted(known)}"
+            )
         # target_modules is itself a list: a list of lists sweeps it, a flat list fixes it
-        axes = {k: v for k, v in block.items()
-                if isinstance(v, list) and not (k == "target_modules" and not isinstance(v[0], list))}
+        axes = {
+            k: v
+            for k, v in block.items()
+            if isinstance(v, list) and not (k == "target_modules" and not isinstance(v[0], list))
+        }
         fixed = {k: v for k, v in block.items() if k not in axes}
         for combo in itertools.product(*axes.values()):
             d = {**defaults, **fixed, **dict(zip(axes, combo)), **(overrides or {})}
@@ -118,6 +135,7 @@ def ptq_path(out: str | os.PathLike) -> Path:
 
 def _ptq_expected(rc) -> int:
     from real_runs.ptq import plan
+
     return len(plan(rc.ptq_schemes, rc.ptq_bits, rc.ptq_sr_draws)) if rc.ptq else 0
 
 
@@ -135,7 +153,9 @@ def _exclusive(out: Path):
         os.close(fd)
 
 
-def pending(runs: list[FinetuneConfig], out: str | os.PathLike) -> tuple[list[FinetuneConfig], list]:
+def pending(
+    runs: list[FinetuneConfig], out: str | os.PathLike
+) -> tuple[list[FinetuneConfig], list]:
     """(runs without a good record in ``out`` — or, with ptq, without all their PTQ records in
     ``ptq_path(out)`` —, [(line, reason)] of the corrupt lines of ``out``)."""
     out = Path(out)
@@ -144,15 +164,26 @@ def pending(runs: list[FinetuneConfig], out: str | os.PathLike) -> tuple[list[Fi
         res = read_records(out)
         done, errors = {r["run_id"] for r in res.records}, res.errors
     ptq_done = Counter(r.get("ptq_of") for r in read_ptq_records(ptq_path(out)).records)
-    todo = [r for r in runs
-            if r.run_id not in done or (r.ptq and ptq_done[r.run_id] < _ptq_expected(r))]
+    todo = [
+        r for r in runs if r.run_id not in done or (r.ptq and ptq_done[r.run_id] < _ptq_expected(r))
+    ]
     return todo, errors
 
 
-def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: int | None = None,
-              keep_going: bool = False, overrides: dict | None = None, progress: bool = True,
-              log=print, executor: str = "local", cluster_flags: dict | None = None,
-              results_dir: str | os.PathLike | None = None, poll_s: float | None = None) -> dict:
+def run_sweep(
+    config_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    limit: int | None = None,
+    keep_going: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    log=print,
+    executor: str = "local",
+    cluster_flags: dict | None = None,
+    results_dir: str | os.PathLike | None = None,
+    poll_s: float | None = None,
+) -> dict:
     """Run every pending run of a sweep config, appending one record per finished run.
 
     limit: stop after this many new runs (None = all). keep_going: log a failing run and go
@@ -162,9 +193,18 @@ def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: 
     """
     if executor == "submitit":
         from real_runs.submit import run_sweep_submitit
-        return run_sweep_submitit(config_path, out, options=cluster_flags, results_dir=results_dir,
-                                  limit=limit, overrides=overrides, progress=progress, log=log,
-                                  poll_s=poll_s)
+
+        return run_sweep_submitit(
+            config_path,
+            out,
+            options=cluster_flags,
+            results_dir=results_dir,
+            limit=limit,
+            overrides=overrides,
+            progress=progress,
+            log=log,
+            poll_s=poll_s,
+        )
     from real_runs.finetune import run_finetune
 
     cfg = load_config(config_path)
@@ -181,8 +221,14 @@ def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: 
         bar = None
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=len(runs), initial=skipped, desc=cfg.get("sweep", {}).get("name", "sweep"),
-                       unit="run", file=sys.stderr)
+
+            bar = tqdm(
+                total=len(runs),
+                initial=skipped,
+                desc=cfg.get("sweep", {}).get("name", "sweep"),
+                unit="run",
+                file=sys.stderr,
+            )
         try:
             for rc in todo:
                 if bar is not None:
@@ -193,9 +239,13 @@ def run_sweep(config_path: str | os.PathLike, out: str | os.PathLike, *, limit: 
                     if not keep_going:
                         raise
                     counts["failed"] += 1
-                    log(f"error: run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}) failed: {err!r}")
+                    log(
+                        f"error: run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}) failed: {err!r}"
+                    )
                     continue
-                if ptq_recs:  # PTQ lines first (one write), then the run: a crash in between redoes the run
+                if (
+                    ptq_recs
+                ):  # PTQ lines first (one write), then the run: a crash in between redoes the run
                     have = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
                     append_lines(ptq_path(out), [p for p in ptq_recs if p["run_id"] not in have])
                 if rec["run_id"] not in completed_ids(out):

@@ -15,8 +15,13 @@ from real_runs import measure as M  # noqa: E402
 from real_runs.arms import build_arm, factor_weights  # noqa: E402
 from real_runs.embedded import EmbeddedConfig, embedded_path  # noqa: E402
 
-BITS = {"adapter_nf4": 4, "adapter_rtn": 3, "adapter_sr": 3, "adapter_noise": 3,
-        "base_nf4_adapter_rtn": 3}
+BITS = {
+    "adapter_nf4": 4,
+    "adapter_rtn": 3,
+    "adapter_sr": 3,
+    "adapter_noise": 3,
+    "base_nf4_adapter_rtn": 3,
+}
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +57,20 @@ def test_arm_builds_trains_and_freezes_base(cache, arm):
     _randomize_B(b)
     trainable = {n for n, p in b.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    base_before = {n: p.detach().clone() for n, p in b.model.named_parameters()
-                   if not p.requires_grad and p.dtype.is_floating_point}
+    base_before = {
+        n: p.detach().clone()
+        for n, p in b.model.named_parameters()
+        if not p.requires_grad and p.dtype.is_floating_point
+    }
     opt = torch.optim.SGD([p for p in b.model.parameters() if p.requires_grad], lr=1e-2)
     loss = b.model(**_batch()).loss
     loss.backward()
     for name, (Bp, Ap) in M.lora_groups(b.layers).items():
         assert Bp.grad is not None and Ap.grad is not None, name
         assert torch.isfinite(Bp.grad).all() and torch.isfinite(Ap.grad).all()
-        assert Bp.grad.abs().sum() > 0 and Ap.grad.abs().sum() > 0, name  # STE lets gradient through
+        assert Bp.grad.abs().sum() > 0 and Ap.grad.abs().sum() > 0, (
+            name
+        )  # STE lets gradient through
     opt.step()
     for n, p in b.model.named_parameters():
         if n in base_before:
@@ -112,12 +122,14 @@ def test_adapter_quantizer_is_the_core_quantizer_and_eps_ba_identity(cache):
         assert np.array_equal(Aq, np.asarray(qz.quantize_uniform(jnp.asarray(A), bits=3)))
         eB, eA = Bq.astype(np.float64) - B, Aq.astype(np.float64) - A
         d = B.astype(np.float64) @ eA + eB @ A + eB @ eA  # ε_BA = Bε_A + ε_B A + ε_Bε_A
-        assert per[name] == pytest.approx(float((d ** 2).sum()), rel=1e-9)
+        assert per[name] == pytest.approx(float((d**2).sum()), rel=1e-9)
         acc += per[name]
     assert total == pytest.approx(acc, rel=1e-12) and total > 0
 
 
-@pytest.mark.parametrize("scale,alpha,rank", [("alpha_r", 16.0, 4), ("rslora", 16.0, 4), ("one", 16.0, 8)])
+@pytest.mark.parametrize(
+    "scale,alpha,rank", [("alpha_r", 16.0, 4), ("rslora", 16.0, 4), ("one", 16.0, 8)]
+)
 def test_lora_scale_conventions(cache, scale, alpha, rank):
     b = _build(cache, "fp16", rank=rank, scale=scale, lora_alpha=alpha)
     s = lora_scale(scale, alpha, rank)
@@ -126,8 +138,14 @@ def test_lora_scale_conventions(cache, scale, alpha, rank):
 
 
 def test_rank_and_bits_patterns(cache):
-    b = _build(cache, "adapter_rtn", rank=4, bits=8,
-               rank_pattern={"h.0.attn.c_attn": 8}, bits_pattern={"c_fc": 2})
+    b = _build(
+        cache,
+        "adapter_rtn",
+        rank=4,
+        bits=8,
+        rank_pattern={"h.0.attn.c_attn": 8},
+        bits_pattern={"c_fc": 2},
+    )
     _randomize_B(b)
     for name, layer in b.layers.items():
         r = 8 if name == "transformer.h.0.attn.c_attn" else 4
@@ -135,7 +153,7 @@ def test_rank_and_bits_patterns(cache):
         bits = 2 if name.endswith("c_fc") else 8
         assert b.quantizers[name][0].bits == bits and b.quantizers[name][1].bits == bits
         Bq, Aq = factor_weights(layer, quantized=True)
-        assert torch.unique(Aq).numel() <= 2 ** bits
+        assert torch.unique(Aq).numel() <= 2**bits
 
 
 def test_bad_inputs(cache):

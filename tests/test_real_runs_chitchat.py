@@ -12,8 +12,14 @@ from real_runs.chitchat import HELDOUT_PROMPTS, load_chitchat, pretraining_split
 
 
 def _conv(prompt, turns):
-    return {"messages": [[{"text": t, "sender": "a" if i % 2 == 0 else "b", "timestamp": "x"}]
-                         for i, t in enumerate(turns)], "prompt": prompt, "start": "x"}
+    return {
+        "messages": [
+            [{"text": t, "sender": "a" if i % 2 == 0 else "b", "timestamp": "x"}]
+            for i, t in enumerate(turns)
+        ],
+        "prompt": prompt,
+        "start": "x",
+    }
 
 
 def _write(tmp_path, obj, name="cc.json"):
@@ -24,12 +30,12 @@ def _write(tmp_path, obj, name="cc.json"):
 
 def test_installed_chitchat_layout_and_prompt_split():
     convs = load_chitchat()
-    assert len(convs) > 3500   # 4,017 of the 7,168 have ≥ 2 non-empty turns (3,150 are one-sided)
+    assert len(convs) > 3500  # 4,017 of the 7,168 have ≥ 2 non-empty turns (3,150 are one-sided)
     pre, fine = split_by_prompt(convs)
-    assert {c.prompt for c in fine} == set(HELDOUT_PROMPTS)   # all eight prompts exist verbatim
+    assert {c.prompt for c in fine} == set(HELDOUT_PROMPTS)  # all eight prompts exist verbatim
     assert not {c.id for c in pre} & {c.id for c in fine}
     assert not {c.prompt for c in pre} & set(HELDOUT_PROMPTS)
-    assert 600 < len(fine) < 900   # 724
+    assert 600 < len(fine) < 900  # 724
     train, val = pretraining_split(convs)
     assert len(train) + len(val) == len(pre)
     # no fine-tuning conversation's text is in the pretraining corpus
@@ -38,20 +44,27 @@ def test_installed_chitchat_layout_and_prompt_split():
 
 
 def test_turn_messages_joined_and_empty_dropped(tmp_path):
-    obj = {"b": {"messages": [[{"text": "hi"}, {"text": " there "}], [{"text": "  "}], [{"text": "yo"}]],
-                 "prompt": "p"},
-           "a": _conv(None, ["one"])}   # a single turn: dropped
+    obj = {
+        "b": {
+            "messages": [[{"text": "hi"}, {"text": " there "}], [{"text": "  "}], [{"text": "yo"}]],
+            "prompt": "p",
+        },
+        "a": _conv(None, ["one"]),
+    }  # a single turn: dropped
     (c,) = load_chitchat(_write(tmp_path, obj))
     assert c.turns == ("hi there", "yo") and c.prompt == "p" and c.id == "b"
 
 
-@pytest.mark.parametrize("obj,match", [
-    ([1, 2], "JSON object"),
-    ({"x": {"msgs": []}}, "'messages' list"),
-    ({"x": {"messages": [["hi"]]}}, "turn 0"),
-    ({"x": {"messages": [[{"text": 3}]]}}, "turn 0"),
-    ({"x": {"messages": [[{"text": "a"}], [{"text": "b"}]], "prompt": 5}}, "'prompt'"),
-])
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ([1, 2], "JSON object"),
+        ({"x": {"msgs": []}}, "'messages' list"),
+        ({"x": {"messages": [["hi"]]}}, "turn 0"),
+        ({"x": {"messages": [[{"text": 3}]]}}, "turn 0"),
+        ({"x": {"messages": [[{"text": "a"}], [{"text": "b"}]], "prompt": 5}}, "'prompt'"),
+    ],
+)
 def test_wrong_layout_is_a_clear_error(tmp_path, obj, match):
     p = _write(tmp_path, obj)
     with pytest.raises(D.DataError, match=match) as e:
@@ -87,8 +100,14 @@ def test_dailydialog_published_layout_parquet_and_json(tmp_path):
     # DailyDialog's published columns (hub li2017dailydialog/daily_dialog): dialog, act, emotion
     import datasets
 
-    rows = [{"dialog": ["Hi , how are you ? ", " Fine , thanks . "], "act": [2, 1], "emotion": [0, 4]},
-            {"dialog": ["Where to ? ", " The station . ", " OK . "], "act": [2, 1, 3], "emotion": [0, 0, 0]}]
+    rows = [
+        {"dialog": ["Hi , how are you ? ", " Fine , thanks . "], "act": [2, 1], "emotion": [0, 4]},
+        {
+            "dialog": ["Where to ? ", " The station . ", " OK . "],
+            "act": [2, 1, 3],
+            "emotion": [0, 0, 0],
+        },
+    ]
     pq = tmp_path / "dailydialog_train.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(pq))
     want = [["Hi , how are you ?", "Fine , thanks ."], ["Where to ?", "The station .", "OK ."]]
@@ -103,7 +122,7 @@ def test_pairs_spread_across_dialogues_and_honour_max_pairs():
     s = D.split_dialogues(dialogues, heldout_frac=0.25, max_pairs=25)
     assert len(s.heldout) == 10 and len(s.pairs) == 25
     counts = np.bincount(s.pair_dialogue, minlength=10)
-    assert counts.max() - counts.min() <= 1          # round robin: every dialogue used 2–3 times
+    assert counts.max() - counts.min() <= 1  # round robin: every dialogue used 2–3 times
     for (ctx, resp), i in zip(s.pairs, s.pair_dialogue):
         d = s.heldout[i]
         j = len(ctx)
@@ -123,7 +142,7 @@ def test_encode_chunks_keep_every_token_once():
     turns = ["abcde", "fgh", "ijklmnop"]
     ids = D.encode_dialogue(Tok(), turns, seq_len=10**9)
     chunks = D.encode_chunks(Tok(), turns, seq_len=4)
-    assert sum(chunks, []) == ids[:len(sum(chunks, []))]
+    assert sum(chunks, []) == ids[: len(sum(chunks, []))]
     assert len(sum(chunks, [])) >= len(ids) - 1 and all(len(c) <= 4 for c in chunks)
 
 
@@ -137,13 +156,16 @@ def test_clustered_mean_ci_matches_a_numpy_recomputation():
     k = np.array([(clusters == c).sum() for c in range(C)])
     se = math.sqrt(C / (C - 1) * ((S - k * vals.mean()) ** 2).sum()) / n
     from scipy import stats
+
     t = stats.t.ppf(0.975, C - 1)
     assert m == pytest.approx(vals.mean(), rel=1e-12)
     assert (lo, hi) == pytest.approx((vals.mean() - t * se, vals.mean() + t * se), rel=1e-12)
     # singletons: CR1 reduces to the ordinary standard error s/√n
     v = rng.normal(size=30)
     m, lo, hi = D.clustered_mean_ci(v, list(range(30)))
-    assert (hi - lo) / 2 == pytest.approx(stats.t.ppf(0.975, 29) * v.std(ddof=1) / math.sqrt(30), rel=1e-10)
+    assert (hi - lo) / 2 == pytest.approx(
+        stats.t.ppf(0.975, 29) * v.std(ddof=1) / math.sqrt(30), rel=1e-10
+    )
     assert D.clustered_mean_ci([1.0, 2.0], [0, 0])[1] == -math.inf
 
 
@@ -153,7 +175,7 @@ def test_clustered_interval_covers_at_the_nominal_rate():
     rng = np.random.default_rng(1)
     hit = 0
     for _ in range(400):
-        u = rng.normal(size=150)                       # dialogue effects (intra-cluster correlation)
+        u = rng.normal(size=150)  # dialogue effects (intra-cluster correlation)
         clusters = np.repeat(np.arange(150), 3)
         v = u[clusters] + rng.normal(size=clusters.size)
         _, lo, hi = D.clustered_mean_ci(v, list(clusters))

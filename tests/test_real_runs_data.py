@@ -27,6 +27,7 @@ def tok(tiny_path):
 
 # --- tokenizer -------------------------------------------------------------------------------
 
+
 def test_tokenizer_is_not_empty_and_has_eos(tok):
     assert len(tok) == EmbeddedConfig.tiny().vocab_size
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
@@ -71,6 +72,7 @@ def test_embedded_config_rejects_bad_sizes():
 
 # --- data ------------------------------------------------------------------------------------
 
+
 def test_chatterbot_loads_english_dialogues():
     d = D.load_chatterbot()
     assert len(d) > 500
@@ -78,7 +80,9 @@ def test_chatterbot_loads_english_dialogues():
 
 
 def test_split_is_disjoint_nested_and_seed_stable():
-    dialogues = [[f"q{i}", f"a{i}", f"b{i}"] for i in range(50)] + [["q0", "a0", "b0"]]  # a duplicate
+    dialogues = [[f"q{i}", f"a{i}", f"b{i}"] for i in range(50)] + [
+        ["q0", "a0", "b0"]
+    ]  # a duplicate
     s_all = D.split_dialogues(dialogues, heldout_frac=0.2)
     assert len(s_all.heldout) == 10 and len(s_all.train) == 40  # 50 unique dialogues
     held = {tuple(x) for x in s_all.heldout}
@@ -89,7 +93,7 @@ def test_split_is_disjoint_nested_and_seed_stable():
     # first round taking one pair from each dialogue (test_real_runs_chitchat checks the spread)
     assert len(s_all.pairs) == 20 and s_all.pair_dialogue[:10] == list(range(10))
     for (ctx, resp), i in zip(s_all.pairs, s_all.pair_dialogue):
-        assert ctx + [resp] == s_all.heldout[i][:len(ctx) + 1]
+        assert ctx + [resp] == s_all.heldout[i][: len(ctx) + 1]
     with pytest.raises(D.DataError, match="n_train"):
         D.split_dialogues(dialogues, heldout_frac=0.2, n_train=41)
 
@@ -107,23 +111,29 @@ def test_dialogpt_format_and_collate(tok):
     assert b["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
 
 
-@pytest.mark.parametrize("pred,ref,f1,em", [
-    ("The cat sat.", "the cat sat", 1.0, 1.0),            # case, article, punctuation
-    ("cat sat on mat", "the cat sat", 2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2), 0.0),
-    ("dog", "cat", 0.0, 0.0),
-    ("", "", 1.0, 1.0),
-    ("", "cat", 0.0, 0.0),
-    ("a an the", "", 1.0, 1.0),                           # normalises to empty
-    ("cat cat", "cat", 2 * (1 / 2) * 1 / (1 / 2 + 1), 0.0),  # multiset overlap, not set
-])
+@pytest.mark.parametrize(
+    "pred,ref,f1,em",
+    [
+        ("The cat sat.", "the cat sat", 1.0, 1.0),  # case, article, punctuation
+        ("cat sat on mat", "the cat sat", 2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2), 0.0),
+        ("dog", "cat", 0.0, 0.0),
+        ("", "", 1.0, 1.0),
+        ("", "cat", 0.0, 0.0),
+        ("a an the", "", 1.0, 1.0),  # normalises to empty
+        ("cat cat", "cat", 2 * (1 / 2) * 1 / (1 / 2 + 1), 0.0),  # multiset overlap, not set
+    ],
+)
 def test_token_f1_and_exact_match_hand_cases(pred, ref, f1, em):
     assert D.token_f1(pred, ref) == pytest.approx(f1, abs=1e-15)
     assert D.exact_match(pred, ref) == em
 
 
 def test_dialogue_files_json_jsonl_parquet(tmp_path):
-    rows = [{"dialog": ["hi", "hello", "how are you"]}, {"dialog": ["bye", "see you"]},
-            {"dialog": ["only one turn"]}]
+    rows = [
+        {"dialog": ["hi", "hello", "how are you"]},
+        {"dialog": ["bye", "see you"]},
+        {"dialog": ["only one turn"]},
+    ]
     p = tmp_path / "dd.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
     assert D.load_dialogues(str(p)) == [["hi", "hello", "how are you"], ["bye", "see you"]]

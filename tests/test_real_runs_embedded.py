@@ -3,7 +3,6 @@
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,21 @@ from quantbounds.calib.records import run_id  # noqa: E402
 from real_runs import embedded as E  # noqa: E402
 from real_runs.finetune import FinetuneConfig  # noqa: E402
 
-FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32, n_train=16,
-            grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, eval_tokens=200,
-            device="cpu", progress=False)
+FAST = dict(
+    model="embedded",
+    embedded="tiny",
+    steps=3,
+    batch_size=4,
+    seq_len=32,
+    n_train=16,
+    grad_var_batches=2,
+    noise_draws=2,
+    eval_pairs=2,
+    max_new_tokens=2,
+    eval_tokens=200,
+    device="cpu",
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,9 @@ def shipped_like(embedded_tiny_cache, tmp_path_factory):
     AutoModelForCausalLM.from_pretrained(src).half().save_pretrained(d)
     AutoTokenizer.from_pretrained(src).save_pretrained(d)
     (d / "embedded_info.json").write_text(json.dumps({"name": "test"}))
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir())]
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir())
+    ]
     (d / "SHA256SUMS").write_text("".join(lines))
     return d
 
@@ -46,6 +59,7 @@ def test_verify_returns_the_model_hash_and_loads_fp32(shipped_like):
     r = E.resolve_embedded("chitchat", weights_dir=shipped_like)
     assert r.key == f"chitchat-{h[:12]}" and "chitchat" in r.corpus
     from transformers import AutoModelForCausalLM
+
     m = AutoModelForCausalLM.from_pretrained(r.path, dtype=torch.float32)
     assert next(m.parameters()).dtype == torch.float32
 
@@ -61,9 +75,14 @@ def test_corrupt_file_names_it_and_both_hashes(shipped_like, tmp_path):
     assert "rebuild" in str(e.value) and str(f) in str(e.value)
 
 
-@pytest.mark.parametrize("victim,match", [("model.safetensors", "is missing"),
-                                          ("SHA256SUMS", "manifest"),
-                                          ("tokenizer.json", "is missing")])
+@pytest.mark.parametrize(
+    "victim,match",
+    [
+        ("model.safetensors", "is missing"),
+        ("SHA256SUMS", "manifest"),
+        ("tokenizer.json", "is missing"),
+    ],
+)
 def test_missing_file_is_a_clear_error(shipped_like, tmp_path, victim, match):
     d = _copy(shipped_like, tmp_path)
     (d / victim).unlink()
@@ -88,20 +107,25 @@ def test_unknown_embedded_name():
 SHIPPED = E.SHIPPED["chitchat"]
 
 
-@pytest.mark.skipif(not (SHIPPED / "SHA256SUMS").exists(), reason="chitchat weights not shipped in this checkout")
+@pytest.mark.skipif(
+    not (SHIPPED / "SHA256SUMS").exists(), reason="chitchat weights not shipped in this checkout"
+)
 def test_shipped_chitchat_weights_verify_and_load_without_pretraining(monkeypatch, tmp_path):
     # loading must never build: make any pretraining entry point fail
-    monkeypatch.setattr(E, "build_embedded", lambda *a, **k: pytest.fail("pretraining was triggered"))
+    monkeypatch.setattr(
+        E, "build_embedded", lambda *a, **k: pytest.fail("pretraining was triggered")
+    )
     monkeypatch.setenv(E.CACHE_ENV, str(tmp_path / "empty-cache"))
     r = E.resolve_embedded("chitchat")
     assert r.path == SHIPPED and r.name == "chitchat"
     info = json.loads((SHIPPED / "embedded_info.json").read_text())
     assert info["config"]["n_layer"] >= 4 and info["heldout_prompts_excluded"] is True
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 50 * 2**20
-    assert not (tmp_path / "empty-cache").exists()   # nothing written to the cache
+    assert not (tmp_path / "empty-cache").exists()  # nothing written to the cache
 
 
 # --- canonical run ids ------------------------------------------------------------------------
+
 
 def test_run_id_canonical_floats_and_tuples():
     assert run_id({"a": 16, "b": [1, 2]}) == run_id({"a": 16.0, "b": (1, 2)})
@@ -124,11 +148,22 @@ def test_alpha_int_float_and_ignored_fields(embedded_tiny_cache):
     base = FinetuneConfig(**kw, lora_alpha=16)
     assert base.run_id == FinetuneConfig(**kw, lora_alpha=16.0).run_id
     # fields the fp16 arm ignores
-    assert base.run_id == FinetuneConfig(**kw, block_size=64, step="midtread", noise_draws=5,
-                                         double_quant=True, bits_pattern={"c_fc": 3}).run_id
+    assert (
+        base.run_id
+        == FinetuneConfig(
+            **kw,
+            block_size=64,
+            step="midtread",
+            noise_draws=5,
+            double_quant=True,
+            bits_pattern={"c_fc": 3},
+        ).run_id
+    )
     # scale "one" ignores lora_alpha
-    assert (FinetuneConfig(**kw, scale="one", lora_alpha=4).run_id
-            == FinetuneConfig(**kw, scale="one", lora_alpha=99).run_id)
+    assert (
+        FinetuneConfig(**kw, scale="one", lora_alpha=4).run_id
+        == FinetuneConfig(**kw, scale="one", lora_alpha=99).run_id
+    )
     # but an arm that uses them does not
     rtn = dict(kw, arm="adapter_rtn", bits=3)
     assert FinetuneConfig(**rtn).run_id != FinetuneConfig(**rtn, block_size=64).run_id
@@ -143,7 +178,9 @@ def test_alpha_int_float_and_ignored_fields(embedded_tiny_cache):
 def test_device_and_dtype_and_model_key_enter_the_id(embedded_tiny_cache):
     cfg = FinetuneConfig(**{**FAST, "cache_dir": str(embedded_tiny_cache), "device": "auto"})
     r = cfg.resolve()
-    assert cfg.run_id == FinetuneConfig(**{**FAST, "cache_dir": str(embedded_tiny_cache)}).run_id  # auto = cpu here
+    assert (
+        cfg.run_id == FinetuneConfig(**{**FAST, "cache_dir": str(embedded_tiny_cache)}).run_id
+    )  # auto = cpu here
     ident = cfg.identity(r)
     assert ident["device"] == "cpu" and ident["dtype"] == "float32"
     assert ident["embedded"] == r["embedded_key"] and ident["dataset_path"].endswith("dataset.json")

@@ -35,9 +35,15 @@ def _bits_params():
     for b in range(1, 17):
         marks = []
         if not _core_exact_at(b):
-            marks = [pytest.mark.xfail(strict=True, reason=(
-                f"quantbounds.quant.quantizers: jnp.exp2 is inexact in float32 at b={b}, so the core's "
-                "Δ is not the documented exact power of two; the torch port uses the exact one"))]
+            marks = [
+                pytest.mark.xfail(
+                    strict=True,
+                    reason=(
+                        f"quantbounds.quant.quantizers: jnp.exp2 is inexact in float32 at b={b}, so the core's "
+                        "Δ is not the documented exact power of two; the torch port uses the exact one"
+                    ),
+                )
+            ]
         out.append(pytest.param(b, marks=marks))
     return out
 
@@ -45,16 +51,18 @@ def _bits_params():
 def _inputs(seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((6, 64)).astype(np.float32)
-    x[0, :5] = 0.0                  # zeros
+    x[0, :5] = 0.0  # zeros
     x[1, 3] = -np.abs(x).max() * 2  # a negative absmax element (−R is a level of the "paper" grid)
-    x[2] = 0.0                      # an all-zero row / block: R = 0 → x̂ = 0
+    x[2] = 0.0  # an all-zero row / block: R = 0 → x̂ = 0
     return x
 
 
 def _assert_uniform_parity(x, u, **kw):
     """torch port == JAX quantize_uniform bit for bit (u=None: nearest; else stochastic with u)."""
     ref = qz.quantize_uniform(jnp.asarray(x), u=None if u is None else jnp.asarray(u), **kw)
-    got = fq.quantize_uniform(torch.from_numpy(x), u=None if u is None else torch.from_numpy(u), **kw)
+    got = fq.quantize_uniform(
+        torch.from_numpy(x), u=None if u is None else torch.from_numpy(u), **kw
+    )
     assert _bits_equal(ref, got.numpy()), (kw, u is None)
 
 
@@ -113,9 +121,9 @@ def test_uniform_per_channel_matches_core():
 def test_codebook_bit_exact(code, n):
     rng = np.random.default_rng(n)
     x = rng.standard_normal(n).astype(np.float32)
-    x[:64] = 0.0            # an all-zero block
-    x[70] = 1e-4            # near zero: FP4's −0 code
-    x[130:140] = x[128]     # repeated values
+    x[:64] = 0.0  # an all-zero block
+    x[70] = 1e-4  # near zero: FP4's −0 code
+    x[130:140] = x[128]  # repeated values
     ref = qz.quantize(jnp.asarray(x), code)
     got = fq.quantize_code(torch.from_numpy(x), code=code)
     assert _bits_equal(ref, got.numpy())
@@ -134,8 +142,12 @@ def test_codebook_midpoint_ties_go_to_lower_code(code):
 
 
 @settings(deadline=None, max_examples=25)
-@given(seed=st.integers(0, 2**31 - 1), bits=st.sampled_from([1, 2, 3, 4, 5, 8, 12]),
-       scale=st.floats(1e-3, 1e3), rows=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    bits=st.sampled_from([1, 2, 3, 4, 5, 8, 12]),
+    scale=st.floats(1e-3, 1e3),
+    rows=st.integers(1, 4),
+)
 def test_uniform_parity_property(seed, bits, scale, rows):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, 64)) * scale).astype(np.float32)
@@ -165,9 +177,9 @@ def test_uniform_noise_variance_matches_delta2_over_12():
     delta = 2.0 ** (1 - bits) * R
     eps = fq.uniform_noise(x, bits=bits, generator=g) - x
     assert float(eps.abs().max()) <= delta / 2
-    m2 = float((eps ** 2).mean())
-    assert abs(m2 - delta ** 2 / 12) <= 5 * np.sqrt(delta ** 4 / 180 / n)
-    assert abs(float(eps.mean())) <= 5 * np.sqrt(delta ** 2 / 12 / n)
+    m2 = float((eps**2).mean())
+    assert abs(m2 - delta**2 / 12) <= 5 * np.sqrt(delta**4 / 180 / n)
+    assert abs(float(eps.mean())) <= 5 * np.sqrt(delta**2 / 12 / n)
 
 
 def test_stochastic_rounding_unbiased_with_bernoulli_variance():
@@ -175,10 +187,14 @@ def test_stochastic_rounding_unbiased_with_bernoulli_variance():
     g = torch.Generator().manual_seed(1)
     n = 100_000
     x = torch.tensor([1.0, 0.3], dtype=torch.float64)  # R = 1, b = 3: Δ = ¼, 0.3 = 1.2·Δ, p = 0.2
-    draws = torch.stack([fq.quantize(x, "uniform", bits=3, rounding="stochastic", generator=g)[1]
-                         for _ in range(2000)])
+    draws = torch.stack(
+        [
+            fq.quantize(x, "uniform", bits=3, rounding="stochastic", generator=g)[1]
+            for _ in range(2000)
+        ]
+    )
     delta, p = 0.25, 0.2
-    sd = np.sqrt(delta ** 2 * p * (1 - p))
+    sd = np.sqrt(delta**2 * p * (1 - p))
     assert abs(float(draws.mean()) - 0.3) <= 5 * sd / np.sqrt(draws.numel())
     assert set(np.unique(draws.numpy())) <= {0.25, 0.5}
     del n

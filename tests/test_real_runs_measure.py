@@ -34,8 +34,10 @@ def test_gradient_samples_match_analytic_least_squares_gradient():
     d, m = 4, 6
     w = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(d)))
     v = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(2)))  # unused: gradient 0
-    batches = [(torch.from_numpy(rng.standard_normal((m, d))), torch.from_numpy(rng.standard_normal(m)))
-               for _ in range(3)]
+    batches = [
+        (torch.from_numpy(rng.standard_normal((m, d))), torch.from_numpy(rng.standard_normal(m)))
+        for _ in range(3)
+    ]
 
     def loss(batch):
         X, y = batch
@@ -59,7 +61,7 @@ def test_grad_variance_recovers_known_covariance_of_a_linear_model():
     w = torch.nn.Parameter(torch.zeros(d, dtype=torch.float64))
     batches = [torch.randn(m, d, generator=g, dtype=torch.float64) * sig for _ in range(K)]
     total, per = M.grad_variance(lambda X: (X @ w).mean(), batches, {"w": [w]})
-    C = torch.diag(sig ** 2) / m
+    C = torch.diag(sig**2) / m
     expect = float(torch.trace(C))
     sd = float(torch.sqrt(2 * torch.trace(C @ C) / (K - 1)))
     assert abs(total - expect) <= 5 * sd, (total, expect, sd)

@@ -3,7 +3,6 @@
 import json
 import math
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,9 +13,22 @@ from real_runs import ptq as P  # noqa: E402
 from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from real_runs.sweep import expand, load_config, pending, ptq_path, run_sweep  # noqa: E402
 
-FAST = dict(model="embedded", embedded="tiny", steps=4, batch_size=4, seq_len=32, n_train=16,
-            grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, eval_tokens=300,
-            device="cpu", progress=False, curvature_windows=8)
+FAST = dict(
+    model="embedded",
+    embedded="tiny",
+    steps=4,
+    batch_size=4,
+    seq_len=32,
+    n_train=16,
+    grad_var_batches=2,
+    noise_draws=2,
+    eval_pairs=2,
+    max_new_tokens=2,
+    eval_tokens=300,
+    device="cpu",
+    progress=False,
+    curvature_windows=8,
+)
 
 
 def test_plan_counts_and_bad_bits():
@@ -42,7 +54,9 @@ def test_sr_midtread_is_unbiased_with_the_stated_variance():
     W = torch.randn(4, 16, generator=g)
     W[0, 0] = W.abs().max() * 1.0  # the absmax entry (top cell: biased on the paper grid)
     K = 4000
-    draws = torch.stack([P.quantize_factor(W, "sr_tensor", 3, generator=g)[0] for _ in range(K)]).double()
+    draws = torch.stack(
+        [P.quantize_factor(W, "sr_tensor", 3, generator=g)[0] for _ in range(K)]
+    ).double()
     _, var = P.quantize_factor(W, "sr_tensor", 3, generator=g)
     mean, emp_var = draws.mean(0), draws.var(0)
     se = torch.sqrt(var / K).clamp_min(1e-12)
@@ -58,7 +72,9 @@ def test_int8_and_codes_have_no_moment_model():
     W = torch.randn(8, 64)
     for s in ("nf4", "fp4", "int8"):
         Q, var = P.quantize_factor(W, s, 4)
-        assert var is None and Q.shape == W.shape and float((Q - W).abs().max()) < float(W.abs().max())
+        assert (
+            var is None and Q.shape == W.shape and float((Q - W).abs().max()) < float(W.abs().max())
+        )
 
 
 class _Toy(torch.nn.Module):
@@ -74,9 +90,10 @@ class _Toy(torch.nn.Module):
             self.out.weight.copy_(torch.randn(V, d, generator=g) * 0.7)
 
     def forward(self, input_ids, attention_mask=None):
-        class O:
+        class Output:
             pass
-        o = O()
+
+        o = Output()
         o.logits = self.out(self.emb(input_ids))
         return o
 
@@ -87,7 +104,9 @@ def test_curvature_sigma_x_exact_and_fisher_trace():
     ids = torch.randint(0, 7, (40, 50), generator=g)
     mask = torch.ones_like(ids)
     mask[:, 45:] = 0
-    batches = [{"input_ids": ids[i:i + 10], "attention_mask": mask[i:i + 10]} for i in range(0, 40, 10)]
+    batches = [
+        {"input_ids": ids[i : i + 10], "attention_mask": mask[i : i + 10]} for i in range(0, 40, 10)
+    ]
     c = P.measure_curvature(m, {"out": m.out}, batches, seed=0)["out"]
     # Σ_x over the real tokens (the hook sees every real position, including the last one)
     x = m.emb(ids)[mask.bool()].double()
@@ -97,7 +116,7 @@ def test_curvature_sigma_x_exact_and_fisher_trace():
     with torch.no_grad():
         p = torch.softmax(m.out(m.emb(ids)).double(), -1)[:, :-1]
     valid = mask[:, 1:].bool()
-    want = float((1 - (p ** 2).sum(-1))[valid].sum()) / c["tokens"]
+    want = float((1 - (p**2).sum(-1))[valid].sum()) / c["tokens"]
     n_valid = int(valid.sum())
     # per-token ‖p − e_y‖² ∈ [0, 2]: s.d. ≤ 1, so 5 s.e. ≤ 5·√n_valid / tokens
     assert abs(float(torch.trace(c["G"])) - want) <= 5 * math.sqrt(n_valid) / c["tokens"]
@@ -108,17 +127,28 @@ def test_eval_weight_gradient_matches_central_differences(embedded_tiny_cache):
     from real_runs.data import collate
     from real_runs.embedded import EmbeddedConfig
 
-    lm, tok = load_base("embedded", base_quant="none", embedded=EmbeddedConfig.tiny(),
-                        cache_dir=embedded_tiny_cache, progress=False)
+    lm, tok = load_base(
+        "embedded",
+        base_quant="none",
+        embedded=EmbeddedConfig.tiny(),
+        cache_dir=embedded_tiny_cache,
+        progress=False,
+    )
     lm = lm.double().eval()
-    seqs = [tok(t)["input_ids"][:20] for t in ["hello there, how are you", "the cat sat on the mat today",
-                                             "what would happen if computers talked"]]
+    seqs = [
+        tok(t)["input_ids"][:20]
+        for t in [
+            "hello there, how are you",
+            "the cat sat on the mat today",
+            "what would happen if computers talked",
+        ]
+    ]
     batches = [collate(seqs, pad_id=tok.eos_token_id)]
     name = "transformer.h.1.mlp.c_fc"
     mod = lm.get_submodule(name)
     grads = P.eval_weight_gradients(lm, {name: mod}, {name: True}, batches)
     gen = torch.Generator().manual_seed(0)
-    D = torch.randn(grads[name].shape, generator=gen, dtype=torch.float64)   # (out, in)
+    D = torch.randn(grads[name].shape, generator=gen, dtype=torch.float64)  # (out, in)
     W0 = mod.weight.detach().clone()
     from real_runs.measure import eval_loss
 
@@ -134,8 +164,15 @@ def test_eval_weight_gradient_matches_central_differences(embedded_tiny_cache):
 
 
 def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
-    cfg = FinetuneConfig(**FAST, cache_dir=str(embedded_tiny_cache), ptq=True, ptq_bits=(2, 16), ptq_eval_tokens=150,
-                         ptq_schemes=("rtn_tensor", "sr_tensor", "nf4"), ptq_sr_draws=2)
+    cfg = FinetuneConfig(
+        **FAST,
+        cache_dir=str(embedded_tiny_cache),
+        ptq=True,
+        ptq_bits=(2, 16),
+        ptq_eval_tokens=150,
+        ptq_schemes=("rtn_tensor", "sr_tensor", "nf4"),
+        ptq_sr_draws=2,
+    )
     rec, ptq = run_finetune(cfg, return_ptq=True)
     assert len(ptq) == len(P.plan(cfg.ptq_schemes, cfg.ptq_bits, 2)) == 2 + 4 + 1
     by = {(p["ptq_scheme"], p["bits"], p["ptq_draw"]): p for p in ptq}
@@ -154,7 +191,9 @@ def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
 
 
 def _write_config(path, defaults, grids):
-    lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [f"{k} = {json.dumps(v)}" for k, v in defaults.items()]
+    lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [
+        f"{k} = {json.dumps(v)}" for k, v in defaults.items()
+    ]
     for g in grids:
         lines += ["", "[[grid]]"] + [f"{k} = {json.dumps(v)}" for k, v in g.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -162,11 +201,20 @@ def _write_config(path, defaults, grids):
 
 
 def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
-    defaults = {**FAST, "cache_dir": str(embedded_tiny_cache), "ptq_bits": [3], "ptq_schemes": ["rtn_tensor", "int8"]}
-    cfg = _write_config(tmp_path / "s.toml", defaults, [
-        {"arm": "fp16", "rank": 2, "seed": 0},
-        {"arm": "fp16", "rank": 2, "seed": 0, "ptq": True},   # the same run, with PTQ: merged
-    ])
+    defaults = {
+        **FAST,
+        "cache_dir": str(embedded_tiny_cache),
+        "ptq_bits": [3],
+        "ptq_schemes": ["rtn_tensor", "int8"],
+    }
+    cfg = _write_config(
+        tmp_path / "s.toml",
+        defaults,
+        [
+            {"arm": "fp16", "rank": 2, "seed": 0},
+            {"arm": "fp16", "rank": 2, "seed": 0, "ptq": True},  # the same run, with PTQ: merged
+        ],
+    )
     runs = expand(load_config(cfg))
     assert len(runs) == 1 and runs[0].ptq
     out = tmp_path / "runs.jsonl"

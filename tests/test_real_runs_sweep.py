@@ -15,15 +15,27 @@ pytest.importorskip("peft")
 
 from quantbounds.calib.records import read_records, validate_record  # noqa: E402
 from real_runs.cli import finetune_main, sweep_main  # noqa: E402
-from real_runs.embedded import EmbeddedConfig, embedded_path  # noqa: E402
 from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from real_runs.sweep import SweepConfigError, expand, load_config, run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the smallest run that still exercises every measurement
-FAST = dict(model="embedded", embedded="tiny", steps=3, batch_size=4, seq_len=32, n_train=16,
-            grad_var_batches=2, noise_draws=2, eval_pairs=2, max_new_tokens=2, log_every=1,
-            eval_tokens=200, device="cpu", progress=False)
+FAST = dict(
+    model="embedded",
+    embedded="tiny",
+    steps=3,
+    batch_size=4,
+    seq_len=32,
+    n_train=16,
+    grad_var_batches=2,
+    noise_draws=2,
+    eval_pairs=2,
+    max_new_tokens=2,
+    log_every=1,
+    eval_tokens=200,
+    device="cpu",
+    progress=False,
+)
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +57,9 @@ def _write_config(path, defaults, grids):
 
 
 def test_finetune_record_validates_and_is_measured(cache):
-    rec = run_finetune(FinetuneConfig(arm="adapter_sr", bits=3, rank=4, seed=0,
-                                      cache_dir=str(cache), **FAST))
+    rec = run_finetune(
+        FinetuneConfig(arm="adapter_sr", bits=3, rank=4, seed=0, cache_dir=str(cache), **FAST)
+    )
     validate_record(rec)
     json.dumps(rec, allow_nan=False)
     assert rec["n_train"] == 16 and rec["steps"] == 3 and rec["train_loss_steps"] == [1, 2, 3]
@@ -67,15 +80,22 @@ def test_run_id_ignores_how_but_not_what():
     assert a.run_id == b.run_id
     assert FinetuneConfig(**{**FAST, "seed": 1}).run_id != a.run_id
     rtn = {**FAST, "arm": "adapter_rtn", "bits": 4}
-    assert FinetuneConfig(**{**rtn, "bits_pattern": {"c_fc": 3}}).run_id != FinetuneConfig(**rtn).run_id
+    assert (
+        FinetuneConfig(**{**rtn, "bits_pattern": {"c_fc": 3}}).run_id
+        != FinetuneConfig(**rtn).run_id
+    )
 
 
 def test_config_expansion_and_errors(tmp_path):
-    p = _write_config(tmp_path / "c.toml", FAST, [
-        {"arm": ["fp16", "base_int8"], "rank": [4, 8], "seed": [0, 1]},
-        {"arm": "fp16", "rank": 4, "seed": 0},  # duplicate of a run above
-        {"arm": "adapter_rtn", "bits": [8, 2], "rank": 4},
-    ])
+    p = _write_config(
+        tmp_path / "c.toml",
+        FAST,
+        [
+            {"arm": ["fp16", "base_int8"], "rank": [4, 8], "seed": [0, 1]},
+            {"arm": "fp16", "rank": 4, "seed": 0},  # duplicate of a run above
+            {"arm": "adapter_rtn", "bits": [8, 2], "rank": 4},
+        ],
+    )
     runs = expand(load_config(p))
     assert len(runs) == 8 + 2 and len({r.run_id for r in runs}) == 10
     for bad, match in [
@@ -106,8 +126,10 @@ def test_shipped_configs_expand(tmp_path, monkeypatch):
     import datasets
     from real_runs import finetune as F
 
-    rows = [{"dialog": [f"hi {i}", f"hello {i}", "bye"], "act": [1, 2, 3], "emotion": [0, 0, 0]}
-            for i in range(50)]
+    rows = [
+        {"dialog": [f"hi {i}", f"hello {i}", "bye"], "act": [1, 2, 3], "emotion": [0, 0, 0]}
+        for i in range(50)
+    ]
     pq = tmp_path / "dailydialog_train.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(pq))
     monkeypatch.setenv("QUANTBOUNDS_DAILYDIALOG", str(pq))
@@ -119,15 +141,18 @@ def test_shipped_configs_expand(tmp_path, monkeypatch):
 
 
 def test_sweep_resumes_after_a_torn_last_line(tmp_path, cache):
-    cfg = _write_config(tmp_path / "s.toml", {**FAST, "cache_dir": str(cache)},
-                        [{"arm": ["fp16", "adapter_rtn"], "bits": 16, "seed": [0, 1], "rank": 2}])
+    cfg = _write_config(
+        tmp_path / "s.toml",
+        {**FAST, "cache_dir": str(cache)},
+        [{"arm": ["fp16", "adapter_rtn"], "bits": 16, "seed": [0, 1], "rank": 2}],
+    )
     out = tmp_path / "runs.jsonl"
     c1 = run_sweep(cfg, out, limit=2, progress=False)
     assert c1 == {"total": 4, "skipped": 0, "done": 2, "failed": 0}
     # simulate kill -9 in the middle of writing the second record: tear its line
     text = out.read_bytes()
     first_end = text.index(b"\n") + 1
-    out.write_bytes(text[:first_end + (len(text) - first_end) // 2])
+    out.write_bytes(text[: first_end + (len(text) - first_end) // 2])
     assert len(read_records(out).records) == 1 and len(read_records(out).errors) == 1
     logs = []
     c2 = run_sweep(cfg, out, progress=False, log=logs.append)
@@ -141,13 +166,29 @@ def test_sweep_resumes_after_a_torn_last_line(tmp_path, cache):
 
 
 def test_sweep_survives_kill_9_of_a_subprocess(tmp_path, cache):
-    cfg = _write_config(tmp_path / "k.toml", {**FAST, "cache_dir": str(cache)},
-                        [{"arm": "fp16", "bits": 16, "seed": [0, 1, 2, 3], "rank": 2}])
+    cfg = _write_config(
+        tmp_path / "k.toml",
+        {**FAST, "cache_dir": str(cache)},
+        [{"arm": "fp16", "bits": 16, "seed": [0, 1, 2, 3], "rank": 2}],
+    )
     out = tmp_path / "runs.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "real_runs.cli", "sweep", str(cfg), "--out",
-                             str(out), "--no-progress"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "real_runs.cli",
+            "sweep",
+            str(cfg),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 150
         while time.time() < deadline and proc.poll() is None:
@@ -182,15 +223,43 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys, cache):
 
 
 def test_finetune_on_a_local_dialogue_file(tmp_path, cache):
-    rows = [{"dialog": [f"hello number {i}", f"hi {i}, how are you?", "fine thanks"]} for i in range(40)]
+    rows = [
+        {"dialog": [f"hello number {i}", f"hi {i}, how are you?", "fine thanks"]} for i in range(40)
+    ]
     p = tmp_path / "dd.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "o.jsonl"
-    rc = finetune_main(["--dataset", str(p), "--arm", "adapter_noise", "--bits", "2", "--rank", "2",
-                        "--embedded", "tiny", "--cache-dir", str(cache), "--steps", "2",
-                        "--n-train", "10", "--grad-var-batches", "2", "--noise-draws", "3",
-                        "--eval-pairs", "2", "--max-new-tokens", "2", "--no-progress",
-                        "--output", str(out)])
+    rc = finetune_main(
+        [
+            "--dataset",
+            str(p),
+            "--arm",
+            "adapter_noise",
+            "--bits",
+            "2",
+            "--rank",
+            "2",
+            "--embedded",
+            "tiny",
+            "--cache-dir",
+            str(cache),
+            "--steps",
+            "2",
+            "--n-train",
+            "10",
+            "--grad-var-batches",
+            "2",
+            "--noise-draws",
+            "3",
+            "--eval-pairs",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     (rec,) = read_records(out, strict=True).records
     assert rec["dataset"] == str(p) and rec["n_train"] == 10 and rec["arm"] == "adapter_noise"

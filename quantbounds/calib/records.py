@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,64 +46,93 @@ from quantbounds.conventions import SCALES, lora_scale  # noqa: F401 (re-exporte
 SCHEMA = "quantbounds.run/1"
 
 ARMS = (
-    "fp16",            # base 16-bit (fp32 on CPU, bf16 on GPU), adapters full precision
-    "base_int8",       # W0 as bitsandbytes Linear8bitLt
-    "base_nf4",        # W0 as bitsandbytes 4-bit NF4
-    "base_fp4",        # W0 as bitsandbytes 4-bit FP4
-    "adapter_rtn",     # B, A fake-quantized at `bits`, round-to-nearest, straight-through
-    "adapter_sr",      # B, A fake-quantized at `bits`, stochastic rounding, straight-through
-    "adapter_nf4",     # B, A fake-quantized with the NF4 code, straight-through
-    "adapter_noise",   # the paper's additive uniform noise injected into B, A
+    "fp16",  # base 16-bit (fp32 on CPU, bf16 on GPU), adapters full precision
+    "base_int8",  # W0 as bitsandbytes Linear8bitLt
+    "base_nf4",  # W0 as bitsandbytes 4-bit NF4
+    "base_fp4",  # W0 as bitsandbytes 4-bit FP4
+    "adapter_rtn",  # B, A fake-quantized at `bits`, round-to-nearest, straight-through
+    "adapter_sr",  # B, A fake-quantized at `bits`, stochastic rounding, straight-through
+    "adapter_nf4",  # B, A fake-quantized with the NF4 code, straight-through
+    "adapter_noise",  # the paper's additive uniform noise injected into B, A
     "base_nf4_adapter_rtn",  # W0 NF4 and B, A fake-quantized (RTN)
 )
 BASE_QUANTS = ("none", "int8", "nf4", "fp4")
 
 REQUIRED: dict[str, type | tuple] = {
-    "schema": str, "run_id": str, "arm": str, "model": str, "dataset": str,
-    "rank": int, "bits": int, "base_quant": str, "scale": str, "lora_alpha": (int, float),
-    "seed": int, "n_train": int, "steps": int,
-    "eval_loss": (int, float), "perplexity": (int, float), "f1": (int, float),
-    "exact_match": (int, float), "grad_var": (int, float), "eps_ba_fro2": (int, float),
+    "schema": str,
+    "run_id": str,
+    "arm": str,
+    "model": str,
+    "dataset": str,
+    "rank": int,
+    "bits": int,
+    "base_quant": str,
+    "scale": str,
+    "lora_alpha": (int, float),
+    "seed": int,
+    "n_train": int,
+    "steps": int,
+    "eval_loss": (int, float),
+    "perplexity": (int, float),
+    "f1": (int, float),
+    "exact_match": (int, float),
+    "grad_var": (int, float),
+    "eps_ba_fro2": (int, float),
     "wall_s": (int, float),
 }
 OPTIONAL = (
-    "train_loss",          # list[float]: loss per logged step
-    "train_loss_steps",    # list[int]: the steps of train_loss
-    "grad_var_layers",     # dict[str, float]: per adapted layer, across mini-batches
-    "grad_var_noise",      # float: trace of covariance across noise draws on a fixed batch
-                           # (SR/noise arms)
+    "train_loss",  # list[float]: loss per logged step
+    "train_loss_steps",  # list[int]: the steps of train_loss
+    "grad_var_layers",  # dict[str, float]: per adapted layer, across mini-batches
+    "grad_var_noise",  # float: trace of covariance across noise draws on a fixed batch
+    # (SR/noise arms)
     "grad_var_noise_layers",  # dict[str, float]
-    "grad_var_batches",    # int: mini-batches used for grad_var
-    "x_norm2",             # dict[str, float]: mean ‖x‖² of each adapted layer's input
-    "range_B", "range_A",  # dict[str, float]: absmax range R of B and A per adapted layer
-    "eps_ba_layers",       # dict[str, float]: ‖ε_BA‖_F² per layer
-    "lora_scale",          # float: the numeric s
-    "target_modules",      # list[str]
-    "rounding", "double_quant",
-    "trainable_params", "total_params", "model_bytes", "peak_mem_bytes",
-    "tokens_per_s", "lr", "batch_size", "seq_len",
-    "versions",            # dict[str, str]
-    "device", "started_at", "finished_at",
+    "grad_var_batches",  # int: mini-batches used for grad_var
+    "x_norm2",  # dict[str, float]: mean ‖x‖² of each adapted layer's input
+    "range_B",
+    "range_A",  # dict[str, float]: absmax range R of B and A per adapted layer
+    "eps_ba_layers",  # dict[str, float]: ‖ε_BA‖_F² per layer
+    "lora_scale",  # float: the numeric s
+    "target_modules",  # list[str]
+    "rounding",
+    "double_quant",
+    "trainable_params",
+    "total_params",
+    "model_bytes",
+    "peak_mem_bytes",
+    "tokens_per_s",
+    "lr",
+    "batch_size",
+    "seq_len",
+    "versions",  # dict[str, str]
+    "device",
+    "started_at",
+    "finished_at",
     # what exactly ran (issue 14)
-    "embedded_model",      # str: "chitchat" | "pydoc" | "tiny" (None for other models)
-    "embedded_key",        # str: the embedded model's cache key (hash of its weights / build)
-    "pretrain_corpus",     # str: the embedded model's pretraining corpus
-    "dataset_path",        # str: what ``dataset`` resolved to on the machine that ran
-    "dtype",               # str: compute dtype of the 16-bit base ("float32" CPU, "bfloat16" GPU)
-    "grad_var_mode",       # str: "train" (dropout as in training) or "eval"
-    "lora_scale_layers",   # dict[str, float]: the LoRA scale PEFT applies in each layer
-    "quant_ranges",        # dict[str, dict]: the adapter quantizer's ranges per layer (per block: summary)
-    "quant_step",          # str: "paper" | "midtread" grid of the adapter quantizer
-    "rounding_bias",       # str: whether the rounding is unbiased, or how it is biased
-    "peak_mem_method",     # str: how peak_mem_bytes was measured
-    "eval_tokens", "eval_windows", "eval_dialogues",  # int: the held-out evaluation's size
-    "eval_loss_ci",        # [lo, hi]: 95 % interval of eval_loss, clustered by dialogue
-    "eval_words", "eval_nats_per_word",  # whitespace words of the evaluated dialogues; Σ CE / words
-    "eval_pairs_scored",   # int: prompt→response pairs scored for f1 / exact_match
+    "embedded_model",  # str: "chitchat" | "pydoc" | "tiny" (None for other models)
+    "embedded_key",  # str: the embedded model's cache key (hash of its weights / build)
+    "pretrain_corpus",  # str: the embedded model's pretraining corpus
+    "dataset_path",  # str: what ``dataset`` resolved to on the machine that ran
+    "dtype",  # str: compute dtype of the 16-bit base ("float32" CPU, "bfloat16" GPU)
+    "grad_var_mode",  # str: "train" (dropout as in training) or "eval"
+    "lora_scale_layers",  # dict[str, float]: the LoRA scale PEFT applies in each layer
+    "quant_ranges",  # dict[str, dict]: adapter quantizer ranges per layer (per block: a summary)
+    "quant_step",  # str: "paper" | "midtread" grid of the adapter quantizer
+    "rounding_bias",  # str: whether the rounding is unbiased, or how it is biased
+    "peak_mem_method",  # str: how peak_mem_bytes was measured
+    "eval_tokens",
+    "eval_windows",
+    "eval_dialogues",  # int: the held-out evaluation's size
+    "eval_loss_ci",  # [lo, hi]: 95 % interval of eval_loss, clustered by dialogue
+    "eval_words",
+    "eval_nats_per_word",  # whitespace words of the evaluated dialogues; Σ CE / words
+    "eval_pairs_scored",  # int: prompt→response pairs scored for f1 / exact_match
     "eval_pair_dialogues",  # int: distinct held-out dialogues those pairs come from
-    "f1_ci", "exact_match_ci",  # [lo, hi]: 95 % intervals, clustered by dialogue
-    "config",              # dict: the canonical identity the run_id hashes
+    "f1_ci",
+    "exact_match_ci",  # [lo, hi]: 95 % intervals, clustered by dialogue
+    "config",  # dict: the canonical identity the run_id hashes
 )
+
 
 def _canonical(v):
     """JSON-canonical form for hashing: integral floats as ints (16.0 ≡ 16), tuples as lists,
@@ -238,7 +268,6 @@ def make_record(**fields: Any) -> dict:
     return validate_record(rec)
 
 
-
 # --- post-training quantization records (quantbounds.ptq/1) -----------------------------------
 # One line per (trained full-precision adapter, scheme, bits, draw), written next to the run
 # records (``<out>.ptq.jsonl``): the trained run is the fp16 record ``ptq_of``; the loss is on
@@ -247,11 +276,23 @@ def make_record(**fields: Any) -> dict:
 PTQ_SCHEMA = "quantbounds.ptq/1"
 PTQ_SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", "int8")
 PTQ_REQUIRED: dict[str, type | tuple] = {
-    "schema": str, "run_id": str, "arm": str, "rank": int, "seed": int, "bits": int,
-    "ptq_scheme": str, "ptq_draw": int,
-    "eval_loss": (int, float), "eval_loss_ref": (int, float), "delta_loss": (int, float),
-    "delta_loss_ci": list, "pred_plugin": (int, float), "eps_ba_fro2": (int, float),
-    "eps_ba_x2": (int, float), "layers": dict, "eval_tokens": int,
+    "schema": str,
+    "run_id": str,
+    "arm": str,
+    "rank": int,
+    "seed": int,
+    "bits": int,
+    "ptq_scheme": str,
+    "ptq_draw": int,
+    "eval_loss": (int, float),
+    "eval_loss_ref": (int, float),
+    "delta_loss": (int, float),
+    "delta_loss_ci": list,
+    "pred_plugin": (int, float),
+    "eps_ba_fro2": (int, float),
+    "eps_ba_x2": (int, float),
+    "layers": dict,
+    "eval_tokens": int,
 }
 # optional: ptq_of (the fp16 run_id), pred_moment (None for non-uniform codes), eval_loss_unmerged,
 # perplexity, scale, lora_alpha, curvature_tokens, curvature_source, wall_s, ptq_total_s
@@ -260,7 +301,10 @@ PTQ_REQUIRED: dict[str, type | tuple] = {
 def validate_ptq_record(rec: dict) -> dict:
     """Check one PTQ record; return it or raise RecordError."""
     if not isinstance(rec, dict) or rec.get("schema") != PTQ_SCHEMA:
-        raise RecordError(f"schema must be {PTQ_SCHEMA!r}, got {rec.get('schema') if isinstance(rec, dict) else rec!r}")
+        raise RecordError(
+            f"schema must be {PTQ_SCHEMA!r}, "
+            f"got {rec.get('schema') if isinstance(rec, dict) else rec!r}"
+        )
     missing = [k for k in PTQ_REQUIRED if k not in rec]
     if missing:
         raise RecordError(f"missing required fields: {missing}")

@@ -253,9 +253,11 @@ def eps_ba_variance_bound(
     return float(out) if np.ndim(out) == 0 else out
 
 
-def eps_ba_curvature_moment(B: Any, A: Any, Sigma_x: Any, G: Any, var_A: Any, var_B: Any, *,
-                            scale: Any = 1.0) -> EpsBAMoments:
-    """Curvature-weighted second moment E tr(ε_BA·Σ_x·ε_BAᵀ·G), exact for independent zero-mean noise.
+def eps_ba_curvature_moment(
+    B: Any, A: Any, Sigma_x: Any, G: Any, var_A: Any, var_B: Any, *, scale: Any = 1.0
+) -> EpsBAMoments:
+    """Curvature-weighted second moment E tr(ε_BA·Σ_x·ε_BAᵀ·G), exact for independent zero-mean
+    noise.
 
     The loss cost of quantizing B, A to second order under a K-FAC Hessian H ≈ Σ_x ⊗ G
     (DESIGN.md §2): E[ΔL] ≈ ½·s²·E tr(ε_BA·Σ_x·ε_BAᵀ·G), with the three terms
@@ -293,12 +295,12 @@ def eps_ba_curvature_moment(B: Any, A: Any, Sigma_x: Any, G: Any, var_A: Any, va
 @jax.jit
 def _curvature_core(B, A, Sx, G, VA, VB, s):
     s2 = s * s
-    sx_d = jnp.diagonal(Sx)                      # Σ_x[j, j], (n,)
-    g_d = jnp.diagonal(G)                        # G[i, i], (m,)
-    btgb = jnp.sum(B * (G @ B), axis=0)          # (BᵀGB)[k, k], (r,)
-    asa = jnp.sum((A @ Sx) * A, axis=1)          # (AΣ_xAᵀ)[k, k], (r,)
-    va_s = VA @ sx_d                             # Σ_j V_A[k, j]·Σ_x[j, j], (r,)
-    vb_g = g_d @ VB                              # Σ_i G[i, i]·V_B[i, k], (r,)
+    sx_d = jnp.diagonal(Sx)  # Σ_x[j, j], (n,)
+    g_d = jnp.diagonal(G)  # G[i, i], (m,)
+    btgb = jnp.sum(B * (G @ B), axis=0)  # (BᵀGB)[k, k], (r,)
+    asa = jnp.sum((A @ Sx) * A, axis=1)  # (AΣ_xAᵀ)[k, k], (r,)
+    va_s = VA @ sx_d  # Σ_j V_A[k, j]·Σ_x[j, j], (r,)
+    vb_g = g_d @ VB  # Σ_i G[i, i]·V_B[i, k], (r,)
     t1 = s2 * jnp.dot(btgb, va_s)
     t2 = s2 * jnp.dot(vb_g, asa)
     t3 = s2 * jnp.dot(vb_g, va_s)
