@@ -66,8 +66,9 @@ from quantbounds.epsba.montecarlo import (
     grid_factors,
     grid_result,
     padded_rank,
+    real_rank_samples,
 )
-from quantbounds.epsba.units import run_additive, run_real
+from quantbounds.epsba.units import run_additive
 from quantbounds.jobs import (
     Checkpointable,
     ClusterOptions,
@@ -175,23 +176,7 @@ def compute_cells(keydata, impl: str, config: GridConfig, cells) -> dict:
             )[0]
         else:
             B, A = fac[i]
-            kd = np.asarray(jax.random.key_data(jax.random.fold_in(k_noise, r)))
-            x = run_real(
-                kd,
-                impl,
-                list(config.bits),
-                B,
-                A,
-                n_samples=config.n_samples,
-                scheme=config.scheme,
-                rounding=config.rounding,
-                block_size=config.block_size,
-                axis=config.axis,
-                step=config.step,
-                dtype=config.dtype,
-                chunk_size=config.chunk_size,
-                mesh=config.mesh,
-            )
+            x = real_rank_samples(config, B, A, k_noise, r, impl)
         out[cell] = np.asarray(x)
     return out
 

@@ -455,30 +455,22 @@ def _additive_samples(config: GridConfig, fac, noise_key, impl) -> list:
     return samples
 
 
+def real_rank_samples(config: GridConfig, B, A, noise_key, rank: int, impl):
+    """Samples (n_bits, n_samples, 4) of one rank's factors B (m, r), A (r, n) under a real
+    quantizer, noise keyed fold_in(noise_key, rank); also the unit of a grid split into jobs."""
+    keydata = np.asarray(jax.random.key_data(jax.random.fold_in(noise_key, rank)))
+    return run_real(keydata, impl, list(config.bits), B, A, n_samples=config.n_samples,
+                    scheme=config.scheme, rounding=config.rounding,
+                    block_size=config.block_size, axis=config.axis, step=config.step,
+                    dtype=config.dtype, chunk_size=config.chunk_size, mesh=config.mesh)
+
+
 def _real_samples(config: GridConfig, fac, noise_key, impl) -> list:
     """Per-rank samples (n_bits, n_samples, 4) of a real quantizer, one program per rank."""
     samples = []
     ranked = list(enumerate(fac))
     for i, (B, A) in _maybe_track(ranked, config.progress, "ε_BA grid (ranks)"):
-        keydata = np.asarray(jax.random.key_data(jax.random.fold_in(noise_key, config.ranks[i])))
-        samples.append(
-            run_real(
-                keydata,
-                impl,
-                list(config.bits),
-                B,
-                A,
-                n_samples=config.n_samples,
-                scheme=config.scheme,
-                rounding=config.rounding,
-                block_size=config.block_size,
-                axis=config.axis,
-                step=config.step,
-                dtype=config.dtype,
-                chunk_size=config.chunk_size,
-                mesh=config.mesh,
-            )
-        )
+        samples.append(real_rank_samples(config, B, A, noise_key, config.ranks[i], impl))
     return samples
 
 
