@@ -237,22 +237,7 @@ def append_record(path: str | os.PathLike, rec: dict) -> None:
     sweep re-runs). If the file does not end in a newline (a torn line), one is written first
     so the new record starts on its own line.
     """
-    validate_record(rec)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(rec, sort_keys=True, allow_nan=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size:
-            with path.open("rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_lines(path, [validate_record(rec)])
 
 
 def completed_ids(path: str | os.PathLike) -> set[str]:
@@ -344,7 +329,8 @@ def read_ptq_records(path: str | os.PathLike) -> ReadResult:
 
 
 def append_lines(path: str | os.PathLike, recs: list[dict]) -> None:
-    """Append already-validated records as lines with ONE write + fsync (see append_record)."""
+    """Append already-validated records as lines with ONE write + fsync (the durability of
+    :func:`append_record`, which is this with one validated record)."""
     if not recs:
         return
     path = Path(path)
