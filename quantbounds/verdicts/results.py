@@ -19,8 +19,8 @@ import numpy as np
 
 from quantbounds._files import atomic_write_bytes
 
-VerdictKind = Literal["holds", "fails", "conditional"]
-VERDICTS = ("holds", "fails", "conditional")
+VerdictKind = Literal["holds", "fails", "conditional", "inconclusive"]
+VERDICTS = ("holds", "fails", "conditional", "inconclusive")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,10 @@ class Verdict:
     """One claim and the measurement that judges it.
 
     claim:      the claim in words, citing its source (e.g. "seed 001 Thm 3.1: ...").
-    verdict:    "holds" | "fails" | "conditional" (holds only under ``conditions``).
+    verdict:    "holds" | "fails" | "inconclusive" (the interval is too wide to decide) |
+                "conditional" (the outcome turns on a reading named in ``details["readings"]``
+                or on ``conditions``). In a results file this is the Holm-adjusted decision
+                (:func:`finalize_verdicts`); ``raw_verdict`` is the decision at the claim's own α.
     predicted:  what the claim predicts (number, list or short string).
     measured:   what was measured (same kind as ``predicted``).
     ci:         (lo, hi) confidence interval of ``measured`` (95 % unless ``details`` says),
@@ -36,6 +39,12 @@ class Verdict:
     conditions: where the verdict holds / the set-up it was measured in.
     source:     which seed document / theorem / DESIGN.md section the claim comes from.
     details:    anything else worth keeping (counts, per-cell numbers).
+    claim_id:   the registry claim this verdict judges (:mod:`quantbounds.verdicts.registry`).
+    kind:       that claim's kind (upper_bound, scaling_law, rule, comparison, no_effect,
+                identity); filled from the registry when omitted.
+    p_holds, p_fails: the one-sided p-values the decision rests on
+                (:mod:`quantbounds.verdicts.standard`); None for identities and for verdicts
+                decided by readings.
     """
 
     claim: str
@@ -46,13 +55,97 @@ class Verdict:
     conditions: str = ""
     source: str = ""
     details: dict = field(default_factory=dict)
+    claim_id: str | None = None
+    kind: str | None = None
+    p_holds: float | None = None
+    p_fails: float | None = None
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.claim_id is not None and self.kind is None:
+            from quantbounds.verdicts.registry import registry
+
+            reg = registry()
+            if self.claim_id not in reg:
+                raise ValueError(f"claim_id {self.claim_id!r} is not in the claim registry")
+            object.__setattr__(self, "kind", reg[self.claim_id].kind)
+
+    @classmethod
+    def from_decision(cls, claim_id: str, decision, **fields) -> "Verdict":
+        """A verdict on registry claim ``claim_id`` from a
+        :class:`quantbounds.verdicts.standard.Decision` (its verdict, p-values and reason;
+        the reason goes to ``details["decision"]``)."""
+        details = dict(fields.pop("details", {}) or {})
+        details.setdefault("decision", decision.reason)
+        if getattr(decision, "readings", None):
+            details.setdefault("readings", decision.readings)
+        return cls(
+            claim_id=claim_id,
+            verdict=decision.verdict,
+            p_holds=decision.p_holds,
+            p_fails=decision.p_fails,
+            details=details,
+            **fields,
+        )
 
     def to_dict(self) -> dict:
         return to_jsonable(asdict(self))
+
+
+def finalize_verdicts(verdicts: Iterable["Verdict | dict"], *, where: str = "",
+                      alpha: float | None = None) -> list[dict]:
+    """The verdicts of one results file as written: every one wired to the registry (else
+    :class:`quantbounds.verdicts.registry_check.VerdictClaimError` naming it), then Holm's
+    family-wise step over the file's statistical verdicts
+    (:func:`quantbounds.verdicts.standard.adjust_family`): ``verdict`` becomes the adjusted
+    decision, ``raw_verdict`` keeps the one at the claim's own α and ``p_adjusted`` the Holm
+    p-values (p_holds, p_fails). Identities and verdicts decided by readings are kept as they
+    are (``p_adjusted`` None)."""
+    from quantbounds.verdicts import standard
+    from quantbounds.verdicts.registry_check import check_verdicts
+
+    rows = [v.to_dict() if isinstance(v, Verdict) else to_jsonable(dict(v)) for v in verdicts]
+    check_verdicts(rows, where=where)
+    decisions = []
+    for d in rows:
+        ph, pf = d.get("p_holds"), d.get("p_fails")
+        stat = ph is not None and pf is not None and d["verdict"] != "conditional"
+        decisions.append(
+            standard.Decision(
+                verdict=d["verdict"],
+                p_holds=ph if stat else None,
+                p_fails=pf if stat else None,
+                reason="",
+            )
+        )
+    adjusted = standard.adjust_family(decisions, alpha=alpha or standard.ALPHA)
+    out = []
+    for d, a in zip(rows, adjusted):
+        d = dict(d)
+        d["raw_verdict"] = d["verdict"]
+        d["p_adjusted"] = list(a.adjusted) if a.adjusted is not None else None
+        d["verdict"] = a.verdict
+        out.append(d)
+    return out
+
+
+def write_results(path: str | os.PathLike, payload: dict, *, alpha: float | None = None) -> Path:
+    """Write a results file atomically after :func:`finalize_verdicts` on its ``verdicts``
+    (the family for Holm's step is this file), adding a ``"family"`` summary."""
+    out = dict(payload)
+    final = finalize_verdicts(out.get("verdicts", []), where=str(path), alpha=alpha)
+    out["verdicts"] = final
+    changed = sum(1 for d in final if d["verdict"] != d["raw_verdict"])
+    from quantbounds.verdicts import standard
+
+    out["family"] = {
+        "method": "Holm step-down over every statistical verdict's p_holds and p_fails",
+        "alpha": alpha or standard.ALPHA,
+        "tests": 2 * sum(1 for d in final if d["p_adjusted"] is not None),
+        "changed_by_adjustment": changed,
+    }
+    return write_json_atomic(path, out)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -136,7 +229,7 @@ def print_verdicts(verdicts: Iterable[Verdict | dict], *, title: str = "Verdicts
     table = Table(title=title, show_lines=False)
     for col in ("claim", "verdict", "predicted", "measured", "95% CI", "conditions"):
         table.add_column(col, overflow="fold")
-    style = {"holds": "green", "fails": "red", "conditional": "yellow"}
+    style = {"holds": "green", "fails": "red", "conditional": "yellow", "inconclusive": "blue"}
     for d in rows:
         table.add_row(d["claim"], f"[{style[d['verdict']]}]{d['verdict']}[/]", _fmt(d["predicted"]),
                       _fmt(d["measured"]), _fmt(d.get("ci")), _fmt(d.get("conditions", "")))

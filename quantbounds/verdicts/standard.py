@@ -55,7 +55,8 @@ class Decision:
     verdict: "holds" | "fails" | "inconclusive" (| "conditional" when set by the caller);
     p_holds, p_fails: raw one-sided p-values (None for identity checks); reason: one line;
     adjusted: the Holm-adjusted (p_holds, p_fails) once a family has been adjusted, and
-    raw_verdict the decision before adjustment.
+    raw_verdict the decision before adjustment; readings: {reading: verdict} when the
+    decision was made under several readings of the claim (:func:`under_readings`).
     """
 
     verdict: str
@@ -64,6 +65,7 @@ class Decision:
     reason: str
     adjusted: tuple[float | None, float | None] | None = None
     raw_verdict: str | None = None
+    readings: dict | None = None
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -256,3 +258,81 @@ def usable_fit(*, heldout_r2: float | None, weakly_identified: bool) -> tuple[bo
     if heldout_r2 < 0:
         return False, f"held-out R² = {heldout_r2:.3g} < 0: not used for decisions"
     return True, f"held-out R² = {heldout_r2:.3g}"
+
+
+def under_readings(named: dict[str, Decision]) -> Decision:
+    """One decision from the same claim tested under each reasonable reading of it (b* by a
+    relative or an absolute tolerance, θ* the teacher or the best rank-r parameter, σ, the
+    factorisation (c·B, A/c), …): the common verdict when every reading agrees (with the
+    largest p-values, so the weakest reading decides), else ``conditional`` with each
+    reading's verdict named."""
+    if not named:
+        raise ValueError("under_readings needs at least one reading")
+    verdicts = {k: d.verdict for k, d in named.items()}
+    reason = "; ".join(f"{k}: {d.verdict} ({d.reason})" for k, d in named.items())
+    if len(set(verdicts.values())) == 1:
+        ds = list(named.values())
+        if any(d.p_holds is None or d.p_fails is None for d in ds):
+            ph = pf = None
+        else:
+            ph = max(d.p_holds for d in ds)
+            pf = max(d.p_fails for d in ds)
+        return Decision(
+            verdict=ds[0].verdict, p_holds=ph, p_fails=pf, reason=reason, readings=verdicts
+        )
+    return Decision(verdict="conditional", p_holds=None, p_fails=None, reason=reason,
+                    readings=verdicts)
+
+
+def judge(
+    claim_id: str,
+    estimate: float,
+    se: float,
+    *,
+    dof: float | None = None,
+    scale: str | None = None,
+    center: float | None = None,
+    margin: float | None = None,
+    alpha: float | None = None,
+) -> Decision:
+    """Decide registry claim ``claim_id`` from an estimate and its standard error, with the
+    test the registry fixed before the data were seen: its kind picks the rule above, its
+    ``test.margin`` the margin (the allowance for an upper bound), ``test.direction`` a
+    comparison's sign, and the prediction ``test.by_scale[scale]`` (the convention the
+    measurements used) or ``test.predicted``. ``center`` / ``margin`` override the registry
+    only where the caller measures on another scale (e.g. a log₂ factor); say so in the
+    verdict's conditions."""
+    from quantbounds.verdicts.registry import registry
+
+    reg = registry()
+    if claim_id not in reg:
+        raise ValueError(f"claim_id {claim_id!r} is not in the claim registry")
+    c = reg[claim_id]
+    t = c.test
+    a = t.alpha if alpha is None else alpha
+    m = t.margin if margin is None else margin
+    if c.kind in ("scaling_law", "rule"):
+        if center is None:
+            by = dict(t.by_scale)
+            if scale is not None and scale in by:
+                center = by[scale]
+            elif scale is not None and by:
+                raise ValueError(
+                    f"claim {claim_id!r} predicts in scales {sorted(by)}, not {scale!r}"
+                )
+            else:
+                center = t.predicted
+        if center is None:
+            raise ValueError(f"claim {claim_id!r} has no prediction; pass center=")
+        return equivalence(estimate, se, center=center, margin=m, alpha=a, dof=dof)
+    if c.kind == "no_effect":
+        return no_effect(estimate - (center or 0.0), se, margin=m, alpha=a, dof=dof)
+    if c.kind == "comparison":
+        direction = 1 if t.direction == "greater" else -1
+        return comparison(estimate - (center or 0.0), se, direction=direction, margin=m,
+                          alpha=a, dof=dof)
+    if c.kind == "upper_bound":
+        return upper_bound(estimate, se, allowance=m, alpha=a, dof=dof)
+    raise ValueError(
+        f"claim {claim_id!r} is an identity: decide it with standard.identity(ratios)"
+    )

@@ -176,3 +176,48 @@ def test_fit_loglinear_ci_covers_true_slope_at_nominal_rate():
         f = intervals.fit_loglinear(x, y, se * y * math.log(2))
         misses += not (f["ci"][0] <= -1.5 <= f["ci"][1])
     assert misses <= 42
+
+
+def test_cluster_mean_covers_at_the_sample_sizes_used():
+    """95 % intervals over 4–6 clusters (the paired runs' seeds / baselines) with a shared
+    cluster effect: measured coverage ≥ 93 % over 4000 worlds (the binomial sd of a 95 %
+    coverage estimate is 0.34 %, so 93 % is 5.8 sd below nominal: a real under-cover fails,
+    the percentile bootstrap's 79–86 % fails by far)."""
+    from quantbounds.verdicts.intervals import cluster_mean
+
+    rng = np.random.default_rng(7)
+    for g in (4, 5, 6):
+        hits = 0
+        trials = 4000
+        for _ in range(trials):
+            effect = rng.normal(0, 1.0, g)  # shared within a cluster
+            labels = np.repeat(np.arange(g), 3)
+            vals = 0.3 + effect[labels] + rng.normal(0, 0.5, labels.size)
+            lo, hi = cluster_mean(vals, labels)["ci"]
+            hits += lo <= 0.3 <= hi
+        assert hits / trials >= 0.93, (g, hits / trials)
+
+
+def test_percentile_bootstrap_under_covers_where_cluster_mean_does_not():
+    """The reason for cluster_mean: the percentile bootstrap over 5 pairs covers < 90 %."""
+    from quantbounds.verdicts.intervals import bootstrap_mean
+
+    rng = np.random.default_rng(3)
+    trials, hits = 800, 0
+    for k in range(trials):
+        d = rng.normal(0.0, 1.0, 5)
+        lo, hi = bootstrap_mean(d, n_boot=400, seed=k)["ci"]
+        hits += lo <= 0.0 <= hi
+    assert hits / trials < 0.90
+
+
+def test_cluster_mean_averages_clusters_first_and_rejects_bad_input():
+    from quantbounds.verdicts.intervals import cluster_mean
+
+    r = cluster_mean([1.0, 1.0, 1.0, 5.0], ["a", "a", "a", "b"])
+    assert r["estimate"] == 3.0 and r["clusters"] == 2 and r["dof"] == 1.0
+    assert math.isnan(cluster_mean([1.0, 2.0], ["a", "a"])["se"])
+    with pytest.raises(ValueError, match="clusters must have one label"):
+        cluster_mean([1.0, 2.0], ["a"])
+    with pytest.raises(ValueError, match="finite"):
+        cluster_mean([1.0, float("nan")])

@@ -128,3 +128,68 @@ def test_identity_and_fit_usability():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# -- judge (the registry's test applied), readings, and a results file's family ---------------
+
+
+def test_judge_uses_the_registry_margin_and_prediction():
+    from quantbounds.verdicts.registry import registry
+    from quantbounds.verdicts.standard import judge
+
+    c = registry()["s001.s5_1.exponential_precision"]
+    center = c.test.predicted if c.test.predicted is not None else dict(c.test.by_scale)["one"]
+    m = c.test.margin
+    assert judge(c.id, center, m / 10).verdict == "holds"
+    assert judge(c.id, center + 5 * m, m / 10).verdict == "fails"
+    assert judge(c.id, center, 10 * m).verdict == "inconclusive"
+
+
+def test_judge_refuses_unknown_claims_and_identities():
+    from quantbounds.verdicts.standard import judge
+
+    with pytest.raises(ValueError, match="not in the claim registry"):
+        judge("s001.nothing_like_this", 1.0, 0.1)
+    with pytest.raises(ValueError, match="identity"):
+        judge("s001.eq6.decomposition", 1.0, 0.1)
+
+
+def test_under_readings_is_conditional_when_readings_disagree():
+    from quantbounds.verdicts.standard import comparison, under_readings
+
+    yes = comparison(5.0, 1.0)
+    no = comparison(-5.0, 1.0, margin=0.5)
+    d = under_readings({"relative": yes, "absolute": no})
+    assert d.verdict == "conditional"
+    assert d.readings == {"relative": "holds", "absolute": "fails"}
+    same = under_readings({"a": yes, "b": comparison(3.0, 1.0)})
+    assert same.verdict == "holds" and same.p_holds == max(yes.p_holds, comparison(3.0, 1.0).p_holds)
+
+
+def test_results_file_carries_claim_ids_and_holm_adjusted_verdicts(tmp_path):
+    import json
+
+    from quantbounds.verdicts.registry_check import VerdictClaimError
+    from quantbounds.verdicts.results import Verdict, write_results
+    from quantbounds.verdicts.standard import comparison
+
+    # 20 comparisons with p_holds = 0.01 each: each holds at α = 0.05; Holm over 40 p-values
+    # multiplies the smallest by 40 → none holds after adjustment
+    ds = [comparison(2.3263478740408408, 1.0) for _ in range(20)]
+    vs = [
+        Verdict.from_decision("s002.abstract.fp4_underperforms", d, claim="c", predicted=">0",
+                              measured=1.0)
+        for d in ds
+    ]
+    assert all(v.kind == "comparison" and v.verdict == "holds" for v in vs)
+    out = write_results(tmp_path / "r.json", {"verdicts": vs})
+    data = json.loads(out.read_text())
+    assert [v["raw_verdict"] for v in data["verdicts"]] == ["holds"] * 20
+    assert [v["verdict"] for v in data["verdicts"]] == ["inconclusive"] * 20
+    assert data["family"]["tests"] == 40 and data["family"]["changed_by_adjustment"] == 20
+    with pytest.raises(VerdictClaimError, match="no claim_id"):
+        write_results(tmp_path / "bad.json", {"verdicts": [
+            Verdict(claim="x", verdict="holds", predicted=1, measured=1)]})
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(ValueError, match="not in the claim registry"):
+        Verdict(claim="x", verdict="holds", predicted=1, measured=1, claim_id="s009.no")
