@@ -162,8 +162,9 @@ def test_under_readings_is_conditional_when_readings_disagree():
     d = under_readings({"relative": yes, "absolute": no})
     assert d.verdict == "conditional"
     assert d.readings == {"relative": "holds", "absolute": "fails"}
-    same = under_readings({"a": yes, "b": comparison(3.0, 1.0)})
-    assert same.verdict == "holds" and same.p_holds == max(yes.p_holds, comparison(3.0, 1.0).p_holds)
+    weaker = comparison(3.0, 1.0)
+    same = under_readings({"a": yes, "b": weaker})
+    assert same.verdict == "holds" and same.p_holds == max(yes.p_holds, weaker.p_holds)
 
 
 def test_results_file_carries_claim_ids_and_holm_adjusted_verdicts(tmp_path):
