@@ -414,6 +414,21 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         )
     pad = tok.eos_token_id
 
+    held_batches = [
+        {k: v.to(device) for k, v in collate(held_seqs[i : i + 16], pad_id=pad).items()}
+        for i in range(0, len(held_seqs), 16)
+    ]
+    phase = {"load": time.time() - t0}
+
+    # --- the arm's base with its adapter switched off, on the same held-out tokens: the
+    # fine-tuning gain below is paired with it (PEFT's disable_adapter, so a quantized base
+    # stays quantized and no adapter noise enters) ------------------------------------------
+    t_phase = time.time()
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        base_rows = M.eval_loss_rows(model, held_batches)
+    phase["eval_base"] = time.time() - t_phase
+
     # --- training --------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -451,6 +466,8 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         if not math.isfinite(losses[-1] if losses else 0.0):
             raise FloatingPointError(f"training loss became {losses[-1]} at step {step + 1}")
     train_s = time.time() - t_train
+    phase["train"] = train_s
+    t_phase = time.time()
 
     # --- gradient variance, ‖x‖², at the final parameters, in TRAINING mode (as trained) ----
     groups = M.lora_groups(built.layers)
@@ -485,12 +502,10 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         gvn_total, gvn_layers = M.grad_variance(loss_of, [gv_batches[0]] * cfg.noise_draws, groups)
     range_B, range_A = M.factor_ranges(built.layers)
     model.eval()
+    phase["grad_var"] = time.time() - t_phase
 
     # --- evaluation with the quantized factors (one draw per pass) ---------------------------
-    held_batches = [
-        {k: v.to(device) for k, v in collate(held_seqs[i : i + 16], pad_id=pad).items()}
-        for i in range(0, len(held_seqs), 16)
-    ]
+    t_phase = time.time()
     with parametrize.cached():
         eps_total, eps_layers = M.eps_ba(built.layers)
         rows = M.eval_loss_rows(model, held_batches)
@@ -498,6 +513,13 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         n_eval_tok = int(sum(rows[1]))
         W = len(rows[1])
         _, lo, hi = clustered_mean_ci([s * W / n_eval_tok for s in rows[0]], held_owner)
+        # the fine-tuning gain, paired window by window (same tokens), dialogue-clustered
+        base_loss = sum(base_rows[0]) / n_eval_tok
+        gain, g_lo, g_hi = clustered_mean_ci(
+            [(b - a) * W / n_eval_tok for a, b in zip(rows[0], base_rows[0])], held_owner
+        )
+        phase["eval"] = time.time() - t_phase
+        t_phase = time.time()
         f1, em, _, f1s, ems = M.greedy_scores(
             model,
             tok,
@@ -511,9 +533,12 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     f1_ci = clustered_mean_ci(f1s, owners)[1:] if f1s else (None, None)
     em_ci = clustered_mean_ci(ems, owners)[1:] if ems else (None, None)
 
+    phase["f1"] = time.time() - t_phase
     ptq_records = []
     if cfg.ptq:
+        t_phase = time.time()
         ptq_records = _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device)
+        phase["ptq"] = time.time() - t_phase
 
     base = model.get_base_model()
     s = lora_scale(cfg.scale, cfg.lora_alpha if cfg.scale != "one" else cfg.rank, cfg.rank)
@@ -587,6 +612,10 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         eval_windows=W,
         eval_dialogues=len(set(held_owner)),
         eval_loss_ci=[lo, hi],
+        eval_loss_base=base_loss,
+        finetune_gain=gain,
+        finetune_gain_ci=[g_lo, g_hi],
+        phase_s=phase,
         eval_pairs_scored=len(split.pairs),
         # tokenizer-free: nats per whitespace word of the evaluated dialogues (comparable across models)
         eval_words=(

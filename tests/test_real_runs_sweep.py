@@ -70,6 +70,12 @@ def test_finetune_record_validates_and_is_measured(cache):
     assert rec["grad_var_noise"] > 0  # SR redraws on a fixed batch
     assert set(rec["x_norm2"]) == set(layers) and all(v > 0 for v in rec["x_norm2"].values())
     assert rec["eps_ba_fro2"] > 0 and rec["lora_scale"] == 16.0 / 4
+    # the base (adapter off) on the same tokens, and the paired gain = base − fine-tuned
+    assert rec["finetune_gain"] == pytest.approx(rec["eval_loss_base"] - rec["eval_loss"],
+                                                 rel=1e-9, abs=1e-12)
+    lo, hi = rec["finetune_gain_ci"]
+    assert lo <= rec["finetune_gain"] <= hi
+    assert {"load", "eval_base", "train", "grad_var", "eval", "f1"} <= set(rec["phase_s"])
     assert 0 <= rec["f1"] <= 1 and rec["exact_match"] in (0.0, 0.5, 1.0)
     assert rec["trainable_params"] < rec["total_params"]
 
