@@ -270,3 +270,22 @@ def test_finetune_on_a_local_dialogue_file(tmp_path, cache):
     (rec,) = read_records(out, strict=True).records
     assert rec["dataset"] == str(p) and rec["n_train"] == 10 and rec["arm"] == "adapter_noise"
     assert rec["grad_var_noise"] > 0 and rec["eps_ba_fro2"] > 0
+
+
+def test_finetune_benchmark_times_every_phase(cache):
+    """benchmarks/bench_bridge.py --finetune on the tiny model: the phases add up to the run,
+    the PTQ ratio is PTQ ÷ the rest, and the targets are judged from those numbers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_bridge", ROOT / "benchmarks/bench_bridge.py")
+    bb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bb)
+    fast = {k: v for k, v in FAST.items() if k != "progress"}
+    res = bb.finetune_benchmark(overrides={**fast, "cache_dir": str(cache), "ptq_bits": (2, 8),
+                                           "ptq_schemes": ("rtn_tensor",), "progress": False})
+    ph = res["phase_s"]
+    assert res["finetune_s"] == pytest.approx(sum(v for k, v in ph.items() if k != "ptq"))
+    assert res["ptq_over_finetune"] == pytest.approx(ph["ptq"] / res["finetune_s"])
+    assert res["finetune_s"] + ph["ptq"] <= res["wall_s"] + 1e-6
+    assert res["meets"]["ptq_over_finetune"] == (res["ptq_over_finetune"] <= 2.0)
+    assert res["ptq_evaluations"] == 2 and res["peak_mem_bytes"] > 0
