@@ -108,14 +108,31 @@ def _tally(verdicts: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _verdict_cell(v: dict) -> str:
+    """The family-wise (Holm) verdict, with the claim's own-α verdict beside it when they
+    differ."""
+    out = str(v.get("verdict", "?"))
+    raw = v.get("raw_verdict")
+    return out + (f" (alone: {raw})" if raw and raw != out else "")
+
+
 def _section(path: Path, command: str) -> list[str]:
     data = json.loads(path.read_text())
     verdicts = data.get("verdicts") or []
+    command = data.get("command") or command
+    fam = data.get("family") or {}
+    holm = (
+        f" Verdicts are family-wise over the file (Holm, α = {_num(fam.get('alpha'))}, "
+        f"{fam.get('tests', 0)} tests; {fam.get('changed_by_adjustment', 0)} changed by it)."
+        if fam
+        else ""
+    )
     lines = [
-        f"From `{command}` (`results/{path.name}`, {len(verdicts)} verdicts — {_tally(verdicts)}):",
+        f"From `{command}` (`results/{path.name}`, {len(verdicts)} verdicts — "
+        f"{_tally(verdicts)}).{holm}",
         "",
-        "| verdict | claim | measured [interval] |",
-        "| --- | --- | --- |",
+        "| verdict | claim id | claim | measured [interval] |",
+        "| --- | --- | --- | --- |",
     ]
     for v in verdicts:
         claim = v.get("claim", "")
@@ -124,7 +141,10 @@ def _section(path: Path, command: str) -> list[str]:
             claim += f" — {details['arm']}" + (
                 f", b = {details['bits']}" if "bits" in details else ""
             )
-        lines.append(f"| {v.get('verdict', '?')} | {_cell(claim)} | {_cell(_measured(v), 60)} |")
+        cid = v.get("claim_id") or "—"
+        lines.append(
+            f"| {_verdict_cell(v)} | `{cid}` | {_cell(claim)} | {_cell(_measured(v), 60)} |"
+        )
     lines.append("")
     return lines
 

@@ -57,8 +57,18 @@ def test_block_tallies_seed_toolkit_and_identity_apart(tmp_path):
     assert block.startswith(BEGIN) and block.endswith(END)
     assert "seed claims: 1 holds, 1 fails" in block
     assert "not in the registry: 1 inconclusive" in block
-    assert "| fails | x | 1.25 [1.01, 1.48] |" in block
+    assert "| fails | `s001.thm3_1.quant_term` | x | 1.25 [1.01, 1.48] |" in block
     assert "z \\| with a pipe" in block and "a 1" in block
+    # a family-wise verdict that differs from the claim's own-α one shows both
+    d2 = tmp_path / "r2"
+    d2.mkdir()
+    (d2 / "audit.json").write_text(json.dumps({
+        "verdicts": [{"claim": "w", "claim_id": "s001.thm3_1.bound", "verdict": "inconclusive",
+                      "raw_verdict": "holds", "measured": 1.0}],
+        "family": {"alpha": 0.05, "tests": 2, "changed_by_adjustment": 1}}))
+    b2 = findings_block(d2)
+    assert "| inconclusive (alone: holds) | `s001.thm3_1.bound` | w |" in b2
+    assert "Holm, α = 0.05, 2 tests; 1 changed by it" in b2
 
 
 def test_update_readme_replaces_only_the_block_and_refuses_without_markers(tmp_path):
@@ -68,7 +78,7 @@ def test_update_readme_replaces_only_the_block_and_refuses_without_markers(tmp_p
     assert update_readme(readme, d) is True
     text = readme.read_text()
     assert text.startswith("# title\n\n") and text.endswith("\n\n## after\n")
-    assert "old text" not in text and "| holds | x | 2 |" in text
+    assert "old text" not in text and "| holds | `—` | x | 2 |" in text
     assert update_readme(readme, d) is False                   # idempotent
     bare = tmp_path / "BARE.md"
     bare.write_text("no markers\n")
@@ -85,5 +95,5 @@ def test_report_command_writes_both(tmp_path, monkeypatch):
     readme.write_text(f"{BEGIN}\n{END}\n")
     monkeypatch.chdir(tmp_path)
     assert main(["--results", str(d), "--figures", str(tmp_path / "f")]) == 0
-    assert (d / "REPORT.md").exists() and "| holds | x | 2 |" in readme.read_text()
+    assert (d / "REPORT.md").exists() and "| holds | `—` | x | 2 |" in readme.read_text()
     assert main(["--results", str(d), "--readme", str(tmp_path / "BARE.md")]) == 2

@@ -47,7 +47,7 @@ def test_report_partial_inputs_counts_and_escaping(tmp_path):
     out, missing = build_report(results_dir=r, figures_dir=fig, out=r / "REPORT.md")
     text = out.read_text()
     assert missing == ["audit", "calibration"]
-    assert "| validation | 1 | 2 | 0 |" in text
+    assert "| validation | 1 | 2 | 0 | 0 |" in text
     assert "unreadable" in text and "quantbounds audit" in text
     assert "a \\| claim" in text  # pipes escaped inside table cells
     assert "SYNTHETIC — synthetic calibration analysis" in text
