@@ -244,10 +244,11 @@ def mc_identity(measured: float, se: float, stated: float, margin: float, dof):
     return standard.Decision(verdict="inconclusive", p_holds=None, p_fails=None, reason=reason)
 
 
-def identity_cells(named: dict):
+def identity_cells(named: dict, *, conditional: bool = True):
     """``identity`` claims decided cell by cell (each a :func:`mc_identity` Decision): every cell
-    holds → holds; some hold and some fail → conditional (the cells named in ``readings``);
-    some fail, none hold → fails; else inconclusive."""
+    holds → holds; some hold and some fail → conditional (the cells named in ``readings``;
+    with ``conditional=False``, for several numbers stated together, fails); some fail, none
+    hold → fails; else inconclusive."""
     if not named:
         raise ValueError("identity_cells needs at least one cell")
     cell = {n: d.verdict for n, d in named.items()}
@@ -257,7 +258,7 @@ def identity_cells(named: dict):
               f"{len(cell) - n_ok - n_bad} inconclusive")
     if n_ok == len(cell):
         verdict = "holds"
-    elif n_bad and n_ok:
+    elif n_bad and n_ok and conditional:
         verdict = "conditional"
     elif n_bad:
         verdict = "fails"
@@ -357,7 +358,7 @@ def verdicts(res: dict) -> list[Verdict]:
         m = reg["toolkit.widrow.epsba_ratio"].test.margin
         checks = {s: mc_identity(c["ratio"], c["ratio_se"], WIDROW_EPSBA[s], m, dof)
                   for s, c in b2.items()}
-        dec = identity_cells(checks)
+        dec = identity_cells(checks, conditional=False)
         out.append(Verdict.from_decision(
             "toolkit.widrow.epsba_ratio", dec,
             claim="RTN at b = 2 on Gaussian factors: real ÷ additive E‖ε_BA‖² = 0.95 on the "
@@ -377,7 +378,7 @@ def verdicts(res: dict) -> list[Verdict]:
             c = b2["midtread"]
             checks["midtread correlation"] = mc_identity(c["corr"], c["corr_se"],
                                                          WIDROW_CORR_MIDTREAD, m, dof)
-        dec = identity_cells(checks)
+        dec = identity_cells(checks, conditional=False)
         pred = {f"{s} variance ratio": WIDROW_VAR[s] for s in b2}
         meas = {f"{s} variance ratio": c["var_ratio"] for s, c in b2.items()}
         if "midtread" in b2:
