@@ -30,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantbounds._checks import check_bits, check_choice
+from quantbounds.verdicts import standard
 from quantbounds.verdicts.results import Verdict
-
-from quantbounds.verdicts.decisions import decide_identity
 from simulations.factors import FactorSpec, make_factors
 
 HI = jax.lax.Precision.HIGHEST
@@ -212,27 +211,33 @@ def n_steps(config: DecompositionConfig) -> int:
 
 
 def verdicts(res: dict) -> list[Verdict]:
+    """Implementation checks (``identity`` kind, reported apart from the findings): the
+    decomposition per dtype (s001.eq6.decomposition: every residual ÷ its rounding bound ≤ 1,
+    ``standard.identity``) and PEFT's zero B (toolkit.zero_b: exactly 0)."""
     out = []
     rows = res["rows"]
     for dname in sorted({r["dtype"] for r in rows}):
         sub = [r for r in rows if r["dtype"] == dname]
         ratios = [r["max_ratio"] if r["finite"] else np.inf for r in sub]
-        worst = max(sub, key=lambda r: r["max_ratio"])
-        out.append(Verdict(
+        worst = max(sub, key=lambda r: r["max_ratio"] if r["finite"] else np.inf)
+        out.append(Verdict.from_decision(
+            "s001.eq6.decomposition", standard.identity(ratios),
             claim=f"Q(B)Q(A) − BA = Bε_A + ε_B·A + ε_Bε_A on real quantized tensors ({dname})",
-            verdict=decide_identity(ratios), predicted="residual ≤ rounding bound (ratio ≤ 1)",
+            predicted="residual ≤ rounding bound (ratio ≤ 1)",
             measured=float(max(ratios)), ci=None,
             conditions=f"{len(sub)} cases: RTN/SR (tensor, channel, block 64), NF4, FP4, int8; "
                        f"shapes {sorted({(r['m'], r['n'], r['r']) for r in sub})}",
             source="seed 001 eq. 4–6; DESIGN.md §2",
             details={"worst_case": worst, "max_resid_ulps": max(r["resid_ulps"] for r in sub),
-                     "bound": "(γ_r + 5u)/(1 − 5u)·M, Higham §3.5"}))
+                     "bound": "(γ_r + 5u)/(1 − 5u)·M, Higham §3.5",
+                     "kind_note": "algebra, true for any quantizer: an implementation check"}))
     z = res["peft_zero_b"]
-    worst = max(max(r["max_abs_eps_ba"], r["max_abs_b_epsA"]) if r["finite"] else np.inf
-                for r in z)
-    out.append(Verdict(
+    vals = [max(r["max_abs_eps_ba"], r["max_abs_b_epsA"]) if r["finite"] else np.inf for r in z]
+    # the registry's test: exactly 0 (margin 0) — ratio 0 when exact, ∞ otherwise
+    out.append(Verdict.from_decision(
+        "toolkit.zero_b", standard.identity([0.0 if v == 0.0 else np.inf for v in vals]),
         claim="PEFT zero-initialised B makes B·ε_A (and here all of ε_BA) vanish",
-        verdict="holds" if worst == 0.0 else "fails", predicted=0.0, measured=float(worst),
+        predicted=0.0, measured=float(max(vals)),
         ci=None, conditions=f"B = 0, A ~ U(±1/√n); {len(z)} schemes (max |entry| over them)",
         source="DESIGN.md §2", details={"rows": z}))
     return out

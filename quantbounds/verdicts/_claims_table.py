@@ -659,12 +659,13 @@ def claims():  # noqa: C901 - one literal table
             quantity="entropy of the NF4 code index on absmax-normalised blocks of 64 N(0, 1) weights (4 bits "
                      "⇔ every code equally likely)",
             convention=bnb,
-            test=T(statistic="H(code) − 4 bits, from code frequencies over 2^20 blocks",
+            test=T(statistic="H(code) − 4 bits, from code frequencies over 2^20 values (2^14 blocks of 64)",
                    decision="holds if the 95 % interval of H − 4 lies within ±margin (TOST); fails if it lies "
                             "outside; else inconclusive; the MSE reading (toolkit.nf4_not_mse_optimal) is a "
                             "different property, reported beside it",
                    margin=0.05, margin_units="bits",
-                   interval="normal interval from the multinomial standard error",
+                   interval="t interval over blocks (the plug-in entropy's influence function averaged per "
+                            "block: entries of a block share its absmax)",
                    readings=("information-theoretic (equal-probability codes)",
                              "with and without each block's absmax element (it maps to ±1 exactly)",
                              "MSE-optimal (Lloyd–Max) — not what the seed says"))),
@@ -695,7 +696,8 @@ def claims():  # noqa: C901 - one literal table
             convention=Cv(scale="any", step="optimal (Lloyd–Max) vs optimal uniform step", range="unbounded support"),
             test=T(statistic="D_uniform − D_LloydMax for N(0, 1) and Laplace(0, 1) at 2…8 bits (exact integrals)",
                    decision="holds if the difference > margin at every level count tested; fails if ≤ 0 at any",
-                   margin=0.0, margin_units="distortion (unit variance)", direction="greater"),
+                   margin=0.0, margin_units="distortion (unit variance)", direction="greater",
+                   interval="exact: se = the integrals' numerical accuracy (1e−12), not sampling"),
             notes="'always … any non-uniform distribution' is not provable by examples; the tested cases are named"),
         Claim(
             id="s002.lloyd_max.nf4_vs_fp4_distortion", source=S2, origin="seed", kind="comparison",
@@ -914,9 +916,11 @@ def claims():  # noqa: C901 - one literal table
         Claim(
             id="toolkit.variance_bound.additive", source=D, origin="toolkit", kind="identity", section="§2 variance bound",
             quote="E‖ε_BA‖_F² ≤ m·n·r·R_A²·R_B²·(⅔·4^{−b} + ⅑·16^{−b})",
-            quantity="Monte Carlo E‖ε_BA‖² of the additive model ÷ the variance bound",
+            quantity="E‖ε_BA‖² of the additive model ÷ the variance bound",
             convention=Cv(scale="one", step="additive model", range="absmax per tensor"),
-            test=T(statistic="max over cells of measured ÷ bound", decision="holds if ≤ 1 + margin",
+            test=T(statistic="max over cells of the exact additive-model E‖ε_BA‖² ÷ bound (the Monte Carlo "
+                             "ratio, which toolkit.moments.fro ties to the exact one, reported as the tightness)",
+                   decision="holds if ≤ 1 + margin (0 ≤ 0 for B = 0)",
                    margin=0.0, margin_units="ratio above 1"),
             notes="a proven inequality checked on its own model: a self-consistency check, tightness reported"),
         Claim(
@@ -958,21 +962,28 @@ def claims():  # noqa: C901 - one literal table
             convention=Cv(scale="any", step="mid-tread grid {−R, 0, R} and the paper's grid", range="absmax per tensor"),
             test=T(statistic="|measured − stated| for the variance ratio (0.63 mid-tread, 1.0 paper) and the "
                              "correlation (−0.6)",
-                   decision="holds if every difference's 95 % interval lies within ±margin", margin=0.05,
+                   decision="holds if every difference's 95 % interval lies within ±margin; fails if one lies "
+                            "wholly outside; else inconclusive; judged on the layer DESIGN.md names (1024², "
+                            "r = 16)", margin=0.05,
                    margin_units="absolute (ratio, correlation)")),
         Claim(
             id="toolkit.widrow.epsba_ratio", source=D, origin="toolkit", kind="identity", section="§2 additive model fails",
             quote="the E‖ε_BA‖² ratio depends on grid and layer size (0.95 paper grid, 0.26 mid-tread at 1024², r = 16)",
             quantity="real ÷ additive E‖ε_BA‖², RTN b = 2, Gaussian factors, 1024², r = 16",
             convention=Cv(scale="any", step="paper grid and mid-tread grid", range="absmax per tensor"),
-            test=T(statistic="|measured − stated| per grid", decision="holds if the 95 % interval lies within ±margin",
+            test=T(statistic="|measured − stated| per grid",
+                   decision="holds if each 95 % interval lies within ±margin; fails if one lies wholly outside; "
+                            "else inconclusive; judged at 1024², r = 16 only",
                    margin=0.05, margin_units="absolute ratio")),
         Claim(
             id="toolkit.rtn_clip_excess", source=D, origin="toolkit", kind="identity", section="§2 additive model fails",
             quote="Per-block and per-channel RTN on the paper's grid sit 5–9 % above Δ²/12 because +R clips to R − Δ.",
             quantity="error variance ÷ Δ²/12 of per-block and per-channel RTN on the paper's grid",
             convention=Cv(scale="any", step="Δ = 2^{1−b}·R", range="absmax per block / per channel"),
-            test=T(statistic="measured ratio − 1 (Monte Carlo, with its standard error)", decision="holds if the 95 % interval lies within [0.05 − margin, 0.09 + margin]",
+            test=T(statistic="measured ratio − 1 (Monte Carlo, with its standard error)",
+                   decision="holds if the 95 % interval lies within [0.05 − margin, 0.09 + margin] in every "
+                            "(family, granularity, b) cell; conditional when it holds in named cells and lies "
+                            "wholly outside in others; fails when it holds in none",
                    margin=0.01, margin_units="relative")),
         Claim(
             id="toolkit.sr_variance", source=D, origin="toolkit", kind="identity", section="§2 additive model fails",
@@ -981,14 +992,17 @@ def claims():  # noqa: C901 - one literal table
             convention=Cv(scale="any", step="Δ = 2^{1−b}·R", range="absmax per tensor"),
             test=T(statistic="ratio ÷ 2 − 1 where the fractional part is ~uniform (b ≥ 3, per tensor)",
                    decision="holds if the 95 % interval lies within ±margin; conditional when it holds only in "
-                            "named cells", margin=0.02, margin_units="relative")),
+                            "named cells (and lies wholly outside in others)", margin=0.02,
+                   margin_units="relative")),
         Claim(
             id="toolkit.absmax_exact", source=D, origin="toolkit", kind="identity", section="§2 additive model fails",
             quote="The absmax element of each block has zero error (factor (1 − 1/blocksize)).",
             also_quoted=((D, "int8 absmax at block 64 matches (63/64)·Δ²/12"),),
             quantity="int8 blockwise error variance ÷ (1 − 1/64)·Δ²/12",
             convention=Cv(scale="any", step="Δ = absmax/127 per block", range="absmax per block of 64"),
-            test=T(statistic="measured ratio − 1 (Monte Carlo, with its standard error)", decision="holds if the 95 % interval lies within ±margin", margin=0.01,
+            test=T(statistic="measured ratio − 1 (Monte Carlo, with its standard error)",
+                   decision="holds if the 95 % interval lies within ±margin; fails if it lies wholly outside; "
+                            "else inconclusive", margin=0.01,
                    margin_units="relative")),
         Claim(
             id="toolkit.zero_b", source=D, origin="toolkit", kind="identity", section="§2 additive model fails",
@@ -1049,21 +1063,27 @@ def claims():  # noqa: C901 - one literal table
             quote="blockwise absmax (block 64) measured NF4 0.00845, int4 0.0116, bnb FP4 0.0149",
             quantity="NF4 blockwise distortion of N(0, 1), block 64",
             convention=bnb,
-            test=T(statistic="measured ÷ 0.00845 − 1", decision="holds if the 95 % interval lies within ±margin",
+            test=T(statistic="measured ÷ 0.00845 − 1",
+                   decision="holds if the 95 % interval lies within ±margin; fails if it lies wholly outside; "
+                            "else inconclusive",
                    margin=0.01, margin_units="relative (3 printed digits)")),
         Claim(
             id="toolkit.blockwise.int4", source=D, origin="toolkit", kind="identity", section="§2 non-uniform codes",
             quote="blockwise absmax (block 64) measured NF4 0.00845, int4 0.0116, bnb FP4 0.0149",
             quantity="int4 (uniform) blockwise distortion of N(0, 1), block 64",
             convention=bnb,
-            test=T(statistic="measured ÷ 0.0116 − 1", decision="holds if the 95 % interval lies within ±margin",
+            test=T(statistic="measured ÷ 0.0116 − 1",
+                   decision="holds if the 95 % interval lies within ±margin; fails if it lies wholly outside; "
+                            "else inconclusive",
                    margin=0.01, margin_units="relative (3 printed digits)")),
         Claim(
             id="toolkit.blockwise.fp4", source=D, origin="toolkit", kind="identity", section="§2 non-uniform codes",
             quote="blockwise absmax (block 64) measured NF4 0.00845, int4 0.0116, bnb FP4 0.0149",
             quantity="bitsandbytes FP4 blockwise distortion of N(0, 1), block 64",
             convention=bnb,
-            test=T(statistic="measured ÷ 0.0149 − 1", decision="holds if the 95 % interval lies within ±margin",
+            test=T(statistic="measured ÷ 0.0149 − 1",
+                   decision="holds if the 95 % interval lies within ±margin; fails if it lies wholly outside; "
+                            "else inconclusive",
                    margin=0.01, margin_units="relative (3 printed digits)")),
         Claim(
             id="toolkit.nf4_not_mse_optimal", source=D, origin="toolkit", kind="identity", section="§2 non-uniform codes",
