@@ -34,14 +34,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from quantbounds._checks import check_bits, check_choice, check_int_range
 from quantbounds.verdicts import standard
 from quantbounds.verdicts.intervals import mean_ci
 from quantbounds.verdicts.registry import registry
 from quantbounds.verdicts.results import Verdict
-from quantbounds.verdicts.standard import judge
+from quantbounds.verdicts.standard import identity_cells, judge, mc_identity, over_cells
 from simulations.decomposition import GRANULARITIES, granularity_kwargs
 from simulations.factors import FactorSpec, make_factors
 
@@ -185,87 +184,6 @@ def _safe_se(se: float, estimate: float) -> float:
     if se is not None and math.isfinite(se) and se > 0:
         return float(se)
     return 1e-12 * max(1.0, abs(float(estimate)))
-
-
-def over_cells(named: dict, *, alpha: float = standard.ALPHA, conditional: bool = True):
-    """One decision from a claim tested in several cells (bits × granularity × family, ranks, …),
-    each a :class:`quantbounds.verdicts.standard.Decision` with p-values.
-
-    holds  ⇔ it holds in every cell: the intersection–union test, p_holds = max over cells
-             (valid at α without a multiplicity correction);
-    fails  ⇔ it fails in some cell: p_fails = min(1, K·min over cells) (Bonferroni);
-    conditional (when ``conditional``) ⇔ it fails in some cells and holds in others, each cell
-             decided at α/K (Bonferroni, so the named cells hold simultaneously);
-    else inconclusive. ``readings`` of the result: every cell's verdict at α/K."""
-    if not named:
-        raise ValueError("over_cells needs at least one cell")
-    k = len(named)
-    ph = max(d.p_holds for d in named.values())
-    pf = min(1.0, k * min(d.p_fails for d in named.values()))
-    cell = {
-        name: "holds" if d.p_holds < alpha / k else "fails" if d.p_fails < alpha / k
-        else "inconclusive"
-        for name, d in named.items()
-    }
-    held = [n for n, v in cell.items() if v == "holds"]
-    failed = [n for n, v in cell.items() if v == "fails"]
-    reason = (f"{k} cells (each at α/{k}): {len(held)} hold, {len(failed)} fail, "
-              f"{k - len(held) - len(failed)} inconclusive")
-    if ph < alpha:
-        verdict = "holds"
-    elif pf < alpha and held and conditional:
-        return standard.Decision(verdict="conditional", p_holds=None, p_fails=None,
-                                 reason=reason, readings=cell)
-    elif pf < alpha:
-        verdict = "fails"
-    else:
-        verdict = "inconclusive"
-    return standard.Decision(verdict=verdict, p_holds=ph, p_fails=pf, reason=reason,
-                             readings=cell)
-
-
-def mc_identity(measured: float, se: float, stated: float, margin: float, dof):
-    """An ``identity`` claim on a number measured with Monte Carlo error (a value DESIGN.md
-    states, a reference distortion): with the 95 % Student-t interval m ± t_{dof}·se,
-    holds ⇔ it lies within stated ± margin (``standard.identity`` of
-    (|m − stated| + t·se) ÷ margin ≤ 1); fails ⇔ it lies wholly outside
-    (|m − stated| − t·se > margin); else inconclusive — a close call is not a coin flip.
-    No p-values: identities are implementation checks, kept out of the family's Holm step."""
-    t = float(stats.t.ppf(0.975, dof)) if dof else float(stats.norm.ppf(0.975))
-    se = 0.0 if se is None or not math.isfinite(se) else float(se)
-    d = abs(float(measured) - stated)
-    inside = (d + t * se) / margin
-    outside = (d - t * se) / margin
-    reason = (f"{measured:.5g} ± {t * se:.3g} (95 %) against {stated:.5g} ± {margin:.3g}: "
-              f"(|d| + t·se) ÷ margin = {inside:.3g}")
-    if inside <= 1.0 or outside > 1.0:
-        dec = standard.identity([inside])
-        return standard.Decision(verdict=dec.verdict, p_holds=None, p_fails=None, reason=reason)
-    return standard.Decision(verdict="inconclusive", p_holds=None, p_fails=None, reason=reason)
-
-
-def identity_cells(named: dict, *, conditional: bool = True):
-    """``identity`` claims decided cell by cell (each a :func:`mc_identity` Decision): every cell
-    holds → holds; some hold and some fail → conditional (the cells named in ``readings``;
-    with ``conditional=False``, for several numbers stated together, fails); some fail, none
-    hold → fails; else inconclusive."""
-    if not named:
-        raise ValueError("identity_cells needs at least one cell")
-    cell = {n: d.verdict for n, d in named.items()}
-    n_ok = sum(v == "holds" for v in cell.values())
-    n_bad = sum(v == "fails" for v in cell.values())
-    reason = (f"{len(cell)} cells: {n_ok} hold, {n_bad} fail, "
-              f"{len(cell) - n_ok - n_bad} inconclusive")
-    if n_ok == len(cell):
-        verdict = "holds"
-    elif n_bad and n_ok and conditional:
-        verdict = "conditional"
-    elif n_bad:
-        verdict = "fails"
-    else:
-        verdict = "inconclusive"
-    return standard.Decision(verdict=verdict, p_holds=None, p_fails=None, reason=reason,
-                             readings=cell)
 
 
 def _label(c: dict) -> str:

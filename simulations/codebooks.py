@@ -41,7 +41,8 @@ from quantbounds.verdicts.intervals import mean_ci
 from quantbounds.verdicts.registry import registry
 from quantbounds.verdicts.results import Verdict
 from quantbounds.verdicts.standard import judge
-from simulations.breakdown import _safe_se, mc_identity, over_cells
+from quantbounds.verdicts.standard import mc_identity, over_cells
+from simulations.breakdown import _safe_se
 
 # DESIGN.md §2 reference values, with the number of significant digits they are quoted to.
 REFERENCES = {

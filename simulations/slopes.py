@@ -48,7 +48,8 @@ from quantbounds.verdicts.intervals import mean_ci
 from quantbounds.verdicts.registry import registry
 from quantbounds.verdicts.results import Verdict
 from quantbounds.verdicts.standard import judge
-from simulations.breakdown import _safe_se, over_cells
+from quantbounds.verdicts.standard import over_cells
+from simulations.breakdown import _safe_se
 from simulations.factors import FAMILIES, FactorSpec, nested_factors
 
 # Rank slope of E‖ε_BA‖² in log₂r under each convention (DESIGN.md §2).
@@ -340,7 +341,8 @@ def _judge(cid: str, st: dict, **kw):
 
 def factor_per_bit(per: dict):
     """s001.s5_1.exponential_precision for one family: log₂ρ within 2 ± margin at every rank
-    (each rank one test; :func:`breakdown.over_cells`: all hold → holds, any fails → fails).
+    (each rank one test; :func:`quantbounds.verdicts.standard.over_cells`: all hold → holds,
+    any fails → fails).
     From b₀ = min(bits): holds → holds; otherwise the smallest b₀ from which it holds at every
     rank makes it ``conditional`` ("holds for b ≥ b₀"), and with none the full-range decision
     (fails or inconclusive) stands. Returns (decision, b₀ or None, the full-range decision)."""

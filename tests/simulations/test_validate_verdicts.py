@@ -39,25 +39,25 @@ def _wired(vs):
 # ----------------------------------------------------------------------------- combinators
 def test_over_cells_all_verdicts():
     ok, bad, mid = _d(1e-6, 1.0), _d(1.0, 1e-6), _d(0.3, 0.3)
-    assert breakdown.over_cells({"a": ok, "b": ok}).verdict == "holds"
-    assert breakdown.over_cells({"a": ok, "b": ok}).p_holds == pytest.approx(1e-6)
-    d = breakdown.over_cells({"a": ok, "b": bad})
+    assert standard.over_cells({"a": ok, "b": ok}).verdict == "holds"
+    assert standard.over_cells({"a": ok, "b": ok}).p_holds == pytest.approx(1e-6)
+    d = standard.over_cells({"a": ok, "b": bad})
     assert d.verdict == "conditional" and d.readings == {"a": "holds", "b": "fails"}
-    assert breakdown.over_cells({"a": ok, "b": bad}, conditional=False).verdict == "fails"
-    assert breakdown.over_cells({"a": mid, "b": bad}).verdict == "fails"
-    assert breakdown.over_cells({"a": ok, "b": mid}).verdict == "inconclusive"
+    assert standard.over_cells({"a": ok, "b": bad}, conditional=False).verdict == "fails"
+    assert standard.over_cells({"a": mid, "b": bad}).verdict == "fails"
+    assert standard.over_cells({"a": ok, "b": mid}).verdict == "inconclusive"
     # Bonferroni: a cell at p = 0.02 fails alone, not among 5 cells
-    assert breakdown.over_cells({"a": _d(1.0, 0.02)}).verdict == "fails"
+    assert standard.over_cells({"a": _d(1.0, 0.02)}).verdict == "fails"
     five = {k: _d(1.0, 0.02 if k == "a" else 0.9) for k in "abcde"}
-    assert breakdown.over_cells(five).verdict == "inconclusive"
+    assert standard.over_cells(five).verdict == "inconclusive"
 
 
 def test_mc_identity_three_ways():
-    assert breakdown.mc_identity(0.95, 0.005, 0.95, 0.05, 7).verdict == "holds"
-    assert breakdown.mc_identity(0.47, 0.005, 0.95, 0.05, 7).verdict == "fails"
-    assert breakdown.mc_identity(0.95, 0.05, 0.95, 0.05, 7).verdict == "inconclusive"
-    d = breakdown.identity_cells({"a": breakdown.mc_identity(1, 0.001, 1, 0.05, 7),
-                                  "b": breakdown.mc_identity(2, 0.001, 1, 0.05, 7)})
+    assert standard.mc_identity(0.95, 0.005, 0.95, 0.05, 7).verdict == "holds"
+    assert standard.mc_identity(0.47, 0.005, 0.95, 0.05, 7).verdict == "fails"
+    assert standard.mc_identity(0.95, 0.05, 0.95, 0.05, 7).verdict == "inconclusive"
+    d = standard.identity_cells({"a": standard.mc_identity(1, 0.001, 1, 0.05, 7),
+                                  "b": standard.mc_identity(2, 0.001, 1, 0.05, 7)})
     assert d.verdict == "conditional" and d.p_holds is None
 
 
