@@ -1,0 +1,146 @@
+"""How much the embedded testbed can tell: fine-tuning gain, metric power and PTQ effect sizes.
+
+    python -m real_runs.testbed_report results/runs_chitchat.jsonl [--out results/testbed.json]
+
+Reads the run records (and ``<runs>.ptq.jsonl`` beside them when present) and reports, from
+the records alone:
+
+- per (arm, bits, n_train, rank): the fine-tuning gain ΔL_ft = L(base, adapter off) − L(tuned)
+  on the same held-out tokens (positive = fine-tuning helped), its mean over seeds with a
+  Student-t interval over the seeds (``quantbounds.verdicts.intervals.cluster_mean``; each seed
+  one unit), and each run's own paired, dialogue-clustered interval; eval loss, F1 with their
+  intervals; held-out tokens and pairs scored (the issue's power targets: ≥ 20k tokens,
+  ≥ 500 pairs);
+- per (PTQ scheme, bits, rank): the paired PTQ cost ΔL = L(Q) − L(fp) in units of its paired
+  standard error (from each record's 95 % interval, se = half-width / 1.96): the issue asks the
+  2-bit adapter cost to be ≥ 10 paired standard errors at every rank.
+
+Records without ``finetune_gain`` (written before it was measured) are reported with
+``gain: None``. Written atomically as JSON; a short text summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from quantbounds.calib.records import read_ptq_records, read_records
+from quantbounds.verdicts.intervals import cluster_mean
+
+Z95 = 1.959963984540054
+
+
+def finetune_rows(records: list[dict]) -> list[dict]:
+    """One row per (arm, bits, n_train, rank): gain, eval loss and F1 over seeds."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["arm"], r["bits"], r["n_train"], r["rank"])].append(r)
+    rows = []
+    for (arm, bits, n, rank), recs in sorted(groups.items()):
+        gains = [r["finetune_gain"] for r in recs if r.get("finetune_gain") is not None]
+        g = cluster_mean(gains) if gains else None
+        rows.append({
+            "arm": arm,
+            "bits": bits,
+            "n_train": n,
+            "rank": rank,
+            "seeds": sorted(r["seed"] for r in recs),
+            "gain": None if g is None else {k: g[k] for k in ("estimate", "se", "dof", "ci")},
+            "gain_per_run": [
+                {"seed": r["seed"], "gain": r["finetune_gain"], "ci": r.get("finetune_gain_ci")}
+                for r in recs
+                if r.get("finetune_gain") is not None
+            ],
+            "eval_loss": cluster_mean([r["eval_loss"] for r in recs]),
+            "f1": cluster_mean([r["f1"] for r in recs]) if all(
+                r.get("f1") is not None for r in recs) else None,
+            "f1_ci_per_run": [r.get("f1_ci") for r in recs],
+            "eval_tokens": min(r.get("eval_tokens") or 0 for r in recs),
+            "eval_pairs_scored": min(r.get("eval_pairs_scored") or 0 for r in recs),
+        })
+    return rows
+
+
+def ptq_power_rows(ptq: list[dict]) -> list[dict]:
+    """One row per (scheme, bits, rank): mean paired ΔL and the smallest ΔL ÷ se over records."""
+    groups = defaultdict(list)
+    for r in ptq:
+        groups[(r["ptq_scheme"], r["bits"], r["rank"])].append(r)
+    rows = []
+    for (scheme, bits, rank), recs in sorted(groups.items()):
+        z = []
+        for r in recs:
+            lo, hi = r["delta_loss_ci"]
+            se = (hi - lo) / (2 * Z95)
+            z.append(r["delta_loss"] / se if se > 0 else float("inf"))
+        rows.append({
+            "scheme": scheme,
+            "bits": bits,
+            "rank": rank,
+            "n_records": len(recs),
+            "delta_loss_mean": float(np.mean([r["delta_loss"] for r in recs])),
+            "z_min": float(min(z)),
+            "z_median": float(np.median(z)),
+        })
+    return rows
+
+
+def two_bit_power(rows: list[dict], *, scheme: str = "rtn_tensor", need: float = 10.0) -> dict:
+    """The issue's power target: the 2-bit cost ≥ ``need`` paired se at every rank."""
+    at2 = {r["rank"]: r["z_min"] for r in rows if r["bits"] == 2 and r["scheme"] == scheme}
+    return {
+        "scheme": scheme,
+        "need_z": need,
+        "z_min_by_rank": at2,
+        "met_at_every_rank": bool(at2) and all(z >= need for z in at2.values()),
+    }
+
+
+def main(argv=None) -> int:
+    from quantbounds.verdicts.results import write_json_atomic
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    res = read_records(a.runs)
+    if not res.records:
+        print(f"error: no run records in {a.runs}", file=sys.stderr)
+        return 2
+    ptq_path = Path(a.runs).with_suffix(".ptq.jsonl")
+    ptq = read_ptq_records(ptq_path).records if ptq_path.exists() else []
+    ft = finetune_rows(res.records)
+    pw = ptq_power_rows(ptq)
+    out = {
+        "source": a.runs,
+        "ptq_source": str(ptq_path) if ptq else None,
+        "n_runs": len(res.records),
+        "n_ptq_records": len(ptq),
+        "finetune": ft,
+        "ptq_power": pw,
+        "two_bit_power": {s: two_bit_power(pw, scheme=s) for s in sorted({r["scheme"] for r in pw})},
+        "method": __doc__,
+    }
+    for r in ft:
+        g = r["gain"]
+        gtxt = "—" if g is None else (
+            f"{g['estimate']:+.4f}" + (f" [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}]"
+                                       if np.isfinite(g["se"]) else "")
+        )
+        print(f"{r['arm']:14s} b={r['bits']:2d} N={r['n_train']:4d} r={r['rank']:2d} "
+              f"seeds={r['seeds']}  gain {gtxt}  eval {r['eval_loss']['estimate']:.4f}")
+    for s, p in out["two_bit_power"].items():
+        zs = ", ".join(f"r{k}: {v:.1f}" for k, v in sorted(p["z_min_by_rank"].items()))
+        print(f"2-bit {s}: ΔL ÷ se  {zs}  (≥ {p['need_z']:.0f} at every rank: "
+              f"{p['met_at_every_rank']})")
+    if a.out:
+        write_json_atomic(a.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""real_runs.testbed_report on hand-built records: gains over seeds, PTQ cost in paired se."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from real_runs.testbed_report import finetune_rows, ptq_power_rows, two_bit_power
+
+
+def _run(seed, gain, rank=8, n=200):
+    return {"arm": "fp16", "bits": 16, "n_train": n, "rank": rank, "seed": seed,
+            "finetune_gain": gain, "finetune_gain_ci": [gain - 0.001, gain + 0.001],
+            "eval_loss": 5.0 - gain, "f1": 0.05, "f1_ci": [0.04, 0.06], "eval_tokens": 24000,
+            "eval_pairs_scored": 500}
+
+
+def test_gain_is_a_t_interval_over_seeds():
+    (row,) = finetune_rows([_run(0, 0.01), _run(1, 0.03), _run(2, 0.02)])
+    g = row["gain"]
+    se = 0.01 / math.sqrt(3)
+    assert g["estimate"] == pytest.approx(0.02) and g["se"] == pytest.approx(se)
+    assert g["ci"] == pytest.approx([0.02 - stats.t.ppf(0.975, 2) * se,
+                                     0.02 + stats.t.ppf(0.975, 2) * se])
+    assert row["seeds"] == [0, 1, 2] and row["eval_tokens"] == 24000
+
+
+def test_runs_without_a_measured_gain_say_none():
+    r = _run(0, 0.0)
+    del r["finetune_gain"]
+    (row,) = finetune_rows([r])
+    assert row["gain"] is None and row["gain_per_run"] == []
+
+
+def _ptq(rank, dl, half, bits=2, scheme="rtn_tensor"):
+    return {"ptq_scheme": scheme, "bits": bits, "rank": rank, "delta_loss": dl,
+            "delta_loss_ci": [dl - half, dl + half]}
+
+
+def test_two_bit_power_in_paired_standard_errors():
+    z = 1.959963984540054
+    rows = ptq_power_rows([_ptq(4, 0.02, 0.002 * z), _ptq(8, 0.02, 0.001 * z),
+                           _ptq(8, 0.03, 0.001 * z), _ptq(4, 0.001, 0.001, bits=4)])
+    at = {(r["rank"], r["bits"]): r for r in rows}
+    assert at[(4, 2)]["z_min"] == pytest.approx(10.0)
+    assert at[(8, 2)]["z_min"] == pytest.approx(20.0) and at[(8, 2)]["n_records"] == 2
+    p = two_bit_power(rows)
+    assert p["met_at_every_rank"] and p["z_min_by_rank"] == pytest.approx({4: 10.0, 8: 20.0})
+    assert not two_bit_power(rows, need=10.5)["met_at_every_rank"]
+    # a negative cost (PTQ lowered the loss) never meets the target
+    assert not two_bit_power(ptq_power_rows([_ptq(4, -0.02, 0.001)]))["met_at_every_rank"]
