@@ -4,7 +4,7 @@ Nothing here is a measurement. The generator exists so that the calibration fit 
 checked against a problem whose answer is known: records are drawn from
 
     16-bit eval loss   L16(r, N, seed) = L∞ + C1·r^a·N^(−c) + u_(r,N,seed) + e
-    quantized adapters Lq(r, N, b, seed) = L16(r, N, seed) + C2·r^β·ρ^(−b) + e'
+    quantized adapters Lq(r, N, b, seed) = L16(r, N, seed) + C2·r^β·ρ^(−b)·(N/1000)^(−γ) + e'
     quantized W0       Lw(r, N, seed)    = L16(r, N, seed) + δ_base + e''
 
 with u ~ N(0, seed_sd²) a per-(r, N, seed) effect SHARED by the 16-bit run and every
@@ -17,7 +17,7 @@ but any values can be passed — C1 = C2 = 0 and no shifts give a world where ev
 The other measured fields are drawn from known laws too (from a second random stream, so the
 losses above do not depend on them):
 
-    final train loss     L − gap − gap_shift(arm)        (generalization gap, per arm)
+    final train loss     L − gap − gap_shift(arm) + N(0, noise_sd²)   (generalization gap)
     grad_var_noise       gv_C·r^gv_beta·gv_rho^(−b)·exp(N(0, gv_sd²))   (SR / noise arms, b < 16),
                          split over two layers in proportion to their shares
     x_norm2, range_A, range_B   per layer constants (Theorem 3.3's ‖x‖², R)
@@ -57,6 +57,7 @@ class SyntheticTruth:
     C2: float = 0.5
     beta: float = 1.0       # exponent of r in the quantization term
     rho: float = 4.0        # per-bit factor of the quantization term
+    gamma: float = 0.0      # the quantization term ∝ (N/1000)^(−γ) (0: independent of N)
     noise_sd: float = 0.01
     seed_sd: float = 0.02
     base_shift: tuple[tuple[str, float], ...] = (("base_int8", 0.001), ("base_nf4", 0.01),
@@ -82,7 +83,7 @@ class SyntheticTruth:
             check_positive(getattr(self, name), name, allow_zero=True)
         if self.scale not in ("one", "alpha_r"):
             raise ValueError(f"scale must be 'one' or 'alpha_r', got {self.scale!r}")
-        for name in ("a", "c", "beta", "gv_beta", "gap"):
+        for name in ("a", "c", "beta", "gamma", "gv_beta", "gap"):
             v = getattr(self, name)
             if not math.isfinite(v):
                 raise ValueError(f"{name} must be finite, got {v!r}")
@@ -93,9 +94,10 @@ class SyntheticTruth:
         """C1·r^a·N^(−c)."""
         return self.C1 * np.asarray(r, float) ** self.a * np.asarray(N, float) ** (-self.c)
 
-    def quant_term(self, r, b):
-        """C2·r^β·ρ^(−b)."""
-        return self.C2 * np.asarray(r, float) ** self.beta * self.rho ** (-np.asarray(b, float))
+    def quant_term(self, r, b, N=1000.0):
+        """C2·r^β·ρ^(−b)·(N/1000)^(−γ)."""
+        return (self.C2 * np.asarray(r, float) ** self.beta * self.rho ** (-np.asarray(b, float))
+                * (np.asarray(N, float) / 1000.0) ** (-self.gamma))
 
     def grad_var_noise(self, r, b):
         """gv_C·r^gv_beta·gv_rho^(−b) (before its log-normal measurement noise)."""
@@ -113,7 +115,8 @@ def _record(truth: SyntheticTruth, truth_tag: str, rng2, *, arm: str, rank: int,
             eps: float) -> dict:
     cfg = dict(arm=arm, rank=rank, bits=bits, n_train=n_train, seed=seed, truth=truth_tag)
     shares = dict(truth.layer_shares)
-    final_train = loss - truth.gap - dict(truth.gap_shift).get(arm, 0.0)
+    final_train = (loss - truth.gap - dict(truth.gap_shift).get(arm, 0.0)
+                   + rng2.normal(0, truth.noise_sd))
     extra = {}
     if arm in ("adapter_sr", "adapter_noise") and bits < 16:
         v = truth.grad_var_noise(rank, bits) * math.exp(rng2.normal(0, truth.gv_sd))
@@ -169,7 +172,7 @@ def synthetic_records(*, seed: int, truth: SyntheticTruth | None = None,
                                    n_train=N, seed=s, loss=l16, f1=f1_of(l16), grad_var=1.0,
                                    eps=0.0))
                 for b in bits:
-                    lq = base + float(truth.quant_term(r, b)) + rng.normal(0, truth.noise_sd)
+                    lq = base + float(truth.quant_term(r, b, N)) + rng.normal(0, truth.noise_sd)
                     out.append(_record(truth, tag, rng2, arm=adapter_arm, rank=r, bits=b,
                                        base_quant="none",
                                        n_train=N, seed=s, loss=lq, f1=f1_of(lq),
