@@ -116,10 +116,24 @@ def test_tight_budget_and_bad_input():
 
 
 def test_params_from_calibration_fills_unfitted_with_theory():
-    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "C1": None}}
+    ok = {"quantization": {"usable": True, "why": ""},
+          "generalization": {"usable": True, "why": ""}}
+    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "C1": None,
+                     "usable": ok}}
     p, notes = params_from_calibration(fits)
     assert p["C2"] == 0.4 and p["C1"] == THEORY["C1"]
     assert any("C1" in n for n in notes) and len(notes) == len(THEORY) - 1
+
+
+def test_params_from_an_unusable_or_unchecked_fit_are_the_theory_constants():
+    """A weakly identified fit, or one whose held-out R² < 0, never drives the allocator."""
+    bad = {"quantization": {"usable": False, "why": "held-out R² = -1.12 < 0"},
+           "generalization": {"usable": True, "why": ""}}
+    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "usable": bad}}
+    p, notes = params_from_calibration(fits)
+    assert p == THEORY and any("-1.12" in n for n in notes)
+    p, notes = params_from_calibration({"fits": {"C2": {"value": 0.4}}})  # no check recorded
+    assert p == THEORY and any("no usability check" in n for n in notes)
 
 
 def test_cli(tmp_path, capsys):
