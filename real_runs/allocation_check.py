@@ -369,7 +369,7 @@ def rejudge(records_path: str, previous: str, calibration: str | None, out_path:
         )
         if label is not None and r["seed"] in c.seeds:
             losses[label][r["seed"]] = float(r["eval_loss"])
-    notes = list(prev.get("notes", []))
+    notes = [n for n in prev.get("notes", []) if not n.startswith("re-judged")]
     params = prev.get("params", {})
     fit_usable, why = None, ""
     if params and params != dict(THEORY):
@@ -391,7 +391,11 @@ def rejudge(records_path: str, previous: str, calibration: str | None, out_path:
     mem = prev.get("memory_bytes", {})
     verdicts = allocation_verdicts(losses, c, mem=mem, fit_usable=fit_usable, why_not=why)
     out = {
-        **{k: v for k, v in prev.items() if k not in ("verdicts", "family", "notes")},
+        **{
+            k: v
+            for k, v in prev.items()
+            if k not in ("verdicts", "family", "notes", "calibration_usable", "command")
+        },
         "notes": notes,
         "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
         "calibration_usable": fit_usable,
