@@ -24,7 +24,7 @@ from quantbounds.cli.calibrate import finalized, run_calibration
 from quantbounds.verdicts.registry import registry
 
 ALPHA = 0.05
-NULL_SETS = 40
+NULL_SETS = 30
 ZERO_SHIFT = (("base_int8", 0.0), ("base_nf4", 0.0), ("base_fp4", 0.0))
 EXTRA = (("adapter_sr", None, None), ("adapter_noise", None, None))
 
