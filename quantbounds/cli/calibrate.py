@@ -25,6 +25,7 @@ it; the figures (:mod:`quantbounds.report.plots`) are drawn from the same Paired
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 import numpy as np
 
@@ -123,6 +124,9 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     claims, claim_notes = claim_verdicts(runs, seed=seed)
     verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
     verdicts, family_alpha = decide_family(verdicts)
+    # what the design could detect, where a reader of the table sees it
+    verdicts = [replace(v, conditions=f"{v.conditions}; power: {v.details['power']}")
+                if v.details.get("power") else v for v in verdicts]
     fits = cal.fits_dict() if cal is not None else {"C1": None, "C2": None,
                                                     "per_bit_factor": None, "exponent_r": None}
     fits["usable"] = ({t: {"usable": ok, "why": why} for t, (ok, why) in fit_usability(cal).items()}
