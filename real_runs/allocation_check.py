@@ -3,6 +3,8 @@ choices at EQUAL adapter memory, by LoRA fine-tunes of the embedded model.
 
     python -m real_runs.allocation_check                      # embedded default, 2 seeds
     python -m real_runs.allocation_check --embedded tiny --steps 20 --seeds 0   # smoke test
+    python -m real_runs.allocation_check --rejudge --records results/runs_allocation_check.jsonl
+                                     # re-decide the committed runs (no new fine-tunes)
 
 Procedure (every number below is measured; the allocation itself is a prediction):
 
@@ -11,10 +13,20 @@ Procedure (every number below is measured; the allocation itself is a prediction
    and input energy ‖x‖² (run-record fields range_A, range_B, x_norm2); the pilot also serves
    as the reference run of its seed.
 3. The budget is the reference's adapter memory Σ_l memory_bits(l, r₀, b₀). The allocator
-   minimises the calibrated bound (constants from results/calibration.json when present,
-   else the theory's, which the output says) within it, and also names the best uniform choice.
+   minimises the calibrated bound (constants from results/calibration.json when its fits are
+   usable for decisions — not weakly identified, held-out R² ≥ 0 — else the theory's, which
+   the output says) within it, and also names the best uniform choice.
 4. For every seed: fine-tune the allocation (PEFT rank_pattern + per-layer bits_pattern), the
    bound's best uniform choice and the reference; compare held-out eval loss, paired by seed.
+
+The verdict (claim s000.summary.joint_allocation, "joint optimization of precision and rank
+yields superior results") is the mean paired difference allocation − uniform with a Student-t
+interval over seeds (each seed one independent unit), decided by
+:mod:`quantbounds.verdicts.standard`; the file is written by
+:func:`quantbounds.verdicts.results.write_results` (Holm over its verdicts). An allocation
+computed from constants of a fit that is not usable tests that fit, not the claim: its
+verdict is inconclusive and says so. ``--rejudge`` re-decides committed runs without running
+anything.
 
 Records are appended to ``--records`` (resumable by run_id); the summary goes to ``--out``.
 """
@@ -28,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from quantbounds.calib.allocator import (
     LayerSpec,
@@ -37,7 +50,7 @@ from quantbounds.calib.allocator import (
     THEORY,
 )
 from quantbounds.calib.records import append_record, read_records
-from quantbounds.verdicts.results import Verdict, write_json_atomic
+from quantbounds.verdicts.results import Verdict, write_results
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,48 +212,14 @@ def run_check(c: CheckConfig) -> dict:
                     c, seed=seed, rank=c.rank, bits=c.bits, rank_pattern=rp, bits_pattern=bp
                 )
             losses[label][seed] = float(_run(cfg, records_path)["eval_loss"])
-    mem = {k: sum(memory_bits(layer, *ch[layer.name]) for layer in layers) / 8 for k, ch in arms.items()}
-    verdicts = []
-    for other in [k for k in arms if k != "allocation" and k not in same]:
-        d = np.array([losses["allocation"][s] - losses[other][s] for s in c.seeds])
-        if d.size >= 3:
-            rng = np.random.default_rng(0)
-            means = d[rng.integers(0, d.size, (4000, d.size))].mean(1)
-            ci = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
-        else:
-            ci = [
-                float(d.min()),
-                float(d.max()),
-            ]  # with < 3 seeds: the range of the paired differences
-        # one seed decides nothing: seed-to-seed spread is unknown
-        v = (
-            "conditional"
-            if d.size < 2
-            else ("holds" if ci[1] < 0 else ("fails" if ci[0] > 0 else "conditional"))
-        )
-        verdicts.append(
-            Verdict(
-                claim=f"the bound-optimal allocation beats {other.replace('_', ' ')} at ≤ equal adapter memory",
-                verdict=v,
-                predicted="eval-loss difference < 0",
-                measured=float(d.mean()),
-                ci=ci,
-                source="issue 5 (allocator); QR-Adaptor (seed 000) in spirit",
-                conditions=f"embedded:{c.embedded}, {c.arm}, scale={c.scale}, {c.steps} steps, seeds {list(c.seeds)}; "
-                f"memory {mem['allocation']:.0f} vs {mem[other]:.0f} bytes"
-                + (
-                    "; CI = range over seeds (< 3 seeds)"
-                    if d.size < 3
-                    else "; 95 % bootstrap over seeds"
-                )
-                + (
-                    " — inconclusive" + (" (one seed)" if d.size < 2 else "")
-                    if v == "conditional"
-                    else ""
-                ),
-                details={"differences": d.tolist()},
-            )
-        )
+    mem = {
+        k: sum(memory_bits(layer, *ch[layer.name]) for layer in layers) / 8
+        for k, ch in arms.items()
+    }
+    driven_by_fit = params != dict(THEORY)
+    verdicts = allocation_verdicts(
+        losses, c, mem=mem, skip=same, fit_usable=True if driven_by_fit else None
+    )
     out = {
         "config": asdict(c),
         "params": params,
@@ -251,8 +230,180 @@ def run_check(c: CheckConfig) -> dict:
         "allocation": {k: list(v) for k, v in alloc.choice.items()},
         "predicted_objective": {"allocation": alloc.objective, "bound_best_uniform": uni},
         "verdicts": [v.to_dict() for v in verdicts],
+        "command": "python -m real_runs.allocation_check " + " ".join(_argv(c)),
     }
-    write_json_atomic(c.out, out)
+    write_results(c.out, out)
+    return out
+
+
+def _argv(c: CheckConfig) -> list[str]:
+    return [
+        f"--embedded {c.embedded}",
+        f"--arm {c.arm}",
+        f"--rank {c.rank}",
+        f"--bits {c.bits}",
+        "--seeds " + ",".join(map(str, c.seeds)),
+        f"--steps {c.steps}",
+        f"--records {c.records}",
+        f"--out {c.out}",
+    ]
+
+
+def allocation_verdicts(
+    losses: dict[str, dict[int, float]],
+    c: CheckConfig,
+    *,
+    mem: dict,
+    skip=(),
+    fit_usable: bool | None,
+    why_not: str = "",
+) -> list[Verdict]:
+    """One verdict per comparison arm: d_s = eval_loss(allocation, seed s) − eval_loss(other, s),
+    mean over seeds with its t interval (:func:`quantbounds.verdicts.intervals.cluster_mean`,
+    one cluster per seed), decided by ``standard.judge`` on s000.summary.joint_allocation
+    (claimed: d < 0). ``fit_usable`` False: the allocation came from constants of a fit that is
+    not usable for decisions, so the comparison decides nothing (inconclusive, ``why_not``);
+    None: theory constants (said in the conditions)."""
+    from quantbounds.verdicts import standard
+    from quantbounds.verdicts.intervals import cluster_mean
+
+    cid = "s000.summary.joint_allocation"
+    out = []
+    for other in [k for k in losses if k != "allocation" and k not in skip]:
+        seeds = [s for s in c.seeds if s in losses["allocation"] and s in losses[other]]
+        d = np.array([losses["allocation"][s] - losses[other][s] for s in seeds])
+        if d.size == 0:
+            continue
+        est = cluster_mean(d, seeds)
+        t_test = (
+            standard.judge(cid, est["estimate"], est["se"], dof=est["dof"])
+            if est["clusters"] >= 2 and est["se"] > 0
+            else None
+        )
+        if fit_usable is False:
+            dec = standard.Decision(
+                verdict="inconclusive",
+                p_holds=None,
+                p_fails=None,
+                reason=f"the allocation was computed from a fit not usable for decisions "
+                f"({why_not}); these runs test that fit, not the claim",
+            )
+        elif not (est["clusters"] >= 2 and est["se"] > 0):
+            dec = standard.Decision(
+                verdict="inconclusive",
+                p_holds=None,
+                p_fails=None,
+                reason=f"{est['clusters']} seed(s): no interval",
+            )
+        else:
+            dec = t_test
+        t = float(stats.t.ppf(0.95, est["dof"])) if est["clusters"] >= 2 else float("nan")
+        mde = (
+            (t + float(stats.t.ppf(0.8, est["dof"]))) * est["se"] if est["clusters"] >= 2 else None
+        )
+        constants = (
+            "theory constants"
+            if fit_usable is None
+            else "calibrated constants"
+            + ("" if fit_usable else " of a fit NOT usable for decisions")
+        )
+        out.append(
+            Verdict.from_decision(
+                cid,
+                dec,
+                claim=f"the bound-optimal allocation beats {other.replace('_', ' ')} at ≤ equal "
+                f"adapter memory",
+                predicted="eval-loss difference < 0",
+                measured=est["estimate"],
+                ci=est["ci"] if est["clusters"] >= 2 else None,
+                source="seed 000 summary item 2 (joint precision/rank optimisation), with the "
+                "toolkit's bound-based allocator (issue 5)",
+                conditions=f"embedded:{c.embedded}, {c.arm}, scale={c.scale}, {c.steps} steps, "
+                f"seeds {seeds}; memory {mem.get('allocation', 0):.0f} vs "
+                f"{mem.get(other, 0):.0f} bytes; allocator from {constants}; 95 % t "
+                f"interval over seeds",
+                details={
+                    "differences": d.tolist(),
+                    "arm": other,
+                    "t_test": None
+                    if t_test is None
+                    else {
+                        "verdict": t_test.verdict,
+                        "p_holds": t_test.p_holds,
+                        "p_fails": t_test.p_fails,
+                    },
+                    "power": None
+                    if mde is None
+                    else f"{est['clusters']} seeds: a difference of {mde:.3g} nats is detected "
+                    f"with 80 % power",
+                },
+            )
+        )
+    return out
+
+
+def rejudge(records_path: str, previous: str, calibration: str | None, out_path: str) -> dict:
+    """Re-decide the committed allocation check from its records, without running anything:
+    the allocation and its constants come from ``previous`` (the earlier allocation_check.json),
+    the eval losses from the records (allocation runs carry a rank_pattern, the reference runs
+    do not), and whether those constants were usable from ``calibration``'s ``fits.usable``
+    (the fit of the same arm)."""
+    import json
+
+    prev = json.loads(Path(previous).read_text())
+    cfg = dict(prev["config"])
+    cfg["ranks"], cfg["bits_menu"], cfg["seeds"] = (
+        tuple(cfg["ranks"]),
+        tuple(cfg["bits_menu"]),
+        tuple(cfg["seeds"]),
+    )
+    cfg["records"], cfg["out"] = records_path, out_path
+    c = CheckConfig(**cfg)
+    losses: dict[str, dict[int, float]] = {"allocation": {}, "reference_uniform": {}}
+    for r in read_records(records_path).records:
+        conf = r.get("config") or {}
+        label = (
+            "allocation"
+            if conf.get("rank_pattern")
+            else ("reference_uniform" if (r["rank"], r["bits"]) == (c.rank, c.bits) else None)
+        )
+        if label is not None and r["seed"] in c.seeds:
+            losses[label][r["seed"]] = float(r["eval_loss"])
+    notes = [n for n in prev.get("notes", []) if not n.startswith("re-judged")]
+    params = prev.get("params", {})
+    fit_usable, why = None, ""
+    if params and params != dict(THEORY):
+        fit_usable, why = False, "no usability check recorded"
+        if calibration and Path(calibration).exists():
+            usable = json.loads(Path(calibration).read_text()).get("fits", {}).get("usable", {})
+            bad = [f"{k}: {u.get('why')}" for k, u in usable.items() if not u.get("usable")]
+            fit_usable = bool(usable) and not bad
+            why = "; ".join(bad) or ("no usability check recorded" if not usable else "")
+        notes.append(
+            "re-judged from the records without new runs: the allocation was computed from the "
+            f"{c.arm} calibration constants of the time ({', '.join(f'{k} {v:.3g}' for k, v in params.items())}); "
+            + (
+                "that fit is usable"
+                if fit_usable
+                else f"that fit is not usable for decisions ({why})"
+            )
+        )
+    mem = prev.get("memory_bytes", {})
+    verdicts = allocation_verdicts(losses, c, mem=mem, fit_usable=fit_usable, why_not=why)
+    out = {
+        **{
+            k: v
+            for k, v in prev.items()
+            if k not in ("verdicts", "family", "notes", "calibration_usable", "command")
+        },
+        "notes": notes,
+        "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
+        "calibration_usable": fit_usable,
+        "verdicts": [v.to_dict() for v in verdicts],
+        "command": f"python -m real_runs.allocation_check --rejudge --records {records_path} "
+        f"--previous {previous} --out {out_path}",
+    }
+    write_results(out_path, out)
     return out
 
 
@@ -272,7 +423,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", default="runs/allocation_check.jsonl")
     p.add_argument("--out", default="results/allocation_check.json")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="re-decide the runs in --records against --previous (no fine-tunes)",
+    )
+    p.add_argument(
+        "--previous",
+        default="results/allocation_check.json",
+        help="with --rejudge: the earlier summary holding the allocation",
+    )
     a = p.parse_args(argv)
+    if a.rejudge:
+        out = rejudge(a.records, a.previous, a.calibration, a.out)
+        from quantbounds.verdicts.results import print_verdicts
+
+        print_verdicts(out["verdicts"], title="allocation vs uniform (real runs, re-judged)")
+        print("wrote", a.out)
+        return 0
     try:
         c = CheckConfig(
             embedded=a.embedded,

@@ -229,12 +229,28 @@ def brute_force(layers, *, budget_bytes: float, params: dict | None = None, N: f
 
 def params_from_calibration(path_or_dict) -> tuple[dict, list[str]]:
     """The allocator's constants from results/calibration.json ``fits``; theory values (and a
-    note saying so) for any that were not fitted."""
+    note saying so) for any that were not fitted.
+
+    A fit that is weakly identified or whose held-out R² is below 0 never drives the
+    allocator: when ``fits["usable"]`` (written by ``quantbounds calibrate`` from
+    ``quantbounds.verdicts.standard.usable_fit``) marks either term not usable — or is absent,
+    so nobody checked — every constant is the theory's, and the notes say why (the two terms
+    are balanced against each other, so one fitted term with the other's theory constant would
+    be an arbitrary mixture)."""
     if isinstance(path_or_dict, dict):
         data = path_or_dict
     else:
         data = json.loads(Path(path_or_dict).read_text())
     fits = data.get("fits", data)
+    usable = fits.get("usable")
+    if not isinstance(usable, dict):
+        return dict(THEORY), ["the calibration carries no usability check of its fits; theory "
+                              "constants (C1 = C2 = 1, 4 per bit, r¹, √(r/N))"]
+    bad = [f"{term}: {u.get('why')}" for term, u in usable.items()
+           if isinstance(u, dict) and not u.get("usable")]
+    if bad:
+        return dict(THEORY), ["calibration fit not usable for decisions (" + "; ".join(bad)
+                              + "); theory constants (C1 = C2 = 1, 4 per bit, r¹, √(r/N))"]
     out, notes = {}, []
     for k, v in THEORY.items():
         e = fits.get(k)

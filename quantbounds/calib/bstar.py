@@ -6,8 +6,12 @@
 
 with percentile intervals over the bootstrap refits of
 :func:`quantbounds.calib.calibration.calibrate`
-(none when a parameter the rule uses is weakly identified). Public: :func:`calibrated_bits`,
-:func:`bits_table`.
+(none when a parameter the rule uses is weakly identified). A fit that is weakly identified or
+whose leave-one-configuration-out R² is below 0 never drives a decision: :func:`bits_table`
+takes the caller's usability verdict per term (``quantbounds.verdicts.standard.usable_fit``;
+calib sits below verdicts, so it does not decide that itself) and leaves the calibrated rules
+out of the table, saying why, when a term they use is not usable. Public:
+:func:`calibrated_bits`, :func:`bits_table`.
 """
 
 from __future__ import annotations
@@ -79,23 +83,36 @@ def calibrated_bits(cal: Calibration, r: float, N: float, *, rule: str = "balanc
 
 
 def bits_table(cal: Calibration, ranks=(4, 8, 16, 32), Ns=(1000,), *,
-               tol: float = 0.01) -> list[dict]:
+               tol: float = 0.01, usable: dict[str, tuple[bool, str]]) -> list[dict]:
     """Calibrated b* (balanced, tolerance) with intervals next to the paper's and derived rules.
 
     The paper's rule is Thm 3.2 with C = 0, σ_g² = 1; "derived_balanced" is the balanced rule
     with the fitted C1, C2 but the theory's exponents (bounds.optimal_bits).
+    ``usable`` = {"quantization": (ok, why), "generalization": (ok, why)}: the tolerance rule
+    needs a usable quantization term, the balanced rules both terms; a rule whose fit is not
+    usable is left out of the row and ``row["not_calibrated"]`` says why.
     """
     from quantbounds.theory.bounds import optimal_bits
 
+    q_ok, _ = usable.get("quantization", (False, "not checked"))
+    g_ok, _ = usable.get("generalization", (False, "not checked"))
     rows = []
     for N in Ns:
         for r in ranks:
             row: dict = {"r": r, "N": N, "paper": float(optimal_bits(r, N, rule="paper"))}
-            if cal.quant is not None:
+            why = []
+            if cal.quant is not None and q_ok:
                 row["calibrated_tolerance"] = calibrated_bits(cal, r, N, rule="tolerance", tol=tol)
-            if cal.quant is not None and cal.gen is not None:
+            elif cal.quant is not None:
+                why.append("quantization fit not usable")
+            if cal.quant is not None and cal.gen is not None and q_ok and g_ok:
                 row["calibrated_balanced"] = calibrated_bits(cal, r, N, rule="balanced")
                 C1, C2 = cal.gen.params["C1"].value, cal.quant.params["C2"].value
                 row["derived_balanced"] = float(optimal_bits(r, N, rule="balanced", C1=C1, C2=C2))
+            elif cal.gen is not None and not g_ok:
+                why.append("generalization fit not usable")
+            if why:
+                row["not_calibrated"] = ("; ".join(why) + " (fits.usable says why): no calibrated "
+                                         "b* from it")
             rows.append(row)
     return rows

@@ -20,18 +20,28 @@ def _listed(pair):
 
 @dataclass(frozen=True, kw_only=True)
 class ParamEstimate:
-    """One parameter: its value, whether it was fixed at the theory value, and its interval
-    ``ci`` = union of the bootstrap percentile interval and the Wald interval (None if fixed)."""
+    """One parameter: its value, whether it was fixed at the theory value, and its intervals
+    (None if fixed): ``ci`` = union of the bootstrap percentile interval and the Wald interval
+    (an identification diagnostic); ``ci_t`` = the clustered t interval θ ± t_dof·se the
+    verdicts read, with ``se`` the seed-jackknife standard error of θ (the fitted
+    parameterisation: ln of the value when ``log_scale``) and ``dof`` = seeds − 1."""
 
     value: float
     fixed: bool
     ci: tuple[float, float] | None = None
     ci_bootstrap: tuple[float, float] | None = None
     ci_wald: tuple[float, float] | None = None
+    se: float | None = None
+    dof: float | None = None
+    ci_t: tuple[float, float] | None = None
+    log_scale: bool = False
+    theta: float | None = None
 
     def to_dict(self) -> dict:
         return {"value": self.value, "fixed": self.fixed, "ci": _listed(self.ci),
-                "ci_bootstrap": _listed(self.ci_bootstrap), "ci_wald": _listed(self.ci_wald)}
+                "ci_bootstrap": _listed(self.ci_bootstrap), "ci_wald": _listed(self.ci_wald),
+                "ci_t": _listed(self.ci_t), "se": self.se, "dof": self.dof,
+                "log_scale": self.log_scale}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +68,9 @@ class LocoResult:
 class TermFit:
     """One fitted term: formula, parameters (public names), θ in the fitted parameterisation,
     data size (``n`` pairs or configurations, written under ``size_key``), successful bootstrap
-    refits, in-sample R², weakly identified parameters; for the quantization term also LOCO
-    and the fitted data (rank, bits, n_train, excess)."""
+    refits, in-sample R², weakly identified parameters, the number of seeds (clusters of the
+    jackknife), the leave-one-configuration-out check; for the quantization term also the
+    fitted data (rank, bits, n_train, excess)."""
 
     model: str
     params: dict[str, ParamEstimate]
@@ -71,11 +82,13 @@ class TermFit:
     weakly_identified: tuple[str, ...] = ()
     loco: LocoResult | None = None
     data: dict | None = None
+    n_clusters: int = 0
 
     def to_dict(self) -> dict:
         out = {"model": self.model, "params": {k: p.to_dict() for k, p in self.params.items()},
                "theta": np.asarray(self.theta).tolist(), self.size_key: self.n,
-               "n_boot_ok": self.n_boot_ok, "r2_in_sample": self.r2_in_sample}
+               "n_boot_ok": self.n_boot_ok, "r2_in_sample": self.r2_in_sample,
+               "n_seeds": self.n_clusters}
         if self.loco is not None:
             out["loco"] = self.loco.to_dict()
         if self.data is not None:
@@ -110,6 +123,16 @@ class Calibration:
             params = part.params if part is not None else {}
             out.update({k: params[k].to_dict() if k in params else None for k in names})
         return out
+
+    def heldout_r2(self, term: str) -> float | None:
+        """LOCO R² of ``term`` ("quantization" | "generalization"); None when not fitted."""
+        part = self.quant if term == "quantization" else self.gen
+        return None if part is None or part.loco is None else part.loco.r2
+
+    def weak(self, term: str) -> tuple[str, ...]:
+        """Weakly identified parameters of ``term`` (() when not fitted)."""
+        part = self.quant if term == "quantization" else self.gen
+        return () if part is None else tuple(part.weakly_identified)
 
     def quantization_only(self) -> "Calibration":
         """The quantization term alone (no generalization term, draws or notes)."""

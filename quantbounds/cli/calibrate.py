@@ -9,21 +9,31 @@ one :class:`~quantbounds.calib.pairing.PairedRuns`) → the robust fits of Thm 3
     L_16(r, N) = L∞ + C1·r^a·N^(−c)   (16-bit eval loss)
 
 for the chosen arm, the quantization-term fit for every other adapter arm present (and for
-``base_nf4_adapter_rtn`` against ``base_nf4``) → the verdicts on the seed documents' claims
-(:mod:`quantbounds.verdicts.claims`) → the calibrated b* table
-(:func:`quantbounds.calib.calibration.bits_table`) and a summary of the data. :func:`main` is
-the command line (entry point ``quantbounds.cli.calibrate:main``); the figures
-(:mod:`quantbounds.report.plots`) are drawn from the same PairedRuns.
+``base_nf4_adapter_rtn`` against ``base_nf4``) → whether each fit may drive a decision
+(:func:`quantbounds.verdicts.standard.usable_fit`: not weakly identified, held-out R² ≥ 0)
+→ the verdicts on the seed documents' claims (:mod:`quantbounds.verdicts.claims`, every one
+with its ``claim_id``, decided by :mod:`quantbounds.verdicts.standard`) → the calibrated b*
+table (:func:`quantbounds.calib.bstar.bits_table`, only from usable fits) and a summary of
+the data. :func:`main` is the command line (entry point ``quantbounds.cli.calibrate:main``):
+it writes ``results/calibration.json`` with
+:func:`quantbounds.verdicts.results.write_results` (Holm over the file, raw and adjusted
+decisions; the file's family is split with the multi-reading verdicts by
+:func:`quantbounds.verdicts.claims.decide_family`) and records the ``command`` that produced
+it; the figures (:mod:`quantbounds.report.plots`) are drawn from the same PairedRuns.
 """
 
 from __future__ import annotations
+
+import shlex
+from dataclasses import replace
 
 import numpy as np
 
 from quantbounds.calib.bstar import bits_table
 from quantbounds.calib.calibration import Calibration, CalibrationError, calibrate
 from quantbounds.calib.pairing import ADAPTER_ARMS, PairedRuns, pair_runs
-from quantbounds.verdicts.claims import claim_verdicts, fit_verdicts
+from quantbounds.verdicts.claims import (claim_verdicts, decide_family, fit_usability,
+                                         fit_verdicts)
 
 
 def _schema_message(errors: list[tuple[int, str]]) -> list[str]:
@@ -50,8 +60,14 @@ def _main_fit(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_boot: i
         notes.append(f"no fit: {err}")
         return None, []
     notes += cal.notes
+    usable = fit_usability(cal)
+    for term, (ok, why) in usable.items():
+        part = cal.quant if term == "quantization" else cal.gen
+        if part is not None and not ok:
+            notes.append(f"{term} term of the {arm} fit is not used for decisions (b* table, "
+                         f"allocator, verdicts): {why}")
     Ns = table_Ns or sorted({r["n_train"] for r in runs.runs(baseline_arm)}) or [1000]
-    return cal, bits_table(cal, ranks=table_ranks, Ns=Ns, tol=tol)
+    return cal, bits_table(cal, ranks=table_ranks, Ns=Ns, tol=tol, usable=usable)
 
 
 def _other_arm_fits(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_boot: int,
@@ -74,9 +90,11 @@ def _other_arm_fits(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_b
         if cal.quant is None:
             by_arm[other] = {"status": "quantization term not fitted"}
             continue
+        ok, why = fit_usability(cal)["quantization"]
         by_arm[other] = {**{k: p.to_dict() for k, p in cal.quant.params.items()},
                          "r2_loco": cal.quant.loco.r2, "n_pairs": cal.quant.n,
-                         "baseline_arm": base_arm}
+                         "baseline_arm": base_arm, "usable": ok, "why": why,
+                         "weakly_identified": list(cal.quant.weakly_identified)}
         fitted.append(cal.quantization_only())
     return by_arm, fitted
 
@@ -87,7 +105,10 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
                     ) -> tuple[dict, Calibration | None]:
     """Everything ``quantbounds calibrate`` writes (verdicts, fits, b* table, data summary),
     and the Calibration object (None when nothing could be fitted). ``records``: run-record
-    dicts (screened and paired here, once) or a PairedRuns."""
+    dicts (screened and paired here, once) or a PairedRuns. The verdicts are the family of
+    :func:`quantbounds.verdicts.claims.decide_family`; ``family_alpha`` is the level at which
+    :func:`quantbounds.verdicts.results.write_results` applies Holm to the single-reading ones
+    (:func:`finalized` gives the verdicts as written)."""
     from quantbounds.calib.synthetic import is_synthetic
 
     # calib: screen and pair once
@@ -100,18 +121,36 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     by_arm, other_fits = _other_arm_fits(runs, arm=arm, baseline_arm=baseline_arm, scale=scale,
                                          n_boot=n_boot, seed=seed)
     # verdicts: the seeds' claims on the pairs, then the theory's exponents against each fit
-    claims, claim_notes = claim_verdicts(runs, n_boot=max(n_boot, 200), seed=seed)
+    claims, claim_notes = claim_verdicts(runs, seed=seed)
     verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
+    verdicts, family_alpha = decide_family(verdicts)
+    # what the design could detect, where a reader of the table sees it
+    verdicts = [replace(v, conditions=f"{v.conditions}; power: {v.details['power']}")
+                if v.details.get("power") else v for v in verdicts]
     fits = cal.fits_dict() if cal is not None else {"C1": None, "C2": None,
                                                     "per_bit_factor": None, "exponent_r": None}
+    fits["usable"] = ({t: {"usable": ok, "why": why} for t, (ok, why) in fit_usability(cal).items()}
+                      if cal is not None else {})
     fits["by_arm"] = by_arm
     return {"synthetic": is_synthetic(runs.records),
             "verdicts": [v.to_dict() for v in verdicts],
+            "family_alpha": family_alpha,
+            "family_split": "multi-reading verdicts: Holm over their readings' hypotheses at "
+                            "α·K_read/K (claims.decide_family); the rest: Holm at "
+                            "α·K_single/K (write_results); family-wise error ≤ α = 0.05",
             "fits": fits, "bits_table": table, "notes": notes + claim_notes,
             "data": runs.summary(),
             "settings": {"arm": arm, "baseline_arm": baseline_arm,
                          "scale": cal.scale if cal else scale, "n_boot": n_boot, "seed": seed,
-                         "tol_nats": tol}}, cal
+                         "tol_nats": tol, "intervals": "Student t clustered over seeds"}}, cal
+
+
+def finalized(out: dict) -> dict:
+    """``out`` with its verdicts as :func:`quantbounds.verdicts.results.write_results` writes
+    them (Holm at ``family_alpha``: ``verdict`` adjusted, ``raw_verdict`` before)."""
+    from quantbounds.verdicts.results import finalize_verdicts
+
+    return {**out, "verdicts": finalize_verdicts(out["verdicts"], alpha=out["family_alpha"])}
 
 
 def _parser():
@@ -149,7 +188,9 @@ def _print_summary(out: dict, path) -> None:
         e = out["fits"].get(k)
         fixed = "(fixed)" if isinstance(e, dict) and e["fixed"] else ""
         print(f"{k:15s}", "not fitted" if not isinstance(e, dict)
-              else f"{e['value']:.4g}  CI {e['ci']}  {fixed}")
+              else f"{e['value']:.4g}  t CI {e.get('ci_t')}  (bootstrap ∪ Wald {e['ci']})  {fixed}")
+    for term, u in (out["fits"].get("usable") or {}).items():
+        print(f"{term} fit usable for decisions: {u['usable']} ({u['why']})")
     for row in out["bits_table"]:
         cells = [f"paper {row['paper']:.2f}"]
         for k in ("derived_balanced", "calibrated_balanced", "calibrated_tolerance"):
@@ -159,16 +200,21 @@ def _print_summary(out: dict, path) -> None:
                 cells.append(f"{k.replace('_', ' ')} {e['b']:.2f}{ci}")
             elif e is not None:
                 cells.append(f"{k.replace('_', ' ')} {e:.2f}")
+        if row.get("not_calibrated"):
+            cells.append(row["not_calibrated"])
         print(f"b*(r={row['r']}, N={row['N']}): " + "; ".join(cells))
     print("wrote", path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``quantbounds calibrate runs.jsonl``: fits, verdicts and figures from run records."""
+    import sys
+
     from quantbounds.calib.records import read_records
     from quantbounds.cli.options import figures_dir
-    from quantbounds.verdicts.results import write_json_atomic
+    from quantbounds.verdicts.results import write_results
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = _parser().parse_args(argv)
     try:
         read = read_records(a.records)
@@ -186,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                                table_ranks=[int(x) for x in a.ranks.split(",")],
                                table_Ns=[int(x) for x in a.n.split(",")] if a.n else None)
     out["records_file"] = str(a.records)
+    out["command"] = "quantbounds calibrate " + shlex.join(argv)
+    shown = finalized(out)
     figures = figures_dir(a)
     if figures is not None:
         try:
             from quantbounds.report.plots import calibration_figures
 
-            out["figures"] = calibration_figures(runs, out, cal, outdir=figures)
+            out["figures"] = calibration_figures(runs, shown, cal, outdir=figures)
         except Exception as err:  # a figure must never cost the fit; say why it is missing
             out["notes"].append(f"figures not written: {type(err).__name__}: {err}")
-    write_json_atomic(a.out, out)
-    _print_summary(out, a.out)
+    write_results(a.out, out, alpha=out["family_alpha"])
+    _print_summary(shown, a.out)
     return 0

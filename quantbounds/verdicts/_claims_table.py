@@ -260,7 +260,9 @@ def claims():  # noqa: C901 - one literal table
                    interval=cluster,
                    readings=("teacher–student σ = 0.5", "teacher–student σ = 0.1",
                              "factorisation (c·B, A/c), c ∈ {¼, 1, 4}",
-                             "real runs: grad_var_noise_layers, x_norm2, range_A/range_B, eval_loss")),
+                             "real runs: grad_var_noise_layers, x_norm2, range_A/range_B, eval_loss",
+                             "real runs: L = the final logged train loss or the eval loss",
+                             "real runs: the bound as stated (s = 1) or with the runs' s²")),
             notes="the real-run records hold ‖x‖², the ranges and the noise-draw gradient variances"),
         Claim(
             id="s001.s4_2.grad_var_rank", source=S1, origin="seed", kind="scaling_law", section="§4.2 item 3",
@@ -287,8 +289,8 @@ def claims():  # noqa: C901 - one literal table
                    by_scale=(("one", 1.0), ("alpha_r", -1.0), ("rslora", 0.0)), interval=cluster,
                    readings=("teacher–student (total variance of (∇_B, ∇_A))",
                              "real runs: adapter_sr and adapter_noise grad_var_noise")),
-            notes="no verdict on real runs yet: the records' fitted rank exponent (≈ −1.4 under α/r) is in "
-                  "calibration.json details only"),
+            notes="judged on the real runs in calibration.json (adapter_sr, adapter_noise: per-seed OLS, "
+                  "clustered over seeds)"),
         Claim(
             id="s001.s4_2.grad_var_bits", source=S1, origin="seed", kind="scaling_law", section="§4.2 item 3",
             quote=r"Gradient Variance Validation: Measured gradient variance follows the predicted "
@@ -416,7 +418,9 @@ def claims():  # noqa: C901 - one literal table
                             "else inconclusive; under each b* reading → conditional with the reading named "
                             "when they disagree",
                    margin=0.0, margin_units="bits per doubling of N", direction="less", interval=cluster,
-                   readings=fixed_b + ("teacher–student", "real runs: the N sweep (n_train 100, 300, 808)")),
+                   readings=fixed_b + ("teacher–student", "real runs: the N sweep (n_train 100, 300, 808)",
+                                       "real runs: tolerance absolute (Δ) or relative to the 16-bit eval "
+                                       "loss (Δ/L16); the 16-bit excess over L(θ*) is unknown there")),
             notes="Theorem 3.2's rule (+½·log₂N) predicts the opposite sign"),
         # ==================================================================================
         # seed 003: the repository README
@@ -438,7 +442,8 @@ def claims():  # noqa: C901 - one literal table
                    decision="holds if the 95 % lower limit of R > 0.9; fails if the upper limit < 0.9; else "
                             "inconclusive",
                    margin=0.0, margin_units="correlation above 0.9", predicted=0.9, direction="greater",
-                   interval="BCa bootstrap over baseline groups (clustered), coverage measured",
+                   interval="Fisher z of the Pearson R within each seed, t interval over seeds (pairs sharing a "
+                            "baseline are within one seed), coverage measured",
                    readings=("prediction in the runs' convention", "prediction as the paper states it (s = 1)"))),
         Claim(
             id="s003.guideline.r_le_8", source=S3, origin="seed", kind="no_effect",
@@ -573,10 +578,11 @@ def claims():  # noqa: C901 - one literal table
                    margin=0.03, margin_units="fraction of model size (the claim's unstated choices: double "
                                              "quantization, which tensors stay 16-bit)",
                    readings=("double quantization on", "double quantization off")),
-            stand_in="model_bytes of the embedded model (fp16 arm 4 811 776 B, stored fp32 on CPU, vs base_nf4 "
-                     "3 632 128 B: 24.5 %): a ~1M-parameter GPT-2 with its own choice of which tensors "
-                     "bitsandbytes stores in 4 bits — not comparable to 59 %; it checks the accounting, not "
-                     "the figure"),
+            stand_in="model_bytes of the embedded model at one rank (r = 4: fp16 arm 4 418 560 B, stored fp32 "
+                     "on CPU, vs base_nf4 1 666 048 B; the records' model_bytes count the packed 4-bit codes, "
+                     "not bitsandbytes' per-block absmax): a ~1M-parameter GPT-2 with its own choice of which "
+                     "tensors bitsandbytes stores in 4 bits — not comparable to 59 %; it checks the accounting, "
+                     "not the figure"),
         Claim(
             id="s002.abstract.fp4_underperforms", source=S2, origin="seed", kind="comparison",
             section="Revised Abstract",

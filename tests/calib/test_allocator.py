@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from quantbounds.calib.allocator import (
     THEORY,
@@ -116,10 +118,24 @@ def test_tight_budget_and_bad_input():
 
 
 def test_params_from_calibration_fills_unfitted_with_theory():
-    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "C1": None}}
+    ok = {"quantization": {"usable": True, "why": ""},
+          "generalization": {"usable": True, "why": ""}}
+    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "C1": None,
+                     "usable": ok}}
     p, notes = params_from_calibration(fits)
     assert p["C2"] == 0.4 and p["C1"] == THEORY["C1"]
     assert any("C1" in n for n in notes) and len(notes) == len(THEORY) - 1
+
+
+def test_params_from_an_unusable_or_unchecked_fit_are_the_theory_constants():
+    """A weakly identified fit, or one whose held-out R² < 0, never drives the allocator."""
+    bad = {"quantization": {"usable": False, "why": "held-out R² = -1.12 < 0"},
+           "generalization": {"usable": True, "why": ""}}
+    fits = {"fits": {"C2": {"value": 0.4, "ci": [0.3, 0.5], "fixed": False}, "usable": bad}}
+    p, notes = params_from_calibration(fits)
+    assert p == THEORY and any("-1.12" in n for n in notes)
+    p, notes = params_from_calibration({"fits": {"C2": {"value": 0.4}}})  # no check recorded
+    assert p == THEORY and any("no usability check" in n for n in notes)
 
 
 def test_cli(tmp_path, capsys):
@@ -177,3 +193,48 @@ def test_allocation_check_patterns_match_exactly_one_layer_under_peft_rule():
     specs = layers_from_pilot({names[0]: (8, 4)}, pilot)
     assert specs[0].range_A == 0.5 and specs[0].range_B == 1.0 and specs[0].x_norm2 is None
     assert specs[0].sens() == pytest.approx(2.0**2 * 8 * 4 * 0.25)
+
+
+def test_allocation_verdict_is_the_standard_on_a_t_interval_over_seeds():
+    from real_runs.allocation_check import CheckConfig, allocation_verdicts
+
+    c = CheckConfig(seeds=(0, 1, 2, 3, 4, 5))
+    ref = {s: 5.0 + 0.01 * s for s in c.seeds}
+    noise = [0.001, -0.001, 0.0005, -0.0005, 0.0, 0.0002]
+    for shift, want in ((-0.02, "holds"), (0.02, "fails"), (0.0, "inconclusive")):
+        alloc = {s: ref[s] + shift + e for s, e in zip(c.seeds, noise)}
+        losses = {"allocation": alloc, "reference_uniform": ref}
+        (v,) = allocation_verdicts(losses, c, mem={}, fit_usable=True)
+        assert v.claim_id == "s000.summary.joint_allocation" and v.verdict == want
+        d = np.array([alloc[s] - ref[s] for s in c.seeds])
+        half = stats.t.ppf(0.975, 5) * d.std(ddof=1) / np.sqrt(6)
+        assert v.ci == pytest.approx([d.mean() - half, d.mean() + half])
+    # an allocation from a fit that is not usable decides nothing, whatever the runs say
+    alloc = {s: ref[s] - 0.02 + e for s, e in zip(c.seeds, noise)}
+    (v,) = allocation_verdicts({"allocation": alloc, "reference_uniform": ref}, c, mem={},
+                               fit_usable=False, why_not="held-out R² = -1.12 < 0")
+    assert v.verdict == "inconclusive" and "-1.12" in v.details["decision"]
+    assert v.details["t_test"]["verdict"] == "holds"
+
+
+def test_rejudge_the_committed_allocation_check_without_runs(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from real_runs.allocation_check import rejudge
+    from quantbounds.verdicts.registry_check import check_results_file
+
+    root = Path(__file__).resolve().parents[2] / "results"
+    prev = tmp_path / "allocation_check.json"
+    shutil.copy(root / "allocation_check.json", prev)
+    out = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
+                  str(root / "calibration.json"), str(prev))
+    check_results_file(prev)
+    (v,) = out["verdicts"]
+    assert set(out["eval_loss"]["allocation"]) == {str(s) for s in range(6)}
+    assert v["details"]["differences"] == pytest.approx(
+        [out["eval_loss"]["allocation"][str(s)] - out["eval_loss"]["reference_uniform"][str(s)]
+         for s in range(6)])
+    again = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
+                    str(root / "calibration.json"), str(prev))
+    assert again["verdicts"] == out["verdicts"] and again["notes"] == out["notes"]

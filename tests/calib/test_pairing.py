@@ -158,3 +158,47 @@ def test_paired_runs_is_frozen_and_paired_once():
     assert runs.arms() == sorted({r["arm"] for r in recs})
     with pytest.raises(ValueError, match="arm"):
         runs.pairs(arm="nonsense")
+
+
+def test_a_repeated_configuration_is_counted_once():
+    """The N-sweep's n_train = 808 run equals the default run (n_train None → 808): same
+    configuration once defaults are resolved, so one pair, not two (and a note naming both)."""
+    from quantbounds.calib.pairing import canonical_id, dedupe_records
+
+    recs = synthetic_records(seed=1, ranks=(4,), bits=(3,), n_trains=(808,), seeds=(0,),
+                             base_arms=())
+    for r in recs:
+        r["config"] = {"arm": r["arm"], "rank": r["rank"], "bits": r["bits"], "seed": 0,
+                       "n_train": None}
+    twin = [dict(r, run_id=r["run_id"] + "-808", config=dict(r["config"], n_train=808))
+            for r in recs]
+    assert canonical_id(recs[0]) == canonical_id(twin[0]) != canonical_id(recs[1])
+    kept, problems = dedupe_records(recs + twin)
+    assert kept == recs and len(problems) == len(twin)
+    assert all("counted once" in p and "identical eval loss" in p for p in problems)
+    runs = pair_runs(recs + twin)
+    assert len(runs.pairs(arm="adapter_rtn")) == 1 and runs.n_repeats == len(twin)
+    assert runs.summary()["n_repeats_dropped"] == len(twin)
+    # a different configuration (another seed) is not a repeat; records without config use run_id
+    other = [dict(r, run_id=r["run_id"] + "-s1", seed=1, config=dict(r["config"], seed=1))
+             for r in recs]
+    assert len(dedupe_records(recs + other)[0]) == 2 * len(recs)
+    bare = [{k: v for k, v in r.items() if k != "config"} for r in recs]
+    assert len(dedupe_records(bare + bare)[0]) == len(bare)
+
+
+def test_gen_gap_metric_and_lora_scale_column():
+    from quantbounds.calib.pairing import metric_value, run_scale
+
+    recs = synthetic_records(seed=2, ranks=(4, 16), bits=(4,), n_trains=(100,), seeds=(0,),
+                             base_arms=("base_nf4",))
+    r = recs[0]
+    assert metric_value(r, "gen_gap") == pytest.approx(r["eval_loss"] - r["train_loss"][-1])
+    assert np.isnan(metric_value({k: v for k, v in r.items() if k != "train_loss"}, "gen_gap"))
+    p = pair_runs(recs).pairs(arm="base_nf4", metric="gen_gap")
+    want = [metric_value(q, "gen_gap") for q in recs if q["arm"] == "base_nf4"]
+    np.testing.assert_allclose(p.q, want)
+    # the numeric LoRA scale: the record's, else from the convention (α/r)
+    assert run_scale({"lora_scale": 2.0}) == 2.0
+    assert run_scale({"scale": "alpha_r", "lora_alpha": 16.0, "rank": 4}) == 4.0
+    assert np.all(pair_runs(recs).pairs(arm="adapter_rtn").s == 1.0)
