@@ -16,10 +16,10 @@ with its ``claim_id``, decided by :mod:`quantbounds.verdicts.standard`) → the 
 table (:func:`quantbounds.calib.bstar.bits_table`, only from usable fits) and a summary of
 the data. :func:`main` is the command line (entry point ``quantbounds.cli.calibrate:main``):
 it writes ``results/calibration.json`` with
-:func:`quantbounds.verdicts.results.write_results` (Holm over the file, raw and adjusted
-decisions; the file's family is split with the multi-reading verdicts by
-:func:`quantbounds.verdicts.claims.decide_family`) and records the ``command`` that produced
-it; the figures (:mod:`quantbounds.report.plots`) are drawn from the same PairedRuns.
+:func:`quantbounds.verdicts.results.write_results` (one Holm step over the file's hypotheses,
+each reading of a multi-reading verdict included; raw and adjusted decisions) and records the
+``command`` that produced it; the figures (:mod:`quantbounds.report.plots`) are drawn from
+the same PairedRuns.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import numpy as np
 from quantbounds.calib.bstar import bits_table
 from quantbounds.calib.calibration import Calibration, CalibrationError, calibrate
 from quantbounds.calib.pairing import ADAPTER_ARMS, PairedRuns, pair_runs
-from quantbounds.verdicts.claims import (claim_verdicts, decide_family, fit_usability,
+from quantbounds.verdicts import standard
+from quantbounds.verdicts.claims import (claim_verdicts, fit_usability,
                                          fit_verdicts)
 
 
@@ -105,9 +106,9 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
                     ) -> tuple[dict, Calibration | None]:
     """Everything ``quantbounds calibrate`` writes (verdicts, fits, b* table, data summary),
     and the Calibration object (None when nothing could be fitted). ``records``: run-record
-    dicts (screened and paired here, once) or a PairedRuns. The verdicts are the family of
-    :func:`quantbounds.verdicts.claims.decide_family`; ``family_alpha`` is the level at which
-    :func:`quantbounds.verdicts.results.write_results` applies Holm to the single-reading ones
+    dicts (screened and paired here, once) or a PairedRuns. The verdicts are one family:
+    :func:`quantbounds.verdicts.results.write_results` applies one Holm step at
+    ``family_alpha`` over every hypothesis, each reading of a multi-reading verdict included
     (:func:`finalized` gives the verdicts as written)."""
     from quantbounds.calib.synthetic import is_synthetic
 
@@ -123,7 +124,7 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     # verdicts: the seeds' claims on the pairs, then the theory's exponents against each fit
     claims, claim_notes = claim_verdicts(runs, seed=seed)
     verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
-    verdicts, family_alpha = decide_family(verdicts)
+    family_alpha = standard.ALPHA  # one Holm step over the file: results.finalize_verdicts
     # what the design could detect, where a reader of the table sees it
     verdicts = [replace(v, conditions=f"{v.conditions}; power: {v.details['power']}")
                 if v.details.get("power") else v for v in verdicts]
@@ -135,9 +136,6 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     return {"synthetic": is_synthetic(runs.records),
             "verdicts": [v.to_dict() for v in verdicts],
             "family_alpha": family_alpha,
-            "family_split": "multi-reading verdicts: Holm over their readings' hypotheses at "
-                            "α·K_read/K (claims.decide_family); the rest: Holm at "
-                            "α·K_single/K (write_results); family-wise error ≤ α = 0.05",
             "fits": fits, "bits_table": table, "notes": notes + claim_notes,
             "data": runs.summary(),
             "settings": {"arm": arm, "baseline_arm": baseline_arm,

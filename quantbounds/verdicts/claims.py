@@ -46,14 +46,13 @@ degradation is
 
 A claim tested under several readings (perplexity or eval loss, the two NF4 arms, the b*
 tolerance, L in Theorem 3.3, …) is one verdict whose readings are combined by
-:func:`quantbounds.verdicts.standard.under_readings`. Because a ``conditional`` verdict is not
-re-decided by the results file's Holm step, :func:`decide_family` decides every reading at the
-Bonferroni level α/K (K: all hypotheses of the file, two per reading and per single-reading
-verdict) and hands the rest of the family to :func:`quantbounds.verdicts.results.write_results`
-at α·K_single/K: the family-wise error rate over the whole file stays ≤ α.
+:func:`quantbounds.verdicts.standard.under_readings`, each reading's p-values kept in
+``details["readings_p"]``: the results file's one Holm step
+(:func:`quantbounds.verdicts.results.finalize_verdicts`) re-decides every reading with the rest
+of the file's hypotheses, so the family-wise error rate over the whole file stays ≤ α.
 
-Public: :func:`degradation`, :func:`claim_verdicts`, :func:`fit_verdicts`,
-:func:`decide_family`, and the builders above.
+Public: :func:`degradation`, :func:`claim_verdicts`, :func:`fit_verdicts`, and the builders
+above.
 """
 
 from __future__ import annotations
@@ -84,7 +83,6 @@ __all__ = [
     "codebook_verdicts",
     "correlation_verdicts",
     "data_size_verdicts",
-    "decide_family",
     "degradation",
     "fit_verdicts",
     "grad_var_verdicts",
@@ -217,7 +215,8 @@ def _ci(est: dict):
 def _with_readings(claim_id: str, readings: dict[str, standard.Decision], **fields) -> Verdict:
     """One verdict from the claim tested under several readings: the combined decision of
     :func:`standard.under_readings` (re-decided at the family's level by
-    :func:`decide_family`); each reading's verdict and p-values are kept in ``details``."""
+    :func:`quantbounds.verdicts.results.finalize_verdicts`); each reading's verdict and
+    p-values are kept in ``details``."""
     if len(readings) == 1:
         (name, d), = readings.items()
         details = dict(fields.pop("details", {}) or {})
@@ -283,7 +282,7 @@ def _common(values) -> object:
 def claim_verdicts(records, *, seed: int = 0) -> tuple[list[Verdict], list[str]]:  # noqa: ARG001
     """Verdicts on the seeds' claims from the runs (records, screened here, or a PairedRuns);
     returns (verdicts, notes). The verdicts are raw (at each claim's α):
-    :func:`decide_family` makes them the file's family."""
+    :func:`quantbounds.verdicts.results.finalize_verdicts` makes them the file's family."""
     runs = pair_runs(records)
     notes: list[str] = []
     out = guideline_verdicts(runs, notes)
@@ -1077,49 +1076,3 @@ def fit_usability(cal: Calibration) -> dict[str, tuple[bool, str]]:
 
 
 # ============================================================================= the family
-def decide_family(verdicts: list[Verdict], *, alpha: float = ALPHA) -> tuple[list[Verdict], float]:
-    """Make one results file's verdicts a family with family-wise error rate ≤ α.
-
-    K = every hypothesis of the file: two (p_holds, p_fails) per single-reading statistical
-    verdict (K_single), two per reading of each verdict tested under several readings (K_read).
-    The level is split by the hypotheses' share: every reading is re-decided by Holm's step over
-    all the readings' hypotheses at α_read = α·K_read/K, and the readings of each verdict
-    recombined (the common verdict, or ``conditional`` with the readings named); the
-    single-reading verdicts go to :func:`quantbounds.verdicts.results.write_results`, whose Holm
-    step runs at the returned α_single = α·K_single/K. Holm controls each part's family-wise
-    error rate at its level under any dependence, so by the union bound the whole file's is
-    ≤ α_read + α_single = α (a ``conditional`` verdict is not re-decided by write_results, so its
-    readings must be decided here). Returns (verdicts, α_single); the raw (per-claim α) decision
-    of a multi-reading verdict stays in ``details["raw_verdict"]``."""
-    k_single = sum(2 for v in verdicts if v.p_holds is not None and v.p_fails is not None
-                   and "readings_p" not in v.details)
-    flat = [(i, name, ph, pf) for i, v in enumerate(verdicts) if "readings_p" in v.details
-            for name, (ph, pf) in v.details["readings_p"].items()
-            if ph is not None and pf is not None]
-    k_read = 2 * len(flat)
-    k = k_single + k_read
-    if k_read == 0:
-        return list(verdicts), alpha
-    a_read = alpha * k_read / k
-    adj, _ = standard.holm([p for _, _, ph, pf in flat for p in (ph, pf)], alpha=a_read)
-    adjusted = {(i, name): (float(adj[2 * j]), float(adj[2 * j + 1]))
-                for j, (i, name, _, _) in enumerate(flat)}
-    out = []
-    for i, v in enumerate(verdicts):
-        if "readings_p" not in v.details:
-            out.append(v)
-            continue
-        final = {name: (_at_level(*adjusted[(i, name)], a_read) if (i, name) in adjusted
-                        else v.details["readings"][name])
-                 for name in v.details["readings_p"]}
-        kinds = set(final.values())
-        verdict = kinds.pop() if len(kinds) == 1 else "conditional"
-        details = {**v.details, "raw_verdict": v.verdict, "readings_raw": v.details["readings"],
-                   "readings": final,
-                   "readings_p_adjusted": {name: list(adjusted[(i, name)])
-                                           for name in v.details["readings_p"]
-                                           if (i, name) in adjusted},
-                   "family_level": f"readings: Holm over the file's {k_read} reading hypotheses "
-                                   f"at α·K_read/K = {a_read:.4g} (K = {k})"}
-        out.append(replace(v, verdict=verdict, details=details))
-    return out, alpha * k_single / k

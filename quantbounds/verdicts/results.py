@@ -80,6 +80,8 @@ class Verdict:
         details.setdefault("decision", decision.reason)
         if getattr(decision, "readings", None):
             details.setdefault("readings", decision.readings)
+        if getattr(decision, "reading_p", None):
+            details.setdefault("readings_p", {k: list(v) for k, v in decision.reading_p.items()})
         return cls(
             claim_id=claim_id,
             verdict=decision.verdict,
@@ -93,39 +95,68 @@ class Verdict:
         return to_jsonable(asdict(self))
 
 
+def _recombine(readings: dict) -> str:
+    """The verdict of a claim from its readings' verdicts: the common one, else conditional."""
+    kinds = set(readings.values())
+    return kinds.pop() if len(kinds) == 1 else "conditional"
+
+
 def finalize_verdicts(verdicts: Iterable["Verdict | dict"], *, where: str = "",
                       alpha: float | None = None) -> list[dict]:
     """The verdicts of one results file as written: every one wired to the registry (else
-    :class:`quantbounds.verdicts.registry_check.VerdictClaimError` naming it), then Holm's
-    family-wise step over the file's statistical verdicts
-    (:func:`quantbounds.verdicts.standard.adjust_family`): ``verdict`` becomes the adjusted
-    decision, ``raw_verdict`` keeps the one at the claim's own α and ``p_adjusted`` the Holm
-    p-values (p_holds, p_fails). Identities and verdicts decided by readings are kept as they
-    are (``p_adjusted`` None)."""
+    :class:`quantbounds.verdicts.registry_check.VerdictClaimError` naming it), then ONE Holm
+    step (:func:`quantbounds.verdicts.standard.holm`) at α over every hypothesis of the file —
+    (p_holds, p_fails) of each statistical verdict, and of each reading of a verdict tested
+    under several readings (``details["readings_p"]``: {reading: [p_holds, p_fails]}) — which
+    controls the file's family-wise error rate at α under any dependence.
+
+    Each decision is re-made with its adjusted p-values (holds when p̃_holds < α, fails when
+    p̃_fails < α, else inconclusive); a multi-reading verdict is recombined from its readings
+    (the common verdict, else ``conditional``). ``raw_verdict`` keeps the decision at the
+    claim's own α, ``p_adjusted`` the Holm p-values (``details["readings_p_adjusted"]`` per
+    reading, ``details["readings_raw"]`` the readings before). Identities and verdicts without
+    p-values are kept as they are (``p_adjusted`` None)."""
     from quantbounds.verdicts import standard
     from quantbounds.verdicts.registry_check import check_verdicts
 
+    a = alpha or standard.ALPHA
     rows = [v.to_dict() if isinstance(v, Verdict) else to_jsonable(dict(v)) for v in verdicts]
     check_verdicts(rows, where=where)
-    decisions = []
-    for d in rows:
-        ph, pf = d.get("p_holds"), d.get("p_fails")
-        stat = ph is not None and pf is not None and d["verdict"] != "conditional"
-        decisions.append(
-            standard.Decision(
-                verdict=d["verdict"],
-                p_holds=ph if stat else None,
-                p_fails=pf if stat else None,
-                reason="",
-            )
-        )
-    adjusted = standard.adjust_family(decisions, alpha=alpha or standard.ALPHA)
+    flat: list[tuple[int, str | None, float, float]] = []
+    for i, d in enumerate(rows):
+        rp = (d.get("details") or {}).get("readings_p")
+        if rp:
+            flat += [(i, k, ph, pf) for k, (ph, pf) in rp.items()
+                     if ph is not None and pf is not None]
+        elif (d.get("p_holds") is not None and d.get("p_fails") is not None
+              and d["verdict"] != "conditional"):
+            flat.append((i, None, d["p_holds"], d["p_fails"]))
+    adj, _ = standard.holm([p for _, _, ph, pf in flat for p in (ph, pf)], alpha=a)
+    adjusted = {(i, k): (float(adj[2 * j]), float(adj[2 * j + 1]))
+                for j, (i, k, _, _) in enumerate(flat)}
+
+    def decide(ph, pf):
+        return "holds" if ph < a else "fails" if pf < a else "inconclusive"
+
     out = []
-    for d, a in zip(rows, adjusted):
+    for i, d in enumerate(rows):
         d = dict(d)
-        d["raw_verdict"] = d["verdict"]
-        d["p_adjusted"] = list(a.adjusted) if a.adjusted is not None else None
-        d["verdict"] = a.verdict
+        d["raw_verdict"] = d.get("raw_verdict") or d["verdict"]
+        d["p_adjusted"] = None
+        if (i, None) in adjusted:
+            d["p_adjusted"] = list(adjusted[(i, None)])
+            d["verdict"] = decide(*adjusted[(i, None)])
+        elif any(key[0] == i for key in adjusted):
+            det = dict(d["details"])
+            before = dict(det.get("readings") or {})
+            final = {k: decide(*adjusted[(i, k)]) if (i, k) in adjusted else before.get(k, "?")
+                     for k in det["readings_p"]}
+            det["readings_raw"] = before
+            det["readings"] = final
+            det["readings_p_adjusted"] = {k: list(adjusted[(i, k)]) for k in det["readings_p"]
+                                          if (i, k) in adjusted}
+            d["details"] = det
+            d["verdict"] = _recombine(final)
         out.append(d)
     return out
 
@@ -140,9 +171,11 @@ def write_results(path: str | os.PathLike, payload: dict, *, alpha: float | None
     from quantbounds.verdicts import standard
 
     out["family"] = {
-        "method": "Holm step-down over every statistical verdict's p_holds and p_fails",
+        "method": "one Holm step-down at α over every hypothesis of the file: p_holds and "
+        "p_fails of each statistical verdict and of each reading of a multi-reading verdict",
         "alpha": alpha or standard.ALPHA,
-        "tests": 2 * sum(1 for d in final if d["p_adjusted"] is not None),
+        "tests": 2 * sum(1 for d in final if d["p_adjusted"] is not None)
+        + 2 * sum(len((d.get("details") or {}).get("readings_p_adjusted") or {}) for d in final),
         "changed_by_adjustment": changed,
     }
     return write_json_atomic(path, out)

@@ -66,6 +66,7 @@ class Decision:
     adjusted: tuple[float | None, float | None] | None = None
     raw_verdict: str | None = None
     readings: dict | None = None
+    reading_p: dict | None = None
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -270,6 +271,10 @@ def under_readings(named: dict[str, Decision]) -> Decision:
         raise ValueError("under_readings needs at least one reading")
     verdicts = {k: d.verdict for k, d in named.items()}
     reason = "; ".join(f"{k}: {d.verdict} ({d.reason})" for k, d in named.items())
+    # each reading's p-values, so that a results file's family step (results.finalize_verdicts)
+    # re-decides every reading (statistical readings only)
+    rp = {k: (d.p_holds, d.p_fails) for k, d in named.items()
+          if d.p_holds is not None and d.p_fails is not None}
     if len(set(verdicts.values())) == 1:
         ds = list(named.values())
         if any(d.p_holds is None or d.p_fails is None for d in ds):
@@ -278,10 +283,11 @@ def under_readings(named: dict[str, Decision]) -> Decision:
             ph = max(d.p_holds for d in ds)
             pf = max(d.p_fails for d in ds)
         return Decision(
-            verdict=ds[0].verdict, p_holds=ph, p_fails=pf, reason=reason, readings=verdicts
+            verdict=ds[0].verdict, p_holds=ph, p_fails=pf, reason=reason, readings=verdicts,
+            reading_p=rp or None,
         )
     return Decision(verdict="conditional", p_holds=None, p_fails=None, reason=reason,
-                    readings=verdicts)
+                    readings=verdicts, reading_p=rp or None)
 
 
 def judge(

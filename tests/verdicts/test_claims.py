@@ -20,7 +20,6 @@ from quantbounds.verdicts.claims import (
     codebook_verdicts,
     correlation_verdicts,
     data_size_verdicts,
-    decide_family,
     degradation,
     fit_usability,
     fit_verdicts,
@@ -82,8 +81,7 @@ def test_every_verdict_names_its_claim_and_the_file_is_writable(tmp_path):
         assert v.details.get("decision") or v.details.get("readings_reason")
         if v.p_holds is None and "readings_p" not in v.details:  # decided without a test
             assert v.verdict == "inconclusive" or v.kind in ("no_effect",)
-    fam, a = decide_family(vs)
-    path = write_results(tmp_path / "c.json", {"verdicts": [v.to_dict() for v in fam]}, alpha=a)
+    path = write_results(tmp_path / "c.json", {"verdicts": [v.to_dict() for v in vs]})
     assert path.exists()
     # the same with a PairedRuns: one pairing, same verdicts
     again, notes2 = claim_verdicts(pair_runs(recs))
@@ -366,7 +364,7 @@ def test_fit_verdicts_hold_fail_and_refuse_unusable_fits():
 
 
 # ----------------------------------------------------------------------------- family
-def test_decide_family_decides_readings_at_the_split_level():
+def test_one_family_step_decides_readings_with_the_rest_of_the_file():
     d_hold = standard.comparison(2.5, 1.0, dof=30)  # p ≈ 0.009: holds at α, not in the family
     d_strong = standard.comparison(12.0, 1.0, dof=30)  # p ≈ 1e-13
     single = [Verdict.from_decision("s002.abstract.fp4_underperforms", d_strong, claim="x",
@@ -377,18 +375,18 @@ def test_decide_family_decides_readings_at_the_split_level():
                            {"a": d_hold, "b": standard.comparison(0.0, 1.0, dof=30)},
                            claim="y", predicted=0, measured=0)
     assert multi.verdict == "conditional" and multi.p_holds is None
-    fam, a = decide_family(single + [multi])
-    # K = 3·2 single + 2·2 readings = 10 → α_single = 0.05·6/10; readings Holm at 0.02
-    assert a == pytest.approx(0.03)
-    assert fam[-1].verdict == "inconclusive" and fam[-1].details["raw_verdict"] == "conditional"
-    out = finalize_verdicts([v.to_dict() for v in fam], alpha=a)
+    # K = 3·2 single + 2·2 readings = 10 hypotheses in one Holm step at 0.05: reading a's
+    # p ≈ 0.009 is multiplied by ≥ 4 (it is the 7th smallest of 10) → not held
+    out = finalize_verdicts(single + [multi])
     assert [o["verdict"] for o in out[:3]] == ["holds"] * 3
+    assert out[-1]["verdict"] == "inconclusive" and out[-1]["raw_verdict"] == "conditional"
+    assert out[-1]["details"]["readings_raw"] == {"a": "holds", "b": "inconclusive"}
+    assert set(out[-1]["details"]["readings_p_adjusted"]) == {"a", "b"}
     # a reading strong enough survives the family
     multi = _with_readings("s002.abstract.regularization", {"a": d_strong, "b": d_strong},
                            claim="y", predicted=0, measured=0)
     assert multi.verdict == "holds" and multi.p_holds is None
-    fam, _ = decide_family(single + [multi])
-    assert fam[-1].verdict == "holds"
+    assert finalize_verdicts(single + [multi])[-1]["verdict"] == "holds"
 
 
 def test_claims_on_runs_without_any_quantized_arm_are_empty_not_errors():
