@@ -29,7 +29,17 @@ def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None =
 
     ``linear_fits`` (the linear audit's fits) are quoted next to them. Returns (fits, verdicts).
     """
-    grid = grid_view(nl["fp"], ncfg, n_boot=acfg.n_boot, conditions=nonlinear_conditions(ncfg))
+    conditions = nonlinear_conditions(ncfg)
+    training = nl["fp"].get("training")
+    if isinstance(training, str) and training:
+        conditions += f"; fp training: {training}"
+    conv = convergence_fits(nl["fp"])
+    if conv:
+        conditions += (f"; converged (‖∇‖ ≤ tol) in {conv['converged_share']:.0%} of fp fits; "
+                       "training to convergence moved the fp excess by a median "
+                       f"{conv['excess_change_median']:+.1%} (max {conv['excess_change_max']:+.1%})"
+                       " against the early-stopped Adam fit")
+    grid = grid_view(nl["fp"], ncfg, n_boot=acfg.n_boot, conditions=conditions)
     linear = linear_fits or {}
     linear_value = lambda k: linear.get(k, {}).get("value")  # noqa: E731
     fits: dict = {}
@@ -45,7 +55,27 @@ def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None =
     verdicts += bound_verdicts(grid, {"ptq": grid.ptq_excess}, acfg, fits, prefix=PREFIX,
                                what="; excess E‖f_q − f*‖² after post-training RTN")
     training_fits(nl, ncfg, grid, fits)
+    if conv:
+        fits["convergence"] = conv
     return fits, verdicts
+
+
+def convergence_fits(fp: dict) -> dict:
+    """The fp arm's convergence record (when the grid returns one): the share of fits that are
+    stationary and the change of the latent excess from the Adam-phase (early-stopped) fit to the
+    returned one, excess_latent / excess_latent_adam − 1 (median, max, and per N)."""
+    if "excess_latent_adam" not in fp or "converged" not in fp:
+        return {}
+    e, e0 = np.asarray(fp["excess_latent"], float), np.asarray(fp["excess_latent_adam"], float)
+    change = e / e0 - 1.0  # (R, N, S)
+    out = {"converged_share": float(np.mean(np.asarray(fp["converged"], float))),
+           "excess_change_median": float(np.median(change)),
+           "excess_change_max": float(np.max(change)),
+           "excess_change_median_by_N": np.median(change, axis=(0, 2)).tolist()}
+    if "train_loss" in fp and "train_loss_adam" in fp:
+        drop = np.asarray(fp["train_loss_adam"], float) - np.asarray(fp["train_loss"], float)
+        out["train_loss_drop_max"] = float(np.max(drop))
+    return out
 
 
 def nonlinear_conditions(ncfg) -> str:

@@ -307,3 +307,17 @@ def test_audit_end_to_end_tiny(tmp_path, monkeypatch):
     assert len(off) >= 4 and all(
         "nonlinear one-hidden-layer student" in v["conditions"] for v in off
     )
+
+
+def test_nonlinear_convergence_record_is_summarised():
+    from simulations.audit_nonlinear import convergence_fits
+
+    e0 = np.ones((2, 3, 4))
+    e = e0 * np.array([1.08, 1.2, 1.59])[None, :, None]  # training on raised the excess 8–59 %
+    fp = {"excess_latent": e, "excess_latent_adam": e0, "converged": np.ones((2, 3, 4)),
+          "train_loss": np.zeros((2, 3, 4)), "train_loss_adam": np.full((2, 3, 4), 0.054)}
+    out = convergence_fits(fp)
+    assert out["converged_share"] == 1.0 and out["excess_change_max"] == pytest.approx(0.59)
+    assert out["excess_change_median_by_N"] == pytest.approx([0.08, 0.2, 0.59])
+    assert out["train_loss_drop_max"] == pytest.approx(0.054)
+    assert convergence_fits({"excess_latent": e}) == {}  # an early-stopped grid has no record
