@@ -29,10 +29,9 @@ def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None =
 
     ``linear_fits`` (the linear audit's fits) are quoted next to them. Returns (fits, verdicts).
     """
-    conditions = nonlinear_conditions(ncfg)
     training = nl["fp"].get("training")
-    if isinstance(training, str) and training:
-        conditions += f"; fp training: {training}"
+    training = training if isinstance(training, str) else None
+    conditions = nonlinear_conditions(ncfg, training=training)
     conv = convergence_fits(nl["fp"])
     if conv:
         conditions += (f"; converged (‖∇‖ ≤ tol) in {conv['converged_share']:.0%} of fp fits; "
@@ -78,8 +77,9 @@ def convergence_fits(fp: dict) -> dict:
     return out
 
 
-def nonlinear_conditions(ncfg) -> str:
-    """The set-up of the nonlinear student, quoted in every verdict."""
+def nonlinear_conditions(ncfg, *, training: str | None = None) -> str:
+    """The set-up of the nonlinear student, quoted in every verdict (``training``: the grid's
+    description of the fp training, else the configured Adam steps)."""
     exact = ncfg.activation == "erf"
     if ncfg.teacher_per_seed:
         teacher = (f"a teacher per seed (t intervals over {ncfg.seeds} seeds of teacher, data, "
@@ -92,7 +92,8 @@ def nonlinear_conditions(ncfg) -> str:
     return (f"nonlinear one-hidden-layer student f = W2·{ncfg.activation}((W1⁰ + B·A)·x), n→h→m = "
             f"{ncfg.n}→{ncfg.h}→{ncfg.m}, r* = {ncfg.r_star}, σ = {ncfg.label_noise}, "
             f"cond(Σ) = {ncfg.cond}, gain {ncfg.gain}, " + teacher
-            + f"{ncfg.steps} full-batch Adam steps, s = 1, per-tensor absmax; " + excess)
+            + (f"fp training: {training}" if training else f"{ncfg.steps} full-batch Adam steps")
+            + ", s = 1, per-tensor absmax; " + excess)
 
 
 def nonlinear_rate_verdicts(grid: GridView, ncfg, fits: dict, linear_value) -> list[Verdict]:
