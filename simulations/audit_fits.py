@@ -4,7 +4,7 @@ Every fit is a least-squares regression (numpy lstsq) with fixed effects for the
 axes, on seed-averaged cells. Their confidence intervals come from
 :func:`quantbounds.verdicts.intervals.seed_bootstrap` (a 95 % normal-theory bootstrap over
 seeds, the independent replicates: data, initialisation and quantization noise) and the
-verdicts from :mod:`quantbounds.verdicts.decisions`.
+verdicts from :mod:`quantbounds.verdicts.standard` (through :mod:`simulations.audit_grid`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,21 @@ import numpy as np
 def fe_slope(y, x, groups):
     """Common slope β of y = a_g + β·x (one intercept per group), by least squares.
 
-    y, x, groups: 1-D arrays of equal length; groups are integer labels.
+    y, x, groups: 1-D arrays of equal length; groups are integer labels. Computed by the
+    within-group transformation (Frisch–Waugh–Lovell: regressing on the group dummies is
+    demeaning within each group), β = Σ (x − x̄_g)(y − ȳ_g) / Σ (x − x̄_g)² — the same least
+    squares as the dummy-variable regression, without its design matrix. NaN when x does not
+    vary within any group.
     """
     y, x, groups = map(np.ravel, (y, x, groups))
     ok = np.isfinite(y) & np.isfinite(x)
-    y, x, groups = y[ok], x[ok], groups[ok]
-    labels = np.unique(groups)
-    dummies = (groups[:, None] == labels[None, :]).astype(float)
-    design = np.column_stack([dummies, x])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(coef[-1])
+    y, x, groups = np.asarray(y[ok], float), np.asarray(x[ok], float), groups[ok]
+    _, g = np.unique(groups, return_inverse=True)
+    count = np.bincount(g)
+    xd = x - (np.bincount(g, weights=x) / count)[g]
+    yd = y - (np.bincount(g, weights=y) / count)[g]
+    sxx = float(np.dot(xd, xd))
+    return float(np.dot(xd, yd) / sxx) if sxx > 0 else float("nan")
 
 
 def _cell_groups(shape) -> np.ndarray:
@@ -71,13 +76,20 @@ def fit_envelope(a, q, y):
 
 
 def threshold_bits(qexcess, base, bits, *, tol: float):
-    """Continuous b at which the quantization excess falls to tol·base, interpolating log₂(qexcess)
-    linearly in b between grid bit-widths. qexcess: (..., len(bits)) decreasing in b; base: (...).
+    """Continuous b at which the quantization excess falls to tol·base (the relative reading of
+    b*): :func:`crossing_bits` with target tol·base."""
+    return crossing_bits(qexcess, tol * np.asarray(base, float), bits)
+
+
+def crossing_bits(qexcess, target, bits):
+    """Continuous b at which the quantization excess first falls to ``target``, interpolating
+    log₂(qexcess) linearly in b between grid bit-widths. qexcess: (..., len(bits)) decreasing
+    in b; target: (...) > 0 (tol × the fp excess, or a fixed absolute target).
 
     Returns NaN where the crossing lies outside the grid (never reached or already below).
     """
     log_q = np.log2(np.asarray(qexcess, float))
-    log_target = np.log2(tol * np.asarray(base, float))[..., None]
+    log_target = np.log2(np.asarray(target, float))[..., None]
     bits = np.asarray(bits, float)
     out = np.full(log_q.shape[:-1], np.nan)
     gap = log_q - log_target  # positive while the quantization term is too large

@@ -38,7 +38,8 @@ def plot_audit(res: dict, gv: dict, out: dict, *, figures_dir="figures") -> list
     return [_plot_excess_vs_N(plt, fp, ts, out["fits"]["exponent_N"], d / "audit_excess_vs_N.png"),
             _plot_quant_vs_bits(plt, fp, res, ts, out["fits"]["per_bit_factor"],
                                 d / "audit_quant_vs_bits.png"),
-            _plot_gradvar(plt, gv, ts, d / "audit_gradvar.png")]
+            _plot_gradvar(plt, gv, ts, d / "audit_gradvar.png",
+                          out["fits"].get("grad_variance", {}).get("thm_3_3_max_ratio"))]
 
 
 def _plot_excess_vs_N(plt, fp: dict, ts: dict, fit: dict, path: Path) -> Path:
@@ -76,12 +77,26 @@ def _plot_quant_vs_bits(plt, fp: dict, res: dict, ts: dict, fit: dict, path: Pat
     return _save(fig, plt, path)
 
 
-def _plot_gradvar(plt, gv: dict, ts: dict, path: Path) -> Path:
-    """Gradient variance from quantization noise vs bits, with Theorem 3.3's added term."""
+def _plot_gradvar(plt, gv: dict, ts: dict, path: Path, readings: dict | None = None) -> Path:
+    """Gradient variance from quantization noise vs bits, with Theorem 3.3's added term; and,
+    given ``readings`` ({reading: {"value", "ci"}}), the max ratio ρ3 under each reading."""
     from quantbounds.theory.bounds import grad_variance_bound
 
     ranks, bits = np.array(ts["ranks"]), np.array(ts["bits"], float)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if readings:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        names = list(readings)
+        vals = np.array([readings[k]["value"] for k in names])
+        lo = np.array([readings[k]["ci"][0] for k in names])
+        hi = np.array([readings[k]["ci"][1] for k in names])
+        ax2.errorbar(np.arange(len(names)), vals, yerr=[vals - lo, hi - vals], fmt="o", capsize=3)
+        ax2.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax2.set_yscale("log")
+        ax2.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax2.set(ylabel="max over (r, b) of ρ3 (95 % CI)",
+                title="Thm 3.3 under each reading\n(label noise σ × factorisation (c·B, A/c))")
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
     g = gv.get("additive") or next(iter(gv.values()))
     for i, r in enumerate(ranks):
         line, = ax.semilogy(bits, g["var_noise"][i].mean(-1), "o-", label=f"r = {r}")

@@ -170,6 +170,12 @@ def grad_variance_bound(var0: Any, L: Any, x_norm2: Any, r: Any, bits: Any, R: A
     L:       loss value (the paper's "L"), ≥ 0
     x_norm2: ‖x‖² of the input (e.g. the batch mean of ‖x_i‖²), ≥ 0
     r ≥ 1, bits in [1, 16], R ≥ 0 the quantization range (absmax). All broadcast.
+
+    As stated, the added term is not in the variance's units: Var[∇_{BA}L] is ‖∇‖² (loss² per
+    parameter²), the added term loss²·‖x‖²·R², and it is not invariant under rewriting the same
+    W = B·A as (c·B, A/c) (the gradient's B and A parts scale by 1/c and c, R does not follow
+    them). So the ratio measured ÷ added term moves with the label noise (through L) and with c;
+    the audit judges it under each reading (DESIGN.md §6).
     """
     check_positive(var0, "var0", allow_zero=True)
     check_positive(L, "L", allow_zero=True)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from quantbounds.conventions import KIND_INDEX
 from quantbounds.theory.teacher_student import Problem, fake_quant_indexed, ste
@@ -133,8 +134,15 @@ def measure_grad_variance(
     """Gradient variance three ways at fixed (B, A) (padded to r ≤ the draws' r, the first
     ``rank`` components real, the rest zero; rank=None: all r real).
 
-    Returns var_batch, var_noise, var_joint (total variances over D draws), loss (mean
-    full-precision batch loss over the draws), x_norm2 (mean ‖x‖²), R = max(max|B|, max|A|).
+    Returns var_batch, var_noise, var_joint (total variances over D draws), var_noise_B and
+    var_noise_A (var_noise's ∇_B and ∇_A parts, var_noise = var_noise_B + var_noise_A), loss
+    (mean full-precision batch loss over the draws), x_norm2 (mean ‖x‖²), R_B = max|B|,
+    R_A = max|A| and R = max(R_B, R_A).
+
+    Refactorisation: for a per-tensor (or per-rank-component) absmax quantizer with the same
+    uniforms, Q(c·B) = c·Q(B) and Q(A/c) = Q(A)/c (the step scales with the range), so the
+    quantized weight is unchanged while ∇_{cB} = ∇_B/c and ∇_{A/c} = c·∇_A:
+    :func:`rescaled_noise_variance` gives the measurement at (c·B, A/c) exactly.
     kind: "sr" or "additive" (a quantizer with randomness; RTN has no noise to draw), or its
     (possibly traced) index in KIND_INDEX.
     """
@@ -158,14 +166,35 @@ def measure_grad_variance(
     Gj = jax.vmap(lambda Z, Xi, uB, uA: q(*_batch(problem, Z, Xi), uB, uA))(
         draws.Zb, draws.Xib, jnp.roll(UB, 1, axis=0), jnp.roll(UA, 1, axis=0)
     )
+    nB = B.size  # ∇_B comes first in lora_grad's flattened vector
+    var_B, var_A = _total_var(Gn[:, :nB]), _total_var(Gn[:, nB:])
+    R_B, R_A = jnp.max(jnp.abs(B)), jnp.max(jnp.abs(A))
     return {
         "var_batch": _total_var(Gb),
-        "var_noise": _total_var(Gn),
+        "var_noise": var_B + var_A,
+        "var_noise_B": var_B,
+        "var_noise_A": var_A,
         "var_joint": _total_var(Gj),
         "loss": jnp.mean(losses),
         "x_norm2": jnp.mean(xn),
-        "R": jnp.maximum(jnp.max(jnp.abs(B)), jnp.max(jnp.abs(A))),
+        "R_B": R_B,
+        "R_A": R_A,
+        "R": jnp.maximum(R_B, R_A),
     }
+
+
+def rescaled_noise_variance(var_noise_B, var_noise_A, R_B, R_A, c):
+    """The quantization-noise gradient variance and the range R of the same W = s·B·A written
+    as (c·B, A/c), c > 0, from the measurement at c = 1 (see :func:`measure_grad_variance`):
+
+        var_noise(c) = var_noise_B/c² + c²·var_noise_A,   R(c) = max(c·R_B, R_A/c).
+
+    Exact for absmax quantizers with shared uniforms (Q(c·x) = c·Q(x)); numpy or jax arrays,
+    broadcast. Theorem 3.3's right-hand side L²·‖x‖²·r·4^{−b}·R² is not invariant under c."""
+    if not (np.all(np.asarray(c) > 0) and np.all(np.isfinite(np.asarray(c)))):
+        raise ValueError(f"c must be finite and > 0, got {c!r}")
+    return (var_noise_B / c**2 + c**2 * var_noise_A,
+            np.maximum(c * np.asarray(R_B), np.asarray(R_A) / c))
 
 
 def analytic_batch_variance(problem: Problem, B, A, s, batch_size):

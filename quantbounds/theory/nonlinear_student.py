@@ -27,13 +27,27 @@ in the forward pass, uniform "paper" grid, per-tensor absmax, straight-through g
 "additive" (the paper's noise model: U(−Δ/2, Δ/2),
 Δ = 2^{1−b}·R, drawn afresh every step). Deployed with RTN (ste_rtn, additive), SR (ste_sr) or
 not at all (fp); post-training RTN at every b of cfg.bits is evaluated for every arm.
-Training: full-batch Adam (cosine-decayed lr) on (1/N)·Σ‖y_i − f(x_i)‖².
+Training: full-batch Adam (cosine-decayed lr) on (1/N)·Σ‖y_i − f(x_i)‖² (+ the optional ridge
+λ·(‖B‖² + ‖A‖²)); the fp arm is then finished by L-BFGS (optax.lbfgs) until the gradient norm is
+≤ cfg.grad_tol or cfg.lbfgs_steps iterations have run (cfg.lbfgs_steps = 0: Adam only, the
+early-stopped reading). The quantized arms keep Adam's fixed budget: their straight-through
+objective is piecewise constant in (B, A) (RTN) or random (SR, additive), so it has no stationary
+point to converge to; their straight-through gradient norm is still recorded. At small N the
+training loss of the fp arm need not attain its infimum: L-BFGS then drives ‖B·A‖ up (erf units
+saturating into steps) while the loss and the excess level off; such fits come back with
+converged = 0 and a large weight_norm (see :func:`fit_diagnostics`).
+
+Precision. The grid (quantbounds.theory.nl_grid) runs in cfg.dtype, float64 by default, with x64
+scoped to its call: the quantized arms are chaotic in the rounding of RTN decisions, and in float32
+their fits moved with the CPU's vector ISA. The exact excess aa − 2ab + bb cancels (at 8-bit PTQ
+the result is ~10⁻⁶ of its terms), so :func:`function_distance_erf` always computes it in float64.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -55,6 +69,8 @@ from quantbounds.theory.teacher_student import ste
 
 ARMS = ("fp", "ste_rtn", "ste_sr", "additive")
 ACTIVATIONS = ("erf", "tanh")
+DTYPES = ("float64", "float32")
+FINISHED_ARMS = ("fp",)  # the arms whose Adam phase is finished by L-BFGS (cfg.lbfgs_steps > 0)
 # quantizer in the forward pass and at deployment, as indices into conventions.KINDS (the one
 # numbering): the additive arm is deployed with a real round-to-nearest quantizer
 _TRAIN_KIND = {
@@ -80,10 +96,14 @@ class NonlinearConfig:
     bits, Ns: the grid (bits: post-training RTN bit-widths; train_bits: bit-widths the quantized
     arms are trained at, None = bits); seeds: replicates (data, init, noise); label_noise: σ;
     cond: condition number of Σ; gain: std·√n of W1⁰'s entries; teacher_norm: ‖D‖_F; steps, lr:
-    Adam with cosine decay; arms: subset of ARMS; activation: "erf" (exact excess) or "tanh"
-    (Monte Carlo excess); n_test: size of the fresh test set; teacher_per_seed: each seed draws its
-    own teacher (the seeds' spread, hence the CIs, include teacher-to-teacher variation) or all
-    share one; key: the experiment's seed.
+    Adam with cosine decay; lbfgs_steps, grad_tol: the fp arm's L-BFGS finish (at most lbfgs_steps
+    iterations, stopped when ‖∇‖₂ ≤ grad_tol; 0 steps: Adam only); weight_decay: λ of the ridge
+    λ·(‖B‖² + ‖A‖²) added to every arm's training objective (0: plain least squares); arms: subset
+    of ARMS; activation: "erf" (exact excess) or "tanh" (Monte Carlo excess); n_test: size of the
+    fresh test set; teacher_per_seed: each seed draws its own teacher (the seeds' spread, hence the
+    CIs, include teacher-to-teacher variation) or all share one; dtype: "float64" (default) or
+    "float32", the precision the grid runs in (x64 scoped to the grid's call); key: the
+    experiment's seed.
     """
 
     n: int = 10
@@ -101,10 +121,14 @@ class NonlinearConfig:
     teacher_norm: float = 4.0
     steps: int = 300
     lr: float = 0.03
+    lbfgs_steps: int = 1000
+    grad_tol: float = 1e-8
+    weight_decay: float = 0.0
     arms: tuple = ("fp", "ste_rtn", "additive")
     activation: str = "erf"
     n_test: int = 4096
     teacher_per_seed: bool = True
+    dtype: str = "float64"
     key: int = 0
 
     def __post_init__(self):
@@ -124,6 +148,10 @@ class NonlinearConfig:
             check_int_range(N, "Ns entry (N)", 1)
         check_int_range(self.seeds, "seeds", 1)
         check_int_range(self.steps, "steps", 1)
+        check_int_range(self.lbfgs_steps, "lbfgs_steps", 0)
+        check_positive(self.grad_tol, "grad_tol")
+        check_positive(self.weight_decay, "weight_decay", allow_zero=True)
+        check_choice(self.dtype, "dtype", DTYPES)
         check_int_range(self.n_test, "n_test", 2)
         check_positive(self.label_noise, "label_noise", allow_zero=True)
         for name in ("lr", "gain", "teacher_norm"):
@@ -247,11 +275,24 @@ def erf_kernel(U, V, Sigma):
 
 
 def function_distance_erf(W1a, W2a, W1b, W2b, Sigma):
-    """Exact E‖W2a·erf(W1a·x) − W2b·erf(W1b·x)‖², x ~ N(0, Σ) (module docstring). Scalar."""
-    aa = jnp.sum((W2a.T @ W2a) * erf_kernel(W1a, W1a, Sigma))
-    ab = jnp.sum((W2a.T @ W2b) * erf_kernel(W1a, W1b, Sigma))
-    bb = jnp.sum((W2b.T @ W2b) * erf_kernel(W1b, W1b, Sigma))
-    return aa - 2.0 * ab + bb
+    """Exact E‖W2a·erf(W1a·x) − W2b·erf(W1b·x)‖², x ~ N(0, Σ) (module docstring). Scalar, in the
+    inputs' dtype, computed in float64 whatever that dtype (x64 scoped to this call, also under a
+    float32 jit).
+
+    aa − 2ab + bb cancels: each term is O(‖W2‖²) while the distance between a student and its
+    8-bit quantization is ~10⁻⁶ of that, so float32 (relative rounding 6·10⁻⁸ per term, summed over
+    h² kernel entries) was 3.7 % off at b = 8; float64 leaves ~10⁻¹⁰ relative there
+    (tests/theory/test_nl_precision.py checks it against mpmath and a float64 Monte Carlo).
+    """
+    dt = jnp.result_type(W1a, W2a, W1b, W2b, Sigma)
+    with jax.enable_x64(True):
+        W1a, W2a, W1b, W2b, Sigma = (
+            jnp.asarray(x, jnp.float64) for x in (W1a, W2a, W1b, W2b, Sigma)
+        )
+        aa = jnp.sum((W2a.T @ W2a) * erf_kernel(W1a, W1a, Sigma))
+        ab = jnp.sum((W2a.T @ W2b) * erf_kernel(W1a, W1b, Sigma))
+        bb = jnp.sum((W2b.T @ W2b) * erf_kernel(W1b, W1b, Sigma))
+        return (aa - 2.0 * ab + bb).astype(dt)
 
 
 def mean_and_se(values):
@@ -351,12 +392,41 @@ def hidden_weight(
     return HiddenLoRA(h, n, rm).apply({"params": params}, problem.W1_0, _mask(r, rm, dt), quant)
 
 
+def training_loss(
+    problem: NonlinearProblem,
+    params,
+    X,
+    Y,
+    r,
+    *,
+    kind=0,
+    bits=16,
+    u=None,
+    weights=None,
+    cfg: NonlinearConfig,
+):
+    """The training objective (1/N)·Σ‖y_i − f(x_i)‖² + λ·(‖B‖² + ‖A‖²) (λ = cfg.weight_decay, on the
+    rank-r part) with B, A quantized by ``kind`` in the forward pass (straight-through gradient;
+    kind 0: the latent fp objective), u as in :func:`hidden_weight`; ``weights`` (per row of X)
+    replace the mean's 1/N (zero-padded rows get weight 0)."""
+    W1 = hidden_weight(problem, params, r, kind=kind, bits=bits, u=u, straight_through=True)
+    res = Y - forward(W1, problem.W2, X, activation=cfg.activation)
+    sq = jnp.sum(res * res, axis=1)
+    loss = jnp.mean(sq) if weights is None else jnp.sum(weights * sq)
+    if cfg.weight_decay:
+        mask = _mask(r, cfg.r_max, W1.dtype)
+        B, A = params["B"] * mask[None, :], params["A"] * mask[:, None]
+        loss = loss + cfg.weight_decay * (jnp.sum(B * B) + jnp.sum(A * A))
+    return loss
+
+
 def train_nonlinear(
     problem: NonlinearProblem, X, Y, r, kind, bits, init_key, noise_key, *, cfg: NonlinearConfig
 ):
-    """Train one student on (X, Y) (N = X.shape[0], static); r, kind, bits, keys may be traced.
+    """Adam phase of one student on (X, Y) (N = X.shape[0], static); r, kind, bits, keys may be
+    traced. (The fp arm's L-BFGS finish is :func:`finish_nonlinear`; the grid applies it.)
 
-    Full-batch Adam, cfg.steps steps, lr cosine-decayed from cfg.lr, on (1/N)·Σ‖y_i − f(x_i)‖² with
+    Full-batch Adam, cfg.steps steps, lr cosine-decayed from cfg.lr, on :func:`training_loss` with
     B, A quantized by ``kind`` in the forward pass (straight-through gradient), the SR/additive
     noise drawn afresh every step: for block j of ``_block(steps)`` consecutive steps, in one call
     from fold_in(noise_key, j) (a generator inside the step loop tripled XLA's compile time; one
@@ -368,9 +438,7 @@ def train_nonlinear(
     block = _block(cfg.steps)
 
     def loss(p, u):
-        W1 = hidden_weight(problem, p, r, kind=kind, bits=bits, u=u, straight_through=True)
-        res = Y - forward(W1, problem.W2, X, activation=cfg.activation)
-        return jnp.mean(jnp.sum(res * res, axis=1))
+        return training_loss(problem, p, X, Y, r, kind=kind, bits=bits, u=u, cfg=cfg)
 
     def step(carry, u):
         p, st = carry
@@ -389,9 +457,116 @@ def train_nonlinear(
     return params
 
 
+def _flatten(params):
+    return jnp.concatenate([params["B"].ravel(), params["A"].ravel()])
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def _lbfgs(problem, params, X, Y, weights, r, *, cfg):
+    """optax.lbfgs on sum_i weights_i·‖y_i − f(x_i)‖² (+ ridge): see :func:`finish_nonlinear`."""
+
+    def loss(p):
+        return training_loss(problem, p, X, Y, r, weights=weights, cfg=cfg)
+
+    opt = optax.lbfgs()  # memory 10, zoom line search (strong Wolfe conditions)
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def go_on(carry):
+        _, state, k = carry
+        g = optax.tree_utils.tree_get(state, "grad")  # ∇ at the current iterate (0 before the 1st)
+        return (k < cfg.lbfgs_steps) & ((k == 0) | (jnp.linalg.norm(_flatten(g)) > cfg.grad_tol))
+
+    def step(carry):
+        p, state, k = carry
+        value, grad = value_and_grad(p, state=state)
+        upd, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(p, upd), state, k + 1
+
+    g0 = jax.grad(loss)(params)
+    k0 = jnp.where(jnp.linalg.norm(_flatten(g0)) <= cfg.grad_tol, cfg.lbfgs_steps, 0)
+    params, _, k = jax.lax.while_loop(go_on, step, (params, opt.init(params), k0))
+    return params, jnp.where(k0 > 0, 0, k)
+
+
+def finish_nonlinear(problem: NonlinearProblem, params, X, Y, r, *, cfg: NonlinearConfig):
+    """L-BFGS on the fp objective (:func:`training_loss`, kind 0) from ``params`` (Adam's end):
+    optax.lbfgs (memory 10, zoom line search) until ‖∇‖₂ ≤ cfg.grad_tol or cfg.lbfgs_steps
+    iterations, one fit per call (r, params may be concrete or traced). Returns (params,
+    iterations run; 0 when ``params`` already met the tolerance).
+
+    One fit per call, not vmapped: under vmap a while_loop runs every row until the slowest has
+    stopped, and at small N the slowest never stops (the loss's infimum is not attained: module
+    docstring), so each fp row paid cfg.lbfgs_steps iterations of a vmapped zoom line search,
+    ~5× the cost per row-iteration of this unbatched loop (measured: 170 s for 300 iterations on
+    the default grid). X is zero-padded to max(cfg.Ns) rows with weights 1/N on the real ones, so
+    that one compilation serves every N.
+    """
+    if cfg.lbfgs_steps == 0:
+        return params, 0
+    return _lbfgs(problem, params, *pad_rows(X, Y, max(cfg.Ns)), r, cfg=cfg)
+
+
+def pad_rows(X, Y, rows: int):
+    """(X, Y) zero-padded to ``rows`` rows (at least their own N) and the weights 1/N on the N real
+    rows, 0 on the padding: sum_i weights_i·ℓ_i is the mean of ℓ over the real rows."""
+    N = X.shape[0]
+    pad = max(rows, N) - N
+    weights = jnp.concatenate([jnp.full((N,), 1.0 / N, X.dtype), jnp.zeros((pad,), X.dtype)])
+    Xp = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), X.dtype)])
+    Yp = jnp.concatenate([Y, jnp.zeros((pad, Y.shape[1]), Y.dtype)])
+    return Xp, Yp, weights
+
+
+def fit_diagnostics(problem: NonlinearProblem, params, X, Y, r, kind, bits, *, weights=None, cfg):
+    """Training loss, ‖∇‖₂ of the training objective and ‖B·A‖_F (rank-r part) at ``params``
+    (``weights``: as in :func:`training_loss`, for rows padded by :func:`pad_rows`).
+
+    kind: the arm's training quantizer (0: the latent fp objective; otherwise the straight-through
+    gradient of the noise-free forward, u = ½: for the additive arm that is the latent objective,
+    for SR rounding half up). A large weight_norm with a gradient above cfg.grad_tol marks a fit
+    whose training loss has no minimiser at finite weights (erf units saturating).
+    """
+    value, grad = jax.value_and_grad(
+        lambda p: training_loss(problem, p, X, Y, r, kind=kind, bits=bits, weights=weights, cfg=cfg)
+    )(params)
+    mask = _mask(r, cfg.r_max, problem.W1_0.dtype)
+    BA = (params["B"] * mask[None, :]) @ (params["A"] * mask[:, None])
+    return {
+        "train_loss": value,
+        "grad_norm": jnp.linalg.norm(_flatten(grad)),
+        "weight_norm": jnp.linalg.norm(BA),
+    }
+
+
+def training_description(cfg: NonlinearConfig, arm: str = "fp", *, early_stopped=False) -> str:
+    """How ``arm`` was trained, in words (for the conditions of a verdict); early_stopped: the
+    Adam-phase fits of an arm in FINISHED_ARMS (the grid's arm + "_adam")."""
+    check_choice(arm, "arm", ARMS)
+    ridge = f" + {cfg.weight_decay:g}·(‖B‖² + ‖A‖²)" if cfg.weight_decay else ""
+    adam = f"{cfg.steps} full-batch Adam steps (lr {cfg.lr:g}, cosine decay) on the squared loss"
+    adam += ridge
+    if arm in FINISHED_ARMS and cfg.lbfgs_steps and not early_stopped:
+        return (
+            adam + f", then L-BFGS to ‖∇‖₂ ≤ {cfg.grad_tol:g} (at most {cfg.lbfgs_steps} "
+            f"iterations; converged flag per fit), {cfg.dtype}"
+        )
+    if arm in FINISHED_ARMS:
+        return adam + f" (early-stopped: no convergence criterion), {cfg.dtype}"
+    return adam + f" (fixed budget: no stationary point to converge to), {cfg.dtype}"
+
+
 def _block(steps: int, most: int = 64) -> int:
     """The largest divisor of ``steps`` that is ≤ ``most`` (steps per noise draw)."""
     return max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
+
+
+def latent_excess(problem: NonlinearProblem, params, r, X_test, *, cfg: NonlinearConfig):
+    """E‖f − f*‖² of the latent (unquantized) student: exact for erf, Monte Carlo on X_test for
+    tanh (as excess_latent of :func:`evaluate_nonlinear`)."""
+    W1, W2 = hidden_weight(problem, params, r), problem.W2
+    if cfg.activation == "erf":
+        return function_distance_erf(W1, W2, problem.W1_star, W2, problem.Sigma)
+    return function_distance_mc(W1, W2, problem.W1_star, W2, X_test, activation=cfg.activation)[0]
 
 
 def evaluate_nonlinear(

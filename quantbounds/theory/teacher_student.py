@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from quantbounds._checks import (
@@ -71,7 +72,9 @@ class TeacherStudentConfig:
     scale convention of the trained arms; conventions: conventions the fp/ptq arms are run
     under; lora_alpha: α of "alpha_r"/"rslora"; granularity: absmax per "tensor" (the paper's
     single range R) or per rank "channel" (uniform/additive; NF4 stays per tensor); key: the
-    teacher's seed.
+    teacher's seed; teacher_per_seed: one teacher (W0, B*·A*, Σ) per seed (:func:`make_problems`),
+    so that the seeds — the units every interval resamples — are independent draws of teacher,
+    data, initialisation and noise; False: one teacher for every seed (:func:`make_problem`).
     """
 
     m: int = 16
@@ -92,6 +95,7 @@ class TeacherStudentConfig:
     lora_alpha: float = 4.0
     granularity: str = "tensor"
     key: int = 0
+    teacher_per_seed: bool = False
 
     def __post_init__(self):
         check_int_range(self.m, "m", 1)
@@ -120,6 +124,8 @@ class TeacherStudentConfig:
         for c in self.conventions:
             check_choice(c, "conventions entry", SCALES)
         check_choice(self.granularity, "granularity", ("tensor", "channel"))
+        if not isinstance(self.teacher_per_seed, bool):
+            raise ValueError(f"teacher_per_seed must be a bool, got {self.teacher_per_seed!r}")
 
     @property
     def r_max(self) -> int:
@@ -136,24 +142,74 @@ class Problem(NamedTuple):
     label_noise: float
 
 
-def make_problem(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
-    """The teacher of ``cfg`` (deterministic in ``cfg.key``)."""
-    dtype = dtype or jnp.result_type(float)
+def _build_problem(key, cfg: TeacherStudentConfig, dtype):
+    """(W0, D = B*·A*, Σ, Σ^{1/2}) of one teacher drawn from ``key`` (traceable)."""
     m, n, r_star, cond, norm = cfg.m, cfg.n, cfg.r_star, cfg.cond, cfg.teacher_norm
+    k0, kb, ka, kq = jax.random.split(key, 4)
+    W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
+    D = jax.random.normal(kb, (m, r_star), dtype) @ jax.random.normal(ka, (r_star, n), dtype)
+    D = D * (norm / jnp.linalg.norm(D))
+    Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
+    Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
+    lam = cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
+    return W0, D, (Q * lam) @ Q.T, (Q * jnp.sqrt(lam)) @ Q.T
 
-    @jax.jit  # one compilation instead of one per eager operation
-    def build(key):
-        k0, kb, ka, kq = jax.random.split(key, 4)
-        W0 = jax.random.normal(k0, (m, n), dtype) / math.sqrt(n)
-        D = jax.random.normal(kb, (m, r_star), dtype) @ jax.random.normal(ka, (r_star, n), dtype)
-        D = D * (norm / jnp.linalg.norm(D))
-        Q, Rq = jnp.linalg.qr(jax.random.normal(kq, (n, n), dtype))
-        Q = Q * jnp.sign(jnp.diag(Rq))[None, :]  # Haar-distributed orthogonal (Mezzadri 2007)
-        lam = cond ** (-jnp.arange(n, dtype=dtype) / max(n - 1, 1))
-        return W0, D, (Q * lam) @ Q.T, (Q * jnp.sqrt(lam)) @ Q.T
 
+def make_problem(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
+    """The teacher of ``cfg`` (deterministic in ``cfg.key``): one teacher for every seed."""
+    dtype = dtype or jnp.result_type(float)
+    build = jax.jit(lambda key: _build_problem(key, cfg, dtype))  # one compilation
     W0, D, Sigma, Sigma_half = build(jax.random.PRNGKey(cfg.key))
     return Problem(W0, W0 + D, Sigma, Sigma_half, float(cfg.label_noise))
+
+
+def make_problems(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
+    """One teacher per seed: a Problem whose arrays have a leading axis of length cfg.seeds,
+    teacher j drawn from fold_in(PRNGKey(cfg.key), j) (W0, B*·A* and Σ all redrawn; the
+    distribution of each is that of :func:`make_problem`)."""
+    dtype = dtype or jnp.result_type(float)
+    base = jax.random.PRNGKey(cfg.key)
+
+    @jax.jit
+    def build(js):
+        return jax.vmap(lambda j: _build_problem(jax.random.fold_in(base, j), cfg, dtype))(js)
+
+    W0, D, Sigma, Sigma_half = build(jnp.arange(cfg.seeds))
+    return Problem(W0, W0 + D, Sigma, Sigma_half, float(cfg.label_noise))
+
+
+def is_stacked(problem: Problem) -> bool:
+    """Whether ``problem`` holds one teacher per seed (:func:`make_problems`)."""
+    return problem.W0.ndim == 3
+
+
+def problem_at(problem: Problem, j) -> Problem:
+    """Teacher ``j`` (may be traced) of a stacked problem; a single problem is returned as is."""
+    if not is_stacked(problem):
+        return problem
+    return Problem(*(x[j] for x in problem[:4]), problem.label_noise)
+
+
+def problems_for(cfg: TeacherStudentConfig, *, dtype=None) -> Problem:
+    """:func:`make_problems` when cfg.teacher_per_seed, else :func:`make_problem`."""
+    return (make_problems if cfg.teacher_per_seed else make_problem)(cfg, dtype=dtype)
+
+
+def rank_r_floor(problem: Problem, ranks) -> np.ndarray:
+    """The excess risk of the best rank-r adapter, min over rank(M) ≤ r of
+    L(W0 + M) − L(W*) = ‖(M − D)·Σ^{1/2}‖_F² = Σ_{i>r} σ_i(D·Σ^{1/2})², D = W* − W0
+    (Eckart–Young, M·Σ^{1/2} ranging over all rank-r matrices as M does, Σ^{1/2} invertible).
+
+    It is 0 for r ≥ r* (the teacher is a rank-r* update) and the approximation floor, constant
+    in N, for r < r*: L(θ̂) − L(θ*_r) = excess against the teacher − this floor. Returns an
+    array (len(ranks),), or (seeds, len(ranks)) for a stacked problem; float64 numpy.
+    """
+    D = np.asarray(problem.Wstar, np.float64) - np.asarray(problem.W0, np.float64)
+    half = np.asarray(problem.Sigma_half, np.float64)
+    sv = np.linalg.svd(D @ half, compute_uv=False)  # (..., min(m, n)), descending
+    tail = np.cumsum((sv**2)[..., ::-1], axis=-1)[..., ::-1]  # tail[i] = Σ_{k ≥ i} σ_k²
+    tail = np.concatenate([tail, np.zeros(tail.shape[:-1] + (1,))], axis=-1)
+    return np.stack([tail[..., min(int(r), sv.shape[-1])] for r in ranks], axis=-1)
 
 
 def excess_risk(W, Wstar, Sigma):

@@ -10,6 +10,9 @@ same two steps) configuration by configuration from Python: the reference for th
 the tests. benchmarks/bench_teacher_student.py times :func:`grid_program` (= run_grid) against
 a Python loop over :func:`_config_fn` (the same per-configuration code).
 
+Teachers: one for every seed (``make_problem``), or one per seed (``cfg.teacher_per_seed``,
+``make_problems``: a stacked Problem; configuration rows of seed j see teacher j).
+
 Keys (all derived from cfg.key, so results are reproducible):
 data of seed j: fold_in(k_data, j), shared by every N (the first N rows: nested data sets),
 rank and arm; initialisation of seed j: fold_in(k_init, j); quantization noise of a
@@ -33,7 +36,9 @@ from quantbounds.theory.teacher_student import (
     additive_prediction,
     empirical_risk,
     excess_risk,
-    make_problem,
+    is_stacked,
+    problem_at,
+    problems_for,
     sample_data,
     student_weight,
     sufficient_stats,
@@ -50,16 +55,25 @@ def _keys(cfg: TeacherStudentConfig):
     return jax.random.split(base, 3)  # data, init, noise
 
 
+def _check_problem(problem: Problem, cfg: TeacherStudentConfig) -> None:
+    if is_stacked(problem) and problem.W0.shape[0] != cfg.seeds:
+        raise ValueError(
+            f"a stacked problem needs one teacher per seed ({cfg.seeds}), got {problem.W0.shape[0]}"
+        )
+
+
 def stats_table(problem: Problem, cfg: TeacherStudentConfig):
-    """Sufficient statistics for every (N, seed): arrays with leading axes (len(Ns), seeds)."""
+    """Sufficient statistics for every (N, seed): arrays with leading axes (len(Ns), seeds).
+    A stacked problem (one teacher per seed) gives seed j the data of teacher j."""
+    _check_problem(problem, cfg)
     kdata = _keys(cfg)[0]
     Nmax = max(cfg.Ns)
 
     @jax.jit  # one compilation instead of one per eager operation
     def table(problem):
-        X, Y = jax.vmap(lambda j: sample_data(jax.random.fold_in(kdata, j), problem, Nmax))(
-            jnp.arange(cfg.seeds)
-        )
+        X, Y = jax.vmap(
+            lambda j: sample_data(jax.random.fold_in(kdata, j), problem_at(problem, j), Nmax)
+        )(jnp.arange(cfg.seeds))
         per_N = [jax.vmap(lambda x, y, N=N: sufficient_stats(x, y, N))(X, Y) for N in cfg.Ns]
         return tuple(jnp.stack([s[i] for s in per_N]) for i in range(3))
 
@@ -221,7 +235,7 @@ def _config_fn(problem, cfg, arm, r=None):
 
     def one(st, rank, b, sd, i, conv):
         return config_outputs(
-            problem,
+            problem_at(problem, sd),
             st,
             rank if r is None else r,
             b,
@@ -250,6 +264,7 @@ def _inputs(table, cols, rows, dt):
 def grid_program(cfg: TeacherStudentConfig, problem: Problem):
     """The jitted grid: (fn, args, groups, cols) with fn(*args) → {(arm, r): outputs of the rows
     groups[(arm, r)]} (what run_grid runs; exposed for benchmarks/bench_teacher_student.py)."""
+    _check_problem(problem, cfg)
     runs = _arm_runs(cfg)
     _, cols, offs = _all_flat(cfg, runs)
     groups = _groups(runs, offs, cols)
@@ -264,7 +279,9 @@ def grid_program(cfg: TeacherStudentConfig, problem: Problem):
         # initialisations, step keys and Pᵀ of every configuration: one vmapped call (arm-free)
         st = tuple(t[cols["Ni"][order], cols["seed"][order]] for t in table)
         setup = jax.vmap(
-            lambda st_, r_, sd_, i_, c_: setup_config(problem, st_, r_, sd_, i_, c_, cfg=cfg)
+            lambda st_, r_, sd_, i_, c_: setup_config(
+                problem_at(problem, sd_), st_, r_, sd_, i_, c_, cfg=cfg
+            )
         )(
             st,
             jnp.asarray(cols["r"][order]),
@@ -287,7 +304,7 @@ def grid_program(cfg: TeacherStudentConfig, problem: Problem):
         # one compilation; it runs once per configuration, not once per step)
         res = jax.vmap(
             lambda st_, p_, r_, b_, s_, sd_, i_, d_: evaluate_config(
-                problem, st_, p_, r_, b_, s_, sd_, i_, d_, cfg=cfg
+                problem_at(problem, sd_), st_, p_, r_, b_, s_, sd_, i_, d_, cfg=cfg
             )
         )(
             st,
@@ -312,9 +329,10 @@ def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> di
 
     Returns {label: {"axes": [(name, values)], "arm", "convention", key: ndarray}} with labels
     "fp_<convention>" (one per cfg.conventions) and the other arms by name. Array shapes follow
-    the axes (rank, [bits,] N, seed); ptq_* keys have a trailing bits axis.
+    the axes (rank, [bits,] N, seed); ptq_* keys have a trailing bits axis. ``problem``: one
+    teacher, or one per seed (stacked); None: :func:`problems_for` (cfg.teacher_per_seed).
     """
-    problem = problem or make_problem(cfg)
+    problem = problems_for(cfg) if problem is None else problem
     runs = _arm_runs(cfg)
     axes, _, offs = _all_flat(cfg, runs)
     grid, args, groups, _ = grid_program(cfg, problem)
@@ -346,7 +364,7 @@ def run_loop(
     Returns {label: list of per-configuration output dicts} in the flattened grid order;
     ``limit`` keeps the first ``limit`` configurations of each arm.
     """
-    problem = problem or make_problem(cfg)
+    problem = problems_for(cfg) if problem is None else problem
     table = stats_table(problem, cfg)
     runs = _arm_runs(cfg)
     _, cols, offs = _all_flat(cfg, runs)

@@ -131,3 +131,30 @@ def test_padded_rank_equals_the_unpadded_factors(kind):
         # the padded component's gradients, ∇_B column 3 = s·∇_W·A[2]ᵀ and ∇_A row 3 =
         # s·B[:, 2]ᵀ·∇_W, vanish (zero factors, masked after quantization): the totals agree
         np.testing.assert_allclose(float(padded[key]), float(plain[key]), rtol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["sr", "additive"])
+@pytest.mark.parametrize("c", [4.0, 0.3])
+def test_refactorisation_rescales_the_measurement_exactly(kind, c):
+    """(c·B, A/c) is the same W: measured directly it gives what rescaled_noise_variance predicts
+    from the c = 1 measurement (the B and A parts scale by 1/c² and c²; R = max(c·R_B, R_A/c));
+    c = 4 is a power of two (bit-exact steps), c = 0.3 agrees to rounding."""
+    from quantbounds.theory.gradvar import rescaled_noise_variance
+
+    cfg, p, B, A = _setup()
+    draws = draw_gradvar(jax.random.PRNGKey(8), n_draws=10, batch_size=4, m=cfg.m, n=cfg.n, r=3)
+    base = jax.jit(lambda: measure_grad_variance(p, B, A, 0.9, draws, kind=kind, bits=3.0))()
+    moved = jax.jit(
+        lambda: measure_grad_variance(p, c * B, A / c, 0.9, draws, kind=kind, bits=3.0)
+    )()
+    assert float(base["var_noise"]) == pytest.approx(
+        float(base["var_noise_B"]) + float(base["var_noise_A"]), rel=1e-12)
+    v, R = rescaled_noise_variance(float(base["var_noise_B"]), float(base["var_noise_A"]),
+                                   float(base["R_B"]), float(base["R_A"]), c)
+    assert float(moved["var_noise"]) == pytest.approx(v, rel=1e-9)
+    assert float(moved["R"]) == pytest.approx(float(R), rel=1e-12)
+    # the fixed-batch loss and the batch variance of the weight are unchanged; the bound's R² is not
+    assert float(moved["loss"]) == pytest.approx(float(base["loss"]), rel=1e-9)
+    assert float(moved["R"]) != pytest.approx(float(base["R"]), rel=1e-3)
+    with pytest.raises(ValueError, match="c must be"):
+        rescaled_noise_variance(1.0, 1.0, 1.0, 1.0, 0.0)

@@ -146,7 +146,8 @@ def test_vmapped_grid_equals_python_loop():
     grid = run_nonlinear_grid(cfg, problems=p)
     # the loop at the second N only (each N is one more compilation): it checks the N offsets
     loop = run_nonlinear_loop(cfg, problems=p, N_indices=(1,))
-    for arm in cfg.arms:
+    assert set(grid) == set(cfg.arms) | {"fp_adam"}  # the early-stopped reading of fp too
+    for arm in grid:
         g = grid[arm]
         assert g["excess_latent"].shape == tuple(len(v) for _, v in g["axes"])
         assert g["ptq_qexcess"].shape == g["excess_latent"].shape + (len(cfg.bits),)

@@ -23,6 +23,9 @@ from quantbounds.theory.teacher_student import (
     excess_risk,
     fake_quant,
     make_problem,
+    make_problems,
+    problem_at,
+    rank_r_floor,
     sample_data,
     scale_value,
     student_weight,
@@ -356,3 +359,46 @@ def test_train_student_equals_autodiff_reference(granularity):
                 )
     # the arms really differ (the comparison is not between identical runs)
     assert np.max(np.abs(np.asarray(ref["B"][1] - ref["B"][0]))) > 1e-3
+
+
+def test_make_problems_draws_one_teacher_per_seed():
+    cfg = TeacherStudentConfig(**{**SMALL, "seeds": 3, "teacher_per_seed": True})
+    ps = make_problems(cfg)
+    assert ps.W0.shape == (3, cfg.m, cfg.n) and ps.Sigma.shape == (3, cfg.n, cfg.n)
+    for j in range(3):
+        pj = problem_at(ps, j)
+        D = np.asarray(pj.Wstar - pj.W0)
+        # each teacher is a rank-r* update of norm teacher_norm, Σ = Σ^½·Σ^½ with eigenvalues
+        # geometric from 1 to 1/cond (the distribution of make_problem)
+        assert np.linalg.matrix_rank(D, tol=1e-10) == cfg.r_star
+        assert np.linalg.norm(D) == pytest.approx(cfg.teacher_norm, rel=1e-12)
+        np.testing.assert_allclose(np.asarray(pj.Sigma_half @ pj.Sigma_half),
+                                   np.asarray(pj.Sigma), atol=1e-12)
+        ev = np.sort(np.linalg.eigvalsh(np.asarray(pj.Sigma)))
+        np.testing.assert_allclose(ev[[0, -1]], [1 / cfg.cond, 1.0], rtol=1e-10)
+    assert not np.allclose(np.asarray(ps.W0[0]), np.asarray(ps.W0[1]))  # distinct teachers
+    assert problem_at(make_problem(cfg), 1) is not None  # a single problem passes through
+
+
+def test_rank_r_floor_is_the_best_rank_r_excess():
+    """Eckart–Young against (a) the excess of the truncated-SVD adapter, (b) random rank-r
+    adapters (never below the floor) and (c) zero at r ≥ r*."""
+    cfg = TeacherStudentConfig(**{**SMALL, "r_star": 3, "ranks": (1, 2, 3, 4)})
+    p = make_problem(cfg)
+    floor = rank_r_floor(p, (1, 2, 3, 4))
+    D = np.asarray(p.Wstar - p.W0)
+    half = np.asarray(p.Sigma_half)
+    U, sv, Vt = np.linalg.svd(D @ half)
+    rng = np.random.default_rng(0)
+    for i, r in enumerate((1, 2, 3, 4)):
+        M = (U[:, :r] * sv[:r]) @ Vt[:r] @ np.linalg.inv(half)
+        best = float(excess_risk(jnp.asarray(np.asarray(p.W0) + M), p.Wstar, p.Sigma))
+        assert floor[i] == pytest.approx(best, rel=1e-9, abs=1e-12)
+        for _ in range(20):
+            R = rng.normal(size=(cfg.m, r)) @ rng.normal(size=(r, cfg.n))
+            W = jnp.asarray(np.asarray(p.W0) + R)
+            assert float(excess_risk(W, p.Wstar, p.Sigma)) >= floor[i]
+    assert floor[2] == pytest.approx(0.0, abs=1e-12) and floor[3] == pytest.approx(0.0, abs=1e-12)
+    assert floor[0] > floor[1] > 0
+    ps = make_problems(TeacherStudentConfig(**{**SMALL, "seeds": 2, "teacher_per_seed": True}))
+    assert rank_r_floor(ps, (1, 2)).shape == (2, 2)

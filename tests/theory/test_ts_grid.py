@@ -11,6 +11,8 @@ from quantbounds.theory.teacher_student import (
     TeacherStudentConfig,
     additive_prediction,
     make_problem,
+    make_problems,
+    problem_at,
     sample_data,
 )
 from quantbounds.theory.ts_grid import arm_axes, run_grid, run_loop, stats_table
@@ -128,3 +130,32 @@ def test_stochastic_nf4_additive_per_channel_equal_the_loop_and_the_layout():
             float(additive_prediction(p, params, r, float(g["scale"][idx]), b)) for b in cfg.bits
         ]
         np.testing.assert_allclose(g["ptq_pred"][idx], want, rtol=1e-10)
+
+
+def test_teacher_per_seed_grid_is_the_single_teacher_grid_seed_by_seed():
+    """A stacked problem (one teacher per seed): the grid equals the Python loop, and seed j's
+    cells equal those of a grid run with teacher j for every seed (the keys of data, init and
+    noise depend on the seed index only)."""
+    cfg = TeacherStudentConfig(
+        **{**SMALL, "steps": 10, "arms": ("fp", "ste_rtn"), "teacher_per_seed": True}
+    )
+    ps = make_problems(cfg)
+    grid = run_grid(cfg)  # problems_for(cfg): the stacked teachers
+    loop = run_loop(cfg, problem=ps)
+    for label, rows in loop.items():
+        shape = tuple(len(v) for _, v in grid[label]["axes"])
+        for flat, row in enumerate(rows):
+            idx = np.unravel_index(flat, shape)
+            np.testing.assert_allclose(grid[label]["excess_deployed"][idx], row["excess_deployed"],
+                                       rtol=1e-7, atol=1e-12)
+    for j in range(cfg.seeds):
+        single = run_grid(cfg, problem=problem_at(ps, j))
+        for label in grid:
+            for key in ("excess_latent", "excess_deployed", "ptq_qexcess"):
+                np.testing.assert_allclose(grid[label][key][..., j, :] if key == "ptq_qexcess"
+                                           else grid[label][key][..., j],
+                                           single[label][key][..., j, :] if key == "ptq_qexcess"
+                                           else single[label][key][..., j],
+                                           rtol=1e-9, atol=1e-14, err_msg=f"{label} {key} {j}")
+    assert not np.allclose(grid["fp_one"]["excess_latent"][..., 0],
+                           grid["fp_one"]["excess_latent"][..., 1])
