@@ -263,7 +263,8 @@ def _inputs(table, cols, rows, dt):
 
 def grid_program(cfg: TeacherStudentConfig, problem: Problem):
     """The jitted grid: (fn, args, groups, cols) with fn(*args) → {(arm, r): outputs of the rows
-    groups[(arm, r)]} (what run_grid runs; exposed for benchmarks/bench_teacher_student.py)."""
+    groups[(arm, r)]}; args = (the data statistics, the problem) (what run_grid runs; exposed
+    for benchmarks/bench_teacher_student.py)."""
     _check_problem(problem, cfg)
     runs = _arm_runs(cfg)
     _, cols, offs = _all_flat(cfg, runs)
@@ -275,7 +276,9 @@ def grid_program(cfg: TeacherStudentConfig, problem: Problem):
     )
 
     @jax.jit
-    def grid(table):
+    def grid(table, problem):
+        # the teachers are an argument, not a closure constant: XLA would constant-fold the
+        # per-row gather of a stacked problem (seconds of compile time, a copy per row)
         # initialisations, step keys and Pᵀ of every configuration: one vmapped call (arm-free)
         st = tuple(t[cols["Ni"][order], cols["seed"][order]] for t in table)
         setup = jax.vmap(
@@ -320,7 +323,7 @@ def grid_program(cfg: TeacherStudentConfig, problem: Problem):
             g: jax.tree_util.tree_map(lambda x, k=k: part(x, k), res) for k, g in enumerate(groups)
         }
 
-    return grid, (stats_table(problem, cfg),), groups, cols
+    return grid, (stats_table(problem, cfg), problem), groups, cols
 
 
 def run_grid(cfg: TeacherStudentConfig, *, problem: Problem | None = None) -> dict:
