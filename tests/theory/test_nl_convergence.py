@@ -112,7 +112,9 @@ def test_grid_runs_in_float64_with_x64_off_and_float32_on_request(grids):
     for arm in ("fp", "ste_rtn"):
         for key in ("excess_latent", "ptq_qexcess", "grad_norm", "train_loss"):
             assert grids[300][arm][key].dtype == np.float64, (arm, key)
-    cfg32 = NonlinearConfig(**{**GRID, "dtype": "float32", "Ns": (16,), "seeds": 1})
+    cfg32 = NonlinearConfig(
+        **{**GRID, "dtype": "float32", "Ns": (16,), "seeds": 1, "arms": ("fp",)}
+    )
     assert run_nonlinear_grid(cfg32)["fp"]["excess_latent"].dtype == np.float32
 
 
