@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantbounds.verdicts import standard
 from quantbounds.verdicts.results import Verdict
 from simulations.audit_claims import (bound_verdicts, gen_term_verdict,
                                       quantization_term_verdicts)
@@ -24,10 +25,19 @@ from simulations.audit_grid import (DES, S001, GridView, bstar_fits, bstar_readi
 PREFIX = "off the linear case: "
 
 
+TRAINING_READINGS = ("trained to convergence", "early-stopped (Adam phase only)")
+
+
 def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None = None):
     """Fits and verdicts of quantbounds.theory.nl_grid.run_nonlinear_grid's result ``nl``.
 
-    ``linear_fits`` (the linear audit's fits) are quoted next to them. Returns (fits, verdicts).
+    When the grid returns the early-stopped reading of the fp arm (``fp_adam``: its Adam-phase
+    fits, before the L-BFGS finish), every claim is judged on both and the verdict is the
+    common one or ``conditional`` with the two readings named (training to convergence moves
+    the rates; where the loss's infimum is not attained the finished fits drift to large
+    weights, flagged by the convergence record); fits["early_stopped"] holds that reading's
+    fits. ``linear_fits`` (the linear audit's fits) are quoted next to them. Returns
+    (fits, verdicts).
     """
     training = nl["fp"].get("training")
     training = training if isinstance(training, str) else None
@@ -38,13 +48,28 @@ def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None =
                        "training to convergence moved the fp excess by a median "
                        f"{conv['excess_change_median']:+.1%} (max {conv['excess_change_max']:+.1%})"
                        " against the early-stopped Adam fit")
-    grid = grid_view(nl["fp"], ncfg, n_boot=acfg.n_boot, conditions=conditions)
+    fits, verdicts = _fits_and_verdicts(nl["fp"], ncfg, acfg, linear_fits, conditions)
+    training_fits(nl, ncfg, grid_view(nl["fp"], ncfg, n_boot=acfg.n_boot, conditions=""), fits)
+    if conv:
+        fits["convergence"] = conv
+    adam = next((k for k in nl if k.startswith("fp") and k.endswith("_adam")), None)
+    if adam is None:
+        return fits, verdicts
+    early_cond = nonlinear_conditions(ncfg) + "; early-stopped reading (the Adam phase's fits)"
+    fits["early_stopped"], early = _fits_and_verdicts(nl[adam], ncfg, acfg, linear_fits,
+                                                      early_cond)
+    return fits, [_both_trainings(v, e) for v, e in zip(verdicts, early, strict=True)]
+
+
+def _fits_and_verdicts(fp, ncfg, acfg, linear_fits, conditions):
+    """Every nonlinear claim on one reading ``fp`` of the fp arm: (fits, verdicts)."""
+    grid = grid_view(fp, ncfg, n_boot=acfg.n_boot, conditions=conditions)
     linear = linear_fits or {}
     linear_value = lambda k: linear.get(k, {}).get("value")  # noqa: E731
     fits: dict = {}
     verdicts = nonlinear_rate_verdicts(grid, ncfg, fits, linear_value)
     verdicts += quantization_term_verdicts(
-        grid, nl["fp"], "one", np.ones(len(ncfg.ranks)), fits, prefix=PREFIX,
+        grid, fp, "one", np.ones(len(ncfg.ranks)), fits, prefix=PREFIX,
         what="quantization excess E‖f_q − f‖² of post-training RTN of B, A",
         exponential_readings=(4,))
     fits["per_bit_factor"]["linear"] = linear_value("per_bit_factor")
@@ -53,10 +78,30 @@ def nonlinear_fits_and_verdicts(nl: dict, ncfg, acfg, linear_fits: dict | None =
     verdicts += nonlinear_bstar_verdicts(grid, acfg, fits)
     verdicts += bound_verdicts(grid, {"ptq": grid.ptq_excess}, acfg, fits, prefix=PREFIX,
                                what="; excess E‖f_q − f*‖² after post-training RTN")
-    training_fits(nl, ncfg, grid, fits)
-    if conv:
-        fits["convergence"] = conv
     return fits, verdicts
+
+
+def _decision_of(v: Verdict) -> standard.Decision:
+    return standard.Decision(verdict=v.verdict, p_holds=v.p_holds, p_fails=v.p_fails,
+                             reason=str(v.details.get("decision", "")))
+
+
+def _both_trainings(v: Verdict, early: Verdict) -> Verdict:
+    """One verdict from the same claim judged on the converged and the early-stopped fits
+    (standard.under_readings); the converged reading's numbers are the verdict's, the
+    early-stopped reading's are in details["early_stopped"]."""
+    if (v.claim_id, v.claim) != (early.claim_id, early.claim):
+        raise ValueError(f"readings of different claims: {v.claim!r} and {early.claim!r}")
+    d = readings({TRAINING_READINGS[0]: _decision_of(v), TRAINING_READINGS[1]: _decision_of(early)})
+    details = {k: x for k, x in v.details.items() if k not in ("decision", "readings")}
+    inner = {k: x for k, x in (("converged", v.details.get("readings")),
+                               ("early-stopped", early.details.get("readings"))) if x}
+    if inner:
+        details["inner_readings"] = inner
+    details["early_stopped"] = {"verdict": early.verdict, "measured": early.measured,
+                                "ci": early.ci}
+    return verdict(v.claim_id, v.claim, d, predicted=v.predicted, measured=v.measured, ci=v.ci,
+                   conditions=v.conditions, source=v.source, details=details)
 
 
 def convergence_fits(fp: dict) -> dict:
@@ -74,6 +119,12 @@ def convergence_fits(fp: dict) -> dict:
     if "train_loss" in fp and "train_loss_adam" in fp:
         drop = np.asarray(fp["train_loss_adam"], float) - np.asarray(fp["train_loss"], float)
         out["train_loss_drop_max"] = float(np.max(drop))
+    conv = np.asarray(fp["converged"], float)
+    out["converged_share_by_rank"] = np.mean(conv, axis=(1, 2)).tolist()
+    out["converged_share_by_N"] = np.mean(conv, axis=(0, 2)).tolist()
+    if "weight_norm" in fp:
+        out["weight_norm_median_by_rank"] = np.median(np.asarray(fp["weight_norm"], float),
+                                                      axis=(1, 2)).tolist()
     return out
 
 

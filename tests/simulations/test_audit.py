@@ -321,3 +321,21 @@ def test_nonlinear_convergence_record_is_summarised():
     assert out["excess_change_median_by_N"] == pytest.approx([0.08, 0.2, 0.59])
     assert out["train_loss_drop_max"] == pytest.approx(0.054)
     assert convergence_fits({"excess_latent": e}) == {}  # an early-stopped grid has no record
+
+
+def test_nonlinear_training_readings_make_verdicts_conditional():
+    """The grid's early-stopped reading (fp_adam) judged beside the converged fits: a claim that
+    holds on one and fails on the other is conditional with both readings named."""
+    from simulations.audit_nonlinear import TRAINING_READINGS, nonlinear_fits_and_verdicts
+
+    nl, ncfg = _synthetic_nl(-0.5, 0.5, 2.0, seed=5)       # converged: factor 2 per bit
+    early, _ = _synthetic_nl(-0.5, 0.5, 4.0, seed=6)       # early-stopped: factor 4 per bit
+    nl["fp_adam"] = early["fp"]
+    fits, vs = nonlinear_fits_and_verdicts(nl, ncfg, _acfg(), None)
+    v = _by_id(vs, "s001.s5_1.exponential_precision")
+    assert v.verdict == "conditional"
+    assert v.details["readings"] == {TRAINING_READINGS[0]: "fails", TRAINING_READINGS[1]: "holds"}
+    assert v.details["early_stopped"]["verdict"] == "holds"
+    assert fits["early_stopped"]["per_bit_factor"]["value"] == pytest.approx(4.0, rel=0.03)
+    # a claim both readings agree on keeps its verdict
+    assert _by_id(vs, "s001.thm3_1.gen_term").verdict == "holds"
