@@ -67,7 +67,10 @@ def test_tiny_run_writes_schema(tiny_run):
     reg = registry()
     assert all(v["claim_id"] in reg and v["kind"] == reg[v["claim_id"]].kind for v in verdicts)
     assert all("raw_verdict" in v and "p_adjusted" in v for v in verdicts)
-    assert data["family"]["tests"] == 2 * sum(v["p_adjusted"] is not None for v in verdicts)
+    # one Holm step: the single verdicts' and every reading's (p_holds, p_fails)
+    n_read = sum(len(v["details"].get("readings_p_adjusted") or {}) for v in verdicts)
+    n_single = sum(v["p_adjusted"] is not None for v in verdicts)
+    assert data["family"]["tests"] == 2 * (n_single + n_read)
     # implementation checks carry no p-values (kept out of the family) and are identities
     for v in verdicts:
         if v["kind"] == "identity":
