@@ -10,19 +10,9 @@ constant fitted to any quantized run:
     first+2nd   ⟨∇_W L, s·ε_BA⟩ + second             (adds the first-order term)
     moment      E over the noise model of "second"  (σ² = Δ²/12 RTN; exact Bernoulli SR)
 
-The ratio is R = Σ pred / Σ measured over the group's records (seeds × SR draws). Its 95 %
-interval combines the two sources of its uncertainty (the delta method on the ratio estimator):
-
-    between adapters  the trained adapters (the ptq_of clusters: records of one training share
-                      its curvature and its fp reference) are the independent units: with
-                      z_k = (P_k − R·M_k) / M̄ over the G clusters, se_b = sd(z)/√G;
-    held-out tokens   every record is scored on the same held-out tokens, so their sampling
-                      error is common to all clusters: se_e = R·se(Σ M)/Σ M, se(Σ M) from the
-                      records' paired, dialogue-clustered intervals (their half-widths summed,
-                      i.e. taken as perfectly correlated: conservative);
-
-R ± q·√(se_b² + se_e²), q the t_{G−1} quantile (normal for G = 1, where only se_e is known;
-the interval is then conditional on that one trained adapter, which n_clusters says). Its
+The ratio is R = Σ pred / Σ measured over the group's records (seeds × SR draws), signed, with
+its 95 % interval from :func:`quantbounds.calib.ptq_pairs.ratio_interval` (the delta method:
+the trained adapters as independent units plus the held-out tokens' error common to all; its
 coverage is checked by simulation in tests/test_real_runs_ptq_report.py. Where |Σ measured| is
 within its own paired interval of 0 the ratio is not defined and reported as None. Rows by
 (scheme, b, r), and pooled over r by (scheme, b) (``rank`` "all"), show where the prediction
@@ -33,46 +23,13 @@ Written atomically as JSON; a markdown table is printed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import defaultdict
 
 import numpy as np
 
+from quantbounds.calib.ptq_pairs import PREDICTIONS, ratio_interval
 from quantbounds.calib.records import read_ptq_records
-
-PREDICTIONS = {
-    "second": lambda r: r["pred_plugin"],
-    "first+2nd": lambda r: r["pred_plugin"] + r.get("pred_first_order", 0.0),
-    "moment": lambda r: r.get("pred_moment"),
-}
-
-
-def _ratio_ci(recs, pred_fn):
-    """(R, lo, hi, G): the ratio of sums and its 95 % interval (module docstring)."""
-    from scipy import stats
-
-    clusters = defaultdict(list)
-    for r in recs:
-        clusters[r.get("ptq_of") or (r["rank"], r["seed"])].append(r)
-    keys = list(clusters)
-    P = np.array([sum(pred_fn(r) for r in clusters[k]) for k in keys], float)
-    M = np.array([sum(r["delta_loss"] for r in clusters[k]) for k in keys], float)
-    if M.sum() <= 0:
-        return math.nan, None, None, len(keys)
-    ratio = float(P.sum() / M.sum())
-    half_m = 0.5 * sum(r["delta_loss_ci"][1] - r["delta_loss_ci"][0] for r in recs)
-    se_e = abs(ratio) * (half_m / stats.norm.ppf(0.975)) / M.sum()
-    g = len(keys)
-    if g >= 2:
-        z = (P - ratio * M) / M.mean()
-        se_b = float(z.std(ddof=1) / math.sqrt(g))
-        q = float(stats.t.ppf(0.975, g - 1))
-    else:
-        se_b, q = 0.0, float(stats.norm.ppf(0.975))
-    half = q * math.sqrt(se_b**2 + se_e**2)
-    return ratio, ratio - half, ratio + half, g
-
 
 def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
     """One row per (scheme, bits, rank), or per (scheme, bits) over every rank when ``pooled``
@@ -98,10 +55,10 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
                 row[name] = None
                 continue
             pm = float(np.mean([fn(r) for r in recs]))
-            if not row["measured_sum_ci_excludes_0"] or meas.sum() <= 0:
+            if not row["measured_sum_ci_excludes_0"]:
                 row[name] = {"pred_mean": pm, "ratio": None, "ci": None}
                 continue
-            ratio, a, b, k = _ratio_ci(recs, fn)
+            ratio, a, b, k = ratio_interval(recs, fn)
             row[name] = {
                 "pred_mean": pm,
                 "ratio": ratio,

@@ -79,6 +79,7 @@ __all__ = [
     "ParamEstimate",
     "TermFit",
     "calibrate",
+    "calibrate_pairs",
     "gen_model",
     "quant_model",
 ]
@@ -256,6 +257,51 @@ def calibrate(
         baseline_arm=baseline_arm,
         scale=scale,
     )
+
+
+def calibrate_pairs(
+    pairs: Pairs,
+    *,
+    n_groups: int,
+    scale: str | None,
+    baseline_arm: str = "fp16",
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    loss: str = "soft_l1",
+) -> Calibration:
+    """The quantization term alone, Δ = C2·r^β·ρ^(−b), fitted to ``pairs`` made elsewhere — the
+    post-training quantization of trained adapters (:func:`quantbounds.calib.ptq_pairs.
+    ptq_pairs`, ``pairs.arm`` = "ptq_<scheme>"): the same robust fit, bootstrap over the
+    ``n_groups`` groups (``pairs.group``: one trained adapter and every pair made from it),
+    seed jackknife and leave-one-(r, b, N)-out check as :func:`calibrate`. ``gen`` is None.
+    Raises CalibrationError when there are too few pairs (≥ free parameters + 2)."""
+    check_int_range(n_groups, "n_groups", 1, None)
+    check_int_range(n_boot, "n_boot", 0, None)
+    check_probability(ci, "ci")
+    check_choice(loss, "loss", tuple(ROBUST_LOSSES))
+    if len(pairs) and (pairs.group.min() < 0 or pairs.group.max() >= n_groups):
+        raise ValueError(f"pairs.group must index 0…{n_groups - 1} (n_groups = {n_groups})")
+    empty = np.zeros(0)
+    design = _Design(pairs=pairs, group_keys=list(range(n_groups)), gen_rank=empty, gen_n=empty,
+                     gen_loss=empty, gen_seed=empty)
+    q_free = free_mask(QUANT, design.quant_cols)
+    notes = [f"quantization term of {pairs.arm}: {len(pairs)} pairs from {n_groups} trained "
+             f"adapters"]
+    if len(pairs) < int(q_free.sum()) + 2:
+        raise CalibrationError(f"{pairs.arm}: {len(pairs)} pairs (need ≥ {int(q_free.sum()) + 2})")
+    fixed = [n for n, f in zip(QUANT.names, q_free) if not f]
+    if fixed:
+        notes.append(f"quantization: {fixed} not identifiable from this design; fixed at theory "
+                     f"values")
+    counts = group_resample_counts(
+        np.arange(n_groups), n_boot=n_boot, rng=np.random.default_rng(seed), minlength=n_groups
+    )
+    quant, draws = _fit_quantization(design, q_free, counts, ci=ci, loss=loss)
+    if quant.weakly_identified:
+        notes.append(f"quantization term: {list(quant.weakly_identified)} weakly identified")
+    return Calibration(quant=quant, gen=None, quant_draws=draws, gen_draws=None,
+                       notes=tuple(notes), arm=pairs.arm, baseline_arm=baseline_arm, scale=scale)
 
 
 def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str):

@@ -100,13 +100,70 @@ def _other_arm_fits(runs: PairedRuns, *, arm: str, baseline_arm: str, scale, n_b
     return by_arm, fitted
 
 
+PTQ_FIT_SCHEMES = ("sr_tensor", "rtn_tensor", "rtn_channel", "rtn_block")
+
+
+def _ptq_fits(ptq_records: list[dict], runs: PairedRuns, *, n_boot: int, seed: int,
+              notes: list) -> tuple[dict, list]:
+    """The quantization term fitted to the post-training quantization of trained adapters, one
+    fit per scheme with a b-curve (:func:`quantbounds.calib.calibration.calibrate_pairs`), and
+    the verdicts they support: the theory's exponents against each fit, the zero-constant
+    curvature prediction cell by cell, and prediction vs fitted form on held-out
+    configurations (:mod:`quantbounds.verdicts.ptq_claims`). Returns (the ``fits["ptq"]``
+    object, verdicts)."""
+    from quantbounds.calib.calibration import calibrate_pairs
+    from quantbounds.calib.ptq_pairs import ptq_pairs
+    from quantbounds.verdicts.ptq_claims import form_verdict, prediction_verdict, r2_difference
+
+    out, verdicts, fitted = {}, [], {}
+    for scheme in PTQ_FIT_SCHEMES:
+        pp = ptq_pairs(ptq_records, runs.records, scheme=scheme)
+        if not len(pp):
+            continue
+        scales = {r.get("scale") for recs in pp.records for r in recs}
+        scale = scales.pop() if len(scales) == 1 else None
+        try:
+            cal = calibrate_pairs(pp.pairs, n_groups=len(pp.adapters), scale=scale,
+                                  n_boot=n_boot, seed=seed)
+        except (CalibrationError, np.linalg.LinAlgError) as err:
+            out[scheme] = {"status": f"not fitted: {err}"}
+            continue
+        fitted[scheme] = (pp, cal)
+        ok, why = fit_usability(cal)["quantization"]
+        D, se, G, n = r2_difference(pp.pairs.excess, pp.pred, cal.quant.loco.predictions,
+                                    pp.pairs.group)
+        y = pp.pairs.excess
+        out[scheme] = {**{k: p.to_dict() for k, p in cal.quant.params.items()},
+                       "r2_loco": cal.quant.loco.r2, "r2_in_sample": cal.quant.r2_in_sample,
+                       "r2_zero_constant_prediction": 1 - float(((y - pp.pred) ** 2).sum())
+                       / float(((y - y.mean()) ** 2).sum()),
+                       "r2_difference": {"estimate": D, "se_jackknife": se, "n_adapters": G,
+                                         "n_pairs": n},
+                       "n_pairs": len(pp), "n_adapters": len(pp.adapters), "usable": ok,
+                       "why": why, "weakly_identified": list(cal.quant.weakly_identified),
+                       "scale": scale, "notes": list(cal.notes)}
+        verdicts += fit_verdicts(cal)
+    v = prediction_verdict(ptq_records)
+    if v is not None:
+        verdicts.append(v)
+    else:
+        notes.append("PTQ: no (scheme, r, b) cell with its excess above noise: no "
+                     "curvature-prediction verdict")
+    v = form_verdict(fitted)
+    if v is not None:
+        verdicts.append(v)
+    return out, verdicts
+
+
 def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
                     scale: str | None = None, n_boot: int = 1000, seed: int = 0, tol: float = 0.01,
-                    notes: list[str] | None = None, table_ranks=(4, 8, 16, 32), table_Ns=None
-                    ) -> tuple[dict, Calibration | None]:
+                    notes: list[str] | None = None, table_ranks=(4, 8, 16, 32), table_Ns=None,
+                    ptq_records: list[dict] | None = None) -> tuple[dict, Calibration | None]:
     """Everything ``quantbounds calibrate`` writes (verdicts, fits, b* table, data summary),
     and the Calibration object (None when nothing could be fitted). ``records``: run-record
-    dicts (screened and paired here, once) or a PairedRuns. The verdicts are one family:
+    dicts (screened and paired here, once) or a PairedRuns; ``ptq_records``: the
+    ``quantbounds.ptq/1`` records of their post-training-quantized adapters (:func:`_ptq_fits`),
+    when there are any. The verdicts are one family:
     :func:`quantbounds.verdicts.results.write_results` applies one Holm step at
     ``family_alpha`` over every hypothesis, each reading of a multi-reading verdict included
     (:func:`finalized` gives the verdicts as written)."""
@@ -124,6 +181,10 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     # verdicts: the seeds' claims on the pairs, then the theory's exponents against each fit
     claims, claim_notes = claim_verdicts(runs, seed=seed)
     verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
+    ptq = None
+    if ptq_records:
+        ptq, ptq_verdicts = _ptq_fits(ptq_records, runs, n_boot=n_boot, seed=seed, notes=notes)
+        verdicts += ptq_verdicts
     family_alpha = standard.ALPHA  # one Holm step over the file: results.finalize_verdicts
     # what the design could detect, where a reader of the table sees it
     verdicts = [replace(v, conditions=f"{v.conditions}; power: {v.details['power']}")
@@ -133,6 +194,8 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     fits["usable"] = ({t: {"usable": ok, "why": why} for t, (ok, why) in fit_usability(cal).items()}
                       if cal is not None else {})
     fits["by_arm"] = by_arm
+    if ptq is not None:
+        fits["ptq"] = ptq
     return {"synthetic": is_synthetic(runs.records),
             "verdicts": [v.to_dict() for v in verdicts],
             "family_alpha": family_alpha,
@@ -163,6 +226,9 @@ def _parser():
     p.add_argument("--baseline", default="fp16", help="16-bit baseline arm")
     p.add_argument("--scale", default=None,
                    help="LoRA scale convention to fit (default: most frequent)")
+    p.add_argument("--ptq", default=None,
+                   help="post-training-quantization records (quantbounds.ptq/1; default: "
+                        "<records stem>.ptq.jsonl beside the records when it exists; '' = none)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--tol", type=float, default=0.01, help="excess-loss tolerance (nats) for b*")
     p.add_argument("--ranks", default="4,8,16,32", help="ranks r of the b* table")
@@ -204,6 +270,19 @@ def _print_summary(out: dict, path) -> None:
     print("wrote", path)
 
 
+def _ptq_path(records, given):
+    """The PTQ records to read: ``given`` ('' = none), else ``<stem>.ptq.jsonl`` beside the
+    run records when it exists (what ``quantbounds sweep`` writes), else None."""
+    from pathlib import Path
+
+    if given is not None:
+        return Path(given) if given else None
+    p = Path(records)
+    sibling = p.with_name(p.name[: -len(".jsonl")] + ".ptq.jsonl") if p.name.endswith(
+        ".jsonl") else p.with_name(p.name + ".ptq.jsonl")
+    return sibling if sibling.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``quantbounds calibrate runs.jsonl``: fits, verdicts and figures from run records."""
     import sys
@@ -225,11 +304,26 @@ def main(argv: list[str] | None = None) -> int:
               "; ".join(notes) or "file is empty")
         return 2
     runs = pair_runs(read.records)
+    ptq_path = _ptq_path(a.records, a.ptq)
+    ptq_records = None
+    if ptq_path is not None:
+        from quantbounds.calib.records import read_ptq_records
+
+        try:
+            got = read_ptq_records(ptq_path)
+        except FileNotFoundError as err:
+            print(f"quantbounds calibrate: --ptq: {err}")
+            return 2
+        ptq_records = got.records
+        if got.errors:
+            notes.append(f"{ptq_path}: {len(got.errors)} unreadable PTQ lines skipped")
     out, cal = run_calibration(runs, arm=a.arm, baseline_arm=a.baseline, scale=a.scale,
                                n_boot=a.n_boot, seed=a.seed, tol=a.tol, notes=notes,
+                               ptq_records=ptq_records,
                                table_ranks=[int(x) for x in a.ranks.split(",")],
                                table_Ns=[int(x) for x in a.n.split(",")] if a.n else None)
     out["records_file"] = str(a.records)
+    out["ptq_records_file"] = None if ptq_path is None else str(ptq_path)
     out["command"] = "quantbounds calibrate " + shlex.join(argv)
     shown = finalized(out)
     figures = figures_dir(a)

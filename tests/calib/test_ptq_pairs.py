@@ -1,0 +1,174 @@
+"""quantbounds.calib.ptq_pairs and calibrate_pairs: PTQ records as paired data, the fit on them,
+and the verdicts built on them (quantbounds.verdicts.ptq_claims), on hand-built records."""
+
+import math
+
+import numpy as np
+import pytest
+
+from quantbounds.calib.calibration import CalibrationError, calibrate_pairs, quant_model
+from quantbounds.calib.pairing import Pairs
+from quantbounds.calib.ptq_pairs import ptq_pairs, ratio_interval
+from quantbounds.calib.records import make_ptq_record
+from quantbounds.verdicts.ptq_claims import form_verdict, prediction_verdict, r2_difference
+
+
+def _rec(adapter, seed, rank, bits, dl, *, scheme="sr_tensor", draw=0, plug=None, first=0.0,
+         half=None, ref=3.0):
+    plug = dl if plug is None else plug
+    half = abs(dl) * 0.05 if half is None else half
+    return make_ptq_record(
+        run_id=f"{adapter}-{scheme}-{bits}-{draw}", arm="fp16", rank=rank, seed=seed, bits=bits,
+        ptq_scheme=scheme, ptq_draw=draw, eval_loss=ref + dl, eval_loss_ref=ref, delta_loss=dl,
+        delta_loss_ci=[dl - half, dl + half], pred_plugin=plug, pred_first_order=first,
+        pred_moment=None, eps_ba_fro2=1.0, eps_ba_x2=1.0, layers={}, eval_tokens=1000,
+        ptq_of=adapter, scale="alpha_r", lora_alpha=16.0)
+
+
+def test_pairs_average_draws_and_look_up_n_train():
+    recs = [_rec("a", 0, 8, 2, 0.010, draw=0), _rec("a", 0, 8, 2, 0.014, draw=1),
+            _rec("a", 0, 8, 16, 1e-9), _rec("b", 1, 4, 3, 0.002),
+            _rec("b", 1, 4, 3, -0.5, scheme="rtn_tensor")]
+    runs = [{"run_id": "a", "n_train": 200}]
+    pp = ptq_pairs(recs, runs, scheme="sr_tensor")
+    assert len(pp) == 2 and pp.adapters == ("a", "b")  # b = 16 is left out (max_bits 15)
+    p = pp.pairs
+    assert p.arm == "ptq_sr_tensor"
+    assert p.excess.tolist() == pytest.approx([0.012, 0.002])
+    assert p.n_train.tolist() == [200, -1] and p.group.tolist() == [0, 1]
+    assert p.s.tolist() == pytest.approx([2.0, 4.0])  # α/r
+    assert pp.pred.tolist() == pytest.approx([0.012, 0.002])
+    assert len(ptq_pairs(recs, scheme="sr_tensor", max_bits=None)) == 3
+    with pytest.raises(ValueError, match="scheme"):
+        ptq_pairs(recs, scheme="rtn")
+    with pytest.raises(ValueError, match="prediction"):
+        ptq_pairs(recs, scheme="sr_tensor", prediction="third")
+
+
+def test_signed_ratio_interval():
+    """A negative measured sum (the first-order term lowers the loss) gives a positive ratio
+    when the prediction has the same sign; R = Σ P / Σ M exactly."""
+    recs = [_rec("a", 0, 8, 2, -0.010, plug=0.002, first=-0.014),
+            _rec("b", 1, 8, 2, -0.020, plug=0.002, first=-0.020)]
+    R, lo, hi, g = ratio_interval(recs, lambda r: r["pred_plugin"] + r["pred_first_order"])
+    assert R == pytest.approx(-0.030 / -0.030) and g == 2 and lo < R < hi
+
+
+def _world(rho=4.0, beta=-1.0, c2=2.0, noise=0.0, seed=0, ranks=(4, 8, 16, 32),
+           bits=(2, 3, 4, 5, 6), seeds=(0, 1, 2)):
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("rank", "bits", "n_train", "seed", "group", "q", "base")}
+    g = 0
+    for s in seeds:
+        for r in ranks:
+            for b in bits:
+                y = c2 * r**beta * rho ** (-b) * math.exp(noise * rng.normal())
+                for k, v in zip(cols, (r, b, 200, s, g, 3.0 + y, 3.0)):
+                    cols[k].append(v)
+            g += 1
+    arr = {k: np.asarray(v, float if k in ("q", "base") else int) for k, v in cols.items()}
+    return Pairs(arm="ptq_sr_tensor", baseline_arm="fp16", metric="eval_loss", **arr), g
+
+
+def test_calibrate_pairs_recovers_an_exact_world():
+    pairs, g = _world()
+    cal = calibrate_pairs(pairs, n_groups=g, scale="alpha_r", n_boot=20)
+    p = cal.quant.params
+    assert p["per_bit_factor"].value == pytest.approx(4.0, rel=1e-5)
+    assert p["exponent_r"].value == pytest.approx(-1.0, abs=1e-5)
+    assert p["C2"].value == pytest.approx(2.0, rel=1e-4)
+    assert cal.quant.loco.r2 == pytest.approx(1.0, abs=1e-8) and cal.gen is None
+    assert cal.arm == "ptq_sr_tensor"
+
+
+def test_calibrate_pairs_bad_input():
+    pairs, g = _world()
+    with pytest.raises(ValueError, match="n_groups"):
+        calibrate_pairs(pairs, n_groups=0, scale="alpha_r")
+    with pytest.raises(ValueError, match="pairs.group"):
+        calibrate_pairs(pairs, n_groups=g - 1, scale="alpha_r")
+    few, _ = _world(ranks=(4,), bits=(2, 3), seeds=(0,))
+    with pytest.raises(CalibrationError, match="pairs"):
+        calibrate_pairs(few, n_groups=1, scale="alpha_r")
+
+
+def test_r2_difference_hand_case_and_jackknife():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = y.copy()                                   # perfect: R² = 1
+    loco = np.array([2.0, 2.0, 3.0, 3.0])             # R² = 1 − 2/5
+    adapter = np.array([0, 0, 1, 1])
+    D, se, G, n = r2_difference(y, pred, loco, adapter)
+    assert D == pytest.approx(2 / 5) and G == 2 and n == 4
+    # leave adapter 0 out: y = [3, 4], SST 0.5, SSE_loco 1 → 2; leave 1 out: y = [1, 2] → 2
+    assert se == pytest.approx(0.0)
+    D2, _, _, n2 = r2_difference(y, pred, np.array([np.nan, 2.0, 3.0, 3.0]), adapter)
+    assert n2 == 3  # pairs without a held-out prediction are left out of both R²
+
+
+def test_form_verdict_prefers_the_prediction_when_the_form_is_wrong():
+    """A world whose cost falls like 2^(−b)·(1 + sign flips with r): the fitted C2·r^β·ρ^(−b)
+    cannot follow it, the exact prediction can: holds."""
+    pairs, g = _world(noise=0.0)
+    y = pairs.excess * np.where(pairs.rank % 16 == 0, -1.0, 1.0) * 2.0 ** pairs.bits
+    bad = Pairs(**{**pairs.__dict__, "q": pairs.base + y})
+    from quantbounds.calib.ptq_pairs import PtqPairs
+
+    pp = PtqPairs(scheme="rtn_tensor", prediction="first+2nd", pairs=bad, pred=y.copy(),
+                  adapters=tuple(range(g)), records=())
+    pp_noisy = PtqPairs(scheme="sr_tensor", prediction="first+2nd", pairs=bad,
+                        pred=y * (1 + 0.05 * np.random.default_rng(1).normal(size=y.size)),
+                        adapters=tuple(range(g)), records=())
+    fits = {s: (q, calibrate_pairs(q.pairs, n_groups=g, scale="alpha_r", n_boot=0))
+            for s, q in (("rtn_tensor", pp), ("sr_tensor", pp_noisy))}
+    v = form_verdict(fits)
+    assert v.claim_id == "toolkit.ptq.prediction_vs_form"
+    assert v.verdict == "holds", v.details
+
+
+def test_prediction_verdict_holds_on_an_exact_prediction_and_fails_on_a_wrong_sign():
+    good = [_rec(f"a{k}", k, 8, b, 0.01 * 4.0 ** (2 - b) * (1 + 0.01 * k), half=1e-6)
+            for k in range(3) for b in (2, 3)]
+    v = prediction_verdict(good)
+    assert v.claim_id == "toolkit.curvature.loss_prediction" and v.verdict == "holds", v.details
+    wrong = [_rec(f"a{k}", k, 8, 2, 0.01 * (1 + 0.01 * k), plug=-0.01, half=1e-6)
+             for k in range(3)]
+    assert prediction_verdict(wrong).verdict == "fails"
+    noise = [_rec("a", 0, 8, 2, 1e-5, half=1e-4)]
+    assert prediction_verdict(noise) is None  # no cell above noise
+
+
+def test_quant_model_is_the_fitted_form():
+    # the pairs' fit is the module's one formula: C2·r^β·ρ^(−b) with θ = (ln C2, β, ln ρ)
+    theta = np.array([math.log(2.0), -1.0, math.log(4.0)])
+    assert quant_model(theta, np.array([8.0]), np.array([3.0]))[0] == pytest.approx(2 / 8 / 64)
+
+
+def test_calibrate_command_reads_the_ptq_records_beside_the_run_records(tmp_path):
+    """``quantbounds calibrate runs.jsonl`` finds runs.ptq.jsonl, fits the quantization term per
+    PTQ scheme and adds the PTQ verdicts (their claim ids are in the registry); ``--ptq ''``
+    turns it off."""
+    import json
+
+    from quantbounds.calib.synthetic import synthetic_records
+    from quantbounds.cli.calibrate import _ptq_path, main
+
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records(seed=3)))
+    assert _ptq_path(runs, None) is None
+    ptq = [_rec(f"a{k}-{r}", k, r, b, 0.02 * 4.0 ** (2 - b) * 8 / r * (1 + 0.02 * k), half=1e-6)
+           for k in range(3) for r in (4, 8, 16) for b in (2, 3, 4, 5)]
+    (tmp_path / "runs.ptq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ptq))
+    assert _ptq_path(runs, None) == tmp_path / "runs.ptq.jsonl"
+    assert _ptq_path(runs, "") is None
+    out = tmp_path / "cal.json"
+    assert main([str(runs), "--out", str(out), "--figures", "", "--n-boot", "20"]) == 0
+    got = json.loads(out.read_text())
+    sr = got["fits"]["ptq"]["sr_tensor"]
+    assert sr["per_bit_factor"]["value"] == pytest.approx(4.0, rel=0.02)
+    assert sr["exponent_r"]["value"] == pytest.approx(-1.0, abs=0.02)
+    ids = {v["claim_id"] for v in got["verdicts"]}
+    assert {"toolkit.curvature.loss_prediction", "toolkit.ptq.prediction_vs_form"} <= ids
+    assert got["ptq_records_file"].endswith("runs.ptq.jsonl")
+    assert main([str(runs), "--out", str(out), "--figures", "", "--n-boot", "0",
+                 "--ptq", ""]) == 0
+    assert "ptq" not in json.loads(out.read_text())["fits"]
