@@ -26,7 +26,7 @@ END = "<!-- findings:end -->"
 SOURCES = (
     ("validation.json", "quantbounds validate"),
     ("audit.json", "quantbounds audit"),
-    ("calibration.json", "quantbounds calibrate results/runs_embedded.jsonl"),
+    ("calibration.json", "quantbounds calibrate results/runs_chitchat.jsonl"),
     ("allocation_check.json", "python -m real_runs.allocation_check"),
 )
 VERDICT_ORDER = ("holds", "fails", "conditional", "inconclusive")
