@@ -3,7 +3,9 @@
 Reads (each optional) ``results/validation.json`` (``quantbounds validate``),
 ``results/audit.json`` (``quantbounds audit``), ``results/calibration.json``
 (``quantbounds calibrate``), ``results/allocation.json`` (``quantbounds allocate``) and
-``results/allocation_check.json`` (``python -m real_runs.allocation_check``), plus every
+``results/allocation_check.json`` (``python -m real_runs.allocation_check``),
+``results/testbed.json`` (``python -m real_runs.testbed_report``) and
+``results/ptq_prediction.json`` (``python -m real_runs.ptq_report``), plus every
 PNG under ``figures/``, and writes ``results/REPORT.md``: a summary of verdict counts, each
 part's verdict table, the calibrated constants with their intervals, the b* table and the
 figures. A missing or unreadable part is named with the command that produces it; the report
@@ -87,6 +89,7 @@ def _calibration_section(d: dict) -> list[str]:
                   f"`{settings.get('arm')}` at scale `{settings.get('scale')}`.", ""]
     fits = d.get("fits", {})
     lines += _constants_table(fits) + _by_arm_table(fits.get("by_arm") or {})
+    lines += _ptq_fits_table(fits.get("ptq") or {})
     lines += _loco_line(fits.get("quantization") or {})
     lines += _bits_table(d.get("bits_table") or [], settings)
     if d.get("notes"):
@@ -126,6 +129,110 @@ def _by_arm_table(by_arm: dict) -> list[str]:
         lines.append(f"| {arm} | {_param_cell(e['C2'])} | {_param_cell(e['per_bit_factor'])} | "
                      f"{_param_cell(e['exponent_r'])} | {_cell(e.get('r2_loco'))} | "
                      f"{e.get('n_pairs')} |")
+    return lines
+
+
+def _ptq_fits_table(ptq: dict) -> list[str]:
+    """The quantization term fitted to the post-training quantization of trained adapters,
+    per scheme, beside the zero-constant curvature prediction's R² on the same pairs."""
+    if not ptq:
+        return []
+    lines = ["", "The quantization term fitted to post-training quantization of the trained "
+                 "adapters (one pair per adapter and b), beside the curvature prediction with no "
+                 "fitted constant:", "",
+             "| scheme | C2 | per_bit_factor (theory 4) | exponent_r | LOCO R² (form) | "
+             "R² (prediction, no constant) | R²_pred − R²_LOCO ± se | pairs / adapters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for scheme, e in ptq.items():
+        if "per_bit_factor" not in e:
+            lines.append(f"| {scheme} | {_cell(e.get('status'))} | | | | | | |")
+            continue
+        d = e.get("r2_difference") or {}
+        diff = (f"{d['estimate']:.3g} ± {d['se_jackknife']:.2g}"
+                if isinstance(d.get("estimate"), float) and isinstance(d.get("se_jackknife"), float)
+                else "—")
+        lines.append(f"| {scheme} | {_param_cell(e['C2'])} | {_param_cell(e['per_bit_factor'])} | "
+                     f"{_param_cell(e['exponent_r'])} | {_cell(e.get('r2_loco'))} | "
+                     f"{_cell(e.get('r2_zero_constant_prediction'))} | {diff} | "
+                     f"{e.get('n_pairs')} / {e.get('n_adapters')} |")
+    return lines
+
+
+def _testbed_sections(results_dir: Path) -> list[str]:
+    """The real-run testbed's power (``python -m real_runs.testbed_report``) and the PTQ
+    prediction table (``python -m real_runs.ptq_report``), when present."""
+    lines = []
+    p = results_dir / "testbed.json"
+    if p.exists():
+        try:
+            t = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            return ["", "## Testbed", "", f"`{p}` is unreadable: {err}"]
+        lines += ["", "## The real-run testbed: fine-tuning gain and effect sizes", "",
+                  f"From `python -m real_runs.testbed_report {t.get('source')}` "
+                  f"({t.get('n_runs')} runs, {t.get('n_ptq_records')} PTQ records). Gain = "
+                  "L(base, adapter off) − L(tuned) on the same held-out tokens (positive: the "
+                  "fine-tune helped); mean over seeds, 95 % t interval over seeds.", "",
+                  "| arm | b | N | r | seeds | gain [95 % CI] | eval loss | F1 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in t.get("finetune") or []:
+            g = row.get("gain") or {}
+            ci = g.get("ci") if g else None
+            finite = bool(ci) and all(isinstance(x, (int, float)) and x == x and abs(x) != float(
+                "inf") for x in ci)
+            gain = (_cell(g.get("estimate")) + (f" {_cell(ci)}" if finite else " (one seed)")
+                    if g else "—")
+            ev, f1 = row.get("eval_loss") or {}, row.get("f1") or {}
+            lines.append(f"| {row.get('arm')} | {row.get('bits')} | {row.get('n_train')} | "
+                         f"{row.get('rank')} | {len(row.get('seeds') or [])} | {gain} | "
+                         f"{_cell(ev.get('estimate'))} | {_cell(f1.get('estimate'))} |")
+        tb = t.get("two_bit_power") or {}
+        if tb:
+            lines += ["", "2-bit PTQ cost in paired standard errors (min over a rank's records; "
+                          "the target is ≥ 10 at every rank):", "",
+                      "| scheme | " + " | ".join(f"r = {r}" for r in sorted(
+                          {int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})}))
+                      + " | met |"]
+            ranks = sorted({int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})})
+            lines.append("|---|" + "---|" * len(ranks) + "---|")
+            for scheme, e in tb.items():
+                z = e.get("z_min_by_rank") or {}
+                if not z:
+                    continue
+                lines.append(f"| {scheme} | " + " | ".join(_cell(z.get(str(r))) for r in ranks)
+                             + f" | {e.get('met_at_every_rank')} |")
+    p = results_dir / "ptq_prediction.json"
+    if p.exists():
+        try:
+            q = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            return lines + ["", f"`{p}` is unreadable: {err}"]
+        lines += ["", "## Loss cost of post-training quantization: predicted ÷ measured", "",
+                  f"From `python -m real_runs.ptq_report {q.get('source')}` "
+                  f"({q.get('n_records')} records); predictions with no constant fitted to a "
+                  "quantized run; ratio Σ pred ÷ Σ measured over the trained adapters, 95 % "
+                  "interval (— where the measured cost is within its interval of 0).", "",
+                  "| scheme | b | records | measured ΔL (mean) | second ÷ meas | "
+                  "first+2nd ÷ meas | moment ÷ meas |", "|---|---|---|---|---|---|---|"]
+        for row in q.get("pooled_over_rank") or []:
+            cells = []
+            for name in ("second", "first+2nd", "moment"):
+                x = row.get(name)
+                if not x or x.get("ratio") is None:
+                    cells.append("—")
+                    continue
+                ci = x.get("ci")
+                cells.append(f"{x['ratio']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
+            lines.append(f"| {row['scheme']} | {row['bits']} | {row['n_records']} | "
+                         f"{_cell(row['measured_mean'])} | " + " | ".join(cells) + " |")
+        agree = q.get("agreement_R2_0") or {}
+        if agree:
+            lines += ["", "Signed agreement R²₀ (each prediction used as is, slope 1, no "
+                          "intercept):", "", "| scheme | n | second | first+2nd | moment |",
+                      "|---|---|---|---|---|"]
+            for k, v in agree.items():
+                lines.append(f"| {k} | {v.get('n')} | {_cell(v.get('second'))} | "
+                             f"{_cell(v.get('first+2nd'))} | {_cell(v.get('moment'))} |")
     return lines
 
 
@@ -251,6 +358,7 @@ def build_report(*, results_dir="results", figures_dir="figures",
     missing = [key for key, (_data, err) in loaded.items() if err]
     lines = (_summary_section(loaded, results_dir, figures_dir)
              + _part_sections(loaded, results_dir) + _allocation_sections(results_dir)
+             + _testbed_sections(results_dir)
              + _figure_section(figures_dir, out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -102,3 +102,33 @@ def test_modules_import_without_torch_jax_or_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
+    """testbed.json and ptq_prediction.json (written by real_runs.testbed_report / ptq_report)
+    become their own sections, numbers taken from the files; a one-seed row has no interval."""
+    r = tmp_path / "results"
+    write_json_atomic(r / "testbed.json", {
+        "source": "runs.jsonl", "n_runs": 2, "n_ptq_records": 1,
+        "finetune": [{"arm": "fp16", "bits": 16, "n_train": 600, "rank": 8, "seeds": [0, 1, 2],
+                      "gain": {"estimate": 0.0123, "ci": [0.001, 0.0236]},
+                      "eval_loss": {"estimate": 5.25}, "f1": {"estimate": 0.041}},
+                     {"arm": "adapter_rtn", "bits": 2, "n_train": 200, "rank": 8, "seeds": [0],
+                      "gain": {"estimate": 0.0009, "ci": [float("nan"), float("nan")]},
+                      "eval_loss": {"estimate": 5.27}, "f1": {"estimate": 0.038}}],
+        "two_bit_power": {"sr_tensor": {"z_min_by_rank": {"4": 4.4, "8": 11.5},
+                                        "met_at_every_rank": False}}})
+    write_json_atomic(r / "ptq_prediction.json", {
+        "source": "runs.ptq.jsonl", "n_records": 3,
+        "pooled_over_rank": [{"scheme": "sr_tensor", "bits": 2, "n_records": 3,
+                              "measured_mean": 0.0183,
+                              "second": {"ratio": 0.7, "ci": [0.45, 0.95]},
+                              "first+2nd": {"ratio": 0.69, "ci": None}, "moment": None}],
+        "agreement_R2_0": {"all": {"n": 3, "second": 0.79, "first+2nd": 0.84, "moment": None}}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert "| fp16 | 16 | 600 | 8 | 3 | 0.0123 [0.001, 0.0236] | 5.25 | 0.041 |" in text
+    assert "| adapter_rtn | 2 | 200 | 8 | 1 | 0.0009 (one seed) |" in text
+    assert "| sr_tensor | 4.4 | 11.5 | False |" in text
+    assert "| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | 0.69 | — |" in text
+    assert "| all | 3 | 0.79 | 0.84 | — |" in text
