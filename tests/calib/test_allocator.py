@@ -281,6 +281,49 @@ def test_rejudge_the_committed_allocation_check_without_runs(tmp_path):
     assert v["details"]["differences"] == pytest.approx(
         [out["eval_loss"]["allocation"][str(s)] - out["eval_loss"]["reference_uniform"][str(s)]
          for s in range(6)])
+    # the committed summary predates the granularity: its legacy charge is said, not hidden
+    assert out["storage"]["block_size"] == 64 and "legacy" in out["storage"]["granularity"]
     again = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
                     str(root / "calibration.json"), str(prev))
     assert again["verdicts"] == out["verdicts"] and again["notes"] == out["notes"]
+
+
+@pytest.mark.torch
+def test_allocation_check_charges_the_granularity_its_runs_quantize_at():
+    pytest.importorskip("torch")
+    from real_runs.allocation_check import CheckConfig, adapter_storage
+
+    s = adapter_storage(CheckConfig())  # adapter_rtn, no block size: one absmax per factor
+    assert (s["granularity"], s["block_size"], s["scale_bits"]) == ("tensor", None, 32)
+    s = adapter_storage(CheckConfig(arm="adapter_nf4"))  # NF4 adapters: blocks of 64
+    assert (s["granularity"], s["block_size"]) == ("block", 64)
+    with pytest.raises(ValueError, match="arm 'fp16'"):  # its adapters have no scales
+        adapter_storage(CheckConfig(arm="fp16"))
+
+
+@pytest.mark.torch
+def test_allocation_check_threads_the_storage_through_budget_and_memory(tmp_path, monkeypatch):
+    """run_check without fine-tunes (shapes and runs stubbed): the budget is the reference's
+    per-tensor charge, hand-counted, and the output records the granularity."""
+    pytest.importorskip("torch")
+    import real_runs.allocation_check as ac
+
+    shapes = {"h.0.attn.c_attn": (384, 128), "h.0.mlp.c_fc": (512, 128)}
+    monkeypatch.setattr(ac, "layer_shapes", lambda c: shapes)
+    monkeypatch.setattr(ac, "_run", lambda cfg, path: {
+        "eval_loss": 3.0 + 0.01 * cfg.seed, "n_train": 500, "lora_scale": 2.0,
+        "range_A": {k: 0.1 for k in shapes}, "range_B": {k: 0.01 for k in shapes},
+        "x_norm2": {k: 4.0 for k in shapes}})
+    c = ac.CheckConfig(calibration=None, records=str(tmp_path / "r.jsonl"),
+                       out=str(tmp_path / "out.json"))
+    out = ac.run_check(c)
+    # r = 8, b = 4, per tensor: r·(m+n)·4 + 2·32 bits per layer
+    want = sum(8 * (m + n) * 4 + 64 for m, n in shapes.values()) / 8
+    assert out["budget_bytes"] == want == out["memory_bytes"]["reference_uniform"]
+    assert out["storage"]["granularity"] == "tensor"
+    assert json.loads((tmp_path / "out.json").read_text())["storage"]["block_size"] is None
+    layers = [LayerSpec(name=k, m=m, n=n) for k, (m, n) in shapes.items()]
+    alloc = {k: tuple(v) for k, v in out["allocation"].items()}
+    assert out["memory_bytes"]["allocation"] == sum(
+        memory_bits(layer, *alloc[layer.name], granularity="tensor") for layer in layers) / 8
+    assert out["memory_bytes"]["allocation"] <= want
