@@ -12,10 +12,12 @@ Procedure (every number below is measured; the allocation itself is a prediction
 2. A pilot run at the reference uniform (r₀, b₀) gives each layer's factor ranges R_A, R_B
    and input energy ‖x‖² (run-record fields range_A, range_B, x_norm2); the pilot also serves
    as the reference run of its seed.
-3. The budget is the reference's adapter memory Σ_l memory_bits(l, r₀, b₀). The allocator
-   minimises the calibrated bound (constants from results/calibration.json when its fits are
-   usable for decisions — not weakly identified, held-out R² ≥ 0 — else the theory's, which
-   the output says) within it, and also names the best uniform choice.
+3. The budget is the reference's adapter memory Σ_l memory_bits(l, r₀, b₀), charging the
+   scales at the granularity the runs quantize the adapters at (:func:`adapter_storage`, read
+   from the runs' own configuration; per tensor for adapter_rtn), recorded as ``storage``.
+   The allocator minimises the calibrated bound (constants from results/calibration.json
+   when its fits are usable for decisions — not weakly identified, held-out R² ≥ 0 — else
+   the theory's, which the output says) within it, and also names the best uniform choice.
 4. For every seed: fine-tune the allocation (PEFT rank_pattern + per-layer bits_pattern), the
    bound's best uniform choice and the reference; compare held-out eval loss, paired by seed.
 
@@ -43,6 +45,7 @@ import numpy as np
 from scipy import stats
 
 from quantbounds.calib.allocator import (
+    ABSMAX_BITS,
     LayerSpec,
     allocate,
     memory_bits,
@@ -160,8 +163,26 @@ def patterns(choice: dict) -> tuple[dict, dict]:
     return rp, bp
 
 
+def adapter_storage(c: CheckConfig) -> dict:
+    """How the check's runs store the quantized adapters, read from the runs' configuration
+    (``FinetuneConfig.resolved_block_size()``, which ``real_runs.arms.attach_adapter_quant``
+    passes to the quantizer): no block size is one absmax per factor ("tensor"), a block size
+    one per block of each factor ("block"). The allocator charges these scales. (An arm that
+    does not quantize the factors is refused by FinetuneConfig at bits < 16.)"""
+    cfg = _finetune_cfg(c, seed=c.seeds[0], rank=c.rank, bits=c.bits)
+    bs = cfg.resolved_block_size()
+    return {
+        "granularity": "tensor" if bs is None else "block",
+        "block_size": bs,
+        "scale_bits": ABSMAX_BITS,
+        "source": f"FinetuneConfig(arm={c.arm!r}).resolved_block_size() = {bs}",
+    }
+
+
 def run_check(c: CheckConfig) -> dict:
     records_path = Path(c.records)
+    storage = adapter_storage(c)
+    g = {"granularity": storage["granularity"], "block_size": storage["block_size"]}
     shapes = layer_shapes(c)
     pilot = _run(_finetune_cfg(c, seed=c.seeds[0], rank=c.rank, bits=c.bits), records_path)
     layers = layers_from_pilot(shapes, pilot)
@@ -178,7 +199,7 @@ def run_check(c: CheckConfig) -> dict:
         notes.append(
             "no calibration file: theory constants (C1 = C2 = 1, exponents 4/bit, r¹, √(r/N))"
         )
-    budget = sum(memory_bits(layer, c.rank, c.bits) for layer in layers) / 8
+    budget = sum(memory_bits(layer, c.rank, c.bits, **g) for layer in layers) / 8
     alloc = allocate(
         layers,
         budget_bytes=budget,
@@ -186,6 +207,7 @@ def run_check(c: CheckConfig) -> dict:
         N=pilot["n_train"],
         ranks=c.ranks,
         bits=c.bits_menu,
+        **g,
     )
     uni = alloc.uniform
     arms = {
@@ -213,7 +235,7 @@ def run_check(c: CheckConfig) -> dict:
                 )
             losses[label][seed] = float(_run(cfg, records_path)["eval_loss"])
     mem = {
-        k: sum(memory_bits(layer, *ch[layer.name]) for layer in layers) / 8
+        k: sum(memory_bits(layer, *ch[layer.name], **g) for layer in layers) / 8
         for k, ch in arms.items()
     }
     driven_by_fit = params != dict(THEORY)
@@ -224,6 +246,7 @@ def run_check(c: CheckConfig) -> dict:
         "config": asdict(c),
         "params": params,
         "notes": notes,
+        "storage": storage,
         "budget_bytes": budget,
         "memory_bytes": mem,
         "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
@@ -342,6 +365,17 @@ def allocation_verdicts(
     return out
 
 
+# What a summary written before the allocator took a granularity charged: one float32 per 64
+# consecutive entries of r·(m+n), B and A together, while its runs kept one scale per factor.
+LEGACY_STORAGE = {
+    "granularity": "block over B and A together (legacy charge)",
+    "block_size": 64,
+    "scale_bits": ABSMAX_BITS,
+    "source": "charged 32·⌈r·(m+n)/64⌉ bits per layer before the allocator took a granularity; "
+    "the runs quantized per tensor (one scale per factor)",
+}
+
+
 def rejudge(records_path: str, previous: str, calibration: str | None, out_path: str) -> dict:
     """Re-decide the committed allocation check from its records, without running anything:
     the allocation and its constants come from ``previous`` (the earlier allocation_check.json),
@@ -397,6 +431,7 @@ def rejudge(records_path: str, previous: str, calibration: str | None, out_path:
             if k not in ("verdicts", "family", "notes", "calibration_usable", "command")
         },
         "notes": notes,
+        "storage": prev.get("storage") or LEGACY_STORAGE,
         "eval_loss": {k: {str(s): v for s, v in d.items()} for k, d in losses.items()},
         "calibration_usable": fit_usable,
         "verdicts": [v.to_dict() for v in verdicts],

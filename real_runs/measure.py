@@ -262,13 +262,28 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def _quant_state_bytes(qs) -> int:
-    """Bytes of a bitsandbytes 4-bit QuantState: absmax (+ nested absmax, code, offset)."""
+    """Bytes of a bitsandbytes 4-bit QuantState (``Params4bit.quant_state``), for a weight of
+    numel N quantized in blocks of ``qs.blocksize`` (64 by default):
+
+        absmax   ⌈N/blocksize⌉ × 4 B (float32), or under double quantization × 1 B (uint8 codes)
+        code     16 × 4 B (the float32 NF4 / FP4 table, one per tensor)
+        offset   4 B (double quantization only: the float32 mean subtracted from absmax)
+        state2   double quantization only, the QuantState of the absmax: its own absmax
+                 ⌈⌈N/blocksize⌉/256⌉ × 4 B (float32) and code 256 × 4 B (the dynamic map)
+
+    Every tensor is counted at its own numel × element size, so a non-default block or storage
+    dtype is counted as stored.
+    """
     n = 0
     for name in ("absmax", "code", "offset"):
         t = getattr(qs, name, None)
         if isinstance(t, torch.Tensor):
-            n += t.numel() * t.element_size()
+            n += _nbytes(t)
     if getattr(qs, "state2", None) is not None:
         n += _quant_state_bytes(qs.state2)
     return n
@@ -277,30 +292,49 @@ def _quant_state_bytes(qs) -> int:
 def param_counts(model) -> dict:
     """{"params": logical parameter count, "bytes": stored bytes} of all parameters and buffers.
 
-    bitsandbytes 4-bit weights (Params4bit) pack two values per byte, so their ``numel`` is
-    half the logical count: the logical count is the QuantState's shape, and their bytes add
-    the absmax (and the nested absmax/code of double quantization). 8-bit weights (Int8Params)
-    add their per-row scales SCB (float32).
+    Each parameter is counted once (``model.parameters()`` skips tied duplicates such as GPT-2's
+    lm_head = wte). Per kind of parameter:
+
+        plain tensor                 params numel           bytes numel × element size
+        bnb Params4bit (4-bit)       params ∏ quant_state.shape (the original weight's numel; the
+                                     stored tensor is packed, two 4-bit codes per uint8, numel
+                                     ⌈N/2⌉)
+                                     bytes ⌈N/2⌉ + the QuantState (:func:`_quant_state_bytes`)
+        bnb Int8Params (8-bit)       params numel (int8, one per weight)
+                                     bytes numel × 1 + SCB: one float32 absmax per output row
+                                     (``CB``, where set, is the same int8 storage, not a copy)
+
+    Buffers add their bytes (not counted as parameters).
+
+    Against the state_dict bitsandbytes serializes (tested on a tiny GPT-2): the bytes equal
+    the sum of its tensors' nbytes, each storage once, except for what is metadata there and
+    not stored data here: per 4-bit weight a ``quant_state.bitsandbytes__nf4`` uint8 tensor (the
+    JSON text of quant_type, blocksize, shape, dtype and, under double quantization, the nested
+    blocksize, dtype and offset — so the offset is JSON text there and a 4-byte float32 here),
+    and per 8-bit layer a 1-byte ``weight_format`` marker.
     """
     params = nbytes = 0
     for p in model.parameters():
         qs = getattr(p, "quant_state", None)
         if qs is not None and getattr(qs, "shape", None) is not None:
+            # 4-bit: p is the packed storage; the logical weight is qs.shape
             params += math.prod(qs.shape)
-            nbytes += p.numel() * p.element_size() + _quant_state_bytes(qs)
+            nbytes += _nbytes(p) + _quant_state_bytes(qs)
             continue
         params += p.numel()
-        nbytes += p.numel() * p.element_size()
+        nbytes += _nbytes(p)
         scb = getattr(p, "SCB", None)
         if isinstance(scb, torch.Tensor):
-            nbytes += scb.numel() * scb.element_size()
+            # 8-bit: per-row float32 scales
+            nbytes += _nbytes(scb)
     for b in model.buffers():
-        nbytes += b.numel() * b.element_size()
+        nbytes += _nbytes(b)
     return {"params": int(params), "bytes": int(nbytes)}
 
 
 def model_bytes(model) -> int:
-    """Stored bytes of all parameters and buffers, 4-/8-bit weights with their scales (param_counts)."""
+    """Stored bytes of all parameters and buffers, 4-/8-bit weights with their scales and
+    quantization state (:func:`param_counts`)."""
     return param_counts(model)["bytes"]
 
 

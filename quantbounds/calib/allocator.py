@@ -5,14 +5,17 @@ optimisation), but the objective is Theorem 3.1 with calibrated constants rather
 downstream accuracy. For layers l with weight shapes m_l×n_l, adapter (r_l, b_l):
 
     F = Σ_l [ C1·N^(−c)·v_l·r_l^a  +  C2·w_l·r_l^β·ρ^(−b_l) ]    (b_l = 16: no quantization term)
-    memory_l = r_l·(m_l + n_l)·b_l bits
-               (+ one 32-bit absmax per block of ``block_size`` when b_l < 16)
+    memory_l = r_l·(m_l + n_l)·b_l + 32·k_g(l, r_l) bits      (b_l = 16: no scales)
 
-with v_l = (m_l + n_l)/Σ(m + n) (parameter share) and w_l = S_l/ΣS (sensitivity share), so
-that a uniform (r, b) gives back the model-level calibrated terms C1·r^a·N^(−c) and
-C2·r^β·ρ^(−b). S_l defaults to the variance bound's layer factor (DESIGN.md §2):
-S_l = s²·m_l·n_l·R_A²·R_B²·(‖x‖²/n_l when given), R the factors' absmax ranges.
-Assumption: the terms are additive over layers (the bound is stated for one layer).
+with k_g the number of float32 scales (absmax ranges R) the adapter quantizer keeps at
+granularity g (:func:`scale_count`: 2 per tensor, m + r per channel, ⌈m·r/bs⌉ + ⌈r·n/bs⌉ per
+block), so that the charge is the storage of the scales the runs actually keep (per tensor by
+default, DEFAULT_GRANULARITY). v_l = (m_l + n_l)/Σ(m + n) (parameter share) and
+w_l = S_l/ΣS (sensitivity share), so that a uniform (r, b) gives back the model-level
+calibrated terms C1·r^a·N^(−c) and C2·r^β·ρ^(−b). S_l defaults to the variance bound's
+layer factor (DESIGN.md §2): S_l = s²·m_l·n_l·R_A²·R_B²·(‖x‖²/n_l when given), R the
+factors' absmax ranges. Assumption: the terms are additive over layers (the bound is stated
+for one layer).
 
 The problem is a multiple-choice knapsack; :func:`allocate` solves it EXACTLY by dynamic
 programming over the Pareto frontier (memory, objective) — every state dominated in both is
@@ -29,10 +32,22 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbounds._checks import check_bits, check_int_range, check_positive, check_rank
+from quantbounds._checks import (
+    check_bits,
+    check_choice,
+    check_int_range,
+    check_positive,
+    check_rank,
+)
 
 BLOCK_SIZE = 64        # bitsandbytes' default quantization block (DESIGN.md §2)
-ABSMAX_BITS = 32       # one float32 absmax per block (bitsandbytes without double quantization)
+ABSMAX_BITS = 32       # one float32 scale (absmax R) per group, as the quantizers keep it
+GRANULARITIES = ("tensor", "channel", "block")
+# The granularity the real runs quantize the adapters at: real_runs.finetune.FinetuneConfig
+# has block_size=None, which resolved_block_size() keeps for rtn / sr / noise (adapter_nf4
+# alone resolves to 64), and real_runs.arms.attach_adapter_quant → fakequant.make_quantizer
+# with block_size None is one absmax per factor. No run quantizes per channel.
+DEFAULT_GRANULARITY = "tensor"
 THEORY = {"C1": 1.0, "C2": 1.0, "per_bit_factor": 4.0, "exponent_r": 1.0, "exponent_r_gen": 0.5,
           "exponent_N": 0.5}   # Thm 3.1's exponents, unit constants
 
@@ -68,10 +83,47 @@ class LayerSpec:
         return s * (self.x_norm2 / self.n if self.x_norm2 is not None else 1.0)
 
 
-def memory_bits(layer: LayerSpec, r: int, b: int, *, block_size: int = BLOCK_SIZE) -> int:
-    """Adapter storage: r·(m+n)·b bits, plus a 32-bit absmax per block when b < 16."""
+def check_granularity(granularity: str, block_size) -> tuple[str, int | None]:
+    """(granularity, block_size) validated: granularity one of GRANULARITIES; block_size an
+    integer ≥ 1 when granularity is "block" (ignored, returned as None, otherwise)."""
+    check_choice(granularity, "granularity", GRANULARITIES)
+    if granularity != "block":
+        return granularity, None
+    return granularity, check_int_range(block_size, "block_size", 1)
+
+
+def scale_count(layer: LayerSpec, r: int, *, granularity: str = DEFAULT_GRANULARITY,
+                block_size: int | None = BLOCK_SIZE) -> int:
+    """Number of scales (absmax ranges) kept for the factors B (m×r) and A (r×n) of a layer:
+
+        "tensor"   2                         one per factor
+        "channel"  m + r                     one per output row of each factor (B: m, A: r)
+        "block"    ⌈m·r/bs⌉ + ⌈r·n/bs⌉       per factor separately: blocks do not straddle B
+                                             and A (a short last block keeps its own scale;
+                                             the runs require bs to divide m·r and r·n)
+    """
+    granularity, bs = check_granularity(granularity, block_size)
+    m, n = layer.m, layer.n
+    if granularity == "tensor":
+        return 2
+    if granularity == "channel":
+        return m + r
+    return math.ceil(m * r / bs) + math.ceil(r * n / bs)
+
+
+def memory_bits(layer: LayerSpec, r: int, b: int, *, granularity: str = DEFAULT_GRANULARITY,
+                block_size: int | None = BLOCK_SIZE) -> int:
+    """Adapter storage of one layer in bits:
+
+        r·(m+n)·b + 32·scale_count(layer, r)     b < 16
+        r·(m+n)·16                               b = 16 (16-bit floats, no scales)
+
+    granularity: "tensor" (default: what the runs use, see DEFAULT_GRANULARITY), "channel" or
+    "block" with ``block_size`` entries per block (:func:`scale_count`).
+    """
     n_el = r * (layer.m + layer.n)
-    return n_el * b + (ABSMAX_BITS * math.ceil(n_el / block_size) if b < 16 else 0)
+    scales = scale_count(layer, r, granularity=granularity, block_size=block_size)
+    return n_el * b + (ABSMAX_BITS * scales if b < 16 else 0)
 
 
 @dataclass
@@ -84,11 +136,13 @@ class Allocation:
     budget_bytes: float
     uniform: dict | None = None
     params: dict = field(default_factory=dict)
+    storage: dict = field(default_factory=dict)   # {"granularity", "block_size", "scale_bits"}
 
     def to_dict(self) -> dict:
         return {"choice": {k: {"rank": r, "bits": b} for k, (r, b) in self.choice.items()},
                 "objective": self.objective, "memory_bytes": self.memory_bytes,
-                "budget_bytes": self.budget_bytes, "uniform": self.uniform, "params": self.params}
+                "budget_bytes": self.budget_bytes, "uniform": self.uniform, "params": self.params,
+                "storage": self.storage}
 
 
 def _terms(layers, params: dict, N: float):
@@ -112,10 +166,11 @@ def _terms(layers, params: dict, N: float):
     return cost
 
 
-def _options(layers, ranks, bits, cost, block_size):
+def _options(layers, ranks, bits, cost, granularity, block_size):
     out = []
     for i, layer in enumerate(layers):
-        opts = [(memory_bits(layer, r, b, block_size=block_size), cost(i, r, b), (r, b))
+        opts = [(memory_bits(layer, r, b, granularity=granularity, block_size=block_size),
+                 cost(i, r, b), (r, b))
                 for r in ranks if r <= min(layer.m, layer.n) for b in bits]
         if not opts:
             raise ValueError(f"layer {layer.name!r} ({layer.m}×{layer.n}) admits none of ranks "
@@ -130,7 +185,7 @@ def objective(layers, choice: dict, *, params: dict, N: float) -> float:
     return float(sum(cost(i, *choice[layer.name]) for i, layer in enumerate(layers)))
 
 
-def _check_inputs(layers, ranks, bits, budget_bytes):
+def _check_inputs(layers, ranks, bits, budget_bytes, granularity, block_size):
     if not layers:
         raise ValueError("layers must be a non-empty list of LayerSpec")
     names = [layer.name for layer in layers]
@@ -141,21 +196,25 @@ def _check_inputs(layers, ranks, bits, budget_bytes):
     for b in bits:
         check_bits(b, "bits[i]")
     check_positive(budget_bytes, "budget_bytes")
+    return check_granularity(granularity, block_size)
 
 
 def allocate(layers: list[LayerSpec], *, budget_bytes: float, params: dict | None = None,
              N: float = 1000, ranks=(1, 2, 4, 8, 16, 32, 64), bits=(2, 3, 4, 8, 16),
-             block_size: int = BLOCK_SIZE) -> Allocation:
+             granularity: str = DEFAULT_GRANULARITY,
+             block_size: int | None = BLOCK_SIZE) -> Allocation:
     """Exact minimiser of F subject to Σ memory_l ≤ budget (Pareto-frontier DP).
 
     params: the calibrated constants {C1, C2, per_bit_factor, exponent_r, exponent_r_gen,
-    exponent_N} (default THEORY). Raises ValueError if even the cheapest choice exceeds the
-    budget, naming the minimum memory needed.
+    exponent_N} (default THEORY). granularity / block_size: the adapters' scale storage
+    charged by :func:`memory_bits` (default per tensor, as the runs quantize). Raises
+    ValueError if even the cheapest choice exceeds the budget, naming the minimum memory needed.
     """
-    _check_inputs(layers, ranks, bits, budget_bytes)
+    granularity, block_size = _check_inputs(layers, ranks, bits, budget_bytes, granularity,
+                                            block_size)
     params = dict(THEORY if params is None else params)
     cost = _terms(layers, params, N)
-    opts = _options(layers, ranks, bits, cost, block_size)
+    opts = _options(layers, ranks, bits, cost, granularity, block_size)
     budget_bits = budget_bytes * 8
     need = sum(min(o[0] for o in op) for op in opts)
     if need > budget_bits:
@@ -187,21 +246,25 @@ def allocate(layers: list[LayerSpec], *, budget_bytes: float, params: dict | Non
     ch = tuple(reversed(ks))
     choice = {layer.name: k for layer, k in zip(layers, ch)}
     uni = best_uniform(layers, budget_bytes=budget_bytes, params=params, N=N, ranks=ranks,
-                       bits=bits, block_size=block_size)
+                       bits=bits, granularity=granularity, block_size=block_size)
+    storage = {"granularity": granularity, "block_size": block_size, "scale_bits": ABSMAX_BITS}
     return Allocation(choice=choice, objective=float(obj), memory_bytes=mem / 8,
-                      budget_bytes=budget_bytes, uniform=uni, params=params)
+                      budget_bytes=budget_bytes, uniform=uni, params=params, storage=storage)
 
 
 def best_uniform(layers, *, budget_bytes: float, params: dict | None = None, N: float = 1000,
                  ranks=(1, 2, 4, 8, 16, 32, 64), bits=(2, 3, 4, 8, 16),
-                 block_size: int = BLOCK_SIZE):
-    """The best single (r, b) for every layer within the budget, or None if none fits."""
+                 granularity: str = DEFAULT_GRANULARITY, block_size: int | None = BLOCK_SIZE):
+    """The best single (r, b) for every layer within the budget, or None if none fits
+    (memory charged at ``granularity`` as in :func:`memory_bits`)."""
+    granularity, block_size = check_granularity(granularity, block_size)
     params = dict(THEORY if params is None else params)
     best = None
     for r, b in itertools.product(ranks, bits):
         if any(r > min(layer.m, layer.n) for layer in layers):
             continue
-        mem = sum(memory_bits(layer, r, b, block_size=block_size) for layer in layers)
+        mem = sum(memory_bits(layer, r, b, granularity=granularity, block_size=block_size)
+                  for layer in layers)
         if mem > budget_bytes * 8:
             continue
         f = objective(layers, {layer.name: (r, b) for layer in layers}, params=params, N=N)
@@ -211,11 +274,13 @@ def best_uniform(layers, *, budget_bytes: float, params: dict | None = None, N: 
 
 
 def brute_force(layers, *, budget_bytes: float, params: dict | None = None, N: float = 1000,
-                ranks=(1, 2, 4), bits=(2, 4, 16), block_size: int = BLOCK_SIZE):
+                ranks=(1, 2, 4), bits=(2, 4, 16), granularity: str = DEFAULT_GRANULARITY,
+                block_size: int | None = BLOCK_SIZE):
     """Reference for tests: enumerate every assignment (small cases only)."""
+    granularity, block_size = check_granularity(granularity, block_size)
     params = dict(THEORY if params is None else params)
     cost = _terms(layers, params, N)
-    opts = _options(layers, ranks, bits, cost, block_size)
+    opts = _options(layers, ranks, bits, cost, granularity, block_size)
     best = None
     for combo in itertools.product(*opts):
         m = sum(o[0] for o in combo)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from quantbounds.calib.allocator import (
+    GRANULARITIES,
     THEORY,
     LayerSpec,
     allocate,
@@ -20,6 +21,7 @@ from quantbounds.calib.allocator import (
     memory_bits,
     objective,
     params_from_calibration,
+    scale_count,
 )
 from quantbounds.cli.allocate import main
 
@@ -27,13 +29,49 @@ RANKS, BITS = (1, 2, 4), (2, 4, 16)
 
 
 def test_memory_bits_hand_values():
+    """r·(m+n)·b bits plus 32 per scale the quantizer keeps, counted by hand for B (3×2) and
+    A (2×5), r = 2: 6 + 10 = 16 entries."""
     layer = LayerSpec(name="x", m=3, n=5)
-    # r=2: 16 entries; 4 bits → 64 bits + one 32-bit absmax (16 ≤ 64 entries per block)
-    assert memory_bits(layer, 2, 4) == 2 * 8 * 4 + 32
-    assert memory_bits(layer, 2, 16) == 2 * 8 * 16  # unquantized: no absmax
-    assert memory_bits(layer, 10, 2, block_size=64) == 80 * 2 + 32 * 2  # 80 entries → 2 blocks
+    codes = 2 * 8 * 4
+    # per tensor (the runs' default): one scale for B, one for A
+    assert memory_bits(layer, 2, 4) == codes + 32 * 2
+    assert memory_bits(layer, 2, 4, granularity="tensor") == codes + 32 * 2
+    # per channel: one per output row, B has m = 3 rows, A has r = 2
+    assert memory_bits(layer, 2, 4, granularity="channel") == codes + 32 * (3 + 2)
+    # per block of 4, per factor: B 6 entries → 2 blocks (4 + 2), A 10 → 3 (4 + 4 + 2);
+    # one block over both factors' 16 entries would have been 4
+    assert memory_bits(layer, 2, 4, granularity="block", block_size=4) == codes + 32 * (2 + 3)
+    # block 64 (bitsandbytes' default): each factor fits one block
+    assert memory_bits(layer, 2, 4, granularity="block") == codes + 32 * 2
+    # r = 10 on a 64×64 layer: B and A 640 entries each → 10 blocks of 64 each, 20 in all
+    big = LayerSpec(name="y", m=64, n=64)
+    assert memory_bits(big, 10, 2, granularity="block", block_size=64) == 1280 * 2 + 32 * 20
+    assert memory_bits(big, 10, 2, granularity="channel") == 1280 * 2 + 32 * (64 + 10)
+    # 16 bits: stored as 16-bit floats, no scales, at every granularity
+    for g in GRANULARITIES:
+        assert memory_bits(layer, 2, 16, granularity=g, block_size=4) == 2 * 8 * 16
+    assert scale_count(layer, 2, granularity="block", block_size=1) == 16  # one per entry
 
 
+def test_bad_granularity_or_block_size_names_the_argument():
+    layer = LayerSpec(name="x", m=8, n=8)
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        memory_bits(layer, 2, 4, granularity="row")
+    with pytest.raises(ValueError, match="block_size must be in ≥ 1, got 0"):
+        memory_bits(layer, 2, 4, granularity="block", block_size=0)
+    with pytest.raises(TypeError, match="block_size must be an integer"):
+        memory_bits(layer, 2, 4, granularity="block", block_size=None)
+    for fn in (allocate, best_uniform, brute_force):
+        with pytest.raises(ValueError, match="granularity"):
+            fn([layer], budget_bytes=1e6, granularity="block64")
+        with pytest.raises(ValueError, match="block_size"):
+            fn([layer], budget_bytes=1e6, granularity="block", block_size=-1)
+    # block_size is ignored (not validated) for the granularities that do not use it
+    assert memory_bits(layer, 2, 4, granularity="tensor", block_size=None) == 2 * 16 * 4 + 64
+
+
+@pytest.mark.parametrize("granularity,block_size", [("tensor", None), ("channel", None),
+                                                    ("block", 4), ("block", 64)])
 @settings(deadline=None, max_examples=40)
 @given(
     st.lists(
@@ -45,31 +83,39 @@ def test_memory_bits_hand_values():
     st.floats(-0.5, 1.0),
     st.floats(1.5, 6.0),
 )
-def test_dp_equals_brute_force(shapes, frac, a_gen, rho):
+def test_dp_equals_brute_force(granularity, block_size, shapes, frac, a_gen, rho):
     layers = [LayerSpec(name=f"l{i}", m=m, n=n, range_A=s) for i, (m, n, s) in enumerate(shapes)]
     params = dict(THEORY, exponent_r_gen=a_gen, per_bit_factor=rho, C2=30.0)
+    g = dict(granularity=granularity, block_size=block_size)
+
+    def mem(layer, r, b):
+        return memory_bits(layer, r, b, **g)
+
     lo = sum(
-        min(memory_bits(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
+        min(mem(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
         for layer in layers
     )
     hi = sum(
-        max(memory_bits(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
+        max(mem(layer, r, b) for r in RANKS for b in BITS if r <= min(layer.m, layer.n))
         for layer in layers
     )
     budget = (lo + frac * (hi - lo)) / 8
-    ref = brute_force(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS)
-    got = allocate(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS)
+    ref = brute_force(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS, **g)
+    got = allocate(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS, **g)
     assert got.objective == pytest.approx(ref[0], rel=1e-12, abs=1e-15)
     assert got.memory_bytes * 8 <= budget * 8 + 1e-9
     # the reported choice really has the reported objective and memory
     assert objective(layers, got.choice, params=params, N=1000) == pytest.approx(
         got.objective, rel=1e-12
     )
-    assert (
-        sum(memory_bits(layer, *got.choice[layer.name]) for layer in layers) == got.memory_bytes * 8
-    )
+    assert sum(mem(layer, *got.choice[layer.name]) for layer in layers) == got.memory_bytes * 8
+    assert got.storage == {"granularity": granularity,
+                           "block_size": block_size if granularity == "block" else None,
+                           "scale_bits": 32}
     if got.uniform is not None:
         assert got.objective <= got.uniform["objective"] * (1 + 1e-12)
+        u = best_uniform(layers, budget_bytes=budget, params=params, ranks=RANKS, bits=BITS, **g)
+        assert u == got.uniform
 
 
 def test_uniform_choice_gives_back_the_model_level_terms():
@@ -235,6 +281,49 @@ def test_rejudge_the_committed_allocation_check_without_runs(tmp_path):
     assert v["details"]["differences"] == pytest.approx(
         [out["eval_loss"]["allocation"][str(s)] - out["eval_loss"]["reference_uniform"][str(s)]
          for s in range(6)])
+    # the committed summary predates the granularity: its legacy charge is said, not hidden
+    assert out["storage"]["block_size"] == 64 and "legacy" in out["storage"]["granularity"]
     again = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
                     str(root / "calibration.json"), str(prev))
     assert again["verdicts"] == out["verdicts"] and again["notes"] == out["notes"]
+
+
+@pytest.mark.torch
+def test_allocation_check_charges_the_granularity_its_runs_quantize_at():
+    pytest.importorskip("torch")
+    from real_runs.allocation_check import CheckConfig, adapter_storage
+
+    s = adapter_storage(CheckConfig())  # adapter_rtn, no block size: one absmax per factor
+    assert (s["granularity"], s["block_size"], s["scale_bits"]) == ("tensor", None, 32)
+    s = adapter_storage(CheckConfig(arm="adapter_nf4"))  # NF4 adapters: blocks of 64
+    assert (s["granularity"], s["block_size"]) == ("block", 64)
+    with pytest.raises(ValueError, match="arm 'fp16'"):  # its adapters have no scales
+        adapter_storage(CheckConfig(arm="fp16"))
+
+
+@pytest.mark.torch
+def test_allocation_check_threads_the_storage_through_budget_and_memory(tmp_path, monkeypatch):
+    """run_check without fine-tunes (shapes and runs stubbed): the budget is the reference's
+    per-tensor charge, hand-counted, and the output records the granularity."""
+    pytest.importorskip("torch")
+    import real_runs.allocation_check as ac
+
+    shapes = {"h.0.attn.c_attn": (384, 128), "h.0.mlp.c_fc": (512, 128)}
+    monkeypatch.setattr(ac, "layer_shapes", lambda c: shapes)
+    monkeypatch.setattr(ac, "_run", lambda cfg, path: {
+        "eval_loss": 3.0 + 0.01 * cfg.seed, "n_train": 500, "lora_scale": 2.0,
+        "range_A": {k: 0.1 for k in shapes}, "range_B": {k: 0.01 for k in shapes},
+        "x_norm2": {k: 4.0 for k in shapes}})
+    c = ac.CheckConfig(calibration=None, records=str(tmp_path / "r.jsonl"),
+                       out=str(tmp_path / "out.json"))
+    out = ac.run_check(c)
+    # r = 8, b = 4, per tensor: r·(m+n)·4 + 2·32 bits per layer
+    want = sum(8 * (m + n) * 4 + 64 for m, n in shapes.values()) / 8
+    assert out["budget_bytes"] == want == out["memory_bytes"]["reference_uniform"]
+    assert out["storage"]["granularity"] == "tensor"
+    assert json.loads((tmp_path / "out.json").read_text())["storage"]["block_size"] is None
+    layers = [LayerSpec(name=k, m=m, n=n) for k, (m, n) in shapes.items()]
+    alloc = {k: tuple(v) for k, v in out["allocation"].items()}
+    assert out["memory_bytes"]["allocation"] == sum(
+        memory_bits(layer, *alloc[layer.name], granularity="tensor") for layer in layers) / 8
+    assert out["memory_bytes"]["allocation"] <= want
