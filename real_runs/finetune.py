@@ -600,7 +600,9 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         ),
         double_quant=cfg.double_quant if built.base_quant in ("nf4", "fp4") else None,
         trainable_params=sum(p.numel() for p in params),
-        total_params=counts["params"] + sum(p.numel() for p in params),
+        # counts come from the PEFT model, which already holds the adapters: no second count
+        total_params=counts["params"],
+        quantized_params=counts["quantized"],
         model_bytes=counts["bytes"],
         peak_mem_bytes=M.peak_memory_bytes(device),
         peak_mem_method=peak_method,

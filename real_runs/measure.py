@@ -290,7 +290,8 @@ def _quant_state_bytes(qs) -> int:
 
 
 def param_counts(model) -> dict:
-    """{"params": logical parameter count, "bytes": stored bytes} of all parameters and buffers.
+    """{"params": logical parameter count, "bytes": stored bytes, "quantized": logical count of
+    the weights stored in 4 or 8 bits} of all parameters and buffers.
 
     Each parameter is counted once (``model.parameters()`` skips tied duplicates such as GPT-2's
     lm_head = wte). Per kind of parameter:
@@ -313,12 +314,13 @@ def param_counts(model) -> dict:
     blocksize, dtype and offset — so the offset is JSON text there and a 4-byte float32 here),
     and per 8-bit layer a 1-byte ``weight_format`` marker.
     """
-    params = nbytes = 0
+    params = nbytes = quantized = 0
     for p in model.parameters():
         qs = getattr(p, "quant_state", None)
         if qs is not None and getattr(qs, "shape", None) is not None:
             # 4-bit: p is the packed storage; the logical weight is qs.shape
             params += math.prod(qs.shape)
+            quantized += math.prod(qs.shape)
             nbytes += _nbytes(p) + _quant_state_bytes(qs)
             continue
         params += p.numel()
@@ -327,9 +329,10 @@ def param_counts(model) -> dict:
         if isinstance(scb, torch.Tensor):
             # 8-bit: per-row float32 scales
             nbytes += _nbytes(scb)
+            quantized += p.numel()
     for b in model.buffers():
         nbytes += _nbytes(b)
-    return {"params": int(params), "bytes": int(nbytes)}
+    return {"params": int(params), "bytes": int(nbytes), "quantized": int(quantized)}
 
 
 def model_bytes(model) -> int:

@@ -94,7 +94,7 @@ def load(path, kind: str):
 def test_full_precision_reference(saved_gpt2):
     m = load(saved_gpt2, "fp32")
     n = other_params() + sum(o * i for o, i in linear_shapes())
-    assert M.param_counts(m) == {"params": n, "bytes": 4 * n}
+    assert M.param_counts(m) == {"params": n, "bytes": 4 * n, "quantized": 0}
 
 
 @pytest.mark.parametrize("kind", ["nf4", "nf4_dq", "int8"])
@@ -108,6 +108,7 @@ def test_model_bytes_equal_the_hand_count_and_params_are_logical(saved_gpt2, kin
     c = M.param_counts(m)
     assert c["params"] == other_params() + sum(o * i for o, i in linear_shapes())
     assert c["bytes"] == M.model_bytes(m) == hand_bytes(kind)
+    assert c["quantized"] == sum(o * i for o, i in linear_shapes())  # logical, every linear
 
 
 def serialized_bytes(model) -> tuple[int, dict]:
@@ -179,3 +180,4 @@ def test_peft_wrapped_4bit_model_counts_adapters_once(saved_gpt2):
     c = M.param_counts(pm.get_base_model())
     assert c["params"] == other_params() + sum(o * i for o, i in linear_shapes()) + lora
     assert c["bytes"] == hand_bytes("nf4") + 4 * lora
+    assert c["quantized"] == sum(o * i for o, i in linear_shapes())  # the adapters stay fp32

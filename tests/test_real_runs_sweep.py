@@ -78,6 +78,7 @@ def test_finetune_record_validates_and_is_measured(cache):
     assert {"load", "eval_base", "train", "grad_var", "eval", "f1"} <= set(rec["phase_s"])
     assert 0 <= rec["f1"] <= 1 and rec["exact_match"] in (0.0, 0.5, 1.0)
     assert rec["trainable_params"] < rec["total_params"]
+    assert rec["quantized_params"] == 0  # an fp32 base (4-bit counts: test_real_runs_measure_bytes)
 
 
 def test_run_id_ignores_how_but_not_what():

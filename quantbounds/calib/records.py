@@ -97,8 +97,9 @@ OPTIONAL = (
     "rounding",
     "double_quant",
     "trainable_params",
-    "total_params",
-    "model_bytes",
+    "total_params",  # int: logical parameters, each once (4-bit weights at their unpacked size)
+    "quantized_params",  # int: of those, the weights stored in 4 or 8 bits (bitsandbytes)
+    "model_bytes",  # int: stored bytes incl. bitsandbytes' absmax / quant state / SCB
     "peak_mem_bytes",
     "tokens_per_s",
     "lr",

@@ -905,9 +905,23 @@ def llama_size_reduction(arch: dict = LLAMA_3_2_1B, *, double_quant: bool) -> di
             "reduction": 1 - nf4 / fp16}
 
 
+def _logical_total(rec: dict) -> int:
+    """A record's parameter count with each adapter parameter once: records written before
+    ``quantized_params`` existed and after the logical 4-bit count (the ones where
+    model_bytes = k·(total − trainable) for k = 2 or 4 bytes) added the trainable adapter
+    parameters a second time; their count is total − trainable."""
+    total, train = rec["total_params"], rec.get("trainable_params")
+    if "quantized_params" not in rec and isinstance(train, int) and rec["arm"] == "fp16" and \
+            rec["model_bytes"] in (4 * (total - train), 2 * (total - train)):
+        return total - train
+    return total
+
+
 def _stand_in_check(runs: PairedRuns) -> dict | None:
     """The storage accounting against the records' ``model_bytes``: an fp16 run and a base_nf4
-    run of the same model and rank. The quantized-weight count is 2·(params(fp16) −
+    run of the same model and rank. The quantized-weight count is the NF4 record's
+    ``quantized_params`` (the logical count of the weights stored in 4 bits) where recorded;
+    records written before it counted the packed storage, so there it is 2·(params(fp16) −
     params(NF4)) (bitsandbytes packs two codes per stored element). Returns which accounting
     reproduces the measured NF4 bytes exactly (None if none, or no such pair)."""
     fp = {(r["model"], r["rank"]): r for r in runs.runs("fp16")
@@ -918,9 +932,11 @@ def _stand_in_check(runs: PairedRuns) -> dict | None:
                 not isinstance(r.get("total_params"), int):
             continue
         f = fp[key]
-        per = f["model_bytes"] / f["total_params"]  # 4 on CPU (fp32 "16-bit"), 2 in bf16
-        n_q = 2 * (f["total_params"] - r["total_params"])
-        n_other = f["total_params"] - n_q
+        p_fp = _logical_total(f)
+        per = f["model_bytes"] / p_fp  # 4 on CPU (fp32 "16-bit"), 2 in bf16
+        logical = isinstance(r.get("quantized_params"), int)
+        n_q = r["quantized_params"] if logical else 2 * (p_fp - _logical_total(r))
+        n_other = p_fp - n_q
         n_tensors = len(r.get("eps_ba_layers") or r.get("x_norm2") or {}) or 1
         out = {"model": r["model"], "rank": r["rank"], "fp16_bytes": f["model_bytes"],
                "nf4_bytes": r["model_bytes"], "bytes_per_16bit_param": per,

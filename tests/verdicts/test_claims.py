@@ -393,3 +393,20 @@ def test_claims_on_runs_without_any_quantized_arm_are_empty_not_errors():
     recs = [r for r in _recs(0, seeds=(0, 1)) if r["arm"] == "fp16"]
     vs, notes = claim_verdicts(recs)
     assert vs == [] and isinstance(notes, list)
+
+
+def test_size_reduction_reads_logical_counts_and_a_double_counted_fp16_record():
+    """Records with ``quantized_params`` (logical 4-bit counts, bytes with bitsandbytes'
+    per-block absmax) and an fp16 record whose total counted the adapters twice
+    (model_bytes = 4·(total − trainable)): the accounting with float32 absmax reproduces the
+    NF4 bytes exactly, from the shapes: 786 432 quantized weights in 16 tensors, 318 208 others
+    (of which 12 288 are adapter parameters)."""
+    n_q, n_o, t = 786432, 318208, 12288
+    nf4 = n_q // 2 + 4 * n_q // 64 + 16 * 64 + 4 * n_o
+    fp, nf = _stand_in_records(nf4)
+    fp.update(total_params=n_q + n_o + t, trainable_params=t, model_bytes=4 * (n_q + n_o))
+    nf.update(total_params=n_q + n_o, trainable_params=t, quantized_params=n_q)
+    v = _one(size_reduction_verdicts(pair_runs([fp, nf]), []), "s002.abstract.size_reduction")
+    s = v.details["stand_in"]
+    assert s["quantized_weights"] == n_q and s["other_params"] == n_o
+    assert s["reproduces"] == "codes + float32 absmax" and v.verdict == "holds"
