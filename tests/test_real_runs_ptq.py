@@ -231,3 +231,132 @@ def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
     assert len(read_records(out).records) == 1
     ptq2 = read_ptq_records(ptq_path(out)).records
     assert len(ptq2) == 2 and len({p["run_id"] for p in ptq2}) == 2
+
+
+# --- the packed evaluation: the same per-row losses as eval_loss_rows, less work ------------
+
+
+def _tiny_lm_and_batches(cache, dtype):
+    from real_runs.arms import load_base
+    from real_runs.data import collate
+    from real_runs.embedded import EmbeddedConfig
+
+    lm, tok = load_base(
+        "embedded", base_quant="none", embedded=EmbeddedConfig.tiny(), cache_dir=cache,
+        progress=False,
+    )
+    lm = lm.to(dtype).eval()
+    texts = [
+        "hello there, how are you doing on this fine day",
+        "the cat sat on the mat",
+        "what would happen if computers talked to each other all night long",
+        "ok",
+        "tell me about the weather and the news",
+        "a b c d e f g",
+    ]
+    seqs = [tok(t)["input_ids"][:24] for t in texts]
+    # two right-padded batches of different widths, and a label masked inside a real row
+    batches = [collate(seqs[:3], pad_id=tok.eos_token_id), collate(seqs[3:], pad_id=tok.eos_token_id)]
+    batches[0]["labels"][1, 3] = -100
+    return lm, batches
+
+
+def _rounding_rtol(c, u: float) -> float:
+    """A worst-case relative bound on the difference of two evaluations of the same losses that
+    differ only in summation order: each of the ≤ 2·n_layer + 2 matrix products / reductions on
+    a token's path sums ≤ w = 4·d + vocab + context terms, so |Δ| ≤ (2·n_layer + 2)·w·u per unit
+    of |ℓ| (Higham's γ_w, no cancellation assumed). c: a GPT-2 or embedded-model config."""
+    return (2 * c.n_layer + 2) * (4 * c.n_embd + c.vocab_size + 64) * u
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_packed_eval_equals_eval_loss_rows(embedded_tiny_cache, dtype):
+    from real_runs.measure import eval_loss_rows
+
+    lm, batches = _tiny_lm_and_batches(embedded_tiny_cache, dtype)
+    ref_s, ref_c = eval_loss_rows(lm, batches)
+    rtol = _rounding_rtol(lm.config, torch.finfo(dtype).eps)
+    # regrouped into 1-row batches, several rows, one batch; head in 1-, 5-, many-token chunks
+    for bt, ht in ((1, 1), (40, 5), (10**6, 10**6)):
+        s, c = P.PackedEval(batches, batch_tokens=bt, head_tokens=ht).rows(lm)
+        assert c == ref_c and len(s) == len(ref_s) == 6
+        for a, b, n in zip(s, ref_s, c):
+            assert abs(a - b) <= rtol * max(abs(b), n), (a, b, rtol)
+    assert ref_c[1] == len(batches[0]["input_ids"][1].nonzero()) - 2  # the masked label counts out
+    P.PackedEval(batches).check(lm, batches[0])  # the guard passes on GPT-2
+
+
+def test_packed_eval_refuses_bad_input_and_a_foreign_head(embedded_tiny_cache):
+    lm, batches = _tiny_lm_and_batches(embedded_tiny_cache, torch.float64)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        P.PackedEval(batches, batch_tokens=0)
+    with pytest.raises(ValueError, match="head_tokens"):
+        P.PackedEval(batches, head_tokens=0)
+    left = {k: v.flip(1) for k, v in batches[0].items()}  # left padding
+    with pytest.raises(ValueError, match="right-padded"):
+        P.PackedEval([left])
+    forward = lm.forward
+
+    def scaled(**kw):  # a model whose logits are not lm_head(last_hidden_state)
+        out = forward(**kw)
+        out.logits = 2 * out.logits
+        return out
+
+    lm.forward = scaled
+    with pytest.raises(RuntimeError, match="disagrees"):
+        P.PackedEval(batches).check(lm, batches[0])
+
+
+def test_ptq_records_match_the_unpacked_evaluation(embedded_tiny_cache, monkeypatch):
+    """The PTQ records with the packed evaluation and shared quadratic forms equal those of the
+    previous code path (eval_loss_rows on the 16-window batches, one einsum per trace, a moment
+    per cell): quantities that do not touch the evaluation exactly or to float64 rounding, the
+    losses to the float32 rounding bound above."""
+    from real_runs.measure import eval_loss_rows
+
+    cfg = FinetuneConfig(
+        **FAST,
+        cache_dir=str(embedded_tiny_cache),
+        ptq=True,
+        ptq_bits=(2, 4, 16),
+        ptq_eval_tokens=200,
+        ptq_schemes=("rtn_tensor", "rtn_block", "sr_tensor", "nf4"),
+        ptq_sr_draws=2,
+    )
+    rec_new, new = run_finetune(cfg, return_ptq=True)
+
+    class Unpacked:
+        def __init__(self, batches, **kw):
+            self.batches = batches
+
+        def rows(self, model):
+            return eval_loss_rows(model, self.batches)
+
+        def check(self, model, batch):
+            pass
+
+    def einsum_quads(E, Sx, G):
+        return (
+            float(torch.einsum("ij,jk,lk,li->", E, Sx, E, G)),
+            float(torch.einsum("ij,jk,ik->", E, Sx, E)),
+        )
+
+    monkeypatch.setattr(P, "PackedEval", Unpacked)
+    monkeypatch.setattr(P, "_quads", einsum_quads)
+    rec_old, old = run_finetune(cfg, return_ptq=True)
+    assert rec_new["eval_loss"] == rec_old["eval_loss"]  # the same trained adapter
+    assert [p["run_id"] for p in new] == [p["run_id"] for p in old]
+    from real_runs.embedded import EmbeddedConfig
+
+    rtol32 = _rounding_rtol(EmbeddedConfig.tiny(), torch.finfo(torch.float32).eps)
+    for a, b in zip(new, old):
+        assert (a["ptq_scheme"], a["bits"], a["ptq_draw"]) == (b["ptq_scheme"], b["bits"], b["ptq_draw"])
+        assert a["eval_tokens"] == b["eval_tokens"]
+        for k in ("eps_ba_fro2", "pred_moment", "pred_first_order", "eval_loss_unmerged"):
+            assert a[k] == b[k], k
+        for k in ("pred_plugin", "eps_ba_x2"):  # float64, another summation order
+            assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-300), k
+        for k in ("eval_loss", "eval_loss_ref"):
+            assert abs(a[k] - b[k]) <= rtol32 * abs(b[k]), k
+        # ΔL: the difference of two such losses
+        assert abs(a["delta_loss"] - b["delta_loss"]) <= 2 * rtol32 * abs(b["eval_loss"])
