@@ -112,6 +112,7 @@ def _ptq_fits(ptq_records: list[dict], runs: PairedRuns, *, n_boot: int, seed: i
     configurations (:mod:`quantbounds.verdicts.ptq_claims`). Returns (the ``fits["ptq"]``
     object, verdicts)."""
     from quantbounds.calib.calibration import calibrate_pairs
+    from quantbounds.calib.fitting import r_squared
     from quantbounds.calib.ptq_pairs import ptq_pairs
     from quantbounds.verdicts.ptq_claims import form_verdict, prediction_verdict, r2_difference
 
@@ -132,11 +133,9 @@ def _ptq_fits(ptq_records: list[dict], runs: PairedRuns, *, n_boot: int, seed: i
         ok, why = fit_usability(cal)["quantization"]
         D, se, G, n = r2_difference(pp.pairs.excess, pp.pred, cal.quant.loco.predictions,
                                     pp.pairs.group)
-        y = pp.pairs.excess
         out[scheme] = {**{k: p.to_dict() for k, p in cal.quant.params.items()},
                        "r2_loco": cal.quant.loco.r2, "r2_in_sample": cal.quant.r2_in_sample,
-                       "r2_zero_constant_prediction": 1 - float(((y - pp.pred) ** 2).sum())
-                       / float(((y - y.mean()) ** 2).sum()),
+                       "r2_zero_constant_prediction": r_squared(pp.pairs.excess, pp.pred),
                        "r2_difference": {"estimate": D, "se_jackknife": se, "n_adapters": G,
                                          "n_pairs": n},
                        "n_pairs": len(pp), "n_adapters": len(pp.adapters), "usable": ok,

@@ -15,6 +15,7 @@ is still written. Results from synthetic records are flagged SYNTHETIC wherever 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -178,8 +179,7 @@ def _testbed_sections(results_dir: Path) -> list[str]:
         for row in t.get("finetune") or []:
             g = row.get("gain") or {}
             ci = g.get("ci") if g else None
-            finite = bool(ci) and all(isinstance(x, (int, float)) and x == x and abs(x) != float(
-                "inf") for x in ci)
+            finite = bool(ci) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci)
             gain = (_cell(g.get("estimate")) + (f" {_cell(ci)}" if finite else " (one seed)")
                     if g else "—")
             ev, f1 = row.get("eval_loss") or {}, row.get("f1") or {}
@@ -188,12 +188,10 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                          f"{_cell(ev.get('estimate'))} | {_cell(f1.get('estimate'))} |")
         tb = t.get("two_bit_power") or {}
         if tb:
+            ranks = sorted({int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})})
             lines += ["", "2-bit PTQ cost in paired standard errors (min over a rank's records; "
                           "the target is ≥ 10 at every rank):", "",
-                      "| scheme | " + " | ".join(f"r = {r}" for r in sorted(
-                          {int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})}))
-                      + " | met |"]
-            ranks = sorted({int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})})
+                      "| scheme | " + " | ".join(f"r = {r}" for r in ranks) + " | met |"]
             lines.append("|---|" + "---|" * len(ranks) + "---|")
             for scheme, e in tb.items():
                 z = e.get("z_min_by_rank") or {}
