@@ -182,9 +182,33 @@ def load_base(
         from real_runs.bnb_reference import check_4bit_layers
 
         check_4bit_layers(lm)  # refuse layers the native CPU kernel dequantizes wrongly
+        keep_4bit_layout(lm)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return lm, tok
+
+
+def keep_4bit_layout(lm) -> int:
+    """Keep every bitsandbytes 4-bit layer in its one packed layout; returns how many.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place into a CPU-only layout the
+    first time the layer runs in eval mode on a no-grad input, when its native library has
+    AVX-512-BF16 (``support_avx512bf16_for_cpu``, set at construction from
+    ``has_avx512bf16()``). A fine-tune evaluates the base before training, so on such a CPU
+    the first training step then fails ("a view of a leaf Variable that requires grad is
+    being used in an in-place operation"), and eval losses would come from a kernel other
+    CPUs never run. Clearing the flag keeps one code path on every CPU: the one that
+    :func:`real_runs.bnb_reference.check_4bit_layers` compared with the reference. No
+    bitsandbytes option does this (the flag is a module attribute, not a config field).
+    """
+    import bitsandbytes as bnb
+
+    n = 0
+    for module in lm.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def attach_lora(

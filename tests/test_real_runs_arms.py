@@ -191,3 +191,29 @@ def test_base_4bit_double_quantization_option(cache, double_quant):
     l4 = [m for m in b.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert l4 and all(bool(m.weight.quant_state.nested) == double_quant for m in l4)
     b.model(**_batch()).loss.backward()
+
+
+@pytest.mark.parametrize("arm", ["base_nf4", "base_fp4", "base_nf4_adapter_rtn"])
+def test_4bit_base_evaluates_then_trains_on_an_avx512_bf16_cpu(cache, arm, monkeypatch):
+    # bitsandbytes sets Linear4bit.support_avx512bf16_for_cpu from has_avx512bf16() when the
+    # layer is built; where it is True, a no-grad eval forward repacks the weight in place and
+    # the next training step fails. Pretend this CPU has AVX-512-BF16 (whatever it has), then
+    # do what run_finetune does: evaluate without grad, then train.
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    b = _build(cache, arm)
+    l4 = [m for m in b.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert l4 and not any(m.support_avx512bf16_for_cpu for m in l4)
+    b.model.eval()
+    with torch.no_grad():
+        before = b.model(**_batch()).loss
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in l4)
+    b.model.train()
+    _randomize_B(b)
+    opt = torch.optim.SGD([p for p in b.model.parameters() if p.requires_grad], lr=1e-2)
+    loss = b.model(**_batch()).loss
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(before) and torch.isfinite(loss)
