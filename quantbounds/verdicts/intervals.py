@@ -30,7 +30,7 @@ from scipy import optimize, stats
 from quantbounds._bootstrap import group_resample_counts, percentile_interval, resample_indices
 
 __all__ = ["N_BOOT", "bootstrap_mean", "cluster_mean", "fit_loglinear", "group_resample_counts",
-           "mean_ci", "percentile_interval", "resample_indices", "seed_bootstrap"]
+           "grouped_total", "mean_ci", "percentile_interval", "resample_indices", "seed_bootstrap"]
 
 N_BOOT = 1000  # audit replicates: the Monte Carlo error of sd* is ≈ 1/√(2·N_BOOT) ≈ 2 %
 
@@ -128,6 +128,41 @@ def cluster_mean(values, clusters=None, *, alpha: float = 0.05) -> dict:
     half = float(stats.t.ppf(1 - alpha / 2, g - 1)) * se
     return {"estimate": est, "se": se, "dof": float(g - 1), "ci": [est - half, est + half],
             "n": int(x.size), "clusters": int(g)}
+
+
+def grouped_total(values, sizes, *, level: float = 0.95) -> dict:
+    """A total over K independent groups of units, with its cluster-robust (CR1) interval.
+
+    The groups partition the units (held-out windows, grouped by dialogue) of a mean over
+    units, and values[k] is group k's contribution to that mean, so the estimate is
+    U = Σ_k u_k. With n_k units in group k of n = Σ_k n_k,
+
+        SE² = K/(K−1) · Σ_k (u_k − (n_k/n)·U)²,       U ± t_{K−1}·SE,
+
+    which is the sandwich (CR1) standard error of a per-unit mean clustered by group,
+    SE² = K/(K−1)·Σ_k (S_k − n_k·x̄)²/n², written for u_k = S_k/n (the same number as
+    ``real_runs.data.clustered_mean_ci`` on the per-unit values: tests/verdicts/test_intervals.py).
+    Because it is linear in the u_k, a difference of two quantities measured on the same
+    groups (ΔL − first-order term) gets its paired interval by passing u_k = a_k − b_k.
+
+    values, sizes: (K,) floats / positive counts. Returns {"estimate", "se", "dof", "ci",
+    "groups"}; se, dof and ci are NaN when K < 2.
+    """
+    u = np.asarray(values, dtype=float).ravel()
+    n = np.asarray(sizes, dtype=float).ravel()
+    if u.size == 0 or not np.all(np.isfinite(u)):
+        raise ValueError(f"values must be a non-empty array of finite floats, got {u.size} values")
+    if n.size != u.size or not np.all(n > 0):
+        raise ValueError(f"sizes must be {u.size} positive counts (one per group), got {n.tolist()}")
+    k = u.size
+    total = float(u.sum())
+    if k < 2:
+        nan = float("nan")
+        return {"estimate": total, "se": nan, "dof": nan, "ci": [nan, nan], "groups": k}
+    se = math.sqrt(k / (k - 1) * float(((u - n / n.sum() * total) ** 2).sum()))
+    half = float(stats.t.ppf(0.5 + level / 2, k - 1)) * se
+    return {"estimate": total, "se": se, "dof": float(k - 1), "ci": [total - half, total + half],
+            "groups": k}
 
 
 def fit_loglinear(x, y, y_se=None, *, base: float = 2.0, alpha: float = 0.05) -> dict:
