@@ -55,6 +55,8 @@ class FinetuneConfig:
     ptq: (fp16 arm only) after training, quantize the trained B, A at every ``ptq_bits`` ×
     ``ptq_schemes`` (SR: ``ptq_sr_draws`` draws) and measure each (real_runs.ptq); the PTQ
     results are extra records (quantbounds.ptq/1) and do not change the fp16 run's id.
+    ptq_groups: the held-out dialogues are dealt into this many groups for the paired interval
+    of ΔL − first-order term (real_runs.ptq.run_ptq); not part of any id.
     """
 
     arm: str = "fp16"
@@ -99,6 +101,7 @@ class FinetuneConfig:
     )
     ptq_sr_draws: int = 3
     ptq_eval_tokens: int = 8_000
+    ptq_groups: int = 20
     curvature_windows: int = 64
     cache_dir: str | None = None
     progress: bool = True
@@ -129,6 +132,7 @@ class FinetuneConfig:
             "curvature_windows",
             "eval_tokens",
             "ptq_eval_tokens",
+            "ptq_groups",
         ):
             check_int_range(getattr(self, name), name, 1)
         for name in ("grad_var_batches", "noise_draws"):
@@ -224,6 +228,7 @@ class FinetuneConfig:
             "ptq_sr_draws",
             "curvature_windows",
             "ptq_eval_tokens",
+            "ptq_groups",
         ):
             d.pop(k)
         d["target_modules"] = list(self.target_modules)
@@ -697,6 +702,7 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         bits=cfg.ptq_bits,
         sr_draws=cfg.ptq_sr_draws,
         seed=cfg.seed,
+        n_groups=cfg.ptq_groups,
         progress=cfg.progress,
     )
     total_s = time.time() - t0

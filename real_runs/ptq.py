@@ -59,6 +59,7 @@ SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4", 
 FIXED_BITS = {"nf4": 4, "fp4": 4, "int8": 8}
 DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 BLOCK = 64
+GROUP_GRAD_BYTES = 1 << 30  # memory for the per-group eval gradients (float64, K·Σ m·n)
 
 
 def check_ptq_bits(bits) -> tuple[int, ...]:
@@ -212,7 +213,52 @@ def eval_weight_gradients(model, mods: dict, conv: dict, batches) -> dict[str, t
     The first-order term of the loss change, ⟨∇_W L, ΔW⟩, which the second-order prediction
     leaves out (it vanishes in expectation for unbiased SR; for RTN it does not have to).
     Conv1D gradients (n_in, n_out) are transposed to the (out, in) orientation of B·A.
+    One group of :func:`eval_group_gradients`.
     """
+    one = eval_group_gradients(model, mods, conv, batches, [0] * _n_rows(batches), 1)
+    return {n: g[0] for n, g in one.items()}
+
+
+def _n_rows(batches) -> int:
+    return sum(int(b["input_ids"].shape[0]) for b in batches)
+
+
+def eval_groups(clusters, n_groups: int) -> list[int]:
+    """Group of each row: the distinct ``clusters`` (dialogues) in sorted order, dealt round
+    robin into min(n_groups, #clusters) groups, so every group holds whole dialogues and the
+    groups are independent units (rows of one dialogue are correlated)."""
+    check_int_range(n_groups, "n_groups", 1)
+    labels = sorted(set(clusters), key=str)
+    of = {c: i % min(n_groups, len(labels)) for i, c in enumerate(labels)}
+    return [of[c] for c in clusters]
+
+
+def eval_group_gradients(
+    model, mods: dict, conv: dict, batches, groups, n_groups: int, *, rows_per_batch: int = 16
+) -> dict[str, torch.Tensor]:
+    """{layer: (K, m, n) float64}: g_k = ∇_W (Σ_{t ∈ group k} ℓ_t) / T at the current weights.
+
+    T counts every predicted token of ``batches`` (labels ≠ −100 at positions 1…), so
+    Σ_k g_k = ∇_W L, the gradient of the mean token loss, and the first-order term of a weight
+    change splits over the groups, ⟨∇_W L, ΔW⟩ = Σ_k ⟨g_k, ΔW⟩: measured on the same groups
+    as the paired loss change, its per-group values give ΔL − first order a paired interval
+    (:func:`quantbounds.verdicts.intervals.grouped_total`). ``groups``: the group (0…K−1) of
+    each row of ``batches`` in order. The rows are regrouped into batches of one group each
+    (right padding, so a row's outputs do not depend on its batch): one backward pass over
+    the evaluation tokens in all, whatever K. Conv1D gradients are transposed to (out, in).
+    """
+    check_int_range(n_groups, "n_groups", 1)
+    rows = []  # (input_ids, labels) of each row, real tokens only
+    for b in batches:
+        n = b["attention_mask"].sum(1)
+        for i in range(b["input_ids"].shape[0]):
+            k = int(n[i])
+            rows.append((b["input_ids"][i, :k], b["labels"][i, :k]))
+    if len(groups) != len(rows):
+        raise ValueError(f"groups must name one group per row ({len(rows)}), got {len(groups)}")
+    if any(not 0 <= g < n_groups for g in groups):
+        raise ValueError(f"groups must lie in 0…{n_groups - 1} (n_groups={n_groups})")
+    total = sum(int((lab[1:] != -100).sum()) for _, lab in rows)
     was = model.training
     model.eval()
     for p in model.parameters():
@@ -220,21 +266,32 @@ def eval_weight_gradients(model, mods: dict, conv: dict, batches) -> dict[str, t
     for m in mods.values():
         m.weight.requires_grad_(True)
         m.weight.grad = None
-    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    out = {}
+    for n, m in mods.items():
+        shape = tuple(m.weight.shape)
+        out[n] = torch.zeros((n_groups, *(shape[::-1] if conv[n] else shape)), dtype=torch.float64)
     try:
-        for b in batches:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            ce = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2),
-                b["labels"][:, 1:],
-                ignore_index=-100,
-                reduction="sum",
-            )
-            (ce / total).backward()
-        out = {}
-        for n, m in mods.items():
-            g = m.weight.grad.detach().double()
-            out[n] = g.T.clone() if conv[n] else g.clone()
+        for k in range(n_groups):
+            mine = [r for r, g in zip(rows, groups) if g == k]
+            for a in range(0, len(mine), rows_per_batch):
+                chunk = mine[a : a + rows_per_batch]
+                L = max(len(x) for x, _ in chunk)
+                ids = torch.zeros((len(chunk), L), dtype=torch.long)
+                mask = torch.zeros((len(chunk), L), dtype=torch.long)
+                lab = torch.full((len(chunk), L), -100, dtype=torch.long)
+                for j, (x, y) in enumerate(chunk):
+                    ids[j, : len(x)], mask[j, : len(x)], lab[j, : len(x)] = x, 1, y
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                ce = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].transpose(1, 2), lab[:, 1:], ignore_index=-100,
+                    reduction="sum",
+                )
+                (ce / total).backward()
+            for n, m in mods.items():
+                if m.weight.grad is not None:
+                    g = m.weight.grad.detach().double()
+                    out[n][k] = g.T if conv[n] else g
+                    m.weight.grad = None
     finally:
         for m in mods.values():
             m.weight.grad = None
@@ -376,6 +433,7 @@ def run_ptq(
     bits,
     sr_draws: int,
     seed: int,
+    n_groups: int = 20,
     progress: bool = False,
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
@@ -383,9 +441,18 @@ def run_ptq(
     plain_model: the base GPT-2 without adapters, float32, whose adapted modules (by the
     ``layers`` names) get W0 + s·Q(B)Q(A) merged in for each evaluation; ref_rows: the
     (Σ CE, count) rows of the full-precision adapted model on ``eval_batches``, for pairing.
+
+    Paired groups: the held-out dialogues (``eval_clusters``, one per row) are dealt into
+    K = min(n_groups, #dialogues, memory cap) groups (:func:`eval_groups`); each result carries
+    the per-group loss change D_k (Σ_k D_k = ΔL) and first-order term P₁ₖ = Σ_layers
+    s·⟨g_k, ε_BA⟩ (Σ_k P₁ₖ = ``pred_first_order``, g_k from :func:`eval_group_gradients`), and
+    the paired interval of ΔL − P₁ (``resid_first_order_ci``): both are measured on the same
+    tokens, so their common sampling error cancels there. The memory cap keeps the K stored
+    gradients (8·Σ m·n bytes each) under ``GROUP_GRAD_BYTES``; K = 1 gives no interval.
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
+    from quantbounds.verdicts.intervals import grouped_total
     from real_runs.data import clustered_mean_ci
 
     check_int_range(sr_draws, "ptq_sr_draws", 1)
@@ -414,7 +481,14 @@ def run_ptq(
     packed.check(plain_model, eval_batches[0])
     fp_sum, fp_cnt = packed.rows(plain_model)
     fp_loss = sum(fp_sum) / sum(fp_cnt)
-    grads = eval_weight_gradients(plain_model, mods, conv, eval_batches)
+    per_group = 8 * sum(W0[n].numel() for n in layers)
+    n_groups = max(1, min(check_int_range(n_groups, "ptq_groups", 1), GROUP_GRAD_BYTES // per_group))
+    groups = eval_groups(eval_clusters, n_groups)
+    K = max(groups) + 1
+    group_windows = [groups.count(k) for k in range(K)]
+    ggrads = eval_group_gradients(plain_model, mods, conv, eval_batches, groups, K)
+    gflat = {n: g.reshape(K, -1) for n, g in ggrads.items()}
+    group_index = torch.tensor(groups)
     results = []
     moments: dict = {}
     it = items
@@ -426,6 +500,7 @@ def run_ptq(
         t0 = time.time()
         gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7919 * b + draw)
         deltas, per = {}, {}
+        P1 = torch.zeros(K, dtype=torch.float64)
         pred_plugin = 0.0
         pred_moment = 0.0 if scheme not in ("nf4", "fp4", "int8") else None
         for n, (B, A) in facs.items():
@@ -436,11 +511,13 @@ def run_ptq(
             c = curvature[n]
             s = scales[n]
             quad, x2 = _quads(E, c["Sigma_x"], c["G"])  # x2 = E_x‖ε_BA·x‖²
+            p1k = s * (gflat[n] @ E.reshape(-1))  # (K,) first-order term of each group
+            P1 += p1k
             layer = {
                 "eps_ba_fro2": float((E**2).sum()),
                 "eps_ba_x2": x2,
                 "pred_plugin": 0.5 * s * s * quad,
-                "pred_first_order": s * float((grads[n] * E).sum()),
+                "pred_first_order": float(p1k.sum()),
                 "range_B": float(B.abs().max()),
                 "range_A": float(A.abs().max()),
             }
@@ -473,6 +550,11 @@ def run_ptq(
         tot = sum(q_cnt)
         diffs = [(qs - fs) * len(q_cnt) / tot for qs, fs in zip(q_sum, fp_sum)]
         d_mean, d_lo, d_hi = clustered_mean_ci(diffs, eval_clusters)
+        # per group: D_k = Σ_{rows of k} (q − f)/Σn and P₁ₖ summed over layers
+        D = torch.zeros(K, dtype=torch.float64).index_add_(
+            0, group_index, torch.tensor(q_sum, dtype=torch.float64) - torch.tensor(fp_sum, dtype=torch.float64)
+        ) / tot
+        resid = grouped_total((D - P1).tolist(), group_windows)
         results.append(
             {
                 "ptq_scheme": scheme,
@@ -486,6 +568,12 @@ def run_ptq(
                 "pred_plugin": pred_plugin,
                 "pred_moment": pred_moment,
                 "pred_first_order": sum(v["pred_first_order"] for v in per.values()),
+                "eval_groups": K,
+                "group_windows": group_windows,
+                "delta_loss_groups": D.tolist(),
+                "first_order_groups": P1.tolist(),
+                "resid_first_order": q_loss - fp_loss - float(P1.sum()),
+                "resid_first_order_ci": resid["ci"] if K >= 2 else None,
                 "eps_ba_fro2": sum(v["eps_ba_fro2"] for v in per.values()),
                 "eps_ba_x2": sum(v["eps_ba_x2"] for v in per.values()),
                 "layers": per,

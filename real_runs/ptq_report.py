@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from quantbounds.calib.ptq_pairs import PREDICTIONS, ratio_interval
+from quantbounds.calib.ptq_pairs import PREDICTION_GROUPS, PREDICTIONS, ratio_interval
 from quantbounds.calib.records import read_ptq_records
 
 def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
@@ -58,7 +58,7 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
             if not row["measured_sum_ci_excludes_0"]:
                 row[name] = {"pred_mean": pm, "ratio": None, "ci": None}
                 continue
-            ratio, a, b, k = ratio_interval(recs, fn)
+            ratio, a, b, k = ratio_interval(recs, fn, pred_groups=PREDICTION_GROUPS[name])
             row[name] = {
                 "pred_mean": pm,
                 "ratio": ratio,

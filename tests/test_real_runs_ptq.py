@@ -163,6 +163,59 @@ def test_eval_weight_gradient_matches_central_differences(embedded_tiny_cache):
     assert fd == pytest.approx(float((grads[name] * D).sum()), rel=1e-6, abs=1e-10)
 
 
+def test_group_gradients_split_the_gradient_and_each_is_its_groups_derivative(embedded_tiny_cache):
+    # float64 model: Σ_k g_k equals the one-group gradient to float64 rounding, and group k's
+    # gradient is the derivative of (Σ_{t ∈ k} ℓ_t)/T, checked by central differences on
+    # that group's rows alone (T all predicted tokens).
+    from real_runs.arms import load_base
+    from real_runs.data import collate
+    from real_runs.embedded import EmbeddedConfig
+    from real_runs.measure import eval_loss_rows
+
+    lm, tok = load_base("embedded", base_quant="none", embedded=EmbeddedConfig.tiny(),
+                        cache_dir=embedded_tiny_cache, progress=False)
+    lm = lm.double().eval()
+    texts = ["hello there, how are you", "the cat sat on the mat today",
+             "what would happen if computers talked", "a short one", "dogs like long walks too"]
+    seqs = [tok(t)["input_ids"][:20] for t in texts]
+    batches = [collate(seqs[:3], pad_id=tok.eos_token_id), collate(seqs[3:], pad_id=tok.eos_token_id)]
+    clusters = ["d1", "d0", "d1", "d2", "d0"]
+    groups = P.eval_groups(clusters, 2)
+    assert groups == [1, 0, 1, 0, 0]  # sorted dialogues d0, d1, d2 dealt round robin into 2
+    assert P.eval_groups(clusters, 9) == [1, 0, 1, 2, 0]  # never more groups than dialogues
+    names = ["transformer.h.1.mlp.c_fc", "transformer.h.0.attn.c_attn"]
+    mods = {n: lm.get_submodule(n) for n in names}
+    conv = {n: True for n in names}
+    gk = P.eval_group_gradients(lm, mods, conv, batches, groups, 2, rows_per_batch=2)
+    full = P.eval_weight_gradients(lm, mods, conv, batches)
+    for n in names:
+        assert gk[n].shape == (2, *full[n].shape)
+        torch.testing.assert_close(gk[n].sum(0), full[n], rtol=1e-10, atol=1e-14)
+    T = sum(c for _, cs in [eval_loss_rows(lm, batches)] for c in cs)
+    rows_k0 = [s for s, g in zip(seqs, groups) if g == 0]
+    b0 = [collate(rows_k0, pad_id=tok.eos_token_id)]
+    mod = mods[names[0]]
+    D = torch.randn(full[names[0]].shape, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    W0 = mod.weight.detach().clone()
+
+    def L0(t):
+        with torch.no_grad():
+            mod.weight.copy_(W0 + t * D.T)
+        return sum(eval_loss_rows(lm, b0)[0]) / T
+
+    h = 1e-4
+    fd = (L0(h) - L0(-h)) / (2 * h)
+    L0(0.0)
+    assert fd == pytest.approx(float((gk[names[0]][0] * D).sum()), rel=1e-6, abs=1e-10)
+    with pytest.raises(ValueError, match="groups"):
+        P.eval_group_gradients(lm, mods, conv, batches, groups[:-1], 2)
+    with pytest.raises(ValueError, match="groups"):
+        P.eval_group_gradients(lm, mods, conv, batches, [0, 1, 2, 0, 0], 2)
+    with pytest.raises(ValueError, match="n_groups"):
+        P.eval_groups(clusters, 0)
+
+
 def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
     cfg = FinetuneConfig(
         **FAST,
@@ -188,6 +241,21 @@ def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
     # SR draws differ, their moment prediction (an expectation) does not
     a, b = by[("sr_tensor", 2, 0)], by[("sr_tensor", 2, 1)]
     assert a["eps_ba_fro2"] != b["eps_ba_fro2"] and a["pred_moment"] == b["pred_moment"]
+    # paired groups: the per-group values add up to ΔL and the first-order term, and the
+    # residual's interval is grouped_total's on them
+    from quantbounds.verdicts.intervals import grouped_total
+
+    for p in ptq:
+        K = p["eval_groups"]
+        assert 2 <= K <= cfg.ptq_groups and len(p["delta_loss_groups"]) == K
+        assert len(p["group_windows"]) == K and min(p["group_windows"]) >= 1
+        assert sum(p["delta_loss_groups"]) == pytest.approx(p["delta_loss"], rel=1e-9, abs=1e-12)
+        assert sum(p["first_order_groups"]) == pytest.approx(p["pred_first_order"], rel=1e-9,
+                                                             abs=1e-15)
+        r = p["resid_first_order"]
+        assert r == pytest.approx(p["delta_loss"] - p["pred_first_order"], rel=1e-9, abs=1e-12)
+        u = [d - f for d, f in zip(p["delta_loss_groups"], p["first_order_groups"])]
+        assert p["resid_first_order_ci"] == grouped_total(u, p["group_windows"])["ci"]
 
 
 def _write_config(path, defaults, grids):

@@ -35,12 +35,20 @@ from quantbounds._checks import check_choice
 from quantbounds.calib.pairing import Pairs
 from quantbounds.calib.records import PTQ_SCHEMES
 
-__all__ = ["PREDICTIONS", "PtqPairs", "adapter_of", "ptq_pairs", "ratio_interval"]
+__all__ = ["PREDICTIONS", "PREDICTION_GROUPS", "PtqPairs", "adapter_of", "ptq_pairs",
+           "ratio_interval"]
 
 PREDICTIONS = {
     "second": lambda r: r["pred_plugin"],
     "first+2nd": lambda r: r["pred_plugin"] + r.get("pred_first_order", 0.0),
     "moment": lambda r: r.get("pred_moment"),
+}
+# The part of each prediction measured on the held-out tokens, per eval group (None: none of
+# it is; the second-order terms use curvature from training windows only).
+PREDICTION_GROUPS = {
+    "second": None,
+    "first+2nd": lambda r: r.get("first_order_groups"),
+    "moment": None,
 }
 
 
@@ -50,7 +58,7 @@ def adapter_of(rec: dict):
     return rec.get("ptq_of") or (rec["rank"], rec["seed"])
 
 
-def ratio_interval(recs: list[dict], pred_fn, *, level: float = 0.95):
+def ratio_interval(recs: list[dict], pred_fn, *, pred_groups=None, level: float = 0.95):
     """(R, lo, hi, G): R = Σ pred ÷ Σ measured over ``recs`` and its ``level`` interval by the
     delta method on the ratio estimator, from two sources of uncertainty:
 
@@ -58,14 +66,24 @@ def ratio_interval(recs: list[dict], pred_fn, *, level: float = 0.95):
                       fp reference) are the independent units: z_k = (P_k − R·M_k) / M̄,
                       se_b = sd(z)/√G;
     held-out tokens   every record is scored on the same held-out tokens, so their sampling
-                      error is common: se_e = |R|·se(Σ M)/|Σ M|, se(Σ M) from the records'
-                      paired intervals (half-widths summed: taken as perfectly correlated).
+                      error is common. Paired (records with per-group values, ``real_runs.ptq``):
+                      δR = (δP − R·δM)/M, so with u_j = Σ_records (p_j − R·D_j) over the eval
+                      groups j — D_j the group's loss change, p_j the group's part of the
+                      prediction measured on those tokens (``pred_groups``, e.g. the
+                      first-order term; 0 for the second-order terms) —
+                      se_e = se(Σ_j u_j)/|Σ M| by :func:`quantbounds.verdicts.intervals.
+                      grouped_total`: the error the measured cost and a first-order term share
+                      cancels. Older records (no groups): se_e = |R|·se(Σ M)/|Σ M|, se(Σ M)
+                      from the records' paired intervals (half-widths summed: taken as
+                      perfectly correlated), and a prediction's own eval-token error ignored.
 
     R ± q·√(se_b² + se_e²), q the t_{G−1} quantile (normal for G = 1: the interval is then
     conditional on that one adapter). Signed: Σ M may be negative (a first-order term can lower
     the loss); R is NaN with no interval when Σ M = 0. Coverage checked by simulation in
-    tests/test_real_runs_ptq_report.py."""
+    tests/test_real_runs_ptq_report.py and tests/calib/test_ptq_pairs.py."""
     from scipy import stats
+
+    from quantbounds.verdicts.intervals import grouped_total
 
     clusters = defaultdict(list)
     for r in recs:
@@ -78,8 +96,17 @@ def ratio_interval(recs: list[dict], pred_fn, *, level: float = 0.95):
         return math.nan, None, None, g
     ratio = float(P.sum() / M.sum())
     z_level = stats.norm.ppf(0.5 + level / 2)
-    half_m = 0.5 * sum(r["delta_loss_ci"][1] - r["delta_loss_ci"][0] for r in recs)
-    se_e = abs(ratio) * (half_m / stats.norm.ppf(0.975)) / abs(M.sum())
+    windows = [r.get("group_windows") for r in recs]
+    if windows[0] and len(windows[0]) >= 2 and all(w == windows[0] for w in windows):
+        u = np.zeros(len(windows[0]))
+        for r in recs:
+            p = pred_groups(r) if pred_groups is not None else None
+            u += (np.zeros_like(u) if p is None else np.asarray(p, float)) - ratio * np.asarray(
+                r["delta_loss_groups"], float)
+        se_e = grouped_total(u, windows[0])["se"] / abs(M.sum())
+    else:
+        half_m = 0.5 * sum(r["delta_loss_ci"][1] - r["delta_loss_ci"][0] for r in recs)
+        se_e = abs(ratio) * (half_m / stats.norm.ppf(0.975)) / abs(M.sum())
     if g >= 2:
         z = (P - ratio * M) / M.mean()
         se_b = float(z.std(ddof=1) / math.sqrt(g))

@@ -7,7 +7,9 @@ by :mod:`quantbounds.verdicts.standard`:
     distinguishable from 0 (the sum of its records' paired intervals excludes 0):
     θ = ln(Σ measured ÷ Σ predicted) = −ln R, with R and its se from
     :func:`quantbounds.calib.ptq_pairs.ratio_interval` (se_ln = se_R / R, t with G − 1 dof over
-    the G trained adapters; normal for G = 1), TOST within ±ln(1.25); a cell whose R ≤ 0 (the
+    the G trained adapters; normal for G = 1; the eval-token error paired over the records'
+    eval groups, so the first-order term, measured on those tokens, shares it), TOST within
+    ±ln(1.25); a cell whose R ≤ 0 (the
     prediction has the wrong sign) fails when R's one-sided upper limit is below 0.8. Cells
     combined by :func:`quantbounds.verdicts.standard.over_cells`; two readings: the second-order
     prediction alone (as DESIGN.md §2 states it) and with the first-order term.
@@ -32,7 +34,13 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from quantbounds.calib.ptq_pairs import PREDICTIONS, PtqPairs, adapter_of, ratio_interval
+from quantbounds.calib.ptq_pairs import (
+    PREDICTION_GROUPS,
+    PREDICTIONS,
+    PtqPairs,
+    adapter_of,
+    ratio_interval,
+)
 from quantbounds.verdicts import standard
 from quantbounds.verdicts.registry import registry
 from quantbounds.verdicts.results import Verdict
@@ -44,13 +52,16 @@ FORM_ID = "toolkit.ptq.prediction_vs_form"
 _SOURCE = "DESIGN.md §2 (curvature-weighted moment); real_runs.ptq records"
 
 
-def _cell_decision(recs: list[dict], fn, margin: float) -> tuple[standard.Decision, dict] | None:
+def _cell_decision(
+    recs: list[dict], name: str, margin: float
+) -> tuple[standard.Decision, dict] | None:
     """The decision of one (scheme, r, b) cell, or None when its excess is not above noise."""
     lo = sum(r["delta_loss_ci"][0] for r in recs)
     hi = sum(r["delta_loss_ci"][1] for r in recs)
+    fn = PREDICTIONS[name]
     if lo <= 0 <= hi or any(fn(r) is None for r in recs):
         return None
-    R, a, b, g = ratio_interval(recs, fn)
+    R, a, b, g = ratio_interval(recs, fn, pred_groups=PREDICTION_GROUPS[name])
     if not math.isfinite(R) or a is None:
         return None
     dof = g - 1 if g >= 2 else None
@@ -82,7 +93,7 @@ def prediction_verdict(ptq_records: list[dict], *, margin: float | None = None) 
     for name in ("second", "first+2nd"):
         cells = {}
         for (scheme, rank, bits), recs in sorted(groups.items()):
-            out = _cell_decision(recs, PREDICTIONS[name], margin)
+            out = _cell_decision(recs, name, margin)
             if out is not None:
                 label = f"{scheme} r={rank} b={bits}"
                 cells[label] = out[0]
@@ -102,7 +113,9 @@ def prediction_verdict(ptq_records: list[dict], *, margin: float | None = None) 
         measured=None, ci=None, source=_SOURCE,
         conditions=f"post-training quantization of {n_adapters} trained adapters; cells "
                    f"(scheme, r, b) whose summed paired interval excludes 0; t over adapters "
-                   f"plus the common eval-token error; readings: second order, first + second",
+                   f"plus the common eval-token error (paired over eval groups where the records "
+                   f"carry them, so the first-order term's share cancels); readings: second "
+                   f"order, first + second",
         details={"cells": cells_info, "margin": margin})
 
 

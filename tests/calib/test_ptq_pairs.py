@@ -54,6 +54,83 @@ def test_signed_ratio_interval():
     assert R == pytest.approx(-0.030 / -0.030) and g == 2 and lo < R < hi
 
 
+def _grouped(rec, D, P1, windows):
+    rec.update(delta_loss_groups=list(map(float, D)), first_order_groups=list(map(float, P1)),
+               group_windows=list(windows), eval_groups=len(windows),
+               delta_loss=float(np.sum(D)), pred_first_order=float(np.sum(P1)))
+    return rec
+
+
+def test_grouped_ratio_interval_is_the_paired_delta_method_by_hand():
+    from quantbounds.calib.ptq_pairs import PREDICTION_GROUPS, PREDICTIONS
+    from quantbounds.verdicts.intervals import grouped_total
+
+    rng = np.random.default_rng(5)
+    windows = [3, 4, 2, 5, 3, 4]
+    recs = []
+    for k, a in enumerate("abc"):
+        D = rng.normal(0.002, 0.001, 6)
+        P1 = D - rng.normal(0.0005, 0.0002, 6)
+        recs.append(_grouped(_rec(a, k, 8, 2, 0.0, plug=0.003 + 0.001 * k), D, P1, windows))
+    fn = PREDICTIONS["first+2nd"]
+    R, lo, hi, g = ratio_interval(recs, fn, pred_groups=PREDICTION_GROUPS["first+2nd"])
+    P = np.array([fn(r) for r in recs])
+    M = np.array([r["delta_loss"] for r in recs])
+    assert R == pytest.approx(P.sum() / M.sum(), rel=1e-12) and g == 3
+    u = sum(np.array(r["first_order_groups"]) - R * np.array(r["delta_loss_groups"])
+            for r in recs)
+    se_e = grouped_total(u, windows)["se"] / abs(M.sum())
+    z = (P - R * M) / M.mean()
+    se_b = z.std(ddof=1) / math.sqrt(3)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * math.sqrt(se_b**2 + se_e**2)
+    assert [lo, hi] == pytest.approx([R - half, R + half], rel=1e-12)
+    # groups of different layouts are not paired: the conservative path is taken
+    recs[0]["group_windows"] = [21]
+    R2, lo2, hi2, _ = ratio_interval(recs, fn, pred_groups=PREDICTION_GROUPS["first+2nd"])
+    assert R2 == pytest.approx(R) and (lo2, hi2) != (lo, hi)
+
+
+def test_paired_first_order_interval_covers_and_is_narrower_than_the_unpaired_one():
+    """G = 3 adapters scored on the same K = 20 eval groups; the first-order term P₁ is
+    measured on those groups and shares their sampling error e_j, which dominates ΔL's error;
+    the target is R = Σ(P₁ + P₂)/Σ ΔL without eval error. Coverage ≥ 93 % over 1500 worlds
+    (binomial sd of a 95 % estimate 0.56 %), and the paired interval is narrower than the one
+    built from ΔL's own intervals (which the first-order term's shared error would leave in)."""
+    from quantbounds.calib.ptq_pairs import PREDICTION_GROUPS, PREDICTIONS
+    from quantbounds.verdicts.intervals import grouped_total
+
+    rng = np.random.default_rng(13)
+    K, trials, hits, narrower = 20, 1500, 0, 0
+    windows = rng.integers(3, 12, size=K).tolist()
+    w = np.array(windows) / sum(windows)
+    fn = PREDICTIONS["first+2nd"]
+    for t in range(trials):
+        e = rng.normal(0, 0.004, K) * np.sqrt(w)  # common eval error, per group
+        recs, truth_p, truth_m = [], 0.0, 0.0
+        for k in range(3):
+            p1 = rng.normal(-0.01, 0.002)  # a first-order term (RTN: lowers the loss)
+            p2 = 0.015 * (1 + rng.normal(0, 0.05))
+            m = (p1 + p2) * 0.9
+            D = m * w + e + rng.normal(0, 0.0002, K) * np.sqrt(w)
+            P1 = p1 * w + e
+            r = _grouped(_rec(f"w{t}-{k}", k, 8, 2, 0.0, plug=p2), D, P1, windows)
+            half = 1.96 * grouped_total(D, windows)["se"]
+            r["delta_loss_ci"] = [r["delta_loss"] - half, r["delta_loss"] + half]
+            recs.append(r)
+            truth_p += p1 + p2
+            truth_m += m
+        R, lo, hi, _ = ratio_interval(recs, fn, pred_groups=PREDICTION_GROUPS["first+2nd"])
+        hits += lo <= truth_p / truth_m <= hi
+        for r in recs:
+            r.pop("group_windows")
+        _, lo0, hi0, _ = ratio_interval(recs, fn)
+        narrower += (hi - lo) < (hi0 - lo0)
+    assert hits / trials >= 0.93, hits / trials
+    assert narrower / trials > 0.9, narrower / trials
+
+
 def _world(rho=4.0, beta=-1.0, c2=2.0, noise=0.0, seed=0, ranks=(4, 8, 16, 32),
            bits=(2, 3, 4, 5, 6), seeds=(0, 1, 2)):
     rng = np.random.default_rng(seed)
