@@ -5,19 +5,20 @@ object ``{conversation id: conversation}``; a conversation is an object with
 
 - ``"messages"``: a list of turns; a turn is a non-empty list of messages sent in a row by
   one speaker, each an object with a string ``"text"`` (and ``"sender"``, ``"timestamp"``);
-- ``"prompt"`` (optional; 239 of the 7,168 conversations have none): the one of 35
-  conversation starters the two speakers were given; ``"ratings"``, ``"start"``: unused.
+- ``"prompt"`` (optional; 239 of the 7,168 conversations have none and 4 an empty one): the
+  one of 34 conversation starters the two speakers were given (35 distinct values counting
+  the empty string); ``"ratings"``, ``"start"``: unused.
 
 A turn's messages are joined with one space (as the package's own ``ConversationDataset``
 does), so a conversation becomes a list of turns, the dialogue format of ``data.py``.
 
 The split is by prompt, so that fine-tuning is a real domain shift and no fine-tuning or
 evaluation conversation is ever seen in pretraining: the eight prompts about computers and
-artificial intelligence (``HELDOUT_PROMPTS``: 724 conversations with ≥ 2 turns, ≈ 410k words)
-are held out of
-pretraining entirely; the other 27 prompts and the prompt-less conversations (3,293) are the
-pretraining corpus. (Of the 7,168 conversations, 3,150 are one-sided — a single turn — and are
-dropped.)
+artificial intelligence (``HELDOUT_PROMPTS``: 835 conversations with ≥ 2 turns, ≈ 500k words)
+are held out of pretraining entirely; the other 26 prompts and the prompt-less conversations
+(3,179, ≈ 1.86M words, after dropping 3 copies of held-out conversations) are the pretraining
+corpus. (Of the 7,168 conversations, 3,151 have fewer than two non-empty turns and are
+dropped, leaving 4,017 with all 34 prompts.) Counts: ``tests/test_real_runs_chitchat.py``.
 """
 
 from __future__ import annotations

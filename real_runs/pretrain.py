@@ -8,8 +8,9 @@ The shipped model (``real_runs/weights/chitchat``) is ``PretrainConfig()``: 4 la
     python -m real_runs.pretrain --workdir .pretrain            # runs / resumes
     python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat
 
-The corpus is the pretraining part of ``real_runs.chitchat`` (27 of the 35 prompts plus the
-prompt-less conversations; the eight computer/AI prompts are never seen here). A byte-level
+The corpus is the pretraining part of ``real_runs.chitchat`` (3,179 conversations: 26 of the
+34 prompts plus the prompt-less conversations; the eight computer/AI prompts are never seen
+here). A byte-level
 BPE tokenizer is trained on the pretraining conversations only, each conversation is encoded
 in DialoGPT's format (t₁⟨eos⟩t₂⟨eos⟩…), the conversations are concatenated into one token
 stream, and a ``GPT2LMHeadModel`` is trained with AdamW on random windows (next-token
@@ -296,7 +297,7 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
     st = c["state"]
     info = {
         "name": "chitchat",
-        "corpus": "chitchat-dataset (pretraining prompts: 27 of 35 + prompt-less)",
+        "corpus": "chitchat-dataset (pretraining prompts: 26 of 34 + prompt-less)",
         "heldout_prompts_excluded": True,
         "config": asdict(cfg),
         "corpus_tokens_train": int(blob["train"].numel()),

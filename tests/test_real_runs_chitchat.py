@@ -30,12 +30,16 @@ def _write(tmp_path, obj, name="cc.json"):
 
 def test_installed_chitchat_layout_and_prompt_split():
     convs = load_chitchat()
-    assert len(convs) > 3500  # 4,017 of the 7,168 have ≥ 2 non-empty turns (3,150 are one-sided)
+    # chitchat-dataset 0.9.0 (pinned): 4,017 of the 7,168 have ≥ 2 non-empty turns
+    assert len(convs) == 4017
+    assert len({c.prompt for c in convs} - {None}) == 34  # the 35th raw value is ""
     pre, fine = split_by_prompt(convs)
+    assert (len(pre), len(fine)) == (3179, 835)
+    assert len({c.prompt for c in pre} - {None}) == 26
+    assert len(convs) - len(pre) - len(fine) == 3  # copies of held-out conversations dropped
     assert {c.prompt for c in fine} == set(HELDOUT_PROMPTS)  # all eight prompts exist verbatim
     assert not {c.id for c in pre} & {c.id for c in fine}
     assert not {c.prompt for c in pre} & set(HELDOUT_PROMPTS)
-    assert 600 < len(fine) < 900  # 724
     train, val = pretraining_split(convs)
     assert len(train) + len(val) == len(pre)
     # no fine-tuning conversation's text is in the pretraining corpus
