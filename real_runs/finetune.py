@@ -370,6 +370,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # peak_mem_bytes is per run on GPU
     peak_method = "torch.cuda.max_memory_allocated" if device == "cuda" else _reset_peak_rss()
+    mem_at_start = M.current_memory_bytes(device)
 
     split, dataset_path = load_split(cfg.dataset, cfg.n_train, cfg.eval_pairs)
     emb = cfg.embedded
@@ -611,6 +612,9 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         model_bytes=counts["bytes"],
         peak_mem_bytes=M.peak_memory_bytes(device),
         peak_mem_method=peak_method,
+        # resident before this run started (earlier runs of a sweep process leave caches): the
+        # run's own increment is peak_mem_bytes − mem_at_start_bytes
+        mem_at_start_bytes=mem_at_start,
         tokens_per_s=n_tok / train_s if train_s > 0 else None,
         lr=cfg.lr,
         batch_size=cfg.batch_size,

@@ -262,6 +262,23 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def current_memory_bytes(device: str) -> int | None:
+    """Memory held now: CUDA allocated on GPU; else the process' resident set (Linux VmRSS;
+    None where /proc is not available). Read at the start of a run, it separates the run's own
+    peak from what earlier runs of the same process left resident (caches, allocator pools):
+    the run's increment is ``peak_memory_bytes − current_memory_bytes(at start)``."""
+    if device == "cuda":
+        return int(torch.cuda.memory_allocated())
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

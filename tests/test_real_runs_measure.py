@@ -98,3 +98,21 @@ def test_eval_loss_is_token_weighted_cross_entropy():
     lse = np.log(np.e + 4)
     assert n == 2
     assert loss == pytest.approx(((lse - 1.0) + lse) / 2, rel=1e-12)
+
+
+def test_current_memory_is_the_resident_set_and_sees_an_allocation():
+    import os
+
+    psutil = pytest.importorskip("psutil")
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux /proc")
+    from real_runs.measure import current_memory_bytes, peak_memory_bytes
+
+    before = current_memory_bytes("cpu")
+    rss = psutil.Process().memory_info().rss
+    assert abs(before - rss) < 8 * 2**20  # two readings of one counter, a few pages apart
+    x = torch.ones(50 * 2**20)  # 200 MiB, touched
+    after = current_memory_bytes("cpu")
+    assert after - before >= 0.95 * 200 * 2**20
+    assert peak_memory_bytes("cpu") >= after
+    del x
