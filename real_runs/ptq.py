@@ -224,8 +224,8 @@ def _n_rows(batches) -> int:
 
 
 def eval_groups(clusters, n_groups: int) -> list[int]:
-    """Group of each row: the distinct ``clusters`` (dialogues) in sorted order, dealt round
-    robin into min(n_groups, #clusters) groups, so every group holds whole dialogues and the
+    """Group of each row: the distinct ``clusters`` (dialogues) sorted by their string form
+    (so any label type sorts), dealt round robin into min(n_groups, #clusters) groups, so every group holds whole dialogues and the
     groups are independent units (rows of one dialogue are correlated)."""
     check_int_range(n_groups, "n_groups", 1)
     labels = sorted(set(clusters), key=str)
