@@ -10,6 +10,11 @@ constant fitted to any quantized run:
     first+2nd   ⟨∇_W L, s·ε_BA⟩ + second             (adds the first-order term)
     moment      E over the noise model of "second"  (σ² = Δ²/12 RTN; exact Bernoulli SR)
 
+and, where the records carry per-group values, "second|first": the second-order term against
+ΔL − first-order term (both measured on the same eval groups, so that difference has a paired
+interval much narrower than ΔL's own: :func:`quantbounds.calib.ptq_pairs.residual_records`) —
+the curvature term's own test, with the first-order term's share of the cost removed.
+
 The ratio is R = Σ pred / Σ measured over the group's records (seeds × SR draws), signed, with
 its 95 % interval from :func:`quantbounds.calib.ptq_pairs.ratio_interval` (the delta method:
 the trained adapters as independent units plus the held-out tokens' error common to all; its
@@ -28,7 +33,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from quantbounds.calib.ptq_pairs import PREDICTION_GROUPS, PREDICTIONS, ratio_interval
+from quantbounds.calib.ptq_pairs import (
+    PREDICTION_GROUPS,
+    PREDICTIONS,
+    ratio_interval,
+    residual_records,
+)
 from quantbounds.calib.records import read_ptq_records
 
 def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
@@ -65,6 +75,19 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
                 "ci": None if a is None else [a, b],
                 "n_clusters": k,
             }
+        # the second-order term against what the first-order term leaves (paired interval)
+        res = residual_records(recs)
+        row["second|first"] = None
+        if res is not None:
+            lo_r = sum(r["delta_loss_ci"][0] for r in res)
+            hi_r = sum(r["delta_loss_ci"][1] for r in res)
+            row["measured_minus_first_mean"] = float(np.mean([r["delta_loss"] for r in res]))
+            if lo_r > 0 or hi_r < 0:
+                ratio, a, b, k = ratio_interval(res, PREDICTIONS["second"])
+                row["second|first"] = {"ratio": ratio, "ci": None if a is None else [a, b],
+                                       "n_clusters": k}
+            else:
+                row["second|first"] = {"ratio": None, "ci": None}
         rows.append(row)
     return rows
 
@@ -101,14 +124,15 @@ def _fmt(x):
 
 def markdown(rows: list[dict]) -> str:
     out = [
-        "| scheme | b | r | n | measured ΔL (mean) | second ÷ meas | first+2nd ÷ meas | moment ÷ meas |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scheme | b | r | n | measured ΔL (mean) | second ÷ meas | first+2nd ÷ meas | "
+        "moment ÷ meas | second ÷ (meas − first) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['scheme']} | {r['bits']} | {r['rank']} | {r['n_records']} | "
             f"{r['measured_mean']:.2e} | {_fmt(r['second'])} | {_fmt(r['first+2nd'])} | "
-            f"{_fmt(r['moment'])} |"
+            f"{_fmt(r['moment'])} | {_fmt(r.get('second|first'))} |"
         )
     return "\n".join(out)
 

@@ -101,3 +101,36 @@ def test_signed_agreement_hand_case():
     ss = sum((x - m) ** 2 for x in meas)
     assert a["first+2nd"] == pytest.approx(1 - 0.03**2 / ss)
     assert a["second"] == pytest.approx(1 - (0.01**2 + 0.03**2) / ss)
+
+
+def test_second_given_first_uses_the_paired_residual():
+    """P₂ ÷ (ΔL − P₁) from records with per-group values: here ΔL − P₁ = 0.8·P₂ in every group
+    of every adapter, so the ratio is 1.25 exactly and the paired interval (the residual's
+    groups vary only by a small common term) is narrow although ΔL's own interval spans 0."""
+    from quantbounds.calib.ptq_pairs import residual_records
+
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    windows = [4, 5, 3, 6, 4]
+    w = np.array(windows) / sum(windows)
+    recs = []
+    for k in range(3):
+        e = rng.normal(0, 0.01, 5)  # large eval error shared by ΔL and P₁
+        p2 = 0.002 * (k + 1)
+        P1 = -0.001 * w + e
+        D = P1 + 0.8 * p2 * w
+        r = _rec(k, float(D.sum()), p2, first=float(P1.sum()), ci=[-0.05, 0.05])
+        r.update(delta_loss_groups=D.tolist(), first_order_groups=P1.tolist(),
+                 group_windows=windows, resid_first_order_ci=[0.8 * p2 * 0.99, 0.8 * p2 * 1.01])
+        recs.append(r)
+    res = residual_records(recs)
+    assert [r["delta_loss"] for r in res] == pytest.approx([0.8 * r["pred_plugin"] for r in recs])
+    (row,) = summarize(recs)
+    assert row["second"]["ratio"] is None  # ΔL alone is not distinguishable from 0
+    assert row["second|first"]["ratio"] == pytest.approx(1.25)
+    lo, hi = row["second|first"]["ci"]
+    assert lo < 1.25 < hi and hi - lo < 0.5
+    for r in recs:
+        r.pop("resid_first_order_ci")
+    assert residual_records(recs) is None and summarize(recs)[0]["second|first"] is None

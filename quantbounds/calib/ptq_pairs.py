@@ -36,7 +36,7 @@ from quantbounds.calib.pairing import Pairs
 from quantbounds.calib.records import PTQ_SCHEMES
 
 __all__ = ["PREDICTIONS", "PREDICTION_GROUPS", "PtqPairs", "adapter_of", "ptq_pairs",
-           "ratio_interval"]
+           "ratio_interval", "residual_records"]
 
 PREDICTIONS = {
     "second": lambda r: r["pred_plugin"],
@@ -115,6 +115,21 @@ def ratio_interval(recs: list[dict], pred_fn, *, pred_groups=None, level: float 
         se_b, q = 0.0, float(z_level)
     half = q * math.sqrt(se_b**2 + se_e**2)
     return ratio, ratio - half, ratio + half, g
+
+
+def residual_records(recs: list[dict]) -> list[dict] | None:
+    """The records with the first-order term taken out of the measured cost: ``delta_loss`` =
+    ΔL − P₁, ``delta_loss_groups`` = D_j − P₁ⱼ and ``delta_loss_ci`` = the paired interval of
+    ΔL − P₁ (``resid_first_order_ci``), so that ``ratio_interval(res, PREDICTIONS["second"])``
+    is P₂ ÷ (ΔL − P₁): whether the second-order term predicts what the first-order term leaves.
+    None unless every record carries the per-group values (``real_runs.ptq`` since they exist)."""
+    if not recs or any(r.get("resid_first_order_ci") is None or not r.get("first_order_groups")
+                       for r in recs):
+        return None
+    return [{**r, "delta_loss": r["delta_loss"] - r["pred_first_order"],
+             "delta_loss_groups": [d - f for d, f in zip(r["delta_loss_groups"],
+                                                         r["first_order_groups"])],
+             "delta_loss_ci": list(r["resid_first_order_ci"])} for r in recs]
 
 
 @dataclass(frozen=True, eq=False)

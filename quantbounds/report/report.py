@@ -209,12 +209,15 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                   f"From `python -m real_runs.ptq_report {q.get('source')}` "
                   f"({q.get('n_records')} records); predictions with no constant fitted to a "
                   "quantized run; ratio Σ pred ÷ Σ measured over the trained adapters, 95 % "
-                  "interval (— where the measured cost is within its interval of 0).", "",
+                  "interval (— where the measured cost is within its interval of 0); the last "
+                  "column sets the second-order term against the measured cost minus the "
+                  "first-order term, with the paired interval of that difference.", "",
                   "| scheme | b | records | measured ΔL (mean) | second ÷ meas | "
-                  "first+2nd ÷ meas | moment ÷ meas |", "|---|---|---|---|---|---|---|"]
+                  "first+2nd ÷ meas | moment ÷ meas | second ÷ (meas − first) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in q.get("pooled_over_rank") or []:
             cells = []
-            for name in ("second", "first+2nd", "moment"):
+            for name in ("second", "first+2nd", "moment", "second|first"):
                 x = row.get(name)
                 if not x or x.get("ratio") is None:
                     cells.append("—")
