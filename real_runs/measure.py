@@ -252,14 +252,20 @@ def peak_memory_bytes(device: str) -> int:
     back to ru_maxrss (KiB, process lifetime) where /proc is not available."""
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
+    hwm = _proc_status_bytes("VmHWM")
+    return hwm if hwm is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    """A ``kB`` field of Linux /proc/self/status ("VmHWM", "VmRSS") in bytes; None without /proc."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return None
 
 
 def current_memory_bytes(device: str) -> int | None:
@@ -269,14 +275,7 @@ def current_memory_bytes(device: str) -> int | None:
     the run's increment is ``peak_memory_bytes − current_memory_bytes(at start)``."""
     if device == "cuda":
         return int(torch.cuda.memory_allocated())
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_status_bytes("VmRSS")
 
 
 def _nbytes(t: torch.Tensor) -> int:
