@@ -11,6 +11,7 @@ counts are recomputed by hand from the factors and the saved config, not from ``
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from real_runs.chitchat import HELDOUT_PROMPTS  # noqa: E402
 from real_runs.embedded import EmbeddedConfig, embedded_path  # noqa: E402
 from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 N_CONV, TURNS = 20, 3
 N_HELD = round(0.2 * N_CONV)  # 4
 PAIRS_AVAILABLE = N_HELD * (TURNS - 1)  # 8
@@ -315,3 +317,78 @@ def test_sr_rounding_bias_as_documented(step, embedded_tiny_cache, dataset):
         top = A > R - delta
         if bool(top.any()):
             assert bool((draws.mean(0)[top] < A[top]).all())
+
+
+# --- the counts the docstrings state (real_runs.data, real_runs.embedded) --------------------
+
+
+
+def _chitchat_or_skip():
+    pytest.importorskip("chitchat_dataset")
+    from real_runs.chitchat import chitchat_path
+
+    return chitchat_path()
+
+
+def test_chitchat_split_counts_stated_in_the_docstrings():
+    from collections import Counter
+
+    from real_runs.chitchat import load_chitchat, pretraining_split, split_by_prompt
+    from real_runs.embedded import PRETRAIN_CORPUS
+    from real_runs.finetune import HELDOUT_FRAC, load_split
+
+    raw = json.loads(_chitchat_or_skip().read_text())
+    prompts = {c.get("prompt") for c in raw.values() if c.get("prompt")}
+    assert len(prompts) == 34 and set(HELDOUT_PROMPTS) <= prompts
+    convs = load_chitchat()
+    pre, fine = split_by_prompt(convs)
+    assert (len(pre), len(fine)) == (3179, 835)
+    assert len({c.prompt for c in pre if c.prompt}) == 34 - 8 == 26
+    train, val = pretraining_split(convs)
+    assert (len(train), len(val)) == (3115, 64)
+    assert "26 of 34 prompts" in PRETRAIN_CORPUS["chitchat"]
+    # the fine-tuning split: round(0.2 · 835) = 167 held out, 668 for training
+    split, _ = load_split("chitchat", None, 500)
+    assert len(split.heldout) == round(HELDOUT_FRAC * 835) == 167 and len(split.train) == 668
+    use = Counter(split.pair_dialogue)
+    assert len(split.pairs) == 500 and len(use) == 167 and max(use.values()) == 4
+    short = [i for i in use if use[i] < 3]
+    assert all(use[i] == len(split.heldout[i]) - 1 for i in short)  # as many as they have
+    assert Counter(use[i] for i in short) == {1: 29, 2: 7}
+
+
+def test_embedded_toml_default_run_gets_500_pairs_and_24747_eval_tokens():
+    """The default run of embedded.toml, from the split functions and the shipped tokenizer.
+
+    Predicted tokens of a dialogue of T tokens cut into ⌈T/L⌉ windows of ≤ L = seq_len: every
+    window predicts all its tokens but its first, so T − ⌈T/L⌉ (a last window of one token
+    predicts nothing and is dropped: the same count). Whole held-out dialogues are taken in
+    split order until the sum reaches eval_tokens.
+    """
+    import math
+
+    from real_runs.data import encode_dialogue
+    from real_runs.embedded import SHIPPED, resolve_embedded
+    from real_runs.finetune import load_split
+    from real_runs.sweep import load_config
+
+    _chitchat_or_skip()
+    if not (SHIPPED["chitchat"] / "SHA256SUMS").exists():
+        pytest.skip("chitchat weights not shipped in this checkout")
+    from transformers import AutoTokenizer
+
+    d = load_config(ROOT / "real_runs/configs/embedded.toml")["defaults"]
+    cfg = FinetuneConfig.from_dict(d)
+    assert (cfg.embedded, cfg.dataset, cfg.n_train) == ("chitchat", "chitchat", 200)
+    split, _ = load_split(cfg.dataset, cfg.n_train, cfg.eval_pairs)
+    assert len(split.pairs) == cfg.eval_pairs == 500 and len(split.train) == 200
+    tok = AutoTokenizer.from_pretrained(resolve_embedded(cfg.embedded).path)
+    L = min(cfg.seq_len, json.loads((SHIPPED["chitchat"] / "config.json").read_text())["n_positions"])
+    total = dialogues = 0
+    for turns in split.heldout:
+        if total >= cfg.eval_tokens:
+            break
+        T = len(encode_dialogue(tok, turns, seq_len=10**12))
+        total += T - math.ceil(T / L)
+        dialogues += 1
+    assert (total, dialogues) == (24_747, 38)
