@@ -89,6 +89,7 @@ def _run(cache, dataset, **kw):
         cap["built"] = b
         drops = [m for m in b.model.modules() if isinstance(m, torch.nn.Dropout)]
         cap["n_dropout"] = len(drops)
+        cap["dropout_p"] = [d.p for d in drops]
 
         def hook(mod, args, kwargs):
             cap["forwards"].append(
@@ -163,7 +164,8 @@ def test_eval_pairs_scored_is_min_of_requested_and_available(fp16_run, block_run
 def test_grad_var_is_measured_in_training_mode_with_dropout_on(fp16_run):
     rec, cap = fp16_run
     assert rec["grad_var_mode"] == "train"
-    assert cap["n_dropout"] > 0  # GPT-2's attention / residual / embedding dropout
+    # GPT-2's embedding / attention / residual dropout (p = 0.1 by GPT2Config's default)
+    assert cap["n_dropout"] > 0 and all(p > 0 for p in cap["dropout_p"])
     with_grad = [f for f in cap["forwards"] if f[0]]
     # training steps + gradient-variance samples are the only forwards with grad enabled
     assert len(with_grad) == BASE["steps"] + BASE["grad_var_batches"]
