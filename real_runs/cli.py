@@ -6,7 +6,9 @@
         --gpus-per-node 1 --timeout-min 120 --array-parallelism 16     # real_runs/submit.py
 
 Bad input (unknown arm or model, bits outside 1…16, a missing or malformed dataset file or
-config, an unknown config key) prints ``error: …`` naming it and returns 2.
+config, an unknown config key) prints ``error: …`` naming it and returns 2. So does a shipped
+embedded weight file that is missing or corrupt (``real_runs.embedded.EmbeddedWeightsError``):
+one paragraph naming the file and how to restore it (reinstall, or the rebuild command).
 Also runnable as ``python -m real_runs.cli {finetune,sweep} …``.
 """
 
@@ -131,10 +133,29 @@ def _default_bits(arm: str) -> int:
     return 4 if arm.startswith("adapter") or arm.endswith("adapter_rtn") else 16
 
 
+def weights_error_message(err: Exception) -> str:
+    """One paragraph for a missing / corrupt shipped weight file: the file, why, and the fix.
+
+    The error names the file (and, when corrupt, both hashes); the fix (reinstall the package,
+    or :data:`real_runs.embedded.REBUILD`) is added where the error does not already give it.
+    """
+    from real_runs.embedded import REBUILD
+
+    msg = str(err).rstrip(". ")
+    if REBUILD not in msg:
+        msg += f"; reinstall the package or rebuild with: {REBUILD}"
+    return (
+        f"error: {msg}. The shipped embedded model is checked against its SHA256SUMS manifest "
+        f"on every load and is never rebuilt implicitly; until it is restored, pick another "
+        f"model with --embedded pydoc or --model PATH."
+    )
+
+
 def finetune_main(argv: list[str] | None = None) -> int:
     args = finetune_parser().parse_args(argv)
     from quantbounds.calib.records import append_record
     from real_runs.data import DataError
+    from real_runs.embedded import EmbeddedWeightsError
     from real_runs.finetune import FinetuneConfig, run_finetune
 
     try:
@@ -171,6 +192,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
             ptq_bits=_int_list(args.ptq_bits, "ptq-bits"),
         )
         rec, ptq_recs = run_finetune(cfg, return_ptq=True)
+    except EmbeddedWeightsError as err:
+        print(weights_error_message(err), file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -238,6 +262,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 def sweep_main(argv: list[str] | None = None) -> int:
     args = sweep_parser().parse_args(argv)
     from real_runs.data import DataError
+    from real_runs.embedded import EmbeddedWeightsError
     from real_runs.sweep import expand, load_config, pending, run_sweep
 
     overrides = {}
@@ -273,6 +298,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
             results_dir=args.results_dir,
             poll_s=args.poll_s,
         )
+    except EmbeddedWeightsError as err:  # before RuntimeError, its base class
+        print(weights_error_message(err), file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError, DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

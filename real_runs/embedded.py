@@ -3,11 +3,13 @@
 Three by name (``EMBEDDED_MODELS``):
 
 - ``"chitchat"`` (the default): 4 layers, d = 192, 6 heads, vocab 8192, pretrained on the dialogue
-  corpus ``chitchat-dataset`` minus the eight held-out computer/AI prompts
-  (``real_runs.chitchat``, ``real_runs.pretrain``). Its weights SHIP with the package as fp16
-  safetensors in ``real_runs/weights/chitchat/`` with a ``SHA256SUMS`` manifest that is checked
-  on every load (:func:`verify_weights`); loading never pretrains, and a missing or corrupt
-  file is an :class:`EmbeddedWeightsError` naming it and the rebuild command.
+  corpus ``chitchat-dataset`` minus the eight held-out computer/AI prompts: the 3,179
+  conversations (≥ 2 turns) of the other 26 of its 34 prompts and of no prompt, 3,115 for
+  training and 64 for validation (``real_runs.chitchat``, ``real_runs.pretrain``). Its
+  weights SHIP with the package as fp16 safetensors in ``real_runs/weights/chitchat/`` with a
+  ``SHA256SUMS`` manifest that is checked on every load (:func:`verify_weights`); loading
+  never pretrains, and a missing or corrupt file is an :class:`EmbeddedWeightsError` naming it
+  and the rebuild command.
 - ``"pydoc"``: the earlier model (4 layers, d = 128) pretrained on Python's help text,
   built locally in a few minutes on first use and cached (below).
 - ``"tiny"``: 2 layers, d = 64, pydoc text, 40 steps: for tests.
@@ -311,7 +313,7 @@ REBUILD = (
     "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat"
 )
 PRETRAIN_CORPUS = {
-    "chitchat": "chitchat-dataset (27 of 35 prompts + prompt-less; computer/AI prompts held out)",
+    "chitchat": "chitchat-dataset (26 of 34 prompts + prompt-less; computer/AI prompts held out)",
     "pydoc": "pydoc_data.topics",
     "tiny": "pydoc_data.topics",
 }
