@@ -34,7 +34,7 @@ from quantbounds.calib.records import ARMS, make_record, run_id
 from quantbounds.conventions import SCALES, lora_scale
 
 EMBEDDED_NAMES = ("chitchat", "pydoc", "tiny", "default")  # "default" = "chitchat"
-HELDOUT_FRAC = 0.2  # chitchat: 724 held-out-prompt conversations → 145 held out, 579 for training
+HELDOUT_FRAC = 0.2  # chitchat: 835 held-out-prompt conversations → 167 held out, 668 for training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -411,6 +411,15 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
             held_seqs.append(w)
             held_owner.append(i)
             n_pred += len(w) - 1
+    if len(set(held_owner)) < 2:
+        from real_runs.data import DataError
+
+        raise DataError(
+            f"dataset {cfg.dataset!r}: the held-out evaluation covers {len(set(held_owner))} "
+            f"dialogue(s) of {len(split.heldout)} held out; its intervals are clustered by "
+            f"dialogue and need at least 2 (use a dataset with more dialogues, or a larger "
+            f"eval_tokens than {cfg.eval_tokens})"
+        )
     if n_pred < cfg.eval_tokens:
         import warnings
 
@@ -688,11 +697,14 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
     # PTQ evaluates each quantized adapter on the leading held-out batches (whole dialogues, in
     # split order) until ≥ ptq_eval_tokens predicted tokens, with its own full-precision
     # reference on exactly those tokens (eval_loss_ref), so each ΔL stays a paired difference
-    nb, n_pred = 0, 0
-    while nb < len(held_batches) and n_pred < cfg.ptq_eval_tokens:
+    # (and on at least two dialogues, which its clustered intervals need)
+    nb, n_pred, n_rows = 0, 0, 0
+    while nb < len(held_batches) and (
+        n_pred < cfg.ptq_eval_tokens or len(set(held_owner[:n_rows])) < 2
+    ):
         n_pred += int((held_batches[nb]["labels"][:, 1:] != -100).sum())
+        n_rows += held_batches[nb]["input_ids"].shape[0]
         nb += 1
-    n_rows = sum(b["input_ids"].shape[0] for b in held_batches[:nb])
     sub_rows = (rows[0][:n_rows], rows[1][:n_rows])
     out = P.run_ptq(
         plain_model=plain,

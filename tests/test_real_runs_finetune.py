@@ -394,3 +394,13 @@ def test_embedded_toml_default_run_gets_500_pairs_and_24747_eval_tokens():
         total += T - math.ceil(T / L)
         dialogues += 1
     assert (total, dialogues) == (24_747, 38)
+
+
+def test_an_evaluation_on_one_dialogue_is_refused_before_training(embedded_tiny_cache, dataset):
+    # eval_tokens=1 stops after the first held-out dialogue: its clustered intervals would be
+    # infinite and the record unwritable (JSON has no inf), so the run is refused up front
+    from real_runs.data import DataError
+
+    with pytest.raises(DataError, match="1 dialogue.*at least 2"):
+        run_finetune(FinetuneConfig(**{**BASE, "eval_tokens": 1}, dataset=dataset,
+                                    cache_dir=str(embedded_tiny_cache)))
