@@ -18,8 +18,9 @@ the curvature term's own test, with the first-order term's share of the cost rem
 The ratio is R = Σ pred / Σ measured over the group's records (seeds × SR draws), signed, with
 its 95 % interval from :func:`quantbounds.calib.ptq_pairs.ratio_interval` (the delta method:
 the trained adapters as independent units plus the held-out tokens' error common to all; its
-coverage is checked by simulation in tests/test_real_runs_ptq_report.py. Where |Σ measured| is
-within its own paired interval of 0 the ratio is not defined and reported as None. Rows by
+coverage is checked by simulation in tests/test_real_runs_ptq_report.py. Where Σ measured's
+own paired interval (:func:`quantbounds.calib.ptq_pairs.measured_interval`) contains 0 the
+ratio is not defined and reported as None. Rows by
 (scheme, b, r), and pooled over r by (scheme, b) (``rank`` "all"), show where the prediction
 breaks (low bits, non-uniform codes).
 Written atomically as JSON; a markdown table is printed.
@@ -36,6 +37,7 @@ import numpy as np
 from quantbounds.calib.ptq_pairs import (
     PREDICTION_GROUPS,
     PREDICTIONS,
+    measured_interval,
     ratio_interval,
     residual_records,
 )
@@ -50,8 +52,7 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
     rows = []
     for (scheme, bits, rank), recs in sorted(groups.items()):
         meas = np.array([r["delta_loss"] for r in recs])
-        lo = sum(r["delta_loss_ci"][0] for r in recs)
-        hi = sum(r["delta_loss_ci"][1] for r in recs)
+        lo, hi = measured_interval(recs)
         row = {
             "scheme": scheme,
             "bits": bits,
@@ -79,8 +80,7 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
         res = residual_records(recs)
         row["second|first"] = None
         if res is not None:
-            lo_r = sum(r["delta_loss_ci"][0] for r in res)
-            hi_r = sum(r["delta_loss_ci"][1] for r in res)
+            lo_r, hi_r = measured_interval(res)
             row["measured_minus_first_mean"] = float(np.mean([r["delta_loss"] for r in res]))
             if lo_r > 0 or hi_r < 0:
                 ratio, a, b, k = ratio_interval(res, PREDICTIONS["second"])

@@ -35,8 +35,8 @@ from quantbounds._checks import check_choice
 from quantbounds.calib.pairing import Pairs
 from quantbounds.calib.records import PTQ_SCHEMES
 
-__all__ = ["PREDICTIONS", "PREDICTION_GROUPS", "PtqPairs", "adapter_of", "ptq_pairs",
-           "ratio_interval", "residual_records"]
+__all__ = ["PREDICTIONS", "PREDICTION_GROUPS", "PtqPairs", "adapter_of", "measured_interval",
+           "ptq_pairs", "ratio_interval", "residual_records"]
 
 PREDICTIONS = {
     "second": lambda r: r["pred_plugin"],
@@ -56,6 +56,32 @@ def adapter_of(rec: dict):
     """The trained adapter a PTQ record quantized: its fp16 run id (``ptq_of``), else
     (rank, seed) for records written before ``ptq_of`` existed."""
     return rec.get("ptq_of") or (rec["rank"], rec["seed"])
+
+
+def _shared_windows(recs: list[dict]) -> list | None:
+    """The eval groups' window counts when every record carries per-group values on the same
+    groups (so their group values can be added), else None."""
+    w = [r.get("group_windows") for r in recs]
+    if not w or not w[0] or len(w[0]) < 2 or any(x != w[0] for x in w):
+        return None
+    if any(len(r.get("delta_loss_groups") or ()) != len(w[0]) for r in recs):
+        return None
+    return list(w[0])
+
+
+def measured_interval(recs: list[dict], *, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` interval of Σ ΔL over ``recs``: paired over the eval groups when the
+    records share them (:func:`quantbounds.verdicts.intervals.grouped_total` of the summed
+    group values: exact for records scored on the same tokens), else the sum of the records'
+    own intervals (conservative: taken as perfectly correlated)."""
+    from quantbounds.verdicts.intervals import grouped_total
+
+    windows = _shared_windows(recs)
+    if windows is None:
+        return (sum(r["delta_loss_ci"][0] for r in recs), sum(r["delta_loss_ci"][1] for r in recs))
+    tot = np.sum([np.asarray(r["delta_loss_groups"], float) for r in recs], axis=0)
+    lo, hi = grouped_total(tot, windows, level=level)["ci"]
+    return lo, hi
 
 
 def ratio_interval(recs: list[dict], pred_fn, *, pred_groups=None, level: float = 0.95):
@@ -96,14 +122,14 @@ def ratio_interval(recs: list[dict], pred_fn, *, pred_groups=None, level: float 
         return math.nan, None, None, g
     ratio = float(P.sum() / M.sum())
     z_level = stats.norm.ppf(0.5 + level / 2)
-    windows = [r.get("group_windows") for r in recs]
-    if windows[0] and len(windows[0]) >= 2 and all(w == windows[0] for w in windows):
-        u = np.zeros(len(windows[0]))
+    windows = _shared_windows(recs)
+    if windows is not None:
+        u = np.zeros(len(windows))
         for r in recs:
             p = pred_groups(r) if pred_groups is not None else None
             u += (np.zeros_like(u) if p is None else np.asarray(p, float)) - ratio * np.asarray(
                 r["delta_loss_groups"], float)
-        se_e = grouped_total(u, windows[0])["se"] / abs(M.sum())
+        se_e = grouped_total(u, windows)["se"] / abs(M.sum())
     else:
         half_m = 0.5 * sum(r["delta_loss_ci"][1] - r["delta_loss_ci"][0] for r in recs)
         se_e = abs(ratio) * (half_m / stats.norm.ppf(0.975)) / abs(M.sum())

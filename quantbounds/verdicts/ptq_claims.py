@@ -4,7 +4,8 @@ Two toolkit claims (registry entries in :mod:`quantbounds.verdicts._claims_table
 by :mod:`quantbounds.verdicts.standard`:
 
 ``toolkit.curvature.loss_prediction``  per cell (scheme, r, b) whose measured paired excess is
-    distinguishable from 0 (the sum of its records' paired intervals excludes 0):
+    distinguishable from 0 (:func:`quantbounds.calib.ptq_pairs.measured_interval` of its
+    records excludes 0):
     θ = ln(Σ measured ÷ Σ predicted) = −ln R, with R and its se from
     :func:`quantbounds.calib.ptq_pairs.ratio_interval` (se_ln = se_R / R, t with G − 1 dof over
     the G trained adapters; normal for G = 1; the eval-token error paired over the records'
@@ -39,6 +40,7 @@ from quantbounds.calib.ptq_pairs import (
     PREDICTIONS,
     PtqPairs,
     adapter_of,
+    measured_interval,
     ratio_interval,
 )
 from quantbounds.verdicts import standard
@@ -56,8 +58,7 @@ def _cell_decision(
     recs: list[dict], name: str, margin: float
 ) -> tuple[standard.Decision, dict] | None:
     """The decision of one (scheme, r, b) cell, or None when its excess is not above noise."""
-    lo = sum(r["delta_loss_ci"][0] for r in recs)
-    hi = sum(r["delta_loss_ci"][1] for r in recs)
+    lo, hi = measured_interval(recs)
     fn = PREDICTIONS[name]
     if lo <= 0 <= hi or any(fn(r) is None for r in recs):
         return None

@@ -249,3 +249,18 @@ def test_calibrate_command_reads_the_ptq_records_beside_the_run_records(tmp_path
     assert main([str(runs), "--out", str(out), "--figures", "", "--n-boot", "0",
                  "--ptq", ""]) == 0
     assert "ptq" not in json.loads(out.read_text())["fits"]
+
+
+def test_measured_interval_pairs_records_on_shared_groups():
+    from quantbounds.calib.ptq_pairs import measured_interval
+    from quantbounds.verdicts.intervals import grouped_total
+
+    windows = [2, 3, 4]
+    a = _grouped(_rec("a", 0, 8, 2, 0.0), [0.01, -0.002, 0.004], [0, 0, 0], windows)
+    b = _grouped(_rec("b", 1, 8, 2, 0.0), [0.008, 0.001, 0.003], [0, 0, 0], windows)
+    assert measured_interval([a, b]) == pytest.approx(
+        tuple(grouped_total([0.018, -0.001, 0.007], windows)["ci"]), rel=1e-12)
+    b["group_windows"] = [9]  # other groups: the records' own intervals, summed
+    lo = a["delta_loss_ci"][0] + b["delta_loss_ci"][0]
+    hi = a["delta_loss_ci"][1] + b["delta_loss_ci"][1]
+    assert measured_interval([a, b]) == pytest.approx((lo, hi))
