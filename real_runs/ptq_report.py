@@ -20,7 +20,8 @@ its 95 % interval from :func:`quantbounds.calib.ptq_pairs.ratio_interval` (the d
 the trained adapters as independent units plus the held-out tokens' error common to all; its
 coverage is checked by simulation in tests/test_real_runs_ptq_report.py. Where Σ measured's
 own paired interval (:func:`quantbounds.calib.ptq_pairs.measured_interval`) contains 0 the
-ratio is not defined and reported as None. Rows by
+ratio is not defined and reported as None; so are the b = 16 rows (their cost, ~1e-9 nats, is
+the float32 rounding floor of the merged weights and losses, not a quantization cost). Rows by
 (scheme, b, r), and pooled over r by (scheme, b) (``rank`` "all"), show where the prediction
 breaks (low bits, non-uniform codes).
 Written atomically as JSON; a markdown table is printed.
@@ -42,6 +43,7 @@ from quantbounds.calib.ptq_pairs import (
     residual_records,
 )
 from quantbounds.calib.records import read_ptq_records
+from quantbounds.verdicts.ptq_claims import MAX_BITS
 
 def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
     """One row per (scheme, bits, rank), or per (scheme, bits) over every rank when ``pooled``
@@ -61,6 +63,10 @@ def summarize(records: list[dict], *, pooled: bool = False) -> list[dict]:
             "measured_mean": float(meas.mean()),
             "measured_sum_ci_excludes_0": bool(lo > 0 or hi < 0),
         }
+        if bits > MAX_BITS:  # the float32 floor, not a quantization cost (ptq_claims.MAX_BITS)
+            row.update({name: None for name in PREDICTIONS}, **{"second|first": None})
+            rows.append(row)
+            continue
         for name, fn in PREDICTIONS.items():
             if any(fn(r) is None for r in recs):
                 row[name] = None

@@ -153,7 +153,9 @@ def grouped_total(values, sizes, *, level: float = 0.95) -> dict:
     if u.size == 0 or not np.all(np.isfinite(u)):
         raise ValueError(f"values must be a non-empty array of finite floats, got {u.size} values")
     if n.size != u.size or not np.all(n > 0):
-        raise ValueError(f"sizes must be {u.size} positive counts (one per group), got {n.tolist()}")
+        raise ValueError(
+            f"sizes must be {u.size} positive counts (one per group), got {n.tolist()}"
+        )
     k = u.size
     total = float(u.sum())
     if k < 2:
