@@ -660,6 +660,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     )
     for p in ptq_records:
         p["ptq_of"] = rid
+        p["dataset_sha256"] = res["dataset_sha256"]  # the data of the trained run, as information
     return (rec, ptq_records) if return_ptq else rec
 
 
