@@ -160,6 +160,86 @@ def resolve_dataset(name: str) -> str:
     return str(Path(name).resolve())
 
 
+# --- portable dataset identity (what enters the run id instead of the path) ------------------
+
+HUB_PREFIX = "hub:"
+_DIGEST_CHUNK = 1 << 20  # read files in 1 MiB pieces
+
+
+def _skipped(name: str) -> bool:
+    # hidden files (.DS_Store, .git) and byte-code caches are not data
+    return name.startswith(".") or name == "__pycache__"
+
+
+def digest_dataset(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a dataset's bytes: where it lives does not enter, what it holds does.
+
+    A file: the SHA-256 of its bytes (what ``sha256sum FILE`` prints). A directory (e.g.
+    chatterbot's YAML files): one SHA-256 over its regular files in sorted order of their
+    relative POSIX paths, each fed as ``relpath ⟨NUL⟩ len(bytes) ⟨NUL⟩ bytes`` — so renaming,
+    moving or changing any file changes the digest, and the file boundaries cannot be shifted
+    without changing it. Hidden entries (``.*``) and ``__pycache__`` are skipped.
+
+    Raises FileNotFoundError naming a path that is neither a file nor a directory.
+    """
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+
+    def feed(f: Path) -> None:
+        with f.open("rb") as fh:
+            while chunk := fh.read(_DIGEST_CHUNK):
+                h.update(chunk)
+
+    if p.is_file():
+        feed(p)
+        return h.hexdigest()
+    if not p.is_dir():
+        raise FileNotFoundError(f"dataset path not found (neither a file nor a directory): {p}")
+    files = []
+    for root, dirs, names in os.walk(p):
+        dirs[:] = [d for d in dirs if not _skipped(d)]
+        files += [Path(root) / n for n in names if not _skipped(n)]
+    for rel, f in sorted((f.relative_to(p).as_posix(), f) for f in files if f.is_file()):
+        h.update(rel.encode("utf-8") + b"\0" + str(f.stat().st_size).encode() + b"\0")
+        feed(f)
+    return h.hexdigest()
+
+
+def dataset_loader(name: str, location: str) -> str:
+    """How dataset spec ``name`` (read from ``location``, see :func:`resolve_dataset`) is parsed:
+    "chitchat" (chitchat's layout, held-out prompts: "chitchat" or "chitchat:<path>"),
+    "chatterbot" (its YAML files), "dialogue_file" (a .json/.jsonl/.parquet file, given as a path
+    or as ``$QUANTBOUNDS_DAILYDIALOG``), or ``"hub:<name>"`` (a hub dataset, not a local file).
+    With the digest of the bytes it says which dialogues a run saw, without a path."""
+    if name == "chitchat" or name.startswith("chitchat:"):
+        return "chitchat"
+    if name == "chatterbot":
+        return "chatterbot"
+    if location.startswith(HUB_PREFIX):
+        return location
+    return "dialogue_file"
+
+
+def dataset_identity(name: str, location: str | None = None) -> dict:
+    """The portable identity of dataset spec ``name`` read from ``location`` (default: what it
+    resolves to here): ``{"dataset": dataset_loader(...), "dataset_sha256": digest_dataset(location)}``,
+    the digest None for a hub dataset (named by its hub id, not held locally). The same bytes at
+    two paths give the same identity; one changed byte gives another.
+
+    Raises FileNotFoundError naming a local location that does not exist, DataError for
+    chatterbot when chatterbot-corpus is not installed.
+    """
+    loc = resolve_dataset(name) if location is None else str(location)
+    loader = dataset_loader(name, loc)
+    if loc.startswith(HUB_PREFIX):
+        return {"dataset": loader, "dataset_sha256": None}
+    if loc == "chatterbot_corpus:english":
+        raise DataError("dataset 'chatterbot' needs the chatterbot-corpus package (not installed)")
+    return {"dataset": loader, "dataset_sha256": digest_dataset(loc)}
+
+
 @dataclass(frozen=True)
 class Split:
     """Train dialogues (the first n_train of a seeded shuffle) and held-out dialogues / pairs."""

@@ -201,7 +201,7 @@ class FinetuneConfig:
 
     def resolve(self) -> dict:
         """What this run resolves to on this machine: device, dtype, embedded model key, dataset
-        path, N. Cached per process (loading the dataset once)."""
+        path, loader and SHA-256, N. Cached per process (loading and hashing the dataset once)."""
         return _resolve(
             self.dataset, self.n_train, self.device, self.model, self.embedded, self.cache_dir
         )
@@ -212,9 +212,13 @@ class FinetuneConfig:
         Canonical: N, device and dtype resolved; lora_alpha a float (dropped under scale "one",
         which ignores it); fields the arm ignores dropped (bits_pattern/block_size/step for
         unquantized adapters, noise_draws outside SR/noise, double_quant outside 4-bit bases,
-        the embedded name for other models); the embedded model's cache key and the resolved
-        dataset path added. How a run is executed (cache_dir, progress, threads) and what is
-        measured on top of an fp16 run (ptq_*) are not part of it.
+        the embedded name for other models); the embedded model's cache key added. The dataset
+        enters by content, not by path (portable across machines and Python installs): ``dataset``
+        is how it is parsed (``real_runs.data.dataset_loader``: "chitchat", "chatterbot",
+        "dialogue_file", "hub:<name>") and ``dataset_sha256`` the SHA-256 of the bytes read
+        (``real_runs.data.digest_dataset``; None for a hub dataset); the path it was read from is
+        in the record (``dataset_path``), not here. How a run is executed (cache_dir, progress,
+        threads) and what is measured on top of an fp16 run (ptq_*) are not part of it.
         """
         r = resolved or self.resolve()
         d = dataclasses.asdict(self)
@@ -237,7 +241,7 @@ class FinetuneConfig:
         d["lr"] = float(self.lr)
         d["n_train"] = r["n_train"]
         d["device"], d["dtype"] = r["device"], r["dtype"]
-        d["dataset_path"] = r["dataset_path"]
+        d["dataset"], d["dataset_sha256"] = r["dataset_loader"], r["dataset_sha256"]
         d["step"] = self.resolved_step()
         d["block_size"] = self.resolved_block_size()
         if self.scale == "one":
@@ -276,13 +280,23 @@ class FinetuneConfig:
 _DATA_CACHE: dict = {}
 
 
-def load_split(dataset: str, n_train: int | None, max_pairs: int):
-    """(dialogues split, resolved dataset path), the dialogues loaded once per process."""
-    from real_runs.data import load_dialogues, resolve_dataset, split_dialogues
+def _load_dataset(dataset: str) -> tuple:
+    """(dialogues, resolved path, portable identity {dataset, dataset_sha256}) of a dataset spec,
+    read and hashed once per process (the digest describes the bytes the dialogues came from)."""
+    from real_runs.data import dataset_identity, load_dialogues, resolve_dataset
 
     if dataset not in _DATA_CACHE:
-        _DATA_CACHE[dataset] = (load_dialogues(dataset), resolve_dataset(dataset))
-    dialogues, path = _DATA_CACHE[dataset]
+        dialogues = load_dialogues(dataset)
+        path = resolve_dataset(dataset)
+        _DATA_CACHE[dataset] = (dialogues, path, dataset_identity(dataset, path))
+    return _DATA_CACHE[dataset]
+
+
+def load_split(dataset: str, n_train: int | None, max_pairs: int):
+    """(dialogues split, resolved dataset path), the dialogues loaded once per process."""
+    from real_runs.data import split_dialogues
+
+    dialogues, path, _ = _load_dataset(dataset)
     return split_dialogues(
         dialogues, n_train=n_train, heldout_frac=HELDOUT_FRAC, max_pairs=max_pairs
     ), path
@@ -292,12 +306,15 @@ def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
     from real_runs.arms import resolve_device
 
     split, path = load_split(dataset, n_train, 1)
+    ident = _load_dataset(dataset)[2]
     # "auto" is resolved here (so auto-on-CPU ≡ cpu); an explicit "cuda" is the run's identity
     # even on a machine without CUDA (it fails when run, not when planned)
     dev = resolve_device(device) if device == "auto" else device
     out = {
         "n_train": len(split.train),
         "dataset_path": path,
+        "dataset_loader": ident["dataset"],
+        "dataset_sha256": ident["dataset_sha256"],
         "device": dev,
         "dtype": "bfloat16" if dev == "cuda" else "float32",
     }
@@ -651,6 +668,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
         embedded_key=res.get("embedded_key"),
         pretrain_corpus=res.get("pretrain_corpus"),
         dataset_path=dataset_path,
+        dataset_sha256=res["dataset_sha256"],
         dtype=res["dtype"],
         versions=_versions(),
         device=device if device == "cpu" else torch.cuda.get_device_name(),
@@ -660,6 +678,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     )
     for p in ptq_records:
         p["ptq_of"] = rid
+        p["dataset_sha256"] = res["dataset_sha256"]  # the data of the trained run, as information
     return (rec, ptq_records) if return_ptq else rec
 
 

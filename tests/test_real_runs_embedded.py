@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -183,7 +184,11 @@ def test_device_and_dtype_and_model_key_enter_the_id(embedded_tiny_cache):
     )  # auto = cpu here
     ident = cfg.identity(r)
     assert ident["device"] == "cpu" and ident["dtype"] == "float32"
-    assert ident["embedded"] == r["embedded_key"] and ident["dataset_path"].endswith("dataset.json")
+    assert ident["embedded"] == r["embedded_key"] and r["dataset_path"].endswith("dataset.json")
+    # the dataset by content (SHA-256 of chitchat's dataset.json), its path only in resolve()
+    assert "dataset_path" not in ident and ident["dataset"] == "chitchat"
+    sha = hashlib.sha256(Path(r["dataset_path"]).read_bytes()).hexdigest()
+    assert ident["dataset_sha256"] == r["dataset_sha256"] == sha
     gpu = cfg.identity({**r, "device": "cuda", "dtype": "bfloat16"})
     assert run_id(gpu) != run_id(ident)
     other_model = cfg.identity({**r, "embedded_key": "embedded-000000000000"})

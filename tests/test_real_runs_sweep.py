@@ -1,5 +1,6 @@
 """real_runs.finetune / sweep / cli: records validate; sweeps resume after torn lines and kill -9."""
 
+import hashlib
 import json
 import os
 import signal
@@ -142,7 +143,12 @@ def test_shipped_configs_expand(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTBOUNDS_DAILYDIALOG", str(pq))
     monkeypatch.setattr(F, "_DATA_CACHE", {})
     dgpt = expand(load_config(ROOT / "real_runs/configs/dialogpt_medium.toml"))
-    assert {r.identity()["dataset_path"] for r in dgpt} == {str(pq.resolve())}
+    # the dataset enters the id by content (SHA-256 of the file's bytes), not by path
+    sha = hashlib.sha256(pq.read_bytes()).hexdigest()
+    assert {(r.identity()["dataset"], r.identity()["dataset_sha256"]) for r in dgpt} == {
+        ("dialogue_file", sha)
+    }
+    assert {r.resolve()["dataset_path"] for r in dgpt} == {str(pq.resolve())}
     assert {r.identity()["device"] for r in dgpt} == {"cuda"}
     assert {r.rank for r in dgpt} == {4, 8, 16, 32} and {r.seed for r in dgpt} == {0, 1}
 
