@@ -762,6 +762,9 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
                 curvature_tokens=sum(c["tokens"] for c in curv.values()) // max(len(curv), 1),
                 curvature_source="training windows, labels sampled from the model (true Fisher, K-FAC)",
                 ptq_total_s=total_s,
+                # what the PTQ id hashes besides the parent's identity and the cell
+                ptq_eval_tokens=cfg.ptq_eval_tokens,
+                curvature_windows=cfg.curvature_windows,
                 **r,
             )
         )

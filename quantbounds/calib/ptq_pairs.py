@@ -189,7 +189,9 @@ def ptq_pairs(ptq_records, runs=None, *, scheme: str, prediction: str = "first+2
         if r["ptq_scheme"] != scheme or (max_bits is not None and r["bits"] > max_bits):
             continue
         cells[(adapter_of(r), r["bits"])].append(r)
-    adapters = sorted({k[0] for k in cells}, key=str)
+    # adapters in (rank, seed) order, so that the bootstrap's resamples do not depend on ids
+    about = {a: (recs[0]["rank"], recs[0]["seed"], str(a)) for (a, _), recs in cells.items()}
+    adapters = sorted(about, key=about.get)
     index = {a: i for i, a in enumerate(adapters)}
     cols = {k: [] for k in ("rank", "bits", "n_train", "seed", "group", "q", "base", "s")}
     pred, kept = [], []

@@ -31,11 +31,12 @@ def test_pairs_average_draws_and_look_up_n_train():
             _rec("b", 1, 4, 3, -0.5, scheme="rtn_tensor")]
     runs = [{"run_id": "a", "n_train": 200}]
     pp = ptq_pairs(recs, runs, scheme="sr_tensor")
-    assert len(pp) == 2 and pp.adapters == ("a", "b")  # b = 16 is left out (max_bits 15)
+    # b = 16 is left out (max_bits 15); adapters in (rank, seed) order: b (r = 4) before a
+    assert len(pp) == 2 and pp.adapters == ("b", "a")
     p = pp.pairs
     assert p.arm == "ptq_sr_tensor"
     assert p.excess.tolist() == pytest.approx([0.012, 0.002])
-    assert p.n_train.tolist() == [200, -1] and p.group.tolist() == [0, 1]
+    assert p.n_train.tolist() == [200, -1] and p.group.tolist() == [1, 0]
     assert p.s.tolist() == pytest.approx([2.0, 4.0])  # α/r
     assert pp.pred.tolist() == pytest.approx([0.012, 0.002])
     assert len(ptq_pairs(recs, scheme="sr_tensor", max_bits=None)) == 3
