@@ -113,7 +113,9 @@ OPTIONAL = (
     "embedded_model",  # str: "chitchat" | "pydoc" | "tiny" (None for other models)
     "embedded_key",  # str: the embedded model's cache key (hash of its weights / build)
     "pretrain_corpus",  # str: the embedded model's pretraining corpus
-    "dataset_path",  # str: what ``dataset`` resolved to on the machine that ran
+    "dataset_path",  # str: what ``dataset`` resolved to on the machine that ran (not in the id)
+    "dataset_sha256",  # str: SHA-256 of the dataset's bytes (the id holds this, not the path)
+    "previous_run_id",  # str: the id before real_runs.migrate_run_ids rewrote it
     "dtype",  # str: compute dtype of the 16-bit base ("float32" CPU, "bfloat16" GPU)
     "grad_var_mode",  # str: "train" (dropout as in training) or "eval"
     "lora_scale_layers",  # dict[str, float]: the LoRA scale PEFT applies in each layer
@@ -121,6 +123,7 @@ OPTIONAL = (
     "quant_step",  # str: "paper" | "midtread" grid of the adapter quantizer
     "rounding_bias",  # str: whether the rounding is unbiased, or how it is biased
     "peak_mem_method",  # str: how peak_mem_bytes was measured
+    "mem_at_start_bytes",  # int: resident (CPU) / allocated (CUDA) when the run started
     "eval_tokens",
     "eval_windows",
     "eval_dialogues",  # int: the held-out evaluation's size
@@ -281,7 +284,11 @@ PTQ_REQUIRED: dict[str, type | tuple] = {
     "eval_tokens": int,
 }
 # optional: ptq_of (the fp16 run_id), pred_moment (None for non-uniform codes), eval_loss_unmerged,
-# perplexity, scale, lora_alpha, curvature_tokens, curvature_source, wall_s, ptq_total_s
+# perplexity, scale, lora_alpha, curvature_tokens, curvature_source, wall_s, ptq_total_s,
+# dataset_sha256, ptq_eval_tokens, curvature_windows (what the id hashes), previous_run_id;
+# paired eval groups (real_runs.ptq.run_ptq): eval_groups K, group_windows (K window counts),
+# delta_loss_groups and first_order_groups (K values adding up to delta_loss and
+# pred_first_order), resid_first_order = ΔL − first order and its paired resid_first_order_ci
 
 
 def validate_ptq_record(rec: dict) -> dict:
