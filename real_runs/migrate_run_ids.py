@@ -195,20 +195,29 @@ def _parse(line: str, validate):
         return None
 
 
+def _records(res: "FileResult", path: Path, mine, other, errors: list[str]):
+    """(line index, record) of the lines of ``res`` that validate as ``mine`` = (validator,
+    schema); a line of the ``other`` schema is an error, any other bad line is counted
+    unreadable (and kept as it is)."""
+    for i, line in enumerate(res.lines):
+        if not line.strip():
+            continue
+        rec = _parse(line, mine[0])
+        if rec is None:
+            if _parse(line, other[0]) is not None:
+                errors.append(f"{path}:{i + 1}: a {other[1]} record in a {mine[1]} file")
+            res.counts["unreadable"] += 1
+            continue
+        yield i, rec
+
+
 def migrate_runs(path: Path, m: Migrator, errors: list[str]) -> tuple[FileResult, dict]:
     """Migrate a run records file in memory: (result, {every id a parent is known by: Parent})."""
     res = FileResult(path, _read_lines(path))
     parents: dict[str, Parent] = {}
     seen: dict[str, int] = {}
-    for i, line in enumerate(res.lines):
-        if not line.strip():
-            continue
-        rec = _parse(line, validate_record)
-        if rec is None:
-            if _parse(line, validate_ptq_record) is not None:
-                errors.append(f"{path}:{i + 1}: a {PTQ_SCHEMA} record in a {SCHEMA} file")
-            res.counts["unreadable"] += 1
-            continue
+    for i, rec in _records(res, path, (validate_record, SCHEMA), (validate_ptq_record, PTQ_SCHEMA),
+                           errors):
         where = f"{path}:{i + 1} (run {rec['run_id']})"
         try:
             kind, new, parent = _migrate_run(rec, m, where)
@@ -219,7 +228,7 @@ def migrate_runs(path: Path, m: Migrator, errors: list[str]) -> tuple[FileResult
         for rid in {rec["run_id"], new["run_id"], new.get("previous_run_id")} - {None}:
             parents[rid] = parent
         if new != rec:
-            res.lines[i] = _dump(new, line)
+            res.lines[i] = _dump(new, res.lines[i])
             res.changed = True
             if new["run_id"] != rec["run_id"]:
                 res.renames.append((rec["run_id"], new["run_id"]))
@@ -275,15 +284,8 @@ def migrate_ptq(path: Path, parents: dict, runs_path: Path, m: Migrator, errors:
     """Migrate a PTQ records file in memory against its run file's parents."""
     res = FileResult(path, _read_lines(path))
     seen: dict[str, int] = {}
-    for i, line in enumerate(res.lines):
-        if not line.strip():
-            continue
-        rec = _parse(line, validate_ptq_record)
-        if rec is None:
-            if _parse(line, validate_record) is not None:
-                errors.append(f"{path}:{i + 1}: a {SCHEMA} record in a {PTQ_SCHEMA} file")
-            res.counts["unreadable"] += 1
-            continue
+    for i, rec in _records(res, path, (validate_ptq_record, PTQ_SCHEMA), (validate_record, SCHEMA),
+                           errors):
         where = f"{path}:{i + 1} (PTQ record {rec['run_id']}, ptq_of {rec.get('ptq_of')})"
         try:
             kind, new = _migrate_ptq_rec(rec, parents, runs_path, m, where)
@@ -292,7 +294,7 @@ def migrate_ptq(path: Path, parents: dict, runs_path: Path, m: Migrator, errors:
             continue
         res.counts[kind] += 1
         if new != rec:
-            res.lines[i] = _dump(new, line)
+            res.lines[i] = _dump(new, res.lines[i])
             res.changed = True
             if new["run_id"] != rec["run_id"]:
                 res.renames.append((rec["run_id"], new["run_id"]))
