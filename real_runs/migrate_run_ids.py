@@ -224,17 +224,23 @@ def migrate_runs(path: Path, m: Migrator, errors: list[str]) -> tuple[FileResult
         except MigrationError as err:
             errors.append(str(err))
             continue
-        res.counts[kind] += 1
         for rid in {rec["run_id"], new["run_id"], new.get("previous_run_id")} - {None}:
             parents[rid] = parent
-        if new != rec:
-            res.lines[i] = _dump(new, res.lines[i])
-            res.changed = True
-            if new["run_id"] != rec["run_id"]:
-                res.renames.append((rec["run_id"], new["run_id"]))
-        seen[new["run_id"]] = seen.get(new["run_id"], 0) + 1
+        _apply(res, i, kind, rec, new, seen)
     res.duplicates = sum(n - 1 for n in seen.values())
     return res, parents
+
+
+def _apply(res: "FileResult", i: int, kind: str, rec: dict, new: dict, seen: dict) -> None:
+    """Count line i's outcome and put its migrated record in place (the line is rewritten only
+    when the record changed); ``seen`` counts the new ids, for the duplicate check."""
+    res.counts[kind] += 1
+    if new != rec:
+        res.lines[i] = _dump(new, res.lines[i])
+        res.changed = True
+        if new["run_id"] != rec["run_id"]:
+            res.renames.append((rec["run_id"], new["run_id"]))
+    seen[new["run_id"]] = seen.get(new["run_id"], 0) + 1
 
 
 def _migrate_run(rec: dict, m: Migrator, where: str) -> tuple[str, dict, Parent]:
@@ -292,13 +298,7 @@ def migrate_ptq(path: Path, parents: dict, runs_path: Path, m: Migrator, errors:
         except MigrationError as err:
             errors.append(str(err))
             continue
-        res.counts[kind] += 1
-        if new != rec:
-            res.lines[i] = _dump(new, res.lines[i])
-            res.changed = True
-            if new["run_id"] != rec["run_id"]:
-                res.renames.append((rec["run_id"], new["run_id"]))
-        seen[new["run_id"]] = seen.get(new["run_id"], 0) + 1
+        _apply(res, i, kind, rec, new, seen)
     res.duplicates = sum(n - 1 for n in seen.values())
     return res
 

@@ -40,6 +40,7 @@ def one_block_dialogpt(tmp_path_factory):
     from real_runs.chitchat import HELDOUT_PROMPTS
     from real_runs.embedded import train_tokenizer
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     conf = {**_dialogpt_medium_config(), "n_layer": 1}
     assert (conf["n_embd"], conf["n_head"], conf["vocab_size"]) == (1024, 16, 50257)
@@ -57,7 +58,8 @@ def one_block_dialogpt(tmp_path_factory):
                              "prompt": HELDOUT_PROMPTS[0]}
     (d / "dataset.json").write_text(json.dumps(data))
     train_tokenizer(texts, vocab_size=300).save_pretrained(d)
-    return d, conf
+    yield d, conf
+    torch.set_num_threads(threads)  # leave the rest of the test process as it was
 
 
 COMMON = dict(
