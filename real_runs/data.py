@@ -390,7 +390,7 @@ def clustered_mean_ci(values, clusters, *, level: float = 0.95) -> tuple[float, 
     """
     import math
 
-    from scipy import stats
+    from quantbounds.verdicts.intervals import grouped_total
 
     vals = [float(v) for v in values]
     n = len(vals)
@@ -398,15 +398,13 @@ def clustered_mean_ci(values, clusters, *, level: float = 0.95) -> tuple[float, 
         raise ValueError("clustered_mean_ci needs at least one value")
     if len(clusters) != n:
         raise ValueError(f"clusters must have one label per value ({n}), got {len(clusters)}")
-    mean = sum(vals) / n
     sums: dict = {}
     for v, c in zip(vals, clusters):
         s, k = sums.get(c, (0.0, 0))
         sums[c] = (s + v, k + 1)
-    C = len(sums)
-    if C < 2:
+    mean = sum(vals) / n
+    if len(sums) < 2:
         return mean, -math.inf, math.inf
-    ss = sum((s - k * mean) ** 2 for s, k in sums.values())
-    se = math.sqrt(C / (C - 1) * ss) / n
-    t = float(stats.t.ppf(0.5 + level / 2, C - 1))
-    return mean, mean - t * se, mean + t * se
+    # the mean is the total of the clusters' contributions S_c/n: one CR1 formula for both
+    g = grouped_total([s / n for s, _ in sums.values()], [k for _, k in sums.values()], level=level)
+    return mean, g["ci"][0], g["ci"][1]
