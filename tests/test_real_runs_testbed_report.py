@@ -5,7 +5,12 @@ import math
 import pytest
 from scipy import stats
 
-from real_runs.testbed_report import finetune_rows, ptq_power_rows, two_bit_power
+from real_runs.testbed_report import (
+    adapter_cost_rows,
+    finetune_rows,
+    ptq_power_rows,
+    two_bit_power,
+)
 
 
 def _run(seed, gain, rank=8, n=200):
@@ -49,3 +54,49 @@ def test_two_bit_power_in_paired_standard_errors():
     assert not two_bit_power(rows, need=10.5)["met_at_every_rank"]
     # a negative cost (PTQ lowered the loss) never meets the target
     assert not two_bit_power(ptq_power_rows([_ptq(4, -0.02, 0.001)]))["met_at_every_rank"]
+
+
+def _grp(rank, of, groups, windows, scheme="sr_tensor", draw=0):
+    return {"ptq_scheme": scheme, "bits": 2, "rank": rank, "ptq_of": of, "ptq_draw": draw,
+            "delta_loss": float(sum(groups)), "delta_loss_ci": [0.0, 0.0],
+            "delta_loss_groups": list(groups), "group_windows": list(windows)}
+
+
+def test_adapter_cost_averages_draws_then_pools_adapters_group_by_group():
+    """By hand: CR1 on the draw-averaged (then adapter-averaged) group contributions."""
+    w = [1, 2, 1]
+    recs = [_grp(8, "a", [0.01, 0.03, 0.00], w), _grp(8, "a", [0.03, 0.01, 0.02], w, draw=1),
+            _grp(8, "b", [0.02, 0.04, 0.01], w)]
+    (row,) = adapter_cost_rows(recs)
+    assert row["adapters"] == 2 and row["draws"] == [1, 2] and row["groups"] == 3
+    u = [(0.02 + 0.02) / 2, (0.02 + 0.04) / 2, (0.01 + 0.01) / 2]  # a: draws averaged, then b
+    total, n = sum(u), [1, 2, 1]
+    se = math.sqrt(3 / 2 * sum((uk - nk / 4 * total) ** 2 for uk, nk in zip(u, n)))
+    assert row["cost"]["estimate"] == pytest.approx(total)
+    assert row["cost"]["se"] == pytest.approx(se)
+    assert row["z_paired"] == pytest.approx(total / se)
+    ua = [0.02, 0.02, 0.01]
+    sea = math.sqrt(3 / 2 * sum((x - nk / 4 * 0.05) ** 2 for x, nk in zip(ua, n)))
+    ub = [0.02, 0.04, 0.01]
+    seb = math.sqrt(3 / 2 * sum((x - nk / 4 * 0.07) ** 2 for x, nk in zip(ub, n)))
+    assert row["z_adapter_min"] == pytest.approx(min(0.05 / sea, 0.07 / seb))
+    st = row["seed_t"]
+    assert st["estimate"] == pytest.approx(0.06) and st["se"] == pytest.approx(0.01)
+    assert row["z_seed_t"] == pytest.approx(6.0)
+
+
+def test_two_bit_power_is_judged_on_the_pooled_cost_when_given():
+    w = [1, 1, 1, 1]
+    recs = [_grp(4, "a", [0.010, 0.011, 0.009, 0.010], w),
+            _grp(8, "b", [0.010, 0.030, -0.010, 0.010], w)]
+    costs = adapter_cost_rows(recs)
+    p = two_bit_power(ptq_power_rows(recs), scheme="sr_tensor", costs=costs)
+    z = {c["rank"]: c["z_paired"] for c in costs}
+    assert p["z_by_rank"] == pytest.approx(z) and z[4] > 10 > z[8]
+    assert not p["met_at_every_rank"]
+    assert two_bit_power(ptq_power_rows(recs[:1]), scheme="sr_tensor",
+                         costs=adapter_cost_rows(recs[:1]))["met_at_every_rank"]
+    # records without per-group contributions (an older file) give no cost rows
+    old = dict(recs[0])
+    del old["delta_loss_groups"]
+    assert adapter_cost_rows([old]) == []

@@ -188,16 +188,24 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                          f"{_cell(ev.get('estimate'))} | {_cell(f1.get('estimate'))} |")
         tb = t.get("two_bit_power") or {}
         if tb:
-            ranks = sorted({int(k) for e in tb.values() for k in e.get("z_min_by_rank", {})})
-            lines += ["", "2-bit PTQ cost in paired standard errors (min over a rank's records; "
-                          "the target is ≥ 10 at every rank):", "",
+            pooled = any("z_by_rank" in e for e in tb.values())
+            key = "z_by_rank" if pooled else "z_min_by_rank"
+            ranks = sorted({int(k) for e in tb.values() for k in e.get(key) or {}})
+            what = ("each rank's cost pooled over its trained adapters, SR draws averaged, "
+                    "paired on the same held-out dialogue groups; in brackets the smallest "
+                    "single adapter's" if pooled else "min over a rank's records")
+            lines += ["", f"2-bit PTQ cost in paired standard errors ({what}; the target is "
+                          "≥ 10 at every rank):", "",
                       "| scheme | " + " | ".join(f"r = {r}" for r in ranks) + " | met |"]
             lines.append("|---|" + "---|" * len(ranks) + "---|")
             for scheme, e in tb.items():
-                z = e.get("z_min_by_rank") or {}
+                z = e.get(key) or {}
                 if not z:
                     continue
-                lines.append(f"| {scheme} | " + " | ".join(_cell(z.get(str(r))) for r in ranks)
+                amin = e.get("z_adapter_min_by_rank") or {}
+                cells = [_cell(z.get(str(r))) + (f" ({_cell(amin[str(r)])})"
+                                                 if str(r) in amin else "") for r in ranks]
+                lines.append(f"| {scheme} | " + " | ".join(cells)
                              + f" | {e.get('met_at_every_rank')} |")
     p = results_dir / "ptq_prediction.json"
     if p.exists():

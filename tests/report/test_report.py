@@ -132,3 +132,15 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
     assert "| sr_tensor | 4.4 | 11.5 | False |" in text
     assert "| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | 0.69 | — |" in text
     assert "| all | 3 | 0.79 | 0.84 | — |" in text
+
+
+def test_report_shows_the_pooled_two_bit_cost_when_the_testbed_has_it(tmp_path):
+    r = tmp_path / "results"
+    write_json_atomic(r / "testbed.json", {
+        "source": "runs.jsonl", "n_runs": 1, "n_ptq_records": 2, "finetune": [],
+        "two_bit_power": {"sr_tensor": {"z_min_by_rank": {"4": 3.0}, "z_by_rank": {"4": 12.5},
+                                        "z_adapter_min_by_rank": {"4": 8.25},
+                                        "met_at_every_rank": True}}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert "| sr_tensor | 12.5 (8.25) | True |" in text and "pooled over its trained" in text
