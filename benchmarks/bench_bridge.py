@@ -296,6 +296,15 @@ def dialogpt_cpu(*, n_layer: int = 24, steps: int = 2, out_dir: str | None = Non
     }
 
 
+def _machine() -> dict:
+    """The CPU the timings came from (the ISA changes them: AVX-512 vs AVX2)."""
+    import os
+
+    from real_runs.bnb_reference import cpu_isa
+
+    return {"cpu_isa": cpu_isa(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
 def finetune_benchmark(*, overrides: dict | None = None) -> dict:
     """One default embedded fine-tune with PTQ, phase by phase (real_runs.finetune's
     ``phase_s``): the fine-tune's wall time (every phase but PTQ) against 120 s, PTQ ÷
@@ -330,6 +339,7 @@ def finetune_benchmark(*, overrides: dict | None = None) -> dict:
         "peak_mem_method": rec["peak_mem_method"],
         "tokens_per_s": rec["tokens_per_s"],
         "torch_threads": torch.get_num_threads(),
+        "machine": _machine(),
         "note": "a shared 2-core machine: other processes slow every phase alike; the "
         "ratio is the comparison, the absolute seconds are this run's",
     }
@@ -357,9 +367,17 @@ def main(argv=None) -> int:
         help="only: one default embedded fine-tune + PTQ timed by phase (minutes); written to "
         "results/bridge_finetune.json",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="with --finetune: torch CPU threads of the run (default: the run config's, 1)",
+    )
     args = p.parse_args(argv)
     if args.finetune:
-        res = finetune_benchmark()
+        res = finetune_benchmark(
+            overrides=None if args.threads is None else {"threads": args.threads}
+        )
         dest = (
             Path(args.out).with_name("bridge_finetune.json")
             if args.out.endswith("bridge.json")

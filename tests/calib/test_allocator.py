@@ -272,8 +272,8 @@ def test_rejudge_the_committed_allocation_check_without_runs(tmp_path):
 
     root = Path(__file__).resolve().parents[2] / "results"
     prev = tmp_path / "allocation_check.json"
-    shutil.copy(root / "allocation_check.json", prev)
-    out = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
+    shutil.copy(root / "allocation_check_pydoc.json", prev)
+    out = rejudge(str(root / "runs_allocation_check_pydoc.jsonl"), str(prev),
                   str(root / "calibration.json"), str(prev))
     check_results_file(prev)
     (v,) = out["verdicts"]
@@ -283,7 +283,7 @@ def test_rejudge_the_committed_allocation_check_without_runs(tmp_path):
          for s in range(6)])
     # the committed summary predates the granularity: its legacy charge is said, not hidden
     assert out["storage"]["block_size"] == 64 and "legacy" in out["storage"]["granularity"]
-    again = rejudge(str(root / "runs_allocation_check.jsonl"), str(prev),
+    again = rejudge(str(root / "runs_allocation_check_pydoc.jsonl"), str(prev),
                     str(root / "calibration.json"), str(prev))
     assert again["verdicts"] == out["verdicts"] and again["notes"] == out["notes"]
 
@@ -327,3 +327,26 @@ def test_allocation_check_threads_the_storage_through_budget_and_memory(tmp_path
     assert out["memory_bytes"]["allocation"] == sum(
         memory_bits(layer, *alloc[layer.name], granularity="tensor") for layer in layers) / 8
     assert out["memory_bytes"]["allocation"] <= want
+
+
+def test_allocation_verdict_states_its_power_against_the_predicted_saving():
+    """The bound's predicted saving against the measured half-width h: an inconclusive
+    comparison whose prediction is under 3·h says it was underpowered; the ratio is exact."""
+    from real_runs.allocation_check import CheckConfig, allocation_verdicts
+
+    c = CheckConfig(seeds=(0, 1, 2, 3))
+    ref = {s: 5.0 + 0.01 * s for s in c.seeds}
+    noise = [0.002, -0.002, 0.001, -0.001]
+    alloc = {s: ref[s] + e for s, e in zip(c.seeds, noise)}
+    d = np.array(noise)
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    (v,) = allocation_verdicts({"allocation": alloc, "reference_uniform": ref}, c, mem={},
+                               fit_usable=True, predicted_gain={"reference_uniform": 0.001})
+    assert v.verdict == "inconclusive"
+    assert v.details["half_width"] == pytest.approx(half)
+    assert v.details["predicted_over_half_width"] == pytest.approx(0.001 / half)
+    assert v.details["powered"] is False and "underpowered" in v.details["decision"]
+    # a prediction ≥ 3 half-widths is powered, and its inconclusive verdict is not excused
+    (v,) = allocation_verdicts({"allocation": alloc, "reference_uniform": ref}, c, mem={},
+                               fit_usable=True, predicted_gain={"reference_uniform": 4 * half})
+    assert v.details["powered"] is True and "underpowered" not in v.details["decision"]
