@@ -682,6 +682,31 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     return (rec, ptq_records) if return_ptq else rec
 
 
+def ptq_record_id(cfg: FinetuneConfig, scheme: str, bits: int, draw: int, *,
+                  parent: dict | None = None) -> str:
+    """The run_id of one PTQ record of ``cfg``: a hash of the parent run's identity, the cell
+    (scheme, b, draw) and what changes the measurement (ptq_eval_tokens, curvature_windows)."""
+    return run_id({
+        "ptq_of_config": parent if parent is not None else cfg.identity(),
+        "scheme": scheme,
+        "bits": bits,
+        "draw": draw,
+        "ptq_eval_tokens": cfg.ptq_eval_tokens,
+        "curvature_windows": cfg.curvature_windows,
+    })
+
+
+def ptq_record_ids(cfg: FinetuneConfig) -> set[str]:
+    """Every PTQ record id a ``ptq = true`` run writes (empty without ptq)."""
+    from real_runs.ptq import plan
+
+    if not cfg.ptq:
+        return set()
+    parent = cfg.identity()
+    return {ptq_record_id(cfg, s, b, d, parent=parent)
+            for s, b, d in plan(cfg.ptq_schemes, cfg.ptq_bits, cfg.ptq_sr_draws)}
+
+
 def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device) -> list[dict]:
     """PTQ of the trained full-precision adapter (real_runs.ptq), as quantbounds.ptq/1 records."""
 
@@ -742,18 +767,12 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
     )
     total_s = time.time() - t0
     recs = []
+    parent = cfg.identity()
     for r in out:
-        ident = {
-            "ptq_of_config": cfg.identity(),
-            "scheme": r["ptq_scheme"],
-            "bits": r["bits"],
-            "draw": r["ptq_draw"],
-            "ptq_eval_tokens": cfg.ptq_eval_tokens,
-            "curvature_windows": cfg.curvature_windows,
-        }
         recs.append(
             make_ptq_record(
-                run_id=run_id(ident),
+                run_id=ptq_record_id(cfg, r["ptq_scheme"], r["bits"], r["ptq_draw"],
+                                     parent=parent),
                 arm=cfg.arm,
                 rank=cfg.rank,
                 seed=cfg.seed,

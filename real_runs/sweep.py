@@ -41,7 +41,6 @@ import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
-from collections import Counter
 
 from quantbounds.calib.records import (
     append_lines,
@@ -133,12 +132,6 @@ def ptq_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".ptq" + (out.suffix or ".jsonl"))
 
 
-def _ptq_expected(rc) -> int:
-    from real_runs.ptq import plan
-
-    return len(plan(rc.ptq_schemes, rc.ptq_bits, rc.ptq_sr_draws)) if rc.ptq else 0
-
-
 @contextmanager
 def _exclusive(out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,17 +149,23 @@ def _exclusive(out: Path):
 def pending(
     runs: list[FinetuneConfig], out: str | os.PathLike
 ) -> tuple[list[FinetuneConfig], list]:
-    """(runs without a good record in ``out`` — or, with ptq, without all their PTQ records in
-    ``ptq_path(out)`` —, [(line, reason)] of the corrupt lines of ``out``)."""
+    """(runs without a good record in ``out`` — or, with ptq, without every one of their PTQ
+    records in ``ptq_path(out)`` —, [(line, reason)] of the corrupt lines of ``out``).
+
+    A PTQ record counts by its id (``real_runs.finetune.ptq_record_ids``), which hashes the
+    PTQ settings that change the measurement (ptq_eval_tokens, curvature_windows) besides the
+    cell: records measured under other settings leave the run pending. Such a run is trained
+    again for its PTQ records; its run record, already in ``out``, is kept as it was."""
+    from real_runs.finetune import ptq_record_ids
+
     out = Path(out)
     done, errors = set(), []
     if out.exists():
         res = read_records(out)
         done, errors = {r["run_id"] for r in res.records}, res.errors
-    ptq_done = Counter(r.get("ptq_of") for r in read_ptq_records(ptq_path(out)).records)
-    todo = [
-        r for r in runs if r.run_id not in done or (r.ptq and ptq_done[r.run_id] < _ptq_expected(r))
-    ]
+    have = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records} if any(
+        r.ptq for r in runs) else set()
+    todo = [r for r in runs if r.run_id not in done or not ptq_record_ids(r) <= have]
     return todo, errors
 
 

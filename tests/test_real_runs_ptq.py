@@ -1,5 +1,6 @@
 """real_runs.ptq: the PTQ schemes' noise, the curvature and gradient measurements, and PTQ in sweeps."""
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,7 @@ pytest.importorskip("peft")
 
 from quantbounds.calib.records import read_ptq_records, read_records  # noqa: E402
 from real_runs import ptq as P  # noqa: E402
-from real_runs.finetune import FinetuneConfig, run_finetune  # noqa: E402
+from real_runs.finetune import FinetuneConfig, ptq_record_ids, run_finetune  # noqa: E402
 from real_runs.sweep import expand, load_config, pending, ptq_path, run_sweep  # noqa: E402
 
 FAST = dict(
@@ -299,6 +300,14 @@ def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
     assert len(read_records(out).records) == 1
     ptq2 = read_ptq_records(ptq_path(out)).records
     assert len(ptq2) == 2 and len({p["run_id"] for p in ptq2}) == 2
+    assert {p["run_id"] for p in ptq2} == ptq_record_ids(runs[0])
+    # the same runs with PTQ measured on more held-out tokens: their records are not these
+    # (same run id, other PTQ ids), so the run is pending; a setting outside the id is not
+    more = [dataclasses.replace(runs[0], ptq_eval_tokens=runs[0].ptq_eval_tokens * 2)]
+    assert more[0].run_id == runs[0].run_id
+    assert ptq_record_ids(more[0]).isdisjoint(ptq_record_ids(runs[0]))
+    assert [r.run_id for r in pending(more, out)[0]] == [runs[0].run_id]
+    assert pending([dataclasses.replace(runs[0], ptq_groups=7)], out)[0] == []
 
 
 # --- the packed evaluation: the same per-row losses as eval_loss_rows, less work ------------
