@@ -24,7 +24,9 @@ Procedure (every number below is measured; the allocation itself is a prediction
 The verdict (claim s000.summary.joint_allocation, "joint optimization of precision and rank
 yields superior results") is the mean paired difference allocation − uniform with a Student-t
 interval over seeds (each seed one independent unit), decided by
-:mod:`quantbounds.verdicts.standard`; the file is written by
+:mod:`quantbounds.verdicts.standard`, beside its power: the bound's predicted saving
+F(uniform) − F(allocation) against the measured interval's half-width (the design target is
+≥ 3×; an inconclusive verdict below it says it was underpowered); the file is written by
 :func:`quantbounds.verdicts.results.write_results` (Holm over its verdicts). An allocation
 computed from constants of a fit that is not usable tests that fit, not the claim: its
 verdict is inconclusive and says so. ``--rejudge`` re-decides committed runs without running

@@ -363,10 +363,14 @@ def _reset_peak_rss() -> str:
         return "ru_maxrss (process lifetime: grows across runs)"
 
 
-def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
+def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False,
+                 ptq_patterns: dict | None = None):
     """Run one fine-tune and return its validated record (not written anywhere).
 
     With ``return_ptq`` returns (record, [PTQ records]) (the list is empty unless cfg.ptq).
+    ``ptq_patterns`` ({label: {layer: bits}}, with cfg.ptq): mixed-precision PTQ cells measured
+    besides the uniform ones (``real_runs.ptq.run_ptq``'s ``patterns``; records carry
+    ``ptq_pattern`` and ``layer_bits``, and their ids hash the per-layer bits).
     """
     import torch
     from torch.nn.utils import parametrize
@@ -569,7 +573,8 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
     ptq_records = []
     if cfg.ptq:
         t_phase = time.time()
-        ptq_records = _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device)
+        ptq_records = _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device,
+                               patterns=ptq_patterns)
         phase["ptq"] = time.time() - t_phase
 
     base = model.get_base_model()
@@ -683,17 +688,21 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False):
 
 
 def ptq_record_id(cfg: FinetuneConfig, scheme: str, bits: int, draw: int, *,
-                  parent: dict | None = None) -> str:
+                  parent: dict | None = None, layer_bits: dict | None = None) -> str:
     """The run_id of one PTQ record of ``cfg``: a hash of the parent run's identity, the cell
-    (scheme, b, draw) and what changes the measurement (ptq_eval_tokens, curvature_windows)."""
-    return run_id({
+    (scheme, b, draw; a mixed-precision cell's per-layer bits) and what changes the
+    measurement (ptq_eval_tokens, curvature_windows)."""
+    ident = {
         "ptq_of_config": parent if parent is not None else cfg.identity(),
         "scheme": scheme,
         "bits": bits,
         "draw": draw,
         "ptq_eval_tokens": cfg.ptq_eval_tokens,
         "curvature_windows": cfg.curvature_windows,
-    })
+    }
+    if layer_bits:
+        ident["layer_bits"] = dict(sorted(layer_bits.items()))
+    return run_id(ident)
 
 
 def ptq_record_ids(cfg: FinetuneConfig) -> set[str]:
@@ -707,7 +716,8 @@ def ptq_record_ids(cfg: FinetuneConfig) -> set[str]:
             for s, b, d in plan(cfg.ptq_schemes, cfg.ptq_bits, cfg.ptq_sr_draws)}
 
 
-def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device) -> list[dict]:
+def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device, *,
+             patterns=None) -> list[dict]:
     """PTQ of the trained full-precision adapter (real_runs.ptq), as quantbounds.ptq/1 records."""
 
     from quantbounds.calib.records import make_ptq_record
@@ -764,6 +774,7 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         seed=cfg.seed,
         n_groups=cfg.ptq_groups,
         progress=cfg.progress,
+        patterns=patterns,
     )
     total_s = time.time() - t0
     recs = []
@@ -772,7 +783,7 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         recs.append(
             make_ptq_record(
                 run_id=ptq_record_id(cfg, r["ptq_scheme"], r["bits"], r["ptq_draw"],
-                                     parent=parent),
+                                     parent=parent, layer_bits=r.get("layer_bits")),
                 arm=cfg.arm,
                 rank=cfg.rank,
                 seed=cfg.seed,

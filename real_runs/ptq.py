@@ -435,6 +435,7 @@ def run_ptq(
     seed: int,
     n_groups: int = 20,
     progress: bool = False,
+    patterns: dict | None = None,
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
@@ -449,6 +450,13 @@ def run_ptq(
     the paired interval of ΔL − P₁ (``resid_first_order_ci``): both are measured on the same
     tokens, so their common sampling error cancels there. The memory cap keeps the K stored
     gradients (8·Σ m·n bytes each) under ``GROUP_GRAD_BYTES``; K = 1 gives no interval.
+
+    patterns: {label: {layer: bits}} — mixed-precision cells evaluated after the plan's, each
+    layer at its own bit-width (every layer named), for every uniform scheme of ``schemes``
+    (SR: ``sr_draws`` draws, the same generator seeds as a uniform cell of the pattern's
+    largest b); their results carry ``ptq_pattern`` (the label), ``layer_bits`` and ``bits`` =
+    the largest b of the pattern. Used by the mixed-precision allocation check, never by the
+    sweep (its consumers read uniform cells).
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
@@ -465,7 +473,20 @@ def run_ptq(
     conv = {n: tuple(W0[n].shape) == (facs[n][1].shape[1], facs[n][0].shape[0]) for n in layers}
     ref_sum, ref_cnt = ref_rows
     ref_loss = sum(ref_sum) / sum(ref_cnt)
-    items = plan(schemes, bits, sr_draws)
+    items = [(sc, b, d, None) for sc, b, d in plan(schemes, bits, sr_draws)]
+    for label, lb in (patterns or {}).items():
+        if set(lb) != set(layers):
+            raise ValueError(
+                f"patterns[{label!r}] must give bits for every layer {sorted(layers)}, got "
+                f"{sorted(lb)}"
+            )
+        for v in lb.values():
+            check_bits(v)
+        for sc in schemes:
+            if sc in FIXED_BITS:
+                continue
+            for d in range(sr_draws if sc == "sr_tensor" else 1):
+                items.append((sc, max(lb.values()), d, label))
 
     def merge(deltas):
         with torch.no_grad():
@@ -496,16 +517,18 @@ def run_ptq(
         from tqdm import tqdm
 
         it = tqdm(items, desc="PTQ", leave=False)
-    for scheme, b, draw in it:
+    for scheme, b, draw, label in it:
         t0 = time.time()
+        lbits = patterns[label] if label is not None else None
         gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7919 * b + draw)
         deltas, per = {}, {}
         P1 = torch.zeros(K, dtype=torch.float64)
         pred_plugin = 0.0
         pred_moment = 0.0 if scheme not in ("nf4", "fp4", "int8") else None
         for n, (B, A) in facs.items():
-            QB, vB = quantize_factor(B, scheme, b, generator=gen)
-            QA, vA = quantize_factor(A, scheme, b, generator=gen)
+            bl = lbits[n] if lbits is not None else b
+            QB, vB = quantize_factor(B, scheme, bl, generator=gen)
+            QA, vA = quantize_factor(A, scheme, bl, generator=gen)
             E = QB.double() @ QA.double() - B.double() @ A.double()  # ε_BA, m × n
             deltas[n] = QB @ QA
             c = curvature[n]
@@ -525,7 +548,7 @@ def run_ptq(
             if pred_moment is not None:
                 # an expectation over the noise: a function of (B, A, scheme, b) only, the same
                 # for every SR draw (σ² = Δ²·p(1−p) depends on W, not on the draw)
-                key = (scheme, b, n)
+                key = (scheme, bl, n)
                 if key not in moments:
                     mom = eps_ba_curvature_moment(
                         B.double().numpy(),
@@ -560,6 +583,7 @@ def run_ptq(
                 "ptq_scheme": scheme,
                 "bits": b,
                 "ptq_draw": draw,
+                **({} if label is None else {"ptq_pattern": label, "layer_bits": dict(lbits)}),
                 "eval_loss": q_loss,
                 "eval_loss_ref": fp_loss,
                 "eval_loss_unmerged": ref_loss,

@@ -178,6 +178,10 @@ def two_bit_power(rows: list[dict], *, scheme: str = "rtn_tensor", need: float =
         out["judged_on"] = "z_min_by_rank: the smallest ΔL ÷ se of one record"
     out["met_at_every_rank"] = bool(judged) and all(
         np.isfinite(z) and z >= need for z in judged.values())
+    # whether the effect is resolved at all, whatever its sign (a 2-bit RTN adapter can beat the
+    # full-precision one): |ΔL| ≥ need·se at every rank — reported beside the target, not for it
+    out["resolved_at_every_rank"] = bool(judged) and all(
+        np.isfinite(z) and abs(z) >= need for z in judged.values())
     return out
 
 

@@ -259,6 +259,39 @@ def test_ptq_end_to_end_on_the_tiny_model(embedded_tiny_cache):
         assert p["resid_first_order_ci"] == grouped_total(u, p["group_windows"])["ci"]
 
 
+def test_mixed_precision_cells_quantize_each_layer_at_its_own_bits(embedded_tiny_cache):
+    """A pattern with every layer at b is the uniform cell at b exactly (same generator seed);
+    a mixed pattern's layers carry the ε_BA of their own b; ids hash the per-layer bits."""
+    cfg = FinetuneConfig(**FAST, cache_dir=str(embedded_tiny_cache), ptq=True, ptq_bits=(2, 4),
+                         ptq_eval_tokens=150, ptq_schemes=("rtn_tensor", "sr_tensor", "nf4"),
+                         ptq_sr_draws=2)
+    # the adapted layers, from a plain run's record
+    names = sorted(run_finetune({**FAST, "cache_dir": str(embedded_tiny_cache)})["range_A"])
+    mixed = {n: (2 if i % 2 else 4) for i, n in enumerate(names)}
+    rec, ptq = run_finetune(cfg, return_ptq=True,
+                            ptq_patterns={"all4": {n: 4 for n in names}, "mixed": mixed})
+    uni = {(p["ptq_scheme"], p["bits"], p["ptq_draw"]): p for p in ptq if "ptq_pattern" not in p}
+    pat = {(p["ptq_pattern"], p["ptq_scheme"], p["ptq_draw"]): p for p in ptq
+           if "ptq_pattern" in p}
+    # codes (nf4) have fixed bits: no pattern cells; SR: one per draw
+    assert set(pat) == {(lab, s, d) for lab in ("all4", "mixed") for s, d in
+                        (("rtn_tensor", 0), ("sr_tensor", 0), ("sr_tensor", 1))}
+    for s, d in (("rtn_tensor", 0), ("sr_tensor", 0), ("sr_tensor", 1)):
+        a, u = pat[("all4", s, d)], uni[(s, 4, d)]
+        assert a["delta_loss"] == u["delta_loss"] and a["layers"] == u["layers"]
+        assert a["run_id"] != u["run_id"] and a["layer_bits"] == {n: 4 for n in names}
+        m = pat[("mixed", s, d)]
+        assert m["bits"] == 4 and m["layer_bits"] == mixed
+        if s == "rtn_tensor":  # deterministic: each layer's ε_BA is its uniform cell's
+            for n in names:
+                src = uni[(s, mixed[n], 0)]["layers"][n]
+                assert m["layers"][n]["eps_ba_fro2"] == pytest.approx(src["eps_ba_fro2"])
+                assert m["layers"][n]["pred_moment"] == pytest.approx(src["pred_moment"])
+    assert len({p["run_id"] for p in ptq}) == len(ptq)
+    with pytest.raises(ValueError, match="every layer"):
+        run_finetune(cfg, return_ptq=True, ptq_patterns={"bad": {names[0]: 2}})
+
+
 def _write_config(path, defaults, grids):
     lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [
         f"{k} = {json.dumps(v)}" for k, v in defaults.items()

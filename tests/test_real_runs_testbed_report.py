@@ -52,8 +52,9 @@ def test_two_bit_power_in_paired_standard_errors():
     p = two_bit_power(rows)
     assert p["met_at_every_rank"] and p["z_min_by_rank"] == pytest.approx({4: 10.0, 8: 20.0})
     assert not two_bit_power(rows, need=10.5)["met_at_every_rank"]
-    # a negative cost (PTQ lowered the loss) never meets the target
-    assert not two_bit_power(ptq_power_rows([_ptq(4, -0.02, 0.001)]))["met_at_every_rank"]
+    # a negative cost (PTQ lowered the loss) never meets the target, though it is resolved
+    neg = two_bit_power(ptq_power_rows([_ptq(4, -0.02, 0.001)]))
+    assert not neg["met_at_every_rank"] and neg["resolved_at_every_rank"]
 
 
 def _grp(rank, of, groups, windows, scheme="sr_tensor", draw=0):

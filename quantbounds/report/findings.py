@@ -28,6 +28,7 @@ SOURCES = (
     ("audit.json", "quantbounds audit"),
     ("calibration.json", "quantbounds calibrate results/runs_chitchat.jsonl"),
     ("allocation_check.json", "python -m real_runs.allocation_check"),
+    ("allocation_check_ptq.json", "python -m real_runs.ptq_allocation"),
 )
 VERDICT_ORDER = ("holds", "fails", "conditional", "inconclusive")
 

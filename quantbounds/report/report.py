@@ -4,6 +4,7 @@ Reads (each optional) ``results/validation.json`` (``quantbounds validate``),
 ``results/audit.json`` (``quantbounds audit``), ``results/calibration.json``
 (``quantbounds calibrate``), ``results/allocation.json`` (``quantbounds allocate``) and
 ``results/allocation_check.json`` (``python -m real_runs.allocation_check``),
+``results/allocation_check_ptq.json`` (``python -m real_runs.ptq_allocation``),
 ``results/testbed.json`` (``python -m real_runs.testbed_report``) and
 ``results/ptq_prediction.json`` (``python -m real_runs.ptq_report``), plus every
 PNG under ``figures/``, and writes ``results/REPORT.md``: a summary of verdict counts, each
@@ -326,7 +327,10 @@ def _allocation_sections(results_dir: Path) -> list[str]:
     lines = []
     for fname, title in (("allocation.json", "Allocation (quantbounds allocate)"),
                          ("allocation_check.json",
-                          "Allocation against the best uniform choice (real runs)")):
+                          "Allocation against the best uniform choice (real runs)"),
+                         ("allocation_check_ptq.json",
+                          "Per-layer precision of a trained adapter against uniform precision "
+                          "(real runs, post-training SR)")):
         p = results_dir / fname
         if not p.exists():
             continue
