@@ -160,12 +160,22 @@ def seed_difference(ptq: list[dict]) -> dict:
     w = un[0]["group_windows"]
     if any(r["group_windows"] != w for r in al + un):
         raise ValueError("the PTQ records of one adapter disagree on their eval groups")
-    u = np.mean([r["delta_loss_groups"] for r in al], 0) - np.mean(
-        [r["delta_loss_groups"] for r in un], 0)
+    def mean(recs, key):
+        return np.mean([r[key] for r in recs], 0)
+
+    u = mean(al, "delta_loss_groups") - mean(un, "delta_loss_groups")
     g = grouped_total(u, w)
-    return {"u": u.tolist(), "group_windows": list(w), "estimate": g["estimate"], "se": g["se"],
-            "ci": g["ci"], "cost_uniform": float(np.mean([r["delta_loss"] for r in un])),
-            "cost_allocation": float(np.mean([r["delta_loss"] for r in al]))}
+    out = {"u": u.tolist(), "group_windows": list(w), "estimate": g["estimate"], "se": g["se"],
+           "ci": g["ci"], "cost_uniform": float(np.mean([r["delta_loss"] for r in un])),
+           "cost_allocation": float(np.mean([r["delta_loss"] for r in al]))}
+    if all(r.get("first_order_groups") for r in al + un):
+        # control variate: the first-order term P₁ = s·⟨∇L, ε_BA⟩ has mean 0 under unbiased SR
+        # (the mid-tread grid), so ΔL − P₁ has ΔL's expectation and, P₁ being measured on the
+        # same tokens, much less spread; reported beside the plain difference, not for it
+        u_cv = (u - mean(al, "first_order_groups") + mean(un, "first_order_groups"))
+        gc = grouped_total(u_cv, w)
+        out.update(u_cv=u_cv.tolist(), estimate_cv=gc["estimate"], ci_cv=gc["ci"])
+    return out
 
 
 def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
@@ -178,6 +188,8 @@ def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
     if any(r["group_windows"] != w for r in rows):
         raise ValueError("the seeds were scored on different eval groups; cannot pool them")
     pooled = grouped_total(np.mean([r["u"] for r in rows], 0), w)
+    cv = (grouped_total(np.mean([r["u_cv"] for r in rows], 0), w)
+          if all("u_cv" in r for r in rows) else None)
     per_seed = [r["estimate"] for r in rows]
     seed_t = cluster_mean(per_seed) if len(per_seed) >= 2 else None
     if pooled["groups"] < 2 or not pooled["se"] > 0:
@@ -217,6 +229,11 @@ def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
                           "cost_allocation": r["cost_allocation"]} for r in rows],
             "seed_t": None if seed_t is None else {k: seed_t[k] for k in ("estimate", "se",
                                                                           "dof", "ci")},
+            "control_variate": None if cv is None else {
+                "what": "ΔL − first-order term (mean 0 under unbiased SR), pooled the same way",
+                "estimate": cv["estimate"], "ci": cv["ci"],
+                "predicted_over_half_width": predicted / ((cv["ci"][1] - cv["ci"][0]) / 2)
+                if np.all(np.isfinite(cv["ci"])) and cv["ci"][1] > cv["ci"][0] else None},
             "predicted_gain": predicted,
             "half_width": half,
             "predicted_over_half_width": ratio,

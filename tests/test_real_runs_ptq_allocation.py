@@ -35,6 +35,12 @@ def test_seed_difference_averages_draws_then_differences_group_by_group():
     assert d["u"] == pytest.approx(u) and d["estimate"] == pytest.approx(tot)
     assert d["se"] == pytest.approx(se)
     assert d["cost_uniform"] == pytest.approx((0.016 + 0.018) / 2)
+    assert "u_cv" not in d  # no first-order terms recorded: no control variate
+    for r, p1 in zip(recs, ([0.001, 0, 0], [0.003, 0, 0], [0.002, 0, 0], [0.0, 0, 0])):
+        r["first_order_groups"] = p1
+    d = seed_difference(recs)
+    assert d["u_cv"] == pytest.approx([u[0] - 0.001 + 0.002, u[1], u[2]])
+    assert d["estimate_cv"] == pytest.approx(sum(d["u_cv"]))
     with pytest.raises(ValueError, match="allocation and uniform"):
         seed_difference(recs[:2])
     with pytest.raises(ValueError, match="disagree"):
