@@ -178,8 +178,25 @@ def seed_difference(ptq: list[dict]) -> dict:
     return out
 
 
+def curvature_prediction(ptq: list[dict]) -> dict | None:
+    """The toolkit's zero-constant prediction of both choices' cost (``pred_moment``: ½·s²·
+    tr(E[ε_BA Σ_x ε_BAᵀ] G) with K-FAC curvature measured on the full-precision model, summed
+    over layers; real_runs.ptq), mean over the PTQ records of each choice — what the bound's
+    sensitivity model is set against. None when a record has no moment prediction."""
+    out = {}
+    for label, recs in (("uniform", [r for r in ptq if r.get("ptq_pattern") is None]),
+                        ("allocation", [r for r in ptq if r.get("ptq_pattern") == "allocation"])):
+        vals = [r.get("pred_moment") for r in recs]
+        if not vals or any(v is None for v in vals):
+            return None
+        out[label] = float(np.mean(vals))
+    out["difference"] = out["allocation"] - out["uniform"]
+    return out
+
+
 def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
-            fit_usable: bool | None, need_ratio: float = 3.0) -> Verdict:
+            fit_usable: bool | None, need_ratio: float = 3.0,
+            curvature: dict | None = None) -> Verdict:
     """The pooled paired difference allocation − uniform over the seeds' summary rows."""
     from quantbounds.verdicts import standard
     from quantbounds.verdicts.intervals import cluster_mean, grouped_total
@@ -234,6 +251,7 @@ def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
                 "estimate": cv["estimate"], "ci": cv["ci"],
                 "predicted_over_half_width": predicted / ((cv["ci"][1] - cv["ci"][0]) / 2)
                 if np.all(np.isfinite(cv["ci"])) and cv["ci"][1] > cv["ci"][0] else None},
+            "curvature_prediction": curvature,
             "predicted_gain": predicted,
             "half_width": half,
             "predicted_over_half_width": ratio,
@@ -276,7 +294,10 @@ def run_check(c: PTQAllocationConfig) -> dict:
             append_lines(records, [row])
             done[seed] = row
         rows.append(done[seed])
-    v = verdict(rows, c, predicted=predicted, fit_usable=usable)
+    mine = {r["run_id"] for r in rows}
+    ptq_all = [r for r in _read(ptq_file) if r.get("ptq_of") in mine] if ptq_file.exists() else []
+    v = verdict(rows, c, predicted=predicted, fit_usable=usable,
+                curvature=curvature_prediction(ptq_all))
     out = {
         "config": asdict(c),
         "params": params,

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from real_runs.ptq_allocation import PTQAllocationConfig, ptq_params, seed_difference, verdict
+from real_runs.ptq_allocation import (
+    PTQAllocationConfig,
+    curvature_prediction,
+    ptq_params,
+    seed_difference,
+    verdict,
+)
 
 
 def _rec(groups, windows, pattern=None, draw=0):
@@ -78,6 +84,16 @@ def test_verdict_pools_seeds_group_by_group_and_states_its_power():
         verdict([rows[0], _row(2, [0.0, 0.0, 0.0], [1, 1, 2])], c, predicted=0.0, fit_usable=True)
 
 
+def test_curvature_prediction_is_the_mean_moment_prediction_of_each_choice():
+    recs = [_rec([0.01], [1]), _rec([0.01], [1], draw=1), _rec([0.02], [1], "allocation")]
+    for r, m in zip(recs, (0.002, 0.004, 0.005)):
+        r["pred_moment"] = m
+    assert curvature_prediction(recs) == pytest.approx(
+        {"uniform": 0.003, "allocation": 0.005, "difference": 0.002})
+    recs[0]["pred_moment"] = None
+    assert curvature_prediction(recs) is None
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="bits_menu"):
         PTQAllocationConfig(bits=3, bits_menu=(2, 4))
@@ -122,6 +138,7 @@ def test_check_end_to_end_on_the_tiny_model_and_resumes(tmp_path, embedded_tiny_
     (row,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert row["estimate"] == pytest.approx(seed_difference(ptq)["estimate"])
     assert v["measured"] == pytest.approx(row["estimate"])
+    assert v["details"]["curvature_prediction"] == pytest.approx(curvature_prediction(ptq))
     # a rerun measures nothing new
     again = pa.run_check(c)
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
