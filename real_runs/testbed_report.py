@@ -224,6 +224,8 @@ def main(argv=None) -> int:
         print(f"{r['arm']:14s} b={r['bits']:2d} N={r['n_train']:4d} r={r['rank']:2d} "
               f"seeds={r['seeds']}  gain {gtxt}  eval {r['eval_loss']['estimate']:.4f}")
     for s, p in out["two_bit_power"].items():
+        if not (p.get("z_by_rank") or p["z_min_by_rank"]):
+            continue  # no 2-bit cell (a 4- or 8-bit code)
         zs = ", ".join(f"r{k}: {v:.1f}" for k, v in sorted(
             (p.get("z_by_rank") or p["z_min_by_rank"]).items()))
         print(f"2-bit {s}: ΔL ÷ se  {zs}  (≥ {p['need_z']:.0f} at every rank: "
