@@ -306,7 +306,8 @@ def _machine() -> dict:
 
 
 def finetune_benchmark(*, overrides: dict | None = None) -> dict:
-    """One default embedded fine-tune with PTQ, phase by phase (real_runs.finetune's
+    """One default embedded fine-tune with PTQ as embedded.toml's b-curve blocks run it (their
+    ptq_* settings), phase by phase (real_runs.finetune's
     ``phase_s``): the fine-tune's wall time (every phase but PTQ) against 120 s, PTQ ÷
     fine-tune against 2×, and the run's peak memory (VmHWM after reset)."""
     import tomllib
@@ -314,9 +315,12 @@ def finetune_benchmark(*, overrides: dict | None = None) -> dict:
     from real_runs.finetune import run_finetune
 
     root = Path(__file__).resolve().parents[1]
-    cfg = tomllib.loads((root / "real_runs/configs/embedded.toml").read_text())["defaults"]
-    cfg = {**cfg, "arm": "fp16", "bits": 16, "rank": 8, "seed": 0, "ptq": True,
-           **(overrides or {})}
+    toml = tomllib.loads((root / "real_runs/configs/embedded.toml").read_text())
+    # the PTQ settings the sweep's b-curve blocks use (e.g. PTQ on the whole held-out set)
+    block = next((g for g in toml.get("grid", []) if g.get("ptq")), {})
+    ptq_set = {k: v for k, v in block.items() if k.startswith("ptq_") and not isinstance(v, list)}
+    cfg = {**toml["defaults"], **ptq_set, "arm": "fp16", "bits": 16, "rank": 8, "seed": 0,
+           "ptq": True, **(overrides or {})}
     t0 = time.time()
     rec, ptq = run_finetune(cfg, return_ptq=True)
     wall = time.time() - t0
