@@ -33,6 +33,12 @@ Procedure (the allocation is fixed before the runs that test it):
    evaluation. With D_{c,d,k} the contribution of eval group k to cell c's draw d,
    u_k = mean_d D_{alloc,d,k} − mean_d D_{uniform,d,k}: the per-seed difference Σ_k u_k.
 
+Beside it, not judged: the same allocator with each layer's sensitivity S_l replaced by the
+toolkit's measured zero-constant K-FAC cost of that layer at b₀ on the pilot adapter
+(:func:`measured_sensitivity`), evaluated on the same adapters as a third choice
+(``measured_sensitivity_allocation``): whether the failure is the bound's sensitivity model or
+per-layer precision as such.
+
 The verdict is the difference pooled over seeds group by group (every seed is scored on the
 same groups) with its paired CR1 interval (``quantbounds.verdicts.intervals.grouped_total``,
 t_{K−1}), decided by :mod:`quantbounds.verdicts.standard` (claimed: < 0); beside it the
@@ -148,12 +154,12 @@ def plan_allocation(c: PTQAllocationConfig, layers: list[LayerSpec], params: dic
     return bits, budget, alloc.memory_bytes, uniform - alloc.objective
 
 
-def seed_difference(ptq: list[dict]) -> dict:
+def seed_difference(ptq: list[dict], label: str = "allocation") -> dict:
     """Per group u_k = mean_d D_{alloc,d,k} − mean_d D_{uniform,d,k} of one trained adapter's
-    PTQ records (the allocation's carry ``ptq_pattern``), and its paired interval."""
+    PTQ records (the allocation's carry ``ptq_pattern`` = ``label``), and its paired interval."""
     from quantbounds.verdicts.intervals import grouped_total
 
-    al = [r for r in ptq if r.get("ptq_pattern") == "allocation"]
+    al = [r for r in ptq if r.get("ptq_pattern") == label]
     un = [r for r in ptq if r.get("ptq_pattern") is None]
     if not al or not un:
         raise ValueError("seed_difference needs allocation and uniform PTQ records")
@@ -176,6 +182,36 @@ def seed_difference(ptq: list[dict]) -> dict:
         gc = grouped_total(u_cv, w)
         out.update(u_cv=u_cv.tolist(), estimate_cv=gc["estimate"], ci_cv=gc["ci"])
     return out
+
+
+def measured_sensitivity(layers: list[LayerSpec], pilot_ptq: list[dict]) -> list[LayerSpec]:
+    """``layers`` with sensitivity S_l = the mean zero-constant K-FAC cost of layer l
+    (``layers[l]["pred_moment"]``) over the pilot's uniform SR PTQ records."""
+    import dataclasses
+
+    uni = [r for r in pilot_ptq if r.get("ptq_pattern") is None and r["ptq_scheme"] == SCHEME]
+    if not uni:
+        raise ValueError("measured_sensitivity needs the pilot's uniform sr_tensor PTQ records")
+    out = []
+    for lay in layers:
+        vals = [r["layers"][lay.name]["pred_moment"] for r in uni]
+        out.append(dataclasses.replace(lay, sensitivity=max(float(np.mean(vals)), 1e-300)))
+    return out
+
+
+def pooled_difference(rows: list[dict]) -> dict:
+    """Seeds' per-group differences (``u``) pooled group by group, with the paired CR1 interval
+    and the Student-t interval over seeds."""
+    from quantbounds.verdicts.intervals import cluster_mean, grouped_total
+
+    w = rows[0]["group_windows"]
+    if any(r["group_windows"] != w for r in rows):
+        raise ValueError("the seeds were scored on different eval groups; cannot pool them")
+    g = grouped_total(np.mean([r["u"] for r in rows], 0), w)
+    st = cluster_mean([r["estimate"] for r in rows]) if len(rows) >= 2 else None
+    return {"estimate": g["estimate"], "ci": g["ci"],
+            "seed_t": None if st is None else {k: st[k] for k in ("estimate", "se", "dof", "ci")},
+            "per_seed": [r["estimate"] for r in rows]}
 
 
 def curvature_prediction(ptq: list[dict]) -> dict | None:
@@ -267,15 +303,24 @@ def run_check(c: PTQAllocationConfig) -> dict:
     ptq_file = records.with_name(records.stem + ".ptq" + (records.suffix or ".jsonl"))
     from real_runs.allocation_check import layer_shapes, layers_from_pilot
 
-    pilot = run_finetune(_finetune_cfg(c, c.pilot_seed, ptq=False))
+    pilot, pilot_ptq = run_finetune(_finetune_cfg(c, c.pilot_seed, ptq=True), return_ptq=True)
     layers = layers_from_pilot(layer_shapes(c), pilot)
     params, notes, usable = ptq_params(c.calibration)
     bits, budget, mem, predicted = plan_allocation(c, layers, params, pilot["n_train"])
     if len(set(bits.values())) == 1:
         notes.append(f"the allocation is uniform ({next(iter(bits.values()))} bits): nothing "
                      "to compare")
+    # beside the bound's: the same allocator with each layer's sensitivity S_l replaced by the
+    # toolkit's measured zero-constant K-FAC cost of that layer at b₀ on the pilot adapter
+    # (``layers[l].pred_moment`` of its uniform PTQ records), the form C2·w_l·r^β·ρ^(−b) kept
+    kfac_layers = measured_sensitivity(layers, pilot_ptq)
+    bits_k, _, mem_k, predicted_k = plan_allocation(c, kfac_layers, params, pilot["n_train"])
+    patterns = {"allocation": bits}
+    if len(set(bits_k.values())) > 1 and bits_k != bits:
+        patterns["kfac"] = bits_k
     # what a seed's line was measured under (as JSON holds it, so a reread line compares equal)
-    key = json.loads(json.dumps({"allocation": dict(sorted(bits.items())), "config": {
+    key = json.loads(json.dumps({"allocation": dict(sorted(bits.items())),
+                                 "kfac": dict(sorted(bits_k.items())), "config": {
         k: v for k, v in asdict(c).items() if k not in ("records", "out", "cache_dir", "threads",
                                                          "seeds")}}))
     done = {}
@@ -287,17 +332,31 @@ def run_check(c: PTQAllocationConfig) -> dict:
     for seed in c.seeds:
         if seed not in done:
             rec, ptq = run_finetune(_finetune_cfg(c, seed, ptq=True), return_ptq=True,
-                                    ptq_patterns={"allocation": bits})
+                                    ptq_patterns=patterns)
             append_lines(ptq_file, ptq)
             row = {"seed": seed, "run_id": rec["run_id"], "key": key,
                    "eval_loss": rec["eval_loss"], **seed_difference(ptq)}
+            if "kfac" in patterns:
+                row["kfac"] = seed_difference(ptq, "kfac")
             append_lines(records, [row])
             done[seed] = row
         rows.append(done[seed])
     mine = {r["run_id"] for r in rows}
-    ptq_all = [r for r in _read(ptq_file) if r.get("ptq_of") in mine] if ptq_file.exists() else []
+    ptq_all = list({r["run_id"]: r for r in (_read(ptq_file) if ptq_file.exists() else [])
+                    if r.get("ptq_of") in mine}.values())
     v = verdict(rows, c, predicted=predicted, fit_usable=usable,
                 curvature=curvature_prediction(ptq_all))
+    kfac = None
+    if "kfac" in patterns:
+        kfac = {
+            "what": "the allocator with each layer's sensitivity measured (K-FAC cost at b₀ on "
+                    "the pilot adapter) instead of the bound's ranges × sizes; the toolkit's "
+                    "rule, reported beside the claim's verdict, not judged",
+            "allocation": bits_k,
+            "memory_bytes": mem_k,
+            "predicted_gain": predicted_k,
+            **pooled_difference([r["kfac"] for r in rows]),
+        }
     out = {
         "config": asdict(c),
         "params": params,
@@ -307,6 +366,7 @@ def run_check(c: PTQAllocationConfig) -> dict:
         "allocation": bits,
         "pilot_run_id": pilot["run_id"],
         "predicted_gain": predicted,
+        "measured_sensitivity_allocation": kfac,
         "verdicts": [v.to_dict()],
         "command": "python -m real_runs.ptq_allocation " + " ".join(_argv(c)),
     }

@@ -10,6 +10,8 @@ import pytest
 from real_runs.ptq_allocation import (
     PTQAllocationConfig,
     curvature_prediction,
+    measured_sensitivity,
+    pooled_difference,
     ptq_params,
     seed_difference,
     verdict,
@@ -94,6 +96,25 @@ def test_curvature_prediction_is_the_mean_moment_prediction_of_each_choice():
     assert curvature_prediction(recs) is None
 
 
+def test_measured_sensitivity_is_the_pilot_layer_cost_and_pooling_is_by_group():
+    from quantbounds.calib.allocator import LayerSpec
+
+    layers = [LayerSpec(name="a", m=4, n=4), LayerSpec(name="b", m=4, n=4)]
+    pil = [dict(_rec([0.01], [1]), layers={"a": {"pred_moment": 0.002}, "b": {"pred_moment": 0.0}}),
+           dict(_rec([0.01], [1], draw=1), layers={"a": {"pred_moment": 0.004},
+                                                    "b": {"pred_moment": 0.0}})]
+    a, b = measured_sensitivity(layers, pil)
+    assert a.sens() == pytest.approx(0.003) and 0 < b.sens() < 1e-200
+    with pytest.raises(ValueError, match="uniform sr_tensor"):
+        measured_sensitivity(layers, [dict(pil[0], ptq_pattern="allocation")])
+    w = [1, 1, 1]
+    rows = [_row(1, [0.001, 0.002, 0.0], w), _row(2, [0.003, 0.0, 0.001], w)]
+    p = pooled_difference(rows)
+    tot, _ = _cr1([0.002, 0.001, 0.0005], w)
+    assert p["estimate"] == pytest.approx(tot) and p["per_seed"] == pytest.approx([0.003, 0.004])
+    assert p["seed_t"]["estimate"] == pytest.approx(0.0035)
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="bits_menu"):
         PTQAllocationConfig(bits=3, bits_menu=(2, 4))
@@ -133,12 +154,17 @@ def test_check_end_to_end_on_the_tiny_model_and_resumes(tmp_path, embedded_tiny_
     assert v["claim_id"] == "s000.summary.joint_allocation"
     assert out["memory_bytes"]["allocation"] <= out["budget_bytes"]
     ptq = [json.loads(x) for x in (tmp_path / "r.ptq.jsonl").read_text().splitlines()]
-    assert sum("ptq_pattern" in p for p in ptq) == 2 and len(ptq) == 4
-    assert all(p["layer_bits"] == out["allocation"] for p in ptq if "ptq_pattern" in p)
+    n_pat = len({p["ptq_pattern"] for p in ptq if "ptq_pattern" in p})
+    assert sum("ptq_pattern" in p for p in ptq) == 2 * n_pat and len(ptq) == 2 + 2 * n_pat
+    assert all(p["layer_bits"] == out["allocation"] for p in ptq
+               if p.get("ptq_pattern") == "allocation")
     (row,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert row["estimate"] == pytest.approx(seed_difference(ptq)["estimate"])
     assert v["measured"] == pytest.approx(row["estimate"])
     assert v["details"]["curvature_prediction"] == pytest.approx(curvature_prediction(ptq))
+    k = out["measured_sensitivity_allocation"]  # a third choice only when it differs
+    assert k is None or (k["memory_bytes"] <= out["budget_bytes"]
+                         and len({p.get("ptq_pattern") for p in ptq}) == 3)
     # a rerun measures nothing new
     again = pa.run_check(c)
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
