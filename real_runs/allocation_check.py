@@ -510,18 +510,20 @@ def rejudge(records_path: str, previous: str, calibration: str | None, out_path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from real_runs.cli import int_tuple
+
     p = argparse.ArgumentParser(
         prog="python -m real_runs.allocation_check", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--embedded", default="chitchat", choices=("chitchat", "pydoc", "tiny"))
     p.add_argument("--dataset", default="chitchat")
-    p.add_argument("--ranks", default="2,4,8,16", help="the allocator's rank menu")
-    p.add_argument("--bits-menu", default="2,3,4,8", help="the allocator's bit-width menu")
+    p.add_argument("--ranks", type=int_tuple, default="2,4,8,16", help="the allocator's rank menu")
+    p.add_argument("--bits-menu", type=int_tuple, default="2,3,4,8", help="the allocator's bit-width menu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--arm", default="adapter_rtn")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", type=int_tuple, default="0,1")
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--scale", default="alpha_r")
@@ -551,13 +553,13 @@ def main(argv: list[str] | None = None) -> int:
         c = CheckConfig(
             embedded=a.embedded,
             dataset=a.dataset,
-            ranks=tuple(int(x) for x in a.ranks.split(",")),
-            bits_menu=tuple(int(x) for x in a.bits_menu.split(",")),
+            ranks=a.ranks,
+            bits_menu=a.bits_menu,
             threads=a.threads,
             arm=a.arm,
             rank=a.rank,
             bits=a.bits,
-            seeds=tuple(int(s) for s in a.seeds.split(",")),
+            seeds=a.seeds,
             steps=a.steps,
             n_train=a.n_train,
             scale=a.scale,

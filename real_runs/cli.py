@@ -122,6 +122,15 @@ def finetune_parser() -> argparse.ArgumentParser:
     return p
 
 
+def int_tuple(s: str) -> tuple[int, ...]:
+    """An argparse ``type`` for comma-separated integers ("0,1,2" → (0, 1, 2)); a bad value
+    makes argparse exit 2 naming the flag ("argument --seeds: invalid int_tuple value")."""
+    out = tuple(int(x) for x in s.split(",") if x.strip())
+    if not out:
+        raise ValueError(f"no integers in {s!r}")
+    return out
+
+
 def _int_list(s: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in s.split(",") if x.strip())

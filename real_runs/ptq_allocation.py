@@ -394,6 +394,8 @@ def _argv(c: PTQAllocationConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from real_runs.cli import int_tuple
+
     d = PTQAllocationConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m real_runs.ptq_allocation",
                                 description=__doc__.split("\n\n")[0])
@@ -402,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=d["dataset"].default)
     p.add_argument("--rank", type=int, default=d["rank"].default)
     p.add_argument("--bits", type=int, default=d["bits"].default)
-    p.add_argument("--bits-menu", default=",".join(map(str, d["bits_menu"].default)))
+    p.add_argument("--bits-menu", type=int_tuple,
+                   default=",".join(map(str, d["bits_menu"].default)))
     p.add_argument("--pilot-seed", type=int, default=d["pilot_seed"].default)
-    p.add_argument("--seeds", default=",".join(map(str, d["seeds"].default)))
+    p.add_argument("--seeds", type=int_tuple, default=",".join(map(str, d["seeds"].default)))
     p.add_argument("--draws", type=int, default=d["draws"].default)
     p.add_argument("--steps", type=int, default=d["steps"].default)
     p.add_argument("--n-train", type=int, default=d["n_train"].default)
@@ -419,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         c = PTQAllocationConfig(
             embedded=a.embedded, dataset=a.dataset, rank=a.rank, bits=a.bits,
-            bits_menu=tuple(int(x) for x in a.bits_menu.split(",")), pilot_seed=a.pilot_seed,
-            seeds=tuple(int(x) for x in a.seeds.split(",")), draws=a.draws, steps=a.steps,
+            bits_menu=a.bits_menu, pilot_seed=a.pilot_seed,
+            seeds=a.seeds, draws=a.draws, steps=a.steps,
             n_train=a.n_train, eval_tokens=a.eval_tokens, groups=a.groups,
             calibration=a.calibration or None, records=a.records, out=a.out,
             cache_dir=a.cache_dir, threads=a.threads)

@@ -169,3 +169,13 @@ def test_check_end_to_end_on_the_tiny_model_and_resumes(tmp_path, embedded_tiny_
     again = pa.run_check(c)
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
     assert again["verdicts"][0]["measured"] == v["measured"]
+
+
+@pytest.mark.parametrize("module", ["real_runs.ptq_allocation", "real_runs.allocation_check"])
+def test_a_bad_integer_list_exits_2_naming_the_flag(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exc:
+        main(["--seeds", "0,x"])
+    assert exc.value.code == 2 and "--seeds" in capsys.readouterr().err
