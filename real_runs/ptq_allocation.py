@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbounds.calib.allocator import THEORY, LayerSpec, allocate, memory_bits, objective
-from quantbounds.calib.records import append_lines
+from quantbounds.calib.records import append_lines, read_ptq_records
 from quantbounds.verdicts.results import Verdict, write_results
 
 CLAIM = "s000.summary.joint_allocation"
@@ -199,19 +199,21 @@ def measured_sensitivity(layers: list[LayerSpec], pilot_ptq: list[dict]) -> list
     return out
 
 
-def pooled_difference(rows: list[dict]) -> dict:
-    """Seeds' per-group differences (``u``) pooled group by group, with the paired CR1 interval
-    and the Student-t interval over seeds."""
+def pooled_difference(rows: list[dict], key: str = "u") -> dict:
+    """Seeds' per-group differences (``rows[i][key]``) pooled group by group, with the paired
+    CR1 interval (``grouped_total``: estimate, se, dof, ci, groups) and the Student-t interval
+    over the seeds' own estimates (``seed_t``; None for one seed)."""
     from quantbounds.verdicts.intervals import cluster_mean, grouped_total
 
     w = rows[0]["group_windows"]
     if any(r["group_windows"] != w for r in rows):
         raise ValueError("the seeds were scored on different eval groups; cannot pool them")
-    g = grouped_total(np.mean([r["u"] for r in rows], 0), w)
-    st = cluster_mean([r["estimate"] for r in rows]) if len(rows) >= 2 else None
-    return {"estimate": g["estimate"], "ci": g["ci"],
-            "seed_t": None if st is None else {k: st[k] for k in ("estimate", "se", "dof", "ci")},
-            "per_seed": [r["estimate"] for r in rows]}
+    g = grouped_total(np.mean([r[key] for r in rows], 0), w)
+    per_seed = [float(np.sum(r[key])) for r in rows]
+    st = cluster_mean(per_seed) if len(rows) >= 2 else None
+    return {**g, "seed_t": None if st is None else {k: st[k] for k in ("estimate", "se", "dof",
+                                                                       "ci")},
+            "per_seed": per_seed}
 
 
 def curvature_prediction(ptq: list[dict]) -> dict | None:
@@ -235,16 +237,10 @@ def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
             curvature: dict | None = None) -> Verdict:
     """The pooled paired difference allocation − uniform over the seeds' summary rows."""
     from quantbounds.verdicts import standard
-    from quantbounds.verdicts.intervals import cluster_mean, grouped_total
 
-    w = rows[0]["group_windows"]
-    if any(r["group_windows"] != w for r in rows):
-        raise ValueError("the seeds were scored on different eval groups; cannot pool them")
-    pooled = grouped_total(np.mean([r["u"] for r in rows], 0), w)
-    cv = (grouped_total(np.mean([r["u_cv"] for r in rows], 0), w)
-          if all("u_cv" in r for r in rows) else None)
-    per_seed = [r["estimate"] for r in rows]
-    seed_t = cluster_mean(per_seed) if len(per_seed) >= 2 else None
+    pooled = pooled_difference(rows)
+    cv = pooled_difference(rows, "u_cv") if all("u_cv" in r for r in rows) else None
+    seed_t = pooled["seed_t"]
     if pooled["groups"] < 2 or not pooled["se"] > 0:
         dec = standard.Decision(verdict="inconclusive", p_holds=None, p_fails=None,
                                 reason=f"no interval ({pooled['groups']} groups, se "
@@ -280,8 +276,7 @@ def verdict(rows: list[dict], c: PTQAllocationConfig, *, predicted: float,
             "per_seed": [{"seed": r["seed"], "estimate": r["estimate"], "ci": r["ci"],
                           "cost_uniform": r["cost_uniform"],
                           "cost_allocation": r["cost_allocation"]} for r in rows],
-            "seed_t": None if seed_t is None else {k: seed_t[k] for k in ("estimate", "se",
-                                                                          "dof", "ci")},
+            "seed_t": seed_t,
             "control_variate": None if cv is None else {
                 "what": "ΔL − first-order term (mean 0 under unbiased SR), pooled the same way",
                 "estimate": cv["estimate"], "ci": cv["ci"],
@@ -342,7 +337,8 @@ def run_check(c: PTQAllocationConfig) -> dict:
             done[seed] = row
         rows.append(done[seed])
     mine = {r["run_id"] for r in rows}
-    ptq_all = list({r["run_id"]: r for r in (_read(ptq_file) if ptq_file.exists() else [])
+    # one record per PTQ id (a seed re-run under another key wrote its uniform cells again)
+    ptq_all = list({r["run_id"]: r for r in read_ptq_records(ptq_file).records
                     if r.get("ptq_of") in mine}.values())
     v = verdict(rows, c, predicted=predicted, fit_usable=usable,
                 curvature=curvature_prediction(ptq_all))
@@ -355,7 +351,8 @@ def run_check(c: PTQAllocationConfig) -> dict:
             "allocation": bits_k,
             "memory_bytes": mem_k,
             "predicted_gain": predicted_k,
-            **pooled_difference([r["kfac"] for r in rows]),
+            **{k: v for k, v in pooled_difference([r["kfac"] for r in rows]).items()
+               if k in ("estimate", "ci", "seed_t", "per_seed")},
         }
     out = {
         "config": asdict(c),
@@ -375,7 +372,8 @@ def run_check(c: PTQAllocationConfig) -> dict:
 
 
 def _read(path: Path) -> list[dict]:
-    """The summary lines of a records file (a torn last line is skipped)."""
+    """The summary lines of the check's records file (not run records: no schema to validate
+    against; a torn last line is skipped)."""
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
