@@ -18,13 +18,15 @@ weights, two steps each on CPU (issue 14, item 6) → benchmarks/results/bridge_
 
 ``--finetune``: one default embedded fine-tune (real_runs/configs/embedded.toml's defaults,
 r = 8, seed 0) with the PTQ arm, timed phase by phase in the same run (issue 14, speed and
-memory): targets — the fine-tune (everything but PTQ) ≤ 120 s on 2 cores, PTQ of all b and
-schemes ≤ 2× the fine-tune, peak memory reported → benchmarks/results/bridge_finetune.json.
+memory), once per torch thread count (``--threads``, default 1,2): targets — the fine-tune
+(everything but PTQ) ≤ 120 s on 2 cores, PTQ of all b and schemes ≤ 2× the fine-tune, judged
+at the thread count whose fine-tune was fastest; peak memory reported →
+benchmarks/results/bridge_finetune.json.
 
 Written atomically to benchmarks/results/bridge.json. Usage:
     python benchmarks/bench_bridge.py [--tiny] [--rounds N] [--out PATH]
     python benchmarks/bench_bridge.py --dialogpt-cpu
-    python benchmarks/bench_bridge.py --finetune
+    python benchmarks/bench_bridge.py --finetune [--threads 1,2]
 Timings on a shared machine are noisy: compare ratios within one run.
 """
 
@@ -41,6 +43,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from quantbounds.verdicts.results import write_json_atomic
+from real_runs.cli import int_tuple
 
 ARMS_TIMED = ("fp16", "adapter_rtn", "adapter_sr", "adapter_noise", "adapter_nf4")
 BITS = {"fp16": 16, "adapter_rtn": 4, "adapter_sr": 4, "adapter_noise": 4, "adapter_nf4": 4}
@@ -349,6 +352,22 @@ def finetune_benchmark(*, overrides: dict | None = None) -> dict:
     }
 
 
+def finetune_by_threads(threads, *, overrides: dict | None = None) -> dict:
+    """:func:`finetune_benchmark` once per torch thread count, the targets judged at the count
+    whose fine-tune was fastest: the setting a user of this machine should run (one machine
+    of this kind trained ~20× slower with 2 threads than with 1, another 1.4–1.8× faster, so
+    the count is measured, not assumed). Each row keeps its own ratio and ``meets``; the PTQ
+    ratio of a row compares two phases of one run at one thread count."""
+    rows = [finetune_benchmark(overrides={**(overrides or {}), "threads": t}) for t in threads]
+    best = min(rows, key=lambda r: r["finetune_s"])
+    return {
+        **best,
+        "threads": best["torch_threads"],
+        "judged_at": "the thread count with the fastest fine-tune",
+        "by_threads": rows,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="the 2-layer test model (seconds)")
@@ -373,26 +392,28 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--threads",
-        type=int,
-        default=None,
-        help="with --finetune: torch CPU threads of the run (default: the run config's, 1)",
+        type=int_tuple,
+        default=(1, 2),
+        help="with --finetune: torch CPU thread counts to time, one whole run each "
+        "(default 1,2: the run config's 1, and both cores of a 2-core machine)",
     )
     args = p.parse_args(argv)
     if args.finetune:
-        res = finetune_benchmark(
-            overrides=None if args.threads is None else {"threads": args.threads}
-        )
+        res = finetune_by_threads(args.threads)
         dest = (
             Path(args.out).with_name("bridge_finetune.json")
             if args.out.endswith("bridge.json")
             else Path(args.out)
         )
         write_json_atomic(dest, res)
-        print(
-            f"fine-tune {res['finetune_s']:.0f} s (target ≤ 120), PTQ {res['ptq_s']:.0f} s = "
-            f"{res['ptq_over_finetune']:.2f}× (target ≤ 2), peak {res['peak_mem_bytes'] / 2**20:.0f}"
-            f" MiB; phases {', '.join(f'{k} {v:.0f}s' for k, v in res['phase_s'].items())}"
-        )
+        for row in res["by_threads"]:
+            print(
+                f"{row['torch_threads']} thread(s): fine-tune {row['finetune_s']:.0f} s (target "
+                f"≤ 120), PTQ {row['ptq_s']:.0f} s = {row['ptq_over_finetune']:.2f}× (target ≤ 2), "
+                f"peak {row['peak_mem_bytes'] / 2**20:.0f} MiB; phases "
+                f"{', '.join(f'{k} {v:.0f}s' for k, v in row['phase_s'].items())}"
+            )
+        print(f"judged at {res['threads']} thread(s) (the fastest fine-tune): {res['meets']}")
         print(f"→ {dest}")
         return 0
     if args.dialogpt_cpu:

@@ -364,13 +364,15 @@ def _reset_peak_rss() -> str:
 
 
 def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False,
-                 ptq_patterns: dict | None = None):
+                 ptq_patterns: dict | None = None, ptq_mirror: bool = False):
     """Run one fine-tune and return its validated record (not written anywhere).
 
     With ``return_ptq`` returns (record, [PTQ records]) (the list is empty unless cfg.ptq).
     ``ptq_patterns`` ({label: {layer: bits}}, with cfg.ptq): mixed-precision PTQ cells measured
     besides the uniform ones (``real_runs.ptq.run_ptq``'s ``patterns``; records carry
     ``ptq_pattern`` and ``layer_bits``, and their ids hash the per-layer bits).
+    ``ptq_mirror`` (with cfg.ptq): each uniform cell also evaluated at the mirror weights
+    B·A − ε_BA, the measured second- and third-order terms recorded (``run_ptq``'s ``mirror``).
     """
     import torch
     from torch.nn.utils import parametrize
@@ -574,7 +576,7 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False,
     if cfg.ptq:
         t_phase = time.time()
         ptq_records = _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device,
-                               patterns=ptq_patterns)
+                               patterns=ptq_patterns, mirror=ptq_mirror)
         phase["ptq"] = time.time() - t_phase
 
     base = model.get_base_model()
@@ -717,7 +719,7 @@ def ptq_record_ids(cfg: FinetuneConfig) -> set[str]:
 
 
 def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device, *,
-             patterns=None) -> list[dict]:
+             patterns=None, mirror=False) -> list[dict]:
     """PTQ of the trained full-precision adapter (real_runs.ptq), as quantbounds.ptq/1 records."""
 
     from quantbounds.calib.records import make_ptq_record
@@ -775,6 +777,7 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         n_groups=cfg.ptq_groups,
         progress=cfg.progress,
         patterns=patterns,
+        mirror=mirror,
     )
     total_s = time.time() - t0
     recs = []

@@ -292,6 +292,55 @@ def test_mixed_precision_cells_quantize_each_layer_at_its_own_bits(embedded_tiny
         run_finetune(cfg, return_ptq=True, ptq_patterns={"bad": {names[0]: 2}})
 
 
+def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded_tiny_cache, monkeypatch):
+    """mirror=True: the + cell is unchanged; the mirror evaluation at B·A − ε_BA is the loss of
+    a quantizer whose ε_BA is −ε_BA (checked by running one); the even/odd parts add up."""
+    cfg = FinetuneConfig(**FAST, cache_dir=str(embedded_tiny_cache), ptq=True, ptq_bits=(2, 8),
+                         ptq_eval_tokens=150, ptq_schemes=("rtn_tensor",), ptq_groups=3)
+    _, plain = run_finetune(cfg, return_ptq=True)
+    _, mir = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
+    rtol32 = _rounding_rtol(__import__("real_runs.embedded", fromlist=["E"]).EmbeddedConfig.tiny(),
+                            torch.finfo(torch.float32).eps)
+    for a, m in zip(plain, mir):
+        assert "delta_loss_mirror" not in a
+        for k in ("delta_loss", "delta_loss_groups", "pred_plugin", "pred_first_order", "layers"):
+            assert a[k] == m[k], k
+        assert m["second_order_measured"] == pytest.approx((m["delta_loss"] + m["delta_loss_mirror"]) / 2,
+                                                           abs=1e-15)
+        assert m["third_order_measured"] == pytest.approx(
+            (m["delta_loss"] - m["delta_loss_mirror"]) / 2 - m["pred_first_order"], abs=1e-15)
+        assert sum(m["delta_loss_mirror_groups"]) == pytest.approx(m["delta_loss_mirror"], abs=1e-12)
+        assert sum(m["second_order_measured_groups"]) == pytest.approx(m["second_order_measured"],
+                                                                       abs=1e-15)
+        lo, hi = m["second_order_measured_ci"]
+        assert lo <= m["second_order_measured"] <= hi
+    # ε_BA = δ·A (B moved by a fixed δ, A kept): its mirror (B − δ)·A is what a "quantizer"
+    # returning B − δ gives as its + cell; δ large enough that ΔL(+) ≠ ΔL(−) far beyond rounding
+    calls = {"n": 0}
+
+    def patched(sign):
+        def q(W, scheme, bits, *, generator=None):
+            calls["n"] += 1
+            if calls["n"] % 2 == 0:  # the second call of each layer quantizes A: keep it
+                return W.clone(), torch.zeros_like(W, dtype=torch.float64)
+            g = torch.Generator().manual_seed(calls["n"] // 2 * 10 + bits)  # same δ for ±
+            d = 0.5 * torch.randn(W.shape, generator=g, dtype=W.dtype)
+            return W + sign * d, torch.zeros_like(W, dtype=torch.float64)
+        return q
+
+    monkeypatch.setattr(P, "quantize_factor", patched(+1))
+    _, plus = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
+    calls["n"] = 0
+    monkeypatch.setattr(P, "quantize_factor", patched(-1))
+    _, minus = run_finetune(cfg, return_ptq=True)
+    for p_, q_ in zip(plus, minus):
+        assert p_["bits"] == q_["bits"]
+        tol = 2 * rtol32 * abs(q_["eval_loss"])
+        assert abs(p_["delta_loss"] - p_["delta_loss_mirror"]) > 5 * tol  # the test has power
+        assert abs(p_["delta_loss_mirror"] - q_["delta_loss"]) <= tol
+        assert p_["pred_first_order"] == pytest.approx(-q_["pred_first_order"], rel=1e-6)
+
+
 def _write_config(path, defaults, grids):
     lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [
         f"{k} = {json.dumps(v)}" for k, v in defaults.items()
@@ -396,6 +445,47 @@ def test_packed_eval_equals_eval_loss_rows(embedded_tiny_cache, dtype):
     P.PackedEval(batches).check(lm, batches[0])  # the guard passes on GPT-2
 
 
+def test_fused_gelu_swaps_for_the_block_only_and_computes_the_same_function(embedded_tiny_cache):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    lm, batches = _tiny_lm_and_batches(embedded_tiny_cache, torch.float64)
+    acts = [blk.mlp.act for blk in lm.transformer.h]
+    assert all(type(a) is NewGELUActivation for a in acts)  # GPT-2's gelu_new
+    x = torch.linspace(-8.0, 8.0, 2001, dtype=torch.float64)
+    ref = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))  # by hand
+    with torch.no_grad():
+        ids = batches[0]["input_ids"]
+        before = lm(input_ids=ids).logits
+        with P.fused_gelu(lm) as n:
+            assert n == len(acts)
+            assert all(type(blk.mlp.act) is GELUTanh for blk in lm.transformer.h)
+            torch.testing.assert_close(lm.transformer.h[0].mlp.act(x), ref, rtol=1e-13, atol=1e-15)
+            during = lm(input_ids=ids).logits
+    assert [blk.mlp.act for blk in lm.transformer.h] == acts  # the very modules put back
+    torch.testing.assert_close(during, before, rtol=1e-11, atol=1e-11)
+    with pytest.raises(RuntimeError, match="inside"):
+        with P.fused_gelu(lm):
+            raise RuntimeError("inside")
+    assert [blk.mlp.act for blk in lm.transformer.h] == acts  # also after an error
+
+
+def test_quads_from_the_factors_equal_the_traces_of_the_formed_matrix():
+    g = torch.Generator().manual_seed(3)
+    m, n, r = 37, 23, 4
+    B, QB = torch.randn(m, r, generator=g, dtype=torch.float64), torch.randn(m, r, generator=g, dtype=torch.float64)
+    A, QA = torch.randn(r, n, generator=g, dtype=torch.float64), torch.randn(r, n, generator=g, dtype=torch.float64)
+    X = torch.randn(n, 3 * n, generator=g, dtype=torch.float64)
+    Y = torch.randn(m, 3 * m, generator=g, dtype=torch.float64)
+    Sx, G = X @ X.T / (3 * n), Y @ Y.T / (3 * m)
+    E = QB @ QA - B @ A
+    quad, x2 = P._quads(torch.cat([QB, -B], 1), torch.cat([QA, A], 0), Sx, G)
+    assert quad == pytest.approx(float(torch.trace(E @ Sx @ E.T @ G)), rel=1e-12)
+    assert x2 == pytest.approx(float(torch.trace(E @ Sx @ E.T)), rel=1e-12)
+    # E_x‖E·x‖² over samples whose second moment is exactly Sx (x = columns of X/√(3n))
+    xs = X / math.sqrt(3 * n)
+    assert x2 == pytest.approx(float(((E @ xs) ** 2).sum()), rel=1e-12)
+
+
 def test_packed_eval_refuses_bad_input_and_a_foreign_head(embedded_tiny_cache):
     lm, batches = _tiny_lm_and_batches(embedded_tiny_cache, torch.float64)
     with pytest.raises(ValueError, match="batch_tokens"):
@@ -445,7 +535,8 @@ def test_ptq_records_match_the_unpacked_evaluation(embedded_tiny_cache, monkeypa
         def check(self, model, batch):
             pass
 
-    def einsum_quads(E, Sx, G):
+    def einsum_quads(U, V, Sx, G):
+        E = U @ V
         return (
             float(torch.einsum("ij,jk,lk,li->", E, Sx, E, G)),
             float(torch.einsum("ij,jk,ik->", E, Sx, E)),

@@ -296,3 +296,15 @@ def test_finetune_benchmark_times_every_phase(cache):
     assert res["finetune_s"] + ph["ptq"] <= res["wall_s"] + 1e-6
     assert res["meets"]["ptq_over_finetune"] == (res["ptq_over_finetune"] <= 2.0)
     assert res["ptq_evaluations"] == 2 and res["peak_mem_bytes"] > 0
+    # one run per thread count, judged at the fastest fine-tune's
+    threads = torch.get_num_threads()
+    try:
+        by = bb.finetune_by_threads((1, 2), overrides={**fast, "cache_dir": str(cache),
+                                                       "ptq_bits": (2,), "ptq_schemes": ("rtn_tensor",),
+                                                       "progress": False})
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["torch_threads"] for r in by["by_threads"]] == [1, 2]
+    fastest = min(by["by_threads"], key=lambda r: r["finetune_s"])
+    assert by["threads"] == fastest["torch_threads"] and by["meets"] == fastest["meets"]
+    assert by["ptq_over_finetune"] == fastest["ptq_over_finetune"]
