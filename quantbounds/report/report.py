@@ -6,7 +6,8 @@ Reads (each optional) ``results/validation.json`` (``quantbounds validate``),
 ``results/allocation_check.json`` (``python -m real_runs.allocation_check``),
 ``results/allocation_check_ptq.json`` (``python -m real_runs.ptq_allocation``),
 ``results/testbed.json`` (``python -m real_runs.testbed_report``) and
-``results/ptq_prediction.json`` (``python -m real_runs.ptq_report``), plus every
+``results/ptq_prediction.json`` (``python -m real_runs.ptq_report``),
+``results/second_order_probe.json`` (``python -m real_runs.second_order_probe``), plus every
 PNG under ``figures/``, and writes ``results/REPORT.md``: a summary of verdict counts, each
 part's verdict table, the calibrated constants with their intervals, the b* table and the
 figures. A missing or unreadable part is named with the command that produces it; the report
@@ -243,6 +244,48 @@ def _testbed_sections(results_dir: Path) -> list[str]:
             for k, v in agree.items():
                 lines.append(f"| {k} | {v.get('n')} | {_cell(v.get('second'))} | "
                              f"{_cell(v.get('first+2nd'))} | {_cell(v.get('moment'))} |")
+    return lines + _second_order_probe_section(results_dir)
+
+
+def _ratio_cell(x) -> str:
+    if not x or x.get("ratio") is None:
+        return "—"
+    ci = x.get("ci")
+    return f"{x['ratio']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
+def _second_order_probe_section(results_dir: Path) -> list[str]:
+    """results/second_order_probe.json: the exact second- and third-order terms (cell and
+    mirror) against the K-FAC second-order prediction."""
+    path = results_dir / "second_order_probe.json"
+    d, err = _load(path)
+    if d is None:
+        return [] if err == "missing" else ["", f"`{path}` is {err}"]
+    lines = ["", "## Where the second-order prediction breaks: exact terms from each cell and its "
+                 "mirror", "",
+             f"From `{d.get('command')}`: every cell is evaluated at B·A + ε_BA and at its "
+             "mirror B·A − ε_BA, so the even part of the loss change is the exact second-order "
+             "term Q (full Hessian of the held-out loss, every layer) and the odd part less the "
+             "measured first-order term is the third-order term T. Pooled over the adapters group "
+             "by group, 95 % intervals; P₂ is the K-FAC prediction (no fitted constant).", "",
+             "| scheme | b | records | P₂ ÷ Q | P₂ ÷ (ΔL − P₁) | Q ÷ (ΔL − P₁) | T (nats) | "
+             "reading |", "|---|---|---|---|---|---|---|---|"]
+    for row in d.get("cells") or []:
+        t = row.get("third_order") or {}
+        ci = t.get("ci")
+        tcell = _cell(t.get("estimate")) + (f" [{_cell(ci[0])}, {_cell(ci[1])}]" if ci else "")
+        lines.append(f"| {row['scheme']} | {row['bits']} | {row['records']} | "
+                     f"{_ratio_cell(row.get('kfac_over_exact'))} | "
+                     f"{_ratio_cell(row.get('kfac_over_resid'))} | "
+                     f"{_ratio_cell(row.get('exact_over_resid'))} | {tcell} | "
+                     f"{row.get('reading')} |")
+    rep = d.get("reproduced") or {}
+    if rep.get("cells"):
+        lines += ["", f"The probe's cells re-measure {rep['cells']} committed sweep cells "
+                      f"(same PTQ ids): largest |ΔL difference| "
+                      f"{_cell(rep.get('max_abs_delta_loss_diff'))} "
+                      f"nats, median relative difference "
+                      f"{_cell(rep.get('median_rel_delta_loss_diff'))}."]
     return lines
 
 
