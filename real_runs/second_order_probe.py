@@ -29,8 +29,12 @@ paired):
   third and higher orders are negligible;
 - ``third_order`` = Σ T̂ with its paired interval.
 
-P₂ comes from training windows with sampled labels; its own Monte Carlo error is not in the
-intervals. A diagnostic, not a claim of the paper: no verdict is issued.
+Q̂ holds the fourth-order term too (Q̂ = Q + O(ε⁴)); where T̂ is a few per cent of Q̂, as
+here, the fourth order is not what moves P₂ ÷ Q̂. The probe does not split the curvature
+model's error further (Kronecker factorization, dropped cross-layer blocks, Fisher with sampled
+labels instead of the Hessian): that needs per-layer mirrors. P₂ comes from training windows
+with sampled labels; its own Monte Carlo error is not in the intervals. A diagnostic, not a
+claim of the paper: no verdict is issued.
 """
 
 from __future__ import annotations
@@ -158,7 +162,8 @@ def reading(row: dict) -> str:
     k, t = row["kfac_over_exact"], row["third_order"]
     parts = []
     if excludes(k["ci"], 1.0):
-        parts.append(f"curvature model off (P₂/Q = {k['ratio']:.2f})")
+        parts.append(f"K-FAC {'under' if k['ratio'] < 1 else 'over'}-predicts Q "
+                     f"(P₂/Q = {k['ratio']:.2f})")
     if excludes(t["ci"], 0.0):
         parts.append("third order resolved")
     return "; ".join(parts) or "consistent: P₂ ≈ Q and T ≈ 0 within their intervals"

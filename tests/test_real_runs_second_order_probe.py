@@ -51,7 +51,7 @@ def test_summary_pools_adapters_group_by_group_and_reads_the_intervals():
     lo, hi = row["kfac_over_exact"]["ci"]
     assert lo < row["kfac_over_exact"]["ratio"] < hi
     # P₂ = 0.096 vs Q̂ ≈ 0.036 with these spreads: the curvature model is off, T is not resolved
-    assert lo > 1 and "curvature model off" in row["reading"]
+    assert lo > 1 and "K-FAC over-predicts Q" in row["reading"]
     assert "third order" not in row["reading"]
     # records without mirror fields, and mixed-precision cells, are not probe cells
     assert S.summarize([{k: v for k, v in recs[0].items() if k != "second_order_measured"}]) == []

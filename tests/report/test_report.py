@@ -159,11 +159,11 @@ def test_report_shows_the_second_order_probe(tmp_path):
                    "kfac_over_resid": {"ratio": 0.78, "ci": [0.7, 0.86]},
                    "exact_over_resid": {"ratio": 0.96, "ci": None},
                    "third_order": {"estimate": 0.0001, "ci": [5e-05, 0.00015]},
-                   "reading": "curvature model off (P₂/Q = 0.81); third order resolved"}],
+                   "reading": "K-FAC under-predicts Q (P₂/Q = 0.81); third order resolved"}],
         "reproduced": {"cells": 85, "max_abs_delta_loss_diff": 2e-07,
                        "median_rel_delta_loss_diff": 1e-05}})
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
     assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | 0.78 [0.7, 0.86] | 0.96 | 0.0001 "
-            "[5e-05, 0.00015] | curvature model off (P₂/Q = 0.81); third order resolved |") in text
+            "[5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
