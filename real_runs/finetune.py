@@ -748,7 +748,8 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         collate([train_seqs[j] for j in idx[i : i + 16]], pad_id=pad)
         for i in range(0, len(idx), 16)
     ]
-    curv = P.measure_curvature(built.model, built.layers, curv_batches, seed=cfg.seed)
+    curv = P.measure_curvature(built.model, built.layers, curv_batches, seed=cfg.seed,
+                               keep_tokens=mirror)
     scales = {n: float(layer.scaling["default"]) for n, layer in built.layers.items()}
     # PTQ evaluates each quantized adapter on the leading held-out batches (whole dialogues, in
     # split order) until ≥ ptq_eval_tokens predicted tokens, with its own full-precision

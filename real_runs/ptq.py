@@ -145,17 +145,23 @@ def quantize_factor(W: torch.Tensor, scheme: str, bits: int, *, generator=None):
 # --- curvature on the full-precision model --------------------------------------------------
 
 
-def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[str, dict]:
+def measure_curvature(model, layers: dict, batches, *, seed: int = 0,
+                      keep_tokens: bool = False) -> dict[str, dict]:
     """{layer: {"Sigma_x": n×n, "G": m×m, "tokens": T}} (float64) over the real tokens of ``batches``.
 
     x_t: the adapted layer's input; g_t: the gradient of the summed token loss (labels sampled
     from the model's softmax, seeded) with respect to the layer's output y_t (base + LoRA).
     The model is put in eval mode (no dropout) for the measurement.
+
+    keep_tokens: also keep every token's x_t ("X", T × n) and g_t ("Gt", T × m) in float32
+    and the window it belongs to ("seq", T), for :func:`fisher_along` (memory: 4·T·(n + m)
+    bytes a layer).
     """
     was = model.training
     model.eval()
-    acc = {n: {"Sigma_x": None, "G": None, "tokens": 0} for n in layers}
-    cur = {}
+    acc = {n: {"Sigma_x": None, "G": None, "tokens": 0, "X": [], "Gt": [], "seq": []}
+           for n in layers}
+    cur = {"row0": 0}
     handles = []
 
     def fwd_hook(name):
@@ -169,6 +175,8 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
                     gg = g.detach()[m].double()
                     a = acc[name]
                     a["G"] = gg.T @ gg if a["G"] is None else a["G"] + gg.T @ gg
+                    if keep_tokens:
+                        a["Gt"].append(g.detach()[m].float())
 
                 out.register_hook(ghook)
             m = cur["mask"].bool()
@@ -176,6 +184,10 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
             a = acc[name]
             a["Sigma_x"] = xx.T @ xx if a["Sigma_x"] is None else a["Sigma_x"] + xx.T @ xx
             a["tokens"] += int(m.sum())
+            if keep_tokens:
+                a["X"].append(x[m].float())
+                rows = torch.arange(m.shape[0]).unsqueeze(1).expand(m.shape)[m] + cur["row0"]
+                a["seq"].append(rows)
 
         return hook
 
@@ -197,6 +209,7 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
             )
             (ce * valid).sum().backward()
             model.zero_grad(set_to_none=True)
+            cur["row0"] += int(b["input_ids"].shape[0])
     finally:
         for h in handles:
             h.remove()
@@ -205,7 +218,40 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0) -> dict[st
     for n, a in acc.items():
         T = max(a["tokens"], 1)
         out[n] = {"Sigma_x": a["Sigma_x"] / T, "G": a["G"] / T, "tokens": a["tokens"]}
+        if keep_tokens:
+            out[n].update(X=torch.cat(a["X"]), Gt=torch.cat(a["Gt"]), seq=torch.cat(a["seq"]))
     return out
+
+
+def fisher_along(E: dict, scales: dict, curvature: dict) -> dict[str, float]:
+    """Three second-order predictions of a weight change s_l·E_l (m × n, every layer l), each
+    dropping less than K-FAC, from the tokens :func:`measure_curvature` kept.
+
+    With a_{l,t} = s_l·g_tᵀ·E_l·x_t (layer l's first-order response at token t, labels
+    sampled from the model) and T tokens:
+
+    - ``token``: ½·Σ_l Σ_t a_{l,t}² / T — K-FAC without the Kronecker factorization
+      (E_t[x·xᵀ ⊗ g·gᵀ] instead of E_t[x·xᵀ] ⊗ E_t[g·gᵀ]); equal to K-FAC's
+      ½·s²·tr(E·Σ_x·Eᵀ·G) when x_t and g_t are independent;
+    - ``seq``: ½·Σ_l Σ_w (Σ_{t ∈ w} a_{l,t})² / T — the per-window (per-sequence) Fisher of
+      each layer: adds the products of positions within a window;
+    - ``seq_cross``: ½·Σ_w (Σ_l Σ_{t ∈ w} a_{l,t})² / T — the Fisher of all layers together:
+      adds the cross-layer blocks K-FAC drops. With one sampled label per position this is the
+      Gauss–Newton quadratic form of the whole change, as an estimate over the kept windows.
+    """
+    token = seq = 0.0
+    per_seq = None
+    for n, Et in E.items():
+        c = curvature[n]
+        a = scales[n] * ((c["Gt"].double() @ Et) * c["X"].double()).sum(1)  # (T,)
+        T = a.shape[0]
+        token += float((a**2).sum()) / (2 * T)
+        k = int(c["seq"].max()) + 1
+        w = torch.zeros(k, dtype=torch.float64).index_add_(0, c["seq"], a)
+        seq += float((w**2).sum()) / (2 * T)
+        per_seq = w if per_seq is None else per_seq + w
+    cross = 0.0 if per_seq is None else float((per_seq**2).sum()) / (2 * T)
+    return {"token": token, "seq": seq, "seq_cross": cross}
 
 
 def eval_weight_gradients(model, mods: dict, conv: dict, batches) -> dict[str, torch.Tensor]:
@@ -663,6 +709,10 @@ def run_ptq(
                 "third_order_measured_groups": odd.tolist(),
                 "third_order_measured_ci": ci(odd),
             }
+            if "X" in next(iter(curvature.values())):
+                f = fisher_along(E_of, scales, curvature)
+                extra.update(pred_token_fisher=f["token"], pred_seq_fisher=f["seq"],
+                             pred_seq_fisher_cross=f["seq_cross"])
         results.append(
             {
                 "ptq_scheme": scheme,

@@ -27,14 +27,20 @@ paired):
 - ``kfac_over_resid`` = Σ P₂ ÷ Σ (ΔL − P₁): the comparison ``ptq_report`` makes;
 - ``exact_over_resid`` = Σ Q̂ ÷ Σ (ΔL − P₁) (paired: both from the same groups): 1 when the
   third and higher orders are negligible;
-- ``third_order`` = Σ T̂ with its paired interval.
+- ``third_order`` = Σ T̂ with its paired interval;
+- ``token_fisher_over_exact``, ``seq_fisher_over_exact``, ``seq_fisher_cross_over_exact``: the
+  same curvature (sampled-label Fisher on training windows) with, in turn, the Kronecker
+  factorization, then the independence of positions within a window, then the block-diagonal
+  (no cross-layer) structure removed (:func:`real_runs.ptq.fisher_along`), each ÷ Q̂: which
+  of K-FAC's approximations loses what.
 
 Q̂ holds the fourth-order term too (Q̂ = Q + O(ε⁴)); where T̂ is a few per cent of Q̂, as
-here, the fourth order is not what moves P₂ ÷ Q̂. The probe does not split the curvature
-model's error further (Kronecker factorization, dropped cross-layer blocks, Fisher with sampled
-labels instead of the Hessian): that needs per-layer mirrors. P₂ comes from training windows
-with sampled labels; its own Monte Carlo error is not in the intervals. A diagnostic, not a
-claim of the paper: no verdict is issued.
+here, the fourth order is not what moves P₂ ÷ Q̂. The three Fisher predictions split the
+curvature model's error into the Kronecker factorization, the positions and the cross-layer
+blocks; what the last of them still misses is the Fisher itself (Gauss–Newton, one sampled
+label per position, on training windows) in place of the held-out loss's Hessian. The
+predictions come from training windows with sampled labels; their own Monte Carlo error is
+not in the intervals. A diagnostic, not a claim of the paper: no verdict is issued.
 """
 
 from __future__ import annotations
@@ -144,6 +150,12 @@ def summarize(recs: list[dict]) -> list[dict]:
             "second_order_measured": {"estimate": q2["estimate"], "ci": q2["ci"]},
             "third_order": {"estimate": t3["estimate"], "ci": t3["ci"]},
             "kfac_over_exact": _ratio([_even(r) for r in rs], lambda r: r["pred_plugin"]),
+            # the same curvature with less dropped (real_runs.ptq.fisher_along), against Q̂
+            **{f"{name}_over_exact": _ratio([_even(r) for r in rs], lambda r, k=key: r[k])
+               for name, key in (("token_fisher", "pred_token_fisher"),
+                                 ("seq_fisher", "pred_seq_fisher"),
+                                 ("seq_fisher_cross", "pred_seq_fisher_cross"))
+               if all(key in r for r in rs)},
             "kfac_over_resid": None if res is None else _ratio(res, lambda r: r["pred_plugin"]),
             "exact_over_resid": None if res is None else _ratio(
                 res, lambda r: r["second_order_measured"],
@@ -195,8 +207,10 @@ def run_probe(c: ProbeConfig) -> dict:
     from real_runs.finetune import ptq_record_ids, run_finetune
 
     path = Path(c.records)
+    # the last record of each id that carries every probe field (an older probe's lines,
+    # without the Fisher predictions, are measured again)
     have = {r["run_id"]: r for r in read_ptq_records(path).records
-            if "second_order_measured" in r} if path.exists() else {}
+            if "second_order_measured" in r and "pred_token_fisher" in r} if path.exists() else {}
     mine = []
     for rank in c.ranks:
         for seed in c.seeds:

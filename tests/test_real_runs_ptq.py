@@ -123,6 +123,53 @@ def test_curvature_sigma_x_exact_and_fisher_trace():
     assert abs(float(torch.trace(c["G"])) - want) <= 5 * math.sqrt(n_valid) / c["tokens"]
 
 
+def test_kept_tokens_rebuild_the_curvature_and_fisher_along_by_hand():
+    """keep_tokens: the kept x_t, g_t give back Σ_x and G exactly, and the windows are the
+    batch rows; fisher_along's three forms by explicit loops, and their nesting: with
+    independent (x, g) the token form is K-FAC; one layer → seq_cross = seq."""
+    m = _Toy()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 7, (12, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[3:, 7:] = 0
+    batches = [{"input_ids": ids[i : i + 4], "attention_mask": mask[i : i + 4]} for i in (0, 4, 8)]
+    c = P.measure_curvature(m, {"out": m.out}, batches, seed=0, keep_tokens=True)["out"]
+    T = c["tokens"]
+    X, Gt = c["X"].double(), c["Gt"].double()
+    assert X.shape[0] == Gt.shape[0] == c["seq"].shape[0] == T == int(mask.sum())
+    torch.testing.assert_close(X.T @ X / T, c["Sigma_x"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(Gt.T @ Gt / T, c["G"], rtol=1e-6, atol=1e-9)
+    assert c["seq"].tolist() == [i for i in range(12) for _ in range(int(mask[i].sum()))]
+    # fisher_along by loops, two "layers" sharing these tokens
+    curv = {"a": c, "b": c}
+    E = {k: torch.randn(Gt.shape[1], X.shape[1], generator=g, dtype=torch.float64) for k in "ab"}
+    s = {"a": 0.7, "b": 1.3}
+    f = P.fisher_along(E, s, curv)
+    a = {k: [s[k] * float(Gt[t] @ E[k] @ X[t]) for t in range(T)] for k in "ab"}
+    seq = c["seq"].tolist()
+    want_token = sum(v * v for k in "ab" for v in a[k]) / (2 * T)
+    wins = sorted(set(seq))
+    want_seq = sum(sum(a[k][t] for t in range(T) if seq[t] == w) ** 2 for k in "ab" for w in wins) / (2 * T)
+    want_cross = sum(sum(a[k][t] for k in "ab" for t in range(T) if seq[t] == w) ** 2
+                     for w in wins) / (2 * T)
+    assert f["token"] == pytest.approx(want_token, rel=1e-9)
+    assert f["seq"] == pytest.approx(want_seq, rel=1e-9)
+    assert f["seq_cross"] == pytest.approx(want_cross, rel=1e-9)
+    one = P.fisher_along({"a": E["a"]}, s, curv)
+    assert one["seq_cross"] == pytest.approx(one["seq"], rel=1e-12)
+    # independent x and g: the token form converges to K-FAC's ½·s²·tr(E·Σ_x·Eᵀ·G)
+    n_tok, d_in, d_out = 200_000, 3, 2
+    xs = torch.randn(n_tok, d_in, generator=g, dtype=torch.float64)
+    gs = torch.randn(n_tok, d_out, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0])
+    ind = {"X": xs.float(), "Gt": gs.float(), "seq": torch.arange(n_tok)}
+    E1 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    kfac = 0.5 * float(torch.trace(E1 @ (xs.T @ xs / n_tok) @ E1.T @ (gs.T @ gs / n_tok)))
+    tok = P.fisher_along({"l": E1}, {"l": 1.0}, {"l": ind})["token"]
+    # a_t² has relative s.d. ≤ √(E a⁴)/E a² = √(3·3) = 3 for Gaussian x, g (product of two
+    # independent Gaussian forms: kurtosis 3 each): 5 s.e. = 5·3/√n
+    assert tok == pytest.approx(kfac, rel=5 * 3 / math.sqrt(n_tok))
+
+
 def test_eval_weight_gradient_matches_central_differences(embedded_tiny_cache):
     from real_runs.arms import load_base
     from real_runs.data import collate
@@ -314,6 +361,9 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
                                                                        abs=1e-15)
         lo, hi = m["second_order_measured_ci"]
         assert lo <= m["second_order_measured"] <= hi
+        # the kept curvature tokens give the Fisher forms (real_runs.ptq.fisher_along)
+        assert all(m[k] >= 0 and k not in a for k in ("pred_token_fisher", "pred_seq_fisher",
+                                                       "pred_seq_fisher_cross"))
     # ε_BA = δ·A (B moved by a fixed δ, A kept): its mirror (B − δ)·A is what a "quantizer"
     # returning B − δ gives as its + cell; δ large enough that ΔL(+) ≠ ΔL(−) far beyond rounding
     calls = {"n": 0}
