@@ -118,7 +118,14 @@ def adapter_cost_rows(ptq: list[dict], *, bits: int = 2) -> list[dict]:
     (t_{K−1}); ``seed_t`` is the Student-t interval over the adapters' costs
     (:func:`quantbounds.verdicts.intervals.cluster_mean`, one unit per adapter). Groups whose
     records lack ``delta_loss_groups`` or disagree on ``group_windows`` are skipped (an older
-    record file has neither)."""
+    record file has neither).
+
+    ``cost_cv`` / ``z_cv`` (unbiased SR only, records with ``first_order_groups``): the same
+    pooled cost with the measured first-order term taken out group by group,
+    u_k = mean_a mean_d (D_{a,d,k} − P₁_{a,d,k}). Under unbiased stochastic rounding
+    E[ε_BA] = 0, so E[P₁] = 0 and this estimates the same expected cost; P₁ carries much of
+    the held-out tokens' sampling error of ΔL, which cancels (a control variate). For RTN, P₁
+    is part of the cost (deterministic ε_BA), so there is none."""
     from quantbounds.verdicts.intervals import grouped_total
 
     cells: dict = defaultdict(lambda: defaultdict(list))
@@ -150,6 +157,14 @@ def adapter_cost_rows(ptq: list[dict], *, bits: int = 2) -> list[dict]:
                                                                           "dof", "ci")},
             "z_seed_t": None if seed_t is None else _z(seed_t),
         })
+        if scheme == "sr_tensor" and all(r.get("first_order_groups") for rs in adapters.values()
+                                         for r in rs):
+            cv = grouped_total(np.mean([np.mean([np.subtract(r["delta_loss_groups"],
+                                                             r["first_order_groups"])
+                                                 for r in rs], axis=0)
+                                        for rs in adapters.values()], axis=0), sizes)
+            rows[-1].update(cost_cv={k: cv[k] for k in ("estimate", "se", "dof", "ci")},
+                            z_cv=_z(cv))
     return rows
 
 
@@ -174,6 +189,8 @@ def two_bit_power(rows: list[dict], *, scheme: str = "rtn_tensor", need: float =
             cost_by_rank={c["rank"]: c["cost"]["estimate"] for c in mine},
             judged_on="z_by_rank: each rank's pooled paired cost (SR draws averaged)",
         )
+        if any("z_cv" in c for c in mine):  # beside the target, not for it
+            out["z_cv_by_rank"] = {c["rank"]: c["z_cv"] for c in mine if "z_cv" in c}
     else:
         out["judged_on"] = "z_min_by_rank: the smallest ΔL ÷ se of one record"
     out["met_at_every_rank"] = bool(judged) and all(

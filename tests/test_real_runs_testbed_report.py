@@ -101,3 +101,24 @@ def test_two_bit_power_is_judged_on_the_pooled_cost_when_given():
     old = dict(recs[0])
     del old["delta_loss_groups"]
     assert adapter_cost_rows([old]) == []
+
+
+def test_sr_cost_with_the_first_order_control_variate_by_hand():
+    """z_cv: the pooled cost of D − P₁ group by group (SR only); not there without P₁ groups
+    or for RTN; two_bit_power reports it beside the target and judges on the plain cost."""
+    w = [1, 2, 1]
+    a = {**_grp(8, "a", [0.01, 0.03, 0.00], w), "first_order_groups": [-0.005, 0.01, -0.01]}
+    b = {**_grp(8, "b", [0.02, 0.04, 0.01], w), "first_order_groups": [0.004, 0.02, 0.0]}
+    (row,) = adapter_cost_rows([a, b])
+    u = [((0.01 + 0.005) + (0.02 - 0.004)) / 2, ((0.03 - 0.01) + (0.04 - 0.02)) / 2,
+         ((0.00 + 0.01) + 0.01) / 2]
+    total = sum(u)
+    se = math.sqrt(3 / 2 * sum((uk - nk / 4 * total) ** 2 for uk, nk in zip(u, w)))
+    assert row["cost_cv"]["estimate"] == pytest.approx(total)
+    assert row["z_cv"] == pytest.approx(total / se)
+    p = two_bit_power(ptq_power_rows([a, b]), scheme="sr_tensor", costs=[row])
+    assert p["z_cv_by_rank"] == {8: pytest.approx(total / se)}
+    assert p["z_by_rank"] == {8: pytest.approx(row["z_paired"])}
+    rtn = [{**a, "ptq_scheme": "rtn_tensor"}, {**b, "ptq_scheme": "rtn_tensor"}]
+    assert "z_cv" not in adapter_cost_rows(rtn)[0]
+    assert "z_cv" not in adapter_cost_rows([_grp(8, "a", [0.01, 0.03, 0.00], w)])[0]
