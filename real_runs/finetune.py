@@ -779,6 +779,9 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         progress=cfg.progress,
         patterns=patterns,
         mirror=mirror,
+        # the probe's variant: the same curvature measured on the evaluation windows' inputs
+        heldout_curvature=(P.measure_curvature(built.model, built.layers, held_batches[:nb],
+                                               seed=cfg.seed) if mirror else None),
     )
     total_s = time.time() - t0
     recs = []

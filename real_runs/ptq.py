@@ -522,6 +522,7 @@ def run_ptq(
     progress: bool = False,
     patterns: dict | None = None,
     mirror: bool = False,
+    heldout_curvature: dict | None = None,
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
@@ -553,7 +554,11 @@ def run_ptq(
     interval. Records then carry ``delta_loss_mirror`` (+ ``_groups``), ``second_order_measured``
     and ``third_order_measured`` (+ ``_groups``, ``_ci``): what tells a wrong curvature model
     (K-FAC ``pred_plugin`` ≠ Q) from a second-order expansion that stops too early (T ≠ 0).
-    Used by ``real_runs.second_order_probe``, never by the sweep.
+    Used by ``real_runs.second_order_probe``, never by the sweep. heldout_curvature (with
+    mirror): :func:`measure_curvature` on the evaluation windows' inputs (labels sampled from
+    the model, so no held-out label enters); each mirror record then also carries
+    ``pred_plugin_heldout``, the K-FAC prediction with that curvature: whether measuring the
+    curvature on training windows is what P₂ misses.
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
@@ -618,7 +623,7 @@ def run_ptq(
         t0 = time.time()
         lbits = patterns[label] if label is not None else None
         gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7919 * b + draw)
-        deltas, per, E_of = {}, {}, {}
+        deltas, per, E_of, UV_of = {}, {}, {}, {}
         P1 = torch.zeros(K, dtype=torch.float64)
         pred_plugin = 0.0
         pred_moment = 0.0 if scheme not in ("nf4", "fp4", "int8") else None
@@ -636,6 +641,7 @@ def run_ptq(
             E = U @ V  # m × n
             if mirror:
                 E_of[n] = E
+                UV_of[n] = (U, V)
             deltas[n] = QB @ QA
             c = curvature[n]
             s = scales[n]
@@ -709,6 +715,10 @@ def run_ptq(
                 "third_order_measured_groups": odd.tolist(),
                 "third_order_measured_ci": ci(odd),
             }
+            if heldout_curvature is not None:
+                extra["pred_plugin_heldout"] = sum(
+                    0.5 * scales[n] ** 2 * _quads(*UV_of[n], heldout_curvature[n]["Sigma_x"],
+                                                  heldout_curvature[n]["G"])[0] for n in facs)
             if "X" in next(iter(curvature.values())):
                 f = fisher_along(E_of, scales, curvature)
                 extra.update(pred_token_fisher=f["token"], pred_seq_fisher=f["seq"],

@@ -28,6 +28,8 @@ paired):
 - ``exact_over_resid`` = Σ Q̂ ÷ Σ (ΔL − P₁) (paired: both from the same groups): 1 when the
   third and higher orders are negligible;
 - ``third_order`` = Σ T̂ with its paired interval;
+- ``heldout_kfac_over_exact``: K-FAC with Σ_x and G measured on the evaluation windows'
+  inputs (labels sampled from the model: no held-out label is used), ÷ Q̂;
 - ``token_fisher_over_exact``, ``seq_fisher_over_exact``, ``seq_fisher_cross_over_exact``: the
   same curvature (sampled-label Fisher on training windows) with, in turn, the Kronecker
   factorization, then the independence of positions within a window, then the block-diagonal
@@ -152,7 +154,8 @@ def summarize(recs: list[dict]) -> list[dict]:
             "kfac_over_exact": _ratio([_even(r) for r in rs], lambda r: r["pred_plugin"]),
             # the same curvature with less dropped (real_runs.ptq.fisher_along), against Q̂
             **{f"{name}_over_exact": _ratio([_even(r) for r in rs], lambda r, k=key: r[k])
-               for name, key in (("token_fisher", "pred_token_fisher"),
+               for name, key in (("heldout_kfac", "pred_plugin_heldout"),
+                                 ("token_fisher", "pred_token_fisher"),
                                  ("seq_fisher", "pred_seq_fisher"),
                                  ("seq_fisher_cross", "pred_seq_fisher_cross"))
                if all(key in r for r in rs)},
@@ -210,7 +213,7 @@ def run_probe(c: ProbeConfig) -> dict:
     # the last record of each id that carries every probe field (an older probe's lines,
     # without the Fisher predictions, are measured again)
     have = {r["run_id"]: r for r in read_ptq_records(path).records
-            if "second_order_measured" in r and "pred_token_fisher" in r} if path.exists() else {}
+            if "second_order_measured" in r and "pred_plugin_heldout" in r} if path.exists() else {}
     mine = []
     for rank in c.ranks:
         for seed in c.seeds:

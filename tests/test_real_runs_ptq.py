@@ -364,6 +364,24 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
         # the kept curvature tokens give the Fisher forms (real_runs.ptq.fisher_along)
         assert all(m[k] >= 0 and k not in a for k in ("pred_token_fisher", "pred_seq_fisher",
                                                        "pred_seq_fisher_cross"))
+    # the held-out-curvature K-FAC: with the training curvature handed in as the held-out one,
+    # it is pred_plugin exactly (the wiring), and otherwise a positive number of its own
+    assert all(m["pred_plugin_heldout"] > 0 for m in mir)
+    assert all(m["pred_plugin_heldout"] != pytest.approx(m["pred_plugin"], rel=1e-6, abs=0)
+               for m in mir)
+    real_measure = P.measure_curvature
+    first = {}
+
+    def same_curvature(model, layers, batches, **kw):
+        if "c" not in first:
+            first["c"] = real_measure(model, layers, batches, **{**kw, "keep_tokens": True})
+        return first["c"]
+
+    monkeypatch.setattr(P, "measure_curvature", same_curvature)
+    _, same = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
+    for m in same:
+        assert m["pred_plugin_heldout"] == pytest.approx(m["pred_plugin"], rel=1e-12)
+    monkeypatch.setattr(P, "measure_curvature", real_measure)
     # ε_BA = δ·A (B moved by a fixed δ, A kept): its mirror (B − δ)·A is what a "quantizer"
     # returning B − δ gives as its + cell; δ large enough that ΔL(+) ≠ ΔL(−) far beyond rounding
     calls = {"n": 0}

@@ -267,19 +267,21 @@ def _second_order_probe_section(results_dir: Path) -> list[str]:
              "mirror B·A − ε_BA, so the even part of the loss change is the exact second-order "
              "term Q (full Hessian of the held-out loss, every layer) and the odd part less the "
              "measured first-order term is the third-order term T. Pooled over the adapters group "
-             "by group, 95 % intervals; P₂ is the K-FAC prediction (no fitted constant); the "
-             "next three columns use the same sampled-label Fisher with, in turn, the Kronecker "
-             "factorization, the independence of positions and the block-diagonal structure "
-             "removed.", "",
-             "| scheme | b | records | P₂ ÷ Q | per-token Fisher ÷ Q | per-window ÷ Q | "
-             "all layers ÷ Q | Q ÷ (ΔL − P₁) | T (nats) | reading |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "by group, 95 % intervals; P₂ is the K-FAC prediction (no fitted constant, "
+             "curvature from training windows); then K-FAC with the curvature measured on the "
+             "evaluation windows' inputs (labels sampled from the model); then the training "
+             "windows' sampled-label Fisher with, in turn, the Kronecker factorization, the "
+             "independence of positions and the block-diagonal structure removed.", "",
+             "| scheme | b | records | P₂ ÷ Q | held-out K-FAC ÷ Q | per-token Fisher ÷ Q | "
+             "per-window ÷ Q | all layers ÷ Q | Q ÷ (ΔL − P₁) | T (nats) | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in d.get("cells") or []:
         t = row.get("third_order") or {}
         ci = t.get("ci")
         tcell = _cell(t.get("estimate")) + (f" [{_cell(ci[0])}, {_cell(ci[1])}]" if ci else "")
         lines.append(f"| {row['scheme']} | {row['bits']} | {row['records']} | "
                      f"{_ratio_cell(row.get('kfac_over_exact'))} | "
+                     f"{_ratio_cell(row.get('heldout_kfac_over_exact'))} | "
                      f"{_ratio_cell(row.get('token_fisher_over_exact'))} | "
                      f"{_ratio_cell(row.get('seq_fisher_over_exact'))} | "
                      f"{_ratio_cell(row.get('seq_fisher_cross_over_exact'))} | "

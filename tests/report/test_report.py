@@ -166,7 +166,7 @@ def test_report_shows_the_second_order_probe(tmp_path):
                        "median_rel_delta_loss_diff": 1e-05}})
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
-    assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | 0.9 [0.8, 1] | 0.95 | — | 0.96 | "
+    assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | — | 0.9 [0.8, 1] | 0.95 | — | 0.96 | "
             "0.0001 [5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order "
             "resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
