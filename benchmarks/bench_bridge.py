@@ -313,17 +313,12 @@ def finetune_benchmark(*, overrides: dict | None = None) -> dict:
     ptq_* settings), phase by phase (real_runs.finetune's
     ``phase_s``): the fine-tune's wall time (every phase but PTQ) against 120 s, PTQ ÷
     fine-tune against 2×, and the run's peak memory (VmHWM after reset)."""
-    import tomllib
-
     from real_runs.finetune import run_finetune
+    from real_runs.sweep import ptq_run_defaults
 
     root = Path(__file__).resolve().parents[1]
-    toml = tomllib.loads((root / "real_runs/configs/embedded.toml").read_text())
-    # the PTQ settings the sweep's b-curve blocks use (e.g. PTQ on the whole held-out set)
-    block = next((g for g in toml.get("grid", []) if g.get("ptq")), {})
-    ptq_set = {k: v for k, v in block.items() if k.startswith("ptq_") and not isinstance(v, list)}
-    cfg = {**toml["defaults"], **ptq_set, "arm": "fp16", "bits": 16, "rank": 8, "seed": 0,
-           "ptq": True, **(overrides or {})}
+    cfg = {**ptq_run_defaults(root / "real_runs/configs/embedded.toml"), "arm": "fp16",
+           "bits": 16, "rank": 8, "seed": 0, "ptq": True, **(overrides or {})}
     t0 = time.time()
     rec, ptq = run_finetune(cfg, return_ptq=True)
     wall = time.time() - t0

@@ -153,9 +153,10 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0,
     from the model's softmax, seeded) with respect to the layer's output y_t (base + LoRA).
     The model is put in eval mode (no dropout) for the measurement.
 
-    keep_tokens: also keep every token's x_t ("X", T × n) and g_t ("Gt", T × m) in float32
-    and the window it belongs to ("seq", T), for :func:`fisher_along` (memory: 4·T·(n + m)
-    bytes a layer).
+    keep_tokens: also keep every token's x_t ("X", T × n) and g_t ("Gt", T × m) in float64
+    (exact copies of the float32 activations, converted once rather than in every cell of
+    :func:`fisher_along`) and the window it belongs to ("seq", T) (memory: 8·T·(n + m) bytes a
+    layer).
     """
     was = model.training
     model.eval()
@@ -176,7 +177,7 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0,
                     a = acc[name]
                     a["G"] = gg.T @ gg if a["G"] is None else a["G"] + gg.T @ gg
                     if keep_tokens:
-                        a["Gt"].append(g.detach()[m].float())
+                        a["Gt"].append(gg)
 
                 out.register_hook(ghook)
             m = cur["mask"].bool()
@@ -185,7 +186,7 @@ def measure_curvature(model, layers: dict, batches, *, seed: int = 0,
             a["Sigma_x"] = xx.T @ xx if a["Sigma_x"] is None else a["Sigma_x"] + xx.T @ xx
             a["tokens"] += int(m.sum())
             if keep_tokens:
-                a["X"].append(x[m].float())
+                a["X"].append(xx)
                 rows = torch.arange(m.shape[0]).unsqueeze(1).expand(m.shape)[m] + cur["row0"]
                 a["seq"].append(rows)
 
@@ -243,7 +244,7 @@ def fisher_along(E: dict, scales: dict, curvature: dict) -> dict[str, float]:
     per_seq = None
     for n, Et in E.items():
         c = curvature[n]
-        a = scales[n] * ((c["Gt"].double() @ Et) * c["X"].double()).sum(1)  # (T,)
+        a = scales[n] * ((c["Gt"] @ Et) * c["X"]).sum(1)  # (T,)
         T = a.shape[0]
         token += float((a**2).sum()) / (2 * T)
         k = int(c["seq"].max()) + 1
@@ -368,7 +369,8 @@ class PackedEval:
       0.044715·x³))), five elementwise passes in Python) is evaluated by PyTorch's fused kernel
       of the same formula, ``F.gelu(x, approximate="tanh")`` (transformers' ``GELUTanh``),
       swapped in for the call only (:func:`fused_gelu`): the same function up to float32
-      rounding, ~12 % of the forward's time saved.
+      rounding (profiled over a PTQ run: the GELU was 12 % of the evaluation time, fused 5 %;
+      one evaluation of 24.7k tokens 2.90 → 2.68 s).
 
     Batch sizes: cache-sized, not the largest that fits. Measured on the default embedded model
     (d = 192, vocab 8192, 1 thread, 8.9k tokens): 16 windows × 128 with full logits (the

@@ -92,19 +92,15 @@ class ProbeConfig:
 
 def finetune_cfg(c: ProbeConfig, rank: int, seed: int):
     """The sweep's fp16 PTQ run at (rank, seed), restricted to the probed cells."""
-    import tomllib
-
     from real_runs.finetune import FinetuneConfig
+    from real_runs.sweep import ptq_run_defaults
 
-    toml = tomllib.loads(Path(c.sweep_config).read_text(encoding="utf-8"))
-    block = next((g for g in toml.get("grid", []) if g.get("ptq")), {})
-    ptq_set = {k: v for k, v in block.items() if k.startswith("ptq_") and not isinstance(v, list)}
     over = {k: v for k, v in (("steps", c.steps), ("n_train", c.n_train),
                               ("eval_tokens", c.eval_tokens), ("ptq_eval_tokens", c.eval_tokens))
             if v is not None}
     if c.embedded != "chitchat":
         over["embedded"] = c.embedded
-    cfg = {**toml["defaults"], **ptq_set, "arm": "fp16", "bits": 16, "rank": rank, "seed": seed,
+    cfg = {**ptq_run_defaults(c.sweep_config), "arm": "fp16", "bits": 16, "rank": rank, "seed": seed,
            "ptq": True, "ptq_schemes": tuple(c.schemes), "ptq_bits": tuple(c.bits),
            "ptq_sr_draws": c.sr_draws, "threads": c.threads, "progress": False, **over}
     if c.cache_dir is not None:
@@ -190,11 +186,10 @@ def reproduced(recs: list[dict], reference: str | None) -> dict | None:
 
     if not reference or not Path(reference).exists():
         return None
-    ref = {r["run_id"]: r for r in read_ptq_records(reference).records}
-    diffs = [abs(r["delta_loss"] - ref[r["run_id"]]["delta_loss"]) for r in recs
-             if r["run_id"] in ref]
-    rel = [abs(r["delta_loss"] - ref[r["run_id"]]["delta_loss"])
-           / max(abs(ref[r["run_id"]]["delta_loss"]), 1e-300) for r in recs if r["run_id"] in ref]
+    ref = {r["run_id"]: r["delta_loss"] for r in read_ptq_records(reference).records}
+    pairs = [(r["delta_loss"], ref[r["run_id"]]) for r in recs if r["run_id"] in ref]
+    diffs = [abs(a - b) for a, b in pairs]
+    rel = [abs(a - b) / max(abs(b), 1e-300) for a, b in pairs]
     if not diffs:
         return {"cells": 0}
     return {"cells": len(diffs), "max_abs_delta_loss_diff": max(diffs),

@@ -84,6 +84,16 @@ def load_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
+def ptq_run_defaults(path: str | os.PathLike) -> dict:
+    """The settings of a sweep's PTQ runs: its ``[defaults]`` with the scalar ``ptq_*`` keys of
+    its first ``ptq = true`` grid block over them (e.g. PTQ on the whole held-out set), for
+    running one such run outside the sweep (the benchmark, the second-order probe)."""
+    cfg = load_config(path)
+    block = next((g for g in cfg["grid"] if g.get("ptq")), {})
+    return {**cfg.get("defaults", {}),
+            **{k: v for k, v in block.items() if k.startswith("ptq_") and not isinstance(v, list)}}
+
+
 def expand(
     cfg: dict, *, where: str = "config", overrides: dict | None = None
 ) -> list[FinetuneConfig]:

@@ -161,7 +161,7 @@ def test_kept_tokens_rebuild_the_curvature_and_fisher_along_by_hand():
     n_tok, d_in, d_out = 200_000, 3, 2
     xs = torch.randn(n_tok, d_in, generator=g, dtype=torch.float64)
     gs = torch.randn(n_tok, d_out, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0])
-    ind = {"X": xs.float(), "Gt": gs.float(), "seq": torch.arange(n_tok)}
+    ind = {"X": xs, "Gt": gs, "seq": torch.arange(n_tok)}
     E1 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
     kfac = 0.5 * float(torch.trace(E1 @ (xs.T @ xs / n_tok) @ E1.T @ (gs.T @ gs / n_tok)))
     tok = P.fisher_along({"l": E1}, {"l": 1.0}, {"l": ind})["token"]

@@ -226,14 +226,8 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                   "first+2nd ÷ meas | moment ÷ meas | second ÷ (meas − first) |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in q.get("pooled_over_rank") or []:
-            cells = []
-            for name in ("second", "first+2nd", "moment", "second|first"):
-                x = row.get(name)
-                if not x or x.get("ratio") is None:
-                    cells.append("—")
-                    continue
-                ci = x.get("ci")
-                cells.append(f"{x['ratio']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
+            cells = [_ratio_cell(row.get(name))
+                     for name in ("second", "first+2nd", "moment", "second|first")]
             lines.append(f"| {row['scheme']} | {row['bits']} | {row['n_records']} | "
                          f"{_cell(row['measured_mean'])} | " + " | ".join(cells) + " |")
         agree = q.get("agreement_R2_0") or {}
