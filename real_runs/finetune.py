@@ -782,6 +782,8 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         # the probe's variant: the same curvature measured on the evaluation windows' inputs
         heldout_curvature=(P.measure_curvature(built.model, built.layers, held_batches[:nb],
                                                seed=cfg.seed) if mirror else None),
+        # and the exact second-order term of the training loss on the curvature windows
+        train_batches=curv_batches if mirror else None,
     )
     total_s = time.time() - t0
     recs = []

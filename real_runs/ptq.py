@@ -525,6 +525,7 @@ def run_ptq(
     patterns: dict | None = None,
     mirror: bool = False,
     heldout_curvature: dict | None = None,
+    train_batches=None,
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
@@ -560,7 +561,13 @@ def run_ptq(
     mirror): :func:`measure_curvature` on the evaluation windows' inputs (labels sampled from
     the model, so no held-out label enters); each mirror record then also carries
     ``pred_plugin_heldout``, the K-FAC prediction with that curvature: whether measuring the
-    curvature on training windows is what P₂ misses.
+    curvature on training windows is what P₂ misses. train_batches (with mirror): training
+    windows with their true labels (the curvature windows); each mirror record then also
+    carries ``second_order_train`` = (L_tr(+) + L_tr(−))/2 − L_tr(0) per training token, the
+    exact second-order term Q_tr = ½·s²·vec(ε_BA)ᵀ·H_tr·vec(ε_BA) + O(ε⁴) of the TRAINING
+    loss along the same ε_BA (full Hessian, every layer, residual term included), and
+    ``delta_loss_train`` = L_tr(+) − L_tr(0): a zero-constant prediction of Q from data the
+    fine-tune saw, where K-FAC and the Fisher keep only the Gauss–Newton part.
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
@@ -606,6 +613,10 @@ def run_ptq(
     packed.check(plain_model, eval_batches[0])
     fp_sum, fp_cnt = packed.rows(plain_model)
     fp_loss = sum(fp_sum) / sum(fp_cnt)
+    packed_train = PackedEval(train_batches) if mirror and train_batches else None
+    if packed_train is not None:
+        tr_fp = sum(packed_train.rows(plain_model)[0])
+        tr_tot = sum(packed_train.counts)
     per_group = 8 * sum(W0[n].numel() for n in layers)
     n_groups = max(1, min(check_int_range(n_groups, "ptq_groups", 1), GROUP_GRAD_BYTES // per_group))
     groups = eval_groups(eval_clusters, n_groups)
@@ -694,7 +705,13 @@ def run_ptq(
         resid = grouped_total((D - P1).tolist(), group_windows)
         extra = {}
         if mirror and label is None:
+            tr_plus = sum(packed_train.rows(plain_model)[0]) if packed_train is not None else None
             merge({n: (facs[n][0].double() @ facs[n][1].double() - E_of[n]).float() for n in facs})
+            if packed_train is not None:
+                tr_minus = sum(packed_train.rows(plain_model)[0])
+                extra.update(delta_loss_train=(tr_plus - tr_fp) / tr_tot,
+                             second_order_train=((tr_plus - tr_fp) + (tr_minus - tr_fp))
+                             / (2 * tr_tot), train_tokens=tr_tot)
             m_sum, m_cnt = packed.rows(plain_model)
             if m_cnt != fp_cnt:
                 raise RuntimeError("PTQ evaluation saw different tokens than the reference")
@@ -707,7 +724,7 @@ def run_ptq(
             def ci(u):
                 return grouped_total(u.tolist(), group_windows)["ci"] if K >= 2 else None
 
-            extra = {
+            extra.update({
                 "delta_loss_mirror": sum(m_sum) / sum(m_cnt) - fp_loss,
                 "delta_loss_mirror_groups": Dm.tolist(),
                 "second_order_measured": float(even.sum()),
@@ -716,7 +733,7 @@ def run_ptq(
                 "third_order_measured": float(odd.sum()),
                 "third_order_measured_groups": odd.tolist(),
                 "third_order_measured_ci": ci(odd),
-            }
+            })
             if heldout_curvature is not None:
                 extra["pred_plugin_heldout"] = sum(
                     0.5 * scales[n] ** 2 * _quads(*UV_of[n], heldout_curvature[n]["Sigma_x"],

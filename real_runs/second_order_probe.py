@@ -34,15 +34,21 @@ paired):
   same curvature (sampled-label Fisher on training windows) with, in turn, the Kronecker
   factorization, then the independence of positions within a window, then the block-diagonal
   (no cross-layer) structure removed (:func:`real_runs.ptq.fisher_along`), each ÷ Q̂: which
-  of K-FAC's approximations loses what.
+  of K-FAC's approximations loses what;
+- ``train_exact_over_exact``: the exact second-order term of the TRAINING loss along the same
+  ε_BA, Q̂_tr = (L_tr(+) + L_tr(−))/2 − L_tr(0) on the curvature windows with their true
+  labels (full Hessian, residual term included; ``run_ptq`` ``train_batches``), ÷ Q̂: whether
+  what the Fisher forms miss is the Hessian's residual term (Q̂_tr ≈ Q̂) or the shift from
+  training to held-out data (Q̂_tr ≈ the Fisher forms).
 
 Q̂ holds the fourth-order term too (Q̂ = Q + O(ε⁴)); where T̂ is a few per cent of Q̂, as
 here, the fourth order is not what moves P₂ ÷ Q̂. The three Fisher predictions split the
 curvature model's error into the Kronecker factorization, the positions and the cross-layer
 blocks; what the last of them still misses is the Fisher itself (Gauss–Newton, one sampled
-label per position, on training windows) in place of the held-out loss's Hessian. The
-predictions come from training windows with sampled labels; their own Monte Carlo error is
-not in the intervals. A diagnostic, not a claim of the paper: no verdict is issued.
+label per position, on training windows) in place of the held-out loss's Hessian, which
+``train_exact_over_exact`` splits into the residual term and the data. The predictions come
+from training windows (the Fisher forms with sampled labels); their own sampling error is not
+in the intervals. A diagnostic, not a claim of the paper: no verdict is issued.
 """
 
 from __future__ import annotations
@@ -153,7 +159,8 @@ def summarize(recs: list[dict]) -> list[dict]:
                for name, key in (("heldout_kfac", "pred_plugin_heldout"),
                                  ("token_fisher", "pred_token_fisher"),
                                  ("seq_fisher", "pred_seq_fisher"),
-                                 ("seq_fisher_cross", "pred_seq_fisher_cross"))
+                                 ("seq_fisher_cross", "pred_seq_fisher_cross"),
+                                 ("train_exact", "second_order_train"))
                if all(key in r for r in rs)},
             "kfac_over_resid": None if res is None else _ratio(res, lambda r: r["pred_plugin"]),
             "exact_over_resid": None if res is None else _ratio(
@@ -206,9 +213,9 @@ def run_probe(c: ProbeConfig) -> dict:
 
     path = Path(c.records)
     # the last record of each id that carries every probe field (an older probe's lines,
-    # without the Fisher predictions, are measured again)
+    # without the training-loss second-order term, are measured again)
     have = {r["run_id"]: r for r in read_ptq_records(path).records
-            if "second_order_measured" in r and "pred_plugin_heldout" in r} if path.exists() else {}
+            if "second_order_measured" in r and "second_order_train" in r} if path.exists() else {}
     mine = []
     for rank in c.ranks:
         for seed in c.seeds:

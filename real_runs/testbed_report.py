@@ -175,6 +175,11 @@ def two_bit_power(rows: list[dict], *, scheme: str = "rtn_tensor", need: float =
     ``rows``: :func:`ptq_power_rows` (record by record: ``z_min_by_rank``, the smallest ΔL ÷ se
     of one record). ``costs``: :func:`adapter_cost_rows` — when given, the target is judged on
     each rank's pooled paired cost (``z_by_rank``; SR draws averaged), else on ``z_min_by_rank``.
+    For unbiased SR with the control variate at every rank (``z_cv``), the target is judged on
+    it (``judged_on`` says so): it estimates the same expected cost E_SR[ΔL] (E[P₁] = 0 when
+    E[ε_BA] = 0) with the first-order term's share of the held-out tokens' sampling error
+    removed, so it is the better-powered estimate of the same quantity; the plain pooled
+    ``z_by_rank`` stays beside it. RTN has no control variate (its P₁ is part of its cost).
     A negative cost (quantization lowered the loss) never meets it."""
     at2 = {r["rank"]: r["z_min"] for r in rows if r["bits"] == 2 and r["scheme"] == scheme}
     out = {"scheme": scheme, "need_z": need, "z_min_by_rank": at2}
@@ -189,8 +194,12 @@ def two_bit_power(rows: list[dict], *, scheme: str = "rtn_tensor", need: float =
             cost_by_rank={c["rank"]: c["cost"]["estimate"] for c in mine},
             judged_on="z_by_rank: each rank's pooled paired cost (SR draws averaged)",
         )
-        if any("z_cv" in c for c in mine):  # beside the target, not for it
+        if any("z_cv" in c for c in mine):
             out["z_cv_by_rank"] = {c["rank"]: c["z_cv"] for c in mine if "z_cv" in c}
+            if mine and all("z_cv" in c for c in mine):
+                judged = out["z_cv_by_rank"]
+                out["judged_on"] = ("z_cv_by_rank: each rank's pooled paired cost with the "
+                                    "first-order control variate (ΔL − P₁, SR draws averaged)")
     else:
         out["judged_on"] = "z_min_by_rank: the smallest ΔL ÷ se of one record"
     out["met_at_every_rank"] = bool(judged) and all(
@@ -244,7 +253,7 @@ def main(argv=None) -> int:
         if not (p.get("z_by_rank") or p["z_min_by_rank"]):
             continue  # no 2-bit cell (a 4- or 8-bit code)
         zs = ", ".join(f"r{k}: {v:.1f}" for k, v in sorted(
-            (p.get("z_by_rank") or p["z_min_by_rank"]).items()))
+            (p.get("z_cv_by_rank") or p.get("z_by_rank") or p["z_min_by_rank"]).items()))
         print(f"2-bit {s}: ΔL ÷ se  {zs}  (≥ {p['need_z']:.0f} at every rank: "
               f"{p['met_at_every_rank']})")
     if a.out:

@@ -364,6 +364,7 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
         # the kept curvature tokens give the Fisher forms (real_runs.ptq.fisher_along)
         assert all(m[k] >= 0 and k not in a for k in ("pred_token_fisher", "pred_seq_fisher",
                                                        "pred_seq_fisher_cross"))
+        assert all(k in m and k not in a for k in ("second_order_train", "delta_loss_train"))
     # the held-out-curvature K-FAC: with the training curvature handed in as the held-out one,
     # it is pred_plugin exactly (the wiring), and otherwise a positive number of its own
     assert all(m["pred_plugin_heldout"] > 0 for m in mir)
@@ -400,13 +401,20 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
     _, plus = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
     calls["n"] = 0
     monkeypatch.setattr(P, "quantize_factor", patched(-1))
-    _, minus = run_finetune(cfg, return_ptq=True)
+    _, minus = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
     for p_, q_ in zip(plus, minus):
         assert p_["bits"] == q_["bits"]
         tol = 2 * rtol32 * abs(q_["eval_loss"])
         assert abs(p_["delta_loss"] - p_["delta_loss_mirror"]) > 5 * tol  # the test has power
         assert abs(p_["delta_loss_mirror"] - q_["delta_loss"]) <= tol
         assert p_["pred_first_order"] == pytest.approx(-q_["pred_first_order"], rel=1e-6)
+        # the training-window terms: the − quantizer's + cell is the + quantizer's mirror, so
+        # its training-loss change is 2·Q_tr − ΔL_tr(+), and Q_tr is the same from either side
+        assert p_["train_tokens"] == q_["train_tokens"] > 0
+        assert abs(p_["delta_loss_train"] - q_["delta_loss_train"]) > 5 * tol  # power again
+        assert q_["delta_loss_train"] == pytest.approx(
+            2 * p_["second_order_train"] - p_["delta_loss_train"], abs=tol)
+        assert q_["second_order_train"] == pytest.approx(p_["second_order_train"], abs=tol)
 
 
 def _write_config(path, defaults, grids):

@@ -101,7 +101,7 @@ def test_tiny_probe_runs_resumes_and_reproduces_its_own_cells(tmp_path, embedded
     assert [(r["scheme"], r["bits"]) for r in out["cells"]] == [
         ("rtn_tensor", 2), ("rtn_tensor", 4), ("sr_tensor", 2), ("sr_tensor", 4)]
     assert all("token_fisher_over_exact" in r and "seq_fisher_cross_over_exact" in r
-               for r in out["cells"])
+               and "train_exact_over_exact" in r for r in out["cells"])
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved["cells"] == json.loads(json.dumps(out["cells"]))
     # a rerun measures nothing again, and its own records reproduce exactly

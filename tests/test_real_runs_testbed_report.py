@@ -105,7 +105,8 @@ def test_two_bit_power_is_judged_on_the_pooled_cost_when_given():
 
 def test_sr_cost_with_the_first_order_control_variate_by_hand():
     """z_cv: the pooled cost of D − P₁ group by group (SR only); not there without P₁ groups
-    or for RTN; two_bit_power reports it beside the target and judges on the plain cost."""
+    or for RTN; two_bit_power judges SR on it (same expected cost, E[P₁] = 0) and keeps the
+    plain pooled cost beside it."""
     w = [1, 2, 1]
     a = {**_grp(8, "a", [0.01, 0.03, 0.00], w), "first_order_groups": [-0.005, 0.01, -0.01]}
     b = {**_grp(8, "b", [0.02, 0.04, 0.01], w), "first_order_groups": [0.004, 0.02, 0.0]}
@@ -119,6 +120,17 @@ def test_sr_cost_with_the_first_order_control_variate_by_hand():
     p = two_bit_power(ptq_power_rows([a, b]), scheme="sr_tensor", costs=[row])
     assert p["z_cv_by_rank"] == {8: pytest.approx(total / se)}
     assert p["z_by_rank"] == {8: pytest.approx(row["z_paired"])}
+    assert p["judged_on"].startswith("z_cv_by_rank")
+    # the target follows z_cv, not the plain z: a need between the two flips it
+    lo, hi = sorted([total / se, row["z_paired"]])
+    need = (lo + hi) / 2
+    assert two_bit_power(ptq_power_rows([a, b]), scheme="sr_tensor", costs=[row],
+                         need=need)["met_at_every_rank"] is (total / se >= need)
+    # a rank without the control variate: judged on the plain cost at every rank
+    plain = {k: v for k, v in row.items() if k not in ("z_cv", "cost_cv")}
+    q = two_bit_power(ptq_power_rows([a, b]), scheme="sr_tensor",
+                      costs=[plain, {**row, "rank": 16}])
+    assert q["judged_on"].startswith("z_by_rank") and q["z_cv_by_rank"] == {16: row["z_cv"]}
     rtn = [{**a, "ptq_scheme": "rtn_tensor"}, {**b, "ptq_scheme": "rtn_tensor"}]
     assert "z_cv" not in adapter_cost_rows(rtn)[0]
     assert "z_cv" not in adapter_cost_rows([_grp(8, "a", [0.01, 0.03, 0.00], w)])[0]

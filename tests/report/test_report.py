@@ -129,7 +129,7 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
     text = out.read_text()
     assert "| fp16 | 16 | 600 | 8 | 3 | 0.0123 [0.001, 0.0236] | 5.25 | 0.041 |" in text
     assert "| adapter_rtn | 2 | 200 | 8 | 1 | 0.0009 (one seed) |" in text
-    assert "| sr_tensor | 4.4 | 11.5 | False |" in text
+    assert "| sr_tensor | 4.4 | 11.5 | ΔL | False |" in text
     assert "| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | 0.69 | — |" in text
     assert "| all | 3 | 0.79 | 0.84 | — |" in text
 
@@ -143,7 +143,19 @@ def test_report_shows_the_pooled_two_bit_cost_when_the_testbed_has_it(tmp_path):
                                         "met_at_every_rank": True}}})
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
-    assert "| sr_tensor | 12.5 (8.25) | True |" in text and "pooled over its trained" in text
+    assert "| sr_tensor | 12.5 (8.25) | ΔL | True |" in text and "pooled over its trained" in text
+    # judged on the control variate: that row first, the plain pooled cost beside it
+    write_json_atomic(r / "testbed.json", {
+        "source": "runs.jsonl", "n_runs": 1, "n_ptq_records": 2, "finetune": [],
+        "two_bit_power": {"sr_tensor": {"z_min_by_rank": {"4": 3.0}, "z_by_rank": {"4": 9.5},
+                                        "z_cv_by_rank": {"4": 14.0},
+                                        "z_adapter_min_by_rank": {"4": 8.25},
+                                        "judged_on": "z_cv_by_rank: ...",
+                                        "met_at_every_rank": True}}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert "| sr_tensor | 14 (8.25) | ΔL − P₁ | True |" in text
+    assert "| sr_tensor (plain ΔL, beside) | 9.5 | ΔL | — |" in text
 
 
 def test_report_shows_the_second_order_probe(tmp_path):
@@ -159,6 +171,7 @@ def test_report_shows_the_second_order_probe(tmp_path):
                    "kfac_over_resid": {"ratio": 0.78, "ci": [0.7, 0.86]},
                    "token_fisher_over_exact": {"ratio": 0.9, "ci": [0.8, 1.0]},
                    "seq_fisher_over_exact": {"ratio": 0.95, "ci": None},
+                   "train_exact_over_exact": {"ratio": 1.02, "ci": None},
                    "exact_over_resid": {"ratio": 0.96, "ci": None},
                    "third_order": {"estimate": 0.0001, "ci": [5e-05, 0.00015]},
                    "reading": "K-FAC under-predicts Q (P₂/Q = 0.81); third order resolved"}],
@@ -166,7 +179,8 @@ def test_report_shows_the_second_order_probe(tmp_path):
                        "median_rel_delta_loss_diff": 1e-05}})
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
-    assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | — | 0.9 [0.8, 1] | 0.95 | — | 0.96 | "
+    assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | — | 0.9 [0.8, 1] | 0.95 | — | 1.02 | "
+            "0.96 | "
             "0.0001 [5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order "
             "resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
