@@ -34,6 +34,8 @@ def _json_dict(s: str) -> dict:
 
 
 def finetune_parser() -> argparse.ArgumentParser:
+    from real_runs.finetune import FinetuneConfig as _FT  # its defaults (no torch imported)
+
     p = argparse.ArgumentParser(
         prog="quantbounds finetune",
         description="One LoRA fine-tune of one arm; prints/appends its run record.",
@@ -109,6 +111,16 @@ def finetune_parser() -> argparse.ArgumentParser:
         "and scheme; PTQ records go to <output stem>.ptq.jsonl",
     )
     p.add_argument("--ptq-bits", default="2,3,4,5,6,7,8,16", help="comma-separated, each in 1…16")
+    p.add_argument("--ptq-schemes", default=",".join(_FT.ptq_schemes),
+                   help="comma-separated PTQ schemes")
+    p.add_argument("--ptq-sr-draws", type=int, default=_FT.ptq_sr_draws,
+                   help="stochastic-rounding draws per PTQ cell")
+    p.add_argument("--ptq-eval-tokens", type=int, default=_FT.ptq_eval_tokens,
+                   help="held-out tokens each PTQ cell is evaluated on")
+    p.add_argument("--ptq-groups", type=int, default=_FT.ptq_groups,
+                   help="dialogue groups of the PTQ cells' paired intervals")
+    p.add_argument("--eval-tokens", type=int, default=_FT.eval_tokens,
+                   help="held-out tokens of the run's own evaluation")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -199,6 +211,11 @@ def finetune_main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             ptq=args.ptq,
             ptq_bits=_int_list(args.ptq_bits, "ptq-bits"),
+            ptq_schemes=tuple(t.strip() for t in args.ptq_schemes.split(",") if t.strip()),
+            ptq_sr_draws=args.ptq_sr_draws,
+            ptq_eval_tokens=args.ptq_eval_tokens,
+            ptq_groups=args.ptq_groups,
+            eval_tokens=args.eval_tokens,
         )
         rec, ptq_recs = run_finetune(cfg, return_ptq=True)
     except EmbeddedWeightsError as err:

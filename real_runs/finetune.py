@@ -55,6 +55,10 @@ class FinetuneConfig:
     ptq: (fp16 arm only) after training, quantize the trained B, A at every ``ptq_bits`` ×
     ``ptq_schemes`` (SR: ``ptq_sr_draws`` draws) and measure each (real_runs.ptq); the PTQ
     results are extra records (quantbounds.ptq/1) and do not change the fp16 run's id.
+    ptq_eval_tokens: PTQ cells are evaluated on the leading held-out dialogues up to this many
+    predicted tokens (default 16,000, the sweep's: every b and scheme of one adapter in ≤ 2× a
+    fine-tune's time, measured in benchmarks/bench_bridge.py --finetune); part of the PTQ
+    records' ids, not of the run's.
     ptq_groups: the held-out dialogues are dealt into this many groups for the paired interval
     of ΔL − first-order term (real_runs.ptq.run_ptq); not part of any id.
     """
@@ -100,8 +104,8 @@ class FinetuneConfig:
         "int8",
     )
     ptq_sr_draws: int = 3
-    ptq_eval_tokens: int = 8_000
-    ptq_groups: int = 20
+    ptq_eval_tokens: int = 16_000
+    ptq_groups: int = 40
     curvature_windows: int = 64
     cache_dir: str | None = None
     progress: bool = True

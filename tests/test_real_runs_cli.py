@@ -75,6 +75,11 @@ def test_bad_rank_through_the_quantbounds_command(tmp_path):
         (["--eval-pairs", "0"], ["eval_pairs", "got 0"]),
         (["--grad-var-batches", "1"], ["grad_var_batches", "got 1"]),
         (["--ptq-bits", "2,x"], ["--ptq-bits", "2,x"]),
+        (["--ptq-eval-tokens", "0"], ["ptq_eval_tokens", "got 0"]),
+        (["--ptq-groups", "0"], ["ptq_groups", "got 0"]),
+        (["--ptq-sr-draws", "0"], ["ptq_sr_draws", "got 0"]),
+        (["--eval-tokens", "0"], ["eval_tokens", "got 0"]),
+        (["--ptq-schemes", "rtn_x"], ["rtn_x", "rtn_tensor"]),
     ],
 )
 def test_bad_argument_exits_2_naming_it(argv, names, tmp_path, capsys):
@@ -86,6 +91,30 @@ def test_bad_argument_exits_2_naming_it(argv, names, tmp_path, capsys):
     for n in names:
         assert n in err, (n, err)
     assert not out.exists()
+
+
+def test_ptq_and_eval_flags_reach_the_config(monkeypatch):
+    """--ptq-* and --eval-tokens set the run's FinetuneConfig; their defaults are its own."""
+    from real_runs import finetune as F
+
+    seen = []
+
+    def fake(cfg, **kw):
+        seen.append(cfg)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(F, "run_finetune", fake)
+    assert finetune_main(["--no-progress"]) == 2
+    d = F.FinetuneConfig()
+    assert (seen[0].ptq_eval_tokens, seen[0].ptq_groups, seen[0].ptq_sr_draws,
+            seen[0].ptq_schemes, seen[0].eval_tokens) == (
+        d.ptq_eval_tokens, d.ptq_groups, d.ptq_sr_draws, d.ptq_schemes, d.eval_tokens)
+    assert finetune_main(["--no-progress", "--ptq", "--ptq-eval-tokens", "900", "--ptq-groups",
+                          "7", "--ptq-sr-draws", "2", "--ptq-schemes", "rtn_tensor,sr_tensor",
+                          "--eval-tokens", "1200"]) == 2
+    c = seen[1]
+    assert (c.ptq, c.ptq_eval_tokens, c.ptq_groups, c.ptq_sr_draws, c.ptq_schemes,
+            c.eval_tokens) == (True, 900, 7, 2, ("rtn_tensor", "sr_tensor"), 1200)
 
 
 @pytest.mark.parametrize(
