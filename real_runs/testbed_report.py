@@ -74,6 +74,55 @@ def finetune_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def domain_shift_rows(records: list[dict], *, info_of=None) -> list[dict]:
+    """Whether the fine-tuning data is a domain shift for the embedded model, per model.
+
+    shift = L_base(held-out) − L_pretrain-valid: the base model's (adapter off, unquantized
+    base) mean per-token loss on the runs' held-out dialogues (``eval_loss_base``, mean over the
+    runs, all scored on the same leading held-out tokens) minus its loss on its own pretraining
+    validation conversations (``pretrain_valid_loss_fp32`` of the model's
+    ``embedded_info.json``), both nats per token of the same tokenizer. A real shift makes it
+    clearly positive; ≤ 0 says the held-out prompts are no harder for the model than the text
+    it was pretrained on, so fine-tuning has little to gain (``best_gain``: the largest mean
+    fp16 gain over the (N, rank) rows). ``info_of(name)`` → the info dict or None (default: the
+    shipped model's file, :data:`real_runs.embedded.SHIPPED`)."""
+    import json
+
+    if info_of is None:
+        from real_runs.embedded import SHIPPED
+
+        def info_of(name):
+            f = SHIPPED.get(name)
+            f = f / "embedded_info.json" if f is not None else None
+            return json.loads(f.read_text()) if f is not None and f.is_file() else None
+
+    by_model = defaultdict(list)
+    for r in records:
+        if r.get("embedded_model") and r.get("base_quant", "none") == "none" and \
+                r.get("eval_loss_base") is not None:
+            by_model[(r["embedded_model"], r.get("dataset"))].append(r)
+    rows = []
+    for (name, dataset), recs in sorted(by_model.items()):
+        base = float(np.mean([r["eval_loss_base"] for r in recs]))
+        info = info_of(name) or {}
+        valid = info.get("pretrain_valid_loss_fp32")
+        gains = [g for g in finetune_rows([r for r in recs if r["arm"] == "fp16"])
+                 if g["gain"] is not None]
+        best = max(gains, key=lambda g: g["gain"]["estimate"]) if gains else None
+        rows.append({
+            "embedded_model": name,
+            "dataset": dataset,
+            "runs": len(recs),
+            "base_loss_heldout": base,
+            "base_loss_spread": float(np.ptp([r["eval_loss_base"] for r in recs])),
+            "pretrain_valid_loss": valid,
+            "shift": None if valid is None else base - valid,
+            "best_gain": None if best is None else {
+                "n_train": best["n_train"], "rank": best["rank"], **best["gain"]},
+        })
+    return rows
+
+
 def ptq_power_rows(ptq: list[dict]) -> list[dict]:
     """One row per (scheme, bits, rank): mean paired ΔL and the smallest ΔL ÷ se over records."""
     groups = defaultdict(list)
@@ -233,6 +282,7 @@ def main(argv=None) -> int:
         "n_runs": len(res.records),
         "n_ptq_records": len(ptq),
         "finetune": ft,
+        "domain_shift": domain_shift_rows(res.records),
         "ptq_power": pw,
         "adapter_cost_2bit": costs,
         "two_bit_power": {
@@ -249,6 +299,11 @@ def main(argv=None) -> int:
         )
         print(f"{r['arm']:14s} b={r['bits']:2d} N={r['n_train']:4d} r={r['rank']:2d} "
               f"seeds={r['seeds']}  gain {gtxt}  eval {r['eval_loss']['estimate']:.4f}")
+    for d in out["domain_shift"]:
+        if d["shift"] is not None:
+            print(f"{d['embedded_model']} on {d['dataset']}: base loss on the held-out dialogues "
+                  f"{d['base_loss_heldout']:.4f} − pretraining validation "
+                  f"{d['pretrain_valid_loss']:.4f} = shift {d['shift']:+.4f} nats")
     for s, p in out["two_bit_power"].items():
         if not (p.get("z_by_rank") or p["z_min_by_rank"]):
             continue  # no 2-bit cell (a 4- or 8-bit code)

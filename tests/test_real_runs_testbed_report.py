@@ -7,6 +7,7 @@ from scipy import stats
 
 from real_runs.testbed_report import (
     adapter_cost_rows,
+    domain_shift_rows,
     finetune_rows,
     ptq_power_rows,
     two_bit_power,
@@ -35,6 +36,22 @@ def test_runs_without_a_measured_gain_say_none():
     del r["finetune_gain"]
     (row,) = finetune_rows([r])
     assert row["gain"] is None and row["gain_per_run"] == []
+
+
+def test_domain_shift_is_base_loss_minus_pretraining_validation_loss():
+    """shift = mean eval_loss_base (unquantized base only) − the model's pretraining
+    validation loss; best_gain is the largest mean fp16 gain; no info file, no shift."""
+    runs = [{**_run(s, g, n=n), "embedded_model": "m", "dataset": "d", "base_quant": "none",
+             "eval_loss_base": 5.2 + 0.001 * s}
+            for s, g, n in ((0, 0.01, 200), (1, 0.03, 200), (0, 0.05, 600))]
+    nf4 = {**_run(0, 0.0), "embedded_model": "m", "dataset": "d", "base_quant": "nf4",
+           "eval_loss_base": 9.0}
+    (row,) = domain_shift_rows(runs + [nf4], info_of=lambda n: {"pretrain_valid_loss_fp32": 5.0})
+    assert row["runs"] == 3 and row["base_loss_heldout"] == pytest.approx(5.2 + 0.001 / 3)
+    assert row["shift"] == pytest.approx(0.2 + 0.001 / 3)
+    assert row["best_gain"]["n_train"] == 600 and row["best_gain"]["estimate"] == pytest.approx(0.05)
+    (none,) = domain_shift_rows(runs, info_of=lambda n: None)
+    assert none["shift"] is None and none["pretrain_valid_loss"] is None
 
 
 def _ptq(rank, dl, half, bits=2, scheme="rtn_tensor"):

@@ -188,6 +188,20 @@ def _testbed_sections(results_dir: Path) -> list[str]:
             lines.append(f"| {row.get('arm')} | {row.get('bits')} | {row.get('n_train')} | "
                          f"{row.get('rank')} | {len(row.get('seeds') or [])} | {gain} | "
                          f"{_cell(ev.get('estimate'))} | {_cell(f1.get('estimate'))} |")
+        for d in t.get("domain_shift") or []:
+            if d.get("shift") is None:
+                continue
+            bg = d.get("best_gain") or {}
+            lines += ["", f"Domain shift of the fine-tuning data for `{d.get('embedded_model')}` "
+                          f"on `{d.get('dataset')}`: the base model's loss on the held-out "
+                          f"dialogues {_cell(d.get('base_loss_heldout'))} − its pretraining "
+                          f"validation loss {_cell(d.get('pretrain_valid_loss'))} = "
+                          f"{_cell(d.get('shift'))} nats per token ("
+                          + ("≤ 0: no harder than the pretraining text, so fine-tuning has "
+                             "little to gain" if d["shift"] <= 0 else "positive: a shift")
+                          + (f"; the largest mean fp16 gain {_cell(bg.get('estimate'))} at "
+                             f"N = {bg.get('n_train')}, r = {bg.get('rank')}" if bg else "")
+                          + ")."]
         tb = t.get("two_bit_power") or {}
         if tb:
             pooled = any("z_by_rank" in e for e in tb.values())

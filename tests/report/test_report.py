@@ -116,6 +116,10 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
                      {"arm": "adapter_rtn", "bits": 2, "n_train": 200, "rank": 8, "seeds": [0],
                       "gain": {"estimate": 0.0009, "ci": [float("nan"), float("nan")]},
                       "eval_loss": {"estimate": 5.27}, "f1": {"estimate": 0.038}}],
+        "domain_shift": [{"embedded_model": "chitchat", "dataset": "chitchat",
+                          "base_loss_heldout": 5.27, "pretrain_valid_loss": 5.31,
+                          "shift": -0.04, "best_gain": {"estimate": 0.002, "n_train": 600,
+                                                        "rank": 8}}],
         "two_bit_power": {"sr_tensor": {"z_min_by_rank": {"4": 4.4, "8": 11.5},
                                         "met_at_every_rank": False}}})
     write_json_atomic(r / "ptq_prediction.json", {
@@ -130,6 +134,8 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
     assert "| fp16 | 16 | 600 | 8 | 3 | 0.0123 [0.001, 0.0236] | 5.25 | 0.041 |" in text
     assert "| adapter_rtn | 2 | 200 | 8 | 1 | 0.0009 (one seed) |" in text
     assert "| sr_tensor | 4.4 | 11.5 | ΔL | False |" in text
+    assert ("held-out dialogues 5.27 − its pretraining validation loss 5.31 = -0.04 nats per "
+            "token (≤ 0: no harder") in text and "gain 0.002 at N = 600, r = 8" in text
     assert "| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | 0.69 | — |" in text
     assert "| all | 3 | 0.79 | 0.84 | — |" in text
 
