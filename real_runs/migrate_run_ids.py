@@ -43,10 +43,10 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
+from quantbounds._files import atomic_write_bytes
 from quantbounds.calib.records import (
     PTQ_SCHEMA,
     SCHEMA,
@@ -82,7 +82,9 @@ def _ptq_budget_defaults() -> tuple[list[int], list[int]]:
     from real_runs.finetune import FinetuneConfig
 
     f = {x.name: x.default for x in dataclasses.fields(FinetuneConfig)}
-    return [f["ptq_eval_tokens"]], [f["curvature_windows"]]
+    # the current default first, then the budgets earlier defaults and sweeps used (8,000: the
+    # default before 16,000; 24,000: embedded.toml before 16,000)
+    return list(dict.fromkeys([f["ptq_eval_tokens"], 8_000, 24_000])), [f["curvature_windows"]]
 
 
 class Migrator:
@@ -341,31 +343,6 @@ def _migrate_ptq_rec(rec, parents, runs_path, m, where) -> tuple[str, dict]:
     )
 
 
-def write_atomic(path: Path, lines: list[str]) -> None:
-    """Replace ``path`` by ``lines`` atomically (temporary file in the same folder, fsync,
-    os.replace), keeping its permissions."""
-    tmp = path.with_name(f".{path.name}.migrate-{os.getpid()}.tmp")
-    mode = path.stat().st_mode & 0o7777
-    try:
-        with tmp.open("w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def migrate_files(
     files, *, check: bool = False, ptq_eval_tokens=(), curvature_windows=()
 ) -> tuple[list[FileResult], list[str]]:
@@ -393,7 +370,7 @@ def migrate_files(
     if not errors and not check:
         for r in sorted(results, key=lambda r: not r.path.name.endswith(".ptq.jsonl")):
             if r.changed:
-                write_atomic(r.path, r.lines)
+                atomic_write_bytes(r.path, "".join(r.lines).encode("utf-8", "surrogateescape"))
     return results, errors
 
 

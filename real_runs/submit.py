@@ -8,6 +8,7 @@ The results folder (``--results-dir``, default ``<out>.d``) holds
 
     sweep.json            the config's fingerprint (sha1 of its sorted run_ids), its path, N
     records/<run_id>.json one finished run's record, written atomically by the job that ran it
+    records/<run_id>.ptq.jsonl  its PTQ records (``ptq = true`` runs), written before the record
     jobs.json             run_id -> submitit job id of the latest submission (to re-attach)
     merge.lock/           a mkdir lock serialising merges (quantbounds.jobs.DirLock)
     submitit/             submitit's pickles and logs (one stdout/stderr per job)
@@ -25,7 +26,10 @@ file (temp + fsync + rename) and merges. The command polls, merges, shows queued
 Exactly once. A merge, under the mkdir lock, appends to ``out`` the records whose run_id is
 not yet in it (set difference), by rewriting ``out`` atomically (old bytes + new lines,
 fsync, rename), so a crash leaves the old file or the new one, and merging twice adds
-nothing. No record is ever lost (its file stays in the folder until it is in ``out``) and
+nothing. PTQ records go to ``real_runs.sweep.ptq_path(out)`` the same way, before their run's
+record; a run measured again for PTQ records it lacked (changed PTQ settings: same run id,
+other PTQ ids) is merged by ``real_runs.sweep.supersede`` (its new record replaces the old,
+its PTQ records of other settings move to ``*.superseded.jsonl``), as in the local sweep. No record is ever lost (its file stays in the folder until it is in ``out``) and
 none is duplicated, on a shared filesystem without reliable ``flock`` too. Rerunning the
 command resumes: live jobs of an earlier invocation are waited for, not resubmitted; every
 other run without a record is submitted again.
@@ -113,6 +117,34 @@ def record_path(folder: Path, run_id: str) -> Path:
     return folder / "records" / f"{run_id}.json"
 
 
+def ptq_record_path(folder: Path, run_id: str) -> Path:
+    return folder / "records" / f"{run_id}.ptq.jsonl"
+
+
+def read_ptq_file(path: Path) -> list[dict] | None:
+    """The PTQ records of ``path`` if every line is a valid one, else None (no file: None)."""
+    from quantbounds.calib.records import read_ptq_records
+
+    if not path.is_file():
+        return None
+    res = read_ptq_records(path)
+    return None if res.errors else res.records
+
+
+def job_done(folder: Path, config) -> bool:
+    """Whether the folder holds ``config``'s finished run: its record file and, for a PTQ run,
+    a PTQ file with every PTQ record id the run writes (``ptq_record_ids``)."""
+    from real_runs.finetune import ptq_record_ids
+
+    if read_record_file(record_path(folder, config.run_id)) is None:
+        return False
+    want = ptq_record_ids(config)
+    if not want:
+        return True
+    got = read_ptq_file(ptq_record_path(folder, config.run_id))
+    return got is not None and want <= {p["run_id"] for p in got}
+
+
 def read_record_file(path: Path) -> dict | None:
     """The record in ``path`` if it is a valid one, else None."""
     try:
@@ -138,25 +170,39 @@ def merge_records(
     merge adds nothing. Returns how many records were added. timeout_s: 0 = give up at once
     (LockBusy) if another process is merging.
     """
+    from quantbounds.calib.records import append_lines, read_ptq_records
+    from real_runs.sweep import ptq_path, supersede
+
     out, folder = Path(out), Path(folder)
     rec_dir = folder / "records"
     if not rec_dir.is_dir():
         return 0
     with DirLock(folder / "merge.lock", timeout_s=timeout_s):
         have = {r["run_id"] for r in read_records(out).records} if out.exists() else set()
-        new = {}
+        have_ptq = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
+        new, new_ptq, again = {}, [], 0
         for p in rec_dir.glob("*.json"):
             rid = p.stem
-            if rid in have:
+            ptq = read_ptq_file(ptq_record_path(folder, rid)) or []
+            if rid in have and {q["run_id"] for q in ptq} <= have_ptq:
                 continue
             rec = read_record_file(p)
             if rec is None or rec["run_id"] != rid:
                 if log:
                     log(f"warning: {p}: not a valid record for run {rid}; that run will be redone")
                 continue
+            if rid in have:  # measured again for PTQ records ``out`` lacks
+                supersede(out, rec, ptq)
+                have_ptq |= {q["run_id"] for q in ptq}
+                again += 1
+                continue
             new[rid] = rec
+            new_ptq += [q for q in ptq if q["run_id"] not in have_ptq]
+        # PTQ lines first, then their runs: a crash in between leaves the runs unmerged and
+        # the next merge adds them (their PTQ lines, already there, are not added twice)
+        append_lines(ptq_path(out), new_ptq)
         if not new:
-            return 0
+            return again
         rank = {rid: i for i, rid in enumerate(order or [])}
         ids = sorted(new, key=lambda r: (rank.get(r, len(rank)), r))
         old = out.read_bytes() if out.exists() else b""
@@ -166,7 +212,7 @@ def merge_records(
             (json.dumps(new[r], sort_keys=True, allow_nan=False) + "\n").encode() for r in ids
         )
         atomic_write_bytes(out, old + lines)
-        return len(ids)
+        return len(ids) + again
 
 
 class RunJob(Checkpointable):
@@ -184,7 +230,7 @@ class RunJob(Checkpointable):
         folder = Path(self.folder)
         rid = self.config.run_id
         path = record_path(folder, rid)
-        if read_record_file(path) is None:
+        if not job_done(folder, self.config):
             from real_runs.finetune import run_finetune
 
             print(
@@ -192,7 +238,14 @@ class RunJob(Checkpointable):
                 f"b={self.config.bits}, seed={self.config.seed})",
                 flush=True,
             )
-            rec = run_finetune(self.config)
+            # a record file left by an earlier measurement (PTQ settings changed) goes first: a
+            # crash after the new PTQ file then leaves no record to merge beside it, and the
+            # run is redone (the old record stays in ``out`` until the new one replaces it)
+            path.unlink(missing_ok=True)
+            rec, ptq = run_finetune(self.config, return_ptq=True)
+            if self.config.ptq:  # its PTQ records first: a record file means the run is whole
+                atomic_write_bytes(ptq_record_path(folder, rid), "".join(
+                    json.dumps(q, sort_keys=True, allow_nan=False) + "\n" for q in ptq).encode())
             atomic_write_bytes(
                 path, (json.dumps(rec, sort_keys=True, allow_nan=False) + "\n").encode()
             )
@@ -276,7 +329,7 @@ def run_sweep_submitit(
     without a record]. Errors before any job is submitted (config, executor, folder) leave
     ``out`` untouched.
     """
-    from real_runs.sweep import _exclusive, expand, load_config
+    from real_runs.sweep import _exclusive, expand, load_config, pending
 
     submitit = import_submitit()
     cfg = load_config(config_path)
@@ -290,8 +343,7 @@ def run_sweep_submitit(
     with _exclusive(out):
         check_folder(folder, fp=fingerprint(order), config_path=str(config_path), n_runs=len(runs))
         merge_records(out, folder, order=order, log=log)
-        have = {r["run_id"] for r in read_records(out).records} if out.exists() else set()
-        todo = [r for r in runs if r.run_id not in have]
+        todo = pending(runs, out)[0]  # no record, or (PTQ runs) not every PTQ record
         skipped = len(runs) - len(todo)
         if limit is not None:
             todo = todo[:limit]
@@ -324,8 +376,10 @@ def run_sweep_submitit(
                     }
             atomic_write_bytes(folder / "jobs.json", json.dumps(jobs, indent=1).encode())
 
+        todo_by_id = {rc.run_id: rc for rc in todo}
+
         def done_ids():
-            return {rid for rid in todo_ids if record_path(folder, rid).exists()}
+            return {rid for rid in todo_ids if job_done(folder, todo_by_id[rid])}
 
         with JobProgress(desc, len(todo), enabled=progress) as bar:
 
@@ -365,11 +419,11 @@ def run_sweep_submitit(
                 time.sleep(poll_s)
             refresh(slots)
         merge_records(out, folder, order=order, log=log)
-        have = {r["run_id"] for r in read_records(out).records}
+        left = {r.run_id for r in pending(todo, out)[0]}
         ended = {by_index[s.index].run_id: s.job for s in slots}
         ended.update(attached)
         for rc in todo:
-            if rc.run_id in have:
+            if rc.run_id not in left:
                 counts["done"] += 1
                 continue
             counts["failed"] += 1

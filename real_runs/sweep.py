@@ -21,7 +21,10 @@ after an hour; an unknown key anywhere is an error naming it.
 
 PTQ: an fp16 run with ``ptq = true`` also writes its post-training-quantization records
 (quantbounds.ptq/1) to ``ptq_path(out)`` (``<stem>.ptq.jsonl``); it counts as done when its run
-record and all its PTQ records are there.
+record and all its PTQ records are there. A run that has its record but not every PTQ record
+(its PTQ settings changed) is trained again and :func:`supersede` makes the files say what
+ran: the new run record in place of the old one, the run's PTQ records from other settings
+moved out; every line replaced is kept in ``<file>.superseded.jsonl`` beside it.
 
 Resume: the out file is the state. Runs whose run_id has a good record there are skipped;
 a torn last line (``kill -9`` during the write) fails the schema check in ``read_records``,
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 import sys
 import tomllib
@@ -42,12 +46,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+from quantbounds._files import atomic_write_bytes
 from quantbounds.calib.records import (
+    RecordError,
     append_lines,
     append_record,
     completed_ids,
     read_ptq_records,
     read_records,
+    validate_ptq_record,
+    validate_record,
 )
 from real_runs.finetune import FinetuneConfig
 
@@ -142,6 +150,86 @@ def ptq_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".ptq" + (out.suffix or ".jsonl"))
 
 
+def superseded_path(path: str | os.PathLike) -> Path:
+    """Where :func:`supersede` keeps the lines it replaces in ``path``: ``<stem>.superseded<suffix>``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".superseded" + (path.suffix or ".jsonl"))
+
+
+def _lines(path: Path, validate) -> list[tuple[str, dict | None]]:
+    """(line, record or None) of every non-blank line (None: not a valid record — a torn line)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(True):
+        if not line.strip():
+            continue
+        try:
+            rec = validate(json.loads(line))
+        except (json.JSONDecodeError, RecordError):
+            rec = None
+        out.append((line if line.endswith("\n") else line + "\n", rec))
+    return out
+
+
+def supersede(out: str | os.PathLike, rec: dict, ptq_recs: list[dict]) -> dict:
+    """Make ``out`` hold ``rec`` as its run's record and ``ptq_path(out)`` hold ``ptq_recs``
+    as that run's PTQ records, for a run measured again (its PTQ settings changed, or a
+    re-measure on another machine: float32 training is chaotic, so the old record and the new
+    PTQ records could describe different trained adapters).
+
+    In ``out`` the first line with ``rec``'s run_id is replaced by ``rec`` (further lines of
+    that id dropped; ``rec`` appended if there is none); in the PTQ file the run's records
+    (``ptq_of`` = its id) whose ids are not among ``ptq_recs``' are dropped, and ``ptq_recs``
+    replace or join the rest. Every line dropped or replaced is first appended to
+    :func:`superseded_path` of its file (nothing is lost); lines that are not valid records
+    (a torn line) stay where they are. Each file is rewritten atomically, the run file first:
+    a crash between the two leaves the run record new and a PTQ record missing, so the run is
+    pending again and redone. Returns {"runs": lines replaced, "ptq": PTQ lines superseded}.
+    """
+    out = Path(out)
+    rid = rec["run_id"]
+    new_ids = {p["run_id"] for p in ptq_recs}
+    new_by_id = {p["run_id"]: p for p in ptq_recs}
+
+    def dump(r):
+        return json.dumps(r, sort_keys=True, allow_nan=False) + "\n"
+
+    run_lines = _lines(out, validate_record)
+    kept, gone, placed = [], [], False
+    for line, r in run_lines:
+        if r is not None and r["run_id"] == rid:
+            gone.append(r)
+            if not placed:
+                kept.append(dump(validate_record(rec)))
+                placed = True
+            continue
+        kept.append(line)
+    if not placed:
+        kept.append(dump(validate_record(rec)))
+    pp = ptq_path(out)
+    pkept, pgone, seen = [], [], set()
+    for line, r in _lines(pp, validate_ptq_record):
+        if r is not None and r["run_id"] in new_ids:
+            if r["run_id"] not in seen:
+                pkept.append(dump(new_by_id[r["run_id"]]))
+                seen.add(r["run_id"])
+            if r != new_by_id[r["run_id"]]:
+                pgone.append(r)
+            continue
+        if r is not None and r.get("ptq_of") == rid:
+            pgone.append(r)
+            continue
+        pkept.append(line)
+    pkept += [dump(validate_ptq_record(p)) for p in ptq_recs if p["run_id"] not in seen]
+    append_lines(superseded_path(out), gone)
+    append_lines(superseded_path(pp), pgone)
+    atomic_write_bytes(out, "".join(kept).encode("utf-8", "surrogateescape"))
+    if ptq_recs or pgone:
+        atomic_write_bytes(pp, "".join(pkept).encode("utf-8", "surrogateescape"))
+    return {"runs": len(gone), "ptq": len(pgone)}
+
+
 @contextmanager
 def _exclusive(out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +253,8 @@ def pending(
     A PTQ record counts by its id (``real_runs.finetune.ptq_record_ids``), which hashes the
     PTQ settings that change the measurement (ptq_eval_tokens, curvature_windows) besides the
     cell: records measured under other settings leave the run pending. Such a run is trained
-    again for its PTQ records; its run record, already in ``out``, is kept as it was."""
+    again for its PTQ records, and :func:`supersede` replaces its run record and moves its
+    PTQ records of other settings out."""
     from real_runs.finetune import ptq_record_ids
 
     out = Path(out)
@@ -252,12 +341,18 @@ def run_sweep(
                         f"error: run {rc.run_id} ({rc.arm}, r={rc.rank}, b={rc.bits}) failed: {err!r}"
                     )
                     continue
-                if (
-                    ptq_recs
-                ):  # PTQ lines first (one write), then the run: a crash in between redoes the run
-                    have = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
-                    append_lines(ptq_path(out), [p for p in ptq_recs if p["run_id"] not in have])
-                if rec["run_id"] not in completed_ids(out):
+                if rec["run_id"] in completed_ids(out):
+                    # measured again (its PTQ records were missing): the files say what ran
+                    n = supersede(out, rec, ptq_recs)
+                    log(f"run {rec['run_id']} measured again: its old record and "
+                        f"{n['ptq']} PTQ record(s) of other settings moved to "
+                        f"{superseded_path(out).name} / {superseded_path(ptq_path(out)).name}")
+                else:
+                    if ptq_recs:  # PTQ lines first (one write), then the run: a crash in
+                        # between leaves the run pending, and its redo supersedes them
+                        have = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
+                        append_lines(ptq_path(out),
+                                     [p for p in ptq_recs if p["run_id"] not in have])
                     append_record(out, rec)
                 counts["done"] += 1
                 if bar is not None:

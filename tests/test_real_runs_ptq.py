@@ -12,7 +12,14 @@ pytest.importorskip("peft")
 from quantbounds.calib.records import read_ptq_records, read_records  # noqa: E402
 from real_runs import ptq as P  # noqa: E402
 from real_runs.finetune import FinetuneConfig, ptq_record_ids, run_finetune  # noqa: E402
-from real_runs.sweep import expand, load_config, pending, ptq_path, run_sweep  # noqa: E402
+from real_runs.sweep import (  # noqa: E402
+    expand,
+    load_config,
+    pending,
+    ptq_path,
+    run_sweep,
+    superseded_path,
+)
 
 FAST = dict(
     model="embedded",
@@ -450,7 +457,8 @@ def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
     ptq = read_ptq_records(ptq_path(out)).records
     assert len(ptq) == 2 and {p["ptq_of"] for p in ptq} == {rec["run_id"]}
     assert pending(runs, out)[0] == []
-    # lose one PTQ line: the run is pending again, and redoing it adds only what is missing
+    # lose one PTQ line: the run is pending again; redoing it measures it again and the files
+    # hold it once (its record and its PTQ records, the replaced ones kept beside them)
     lines = ptq_path(out).read_text().splitlines()
     ptq_path(out).write_text(lines[0] + "\n")
     assert len(pending(runs, out)[0]) == 1
@@ -466,6 +474,34 @@ def test_sweep_writes_ptq_records_and_resumes(tmp_path, embedded_tiny_cache):
     assert ptq_record_ids(more[0]).isdisjoint(ptq_record_ids(runs[0]))
     assert [r.run_id for r in pending(more, out)[0]] == [runs[0].run_id]
     assert pending([dataclasses.replace(runs[0], ptq_groups=7)], out)[0] == []
+    # re-measuring them: the run record is replaced (in place, a torn line kept) and the run's
+    # PTQ records of the old settings move out; every replaced line is kept beside the files
+    with ptq_path(out).open("a") as f:  # another run's PTQ record stays untouched
+        f.write(json.dumps({**ptq2[0], "run_id": "f" * 16, "ptq_of": "e" * 16}) + "\n")
+    with out.open("a") as f:
+        f.write('{"schema": "quantb')  # a torn last line
+    cfg2 = _write_config(tmp_path / "s2.toml",
+                         {**defaults, "ptq_eval_tokens": runs[0].ptq_eval_tokens * 2},
+                         [{"arm": "fp16", "rank": 2, "seed": 0, "ptq": True}])
+    logs = []
+    assert run_sweep(cfg2, out, progress=False, log=logs.append)["done"] == 1
+    assert any("measured again" in m for m in logs)
+    res = read_records(out)
+    assert [r["run_id"] for r in res.records] == [rec["run_id"]] and len(res.errors) == 1
+    assert res.records[0]["started_at"] != rec["started_at"] or \
+        res.records[0]["finished_at"] != rec["finished_at"]
+    ptq3 = read_ptq_records(ptq_path(out)).records
+    assert {p["run_id"] for p in ptq3} == ptq_record_ids(more[0]) | {"f" * 16}
+    assert pending(more, out)[0] == [] and len(pending(runs, out)[0]) == 1
+    old_runs = read_records(superseded_path(out), strict=True).records
+    old_ptq = read_ptq_records(superseded_path(ptq_path(out))).records
+    assert [r["run_id"] for r in old_runs] == [rec["run_id"]] * 2  # the two re-measures
+    assert old_runs[0] == rec
+    assert {p["run_id"] for p in old_ptq} == ptq_record_ids(runs[0])
+    # a second pass over the same state changes nothing
+    before = (out.read_bytes(), ptq_path(out).read_bytes())
+    assert run_sweep(cfg2, out, progress=False)["done"] == 0
+    assert (out.read_bytes(), ptq_path(out).read_bytes()) == before
 
 
 # --- the packed evaluation: the same per-row losses as eval_loss_rows, less work ------------

@@ -569,3 +569,42 @@ def test_config_table_under_flags():
     assert sweep_cluster_options({}, {}).cluster == "slurm"
     with pytest.raises(ExecutorError, match="must be a table"):
         sweep_cluster_options({"submitit": 3}, {})
+
+
+def test_ptq_runs_write_their_ptq_records_and_a_re_measure_supersedes(tmp_path, cache):
+    """A ``ptq = true`` run under submitit writes its PTQ records (beside ``out``, as the local
+    sweep does); changing the PTQ settings (same run id, other PTQ ids) re-measures it and the
+    merge replaces its record and moves its old PTQ records to the superseded files."""
+    from quantbounds.calib.records import read_ptq_records
+    from real_runs.cli import sweep_main
+    from real_runs.finetune import ptq_record_ids
+    from real_runs.sweep import expand, load_config, pending, ptq_path, superseded_path
+
+    base = {**FAST, "cache_dir": str(cache), "ptq_bits": [3], "ptq_schemes": ["rtn_tensor", "int8"]}
+    grid = {"arm": "fp16", "bits": 16, "rank": 2, "seed": 0, "ptq": True}
+    out = tmp_path / "runs.jsonl"
+    argv = ["--out", str(out), "--executor", "submitit", "--cluster", "local", "--poll-s", "0.3",
+            "--no-progress"]
+    cfg = _write_config(tmp_path / "p.toml", base, grid)
+    (run,) = expand(load_config(cfg))
+    assert sweep_main([str(cfg), *argv]) == 0
+    (rec,) = read_records(out, strict=True).records
+    ptq = read_ptq_records(ptq_path(out)).records
+    assert {p["run_id"] for p in ptq} == ptq_record_ids(run) and len(ptq) == 2
+    assert all(p["ptq_of"] == rec["run_id"] for p in ptq) and pending([run], out)[0] == []
+    cfg2 = _write_config(tmp_path / "p2.toml", {**base, "ptq_eval_tokens": 2 * run.ptq_eval_tokens},
+                         grid)
+    (run2,) = expand(load_config(cfg2))
+    assert run2.run_id == run.run_id and pending([run2], out)[0] == [run2]
+    assert sweep_main([str(cfg2), *argv]) == 0
+    (rec2,) = read_records(out, strict=True).records
+    assert rec2["run_id"] == rec["run_id"] and rec2["started_at"] >= rec["started_at"]
+    assert {p["run_id"] for p in read_ptq_records(ptq_path(out)).records} == ptq_record_ids(run2)
+    assert read_records(superseded_path(out), strict=True).records == [rec]
+    assert {p["run_id"] for p in read_ptq_records(superseded_path(ptq_path(out))).records} == \
+        ptq_record_ids(run)
+    assert _started(Path(f"{out}.d")) == {rec["run_id"]: 2}
+    # done: nothing is submitted again and the files stay as they are
+    before = (out.read_bytes(), ptq_path(out).read_bytes())
+    assert sweep_main([str(cfg2), *argv]) == 0
+    assert (out.read_bytes(), ptq_path(out).read_bytes()) == before
