@@ -182,6 +182,12 @@ def reading(row: dict) -> str:
     if excludes(k["ci"], 1.0):
         parts.append(f"K-FAC {'under' if k['ratio'] < 1 else 'over'}-predicts Q "
                      f"(P₂/Q = {k['ratio']:.2f})")
+    tr = row.get("train_exact_over_exact")
+    if excludes(k["ci"], 1.0) and tr and tr["ci"] is not None and not excludes(tr["ci"], 1.0):
+        parts.append(f"the training loss's exact Q_tr matches (Q_tr/Q = {tr['ratio']:.2f}): "
+                     "K-FAC misses the Hessian's residual term, not the data")
+    elif tr and excludes(tr["ci"], 1.0):
+        parts.append(f"Q_tr/Q = {tr['ratio']:.2f}: the training loss curves differently")
     if excludes(t["ci"], 0.0):
         parts.append("third order resolved")
     return "; ".join(parts) or "consistent: P₂ ≈ Q and T ≈ 0 within their intervals"

@@ -63,6 +63,14 @@ def test_reading_names_a_resolved_third_order_and_a_consistent_cell():
     assert S.reading(row) == "third order resolved"
     row["third_order"]["ci"] = [-1e-4, 2e-3]
     assert S.reading(row).startswith("consistent")
+    # K-FAC short of Q while the training loss's exact Q_tr is not: the residual term
+    row["kfac_over_exact"] = {"ratio": 0.7, "ci": [0.6, 0.8]}
+    row["train_exact_over_exact"] = {"ratio": 1.04, "ci": [0.9, 1.2]}
+    assert S.reading(row) == ("K-FAC under-predicts Q (P₂/Q = 0.70); the training loss's exact "
+                              "Q_tr matches (Q_tr/Q = 1.04): K-FAC misses the Hessian's residual "
+                              "term, not the data")
+    row["train_exact_over_exact"] = {"ratio": 0.5, "ci": [0.4, 0.6]}
+    assert "Q_tr/Q = 0.50: the training loss curves differently" in S.reading(row)
 
 
 def test_bad_input_names_the_argument(tmp_path):
