@@ -30,12 +30,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, keep_mode: bool = False) -> Path:
     """Write ``data`` to ``path`` (parents created) so that a reader sees the old file or the
     whole new one: a temp file in the same folder, fsync, rename over ``path``, fsync of the
     folder. The file is made readable by all (mkstemp creates 0600; results are meant to be
-    read). An interrupted writer leaves the old file and no temp file. Returns ``path``."""
+    read), or, with ``keep_mode``, keeps an existing file's permissions (a user's file
+    rewritten in place). An interrupted writer leaves the old file and no temp file. Returns
+    ``path``."""
     path = Path(path)
+    mode = path.stat().st_mode & 0o7777 if keep_mode and path.exists() else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -43,7 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from quantbounds._checks import check_choice, check_int_range, check_positive, check_rank
 from quantbounds.calib.records import ARMS, make_record, run_id
@@ -221,8 +223,11 @@ class FinetuneConfig:
         is how it is parsed (``real_runs.data.dataset_loader``: "chitchat", "chatterbot",
         "dialogue_file", "hub:<name>") and ``dataset_sha256`` the SHA-256 of the bytes read
         (``real_runs.data.digest_dataset``; None for a hub dataset); the path it was read from is
-        in the record (``dataset_path``), not here. How a run is executed (cache_dir, progress,
-        threads) and what is measured on top of an fp16 run (ptq_*) are not part of it.
+        in the record (``dataset_path``), not here. A local model directory enters the same way:
+        ``model = "local"`` and ``model_sha256`` (:func:`digest_model_dir`), its path in the
+        record (``model_path``); a hub name or "embedded" as given. How a run is executed
+        (cache_dir, progress, threads) and what is measured on top of an fp16 run (ptq_*) are
+        not part of it.
         """
         r = resolved or self.resolve()
         d = dataclasses.asdict(self)
@@ -261,6 +266,8 @@ class FinetuneConfig:
             d["embedded"] = r["embedded_key"]
         else:
             d.pop("embedded")
+        if r.get("model_sha256"):  # a local directory: by content, not by path
+            d["model"], d["model_sha256"] = "local", r["model_sha256"]
         return d
 
     @property
@@ -327,7 +334,29 @@ def _resolve(dataset, n_train, device, model, embedded, cache_dir) -> dict:
 
         e = resolve_embedded(embedded, cache_dir=cache_dir, progress=False, build=False)
         out.update(embedded_name=e.name, embedded_key=e.key, pretrain_corpus=e.corpus)
+    elif os.path.isdir(model):
+        out.update(model_path=os.path.realpath(model), model_sha256=digest_model_dir(model))
     return out
+
+
+_MODEL_DIGESTS: dict = {}
+
+
+def digest_model_dir(path: str | os.PathLike) -> str:
+    """SHA-256 of a local model directory's content (weights, config, tokenizer: what
+    ``from_pretrained`` reads), by :func:`real_runs.data.digest_dataset`'s directory rule
+    (files in sorted relative-path order, names and bytes; hidden entries skipped). Two copies
+    of the same model hash alike; changed weights at the same path do not. Cached per (path,
+    file sizes and mtimes), so a sweep of many runs hashes a large model once."""
+    from real_runs.data import digest_dataset
+
+    d = Path(path).resolve()
+    files = sorted((str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in d.rglob("*") if f.is_file())
+    key = (str(d), tuple(files))
+    if key not in _MODEL_DIGESTS:
+        _MODEL_DIGESTS[key] = digest_dataset(d)
+    return _MODEL_DIGESTS[key]
 
 
 def _versions() -> dict:
@@ -680,6 +709,8 @@ def run_finetune(config: FinetuneConfig | dict, *, return_ptq: bool = False,
         pretrain_corpus=res.get("pretrain_corpus"),
         dataset_path=dataset_path,
         dataset_sha256=res["dataset_sha256"],
+        model_path=res.get("model_path"),
+        model_sha256=res.get("model_sha256"),
         dtype=res["dtype"],
         versions=_versions(),
         device=device if device == "cpu" else torch.cuda.get_device_name(),

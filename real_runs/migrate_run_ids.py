@@ -370,7 +370,8 @@ def migrate_files(
     if not errors and not check:
         for r in sorted(results, key=lambda r: not r.path.name.endswith(".ptq.jsonl")):
             if r.changed:
-                atomic_write_bytes(r.path, "".join(r.lines).encode("utf-8", "surrogateescape"))
+                atomic_write_bytes(r.path, "".join(r.lines).encode("utf-8", "surrogateescape"),
+                                   keep_mode=True)
     return results, errors
 
 

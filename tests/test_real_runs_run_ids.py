@@ -327,7 +327,9 @@ def test_write_is_atomic_and_keeps_the_mode(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(M.os, "replace", boom)
+    from quantbounds import _files
+
+    monkeypatch.setattr(_files.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         M.main([str(runs)])
     assert runs.read_bytes() == before
@@ -378,6 +380,33 @@ def test_identity_holds_no_path_and_two_copies_share_a_run_id(
     assert {k for k in ia if ia[k] != ic[k]} == {"dataset_sha256"}
     # where the data was read from is still known, outside the identity
     assert cfgs[1].resolve()["dataset_path"] == str(b.resolve())
+
+
+def test_local_model_enters_the_identity_by_content(finetune, tmp_path):
+    """--model DIR: the run id holds the directory's digest, not its path: two copies of one
+    model share a run id, one changed byte makes another; the path stays in resolve()."""
+    F = finetune
+    a = tmp_path / "m1"
+    a.mkdir()
+    (a / "config.json").write_text('{"n_layer": 2}')
+    (a / "model.safetensors").write_bytes(b"\x00weights" * 100)
+    b = tmp_path / "copy"
+    shutil.copytree(a, b)
+    base = {**FAST, "dataset": f"chitchat:{_chitchat_file(tmp_path / 'cc.json')}"}
+    ca, cb = (F.FinetuneConfig(**{**base, "model": str(p)}) for p in (a, b))
+    ia = ca.identity()
+    _no_path(ia, tmp_path)
+    assert ia["model"] == "local" and ia["model_sha256"] == D.digest_dataset(a)
+    assert ca.run_id == cb.run_id and ca.resolve()["model_path"] == str(a.resolve())
+    w = b / "model.safetensors"
+    w.write_bytes(b"\x01" + w.read_bytes()[1:])  # one byte changed, size and name kept
+    F._MODEL_DIGESTS.clear()
+    cc = F.FinetuneConfig(**{**base, "model": str(b)})
+    assert cc.run_id != ca.run_id
+    assert {k for k in ia if ia[k] != cc.identity()[k]} == {"model_sha256"}
+    # a hub name is its own identity (nothing local to hash)
+    hub = F.FinetuneConfig(**{**base, "model": "microsoft/DialoGPT-medium"}).identity()
+    assert hub["model"] == "microsoft/DialoGPT-medium" and "model_sha256" not in hub
 
 
 def test_default_dataset_identity_holds_no_path(finetune):
