@@ -161,6 +161,7 @@ def merge_records(
     order: list[str] | None = None,
     timeout_s: float | None = 120.0,
     log=None,
+    want_ptq: dict | None = None,
 ) -> int:
     """Append to ``out`` every record of ``folder/records`` whose run_id ``out`` lacks.
 
@@ -168,7 +169,10 @@ def merge_records(
     old bytes (a torn last line is kept, as the local sweep keeps it, and a newline added)
     followed by the new lines in ``order`` (run_ids; default sorted). Idempotent: a second
     merge adds nothing. Returns how many records were added. timeout_s: 0 = give up at once
-    (LockBusy) if another process is merging.
+    (LockBusy) if another process is merging. want_ptq: {run_id: PTQ ids its config writes}
+    (the driver's): a run already in ``out`` whose folder files hold exactly those PTQ ids,
+    not all in ``out``, was measured again and is merged by ``real_runs.sweep.supersede``;
+    without it (a job's own best-effort merge) such a run is left to the driver.
     """
     from quantbounds.calib.records import append_lines, read_ptq_records
     from real_runs.sweep import ptq_path, supersede
@@ -184,7 +188,11 @@ def merge_records(
         for p in rec_dir.glob("*.json"):
             rid = p.stem
             ptq = read_ptq_file(ptq_record_path(folder, rid)) or []
-            if rid in have and {q["run_id"] for q in ptq} <= have_ptq:
+            got = {q["run_id"] for q in ptq}
+            # a run already in ``out`` is merged again only as the re-measure the driver asked
+            # for (``want_ptq``: run_id → the PTQ ids its config writes), never from an older
+            # folder file whose PTQ settings ``out`` has since moved past
+            if rid in have and (got <= have_ptq or want_ptq is None or want_ptq.get(rid) != got):
                 continue
             rec = read_record_file(p)
             if rec is None or rec["run_id"] != rid:
@@ -342,7 +350,10 @@ def run_sweep_submitit(
     poll_s = poll_s if poll_s is not None else (1.0 if opts.cluster == "local" else 30.0)
     with _exclusive(out):
         check_folder(folder, fp=fingerprint(order), config_path=str(config_path), n_runs=len(runs))
-        merge_records(out, folder, order=order, log=log)
+        from real_runs.finetune import ptq_record_ids
+
+        want = {r.run_id: ptq_record_ids(r) for r in runs if r.ptq}
+        merge_records(out, folder, order=order, log=log, want_ptq=want)
         todo = pending(runs, out)[0]  # no record, or (PTQ runs) not every PTQ record
         skipped = len(runs) - len(todo)
         if limit is not None:
@@ -385,7 +396,7 @@ def run_sweep_submitit(
 
             def refresh(slots):
                 try:
-                    merge_records(out, folder, order=order, timeout_s=0, log=log)
+                    merge_records(out, folder, order=order, timeout_s=0, log=log, want_ptq=want)
                 except LockBusy:
                     pass
                 done = done_ids()
@@ -418,7 +429,7 @@ def run_sweep_submitit(
                 refresh(slots)
                 time.sleep(poll_s)
             refresh(slots)
-        merge_records(out, folder, order=order, log=log)
+        merge_records(out, folder, order=order, log=log, want_ptq=want)
         left = {r.run_id for r in pending(todo, out)[0]}
         ended = {by_index[s.index].run_id: s.job for s in slots}
         ended.update(attached)

@@ -608,3 +608,16 @@ def test_ptq_runs_write_their_ptq_records_and_a_re_measure_supersedes(tmp_path, 
     before = (out.read_bytes(), ptq_path(out).read_bytes())
     assert sweep_main([str(cfg2), *argv]) == 0
     assert (out.read_bytes(), ptq_path(out).read_bytes()) == before
+    # measured again locally under a third setting: the folder's older files never win back
+    from real_runs.sweep import run_sweep
+
+    cfg3 = _write_config(tmp_path / "p3.toml", {**base, "ptq_eval_tokens": 3 * run.ptq_eval_tokens},
+                         grid)
+    (run3,) = expand(load_config(cfg3))
+    assert run_sweep(cfg3, out, progress=False)["done"] == 1
+    after = (out.read_bytes(), ptq_path(out).read_bytes())
+    folder = Path(f"{out}.d")
+    assert merge_records(out, folder) == 0
+    assert merge_records(out, folder, want_ptq={run3.run_id: ptq_record_ids(run3)}) == 0
+    assert (out.read_bytes(), ptq_path(out).read_bytes()) == after
+    assert {p["run_id"] for p in read_ptq_records(ptq_path(out)).records} == ptq_record_ids(run3)
