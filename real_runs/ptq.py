@@ -507,6 +507,30 @@ def _quads(U: torch.Tensor, V: torch.Tensor, Sx: torch.Tensor, G: torch.Tensor) 
     return float((S * (U.T @ G @ U).T).sum()), float((S * (U.T @ U).T).sum())
 
 
+def _random_even_part(model, packed, merge, facs, var_of, base_sum, tokens, *, draws, seed):
+    """(mean, Monte Carlo se) over ``draws`` Gaussian perturbations δB ~ N(0, v_B), δA ~ N(0, v_A)
+    per layer of the even part (L(+ε) + L(−ε))/2 − L(0) per token of ``packed``'s rows, with
+    ε = δB·A + B·δA + δB·δA (float64, merged by ``merge`` at B·A ± ε); the model is left at the
+    last merge (the caller merges its next cell)."""
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(draws):
+        eps = {}
+        for n, (B, A) in facs.items():
+            vB, vA = var_of[n]
+            Bd, Ad = B.double(), A.double()
+            dB = torch.randn(B.shape, generator=g, dtype=torch.float64) * vB.double().sqrt()
+            dA = torch.randn(A.shape, generator=g, dtype=torch.float64) * vA.double().sqrt()
+            eps[n] = dB @ Ad + Bd @ dA + dB @ dA
+        half = 0.0
+        for sign in (1.0, -1.0):
+            merge({n: (B.double() @ A.double() + sign * eps[n]).float() for n, (B, A) in facs.items()})
+            half += sum(packed.rows(model)[0]) - base_sum
+        vals.append(half / (2 * tokens))
+    v = torch.tensor(vals, dtype=torch.float64)
+    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(len(vals)))
+
+
 def run_ptq(
     *,
     plain_model,
@@ -526,6 +550,7 @@ def run_ptq(
     mirror: bool = False,
     heldout_curvature: dict | None = None,
     train_batches=None,
+    moment_draws: int = 4,
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
@@ -567,7 +592,15 @@ def run_ptq(
     exact second-order term Q_tr = ½·s²·vec(ε_BA)ᵀ·H_tr·vec(ε_BA) + O(ε⁴) of the TRAINING
     loss along the same ε_BA (full Hessian, every layer, residual term included), and
     ``delta_loss_train`` = L_tr(+) − L_tr(0): a zero-constant prediction of Q from data the
-    fine-tune saw, where K-FAC and the Fisher keep only the Gauss–Newton part.
+    fine-tune saw, where K-FAC and the Fisher keep only the Gauss–Newton part. With
+    train_batches, each (scheme, b) with a noise model (the uniform schemes: the per-entry
+    variances v_B, v_A that ``pred_moment`` uses) also gets ``pred_hessian_moment``: the
+    expected second-order term E[Q_tr] under that noise model, from ``moment_draws`` random
+    perturbations δB ~ N(0, v_B), δA ~ N(0, v_A) (independent entries; E[Q] depends on the
+    noise only through these variances), each ε = δB·A + B·δA + δB·δA evaluated at ±ε on the
+    training windows (the even part, as for Q_tr) — a finite-difference probe with perturbations
+    of known variance, full Hessian, no quantized model evaluated; ``pred_hessian_moment_se``
+    is its Monte Carlo standard error over the draws. The same value for every draw of a cell.
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
@@ -627,6 +660,7 @@ def run_ptq(
     group_index = torch.tensor(groups)
     results = []
     moments: dict = {}
+    hess_moments: dict = {}  # (scheme, b) → (mean, se) of the random-perturbation E[Q_tr]
     it = items
     if progress:
         from tqdm import tqdm
@@ -636,7 +670,7 @@ def run_ptq(
         t0 = time.time()
         lbits = patterns[label] if label is not None else None
         gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 7919 * b + draw)
-        deltas, per, E_of, UV_of = {}, {}, {}, {}
+        deltas, per, E_of, UV_of, var_of = {}, {}, {}, {}, {}
         P1 = torch.zeros(K, dtype=torch.float64)
         pred_plugin = 0.0
         pred_moment = 0.0 if scheme not in ("nf4", "fp4", "int8") else None
@@ -644,6 +678,8 @@ def run_ptq(
             bl = lbits[n] if lbits is not None else b
             QB, vB = quantize_factor(B, scheme, bl, generator=gen)
             QA, vA = quantize_factor(A, scheme, bl, generator=gen)
+            if mirror:
+                var_of[n] = (vB, vA)
             # ε_BA = Q(B)·Q(A) − B·A = ε_B·Q(A) + B·ε_A = U·V, U = [ε_B, B] (m × 2r),
             # V = [Q(A); ε_A] (2r × n), in float64 (ε_B, ε_A of float32 factors are exact there):
             # no difference of two large products, so ε_BA keeps its relative precision at
@@ -742,6 +778,15 @@ def run_ptq(
                 f = fisher_along(E_of, scales, curvature)
                 extra.update(pred_token_fisher=f["token"], pred_seq_fisher=f["seq"],
                              pred_seq_fisher_cross=f["seq_cross"])
+            # after every evaluation of this cell (the perturbations re-merge the weights)
+            if packed_train is not None and pred_moment is not None:
+                if (scheme, b) not in hess_moments:
+                    hess_moments[(scheme, b)] = _random_even_part(
+                        plain_model, packed_train, merge, facs, var_of, tr_fp, tr_tot,
+                        draws=check_int_range(moment_draws, "moment_draws", 2),
+                        seed=7_000_003 * (seed + 1) + 7919 * b + SCHEMES.index(scheme))
+                hm, hse = hess_moments[(scheme, b)]
+                extra.update(pred_hessian_moment=hm, pred_hessian_moment_se=hse)
         results.append(
             {
                 "ptq_scheme": scheme,

@@ -39,7 +39,13 @@ paired):
   ε_BA, Q̂_tr = (L_tr(+) + L_tr(−))/2 − L_tr(0) on the curvature windows with their true
   labels (full Hessian, residual term included; ``run_ptq`` ``train_batches``), ÷ Q̂: whether
   what the Fisher forms miss is the Hessian's residual term (Q̂_tr ≈ Q̂) or the shift from
-  training to held-out data (Q̂_tr ≈ the Fisher forms).
+  training to held-out data (Q̂_tr ≈ the Fisher forms);
+- ``moment_over_exact`` and ``hessian_moment_over_exact``: the two EXPECTED second-order terms
+  under the scheme's noise model (per-entry variances v_B, v_A: exact for SR, Δ²/12 for RTN),
+  K-FAC's closed form (``pred_moment``) and the full Hessian's from random perturbations of
+  those variances on the training windows (``pred_hessian_moment``, no quantized model
+  evaluated), each ÷ Q̂ of the actual cells — for SR the comparison of an expectation with
+  its draws, for RTN a test of the additive-noise model itself.
 
 Q̂ holds the fourth-order term too (Q̂ = Q + O(ε⁴)); where T̂ is a few per cent of Q̂, as
 here, the fourth order is not what moves P₂ ÷ Q̂. The three Fisher predictions split the
@@ -160,8 +166,10 @@ def summarize(recs: list[dict]) -> list[dict]:
                                  ("token_fisher", "pred_token_fisher"),
                                  ("seq_fisher", "pred_seq_fisher"),
                                  ("seq_fisher_cross", "pred_seq_fisher_cross"),
-                                 ("train_exact", "second_order_train"))
-               if all(key in r for r in rs)},
+                                 ("train_exact", "second_order_train"),
+                                 ("moment", "pred_moment"),
+                                 ("hessian_moment", "pred_hessian_moment"))
+               if all(r.get(key) is not None for r in rs)},
             "kfac_over_resid": None if res is None else _ratio(res, lambda r: r["pred_plugin"]),
             "exact_over_resid": None if res is None else _ratio(
                 res, lambda r: r["second_order_measured"],
@@ -219,9 +227,10 @@ def run_probe(c: ProbeConfig) -> dict:
 
     path = Path(c.records)
     # the last record of each id that carries every probe field (an older probe's lines,
-    # without the training-loss second-order term, are measured again)
+    # without the training-loss terms, are measured again)
     have = {r["run_id"]: r for r in read_ptq_records(path).records
-            if "second_order_measured" in r and "second_order_train" in r} if path.exists() else {}
+            if "second_order_measured" in r and "second_order_train" in r
+            and ("pred_hessian_moment" in r or r.get("pred_moment") is None)} if path.exists() else {}
     mine = []
     for rank in c.ranks:
         for seed in c.seeds:

@@ -371,7 +371,9 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
         # the kept curvature tokens give the Fisher forms (real_runs.ptq.fisher_along)
         assert all(m[k] >= 0 and k not in a for k in ("pred_token_fisher", "pred_seq_fisher",
                                                        "pred_seq_fisher_cross"))
-        assert all(k in m and k not in a for k in ("second_order_train", "delta_loss_train"))
+        assert all(k in m and k not in a for k in ("second_order_train", "delta_loss_train",
+                                                    "pred_hessian_moment"))
+        assert m["pred_hessian_moment_se"] >= 0
     # the held-out-curvature K-FAC: with the training curvature handed in as the held-out one,
     # it is pred_plugin exactly (the wiring), and otherwise a positive number of its own
     assert all(m["pred_plugin_heldout"] > 0 for m in mir)
@@ -673,3 +675,37 @@ def test_ptq_records_match_the_unpacked_evaluation(embedded_tiny_cache, monkeypa
             assert abs(a[k] - b[k]) <= rtol32 * abs(b[k]), k
         # ΔL: the difference of two such losses
         assert abs(a["delta_loss"] - b["delta_loss"]) <= 2 * rtol32 * abs(b["eval_loss"])
+
+
+def test_random_perturbation_moment_is_the_closed_form_on_a_quadratic_loss():
+    """_random_even_part on L(W) = ½·c·Σ‖W − B·A‖²: the even part of ±ε is ½·c·‖ε‖² exactly,
+    so its mean over δB ~ N(0, v_B), δA ~ N(0, v_A) estimates ½·c·(Σ v_B·‖A row‖² +
+    Σ v_A·‖B col‖² + Σ_ij Σ_k v_B[i,k]·v_A[k,j]); the tolerance is 4 of its own Monte Carlo se."""
+    g = torch.Generator().manual_seed(3)
+    facs = {"l1": (torch.randn(5, 2, generator=g), torch.randn(2, 4, generator=g)),
+            "l2": (torch.randn(3, 2, generator=g), torch.randn(2, 6, generator=g))}
+    var_of = {n: (torch.rand(B.shape, generator=g, dtype=torch.float64) * 0.1,
+                  torch.rand(A.shape, generator=g, dtype=torch.float64) * 0.2)
+              for n, (B, A) in facs.items()}
+    c, state = 3.0, {}
+
+    def merge(deltas):
+        state.update(deltas)
+
+    class Packed:
+        def rows(self, model):
+            L = sum(0.5 * c * float(((state[n].double() - B.double() @ A.double()) ** 2).sum())
+                    for n, (B, A) in facs.items())
+            return [L], [1]
+
+    mean, se = P._random_even_part(None, Packed(), merge, facs, var_of, 0.0, 1, draws=400, seed=1)
+    want = 0.0
+    for n, (B, A) in facs.items():
+        vB, vA = var_of[n]
+        Bd, Ad = B.double(), A.double()
+        want += 0.5 * c * float((vB @ (Ad**2)).sum() + ((Bd**2) @ vA).sum() + (vB @ vA).sum())
+    assert se > 0 and abs(mean - want) <= 4 * se, (mean, want, se)
+    # float32 merges: the even part of a zero perturbation is rounding only
+    zero = {n: (torch.zeros_like(v[0]), torch.zeros_like(v[1])) for n, v in var_of.items()}
+    m0, _ = P._random_even_part(None, Packed(), merge, facs, zero, 0.0, 1, draws=2, seed=1)
+    assert abs(m0) < 1e-10

@@ -291,10 +291,14 @@ def _second_order_probe_section(results_dir: Path) -> list[str]:
              "independence of positions and the block-diagonal structure removed; then Q_tr, "
              "the exact second-order term of the training loss along the same ε_BA (cell and "
              "mirror on the curvature windows, true labels: full Hessian with its residual "
-             "term).", "",
+             "term); then the expected second-order term under the scheme's noise model "
+             "(per-entry variances: exact for SR, Δ²/12 for RTN), in K-FAC's closed form and "
+             "with the full Hessian from random perturbations of those variances on the "
+             "training windows (no quantized model evaluated).", "",
              "| scheme | b | records | P₂ ÷ Q | held-out K-FAC ÷ Q | per-token Fisher ÷ Q | "
-             "per-window ÷ Q | all layers ÷ Q | Q_tr ÷ Q | Q ÷ (ΔL − P₁) | T (nats) | reading |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "per-window ÷ Q | all layers ÷ Q | Q_tr ÷ Q | E K-FAC ÷ Q | E Hessian ÷ Q | "
+             "Q ÷ (ΔL − P₁) | T (nats) | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in d.get("cells") or []:
         t = row.get("third_order") or {}
         ci = t.get("ci")
@@ -306,6 +310,8 @@ def _second_order_probe_section(results_dir: Path) -> list[str]:
                      f"{_ratio_cell(row.get('seq_fisher_over_exact'))} | "
                      f"{_ratio_cell(row.get('seq_fisher_cross_over_exact'))} | "
                      f"{_ratio_cell(row.get('train_exact_over_exact'))} | "
+                     f"{_ratio_cell(row.get('moment_over_exact'))} | "
+                     f"{_ratio_cell(row.get('hessian_moment_over_exact'))} | "
                      f"{_ratio_cell(row.get('exact_over_resid'))} | {tcell} | "
                      f"{row.get('reading')} |")
     rep = d.get("reproduced") or {}

@@ -178,6 +178,7 @@ def test_report_shows_the_second_order_probe(tmp_path):
                    "token_fisher_over_exact": {"ratio": 0.9, "ci": [0.8, 1.0]},
                    "seq_fisher_over_exact": {"ratio": 0.95, "ci": None},
                    "train_exact_over_exact": {"ratio": 1.02, "ci": None},
+                   "hessian_moment_over_exact": {"ratio": 1.01, "ci": None},
                    "exact_over_resid": {"ratio": 0.96, "ci": None},
                    "third_order": {"estimate": 0.0001, "ci": [5e-05, 0.00015]},
                    "reading": "K-FAC under-predicts Q (P₂/Q = 0.81); third order resolved"}],
@@ -186,7 +187,7 @@ def test_report_shows_the_second_order_probe(tmp_path):
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
     assert ("| rtn_channel | 2 | 5 | 0.81 [0.74, 0.88] | — | 0.9 [0.8, 1] | 0.95 | — | 1.02 | "
-            "0.96 | "
+            "— | 1.01 | 0.96 | "
             "0.0001 [5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order "
             "resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
