@@ -196,6 +196,10 @@ def reading(row: dict) -> str:
                      "K-FAC misses the Hessian's residual term, not the data")
     elif tr and excludes(tr["ci"], 1.0):
         parts.append(f"Q_tr/Q = {tr['ratio']:.2f}: the training loss curves differently")
+    hm = row.get("hessian_moment_over_exact")
+    if hm and excludes(hm["ci"], 1.0):
+        parts.append(f"the noise model's expected Q with the full Hessian is off "
+                     f"(E/Q = {hm['ratio']:.2f}): the actual ε_BA is not that noise")
     if excludes(t["ci"], 0.0):
         parts.append("third order resolved")
     return "; ".join(parts) or "consistent: P₂ ≈ Q and T ≈ 0 within their intervals"

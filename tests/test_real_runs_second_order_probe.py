@@ -71,6 +71,10 @@ def test_reading_names_a_resolved_third_order_and_a_consistent_cell():
                               "term, not the data")
     row["train_exact_over_exact"] = {"ratio": 0.5, "ci": [0.4, 0.6]}
     assert "Q_tr/Q = 0.50: the training loss curves differently" in S.reading(row)
+    row["hessian_moment_over_exact"] = {"ratio": 0.55, "ci": [0.45, 0.65]}
+    assert "expected Q with the full Hessian is off (E/Q = 0.55)" in S.reading(row)
+    row["hessian_moment_over_exact"] = {"ratio": 0.95, "ci": [0.8, 1.1]}
+    assert "full Hessian is off" not in S.reading(row)
 
 
 def test_bad_input_names_the_argument(tmp_path):
