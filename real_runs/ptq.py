@@ -513,18 +513,19 @@ def _random_even_part(model, packed, merge, facs, var_of, base_sum, tokens, *, d
     ε = δB·A + B·δA + δB·δA (float64, merged by ``merge`` at B·A ± ε); the model is left at the
     last merge (the caller merges its next cell)."""
     g = torch.Generator().manual_seed(seed)
+    fac64 = {n: (B.double(), A.double()) for n, (B, A) in facs.items()}
+    BA = {n: B @ A for n, (B, A) in fac64.items()}
+    sd = {n: (vB.double().sqrt(), vA.double().sqrt()) for n, (vB, vA) in var_of.items()}
     vals = []
     for _ in range(draws):
         eps = {}
-        for n, (B, A) in facs.items():
-            vB, vA = var_of[n]
-            Bd, Ad = B.double(), A.double()
-            dB = torch.randn(B.shape, generator=g, dtype=torch.float64) * vB.double().sqrt()
-            dA = torch.randn(A.shape, generator=g, dtype=torch.float64) * vA.double().sqrt()
-            eps[n] = dB @ Ad + Bd @ dA + dB @ dA
+        for n, (B, A) in fac64.items():
+            dB = torch.randn(B.shape, generator=g, dtype=torch.float64) * sd[n][0]
+            dA = torch.randn(A.shape, generator=g, dtype=torch.float64) * sd[n][1]
+            eps[n] = dB @ A + B @ dA + dB @ dA
         half = 0.0
         for sign in (1.0, -1.0):
-            merge({n: (B.double() @ A.double() + sign * eps[n]).float() for n, (B, A) in facs.items()})
+            merge({n: (BA[n] + sign * eps[n]).float() for n in facs})
             half += sum(packed.rows(model)[0]) - base_sum
         vals.append(half / (2 * tokens))
     v = torch.tensor(vals, dtype=torch.float64)

@@ -131,18 +131,16 @@ def read_ptq_file(path: Path) -> list[dict] | None:
     return None if res.errors else res.records
 
 
-def job_done(folder: Path, config) -> bool:
-    """Whether the folder holds ``config``'s finished run: its record file and, for a PTQ run,
-    a PTQ file with every PTQ record id the run writes (``ptq_record_ids``)."""
-    from real_runs.finetune import ptq_record_ids
-
-    if read_record_file(record_path(folder, config.run_id)) is None:
+def job_done(folder: Path, run_id: str, want_ptq: set) -> bool:
+    """Whether the folder holds run ``run_id`` finished: its record file and, for a PTQ run
+    (``want_ptq``: the PTQ record ids its config writes, ``ptq_record_ids``; empty otherwise),
+    a PTQ file holding every one of them."""
+    if read_record_file(record_path(folder, run_id)) is None:
         return False
-    want = ptq_record_ids(config)
-    if not want:
+    if not want_ptq:
         return True
-    got = read_ptq_file(ptq_record_path(folder, config.run_id))
-    return got is not None and want <= {p["run_id"] for p in got}
+    got = read_ptq_file(ptq_record_path(folder, run_id))
+    return got is not None and want_ptq <= {p["run_id"] for p in got}
 
 
 def read_record_file(path: Path) -> dict | None:
@@ -183,17 +181,29 @@ def merge_records(
         return 0
     with DirLock(folder / "merge.lock", timeout_s=timeout_s):
         have = {r["run_id"] for r in read_records(out).records} if out.exists() else set()
-        have_ptq = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
+        have_ptq = None  # read only when a run needs it (the driver merges on every poll)
+
+        def ptq_in_out() -> set:
+            nonlocal have_ptq
+            if have_ptq is None:
+                have_ptq = {r["run_id"] for r in read_ptq_records(ptq_path(out)).records}
+            return have_ptq
+
         new, new_ptq, again = {}, [], 0
         for p in rec_dir.glob("*.json"):
             rid = p.stem
-            ptq = read_ptq_file(ptq_record_path(folder, rid)) or []
-            got = {q["run_id"] for q in ptq}
-            # a run already in ``out`` is merged again only as the re-measure the driver asked
-            # for (``want_ptq``: run_id → the PTQ ids its config writes), never from an older
-            # folder file whose PTQ settings ``out`` has since moved past
-            if rid in have and (got <= have_ptq or want_ptq is None or want_ptq.get(rid) != got):
-                continue
+            if rid in have:
+                # merged again only as the re-measure the driver asked for (``want_ptq``: the
+                # PTQ ids its config writes, not all in ``out``, exactly those in the folder),
+                # never from an older folder file whose settings ``out`` has moved past
+                w = (want_ptq or {}).get(rid)
+                if not w or w <= ptq_in_out():
+                    continue
+                ptq = read_ptq_file(ptq_record_path(folder, rid)) or []
+                if {q["run_id"] for q in ptq} != w:
+                    continue
+            else:
+                ptq = read_ptq_file(ptq_record_path(folder, rid)) or []
             rec = read_record_file(p)
             if rec is None or rec["run_id"] != rid:
                 if log:
@@ -201,11 +211,12 @@ def merge_records(
                 continue
             if rid in have:  # measured again for PTQ records ``out`` lacks
                 supersede(out, rec, ptq)
-                have_ptq |= {q["run_id"] for q in ptq}
+                ptq_in_out().update(q["run_id"] for q in ptq)
                 again += 1
                 continue
             new[rid] = rec
-            new_ptq += [q for q in ptq if q["run_id"] not in have_ptq]
+            if ptq:
+                new_ptq += [q for q in ptq if q["run_id"] not in ptq_in_out()]
         # PTQ lines first, then their runs: a crash in between leaves the runs unmerged and
         # the next merge adds them (their PTQ lines, already there, are not added twice)
         append_lines(ptq_path(out), new_ptq)
@@ -236,9 +247,11 @@ class RunJob(Checkpointable):
 
     def __call__(self) -> str:
         folder = Path(self.folder)
+        from real_runs.finetune import ptq_record_ids
+
         rid = self.config.run_id
         path = record_path(folder, rid)
-        if not job_done(folder, self.config):
+        if not job_done(folder, rid, ptq_record_ids(self.config)):
             from real_runs.finetune import run_finetune
 
             print(
@@ -387,10 +400,8 @@ def run_sweep_submitit(
                     }
             atomic_write_bytes(folder / "jobs.json", json.dumps(jobs, indent=1).encode())
 
-        todo_by_id = {rc.run_id: rc for rc in todo}
-
         def done_ids():
-            return {rid for rid in todo_ids if job_done(folder, todo_by_id[rid])}
+            return {rid for rid in todo_ids if job_done(folder, rid, want.get(rid, set()))}
 
         with JobProgress(desc, len(todo), enabled=progress) as bar:
 

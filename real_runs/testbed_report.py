@@ -308,7 +308,8 @@ def main(argv=None) -> int:
         if not (p.get("z_by_rank") or p["z_min_by_rank"]):
             continue  # no 2-bit cell (a 4- or 8-bit code)
         zs = ", ".join(f"r{k}: {v:.1f}" for k, v in sorted(
-            (p.get("z_cv_by_rank") or p.get("z_by_rank") or p["z_min_by_rank"]).items()))
+            (p["z_cv_by_rank"] if p["judged_on"].startswith("z_cv")
+             else p.get("z_by_rank") or p["z_min_by_rank"]).items()))
         print(f"2-bit {s}: ΔL ÷ se  {zs}  (≥ {p['need_z']:.0f} at every rank: "
               f"{p['met_at_every_rank']})")
     if a.out:
