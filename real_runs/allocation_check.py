@@ -57,6 +57,7 @@ from quantbounds.calib.allocator import (
 )
 from quantbounds.calib.records import append_record, read_records
 from quantbounds.verdicts.results import Verdict, write_results
+from real_runs.embedded import EMBEDDED_MODELS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m real_runs.allocation_check", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--embedded", default="chitchat", choices=("chitchat", "pydoc", "tiny"))
+    p.add_argument("--embedded", default="chitchat", choices=EMBEDDED_MODELS)
     p.add_argument("--dataset", default="chitchat")
     p.add_argument("--ranks", type=int_tuple, default="2,4,8,16", help="the allocator's rank menu")
     p.add_argument("--bits-menu", type=int_tuple, default="2,3,4,8", help="the allocator's bit-width menu")

@@ -21,6 +21,7 @@ import sys
 from quantbounds.calib.records import ARMS
 from quantbounds.cli.options import add_cluster_flags, cluster_flags
 from quantbounds.conventions import SCALES
+from real_runs.embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS
 
 
 def _json_dict(s: str) -> dict:
@@ -48,10 +49,12 @@ def finetune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--embedded",
-        default="chitchat",
-        choices=("chitchat", "pydoc", "tiny", "default"),
-        help="embedded model: chitchat (dialogue-pretrained, shipped; default), pydoc "
-        "(the earlier Python-docs model), tiny (tests)",
+        default=DEFAULT_EMBEDDED,
+        choices=(*EMBEDDED_MODELS, "default"),
+        help=f"embedded model: chitchat-topic (dialogue-pretrained with the computer/AI topic "
+        f"held out by content, shipped), chitchat (dialogue-pretrained with only the topic's "
+        f"prompts held out, shipped), pydoc (the earlier Python-docs model), tiny (tests); "
+        f"default {DEFAULT_EMBEDDED}",
     )
     p.add_argument(
         "--dataset",
@@ -158,13 +161,14 @@ def weights_error_message(err: Exception) -> str:
     """One paragraph for a missing / corrupt shipped weight file: the file, why, and the fix.
 
     The error names the file (and, when corrupt, both hashes); the fix (reinstall the package,
-    or :data:`real_runs.embedded.REBUILD`) is added where the error does not already give it.
+    or the default model's :func:`real_runs.embedded.rebuild_command`) is added where the error
+    does not already give it.
     """
-    from real_runs.embedded import REBUILD
+    from real_runs.embedded import rebuild_command
 
     msg = str(err).rstrip(". ")
-    if REBUILD not in msg:
-        msg += f"; reinstall the package or rebuild with: {REBUILD}"
+    if "rebuild with: " not in msg:
+        msg += f"; reinstall the package or rebuild with: {rebuild_command()}"
     return (
         f"error: {msg}. The shipped embedded model is checked against its SHA256SUMS manifest "
         f"on every load and is never rebuilt implicitly; until it is restored, pick another "

@@ -1,6 +1,8 @@
 """Held-out loss, perplexity and greedy F1 of the embedded models, before and after a default fine-tune.
 
-    python -m real_runs.compare_embedded [--models chitchat pydoc] [--out results/embedded_comparison.json]
+    python -m real_runs.compare_embedded [--models chitchat-topic chitchat pydoc] [--out results/embedded_comparison.json]
+
+Models not named keep their entries of an existing output file (each entry names its command).
 
 For each embedded model: (1) with no fine-tuning, the held-out loss / perplexity on the default
 fine-tuning evaluation (the held-out conversations of the eight computer/AI prompts, ≥ 24k
@@ -16,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def zero_shot(
@@ -115,17 +118,21 @@ def main(argv=None) -> int:
     from quantbounds.verdicts.results import write_json_atomic
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["chitchat", "pydoc"])
+    ap.add_argument("--models", nargs="+", default=["chitchat-topic", "chitchat", "pydoc"])
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--out", default="results/embedded_comparison.json")
     a = ap.parse_args(argv)
-    res = {
-        "command": "python -m real_runs.compare_embedded " + " ".join(argv or sys.argv[1:]),
-        "models": {},
-    }
+    command = "python -m real_runs.compare_embedded " + " ".join(argv or sys.argv[1:])
+    # the other models' entries of an existing file are kept (each says which command made it)
+    res = {"command": command, "models": {}}
+    if Path(a.out).is_file():
+        old = json.loads(Path(a.out).read_text())
+        for m, e in (old.get("models") or {}).items():
+            if m not in a.models:
+                res["models"][m] = {"command": e.get("command", old.get("command")), **e}
     for m in a.models:
         t0 = time.time()
-        entry = {"zero_shot": zero_shot(m)}
+        entry = {"command": command, "zero_shot": zero_shot(m)}
         if not a.no_finetune:
             entry["fine_tuned"] = fine_tuned(m)
         entry["wall_s"] = time.time() - t0

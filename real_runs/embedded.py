@@ -302,18 +302,25 @@ def load_embedded(
 
 # --- shipped weights and the name registry ------------------------------------------------
 
-EMBEDDED_MODELS = ("chitchat", "pydoc", "tiny")
+EMBEDDED_MODELS = ("chitchat", "chitchat-topic", "pydoc", "tiny")
 DEFAULT_EMBEDDED = "chitchat"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED = {"chitchat": WEIGHTS_DIR / "chitchat"}
+SHIPPED = {"chitchat": WEIGHTS_DIR / "chitchat", "chitchat-topic": WEIGHTS_DIR / "chitchat-topic"}
 # files a shipped model directory must list in SHA256SUMS (and hold)
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "embedded_info.json")
-REBUILD = (
-    "python -m real_runs.pretrain --workdir .pretrain && "
-    "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat"
-)
+
+
+def rebuild_command(name: str = DEFAULT_EMBEDDED) -> str:
+    """The command that rebuilds shipped model ``name`` (:func:`real_runs.pretrain.rebuild_command`)."""
+    from real_runs.pretrain import rebuild_command as cmd
+
+    return cmd(name)
+
+
 PRETRAIN_CORPUS = {
     "chitchat": "chitchat-dataset (26 of 34 prompts + prompt-less; computer/AI prompts held out)",
+    "chitchat-topic": "chitchat-dataset (26 of 34 prompts + prompt-less, minus every conversation "
+    "that mentions computers/AI; the computer/AI prompts held out)",
     "pydoc": "pydoc_data.topics",
     "tiny": "pydoc_data.topics",
 }
@@ -334,19 +341,21 @@ def _sha256(path: Path) -> str:
 _VERIFIED: dict[tuple, str] = {}
 
 
-def verify_weights(directory: str | os.PathLike) -> str:
+def verify_weights(directory: str | os.PathLike, *, rebuild: str | None = None) -> str:
     """Check every file of a shipped model directory against its ``SHA256SUMS``; return the model hash.
 
     Raises EmbeddedWeightsError naming the directory's missing manifest, a required file the
     manifest does not list, a listed file that is missing, or one whose SHA-256 differs (with
-    both hashes and the rebuild command). The result is remembered per (path, size, mtime).
+    both hashes and the rebuild command ``rebuild``, default the default model's). The result is
+    remembered per (path, size, mtime).
     """
+    fix = rebuild if rebuild is not None else rebuild_command()
     d = Path(directory)
     man = d / "SHA256SUMS"
     if not man.is_file():
         raise EmbeddedWeightsError(
             f"shipped embedded model {d}: manifest {man} is missing; "
-            f"reinstall the package or rebuild with: {REBUILD}"
+            f"reinstall the package or rebuild with: {fix}"
         )
     sums = {}
     for line in man.read_text().splitlines():
@@ -361,7 +370,7 @@ def verify_weights(directory: str | os.PathLike) -> str:
         if not f.is_file():
             raise EmbeddedWeightsError(
                 f"shipped embedded weight file {f} is missing; "
-                f"reinstall the package or rebuild with: {REBUILD}"
+                f"reinstall the package or rebuild with: {fix}"
             )
         st = f.stat()
         key = (str(f), st.st_size, st.st_mtime_ns)
@@ -369,7 +378,7 @@ def verify_weights(directory: str | os.PathLike) -> str:
         if got != want:
             raise EmbeddedWeightsError(
                 f"shipped embedded weight file {f} is corrupt: SHA-256 {got} "
-                f"!= {want} listed in {man}; reinstall or rebuild with: {REBUILD}"
+                f"!= {want} listed in {man}; reinstall or rebuild with: {fix}"
             )
         _VERIFIED[key] = got
     return sums["model.safetensors"]
@@ -393,9 +402,9 @@ def resolve_embedded(
     weights_dir: str | os.PathLike | None = None,
     build: bool = True,
 ) -> ResolvedEmbedded:
-    """Resolve an embedded model name ("chitchat" | "pydoc" | "tiny", None = default) or a pydoc config.
+    """Resolve an embedded model name (:data:`EMBEDDED_MODELS`, None = default) or a pydoc config.
 
-    "chitchat" is verified against its hashes and never built; "pydoc"/"tiny" are built on first
+    "chitchat" and "chitchat-topic" are verified against their hashes and never built; "pydoc"/"tiny" are built on first
     use into the cache (unless ``build=False``: then only the path and key are computed).
     ``weights_dir`` overrides the shipped directory (tests).
     """
@@ -414,7 +423,7 @@ def resolve_embedded(
     check_choice(which, "embedded", EMBEDDED_MODELS)
     if which in SHIPPED:
         d = Path(weights_dir) if weights_dir is not None else SHIPPED[which]
-        h = verify_weights(d)
+        h = verify_weights(d, rebuild=rebuild_command(which))
         return ResolvedEmbedded(
             name=which, path=d, key=f"{which}-{h[:12]}", corpus=PRETRAIN_CORPUS[which]
         )

@@ -34,8 +34,9 @@ from pathlib import Path
 from quantbounds._checks import check_choice, check_int_range, check_positive, check_rank
 from quantbounds.calib.records import ARMS, make_record, run_id
 from quantbounds.conventions import SCALES, lora_scale
+from real_runs.embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS
 
-EMBEDDED_NAMES = ("chitchat", "pydoc", "tiny", "default")  # "default" = "chitchat"
+EMBEDDED_NAMES = (*EMBEDDED_MODELS, "default")  # "default" = DEFAULT_EMBEDDED
 HELDOUT_FRAC = 0.2  # chitchat: 835 held-out-prompt conversations → 167 held out, 668 for training
 
 
@@ -166,7 +167,7 @@ class FinetuneConfig:
                 f"after training), got arm {self.arm!r}"
             )
         if self.embedded == "default":
-            object.__setattr__(self, "embedded", "chitchat")
+            object.__setattr__(self, "embedded", DEFAULT_EMBEDDED)
         for pname in ("rank_pattern", "bits_pattern"):
             pat = getattr(self, pname)
             if not isinstance(pat, dict):

@@ -33,7 +33,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from quantbounds._checks import check_int_range, check_positive
@@ -55,6 +55,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     dropout: float = 0.1
     seed: int = 0
+    heldout: str = "prompts"  # what pretraining leaves out: real_runs.chitchat.HOLDOUTS
 
     def __post_init__(self):
         for name in (
@@ -70,10 +71,46 @@ class PretrainConfig:
         check_int_range(self.vocab_size, "vocab_size", 300)
         check_int_range(self.seed, "seed", 0)
         check_positive(self.lr, "lr")
+        from real_runs.chitchat import HOLDOUTS
+
+        if self.heldout not in HOLDOUTS:
+            raise ValueError(f"heldout={self.heldout!r}: expected one of {HOLDOUTS}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.seq_len > self.n_positions:
             raise ValueError(f"seq_len={self.seq_len} must be ≤ n_positions={self.n_positions}")
+
+
+# The shipped pretrained models: name → (configuration, corpus description). "chitchat-topic"
+# holds the computer/AI topic out by content (real_runs.chitchat.split_by_topic): a corpus of
+# ≈ 1.25M tokens, so 1,600 steps ≈ 2.6 passes.
+PRESETS = {
+    "chitchat": (
+        PretrainConfig(),
+        "chitchat-dataset (pretraining prompts: 26 of 34 + prompt-less)",
+    ),
+    "chitchat-topic": (
+        PretrainConfig(heldout="topic", steps=1600),
+        "chitchat-dataset (pretraining prompts: 26 of 34 + prompt-less, minus every "
+        "conversation that mentions the held-out computer/AI topic)",
+    ),
+}
+
+
+def rebuild_command(name: str) -> str:
+    """The command that rebuilds the shipped model ``name`` from scratch."""
+    if name not in PRESETS:
+        raise ValueError(f"model={name!r}: expected one of {tuple(PRESETS)}")
+    if name == "chitchat":  # the command shipped with it, before there were several
+        return (
+            "python -m real_runs.pretrain --workdir .pretrain && "
+            "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat"
+        )
+    w = f".pretrain-{name}"
+    return (
+        f"python -m real_runs.pretrain --model {name} --workdir {w} && "
+        f"python -m real_runs.pretrain --model {name} --workdir {w} --export real_runs/weights/{name}"
+    )
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
@@ -104,7 +141,7 @@ def prepare(workdir: Path, cfg: PretrainConfig):
     workdir.mkdir(parents=True, exist_ok=True)
     tok_dir = workdir / "tokenizer"
     data_f = workdir / "tokens.pt"
-    train, val = pretraining_split(load_chitchat(), seed=cfg.seed)
+    train, val = pretraining_split(load_chitchat(), seed=cfg.seed, heldout=cfg.heldout)
     if not (tok_dir / "tokenizer.json").exists():
         texts = [t for d in train for t in d]
         tok = train_tokenizer(texts, vocab_size=cfg.vocab_size)
@@ -201,7 +238,8 @@ def pretrain(
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "config.json").exists():
         _atomic_write_bytes(workdir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
-    saved = json.loads((workdir / "config.json").read_text())
+    # a workdir made before `heldout` existed holds the prompt split
+    saved = {"heldout": "prompts", **json.loads((workdir / "config.json").read_text())}
     if saved != asdict(cfg):
         raise ValueError(
             f"{workdir} holds a pretraining run of a different configuration "
@@ -268,7 +306,7 @@ def pretrain(
     return state
 
 
-def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
+def export(workdir: Path, out_dir: Path, cfg: PretrainConfig, *, name: str = "chitchat") -> dict:
     """Write fp16 safetensors + tokenizer + info with SHA-256 hashes into ``out_dir`` (atomically)."""
     import shutil
 
@@ -296,9 +334,10 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
 
     st = c["state"]
     info = {
-        "name": "chitchat",
-        "corpus": "chitchat-dataset (pretraining prompts: 26 of 34 + prompt-less)",
+        "name": name,
+        "corpus": PRESETS[name][1],
         "heldout_prompts_excluded": True,
+        "heldout": cfg.heldout,
         "config": asdict(cfg),
         "corpus_tokens_train": int(blob["train"].numel()),
         "corpus_tokens_valid": int(blob["valid"].numel()),
@@ -314,8 +353,7 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
             "tokenizers": tokenizers.__version__,
             "python": sys.version.split()[0],
         },
-        "rebuild": "python -m real_runs.pretrain --workdir .pretrain && "
-        "python -m real_runs.pretrain --workdir .pretrain --export real_runs/weights/chitchat",
+        "rebuild": rebuild_command(name),
     }
     (tmp / "embedded_info.json").write_text(json.dumps(info, indent=2))
     hashes = {
@@ -332,15 +370,18 @@ def export(workdir: Path, out_dir: Path, cfg: PretrainConfig) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="chitchat", choices=tuple(PRESETS), help="which shipped model")
     ap.add_argument("--workdir", default=".pretrain")
     ap.add_argument("--export", default=None, help="write the shipped fp16 weights here and stop")
     ap.add_argument("--steps", type=int, default=None, help="override the step count")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
     ap.add_argument("--ckpt-every", type=float, default=180.0)
     a = ap.parse_args(argv)
-    cfg = PretrainConfig() if a.steps is None else PretrainConfig(steps=a.steps)
+    cfg = PRESETS[a.model][0]
+    if a.steps is not None:
+        cfg = replace(cfg, steps=a.steps)
     if a.export:
-        print(json.dumps(export(Path(a.workdir), Path(a.export), cfg), indent=2))
+        print(json.dumps(export(Path(a.workdir), Path(a.export), cfg, name=a.model), indent=2))
         return 0
     st = pretrain(
         Path(a.workdir),

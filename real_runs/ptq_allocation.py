@@ -64,6 +64,7 @@ import numpy as np
 from quantbounds.calib.allocator import THEORY, LayerSpec, allocate, memory_bits, objective
 from quantbounds.calib.records import append_lines, read_ptq_records
 from quantbounds.verdicts.results import Verdict, write_results
+from real_runs.embedded import EMBEDDED_MODELS
 
 CLAIM = "s000.summary.joint_allocation"
 SCHEME = "sr_tensor"
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m real_runs.ptq_allocation",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--embedded", default=d["embedded"].default,
-                   choices=("chitchat", "pydoc", "tiny"))
+                   choices=EMBEDDED_MODELS)
     p.add_argument("--dataset", default=d["dataset"].default)
     p.add_argument("--rank", type=int, default=d["rank"].default)
     p.add_argument("--bits", type=int, default=d["bits"].default)

@@ -15,7 +15,7 @@ Fisher approximation) and T the third-order term, the shortfall is either the cu
 W0 + s·(B·A − ε_BA) separate the two (``real_runs.ptq.run_ptq`` ``mirror``): the even part
 (ΔL(+) + ΔL(−))/2 = Q̂ and the odd part less P₁, (ΔL(+) − ΔL(−))/2 − P₁ = T̂, group by group.
 
-The adapters are the sweep's own: ``real_runs/configs/embedded.toml``'s defaults and PTQ
+The adapters are the first sweep's own: ``real_runs/configs/embedded_chitchat.toml``'s defaults and PTQ
 settings at each (rank, seed), so every + cell is a cell of ``results/runs_chitchat.ptq.jsonl``
 (same PTQ id) and its re-measured ΔL is compared with the committed one (``reproduced``).
 
@@ -64,6 +64,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from real_runs.embedded import EMBEDDED_MODELS
+
 import numpy as np
 
 SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4")
@@ -82,7 +84,7 @@ class ProbeConfig:
     steps: int | None = None  # None: the sweep's
     n_train: int | None = None
     eval_tokens: int | None = None
-    sweep_config: str = "real_runs/configs/embedded.toml"
+    sweep_config: str = "real_runs/configs/embedded_chitchat.toml"
     reference: str | None = "results/runs_chitchat.ptq.jsonl"
     records: str = "results/second_order_probe.ptq.jsonl"
     out: str = "results/second_order_probe.json"
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     d = ProbeConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m real_runs.second_order_probe",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--embedded", default=d["embedded"].default, choices=("chitchat", "pydoc", "tiny"))
+    p.add_argument("--embedded", default=d["embedded"].default, choices=EMBEDDED_MODELS)
     p.add_argument("--ranks", type=int_tuple, default=",".join(map(str, d["ranks"].default)))
     p.add_argument("--seeds", type=int_tuple, default=",".join(map(str, d["seeds"].default)))
     p.add_argument("--schemes", default=",".join(d["schemes"].default))

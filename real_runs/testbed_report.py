@@ -266,8 +266,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--shift-also", nargs="*", default=[], metavar="RUNS",
+                    help="other records files (e.g. an earlier model's sweep) whose models' domain "
+                    "shift is reported beside this one's")
     a = ap.parse_args(argv)
     res = read_records(a.runs)
+    others = []
+    for f in a.shift_also:
+        o = read_records(f)
+        if not o.records:
+            print(f"error: no run records in {f} (--shift-also)", file=sys.stderr)
+            return 2
+        others.extend(o.records)
     if not res.records:
         print(f"error: no run records in {a.runs}", file=sys.stderr)
         return 2
@@ -282,7 +292,8 @@ def main(argv=None) -> int:
         "n_runs": len(res.records),
         "n_ptq_records": len(ptq),
         "finetune": ft,
-        "domain_shift": domain_shift_rows(res.records),
+        "domain_shift": domain_shift_rows(res.records) + [
+            dict(d, source="--shift-also") for d in domain_shift_rows(others)],
         "ptq_power": pw,
         "adapter_cost_2bit": costs,
         "two_bit_power": {

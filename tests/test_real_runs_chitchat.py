@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from real_runs import data as D
-from real_runs.chitchat import HELDOUT_PROMPTS, load_chitchat, pretraining_split, split_by_prompt
+from real_runs.chitchat import (
+    HELDOUT_PROMPTS,
+    TOPIC_PATTERN,
+    load_chitchat,
+    pretraining_split,
+    split_by_prompt,
+    split_by_topic,
+)
 
 
 def _conv(prompt, turns):
@@ -46,6 +53,29 @@ def test_installed_chitchat_layout_and_prompt_split():
     fine_text = {tuple(c.turns) for c in fine}
     assert not fine_text & {tuple(d) for d in train + val}
 
+
+
+def test_topic_split_drops_every_pretraining_conversation_that_mentions_the_topic():
+    convs = load_chitchat()
+    pre_p, fine_p = split_by_prompt(convs)
+    pre, fine = split_by_topic(convs)
+    assert fine == fine_p  # the same fine-tuning conversations
+    # chitchat-dataset 0.9.0: 623 of the 3,179 prompt-split pretraining conversations mention it
+    assert (len(pre), len(fine)) == (2556, 835)
+    assert {c.id for c in pre} < {c.id for c in pre_p}
+    hit = lambda c: any(TOPIC_PATTERN.search(t) for t in c.turns)  # noqa: E731
+    assert not any(map(hit, pre))
+    assert all(hit(c) for c in pre_p if c.id not in {d.id for d in pre})
+    # the pattern: whole words, any case; not inside other words
+    for t in ("my Computer", "an AI", "A.I. is", "robots!", "artificial", "Intelligent", "androids"):
+        assert TOPIC_PATTERN.search(t), t
+    for t in ("said", "aim", "artifice", "computed", "Thailand"):
+        assert not TOPIC_PATTERN.search(t), t
+    train, val = pretraining_split(convs, heldout="topic")
+    assert len(train) + len(val) == len(pre)
+    assert pretraining_split(convs) == pretraining_split(convs, heldout="prompts")
+    with pytest.raises(ValueError, match="heldout"):
+        pretraining_split(convs, heldout="persona")
 
 def test_turn_messages_joined_and_empty_dropped(tmp_path):
     obj = {

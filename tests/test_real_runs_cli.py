@@ -189,7 +189,7 @@ def _check_message(err: str, victim: Path, what: str):
     text = err.strip()
     assert text.startswith("error: ") and "\n" not in text  # one paragraph
     assert str(victim) in text and what in text
-    assert "reinstall" in text and E.REBUILD in text
+    assert "reinstall" in text and E.rebuild_command("chitchat") in text
 
 
 def _nothing_left(cache: Path):

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ pytest.importorskip("peft")
 
 from quantbounds.calib.records import run_id  # noqa: E402
 from real_runs import embedded as E  # noqa: E402
+from real_runs import pretrain as PT  # noqa: E402
 from real_runs.finetune import FinetuneConfig  # noqa: E402
 
 FAST = dict(
@@ -108,20 +110,26 @@ def test_unknown_embedded_name():
 SHIPPED = E.SHIPPED["chitchat"]
 
 
-@pytest.mark.skipif(
-    not (SHIPPED / "SHA256SUMS").exists(), reason="chitchat weights not shipped in this checkout"
-)
-def test_shipped_chitchat_weights_verify_and_load_without_pretraining(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", sorted(E.SHIPPED))
+def test_shipped_weights_verify_and_load_without_pretraining(monkeypatch, tmp_path, name):
+    d = E.SHIPPED[name]
+    if not (d / "SHA256SUMS").exists():
+        pytest.skip(f"{name} weights not shipped in this checkout")
     # loading must never build: make any pretraining entry point fail
     monkeypatch.setattr(
         E, "build_embedded", lambda *a, **k: pytest.fail("pretraining was triggered")
     )
     monkeypatch.setenv(E.CACHE_ENV, str(tmp_path / "empty-cache"))
-    r = E.resolve_embedded("chitchat")
-    assert r.path == SHIPPED and r.name == "chitchat"
-    info = json.loads((SHIPPED / "embedded_info.json").read_text())
-    assert info["config"]["n_layer"] >= 4 and info["heldout_prompts_excluded"] is True
-    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 50 * 2**20
+    r = E.resolve_embedded(name)
+    assert r.path == d and r.name == name and r.key.startswith(f"{name}-")
+    info = json.loads((d / "embedded_info.json").read_text())
+    assert info["name"] == name and info["config"]["n_layer"] >= 4
+    assert info["heldout_prompts_excluded"] is True
+    assert info.get("heldout", "prompts") == (PT.PRESETS[name][0].heldout)
+    assert info["rebuild"] == E.rebuild_command(name)
+    # the shipped file was made by its preset (made before `heldout` existed: the prompt split)
+    assert {"heldout": "prompts", **info["config"]} == asdict(PT.PRESETS[name][0])
+    assert sum(p.stat().st_size for p in d.iterdir()) <= 50 * 2**20
     assert not (tmp_path / "empty-cache").exists()  # nothing written to the cache
 
 

@@ -359,8 +359,12 @@ def test_chitchat_split_counts_stated_in_the_docstrings():
     assert Counter(use[i] for i in short) == {1: 29, 2: 7}
 
 
-def test_embedded_toml_default_run_gets_500_pairs_and_24747_eval_tokens():
-    """The default run of embedded.toml, from the split functions and the shipped tokenizer.
+@pytest.mark.parametrize("toml,model,tokens,n_dialogues", [
+    ("embedded.toml", "chitchat-topic", 24_054, 37),
+    ("embedded_chitchat.toml", "chitchat", 24_747, 38),
+])
+def test_embedded_toml_default_run_gets_500_pairs_and_24k_eval_tokens(toml, model, tokens, n_dialogues):
+    """The default run of each embedded sweep, from the split functions and the shipped tokenizer.
 
     Predicted tokens of a dialogue of T tokens cut into ⌈T/L⌉ windows of ≤ L = seq_len: every
     window predicts all its tokens but its first, so T − ⌈T/L⌉ (a last window of one token
@@ -375,17 +379,17 @@ def test_embedded_toml_default_run_gets_500_pairs_and_24747_eval_tokens():
     from real_runs.sweep import load_config
 
     _chitchat_or_skip()
-    if not (SHIPPED["chitchat"] / "SHA256SUMS").exists():
-        pytest.skip("chitchat weights not shipped in this checkout")
+    if not (SHIPPED[model] / "SHA256SUMS").exists():
+        pytest.skip(f"{model} weights not shipped in this checkout")
     from transformers import AutoTokenizer
 
-    d = load_config(ROOT / "real_runs/configs/embedded.toml")["defaults"]
+    d = load_config(ROOT / "real_runs/configs" / toml)["defaults"]
     cfg = FinetuneConfig.from_dict(d)
-    assert (cfg.embedded, cfg.dataset, cfg.n_train) == ("chitchat", "chitchat", 200)
+    assert (cfg.embedded, cfg.dataset, cfg.n_train) == (model, "chitchat", 200)
     split, _ = load_split(cfg.dataset, cfg.n_train, cfg.eval_pairs)
     assert len(split.pairs) == cfg.eval_pairs == 500 and len(split.train) == 200
     tok = AutoTokenizer.from_pretrained(resolve_embedded(cfg.embedded).path)
-    L = min(cfg.seq_len, json.loads((SHIPPED["chitchat"] / "config.json").read_text())["n_positions"])
+    L = min(cfg.seq_len, json.loads((SHIPPED[model] / "config.json").read_text())["n_positions"])
     total = dialogues = 0
     for turns in split.heldout:
         if total >= cfg.eval_tokens:
@@ -393,7 +397,7 @@ def test_embedded_toml_default_run_gets_500_pairs_and_24747_eval_tokens():
         T = len(encode_dialogue(tok, turns, seq_len=10**12))
         total += T - math.ceil(T / L)
         dialogues += 1
-    assert (total, dialogues) == (24_747, 38)
+    assert (total, dialogues) == (tokens, n_dialogues)
 
 
 def test_an_evaluation_on_one_dialogue_is_refused_before_training(embedded_tiny_cache, dataset):

@@ -33,7 +33,7 @@ def corpus(monkeypatch):
 
     train, val = _dialogues(60, 0), _dialogues(6, 1)
     monkeypatch.setattr(C, "load_chitchat", lambda: [])
-    monkeypatch.setattr(C, "pretraining_split", lambda convs, seed=0: (train, val))
+    monkeypatch.setattr(C, "pretraining_split", lambda convs, seed=0, heldout="prompts": (train, val))
     threads = torch.get_num_threads()  # pretrain() sets one thread for the process
     yield train, val
     torch.set_num_threads(threads)

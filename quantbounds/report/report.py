@@ -201,7 +201,9 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                              "little to gain" if d["shift"] <= 0 else "positive: a shift")
                           + (f"; the largest mean fp16 gain {_cell(bg.get('estimate'))} at "
                              f"N = {bg.get('n_train')}, r = {bg.get('rank')}" if bg else "")
-                          + ")."]
+                          + ")"
+                          + (" — from another sweep's records, for comparison"
+                             if d.get("source") == "--shift-also" else "") + "."]
         tb = t.get("two_bit_power") or {}
         if tb:
             pooled = any("z_by_rank" in e for e in tb.values())
