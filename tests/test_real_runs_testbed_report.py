@@ -151,3 +151,34 @@ def test_sr_cost_with_the_first_order_control_variate_by_hand():
     rtn = [{**a, "ptq_scheme": "rtn_tensor"}, {**b, "ptq_scheme": "rtn_tensor"}]
     assert "z_cv" not in adapter_cost_rows(rtn)[0]
     assert "z_cv" not in adapter_cost_rows([_grp(8, "a", [0.01, 0.03, 0.00], w)])[0]
+
+
+def test_main_reports_another_sweeps_domain_shift_beside_its_own(tmp_path, monkeypatch):
+    """--shift-also: the other records' models get domain-shift rows (marked by source), and
+    nothing else of theirs enters the report; an empty other file is a clear error."""
+    import json
+    from types import SimpleNamespace
+
+    from real_runs import testbed_report as T
+
+    def runs(model, base):
+        return [{**_run(s, 0.01 * (s + 1)), "embedded_model": model, "dataset": "chitchat",
+                 "base_quant": "none", "eval_loss_base": base} for s in range(3)]
+
+    files = {str(tmp_path / "new.jsonl"): runs("chitchat-topic", 5.0),
+             str(tmp_path / "old.jsonl"): runs("chitchat", 5.27),
+             str(tmp_path / "empty.jsonl"): []}
+    monkeypatch.setattr(T, "read_records", lambda f: SimpleNamespace(records=files[str(f)]))
+    out = tmp_path / "testbed.json"
+    assert T.main([str(tmp_path / "new.jsonl"), "--out", str(out),
+                   "--shift-also", str(tmp_path / "old.jsonl")]) == 0
+    t = json.loads(out.read_text())
+    assert [(d["embedded_model"], d.get("source")) for d in t["domain_shift"]] == [
+        ("chitchat-topic", None), ("chitchat", "--shift-also")]
+    assert t["n_runs"] == 3 and len(t["finetune"]) == 1  # the other file's runs are not pooled
+    # each shift is against its own shipped model's pretraining validation loss
+    from real_runs.embedded import SHIPPED
+    for d in t["domain_shift"]:
+        info = json.loads((SHIPPED[d["embedded_model"]] / "embedded_info.json").read_text())
+        assert d["shift"] == pytest.approx(d["base_loss_heldout"] - info["pretrain_valid_loss_fp32"])
+    assert T.main([str(tmp_path / "new.jsonl"), "--shift-also", str(tmp_path / "empty.jsonl")]) == 2

@@ -119,7 +119,10 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
         "domain_shift": [{"embedded_model": "chitchat", "dataset": "chitchat",
                           "base_loss_heldout": 5.27, "pretrain_valid_loss": 5.31,
                           "shift": -0.04, "best_gain": {"estimate": 0.002, "n_train": 600,
-                                                        "rank": 8}}],
+                                                        "rank": 8}},
+                         {"embedded_model": "other", "dataset": "chitchat",
+                          "source": "--shift-also", "base_loss_heldout": 5.0,
+                          "pretrain_valid_loss": 4.75, "shift": 0.25}],
         "two_bit_power": {"sr_tensor": {"z_min_by_rank": {"4": 4.4, "8": 11.5},
                                         "met_at_every_rank": False}}})
     write_json_atomic(r / "ptq_prediction.json", {
@@ -136,6 +139,9 @@ def test_report_shows_the_testbed_and_the_ptq_prediction(tmp_path):
     assert "| sr_tensor | 4.4 | 11.5 | ΔL | False |" in text
     assert ("held-out dialogues 5.27 − its pretraining validation loss 5.31 = -0.04 nats per "
             "token (≤ 0: no harder") in text and "gain 0.002 at N = 600, r = 8" in text
+    assert ("for `other` on `chitchat`: the base model's loss on the held-out dialogues 5 − its "
+            "pretraining validation loss 4.75 = 0.25 nats per token (positive: a shift) — from "
+            "another sweep's records, for comparison.") in text
     assert "| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | 0.69 | — |" in text
     assert "| all | 3 | 0.79 | 0.84 | — |" in text
 
@@ -150,6 +156,8 @@ def test_report_shows_the_pooled_two_bit_cost_when_the_testbed_has_it(tmp_path):
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
     assert "| sr_tensor | 12.5 (8.25) | ΔL | True |" in text and "pooled over its trained" in text
+    # no control variate in the file: the text says what every row is judged on
+    assert "judged on its plain ΔL" in text and "judged on ΔL − P₁" not in text
     # judged on the control variate: that row first, the plain pooled cost beside it
     write_json_atomic(r / "testbed.json", {
         "source": "runs.jsonl", "n_runs": 1, "n_ptq_records": 2, "finetune": [],
@@ -161,6 +169,7 @@ def test_report_shows_the_pooled_two_bit_cost_when_the_testbed_has_it(tmp_path):
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     text = out.read_text()
     assert "| sr_tensor | 14 (8.25) | ΔL − P₁ | True |" in text
+    assert "Unbiased SR is judged on ΔL − P₁" in text and "judged on its plain ΔL" not in text
     assert "| sr_tensor (plain ΔL, beside) | 9.5 | ΔL | — |" in text
 
 
