@@ -87,10 +87,10 @@ def _time_arms(builder, arms, batch, *, rounds: int, steps_per_round: int, progr
 
 def cpu_benchmark(*, tiny: bool, rounds: int, steps_per_round: int, rank: int) -> dict:
     from real_runs.arms import build_arm
-    from real_runs.embedded import EmbeddedConfig
+    from real_runs.embedded import DEFAULT_EMBEDDED, EmbeddedConfig
 
     torch.set_num_threads(1)
-    emb = EmbeddedConfig.tiny() if tiny else "chitchat"
+    emb = EmbeddedConfig.tiny() if tiny else DEFAULT_EMBEDDED
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 500, (8, 64), generator=g)
     batch = {"input_ids": x, "labels": x}

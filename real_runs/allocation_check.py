@@ -57,14 +57,14 @@ from quantbounds.calib.allocator import (
 )
 from quantbounds.calib.records import append_record, read_records
 from quantbounds.verdicts.results import Verdict, write_results
-from real_runs.embedded import EMBEDDED_MODELS
+from real_runs.embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS
 
 
 @dataclass(frozen=True, kw_only=True)
 class CheckConfig:
     """What the check runs. ranks/bits: the allocator's menu; (rank, bits): the reference."""
 
-    embedded: str = "chitchat"
+    embedded: str = DEFAULT_EMBEDDED
     dataset: str = "chitchat"
     arm: str = "adapter_rtn"
     rank: int = 8
@@ -83,8 +83,6 @@ class CheckConfig:
     threads: int | None = 1
 
     def __post_init__(self):
-        from real_runs.embedded import EMBEDDED_MODELS
-
         # "default": what a summary written before the chitchat model named its model (then
         # the Python-docs model); accepted so that --rejudge can read it, and resolved to the
         # current default by model_name() like every other run
@@ -516,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m real_runs.allocation_check", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--embedded", default="chitchat", choices=EMBEDDED_MODELS)
+    p.add_argument("--embedded", default=DEFAULT_EMBEDDED, choices=EMBEDDED_MODELS)
     p.add_argument("--dataset", default="chitchat")
     p.add_argument("--ranks", type=int_tuple, default="2,4,8,16", help="the allocator's rank menu")
     p.add_argument("--bits-menu", type=int_tuple, default="2,3,4,8", help="the allocator's bit-width menu")

@@ -68,7 +68,7 @@ class FinetuneConfig:
 
     arm: str = "fp16"
     model: str = "embedded"
-    embedded: str = "chitchat"
+    embedded: str = DEFAULT_EMBEDDED
     dataset: str = "chitchat"
     rank: int = 8
     bits: int = 16

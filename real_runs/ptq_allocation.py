@@ -64,7 +64,7 @@ import numpy as np
 from quantbounds.calib.allocator import THEORY, LayerSpec, allocate, memory_bits, objective
 from quantbounds.calib.records import append_lines, read_ptq_records
 from quantbounds.verdicts.results import Verdict, write_results
-from real_runs.embedded import EMBEDDED_MODELS
+from real_runs.embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS
 
 CLAIM = "s000.summary.joint_allocation"
 SCHEME = "sr_tensor"
@@ -74,7 +74,7 @@ SCHEME = "sr_tensor"
 class PTQAllocationConfig:
     """What the check runs: the reference (rank, bits), the menu, the seeds, the PTQ draws."""
 
-    embedded: str = "chitchat"
+    embedded: str = DEFAULT_EMBEDDED
     dataset: str = "chitchat"
     rank: int = 8
     bits: int = 3

@@ -22,9 +22,10 @@ from real_runs import embedded as E  # noqa: E402
 from real_runs.cli import finetune_main, sweep_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = E.SHIPPED["chitchat"]
+DEFAULT = E.DEFAULT_EMBEDDED  # the model a plain `quantbounds finetune` loads
+SHIPPED = E.SHIPPED[DEFAULT]
 needs_shipped = pytest.mark.skipif(
-    not (SHIPPED / "SHA256SUMS").exists(), reason="chitchat weights not shipped in this checkout"
+    not (SHIPPED / "SHA256SUMS").exists(), reason=f"{DEFAULT} weights not shipped in this checkout"
 )
 
 
@@ -163,13 +164,13 @@ DAMAGE = {
 
 @pytest.fixture
 def damaged(request, tmp_path, monkeypatch):
-    """A damaged copy of the shipped chitchat directory, installed as the shipped one."""
+    """A damaged copy of the default model's shipped directory, installed as the shipped one."""
     kind = request.param
     d = tmp_path / "weights-copy"
     shutil.copytree(SHIPPED, d)
     damage, victim, what = DAMAGE[kind]
     damage(d)
-    monkeypatch.setitem(E.SHIPPED, "chitchat", d)
+    monkeypatch.setitem(E.SHIPPED, DEFAULT, d)
     yield d, d / victim, what
     # the shipped files themselves were never touched
     assert E.verify_weights(SHIPPED) == _manifest_hash(SHIPPED)
@@ -189,7 +190,7 @@ def _check_message(err: str, victim: Path, what: str):
     text = err.strip()
     assert text.startswith("error: ") and "\n" not in text  # one paragraph
     assert str(victim) in text and what in text
-    assert "reinstall" in text and E.rebuild_command("chitchat") in text
+    assert "reinstall" in text and E.rebuild_command(DEFAULT) in text
 
 
 def _nothing_left(cache: Path):
@@ -212,10 +213,10 @@ def test_finetune_with_damaged_weights_exits_2_naming_the_file(damaged, tmp_path
     _nothing_left(cache)
 
 
-SWEEP_TOML = """
+SWEEP_TOML = f"""
 [defaults]
 model = "embedded"
-embedded = "chitchat"
+embedded = "{DEFAULT}"
 dataset = "chitchat"
 steps = 1
 n_train = 8
