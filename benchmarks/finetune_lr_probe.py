@@ -1,6 +1,6 @@
 """Held-out loss of the default embedded fine-tune at several learning rates and lengths.
 
-    python benchmarks/finetune_lr_probe.py LR:STEPS:N [LR:STEPS:N ...] [--out PATH]
+    python benchmarks/finetune_lr_probe.py LR:STEPS:N [LR:STEPS:N ...] [--embedded M] [--out PATH]
 
 Each spec runs real_runs.finetune.run_finetune with embedded.toml's defaults (r = 8, seed 0,
 grad_var_batches 2) but the given lr, steps and n_train, and prints one JSON line: eval loss
@@ -24,7 +24,7 @@ BASE = dict(model="embedded", embedded="chitchat", dataset="chitchat", scale="al
             eval_pairs=500, eval_tokens=24000, device="cpu", arm="fp16", bits=16, rank=8, seed=0)
 
 
-def probe(spec: str) -> dict:
+def probe(spec: str, embedded: str = "chitchat") -> dict:
     from real_runs.finetune import run_finetune
 
     try:
@@ -33,8 +33,9 @@ def probe(spec: str) -> dict:
     except ValueError as err:
         raise SystemExit(f"spec must be LR:STEPS:N (e.g. 1e-3:120:200), got {spec!r}") from err
     t = time.time()
-    r = run_finetune({**BASE, "lr": lr, "steps": steps, "n_train": n})
-    return dict(lr=lr, steps=steps, n=n, eval_loss=r["eval_loss"], ci=r["eval_loss_ci"],
+    r = run_finetune({**BASE, "embedded": embedded, "lr": lr, "steps": steps, "n_train": n})
+    return dict(embedded=embedded, lr=lr, steps=steps, n=n, eval_loss=r["eval_loss"],
+                ci=r["eval_loss_ci"],
                 f1=r["f1"], train_loss=r["train_loss"][-3:], wall=time.time() - t,
                 gain=r.get("finetune_gain"), gain_ci=r.get("finetune_gain_ci"))
 
@@ -43,14 +44,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("specs", nargs="+")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--embedded", default="chitchat",
+                    help="embedded model (default chitchat: the sweep's lr was chosen on it)")
     a = ap.parse_args(argv)
     rows = []
     for spec in a.specs:
-        rows.append(probe(spec))
+        rows.append(probe(spec, a.embedded))
         print(json.dumps(rows[-1]), flush=True)
     if a.out:
         write_json_atomic(a.out, {"command": "python benchmarks/finetune_lr_probe.py "
-                                  + " ".join(a.specs), "rows": rows, "method": __doc__})
+                                  + " ".join(a.specs) + f" --embedded {a.embedded}",
+                                  "rows": rows, "method": __doc__})
     return 0
 
 
