@@ -122,6 +122,9 @@ def finetune_parser() -> argparse.ArgumentParser:
                    help="held-out tokens each PTQ cell is evaluated on")
     p.add_argument("--ptq-groups", type=int, default=_FT.ptq_groups,
                    help="dialogue groups of the PTQ cells' paired intervals")
+    p.add_argument("--ptq-hessian-bits", default="",
+                   help="comma-separated b (of --ptq-bits) whose uniform cells also get the "
+                   "full-Hessian expected second-order term (random perturbations; default none)")
     p.add_argument("--eval-tokens", type=int, default=_FT.eval_tokens,
                    help="held-out tokens of the run's own evaluation")
     p.add_argument("--max-new-tokens", type=int, default=20)
@@ -219,6 +222,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
             ptq_sr_draws=args.ptq_sr_draws,
             ptq_eval_tokens=args.ptq_eval_tokens,
             ptq_groups=args.ptq_groups,
+            ptq_hessian_bits=_int_list(args.ptq_hessian_bits, "ptq-hessian-bits"),
             eval_tokens=args.eval_tokens,
         )
         rec, ptq_recs = run_finetune(cfg, return_ptq=True)

@@ -37,6 +37,7 @@ from quantbounds.conventions import SCALES, lora_scale
 from real_runs.embedded import DEFAULT_EMBEDDED, EMBEDDED_MODELS
 
 EMBEDDED_NAMES = (*EMBEDDED_MODELS, "default")  # "default" = DEFAULT_EMBEDDED
+HESSIAN_MOMENT_DRAWS = 4  # random perturbations per (scheme, b) of pred_hessian_moment
 HELDOUT_FRAC = 0.2  # chitchat: 835 held-out-prompt conversations → 167 held out, 668 for training
 
 
@@ -64,6 +65,13 @@ class FinetuneConfig:
     records' ids, not of the run's.
     ptq_groups: the held-out dialogues are dealt into this many groups for the paired interval
     of ΔL − first-order term (real_runs.ptq.run_ptq); not part of any id.
+    ptq_hessian_bits: the b (of ``ptq_bits``) whose uniform-scheme cells also get
+    ``pred_hessian_moment``, the expected second-order term under the scheme's noise model with
+    the full Hessian of the training loss on the curvature windows (random perturbations of
+    the noise model's variances, 4 draws; real_runs.ptq.run_ptq ``hessian_bits``): a
+    zero-constant prediction that K-FAC's ``pred_moment`` approximates. Each b costs 8
+    evaluations of the curvature windows per uniform scheme; default none. Part of the ids of
+    the PTQ records that carry it.
     """
 
     arm: str = "fp16"
@@ -109,6 +117,7 @@ class FinetuneConfig:
     ptq_sr_draws: int = 3
     ptq_eval_tokens: int = 16_000
     ptq_groups: int = 40
+    ptq_hessian_bits: tuple[int, ...] = ()
     curvature_windows: int = 64
     cache_dir: str | None = None
     progress: bool = True
@@ -160,6 +169,13 @@ class FinetuneConfig:
             )
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "ptq_bits", check_ptq_bits(self.ptq_bits))
+        hb = tuple(sorted(set(self.ptq_hessian_bits)))
+        if not set(hb) <= set(self.ptq_bits):
+            raise ValueError(
+                f"ptq_hessian_bits={list(self.ptq_hessian_bits)} must be a subset of "
+                f"ptq_bits={list(self.ptq_bits)}"
+            )
+        object.__setattr__(self, "ptq_hessian_bits", hb)
         object.__setattr__(self, "ptq_schemes", check_schemes(self.ptq_schemes))
         if self.ptq and self.arm != "fp16":
             raise ValueError(
@@ -243,6 +259,7 @@ class FinetuneConfig:
             "curvature_windows",
             "ptq_eval_tokens",
             "ptq_groups",
+            "ptq_hessian_bits",
         ):
             d.pop(k)
         d["target_modules"] = list(self.target_modules)
@@ -283,7 +300,7 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"unknown run option(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
-        for k in ("target_modules", "ptq_bits", "ptq_schemes"):
+        for k in ("target_modules", "ptq_bits", "ptq_schemes", "ptq_hessian_bits"):
             if k in d and isinstance(d[k], list):
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -729,7 +746,8 @@ def ptq_record_id(cfg: FinetuneConfig, scheme: str, bits: int, draw: int, *,
                   parent: dict | None = None, layer_bits: dict | None = None) -> str:
     """The run_id of one PTQ record of ``cfg``: a hash of the parent run's identity, the cell
     (scheme, b, draw; a mixed-precision cell's per-layer bits) and what changes the
-    measurement (ptq_eval_tokens, curvature_windows)."""
+    measurement (ptq_eval_tokens, curvature_windows; for a uniform cell at one of
+    ``ptq_hessian_bits``, the random-perturbation draws of its pred_hessian_moment)."""
     ident = {
         "ptq_of_config": parent if parent is not None else cfg.identity(),
         "scheme": scheme,
@@ -740,6 +758,10 @@ def ptq_record_id(cfg: FinetuneConfig, scheme: str, bits: int, draw: int, *,
     }
     if layer_bits:
         ident["layer_bits"] = dict(sorted(layer_bits.items()))
+    from real_runs.ptq import FIXED_BITS
+
+    if bits in cfg.ptq_hessian_bits and scheme not in FIXED_BITS and not layer_bits:
+        ident["hessian_moment_draws"] = HESSIAN_MOMENT_DRAWS
     return run_id(ident)
 
 
@@ -819,7 +841,9 @@ def _run_ptq(cfg, built, held_batches, held_owner, rows, train_seqs, pad, device
         heldout_curvature=(P.measure_curvature(built.model, built.layers, held_batches[:nb],
                                                seed=cfg.seed) if mirror else None),
         # and the exact second-order term of the training loss on the curvature windows
-        train_batches=curv_batches if mirror else None,
+        train_batches=curv_batches if (mirror or cfg.ptq_hessian_bits) else None,
+        hessian_bits=() if mirror else cfg.ptq_hessian_bits,
+        moment_draws=HESSIAN_MOMENT_DRAWS,
     )
     total_s = time.time() - t0
     recs = []

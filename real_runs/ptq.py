@@ -552,6 +552,7 @@ def run_ptq(
     heldout_curvature: dict | None = None,
     train_batches=None,
     moment_draws: int = 4,
+    hessian_bits=(),
 ) -> list[dict]:
     """Quantize every layer's trained (B, A) per ``plan`` and measure; one result dict per (scheme, b, draw).
 
@@ -602,6 +603,10 @@ def run_ptq(
     training windows (the even part, as for Q_tr) — a finite-difference probe with perturbations
     of known variance, full Hessian, no quantized model evaluated; ``pred_hessian_moment_se``
     is its Monte Carlo standard error over the draws. The same value for every draw of a cell.
+    hessian_bits (with train_batches, without mirror: the sweep's opt-in, FinetuneConfig
+    ``ptq_hessian_bits``): ``pred_hessian_moment`` for the uniform cells at these b only (each
+    (scheme, b) costs 2·moment_draws evaluations of the training windows), the same numbers as
+    with mirror for the same adapter (same perturbation seeds).
     """
     from quantbounds.epsba.moments import eps_ba_curvature_moment
     from real_runs.arms import factor_weights
@@ -647,7 +652,9 @@ def run_ptq(
     packed.check(plain_model, eval_batches[0])
     fp_sum, fp_cnt = packed.rows(plain_model)
     fp_loss = sum(fp_sum) / sum(fp_cnt)
-    packed_train = PackedEval(train_batches) if mirror and train_batches else None
+    hessian_bits = frozenset(check_bits(b) for b in hessian_bits)
+    packed_train = (PackedEval(train_batches) if (mirror or hessian_bits) and train_batches
+                    else None)
     if packed_train is not None:
         tr_fp = sum(packed_train.rows(plain_model)[0])
         tr_tot = sum(packed_train.counts)
@@ -679,7 +686,7 @@ def run_ptq(
             bl = lbits[n] if lbits is not None else b
             QB, vB = quantize_factor(B, scheme, bl, generator=gen)
             QA, vA = quantize_factor(A, scheme, bl, generator=gen)
-            if mirror:
+            if mirror or b in hessian_bits:
                 var_of[n] = (vB, vA)
             # ε_BA = Q(B)·Q(A) − B·A = ε_B·Q(A) + B·ε_A = U·V, U = [ε_B, B] (m × 2r),
             # V = [Q(A); ε_A] (2r × n), in float64 (ε_B, ε_A of float32 factors are exact there):
@@ -741,6 +748,21 @@ def run_ptq(
         ) / tot
         resid = grouped_total((D - P1).tolist(), group_windows)
         extra = {}
+
+        def hessian_moment():
+            # after every evaluation of this cell (the perturbations re-merge the weights)
+            if (scheme, b) not in hess_moments:
+                hess_moments[(scheme, b)] = _random_even_part(
+                    plain_model, packed_train, merge, facs, var_of, tr_fp, tr_tot,
+                    draws=check_int_range(moment_draws, "moment_draws", 2),
+                    seed=7_000_003 * (seed + 1) + 7919 * b + SCHEMES.index(scheme))
+            hm, hse = hess_moments[(scheme, b)]
+            return {"pred_hessian_moment": hm, "pred_hessian_moment_se": hse,
+                    "hessian_moment_draws": moment_draws}
+
+        if (not mirror and label is None and packed_train is not None and pred_moment is not None
+                and b in hessian_bits):
+            extra.update(hessian_moment(), train_tokens=tr_tot)
         if mirror and label is None:
             tr_plus = sum(packed_train.rows(plain_model)[0]) if packed_train is not None else None
             merge({n: (facs[n][0].double() @ facs[n][1].double() - E_of[n]).float() for n in facs})
@@ -779,15 +801,8 @@ def run_ptq(
                 f = fisher_along(E_of, scales, curvature)
                 extra.update(pred_token_fisher=f["token"], pred_seq_fisher=f["seq"],
                              pred_seq_fisher_cross=f["seq_cross"])
-            # after every evaluation of this cell (the perturbations re-merge the weights)
             if packed_train is not None and pred_moment is not None:
-                if (scheme, b) not in hess_moments:
-                    hess_moments[(scheme, b)] = _random_even_part(
-                        plain_model, packed_train, merge, facs, var_of, tr_fp, tr_tot,
-                        draws=check_int_range(moment_draws, "moment_draws", 2),
-                        seed=7_000_003 * (seed + 1) + 7919 * b + SCHEMES.index(scheme))
-                hm, hse = hess_moments[(scheme, b)]
-                extra.update(pred_hessian_moment=hm, pred_hessian_moment_se=hse)
+                extra.update(hessian_moment())
         results.append(
             {
                 "ptq_scheme": scheme,

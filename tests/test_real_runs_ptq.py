@@ -426,6 +426,42 @@ def test_mirror_cells_measure_the_even_and_odd_parts_of_the_loss_change(embedded
         assert q_["second_order_train"] == pytest.approx(p_["second_order_train"], abs=tol)
 
 
+
+def test_sweep_opt_in_hessian_moment_equals_the_probes_and_changes_nothing_else(embedded_tiny_cache):
+    """ptq_hessian_bits: the uniform cells at those b get pred_hessian_moment without the mirror,
+    equal to the mirror run's (same perturbations); every other number of every cell is the
+    plain run's, and only the ids of the cells that carry it change."""
+    from real_runs.finetune import ptq_record_id
+
+    base = dict(**FAST, cache_dir=str(embedded_tiny_cache), ptq=True, ptq_bits=(2, 8),
+                ptq_eval_tokens=150, ptq_schemes=("rtn_tensor", "sr_tensor", "nf4"),
+                ptq_sr_draws=2, ptq_groups=3)
+    cfg = FinetuneConfig(**base)
+    hcfg = FinetuneConfig(**base, ptq_hessian_bits=(2,))
+    assert hcfg.run_id == cfg.run_id  # the trained run is the same run
+    _, plain = run_finetune(cfg, return_ptq=True)
+    _, hess = run_finetune(hcfg, return_ptq=True)
+    _, mir = run_finetune(cfg, return_ptq=True, ptq_mirror=True)
+    key = lambda r: (r["ptq_scheme"], r["bits"], r["ptq_draw"])  # noqa: E731
+    mir = {key(m): m for m in mir}
+    for a, h in zip(plain, hess):
+        assert key(a) == key(h)
+        for k in ("delta_loss", "delta_loss_groups", "pred_plugin", "pred_moment",
+                  "pred_first_order", "eps_ba_fro2", "layers"):
+            assert a[k] == h[k], k
+        carries = h["bits"] == 2 and h["ptq_scheme"] != "nf4"
+        assert ("pred_hessian_moment" in h) == carries and "pred_hessian_moment" not in a
+        assert "delta_loss_mirror" not in h and "second_order_train" not in h
+        changed = ptq_record_id(hcfg, *key(h)) != ptq_record_id(cfg, *key(h))
+        assert changed == carries
+        if carries:
+            m = mir[key(h)]
+            assert h["pred_hessian_moment"] == m["pred_hessian_moment"]
+            assert h["pred_hessian_moment_se"] == m["pred_hessian_moment_se"] >= 0
+            assert h["hessian_moment_draws"] == 4 and h["train_tokens"] == m["train_tokens"] > 0
+    with pytest.raises(ValueError, match="ptq_hessian_bits"):
+        FinetuneConfig(**{**base, "ptq_hessian_bits": (3,)})
+
 def _write_config(path, defaults, grids):
     lines = ["[sweep]", 'name = "t"', "", "[defaults]"] + [
         f"{k} = {json.dumps(v)}" for k, v in defaults.items()

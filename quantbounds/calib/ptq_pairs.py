@@ -42,6 +42,9 @@ PREDICTIONS = {
     "second": lambda r: r["pred_plugin"],
     "first+2nd": lambda r: r["pred_plugin"] + r.get("pred_first_order", 0.0),
     "moment": lambda r: r.get("pred_moment"),
+    # the same expectation with the full Hessian of the training loss (random perturbations of
+    # the noise model's variances; real_runs.ptq.run_ptq, the sweep's opt-in ptq_hessian_bits)
+    "hessian_moment": lambda r: r.get("pred_hessian_moment"),
 }
 # The part of each prediction measured on the held-out tokens, per eval group (None: none of
 # it is; the second-order terms use curvature from training windows only).
@@ -49,6 +52,7 @@ PREDICTION_GROUPS = {
     "second": None,
     "first+2nd": lambda r: r.get("first_order_groups"),
     "moment": None,
+    "hessian_moment": None,
 }
 
 

@@ -244,6 +244,8 @@ def _testbed_sections(results_dir: Path) -> list[str]:
             q = json.loads(p.read_text())
         except json.JSONDecodeError as err:
             return lines + ["", f"`{p}` is unreadable: {err}"]
+        # the full-Hessian moment (E_Hessian) only where some record carries it (an opt-in)
+        hm = any(row.get("hessian_moment") for row in q.get("pooled_over_rank") or [])
         lines += ["", "## Loss cost of post-training quantization: predicted ÷ measured", "",
                   f"From `python -m real_runs.ptq_report {q.get('source')}` "
                   f"({q.get('n_records')} records); predictions with no constant fitted to a "
@@ -252,21 +254,25 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                   "column sets the second-order term against the measured cost minus the "
                   "first-order term, with the paired interval of that difference.", "",
                   "| scheme | b | records | measured ΔL (mean) | second ÷ meas | "
-                  "first+2nd ÷ meas | moment ÷ meas | second ÷ (meas − first) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "first+2nd ÷ meas | moment ÷ meas | "
+                  + ("E_Hessian ÷ meas | " if hm else "") + "second ÷ (meas − first) |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if hm else "")]
         for row in q.get("pooled_over_rank") or []:
             cells = [_ratio_cell(row.get(name))
-                     for name in ("second", "first+2nd", "moment", "second|first")]
+                     for name in ("second", "first+2nd", "moment",
+                                  *(("hessian_moment",) if hm else ()), "second|first")]
             lines.append(f"| {row['scheme']} | {row['bits']} | {row['n_records']} | "
                          f"{_cell(row['measured_mean'])} | " + " | ".join(cells) + " |")
         agree = q.get("agreement_R2_0") or {}
         if agree:
             lines += ["", "Signed agreement R²₀ (each prediction used as is, slope 1, no "
-                          "intercept):", "", "| scheme | n | second | first+2nd | moment |",
-                      "|---|---|---|---|---|"]
+                          "intercept):", "", "| scheme | n | second | first+2nd | moment |"
+                      + (" E_Hessian |" if hm else ""),
+                      "|---|---|---|---|---|" + ("---|" if hm else "")]
             for k, v in agree.items():
                 lines.append(f"| {k} | {v.get('n')} | {_cell(v.get('second'))} | "
-                             f"{_cell(v.get('first+2nd'))} | {_cell(v.get('moment'))} |")
+                             f"{_cell(v.get('first+2nd'))} | {_cell(v.get('moment'))} |"
+                             + (f" {_cell(v.get('hessian_moment'))} |" if hm else ""))
     return lines + _second_order_probe_section(results_dir)
 
 

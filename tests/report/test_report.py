@@ -200,3 +200,24 @@ def test_report_shows_the_second_order_probe(tmp_path):
             "0.0001 [5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order "
             "resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
+
+
+def test_report_shows_the_full_hessian_moment_only_where_the_records_have_it(tmp_path):
+    r = tmp_path / "results"
+    row = {"scheme": "sr_tensor", "bits": 2, "n_records": 3, "measured_mean": 0.0183,
+           "second": {"ratio": 0.7, "ci": [0.45, 0.95]}, "first+2nd": None, "moment": None,
+           "hessian_moment": {"ratio": 0.98, "ci": [0.9, 1.06]}}
+    write_json_atomic(r / "ptq_prediction.json", {
+        "source": "runs.ptq.jsonl", "n_records": 3, "pooled_over_rank": [row],
+        "agreement_R2_0": {"all": {"n": 3, "second": 0.79, "first+2nd": 0.84, "moment": None,
+                                   "hessian_moment": 0.95}}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert ("| sr_tensor | 2 | 3 | 0.0183 | 0.7 [0.45, 0.95] | — | — | 0.98 [0.9, 1.06] | — |"
+            in text)
+    assert "| all | 3 | 0.79 | 0.84 | — | 0.95 |" in text
+    write_json_atomic(r / "ptq_prediction.json", {
+        "source": "runs.ptq.jsonl", "n_records": 3,
+        "pooled_over_rank": [{**row, "hessian_moment": None}]})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    assert "E_Hessian" not in out.read_text()
