@@ -26,7 +26,7 @@ END = "<!-- findings:end -->"
 SOURCES = (
     ("validation.json", "quantbounds validate"),
     ("audit.json", "quantbounds audit"),
-    ("calibration.json", "quantbounds calibrate results/runs_chitchat.jsonl"),
+    ("calibration.json", "quantbounds calibrate results/runs_chitchat_topic.jsonl"),
     ("allocation_check.json", "python -m real_runs.allocation_check"),
     ("allocation_check_ptq.json", "python -m real_runs.ptq_allocation"),
 )
