@@ -15,7 +15,8 @@ Fisher approximation) and T the third-order term, the shortfall is either the cu
 W0 + s·(B·A − ε_BA) separate the two (``real_runs.ptq.run_ptq`` ``mirror``): the even part
 (ΔL(+) + ΔL(−))/2 = Q̂ and the odd part less P₁, (ΔL(+) − ΔL(−))/2 − P₁ = T̂, group by group.
 
-The adapters are the first sweep's own: ``real_runs/configs/embedded_chitchat.toml``'s defaults and PTQ
+The adapters are a sweep's own (``--sweep-config``, default the first chitchat sweep's
+``real_runs/configs/embedded_chitchat.toml``): its defaults and PTQ
 settings at each (rank, seed), so every + cell is a cell of ``results/runs_chitchat.ptq.jsonl``
 (same PTQ id) and its re-measured ΔL is compared with the committed one (``reproduced``).
 
@@ -75,7 +76,7 @@ SCHEMES = ("rtn_tensor", "rtn_channel", "rtn_block", "sr_tensor", "nf4", "fp4")
 class ProbeConfig:
     """The adapters (ranks × seeds, the sweep's settings) and the cells probed."""
 
-    embedded: str = "chitchat"
+    embedded: str | None = None  # None: the sweep config's (sweep_config)
     ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
     seeds: tuple[int, ...] = (0,)
     schemes: tuple[str, ...] = SCHEMES
@@ -112,7 +113,7 @@ def finetune_cfg(c: ProbeConfig, rank: int, seed: int):
     over = {k: v for k, v in (("steps", c.steps), ("n_train", c.n_train),
                               ("eval_tokens", c.eval_tokens), ("ptq_eval_tokens", c.eval_tokens))
             if v is not None}
-    if c.embedded != "chitchat":
+    if c.embedded is not None:
         over["embedded"] = c.embedded
     cfg = {**ptq_run_defaults(c.sweep_config), "arm": "fp16", "bits": 16, "rank": rank, "seed": seed,
            "ptq": True, "ptq_schemes": tuple(c.schemes), "ptq_bits": tuple(c.bits),
@@ -260,10 +261,13 @@ def run_probe(c: ProbeConfig) -> dict:
 
 
 def _argv(c: ProbeConfig) -> list[str]:
-    a = [f"--embedded {c.embedded}", "--ranks " + ",".join(map(str, c.ranks)),
+    a = ([f"--embedded {c.embedded}"] if c.embedded is not None else []) + [
+         "--ranks " + ",".join(map(str, c.ranks)),
          "--seeds " + ",".join(map(str, c.seeds)), "--schemes " + ",".join(c.schemes),
          "--bits " + ",".join(map(str, c.bits)), f"--sr-draws {c.sr_draws}",
          f"--records {c.records}", f"--out {c.out}"]
+    if c.sweep_config != ProbeConfig.__dataclass_fields__["sweep_config"].default:
+        a.append(f"--sweep-config {c.sweep_config}")
     for k in ("steps", "n_train", "eval_tokens"):
         if getattr(c, k) is not None:
             a.append(f"--{k.replace('_', '-')} {getattr(c, k)}")
@@ -276,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     d = ProbeConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m real_runs.second_order_probe",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--embedded", default=d["embedded"].default, choices=EMBEDDED_MODELS)
+    p.add_argument("--embedded", default=None, choices=EMBEDDED_MODELS,
+                   help="embedded model (default: the sweep config's)")
     p.add_argument("--ranks", type=int_tuple, default=",".join(map(str, d["ranks"].default)))
     p.add_argument("--seeds", type=int_tuple, default=",".join(map(str, d["seeds"].default)))
     p.add_argument("--schemes", default=",".join(d["schemes"].default))
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--eval-tokens", type=int, default=None)
+    p.add_argument("--sweep-config", default=d["sweep_config"].default,
+                   help="the sweep whose defaults and PTQ settings train the adapters")
     p.add_argument("--reference", default=d["reference"].default)
     p.add_argument("--records", default=d["records"].default)
     p.add_argument("--out", default=d["out"].default)
@@ -296,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                         schemes=tuple(s for s in a.schemes.split(",") if s), bits=a.bits,
                         sr_draws=a.sr_draws, steps=a.steps, n_train=a.n_train,
                         eval_tokens=a.eval_tokens, reference=a.reference or None,
-                        records=a.records, out=a.out, cache_dir=a.cache_dir, threads=a.threads)
+                        records=a.records, out=a.out, cache_dir=a.cache_dir, threads=a.threads,
+                        sweep_config=a.sweep_config)
     except ValueError as err:
         print(f"second_order_probe: {err}", file=sys.stderr)
         return 2

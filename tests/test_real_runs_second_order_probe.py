@@ -121,3 +121,30 @@ def test_tiny_probe_runs_resumes_and_reproduces_its_own_cells(tmp_path, embedded
     again = S.run_probe(S.ProbeConfig(**{**c.__dict__, "reference": c.records}))
     assert again["cells"] == out["cells"]
     assert again["reproduced"]["cells"] == 4 and again["reproduced"]["max_abs_delta_loss_diff"] == 0
+
+
+@pytest.mark.parametrize("toml,records", [
+    ("real_runs/configs/embedded_chitchat.toml", "results/runs_chitchat.jsonl"),
+    ("real_runs/configs/embedded.toml", "results/runs_chitchat_topic.jsonl"),
+])
+def test_the_probes_adapters_are_the_committed_sweeps_runs(toml, records):
+    """The probe's adapter at (rank, seed) is that sweep's fp16 PTQ run (same run id), for each
+    shipped sweep config, the model taken from the config unless --embedded names another."""
+    from pathlib import Path
+
+    from real_runs.embedded import SHIPPED
+    from real_runs.sweep import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    model = load_config(root / toml)["defaults"]["embedded"]
+    if not (SHIPPED[model] / "SHA256SUMS").exists():
+        pytest.skip(f"{model} weights not shipped in this checkout")
+    pytest.importorskip("chitchat_dataset")
+    ids = {json.loads(line)["run_id"] for line in (root / records).read_text().splitlines()
+           if line.strip()}
+    c = S.ProbeConfig(sweep_config=str(root / toml), reference=None)
+    for rank in (4, 64):
+        assert S.finetune_cfg(c, rank, 0).run_id in ids
+    other = S.ProbeConfig(sweep_config=str(root / toml), reference=None,
+                          embedded="chitchat" if model != "chitchat" else "chitchat-topic")
+    assert S.finetune_cfg(other, 4, 0).run_id not in ids
