@@ -412,8 +412,9 @@ def resolve_embedded(
 ) -> ResolvedEmbedded:
     """Resolve an embedded model name (:data:`EMBEDDED_MODELS`, None = default) or a pydoc config.
 
-    "chitchat" and "chitchat-topic" are verified against their hashes and never built; "pydoc"/"tiny" are built on first
-    use into the cache (unless ``build=False``: then only the path and key are computed).
+    "chitchat" and "chitchat-topic" are verified against their hashes and never built;
+    "pydoc"/"tiny" are built on first use into the cache (unless ``build=False``: then only
+    the path and key are computed).
     ``weights_dir`` overrides the shipped directory (tests).
     """
     if which is None or which == "default":
