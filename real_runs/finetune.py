@@ -300,11 +300,14 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"unknown run option(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
-        for k in ("target_modules", "ptq_bits", "ptq_schemes", "ptq_hessian_bits"):
+        for k in LIST_FIELDS:
             if k in d and isinstance(d[k], list):
                 d[k] = tuple(d[k])
         return cls(**d)
 
+
+# the fields whose value is a tuple (a list in a dict or a sweep's TOML)
+LIST_FIELDS = ("target_modules", "ptq_bits", "ptq_schemes", "ptq_hessian_bits")
 
 _DATA_CACHE: dict = {}
 

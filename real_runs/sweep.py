@@ -14,6 +14,8 @@ Config format (``real_runs/configs/*.toml``)::
     arm = ["fp16", "base_int8"]   # scalars are fixed; keys are FinetuneConfig fields
     rank = [4, 16, 64]
     seed = [0, 1]
+    ptq_bits = [2, 3, 4]          # a list-valued field (LIST_FIELDS): a flat list fixes it,
+                                  # a list of lists sweeps it
 
 Runs = the union over blocks, de-duplicated by run_id in config order. Every run's
 configuration is validated before the first one starts, so a typo fails in a second, not
@@ -57,7 +59,7 @@ from quantbounds.calib.records import (
     validate_ptq_record,
     validate_record,
 )
-from real_runs.finetune import FinetuneConfig
+from real_runs.finetune import LIST_FIELDS, FinetuneConfig
 
 TOP_KEYS = ("sweep", "defaults", "grid", "submitit")  # [submitit]: real_runs.submit
 SWEEP_KEYS = ("name", "description")
@@ -122,11 +124,12 @@ def expand(
             raise SweepConfigError(
                 f"{where}: unknown key(s) {bad} in [[grid]] block {i + 1}; known: {sorted(known)}"
             )
-        # target_modules is itself a list: a list of lists sweeps it, a flat list fixes it
+        # a list-valued field (LIST_FIELDS) is fixed by a flat list, swept by a list of lists
         axes = {
             k: v
             for k, v in block.items()
-            if isinstance(v, list) and not (k == "target_modules" and not isinstance(v[0], list))
+            if isinstance(v, list)
+            and not (k in LIST_FIELDS and not (v and isinstance(v[0], list)))
         }
         fixed = {k: v for k, v in block.items() if k not in axes}
         for combo in itertools.product(*axes.values()):

@@ -106,6 +106,19 @@ def test_config_expansion_and_errors(tmp_path):
     )
     runs = expand(load_config(p))
     assert len(runs) == 8 + 2 and len({r.run_id for r in runs}) == 10
+    # a list-valued field: a flat list fixes it (one run), a list of lists sweeps it
+    lists = _write_config(
+        tmp_path / "lists.toml",
+        FAST,
+        [
+            {"arm": "fp16", "rank": 4, "ptq": True, "ptq_bits": [2, 3, 16],
+             "ptq_hessian_bits": [2, 3]},
+            {"arm": "fp16", "rank": 8, "target_modules": [["c_attn"], ["c_attn", "c_proj"]]},
+        ],
+    )
+    fixed, *swept = expand(load_config(lists))
+    assert fixed.ptq_bits == (2, 3, 16) and fixed.ptq_hessian_bits == (2, 3)
+    assert [r.target_modules for r in swept] == [("c_attn",), ("c_attn", "c_proj")]
     for bad, match in [
         ({"arm": "fp16", "rnak": 4}, "rnak"),
         ({"arm": "warp_drive"}, "warp_drive"),
@@ -130,6 +143,8 @@ def test_shipped_configs_expand(tmp_path, monkeypatch):
     Ns = sorted({r.n_train for r in emb if r.arm == "fp16"})
     assert Ns[-1] / Ns[0] >= 100  # N over at least two decades
     assert any(r.ptq for r in emb)
+    # every PTQ adapter also carries the full-Hessian expected second-order term at b 2-4
+    assert {r.ptq_hessian_bits for r in emb if r.ptq} == {(2, 3, 4)}
     # the DialoGPT grid resolves N from DailyDialog: a local file in its published layout
     import datasets
     from real_runs import finetune as F
