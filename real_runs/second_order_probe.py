@@ -1,7 +1,11 @@
 """Where the zero-constant loss prediction breaks, measured: the exact second- and third-order
 terms of each PTQ cell's loss change, from the cell and its mirror image.
 
-    python -m real_runs.second_order_probe            # chitchat testbed, r = 4…64, seed 0
+    python -m real_runs.second_order_probe            # the default sweep's adapters, r = 4…64, seed 0
+    python -m real_runs.second_order_probe --sweep-config real_runs/configs/embedded_chitchat.toml \
+        --reference results/runs_chitchat.ptq.jsonl \
+        --records results/second_order_probe_chitchat.ptq.jsonl \
+        --out results/second_order_probe_chitchat.json                # the first chitchat sweep's
     python -m real_runs.second_order_probe --embedded tiny --steps 4 --n-train 16 \\
         --eval-tokens 300 --ranks 4 --records /tmp/sp.jsonl --out /tmp/sp.json  # smoke test
 
@@ -15,10 +19,12 @@ Fisher approximation) and T the third-order term, the shortfall is either the cu
 W0 + s·(B·A − ε_BA) separate the two (``real_runs.ptq.run_ptq`` ``mirror``): the even part
 (ΔL(+) + ΔL(−))/2 = Q̂ and the odd part less P₁, (ΔL(+) − ΔL(−))/2 − P₁ = T̂, group by group.
 
-The adapters are a sweep's own (``--sweep-config``, default the first chitchat sweep's
-``real_runs/configs/embedded_chitchat.toml``): its defaults and PTQ
-settings at each (rank, seed), so every + cell is a cell of ``results/runs_chitchat.ptq.jsonl``
-(same PTQ id) and its re-measured ΔL is compared with the committed one (``reproduced``).
+The adapters are a sweep's own (``--sweep-config``, default the default model's sweep
+``real_runs/configs/embedded.toml``): its defaults and PTQ settings at each (rank, seed), so
+every + cell is a cell of that sweep's PTQ records (``--reference``, default
+``results/runs_chitchat_topic.ptq.jsonl``; same PTQ id) and its re-measured ΔL is compared with
+the committed one (``reproduced``). The output names the embedded model the adapters were
+trained on (``embedded_model``); one result file per model, ``second_order_probe_<model>.json``.
 
 Per (scheme, b), adapters pooled group by group (all are scored on the same held-out groups),
 with :func:`quantbounds.calib.ptq_pairs.ratio_interval` (between adapters and held-out tokens,
@@ -85,10 +91,10 @@ class ProbeConfig:
     steps: int | None = None  # None: the sweep's
     n_train: int | None = None
     eval_tokens: int | None = None
-    sweep_config: str = "real_runs/configs/embedded_chitchat.toml"
-    reference: str | None = "results/runs_chitchat.ptq.jsonl"
-    records: str = "results/second_order_probe.ptq.jsonl"
-    out: str = "results/second_order_probe.json"
+    sweep_config: str = "real_runs/configs/embedded.toml"
+    reference: str | None = "results/runs_chitchat_topic.ptq.jsonl"
+    records: str = "results/second_order_probe_chitchat_topic.ptq.jsonl"
+    out: str = "results/second_order_probe_chitchat_topic.json"
     cache_dir: str | None = None
     threads: int | None = 1
 
@@ -208,23 +214,42 @@ def reading(row: dict) -> str:
     return "; ".join(parts) or "consistent: P₂ ≈ Q and T ≈ 0 within their intervals"
 
 
+def _cell_key(r: dict) -> tuple:
+    """What a PTQ cell measured: the trained adapter (its run id), the cell (scheme, b, draw) and
+    the evaluation (ptq_eval_tokens, curvature_windows). The PTQ id adds the sweep's opt-ins
+    (``ptq_hessian_bits``), which add fields to a record without changing its ΔL."""
+    return (r["ptq_of"], r["ptq_scheme"], r["bits"], r["ptq_draw"], r["ptq_eval_tokens"],
+            r["curvature_windows"])
+
+
 def reproduced(recs: list[dict], reference: str | None) -> dict | None:
-    """The probe's + cells against the committed cells of the same PTQ id."""
+    """The probe's + cells against the committed uniform cells of the same adapter and cell
+    (:func:`_cell_key`): ΔL, and pred_hessian_moment where the committed cell carries it (the
+    sweep's ``ptq_hessian_bits``: the same random perturbations, so the same number)."""
     from quantbounds.calib.records import read_ptq_records
 
     if not reference or not Path(reference).exists():
         return None
-    ref = {r["run_id"]: r["delta_loss"] for r in read_ptq_records(reference).records}
-    pairs = [(r["delta_loss"], ref[r["run_id"]]) for r in recs if r["run_id"] in ref]
-    diffs = [abs(a - b) for a, b in pairs]
-    rel = [abs(a - b) / max(abs(b), 1e-300) for a, b in pairs]
-    if not diffs:
+    ref = {_cell_key(r): r for r in read_ptq_records(reference).records
+           if r.get("layer_bits") is None}
+    pairs = [(r, ref[_cell_key(r)]) for r in recs if _cell_key(r) in ref]
+    if not pairs:
         return {"cells": 0}
-    return {"cells": len(diffs), "max_abs_delta_loss_diff": max(diffs),
-            "median_rel_delta_loss_diff": float(np.median(rel)), "reference": reference,
-            "note": "the same trained adapter (run id) and cell (PTQ id), re-run here: "
-                    "differences are the CPU's float32 rounding (training is chaotic in float32) "
-                    "and the fused GELU"}
+    diffs = [abs(a["delta_loss"] - b["delta_loss"]) for a, b in pairs]
+    rel = [abs(a["delta_loss"] - b["delta_loss"]) / max(abs(b["delta_loss"]), 1e-300)
+           for a, b in pairs]
+    out = {"cells": len(diffs), "max_abs_delta_loss_diff": max(diffs),
+           "median_rel_delta_loss_diff": float(np.median(rel)), "reference": reference,
+           "note": "the same trained adapter (run id) and cell (scheme, b, draw, evaluation), "
+                   "re-run here: differences are the CPU's float32 rounding (training is chaotic "
+                   "in float32) and the fused GELU"}
+    hm = [(a["pred_hessian_moment"], b["pred_hessian_moment"]) for a, b in pairs
+          if a.get("pred_hessian_moment") is not None
+          and b.get("pred_hessian_moment") is not None]
+    if hm:
+        out["hessian_moment_cells"] = len(hm)
+        out["max_rel_hessian_moment_diff"] = max(abs(a - b) / max(abs(b), 1e-300) for a, b in hm)
+    return out
 
 
 def run_probe(c: ProbeConfig) -> dict:
@@ -252,6 +277,7 @@ def run_probe(c: ProbeConfig) -> dict:
         "what": "exact second- and third-order terms of each PTQ cell's loss change (cell and "
                 "mirror), against the K-FAC second-order prediction",
         "config": asdict(c),
+        "embedded_model": finetune_cfg(c, c.ranks[0], c.seeds[0]).embedded,
         "cells": summarize(mine),
         "reproduced": reproduced(mine, c.reference),
         "command": "python -m real_runs.second_order_probe " + " ".join(_argv(c)),
@@ -265,9 +291,8 @@ def _argv(c: ProbeConfig) -> list[str]:
          "--ranks " + ",".join(map(str, c.ranks)),
          "--seeds " + ",".join(map(str, c.seeds)), "--schemes " + ",".join(c.schemes),
          "--bits " + ",".join(map(str, c.bits)), f"--sr-draws {c.sr_draws}",
+         f"--sweep-config {c.sweep_config}", f"--reference {c.reference or ''}",
          f"--records {c.records}", f"--out {c.out}"]
-    if c.sweep_config != ProbeConfig.__dataclass_fields__["sweep_config"].default:
-        a.append(f"--sweep-config {c.sweep_config}")
     for k in ("steps", "n_train", "eval_tokens"):
         if getattr(c, k) is not None:
             a.append(f"--{k.replace('_', '-')} {getattr(c, k)}")

@@ -116,6 +116,10 @@ def test_tiny_probe_runs_resumes_and_reproduces_its_own_cells(tmp_path, embedded
                and "train_exact_over_exact" in r for r in out["cells"])
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved["cells"] == json.loads(json.dumps(out["cells"]))
+    assert saved["embedded_model"] == "tiny"
+    # the command it records reruns it: every path is named, whatever the defaults
+    for flag in ("--sweep-config " + str(toml), "--records " + c.records, "--out " + c.out):
+        assert flag in saved["command"]
     # a rerun measures nothing again, and its own records reproduce exactly
     monkeypatch.setattr(F, "run_finetune", lambda *a, **k: pytest.fail("re-ran a measured adapter"))
     again = S.run_probe(S.ProbeConfig(**{**c.__dict__, "reference": c.records}))

@@ -7,7 +7,7 @@ Reads (each optional) ``results/validation.json`` (``quantbounds validate``),
 ``results/allocation_check_ptq.json`` (``python -m real_runs.ptq_allocation``),
 ``results/testbed.json`` (``python -m real_runs.testbed_report``) and
 ``results/ptq_prediction.json`` (``python -m real_runs.ptq_report``),
-``results/second_order_probe.json`` (``python -m real_runs.second_order_probe``), plus every
+``results/second_order_probe_<model>.json`` (``python -m real_runs.second_order_probe``), plus every
 PNG under ``figures/``, and writes ``results/REPORT.md``: a summary of verdict counts, each
 part's verdict table, the calibrated constants with their intervals, the b* table and the
 figures. A missing or unreadable part is named with the command that produces it; the report
@@ -283,16 +283,42 @@ def _ratio_cell(x) -> str:
     return f"{x['ratio']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
 
 
+def _probe_files(results_dir: Path) -> list[Path]:
+    """The second-order probes' result files (one per embedded model,
+    ``second_order_probe_<model>.json``; the plain ``second_order_probe.json`` too): the model
+    of the calibrated sweep (``calibration.json``'s ``data.models``) first, then by name."""
+    cal, _ = _load(results_dir / "calibration.json")
+    models = set(((cal or {}).get("data") or {}).get("models") or [])
+    files = sorted(results_dir.glob("second_order_probe*.json"))
+
+    def calibrated(path: Path) -> bool:
+        try:
+            model = json.loads(path.read_text()).get("embedded_model")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return False
+        return f"embedded:{model}" in models
+
+    return sorted(files, key=lambda f: (not calibrated(f), f.name))
+
+
 def _second_order_probe_section(results_dir: Path) -> list[str]:
-    """results/second_order_probe.json: the exact second- and third-order terms (cell and
+    lines = []
+    for path in _probe_files(results_dir):
+        lines += _second_order_probe_table(path, explain=not lines)
+    return lines
+
+
+def _second_order_probe_table(path: Path, *, explain: bool = True) -> list[str]:
+    """A second_order_probe result file: the exact second- and third-order terms (cell and
     mirror) against the K-FAC second-order prediction."""
-    path = results_dir / "second_order_probe.json"
     d, err = _load(path)
     if d is None:
         return [] if err == "missing" else ["", f"`{path}` is {err}"]
+    model = d.get("embedded_model")
     lines = ["", "## Where the second-order prediction breaks: exact terms from each cell and its "
-                 "mirror", "",
-             f"From `{d.get('command')}`: every cell is evaluated at B·A + ε_BA and at its "
+                 "mirror" + (f" (embedded model `{model}`)" if model else ""), "",
+             f"From `{d.get('command')}`" + (": the same columns as above." if not explain else
+             ": every cell is evaluated at B·A + ε_BA and at its "
              "mirror B·A − ε_BA, so the even part of the loss change is the exact second-order "
              "term Q (full Hessian of the held-out loss, every layer) and the odd part less the "
              "measured first-order term is the third-order term T. Pooled over the adapters group "
@@ -306,7 +332,7 @@ def _second_order_probe_section(results_dir: Path) -> list[str]:
              "term); then the expected second-order term under the scheme's noise model "
              "(per-entry variances: exact for SR, Δ²/12 for RTN), in K-FAC's closed form and "
              "with the full Hessian from random perturbations of those variances on the "
-             "training windows (no quantized model evaluated).", "",
+             "training windows (no quantized model evaluated)."), "",
              "| scheme | b | records | P₂ ÷ Q | held-out K-FAC ÷ Q | per-token Fisher ÷ Q | "
              "per-window ÷ Q | all layers ÷ Q | Q_tr ÷ Q | E K-FAC ÷ Q | E Hessian ÷ Q | "
              "Q ÷ (ΔL − P₁) | T (nats) | reading |",
@@ -329,10 +355,14 @@ def _second_order_probe_section(results_dir: Path) -> list[str]:
     rep = d.get("reproduced") or {}
     if rep.get("cells"):
         lines += ["", f"The probe's cells re-measure {rep['cells']} committed sweep cells "
-                      f"(same PTQ ids): largest |ΔL difference| "
+                      f"(same adapter and cell): largest |ΔL difference| "
                       f"{_cell(rep.get('max_abs_delta_loss_diff'))} "
                       f"nats, median relative difference "
-                      f"{_cell(rep.get('median_rel_delta_loss_diff'))}."]
+                      f"{_cell(rep.get('median_rel_delta_loss_diff'))}"
+                      + (f"; the {rep['hessian_moment_cells']} that carry the sweep's "
+                         f"E_Hessian give it to a relative difference of "
+                         f"{_cell(rep.get('max_rel_hessian_moment_diff'))}"
+                         if rep.get("hessian_moment_cells") else "") + "."]
     return lines
 
 

@@ -200,6 +200,23 @@ def test_report_shows_the_second_order_probe(tmp_path):
             "0.0001 [5e-05, 0.00015] | K-FAC under-predicts Q (P₂/Q = 0.81); third order "
             "resolved |") in text
     assert "re-measure 85 committed sweep cells" in text
+    # one file per model: the calibrated sweep's model first, the columns explained once
+    base = json.loads((r / "second_order_probe.json").read_text())
+    (r / "second_order_probe.json").unlink()
+    write_json_atomic(r / "second_order_probe_a.json", {**base, "embedded_model": "a",
+                                                         "command": "probe-a"})
+    write_json_atomic(r / "second_order_probe_b.json", {
+        **base, "embedded_model": "b", "command": "probe-b",
+        "reproduced": {**base["reproduced"], "hessian_moment_cells": 9,
+                       "max_rel_hessian_moment_diff": 0.0}})
+    write_json_atomic(r / "calibration.json", {"verdicts": [],
+                                               "data": {"models": ["embedded:b"]}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    b, a = text.index("(embedded model `b`)"), text.index("(embedded model `a`)")
+    assert b < a and "From `probe-a`: the same columns as above." in text
+    assert text.count("the even part of the loss change") == 1
+    assert "the 9 that carry the sweep's E_Hessian give it to a relative difference of 0" in text
 
 
 def test_report_shows_the_full_hessian_moment_only_where_the_records_have_it(tmp_path):
