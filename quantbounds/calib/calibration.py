@@ -518,6 +518,7 @@ def _loco_term(model, term: Term, theta, free, cols, X, y, cfg, f_scale, loss) -
                 pred[out] = model(th, *[x[out] for x in X])
             null[out] = y[~out].mean()
     m = np.isfinite(pred)
+    ceiling, means_r2 = _loco_ceiling(y, pred, held)
     return LocoResult(
         n_configs=int(len(uniq)),
         n_held_out=int(len(uniq) - len(skipped)),
@@ -526,7 +527,29 @@ def _loco_term(model, term: Term, theta, free, cols, X, y, cfg, f_scale, loss) -
         rmse_null_mean=float(np.sqrt(np.mean((y[m] - null[m]) ** 2))) if m.any() else None,
         r2=r_squared(y[m], pred[m]) if m.sum() > 1 else None,
         predictions=pred,
+        r2_ceiling=ceiling,
+        r2_config_means=means_r2,
     )
+
+
+def _loco_ceiling(y, pred, held) -> tuple[float | None, float | None]:
+    """(r2_ceiling, r2_config_means) of :class:`LocoResult` over the held-out configurations
+    (rows of ``held``, (configs, points), whose prediction is finite)."""
+    rows = [h for h in held if np.all(np.isfinite(pred[h]))]
+    if len(rows) < 2 or min(int(h.sum()) for h in rows) < 2:
+        return None, None
+    pts = np.any(rows, axis=0)
+    yy = y[pts]
+    sst = float(((yy - yy.mean()) ** 2).sum())
+    if sst <= 0:
+        return None, None
+    n = np.array([h.sum() for h in rows], float)
+    ybar = np.array([y[h].mean() for h in rows])
+    p = np.array([pred[h].mean() for h in rows])  # constant within a configuration
+    within = float(sum(((y[h] - y[h].mean()) ** 2).sum() for h in rows))
+    between = float((n * (ybar - yy.mean()) ** 2).sum())
+    means_r2 = 1.0 - float((n * (ybar - p) ** 2).sum()) / between if between > 0 else None
+    return 1.0 - within / sst, means_r2
 
 
 def _loco(pairs: Pairs, theta, free, loss: str, f_scale: float | None = None) -> LocoResult:

@@ -47,7 +47,22 @@ class ParamEstimate:
 @dataclass(frozen=True, kw_only=True)
 class LocoResult:
     """Leave one (r, b, N) configuration out: held-out predictions (NaN where skipped), their
-    RMSE, the RMSE of predicting the mean of the rest, and the held-out R²."""
+    RMSE, the RMSE of predicting the mean of the rest, and the held-out R² over the points;
+    beside it the noise ceiling of that R² and the held-out R² of the configuration means.
+
+    With points i in configurations c (n_c points, mean ȳ_c, grand mean ȳ) and the held-out
+    prediction p_c of a configuration (the model depends on the configuration only):
+
+        r2          = 1 − Σ_i (y_i − p_c(i))² / Σ_i (y_i − ȳ)²
+        r2_ceiling  = 1 − Σ_i (y_i − ȳ_c(i))² / Σ_i (y_i − ȳ)²
+        r2_config_means = 1 − Σ_c n_c (ȳ_c − p_c)² / Σ_c n_c (ȳ_c − ȳ)²
+
+    Any prediction that is a function of the configuration has Σ_i (y_i − p_c(i))² =
+    Σ_i (y_i − ȳ_c(i))² + Σ_c n_c (ȳ_c − p_c)², so r2 ≤ r2_ceiling exactly: the spread
+    between repeats of one configuration (seeds) is what no model of (r, b, N) can predict.
+    r2_config_means is how much of the between-configuration spread the held-out fits
+    predict; it still carries the means' own noise (σ²/n_c per configuration). None where
+    a configuration has one point (no ceiling) or fewer than two configurations are held out."""
 
     n_configs: int
     n_held_out: int
@@ -56,11 +71,14 @@ class LocoResult:
     rmse_null_mean: float | None
     r2: float | None
     predictions: np.ndarray
+    r2_ceiling: float | None = None
+    r2_config_means: float | None = None
 
     def to_dict(self) -> dict:
         return {"n_configs": self.n_configs, "n_held_out": self.n_held_out,
                 "skipped": [list(c) for c in self.skipped], "rmse": self.rmse,
                 "rmse_null_mean": self.rmse_null_mean, "r2": self.r2,
+                "r2_ceiling": self.r2_ceiling, "r2_config_means": self.r2_config_means,
                 "predictions": self.predictions.tolist()}
 
 

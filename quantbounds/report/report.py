@@ -375,7 +375,12 @@ def _loco_line(quant: dict) -> list[str]:
                 f"{_cell(loco.get('r2'))}, RMSE = {_cell(loco.get('rmse'))} nats (predicting each "
                 f"held-out configuration by the mean of the others: RMSE = "
                 f"{_cell(loco.get('rmse_null_mean'))}); {loco.get('n_held_out')} of "
-                f"{loco.get('n_configs')} configurations held out."]
+                f"{loco.get('n_configs')} configurations held out."
+                + (f" The spread between the repeats (seeds) of one configuration caps any "
+                   f"model of the configuration at R² = {_cell(loco.get('r2_ceiling'))} on "
+                   f"these points (the noise ceiling); the held-out fits predict the "
+                   f"configuration means with R² = {_cell(loco.get('r2_config_means'))}."
+                   if loco.get("r2_ceiling") is not None else "")]
 
 
 def _rule_cell(e) -> str:

@@ -139,6 +139,36 @@ def test_loco_matches_an_independent_refit():
     np.testing.assert_allclose(np.asarray(loco.predictions)[out], ref, rtol=1e-5)
 
 
+def test_loco_noise_ceiling_and_config_means_by_hand():
+    """r2_ceiling and r2_config_means recomputed from the points, configuration by
+    configuration; the per-point R² splits exactly into within + between configurations, so it
+    never exceeds the ceiling."""
+    recs = synthetic_records(seed=5, **SMALL)
+    P = paired_excess(recs, arm="adapter_rtn")
+    loco = _loco(P, np.array([math.log(0.5), 1.0, math.log(4.0)]), np.ones(3, bool), "linear")
+    y, p = P.excess, np.asarray(loco.predictions)
+    groups = {}
+    for i, key in enumerate(zip(P.rank, P.bits, P.n_train)):
+        groups.setdefault(key, []).append(i)
+    sst = sum((v - y.mean()) ** 2 for v in y)
+    within = between = miss = 0.0
+    for idx in groups.values():
+        m = sum(y[i] for i in idx) / len(idx)
+        within += sum((y[i] - m) ** 2 for i in idx)
+        between += len(idx) * (m - y.mean()) ** 2
+        miss += len(idx) * (m - p[idx[0]]) ** 2
+        assert np.ptp(p[idx]) == 0  # the prediction depends on the configuration only
+    assert loco.r2_ceiling == pytest.approx(1 - within / sst, rel=1e-12)
+    assert loco.r2_config_means == pytest.approx(1 - miss / between, rel=1e-12)
+    assert loco.r2 == pytest.approx(1 - (within + miss) / sst, rel=1e-10)
+    assert loco.r2 < loco.r2_ceiling < 1
+    # seeds are the noise: without seed noise and point noise the ceiling is 1
+    clean = calibrate(synthetic_records(seed=0, truth=SyntheticTruth(noise_sd=0.0, seed_sd=0.0),
+                                        **SMALL), n_boot=0)
+    assert clean.quant.loco.r2_ceiling == pytest.approx(1.0)
+    assert clean.quant.loco.r2_config_means == pytest.approx(1.0)
+
+
 def test_loco_skips_a_configuration_that_leaves_the_design_unidentifiable():
     recs = synthetic_records(seed=0, ranks=(4, 16), bits=(2, 4), n_trains=(1000,), seeds=(0, 1, 2))
     # drop r=16 except at b=2: holding out (16, 2) leaves one rank
