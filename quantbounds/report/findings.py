@@ -28,7 +28,9 @@ SOURCES = (
     ("audit.json", "quantbounds audit"),
     ("calibration.json", "quantbounds calibrate results/runs_chitchat_topic.jsonl"),
     ("allocation_check.json", "python -m real_runs.allocation_check"),
-    ("allocation_check_ptq.json", "python -m real_runs.ptq_allocation"),
+    ("allocation_check_ptq_chitchat_topic.json",
+     "python -m real_runs.ptq_allocation --embedded chitchat-topic"),
+    ("allocation_check_ptq.json", "python -m real_runs.ptq_allocation --embedded chitchat"),
 )
 VERDICT_ORDER = ("holds", "fails", "conditional", "inconclusive")
 

@@ -447,15 +447,23 @@ def _part_sections(loaded: dict, results_dir: Path) -> list[str]:
     return lines
 
 
+def _ptq_allocation_files(results_dir: Path) -> list[Path]:
+    """``allocation_check_ptq.json`` and the per-model ``allocation_check_ptq_<model>.json``
+    (``python -m real_runs.ptq_allocation --out``), the per-model files first, by name."""
+    named = sorted(results_dir.glob("allocation_check_ptq_*.json"))
+    plain = results_dir / "allocation_check_ptq.json"
+    return named + ([plain] if plain.exists() else [])
+
+
 def _allocation_sections(results_dir: Path) -> list[str]:
     """The allocator's results, when present."""
     lines = []
     for fname, title in (("allocation.json", "Allocation (quantbounds allocate)"),
                          ("allocation_check.json",
                           "Allocation against the best uniform choice (real runs)"),
-                         ("allocation_check_ptq.json",
-                          "Per-layer precision of a trained adapter against uniform precision "
-                          "(real runs, post-training SR)")):
+                         *((f.name, "Per-layer precision of a trained adapter against uniform "
+                                    "precision (real runs, post-training SR)")
+                           for f in _ptq_allocation_files(results_dir))):
         p = results_dir / fname
         if not p.exists():
             continue
@@ -464,7 +472,8 @@ def _allocation_sections(results_dir: Path) -> list[str]:
         except json.JSONDecodeError as err:
             lines += ["", f"## {title}", "", f"`{p}` is unreadable: {err}"]
             continue
-        lines += ["", f"## {title}", ""]
+        model = (a.get("config") or {}).get("embedded") if isinstance(a, dict) else None
+        lines += ["", f"## {title}" + (f" — embedded model `{model}`" if model else ""), ""]
         if isinstance(a.get("verdicts"), list) and a["verdicts"]:
             lines += verdict_table(a["verdicts"]) + [""]
         if a.get("notes"):

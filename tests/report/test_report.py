@@ -238,3 +238,24 @@ def test_report_shows_the_full_hessian_moment_only_where_the_records_have_it(tmp
         "pooled_over_rank": [{**row, "hessian_moment": None}]})
     out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
     assert "E_Hessian" not in out.read_text()
+
+
+def test_report_shows_each_models_ptq_allocation_check(tmp_path):
+    """allocation_check_ptq_<model>.json (python -m real_runs.ptq_allocation --out) beside the
+    plain allocation_check_ptq.json: one section each, titled by its embedded model, the
+    per-model files first; the verdict rows come from each file."""
+    r = tmp_path / "results"
+    for name, model, measured in (("allocation_check_ptq.json", "old", 0.0029),
+                                  ("allocation_check_ptq_new.json", "new", -0.0004)):
+        write_json_atomic(r / name, {
+            "config": {"embedded": model}, "notes": [f"note of {model}"],
+            "verdicts": [{"claim": f"alloc {model}", "verdict": "fails", "measured": measured,
+                          "ci": [measured - 1e-4, measured + 1e-4], "predicted": "< 0",
+                          "conditions": f"embedded:{model}", "source": "s"}]})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    new = text.index("(real runs, post-training SR) — embedded model `new`")
+    old = text.index("(real runs, post-training SR) — embedded model `old`")
+    assert new < old
+    assert text.index("alloc new") < old < text.index("alloc old")
+    assert "- note of new" in text and "- note of old" in text
