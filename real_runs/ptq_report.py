@@ -133,14 +133,17 @@ def markdown(rows: list[dict]) -> str:
     hm = any(r.get("hessian_moment") for r in rows)
     out = [
         "| scheme | b | r | n | measured ΔL (mean) | second ÷ meas | first+2nd ÷ meas | "
-        "moment ÷ meas | " + ("E_Hessian ÷ meas | " if hm else "") + "second ÷ (meas − first) |",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if hm else ""),
+        "moment ÷ meas | " + ("E_Hessian ÷ meas | first+E_Hessian ÷ meas | " if hm else "")
+        + "second ÷ (meas − first) |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if hm else ""),
     ]
     for r in rows:
         out.append(
             f"| {r['scheme']} | {r['bits']} | {r['rank']} | {r['n_records']} | "
             f"{r['measured_mean']:.2e} | {_fmt(r['second'])} | {_fmt(r['first+2nd'])} | "
-            f"{_fmt(r['moment'])} | " + (f"{_fmt(r.get('hessian_moment'))} | " if hm else "")
+            f"{_fmt(r['moment'])} | "
+            + (f"{_fmt(r.get('hessian_moment'))} | {_fmt(r.get('first+E_Hessian'))} | "
+               if hm else "")
             + f"{_fmt(r.get('second|first'))} |"
         )
     return "\n".join(out)

@@ -137,16 +137,18 @@ def test_second_given_first_uses_the_paired_residual():
 
 
 def test_full_hessian_moment_is_a_prediction_of_its_own_where_records_carry_it():
-    recs = [{**_rec(s, dl, 0.5 * dl), "pred_hessian_moment": 0.9 * dl}
+    recs = [{**_rec(s, dl, 0.5 * dl, first=-0.2 * dl), "pred_hessian_moment": 0.9 * dl}
             for s, dl in enumerate([0.01, 0.02, 0.04])]
     (row,) = summarize(recs)
     assert row["hessian_moment"]["ratio"] == pytest.approx(0.9)
+    assert row["first+E_Hessian"]["ratio"] == pytest.approx(0.7)  # with the first-order term
     assert row["second"]["ratio"] == pytest.approx(0.5)
     md = markdown([row])
-    assert "E_Hessian ÷ meas" in md and "| 0.90" in md
+    assert "E_Hessian ÷ meas | first+E_Hessian ÷ meas" in md and "| 0.90 [0.70, 1.10] | 0.70 [" in md
     assert agreement(recs)["all"]["hessian_moment"] == pytest.approx(
         1 - sum((0.1 * d) ** 2 for d in (0.01, 0.02, 0.04))
         / sum((d - 0.07 / 3) ** 2 for d in (0.01, 0.02, 0.04)))
     # records without it: no column, and the prediction is None
     (plain,) = summarize([_rec(s, dl, 0.5 * dl) for s, dl in enumerate([0.01, 0.02, 0.04])])
-    assert plain["hessian_moment"] is None and "E_Hessian" not in markdown([plain])
+    assert plain["hessian_moment"] is None and plain["first+E_Hessian"] is None
+    assert "E_Hessian" not in markdown([plain])

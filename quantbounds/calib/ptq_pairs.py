@@ -45,6 +45,9 @@ PREDICTIONS = {
     # the same expectation with the full Hessian of the training loss (random perturbations of
     # the noise model's variances; real_runs.ptq.run_ptq, the sweep's opt-in ptq_hessian_bits)
     "hessian_moment": lambda r: r.get("pred_hessian_moment"),
+    # … with the measured first-order term (RTN's is not 0; for SR it is the control variate)
+    "first+E_Hessian": lambda r: (None if r.get("pred_hessian_moment") is None
+                                  else r["pred_hessian_moment"] + r.get("pred_first_order", 0.0)),
 }
 # The part of each prediction measured on the held-out tokens, per eval group (None: none of
 # it is; the second-order terms use curvature from training windows only).
@@ -53,6 +56,7 @@ PREDICTION_GROUPS = {
     "first+2nd": lambda r: r.get("first_order_groups"),
     "moment": None,
     "hessian_moment": None,
+    "first+E_Hessian": lambda r: r.get("first_order_groups"),
 }
 
 

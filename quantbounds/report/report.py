@@ -255,24 +255,27 @@ def _testbed_sections(results_dir: Path) -> list[str]:
                   "first-order term, with the paired interval of that difference.", "",
                   "| scheme | b | records | measured ΔL (mean) | second ÷ meas | "
                   "first+2nd ÷ meas | moment ÷ meas | "
-                  + ("E_Hessian ÷ meas | " if hm else "") + "second ÷ (meas − first) |",
-                  "|---|---|---|---|---|---|---|---|" + ("---|" if hm else "")]
+                  + ("E_Hessian ÷ meas | first+E_Hessian ÷ meas | " if hm else "")
+                  + "second ÷ (meas − first) |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|---|" if hm else "")]
         for row in q.get("pooled_over_rank") or []:
             cells = [_ratio_cell(row.get(name))
                      for name in ("second", "first+2nd", "moment",
-                                  *(("hessian_moment",) if hm else ()), "second|first")]
+                                  *(("hessian_moment", "first+E_Hessian") if hm else ()),
+                                  "second|first")]
             lines.append(f"| {row['scheme']} | {row['bits']} | {row['n_records']} | "
                          f"{_cell(row['measured_mean'])} | " + " | ".join(cells) + " |")
         agree = q.get("agreement_R2_0") or {}
         if agree:
             lines += ["", "Signed agreement R²₀ (each prediction used as is, slope 1, no "
                           "intercept):", "", "| scheme | n | second | first+2nd | moment |"
-                      + (" E_Hessian |" if hm else ""),
-                      "|---|---|---|---|---|" + ("---|" if hm else "")]
+                      + (" E_Hessian | first+E_Hessian |" if hm else ""),
+                      "|---|---|---|---|---|" + ("---|---|" if hm else "")]
             for k, v in agree.items():
                 lines.append(f"| {k} | {v.get('n')} | {_cell(v.get('second'))} | "
                              f"{_cell(v.get('first+2nd'))} | {_cell(v.get('moment'))} |"
-                             + (f" {_cell(v.get('hessian_moment'))} |" if hm else ""))
+                             + (f" {_cell(v.get('hessian_moment'))} |"
+                                f" {_cell(v.get('first+E_Hessian'))} |" if hm else ""))
     return lines + _second_order_probe_section(results_dir)
 
 

@@ -914,7 +914,11 @@ def claims():  # noqa: C901 - one literal table
                   "output moment above)",
             quantity="measured paired excess eval loss ÷ the curvature prediction ½·s²·Σ_layers (no fitted constant)",
             convention=Cv(scale="alpha_r", step="the runs' quantizers (Δ = 2^{1−b}·R)", range="absmax per tensor",
-                          notes="Σ_x and G measured on the full-precision model; GPT-2 Conv1D weights are (in, out)"),
+                          notes="Σ_x and G measured on the full-precision model; GPT-2 Conv1D weights are (in, out); "
+                                "readings: K-FAC alone and with the measured first-order term, and — where the "
+                                "records carry it (ptq_hessian_bits) — the first-order term plus the full "
+                                "Hessian's expected second-order term from random perturbations of the noise "
+                                "model's variances"),
             test=T(statistic="ln(measured ÷ predicted) per (arm, r, b) cell with the excess above noise",
                    decision="holds if the 90 % interval lies within ±ln(1 + margin) (TOST); fails if the 95 % "
                             "interval lies outside; else inconclusive",

@@ -12,8 +12,12 @@ by :mod:`quantbounds.verdicts.standard`:
     eval groups, so the first-order term, measured on those tokens, shares it), TOST within
     ±ln(1.25); a cell whose R ≤ 0 (the
     prediction has the wrong sign) fails when R's one-sided upper limit is below 0.8. Cells
-    combined by :func:`quantbounds.verdicts.standard.over_cells`; two readings: the second-order
-    prediction alone (as DESIGN.md §2 states it) and with the first-order term.
+    combined by :func:`quantbounds.verdicts.standard.over_cells`; readings (``READINGS``): the
+    K-FAC second-order prediction alone (as DESIGN.md §2 states it) and with the first-order
+    term, and — in the cells whose records carry ``pred_hessian_moment`` (the sweep's
+    ``ptq_hessian_bits``) — the full Hessian's expected second-order term under the noise model
+    (random perturbations of known variance, no quantized model evaluated) with the
+    first-order term.
 ``toolkit.ptq.prediction_vs_form``  per scheme: D = R²_pred − R²_LOCO, the held-out R² of the
     zero-constant prediction (first + second order) minus the leave-one-(r, b, N)-out R² of the
     fitted Thm 3.1 form, over the pairs the LOCO check predicted; se from the delete-one-adapter
@@ -50,6 +54,10 @@ from quantbounds.verdicts.results import Verdict
 __all__ = ["form_verdict", "prediction_verdict", "r2_difference"]
 
 PRED_ID = "toolkit.curvature.loss_prediction"
+# the readings of PRED_ID: K-FAC's second-order term of the cell's own ε_BA, alone and with the
+# measured first-order term; and, where the records carry it (the sweep's ptq_hessian_bits),
+# the full Hessian's expected second-order term under the noise model with the first-order term
+READINGS = ("second", "first+2nd", "first+E_Hessian")
 MAX_BITS = 15  # cells judged: b ≤ 15, as the fits (ptq_pairs' max_bits)
 FORM_ID = "toolkit.ptq.prediction_vs_form"
 _SOURCE = "DESIGN.md §2 (curvature-weighted moment); real_runs.ptq records"
@@ -96,7 +104,7 @@ def prediction_verdict(ptq_records: list[dict], *, margin: float | None = None) 
         if r["bits"] <= MAX_BITS:
             groups[(r["ptq_scheme"], r["rank"], r["bits"])].append(r)
     readings, cells_info = {}, {}
-    for name in ("second", "first+2nd"):
+    for name in READINGS:
         cells = {}
         for (scheme, rank, bits), recs in sorted(groups.items()):
             out = _cell_decision(recs, name, margin)
@@ -121,7 +129,8 @@ def prediction_verdict(ptq_records: list[dict], *, margin: float | None = None) 
                    f"(scheme, r, b ≤ {MAX_BITS}) whose paired interval of Σ ΔL excludes 0; t "
                    f"over adapters plus the common eval-token error (paired over eval groups "
                    f"where the records carry them, so the first-order term's share cancels); "
-                   f"readings: second order, first + second",
+                   f"readings: second order (K-FAC), first + second (K-FAC), and where the "
+                   f"records carry it first + the full Hessian's expected second-order term",
         details={"cells": cells_info, "margin": margin})
 
 

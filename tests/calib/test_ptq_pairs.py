@@ -215,6 +215,25 @@ def test_prediction_verdict_holds_on_an_exact_prediction_and_fails_on_a_wrong_si
     assert prediction_verdict(noise) is None  # no cell above noise
 
 
+def test_prediction_verdict_reads_the_full_hessian_moment_where_records_carry_it():
+    """K-FAC 40 % short of the cost (fails its ±25 %), the full-Hessian expected term right:
+    the two readings disagree → conditional, each named; without pred_hessian_moment there is
+    no such reading and K-FAC alone decides (fails)."""
+    base = [_rec(f"a{k}", k, 8, b, 0.01 * 4.0 ** (2 - b) * (1 + 0.01 * k), half=1e-6)
+            for k in range(3) for b in (2, 3)]
+    short = [{**r, "pred_plugin": 0.6 * r["delta_loss"]} for r in base]
+    kfac_only = prediction_verdict(short)
+    assert kfac_only.verdict == "fails"
+    assert "first+E_Hessian" not in kfac_only.details["cells"]
+    both = prediction_verdict([{**r, "pred_hessian_moment": r["delta_loss"]} for r in short])
+    assert both.verdict == "conditional"
+    assert set(both.details["cells"]) == {"second", "first+2nd", "first+E_Hessian"}
+    assert all(abs(c["ratio"] - 1) < 1e-6
+               for c in both.details["cells"]["first+E_Hessian"].values())
+    assert both.details["readings"] == {"second": "fails", "first+2nd": "fails",
+                                        "first+E_Hessian": "holds"}
+
+
 def test_quant_model_is_the_fitted_form():
     # the pairs' fit is the module's one formula: C2·r^β·ρ^(−b) with θ = (ln C2, β, ln ρ)
     theta = np.array([math.log(2.0), -1.0, math.log(4.0)])
