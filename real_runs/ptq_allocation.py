@@ -2,7 +2,7 @@
 chosen by the calibrated bound against the uniform bit-width at EQUAL adapter memory, both
 applied by post-training stochastic rounding to the SAME trained adapter.
 
-    python -m real_runs.ptq_allocation                       # chitchat testbed, r = 8, b = 3
+    python -m real_runs.ptq_allocation          # the default model, r = 8, b₀ = 3, seeds 1-6
     python -m real_runs.ptq_allocation --embedded tiny --steps 5 --seeds 1 --pilot-seed 0 \\
         --n-train 8 --eval-tokens 400 --records /tmp/pa.jsonl --out /tmp/pa.json   # smoke test
 
@@ -80,21 +80,29 @@ class PTQAllocationConfig:
     bits: int = 3
     bits_menu: tuple[int, ...] = (2, 3, 4, 5)
     pilot_seed: int = 0
-    seeds: tuple[int, ...] = (1, 2, 3, 4)
-    draws: int = 4
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    draws: int = 8
     steps: int = 120
     n_train: int = 200
     eval_tokens: int = 24_000
     groups: int = 40
     calibration: str | None = "results/calibration.json"
-    records: str = "results/runs_allocation_check_ptq.jsonl"
-    out: str = "results/allocation_check_ptq.json"
+    # None: per model, results/runs_allocation_check_ptq_<model>.jsonl and
+    # results/allocation_check_ptq_<model>.json (``-`` → ``_``), so that checks of different
+    # embedded models never write one file
+    records: str | None = None
+    out: str | None = None
     cache_dir: str | None = None
     threads: int | None = 1
 
     def __post_init__(self):
         from quantbounds._checks import check_bits, check_int_range
 
+        stem = str(self.embedded).replace("-", "_")
+        if self.records is None:
+            object.__setattr__(self, "records", f"results/runs_allocation_check_ptq_{stem}.jsonl")
+        if self.out is None:
+            object.__setattr__(self, "out", f"results/allocation_check_ptq_{stem}.json")
         if self.bits not in self.bits_menu:
             raise ValueError(f"bits={self.bits} must be in bits_menu={self.bits_menu}")
         for b in self.bits_menu:

@@ -126,6 +126,14 @@ def test_bad_input_names_the_argument():
         PTQAllocationConfig(draws=0)
 
 
+def test_default_files_are_per_model():
+    a = PTQAllocationConfig(embedded="chitchat-topic")
+    assert (a.records, a.out) == ("results/runs_allocation_check_ptq_chitchat_topic.jsonl",
+                                  "results/allocation_check_ptq_chitchat_topic.json")
+    b = PTQAllocationConfig(embedded="chitchat", out="x.json")
+    assert (b.records, b.out) == ("results/runs_allocation_check_ptq_chitchat.jsonl", "x.json")
+
+
 def test_constants_come_from_a_usable_sr_fit_only(tmp_path):
     p = tmp_path / "cal.json"
     fit = {"C2": {"value": 2.0}, "per_bit_factor": {"value": 8.0}, "exponent_r": {"value": -1.0},
