@@ -238,7 +238,7 @@ def calibrate(
     quant, quant_draws = (
         (None, None)
         if q_free is None
-        else _fit_quantization(design, q_free, counts, ci=ci, loss=loss)
+        else _fit_quantization(design, q_free, counts, ci=ci, loss=loss, scale=scale)
     )
     for name, part in (("quantization", quant), ("generalization", gen)):
         if part is not None and part.weakly_identified:
@@ -297,15 +297,27 @@ def calibrate_pairs(
     counts = group_resample_counts(
         np.arange(n_groups), n_boot=n_boot, rng=np.random.default_rng(seed), minlength=n_groups
     )
-    quant, draws = _fit_quantization(design, q_free, counts, ci=ci, loss=loss)
+    quant, draws = _fit_quantization(design, q_free, counts, ci=ci, loss=loss, scale=scale)
     if quant.weakly_identified:
         notes.append(f"quantization term: {list(quant.weakly_identified)} weakly identified")
     return Calibration(quant=quant, gen=None, quant_draws=draws, gen_draws=None,
                        notes=tuple(notes), arm=pairs.arm, baseline_arm=baseline_arm, scale=scale)
 
 
-def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str):
-    """Δ = C2·r^β·ρ^(−b) on the pairs: two-stage robust fit, group bootstrap, LOCO."""
+def theory_exponent_r(scale: str) -> float:
+    """The rank exponent β of Thm 3.1's quantization term O(s²·r·2^(−2b)) under a LoRA scale
+    convention, s = s(r): β = 1 + 2·d ln s / d ln r (s = α/r: −1; α/√r: 0; 1: +1), from
+    :func:`quantbounds.conventions.lora_scale` (every convention is a power of r)."""
+    from quantbounds.conventions import lora_scale
+
+    return round(1.0 + 2.0 * math.log2(lora_scale(scale, 1.0, 2) / lora_scale(scale, 1.0, 1)), 12)
+
+
+def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str,
+                      scale: str | None = None):
+    """Δ = C2·r^β·ρ^(−b) on the pairs: two-stage robust fit, group bootstrap, LOCO; with a
+    known ``scale`` and a fitted exponent, also the LOCO of the same form with the paper's
+    exponents (ρ = 4, β = :func:`theory_exponent_r`; C2 fitted): ``loco_theory``."""
     pairs, X, y = design.pairs, design.quant_X, design.pairs.excess
     theta0 = np.where(free, quant_start(*X, y), QUANT.theory)
     theta, f_scale = two_stage_fit(quant_model, theta0, free, X, y, loss=loss)
@@ -341,11 +353,20 @@ def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str):
         "rank": pairs.rank.tolist(),
         "bits": pairs.bits.tolist(),
         "n_train": pairs.n_train.tolist(),
+        "seed": pairs.seed.tolist(),
+        "group": pairs.group.tolist(),
         "excess": pairs.excess.tolist(),
     }
     cfg = np.stack([pairs.rank, pairs.bits, pairs.n_train], 1)
     loco = _loco_term(quant_model, QUANT, theta, free, design.quant_cols, X, y, cfg, f_scale, loss)
-    return replace(fit, loco=loco, data=data), draws
+    loco_theory = None
+    if scale is not None and (free[1] or free[2]):
+        th_free = np.array([True, False, False])
+        th0 = np.array([theta[0], theory_exponent_r(scale), math.log(4.0)])
+        th, fs = two_stage_fit(quant_model, th0, th_free, X, y, loss=loss)
+        loco_theory = _loco_term(quant_model, QUANT, th, th_free, design.quant_cols, X, y, cfg,
+                                 fs, loss)
+    return replace(fit, loco=loco, loco_theory=loco_theory, data=data), draws
 
 
 def _fit_generalization(design: _Design, free, counts, *, ci: float, loss: str):

@@ -99,6 +99,9 @@ class TermFit:
     r2_in_sample: float
     weakly_identified: tuple[str, ...] = ()
     loco: LocoResult | None = None
+    # the same LOCO with the theory's exponents (quantization term: ρ = 4, β of s²·r; only C2
+    # refitted), where computed
+    loco_theory: LocoResult | None = None
     data: dict | None = None
     n_clusters: int = 0
 
@@ -109,6 +112,8 @@ class TermFit:
                "n_seeds": self.n_clusters}
         if self.loco is not None:
             out["loco"] = self.loco.to_dict()
+        if self.loco_theory is not None:
+            out["loco_theory"] = self.loco_theory.to_dict()
         if self.data is not None:
             out["data"] = self.data
         out["weakly_identified"] = list(self.weakly_identified)

@@ -34,7 +34,7 @@ from quantbounds.calib.calibration import Calibration, CalibrationError, calibra
 from quantbounds.calib.pairing import ADAPTER_ARMS, PairedRuns, pair_runs
 from quantbounds.verdicts import standard
 from quantbounds.verdicts.claims import (claim_verdicts, fit_usability,
-                                         fit_verdicts)
+                                         fit_verdicts, theory_form_verdict)
 
 
 def _schema_message(errors: list[tuple[int, str]]) -> list[str]:
@@ -151,7 +151,7 @@ def _ptq_fits(ptq_records: list[dict], runs: PairedRuns, *, n_boot: int, seed: i
     v = form_verdict(fitted)
     if v is not None:
         verdicts.append(v)
-    return out, verdicts
+    return out, verdicts, {f"ptq_{scheme}": cal for scheme, (_pp, cal) in fitted.items()}
 
 
 def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "fp16",
@@ -180,10 +180,18 @@ def run_calibration(records, *, arm: str = "adapter_rtn", baseline_arm: str = "f
     # verdicts: the seeds' claims on the pairs, then the theory's exponents against each fit
     claims, claim_notes = claim_verdicts(runs, seed=seed)
     verdicts = claims + [v for c in ([cal] if cal else []) + other_fits for v in fit_verdicts(c)]
-    ptq = None
+    ptq, ptq_cals = None, {}
     if ptq_records:
-        ptq, ptq_verdicts = _ptq_fits(ptq_records, runs, n_boot=n_boot, seed=seed, notes=notes)
+        ptq, ptq_verdicts, ptq_cals = _ptq_fits(ptq_records, runs, n_boot=n_boot, seed=seed,
+                                                notes=notes)
         verdicts += ptq_verdicts
+    # the paper's exponents against fitted ones on held-out configurations, every usable fit
+    # (a fit whose held-out R² is below 0 drives no decision, DESIGN.md §6)
+    forms = {label: c for label, c in {**({arm: cal} if cal else {}), **ptq_cals}.items()
+             if fit_usability(c)["quantization"][0]}
+    v = theory_form_verdict(forms)
+    if v is not None:
+        verdicts.append(v)
     family_alpha = standard.ALPHA  # one Holm step over the file: results.finalize_verdicts
     # what the design could detect, where a reader of the table sees it
     verdicts = [replace(v, conditions=f"{v.conditions}; power: {v.details['power']}")

@@ -383,7 +383,11 @@ def _loco_line(quant: dict) -> list[str]:
                    f"model of the configuration at R² = {_cell(loco.get('r2_ceiling'))} on "
                    f"these points (the noise ceiling); the held-out fits predict the "
                    f"configuration means with R² = {_cell(loco.get('r2_config_means'))}."
-                   if loco.get("r2_ceiling") is not None else "")]
+                   if loco.get("r2_ceiling") is not None else "")
+                + (f" With the paper's exponents (4 per bit, ∝ s²·r; C2 refitted) the same "
+                   f"check gives R² = {_cell(quant['loco_theory'].get('r2'))} (configuration "
+                   f"means: {_cell(quant['loco_theory'].get('r2_config_means'))})."
+                   if isinstance(quant.get("loco_theory"), dict) else "")]
 
 
 def _rule_cell(e) -> str:

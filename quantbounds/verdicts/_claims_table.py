@@ -924,6 +924,26 @@ def claims():  # noqa: C901 - one literal table
                             "interval lies outside; else inconclusive",
                    margin=0.25, margin_units="relative (ratio within [0.8, 1.25])", interval=paired)),
         Claim(
+            id="toolkit.calib.theory_exponents", source=D, origin="toolkit", kind="comparison",
+            section="§6 upper_bound",
+            quote="with the constant fitted on some configurations and checked on held-out ones",
+            quantity="leave-one-(r, b, N)-out R² of Thm 3.1's quantization term C2·r^β·ρ^(−b) with β, ρ "
+                     "fitted minus the same with the paper's exponents (ρ = 4, β of s²·r in the runs' "
+                     "convention; C2 refitted), on each fit's paired quantization excess",
+            convention=Cv(scale="alpha_r", step="the runs' quantizers", range="absmax per tensor / channel "
+                          "/ block", notes="one cell per fit: the quantization-aware arm's pairs and each "
+                          "post-training scheme's b-curves; β of s²·r from the LoRA scale convention "
+                          "(α/r: −1, α/√r: 0, 1: +1)"),
+            test=T(statistic="R²_LOCO(fitted exponents) − R²_LOCO(paper's exponents) per fit, delete-one-group "
+                             "jackknife se (a group: one baseline run or trained adapter with its pairs; t, "
+                             "groups − 1 dof; the held-out predictions fixed)",
+                   decision="holds in a fit if the one-sided 95 % lower limit > margin (the paper's exponents "
+                            "predict the held-out configurations worse: its functional form is wrong there); "
+                            "fails if the upper limit < margin; over fits: holds if it holds in every fit, "
+                            "conditional with the fits named when it holds in some and fails in others",
+                   margin=0.0, margin_units="R² difference", direction="greater",
+                   interval="jackknife over baseline groups")),
+        Claim(
             id="toolkit.ptq.prediction_vs_form", source=D, origin="toolkit", kind="comparison",
             section="§2 curvature-weighted moment",
             quote="No constant is fitted: Σ_x and G are measured on the full-precision model, σ² comes from the "

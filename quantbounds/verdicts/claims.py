@@ -995,6 +995,56 @@ def size_reduction_verdicts(runs: PairedRuns, notes: list) -> list[Verdict]:
 
 
 # ============================================================================= calibrated fits
+THEORY_FORM_ID = "toolkit.calib.theory_exponents"
+
+
+def theory_form_verdict(fits: dict[str, Calibration]) -> Verdict | None:
+    """``toolkit.calib.theory_exponents`` over fits ({label: Calibration whose quantization term
+    carries ``loco_theory``}): per fit, D = R²_LOCO(fitted β, ρ) − R²_LOCO(ρ = 4, β of s²·r),
+    over the pairs both predicted, with the delete-one-group jackknife se (a group: one
+    baseline — a 16-bit run, or the trained adapter a PTQ b-curve quantizes — with all its
+    pairs, the unit the fits' bootstrap resamples; held-out predictions fixed;
+    :func:`quantbounds.verdicts.ptq_claims.r2_difference`), decided by
+    :func:`quantbounds.verdicts.standard.comparison` (t, groups − 1 dof); fits combined by
+    ``over_cells``. Fits without both held-out checks, or with one group, are named in
+    ``details["skipped"]``; None when no fit is left."""
+    from quantbounds.verdicts.ptq_claims import r2_difference
+
+    cells, info, skipped = {}, {}, []
+    for label, cal in sorted(fits.items()):
+        q = cal.quant if cal is not None else None
+        if q is None or q.loco is None or q.loco_theory is None or not q.data:
+            skipped.append(label)
+            continue
+        D, se, G, n = r2_difference(q.data["excess"], q.loco.predictions,
+                                    q.loco_theory.predictions, q.data["group"])
+        if not (math.isfinite(D) and math.isfinite(se) and se > 0):
+            skipped.append(label)
+            continue
+        cells[label] = standard.comparison(D, se, direction=1, margin=0.0, dof=G - 1)
+        info[label] = {"r2_fitted_minus_r2_theory": D, "se": se, "n_groups": G, "n_pairs": n,
+                       "r2_loco_fitted": q.loco.r2, "r2_loco_theory": q.loco_theory.r2,
+                       "r2_ceiling": q.loco.r2_ceiling,
+                       "r2_config_means_fitted": q.loco.r2_config_means,
+                       "r2_config_means_theory": q.loco_theory.r2_config_means,
+                       "scale": cal.scale}
+    if not cells:
+        return None
+    d = standard.over_cells(cells)
+    return Verdict.from_decision(
+        THEORY_FORM_ID, d,
+        claim="Thm 3.1's quantization term predicts held-out (r, b) configurations worse with "
+              "the paper's exponents (4 per bit, ∝ s²·r) than with fitted ones: its functional "
+              "form is wrong on these runs",
+        predicted="R²_LOCO(fitted) − R²_LOCO(paper's exponents) > 0", measured=None, ci=None,
+        source="seed 001 Theorem 3.1; DESIGN.md §6",
+        conditions="per fit (quantization-aware arm, post-training schemes); C2 refitted in both; "
+                   "delete-one-group jackknife (a group: one baseline run or trained adapter "
+                   "with its pairs; held-out predictions fixed), t with groups − 1 dof; fits "
+                   "combined (intersection–union / Bonferroni)",
+        details={"fits": info, "skipped": skipped})
+
+
 def fit_verdicts(cal: Calibration, *, usable: dict[str, tuple[bool, str]] | None = None) -> list:
     """The theory's exponents against a calibration fit, clustered over seeds (the fit's
     seed-jackknife t interval): the per-bit factor of the quantization term (log₂ρ within

@@ -169,6 +169,43 @@ def test_loco_noise_ceiling_and_config_means_by_hand():
     assert clean.quant.loco.r2_config_means == pytest.approx(1.0)
 
 
+def test_theory_exponent_of_each_scale_convention():
+    from quantbounds.calib.calibration import theory_exponent_r
+
+    # s²·r with s = α/r, α/√r, 1
+    assert [theory_exponent_r(s) for s in ("alpha_r", "rslora", "one")] == [-1.0, 0.0, 1.0]
+
+
+def test_theory_exponents_verdict_tells_a_wrong_form_from_a_right_one():
+    """Records drawn with the paper's exponents (ρ = 4, β = 1 at s = 1): the fixed-exponent form
+    predicts held-out configurations as well as the fitted one (D ≈ 0: not 'holds'); drawn with
+    ρ = 2 and β = 0: the paper's exponents miss every held-out configuration (holds). The LOCO
+    with the paper's exponents refits C2 only."""
+    from quantbounds.verdicts.claims import theory_form_verdict
+
+    grid = dict(ranks=(2, 8, 32), bits=(2, 3, 4, 5), n_trains=(1000,), seeds=(0, 1, 2, 3))
+    right = calibrate(synthetic_records(seed=1, **grid), n_boot=0)
+    wrong = calibrate(synthetic_records(seed=1, truth=SyntheticTruth(rho=2.0, beta=0.0), **grid),
+                      n_boot=0)
+    for cal in (right, wrong):
+        th = cal.quant.loco_theory
+        assert th is not None and th.n_held_out == 12
+        assert np.isfinite(th.predictions).all()
+    assert wrong.quant.loco_theory.r2 < 0.5 < wrong.quant.loco.r2
+    v_right = theory_form_verdict({"adapter_rtn": right})
+    v_wrong = theory_form_verdict({"adapter_rtn": wrong})
+    assert v_right.claim_id == "toolkit.calib.theory_exponents"
+    assert v_right.verdict != "holds"
+    assert v_wrong.verdict == "holds", v_wrong.details
+    d = v_wrong.details["fits"]["adapter_rtn"]
+    assert d["n_groups"] == 12 and d["r2_fitted_minus_r2_theory"] > 0
+    # no theory LOCO (scale unknown, as calibrate_pairs with scale=None): skipped, no verdict
+    from dataclasses import replace
+
+    none = replace(wrong, quant=replace(wrong.quant, loco_theory=None))
+    assert theory_form_verdict({"x": none}) is None
+
+
 def test_loco_skips_a_configuration_that_leaves_the_design_unidentifiable():
     recs = synthetic_records(seed=0, ranks=(4, 16), bits=(2, 4), n_trains=(1000,), seeds=(0, 1, 2))
     # drop r=16 except at b=2: holding out (16, 2) leaves one rank

@@ -259,3 +259,27 @@ def test_report_shows_each_models_ptq_allocation_check(tmp_path):
     assert new < old
     assert text.index("alloc new") < old < text.index("alloc old")
     assert "- note of new" in text and "- note of old" in text
+
+
+def test_report_states_the_noise_ceiling_and_the_papers_exponents_held_out(tmp_path):
+    r = tmp_path / "results"
+    loco = {"n_configs": 10, "n_held_out": 10, "rmse": 0.0016, "rmse_null_mean": 0.0023,
+            "r2": 0.463, "r2_ceiling": 0.612, "r2_config_means": 0.757, "predictions": []}
+    quant = {"r2_in_sample": 0.55, "loco": loco,
+             "loco_theory": {**loco, "r2": -0.608, "r2_config_means": -0.994}}
+    write_json_atomic(r / "calibration.json", {"verdicts": [], "fits": {"quantization": quant}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert "leave-one-configuration-out R² = 0.463" in text
+    assert "caps any model of the configuration at R² = 0.612" in text
+    assert "configuration means with R² = 0.757" in text
+    assert "paper's exponents (4 per bit, ∝ s²·r; C2 refitted) the same check gives R² = -0.608 " \
+           "(configuration means: -0.994)" in text
+    # a calibration without them: neither sentence
+    write_json_atomic(r / "calibration.json", {"verdicts": [], "fits": {"quantization": {
+        "r2_in_sample": 0.55, "loco": {k: v for k, v in loco.items()
+                                       if k not in ("r2_ceiling", "r2_config_means")}}}})
+    out, _ = build_report(results_dir=r, figures_dir=tmp_path / "f", out=r / "REPORT.md")
+    text = out.read_text()
+    assert "leave-one-configuration-out R² = 0.463" in text
+    assert "noise ceiling" not in text and "paper's exponents" not in text
