@@ -110,7 +110,7 @@ def _ptq_fits(ptq_records: list[dict], runs: PairedRuns, *, n_boot: int, seed: i
     the verdicts they support: the theory's exponents against each fit, the zero-constant
     curvature prediction cell by cell, and prediction vs fitted form on held-out
     configurations (:mod:`quantbounds.verdicts.ptq_claims`). Returns (the ``fits["ptq"]``
-    object, verdicts)."""
+    object, verdicts, {"ptq_<scheme>": its Calibration})."""
     from quantbounds.calib.calibration import calibrate_pairs
     from quantbounds.calib.fitting import r_squared
     from quantbounds.calib.ptq_pairs import ptq_pairs
