@@ -1004,11 +1004,10 @@ def theory_form_verdict(fits: dict[str, Calibration]) -> Verdict | None:
     over the pairs both predicted, with the delete-one-group jackknife se (a group: one
     baseline — a 16-bit run, or the trained adapter a PTQ b-curve quantizes — with all its
     pairs, the unit the fits' bootstrap resamples; held-out predictions fixed;
-    :func:`quantbounds.verdicts.ptq_claims.r2_difference`), decided by
-    :func:`quantbounds.verdicts.standard.comparison` (t, groups − 1 dof); fits combined by
-    ``over_cells``. Fits without both held-out checks, or with one group, are named in
-    ``details["skipped"]``; None when no fit is left."""
-    from quantbounds.verdicts.ptq_claims import r2_difference
+    decided by :func:`quantbounds.verdicts.ptq_claims.r2_difference_decision`: t, groups − 1
+    dof); fits combined by ``over_cells``. Fits without both held-out checks, or with one
+    group, are named in ``details["skipped"]``; None when no fit is left."""
+    from quantbounds.verdicts.ptq_claims import r2_difference_decision
 
     cells, info, skipped = {}, {}, []
     for label, cal in sorted(fits.items()):
@@ -1016,13 +1015,14 @@ def theory_form_verdict(fits: dict[str, Calibration]) -> Verdict | None:
         if q is None or q.loco is None or q.loco_theory is None or not q.data:
             skipped.append(label)
             continue
-        D, se, G, n = r2_difference(q.data["excess"], q.loco.predictions,
-                                    q.loco_theory.predictions, q.data["group"])
-        if not (math.isfinite(D) and math.isfinite(se) and se > 0):
+        out = r2_difference_decision(q.data["excess"], q.loco.predictions,
+                                     q.loco_theory.predictions, q.data["group"])
+        if out is None:
             skipped.append(label)
             continue
-        cells[label] = standard.comparison(D, se, direction=1, margin=0.0, dof=G - 1)
-        info[label] = {"r2_fitted_minus_r2_theory": D, "se": se, "n_groups": G, "n_pairs": n,
+        cells[label], x = out
+        info[label] = {"r2_fitted_minus_r2_theory": x["D"], "se": x["se"], "n_groups": x["G"],
+                       "n_pairs": x["n"],
                        "r2_loco_fitted": q.loco.r2, "r2_loco_theory": q.loco_theory.r2,
                        "r2_ceiling": q.loco.r2_ceiling,
                        "r2_config_means_fitted": q.loco.r2_config_means,

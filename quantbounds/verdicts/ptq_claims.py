@@ -51,7 +51,7 @@ from quantbounds.verdicts import standard
 from quantbounds.verdicts.registry import registry
 from quantbounds.verdicts.results import Verdict
 
-__all__ = ["form_verdict", "prediction_verdict", "r2_difference"]
+__all__ = ["form_verdict", "prediction_verdict", "r2_difference", "r2_difference_decision"]
 
 PRED_ID = "toolkit.curvature.loss_prediction"
 # the readings of PRED_ID: K-FAC's second-order term of the cell's own ε_BA, alone and with the
@@ -159,6 +159,17 @@ def r2_difference(y, pred, loco, adapter) -> tuple[float, float, int, int]:
     return full, se, int(G), int(y.size)
 
 
+def r2_difference_decision(y, pred, loco, groups) -> tuple[standard.Decision, dict] | None:
+    """The one-sided comparison D = R²(pred) − R²(loco) > 0 of :func:`r2_difference` (t with
+    G − 1 dof, :func:`quantbounds.verdicts.standard.comparison`, margin 0) and {D, se, G, n};
+    None when D or its jackknife se is not finite and positive."""
+    D, se, G, n = r2_difference(y, pred, loco, groups)
+    if not (math.isfinite(D) and math.isfinite(se) and se > 0):
+        return None
+    return (standard.comparison(D, se, direction=1, margin=0.0, dof=G - 1),
+            {"D": D, "se": se, "G": G, "n": n})
+
+
 def form_verdict(fits: dict[str, tuple[PtqPairs, object]]) -> Verdict | None:
     """``toolkit.ptq.prediction_vs_form`` over schemes: ``fits`` = {scheme: (PtqPairs, its
     Calibration from :func:`quantbounds.calib.calibration.calibrate_pairs`)}; schemes whose fit
@@ -169,14 +180,13 @@ def form_verdict(fits: dict[str, tuple[PtqPairs, object]]) -> Verdict | None:
             skipped.append(scheme)
             continue
         loco = np.asarray(cal.quant.loco.predictions, float)
-        adapter = np.asarray(pp.pairs.group)
-        D, se, G, n = r2_difference(pp.pairs.excess, pp.pred, loco, adapter)
-        if not (math.isfinite(D) and math.isfinite(se) and se > 0):
+        out = r2_difference_decision(pp.pairs.excess, pp.pred, loco, np.asarray(pp.pairs.group))
+        if out is None:
             skipped.append(scheme)
             continue
-        cells[scheme] = standard.comparison(D, se, direction=1, margin=0.0, dof=G - 1)
-        info[scheme] = {"r2_pred_minus_r2_loco": D, "se": se, "n_adapters": G, "n_pairs": n,
-                        "r2_loco_form": cal.quant.loco.r2}
+        cells[scheme], x = out
+        info[scheme] = {"r2_pred_minus_r2_loco": x["D"], "se": x["se"], "n_adapters": x["G"],
+                        "n_pairs": x["n"], "r2_loco_form": cal.quant.loco.r2}
     if not cells:
         return None
     d = standard.over_cells(cells)
