@@ -22,8 +22,9 @@ W0 + s·(B·A − ε_BA) separate the two (``real_runs.ptq.run_ptq`` ``mirror``)
 The adapters are a sweep's own (``--sweep-config``, default the default model's sweep
 ``real_runs/configs/embedded.toml``): its defaults and PTQ settings at each (rank, seed), so
 every + cell is a cell of that sweep's PTQ records (``--reference``, default
-``results/runs_chitchat_topic.ptq.jsonl``; same PTQ id) and its re-measured ΔL is compared with
-the committed one (``reproduced``). The output names the embedded model the adapters were
+``results/runs_chitchat_topic.ptq.jsonl``; same adapter and cell, :func:`_cell_key`) and its
+re-measured ΔL (and E_Hessian, where the sweep's cell has it) is compared with the committed
+one (``reproduced``). The output names the embedded model the adapters were
 trained on (``embedded_model``); one result file per model, ``second_order_probe_<model>.json``.
 
 Per (scheme, b), adapters pooled group by group (all are scored on the same held-out groups),

@@ -353,8 +353,7 @@ def _fit_quantization(design: _Design, free, counts, *, ci: float, loss: str,
         "rank": pairs.rank.tolist(),
         "bits": pairs.bits.tolist(),
         "n_train": pairs.n_train.tolist(),
-        "seed": pairs.seed.tolist(),
-        "group": pairs.group.tolist(),
+        "group": pairs.group.tolist(),  # the baseline group (theory_exponents' jackknife unit)
         "excess": pairs.excess.tolist(),
     }
     cfg = np.stack([pairs.rank, pairs.bits, pairs.n_train], 1)

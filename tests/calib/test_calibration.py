@@ -174,6 +174,11 @@ def test_theory_exponent_of_each_scale_convention():
 
     # s²·r with s = α/r, α/√r, 1
     assert [theory_exponent_r(s) for s in ("alpha_r", "rslora", "one")] == [-1.0, 0.0, 1.0]
+    # the same exponents the claim registry states for "degradation scales like s²·r"
+    from quantbounds.verdicts.registry import registry
+
+    by_scale = dict(registry()["s001.s4_2.degradation_linear_rank"].test.by_scale)
+    assert by_scale and all(theory_exponent_r(s) == b for s, b in by_scale.items())
 
 
 def test_theory_exponents_verdict_tells_a_wrong_form_from_a_right_one():
